@@ -1,0 +1,35 @@
+# Two entry points for a new user: `make serve` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: setup serve test lint unit bench clean
+
+# System Postgres server binaries are used when present; otherwise pgserver (PyPI) brings them.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; \
+	then $(BIN)/pip install -q -e '.[dev]'; else $(BIN)/pip install -q -e '.[dev,embedded]'; fi
+	touch $@
+
+setup: $(VENV)/.installed
+
+serve: setup
+	$(BIN)/scheduler serve
+
+lint: setup
+	$(BIN)/ruff check scheduler tests bench
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+unit: setup
+	$(BIN)/pytest tests/unit
+
+bench: setup
+	$(BIN)/python bench/spine.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,123 @@
+"""Spine benchmark: insert -> process started latency, and end-to-end throughput.
+
+Runs a real agent (`scheduler serve` in a child process) against a private Postgres, with a
+cgroup root of its own. Prints the machine and the figures:
+  - latency: 200 `true` jobs inserted one at a time on an idle system; the time from the
+    insert (submitted_at, taken inside the inserting transaction) to the job's exec
+    (started_at, recorded by the job's monitor), p50 and p99;
+  - throughput: 200 `true` jobs from one INSERT ... SELECT to all recorded (state and usage
+    row committed), in jobs per second.
+Usage: python bench/spine.py [--jobs 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import anyio
+import asyncpg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.machine import describe  # noqa: E402
+from scheduler.cgroups.base import CgroupPath  # noqa: E402
+from scheduler.cgroups.detect import open_driver  # noqa: E402
+from scheduler.db.embedded import EmbeddedPostgres  # noqa: E402
+
+FINAL = ("succeeded", "failed", "cancelled", "timed_out", "lost")
+
+
+def start_agent(dsn: str, state: Path, root: str) -> subprocess.Popen[str]:
+    env = dict(os.environ, SCHEDULER_DATABASE_URL=dsn, SCHEDULER_STATE_DIR=str(state),
+               SCHEDULER_CGROUP_ROOT=root, SCHEDULER_LOG_LEVEL="warning")
+    proc = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "serve"], env=env,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "ready" in line:
+            return proc
+    raise RuntimeError("agent exited before it was ready")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+async def latency(conn: asyncpg.Connection, n: int) -> list[float]:
+    samples = []
+    for _ in range(n):
+        job_id = await conn.fetchval(
+            "INSERT INTO scheduler.jobs (argv) VALUES (ARRAY['true']) RETURNING id")
+        while True:
+            row = await conn.fetchrow(
+                "SELECT state, submitted_at, started_at FROM scheduler.jobs WHERE id = $1", job_id)
+            assert row is not None
+            if row["state"] in FINAL:
+                break
+            await anyio.sleep(0.002)
+        assert row["state"] == "succeeded", row
+        samples.append((row["started_at"] - row["submitted_at"]).total_seconds() * 1000)
+        await anyio.sleep(0.01)  # idle system between jobs
+    return samples
+
+
+async def throughput(conn: asyncpg.Connection, n: int) -> float:
+    t0 = time.perf_counter()
+    ids = [r["id"] for r in await conn.fetch(
+        "INSERT INTO scheduler.jobs (argv) SELECT ARRAY['true'] FROM generate_series(1, $1)"
+        " RETURNING id", n)]
+    while True:
+        done = await conn.fetchval(
+            "SELECT count(*) FROM scheduler.jobs WHERE id = ANY($1) AND state = ANY($2)",
+            ids, list(FINAL))
+        if done == n:
+            break
+        await anyio.sleep(0.005)
+    elapsed = time.perf_counter() - t0
+    rows = await conn.fetchval(
+        "SELECT count(*) FROM scheduler.usage WHERE job_id = ANY($1) AND final", ids)
+    assert rows == n, f"{rows} final usage rows for {n} jobs"
+    return n / elapsed
+
+
+async def main(n: int) -> None:
+    base = Path(tempfile.mkdtemp(prefix="sched-bench-", dir="/tmp"))
+    base.chmod(0o755)
+    root = f"sched-bench-{uuid.uuid4().hex[:8]}"
+    pg = EmbeddedPostgres(base / "pg")
+    await pg.start()
+    agent = None
+    try:
+        agent = start_agent(pg.dsn, base / "state", root)
+        conn = await asyncpg.connect(pg.dsn)
+        await latency(conn, 20)  # warm up: monitor compiled, tenant cgroup made, caches hot
+        lat = await latency(conn, n)
+        rate = await throughput(conn, n)
+        await conn.close()
+        print(describe())
+        print(f"insert -> started latency over {n} jobs: p50 {statistics.median(lat):.2f} ms, "
+              f"p99 {percentile(lat, 0.99):.2f} ms (target p50 < 10 ms)")
+        print(f"end-to-end throughput, {n} `true` jobs: {rate:.0f} jobs/s (target >= 100)")
+    finally:
+        if agent is not None:
+            agent.terminate()
+            agent.wait(timeout=30)
+        open_driver(root).remove_tree(CgroupPath(()))
+        await pg.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=200)
+    anyio.run(main, parser.parse_args().jobs)

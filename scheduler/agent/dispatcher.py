@@ -1,0 +1,96 @@
+"""Claims queued jobs for this node as soon as they are committed.
+
+One dedicated connection LISTENs on ``scheduler_jobs``; a NOTIFY (sent once per inserting
+statement, after commit) wakes the claim loop within milliseconds. NOTIFY is not durable, so
+the loop also claims every ``poll_interval`` seconds: a job inserted while the LISTEN
+connection was down is started by the next poll.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import anyio
+import asyncpg
+import structlog
+from anyio.abc import TaskGroup
+
+from scheduler.db.queries import q
+from scheduler.jobs import Job
+
+log = structlog.get_logger(__name__)
+CLAIM_BATCH = 64
+
+
+class Dispatcher:
+    """Keeps up to ``max_running`` attempts running on this node."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        node: str,
+        max_running: int,
+        poll_interval: float,
+        run_job: Callable[[Job], Awaitable[None]],
+    ) -> None:
+        self._pool = pool
+        self._node = node
+        self._max_running = max_running
+        self._poll_interval = poll_interval
+        self._run_job = run_job
+        self._running: set[int] = set()
+        self._wake = anyio.Event()
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def wake(self, *_: object) -> None:
+        """Ask for a claim now (NOTIFY callback, or a slot freed)."""
+        self._wake.set()
+
+    def adopt(self, job_ids: list[int]) -> None:
+        """Count attempts recovered at start-up against this node's capacity."""
+        self._running.update(job_ids)
+
+    def release(self, job_id: int) -> None:
+        """An adopted attempt ended."""
+        self._running.discard(job_id)
+        self.wake()
+
+    async def listen(self, conn: asyncpg.Connection) -> None:
+        """Subscribe ``conn`` to the insert notifications."""
+        await conn.add_listener("scheduler_jobs", self.wake)
+
+    async def run(self, task_group: TaskGroup) -> None:
+        """The claim loop; attempts run as tasks of ``task_group``."""
+        while True:
+            # A fresh event before the claim: a NOTIFY that arrives during the claim sets
+            # it, so the wait below returns at once instead of losing the wake-up.
+            wake = self._wake = anyio.Event()
+            free = self._max_running - len(self._running)
+            claimed = 0
+            if free > 0:
+                want = min(free, CLAIM_BATCH)
+                rows = await self._pool.fetch(q("claim_jobs"), self._node, want)
+                claimed = len(rows)
+                for row in rows:
+                    job = Job.from_row(row)
+                    self._running.add(job.id)
+                    task_group.start_soon(self._attempt, job, name=f"job-{job.id}")
+                if claimed == want:
+                    continue  # the queue may hold more: claim again before sleeping
+            with anyio.move_on_after(self._poll_interval):
+                await wake.wait()
+
+    async def _attempt(self, job: Job) -> None:
+        try:
+            await self._run_job(job)
+        except Exception:
+            # A bug in one attempt must not take the agent (and every other job) down; the
+            # attempt stays 'running' in Postgres and is recorded by the next start-up.
+            log.exception("attempt_crashed", job_id=job.id, tenant=job.tenant)
+        finally:
+            self._running.discard(job.id)
+            self.wake()

@@ -1,0 +1,119 @@
+"""Writes finished attempts to Postgres in batches, then removes their cgroups.
+
+The order matters for exact billing: the final counters were read from the cgroup, the
+totals and the closing usage row commit in one transaction, and only then is the cgroup
+removed. An agent killed before the commit finds the cgroup (and its counters) still there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import anyio
+import asyncpg
+import structlog
+from anyio.abc import ObjectReceiveStream
+
+from scheduler.cgroups.base import CgroupDriver, CgroupPath, Usage
+from scheduler.db.queries import q
+from scheduler.jobs import Job, Outcome, byte_seconds, cpu_seconds, retry_delay_seconds
+
+log = structlog.get_logger(__name__)
+MAX_BATCH = 256
+
+
+@dataclass(frozen=True)
+class Completion:
+    """An attempt that ended, with everything needed to record it."""
+
+    job: Job
+    node: str
+    cgroup: CgroupPath | None  # None when the attempt failed before its cgroup existed
+    outcome: Outcome
+    usage: Usage
+    start_ns: int
+    end_ns: int
+
+
+def _ts(ns: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ns // 1000)
+
+
+def _finish_args(c: Completion) -> tuple[object, ...]:
+    retry_at = None
+    state: str = c.outcome.state
+    if c.outcome.retry:
+        state = "queued"
+        retry_at = datetime.now(UTC) + timedelta(seconds=retry_delay_seconds(c.job.attempts))
+    return (
+        c.job.id, state, c.outcome.exit_code, c.outcome.signal, c.outcome.oom_killed,
+        c.outcome.error, _ts(c.start_ns), _ts(c.end_ns), cpu_seconds(c.usage.cpu_ns),
+        c.usage.memory_peak_bytes, c.usage.io_read_bytes, c.usage.io_write_bytes, retry_at,
+        c.job.attempts,
+    )
+
+
+def _usage_args(c: Completion) -> tuple[object, ...]:
+    # Timestamps are truncated to microseconds (Postgres' resolution) before computing the
+    # integral, so that the row's numbers follow from the row's own period.
+    start, end = c.start_ns // 1000 * 1000, c.end_ns // 1000 * 1000
+    return (
+        c.job.id, c.job.attempts, c.job.tenant, c.node, _ts(start), _ts(end),
+        cpu_seconds(c.usage.cpu_ns), byte_seconds(c.usage.memory_peak_bytes, start, end),
+        c.usage.memory_peak_bytes, c.usage.io_read_bytes, c.usage.io_write_bytes,
+    )
+
+
+class Recorder:
+    """Drains completions from a stream and commits them in batches."""
+
+    def __init__(self, pool: asyncpg.Pool, driver: CgroupDriver) -> None:
+        self._pool = pool
+        self._driver = driver
+
+    async def run(self, completions: ObjectReceiveStream[Completion]) -> None:
+        async with completions:
+            async for first in completions:
+                batch = [first]
+                while len(batch) < MAX_BATCH:
+                    try:
+                        batch.append(completions.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                await self._commit_until_done(batch)
+
+    async def _commit_until_done(self, batch: list[Completion]) -> None:
+        # A finished attempt must be recorded exactly once: on a database error keep the
+        # batch and try again (the final row's unique index makes a repeat harmless).
+        delay = 0.1
+        while True:
+            try:
+                await self.commit(batch)
+                return
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                log.error("record_batch_failed", jobs=len(batch), error=str(exc),
+                          retry_in_seconds=delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def commit(self, batch: list[Completion]) -> None:
+        """Record a batch in one transaction, then remove the cgroups it covered."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.executemany(q("finish_job"), [_finish_args(c) for c in batch])
+            await conn.executemany(q("insert_usage"), [_usage_args(c) for c in batch])
+            await conn.execute("SELECT pg_notify('scheduler_done', '')")
+        for c in batch:
+            try:
+                if c.cgroup is not None:
+                    self._driver.remove(c.cgroup)
+            except Exception:  # an orphan cgroup is logged, never fatal for the batch
+                log.exception("cgroup_remove_failed", job_id=c.job.id, cgroup=str(c.cgroup))
+            log.info(
+                "job_finished", job_id=c.job.id, tenant=c.job.tenant, attempt=c.job.attempts,
+                state="queued" if c.outcome.retry else c.outcome.state,
+                exit_code=c.outcome.exit_code, signal=c.outcome.signal,
+                oom_killed=c.outcome.oom_killed, cpu_seconds=str(cpu_seconds(c.usage.cpu_ns)),
+                duration_ms=round((c.end_ns - c.start_ns) / 1e6, 3),
+            )
+

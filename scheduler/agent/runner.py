@@ -1,0 +1,170 @@
+"""Runs one attempt of one job: cgroup plan, monitor, time limit, final counters."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import anyio
+import structlog
+from anyio.abc import ObjectSendStream
+
+from scheduler.agent.recorder import Completion
+from scheduler.agent.tenants import TenantCgroups
+from scheduler.cgroups.base import CgroupDriver, CgroupPath, LaunchPlan, Limits, Usage
+from scheduler.jobs import Job, decide_outcome
+from scheduler.runtime.launcher import read_exit_record, spawn, wait_monitor
+from scheduler.runtime.spec import ExitRecord, LaunchSpec
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# After SIGTERM at the time limit, the job has this long before everything is killed.
+TERM_GRACE_SECONDS = 5.0
+# Once the job's init has exited, the kernel kills the rest of its pid namespace; this bounds
+# how long we wait for the cgroup to empty before killing it ourselves.
+DRAIN_SECONDS = 2.0
+
+
+def job_env(job: Job) -> dict[str, str]:
+    """The job's environment: what it asked for over a minimal default."""
+    env = {"PATH": DEFAULT_PATH, "HOME": "/tmp", "SCHEDULER_JOB_ID": str(job.id),
+           "SCHEDULER_TENANT": job.tenant, "SCHEDULER_ATTEMPT": str(job.attempts)}
+    env.update(job.env)
+    return env
+
+
+def run_dir_for(runs_dir: Path, job_id: int, attempt: int) -> Path:
+    """Where one attempt's output and exit record live."""
+    return runs_dir / f"{job_id}-{attempt}"
+
+
+def _signal_all(plan: LaunchPlan, sig: int) -> None:
+    """Send ``sig`` to every process in the job's leaf cgroup (first hierarchy)."""
+    if not plan.procs:
+        return
+    try:
+        with open(plan.procs[0]) as f:
+            pids = [int(line) for line in f if line.strip()]
+    except OSError:
+        return
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+class Runner:
+    """Starts attempts and turns their ends into completions for the recorder."""
+
+    def __init__(
+        self,
+        *,
+        driver: CgroupDriver,
+        tenants: TenantCgroups,
+        monitor: Path,
+        runs_dir: Path,
+        node: str,
+        completions: ObjectSendStream[Completion],
+    ) -> None:
+        self._driver = driver
+        self._tenants = tenants
+        self._monitor = monitor
+        self._runs_dir = runs_dir
+        self._node = node
+        self._completions = completions
+
+    async def run(self, job: Job) -> None:
+        """Run one claimed attempt to its end and hand its completion to the recorder."""
+        structlog.contextvars.bind_contextvars(job_id=job.id, tenant=job.tenant)
+        start_ns = time.time_ns()
+        try:
+            chain = await self._tenants.chain(job.tenant)
+        except Exception as exc:
+            log.exception("tenant_cgroup_failed")
+            await self._start_failed(job, None, f"tenant cgroup: {exc}", start_ns)
+            return
+        cgroup = CgroupPath.for_job(chain, job.id)
+        plan = self._driver.plan(
+            cgroup,
+            Limits(cpu_cores=float(job.cpu), memory_bytes=job.memory_bytes,
+                   pids_max=job.pids_max),
+        )
+        run_dir = run_dir_for(self._runs_dir, job.id, job.attempts)
+        spec = LaunchSpec(
+            job_id=job.id, attempt=job.attempts, argv=job.argv, env=job_env(job), cwd=job.cwd,
+            hostname=f"job-{job.id}", run_dir=run_dir, plan=plan,
+        )
+        try:
+            pid = spawn(self._monitor, spec)
+        except OSError as exc:
+            log.error("monitor_spawn_failed", error=str(exc))
+            await self._start_failed(job, cgroup, f"cannot start the monitor: {exc}", start_ns)
+            return
+        log.debug("job_started", monitor_pid=pid, run_dir=str(run_dir))
+        await self.supervise(job, cgroup, plan, pid, run_dir)
+
+    async def supervise(
+        self, job: Job, cgroup: CgroupPath, plan: LaunchPlan, pid: int, run_dir: Path
+    ) -> None:
+        """Wait for the monitor (enforcing the time limit), then read the final counters."""
+        timed_out = False
+        limit = float(job.timeout_seconds) if job.timeout_seconds is not None else None
+        with anyio.move_on_after(limit):
+            await wait_monitor(pid)
+        if limit is not None and read_exit_record(run_dir) is None:
+            timed_out = True
+            log.info("job_timed_out", timeout_seconds=limit)
+            _signal_all(plan, signal.SIGTERM)
+            with anyio.move_on_after(TERM_GRACE_SECONDS):
+                await wait_monitor(pid)
+            self._driver.kill(cgroup)
+            await wait_monitor(pid)
+        await self.finish(job, cgroup, read_exit_record(run_dir), timed_out=timed_out)
+
+    async def finish(
+        self, job: Job, cgroup: CgroupPath, record: ExitRecord | None, *, timed_out: bool
+    ) -> None:
+        """Read the counters once the cgroup is empty, decide the outcome, hand it on."""
+        await self._drain(cgroup)
+        try:
+            usage = self._driver.read_usage(cgroup)
+        except Exception:
+            log.exception("final_usage_read_failed")
+            usage = Usage()
+        outcome = decide_outcome(
+            record, usage, timed_out=timed_out, cancelled=False,
+            attempts=job.attempts, max_attempts=job.max_attempts,
+        )
+        now = time.time_ns()
+        start_ns = record.start_ns if record else now
+        end_ns = record.end_ns if record else now
+        await self._completions.send(
+            Completion(job, self._node, cgroup, outcome, usage, start_ns, max(start_ns, end_ns))
+        )
+
+    async def _drain(self, cgroup: CgroupPath) -> None:
+        """Wait until no process is left in the cgroup; kill stragglers after a bound."""
+        deadline = time.monotonic() + DRAIN_SECONDS
+        delay = 0.0005
+        while self._driver.populated(cgroup):
+            if time.monotonic() > deadline:
+                log.warning("job_cgroup_not_empty_killing")
+                self._driver.kill(cgroup)
+                deadline = time.monotonic() + DRAIN_SECONDS
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    async def _start_failed(
+        self, job: Job, cgroup: CgroupPath | None, error: str, start_ns: int
+    ) -> None:
+        """Record an attempt that never reached the monitor as failed, with the reason."""
+        record = ExitRecord("start_error", None, None, error, start_ns, time.time_ns(), 0, 0, 0)
+        outcome = decide_outcome(record, Usage(), timed_out=False, cancelled=False,
+                                 attempts=job.attempts, max_attempts=job.max_attempts)
+        await self._completions.send(
+            Completion(job, self._node, cgroup, outcome, Usage(), start_ns, record.end_ns)
+        )

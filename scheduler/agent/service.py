@@ -1,0 +1,139 @@
+"""The composition root of ``scheduler serve``: builds every part and owns every task."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import anyio
+import asyncpg
+import structlog
+
+from scheduler.agent.dispatcher import Dispatcher
+from scheduler.agent.recorder import Completion, Recorder
+from scheduler.agent.recovery import recover
+from scheduler.agent.runner import Runner
+from scheduler.agent.tenants import TenantCgroups
+from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits
+from scheduler.cgroups.detect import open_driver
+from scheduler.config import Settings
+from scheduler.db.embedded import EmbeddedPostgres
+from scheduler.db.migrate import migrate
+from scheduler.db.pool import connect, create_pool
+from scheduler.db.queries import q
+from scheduler.jobs import Job
+from scheduler.runtime.launcher import monitor_binary
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Ready:
+    """What a started agent tells whoever started it."""
+
+    dsn: str
+    psql: str | None
+    driver: str
+    node: str
+
+
+@contextlib.asynccontextmanager
+async def database(settings: Settings) -> AsyncIterator[tuple[str, str | None]]:
+    """The database URL to use (starting the embedded Postgres when none is configured)."""
+    if settings.database_url:
+        yield settings.database_url, None
+        return
+    embedded = EmbeddedPostgres(settings.postgres_dir)
+    await embedded.start()
+    try:
+        yield embedded.dsn, embedded.psql_command()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await embedded.stop()
+
+
+def build_driver(settings: Settings) -> CgroupDriver:
+    """The cgroup driver for this host, with the scheduler's root created."""
+    prefer = None if settings.cgroup_driver == "auto" else settings.cgroup_driver
+    driver = open_driver(settings.cgroup_root, prefer=prefer)  # type: ignore[arg-type]
+    driver.ensure(CgroupPath(()), Limits())
+    return driver
+
+
+async def run_agent(
+    settings: Settings,
+    dsn: str,
+    *,
+    on_ready: Callable[[Ready], None] | None = None,
+    psql: str | None = None,
+) -> None:
+    """Run the agent against ``dsn`` until cancelled. Running jobs survive its end."""
+    structlog.contextvars.bind_contextvars(node=settings.node_name)
+    for directory in (settings.state_dir, settings.runs_dir, settings.bin_dir):
+        directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+    monitor = await anyio.to_thread.run_sync(monitor_binary, settings.bin_dir)
+    driver = build_driver(settings)
+    pool = await create_pool(dsn, min_size=2, max_size=8)
+    listen_conn: asyncpg.Connection | None = None
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        send, receive = anyio.create_memory_object_stream[Completion](4096)
+        tenants = TenantCgroups(pool, driver)
+        runner = Runner(driver=driver, tenants=tenants, monitor=monitor,
+                        runs_dir=settings.runs_dir, node=settings.node_name, completions=send)
+        dispatcher = Dispatcher(pool, node=settings.node_name, max_running=settings.max_running,
+                                poll_interval=settings.poll_interval, run_job=runner.run)
+        listen_conn = await connect(dsn)
+        await dispatcher.listen(listen_conn)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(Recorder(pool, driver).run, receive)
+            leftovers = [Job.from_row(r)
+                         for r in await pool.fetch(q("active_on_node"), settings.node_name)]
+            adopted = await recover(
+                leftovers, driver=driver, tenants=tenants, runner=runner,
+                runs_dir=settings.runs_dir, node=settings.node_name, task_group=tg,
+                send_lost=send.send, on_done=dispatcher.release,
+            )
+            dispatcher.adopt(adopted)
+            tg.start_soon(dispatcher.run, tg)
+            log.info("agent_ready", driver=driver.name, cgroup_root=settings.cgroup_root,
+                     adopted=len(adopted), recovered=len(leftovers))
+            if on_ready is not None:
+                on_ready(Ready(dsn=dsn, psql=psql, driver=driver.name, node=settings.node_name))
+    finally:
+        with anyio.CancelScope(shield=True):
+            if listen_conn is not None:
+                await listen_conn.close()
+            await pool.close()
+
+
+async def serve(settings: Settings, *, on_ready: Callable[[Ready], None] | None = None) -> None:
+    """``scheduler serve``: database (embedded if needed), agent, until SIGINT/SIGTERM."""
+    async with database(settings) as (dsn, psql), anyio.create_task_group() as tg:
+        tg.start_soon(_stop_on_signal, tg.cancel_scope)
+        await run_agent(settings, dsn, on_ready=on_ready, psql=psql)
+
+
+async def _stop_on_signal(scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("agent_stopping", signal=signal.Signals(signum).name,
+                     note="running jobs keep running and are re-adopted at the next start")
+            scope.cancel()
+            return
+
+
+def print_ready(ready: Ready, out: Callable[[str], object] = print) -> None:
+    """Tell a person where the agent is and how to reach its database."""
+    out(f"scheduler: node {ready.node} ready (cgroup driver {ready.driver}, pid {os.getpid()})")
+    if ready.psql:
+        out(f"scheduler: embedded Postgres: {ready.dsn}")
+        out(f"scheduler: connect with: {ready.psql}")
+    out("scheduler: submit with: scheduler submit -- echo hello   (or INSERT INTO scheduler.jobs)")
+    sys.stdout.flush()
+

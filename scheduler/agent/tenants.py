@@ -1,0 +1,58 @@
+"""Tenant cgroups: each tenant's chain of ancestors becomes nested cgroups under the root."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import anyio
+import asyncpg
+import structlog
+
+from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits
+from scheduler.db.queries import q
+
+log = structlog.get_logger(__name__)
+
+
+def tenant_limits(row: asyncpg.Record) -> Limits:
+    """The kernel limits a tenant row asks for."""
+    cpu: Decimal | None = row["cpu_limit"]
+    return Limits(
+        cpu_cores=float(cpu) if cpu is not None else None,
+        memory_bytes=row["memory_limit_bytes"],
+        pids_max=row["pids_limit"],
+        weight=row["weight"],
+    )
+
+
+class TenantCgroups:
+    """Creates each tenant's cgroup (and its ancestors') once and remembers its path."""
+
+    def __init__(self, pool: asyncpg.Pool, driver: CgroupDriver) -> None:
+        self._pool = pool
+        self._driver = driver
+        self._paths: dict[str, tuple[str, ...]] = {}
+        self._lock = anyio.Lock()
+
+    async def chain(self, tenant: str) -> tuple[str, ...]:
+        """The tenant's cgroup path segments (root tenant first), created on first use."""
+        known = self._paths.get(tenant)
+        if known is not None:
+            return known
+        async with self._lock:
+            known = self._paths.get(tenant)
+            if known is not None:
+                return known
+            rows = await self._pool.fetch(q("tenant_chain"), tenant)
+            if not rows:
+                raise LookupError(f"unknown tenant {tenant!r}")
+            names = tuple(str(r["name"]) for r in rows)
+            for depth, row in enumerate(rows, start=1):
+                self._driver.ensure(CgroupPath(names[:depth]), tenant_limits(row))
+            self._paths[tenant] = names
+            log.info("tenant_cgroup_ready", tenant=tenant, path="/".join(names))
+            return names
+
+    def forget(self, tenant: str) -> None:
+        """Drop a cached path (after the tenant's limits or parent changed)."""
+        self._paths.pop(tenant, None)

@@ -1,0 +1,150 @@
+"""The one interface both cgroup drivers (v1 and v2) implement, and its values.
+
+The agent never touches cgroupfs paths itself: it asks a driver for a launch plan (the
+directories to create, the limit files to write, the ``cgroup.procs`` files the job's first
+process is written to before it runs), and later for usage, population, kill and removal.
+The plan is executed by the C monitor, so that a job is inside every hierarchy before its
+first instruction and the agent's event loop does not pay for the syscalls.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Literal, Protocol
+
+DriverName = Literal["v1", "v2"]
+
+# Same rule as scheduler.tenants.name: no dots or slashes, so a name can never leave the root.
+_SEGMENT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_JOB_SEGMENT = re.compile(r"^job-[0-9]+(-[0-9]+)?$")
+
+
+def check_segment(name: str) -> str:
+    """Return ``name`` if it is a safe single cgroup directory name, else raise ValueError."""
+    if not (_SEGMENT.match(name) or _JOB_SEGMENT.match(name)):
+        raise ValueError(f"{name!r} is not a valid cgroup name: expected [a-z0-9][a-z0-9_-]{{0,62}}")
+    return name
+
+
+@dataclass(frozen=True)
+class CgroupPath:
+    """A cgroup relative to the scheduler's root, as a tuple of checked segments.
+
+    ``CgroupPath(("acme", "job-42"))`` is ``<root>/acme/job-42`` in every hierarchy.
+    """
+
+    parts: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        for part in self.parts:
+            check_segment(part)
+
+    @classmethod
+    def for_job(cls, tenant_chain: tuple[str, ...], job_id: int) -> CgroupPath:
+        """The cgroup of a job under its tenant chain (root tenant first)."""
+        return cls((*tenant_chain, f"job-{job_id}"))
+
+    @property
+    def rel(self) -> PurePosixPath:
+        return PurePosixPath(*self.parts) if self.parts else PurePosixPath(".")
+
+    def parent(self) -> CgroupPath:
+        return CgroupPath(self.parts[:-1])
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Kernel-enforced limits for one cgroup; None means unlimited."""
+
+    cpu_cores: float | None = None
+    memory_bytes: int | None = None
+    pids_max: int | None = None
+    # Relative share under contention, in cgroup v2's cpu.weight scale (1..10000, default 100).
+    weight: int | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Counters of one cgroup, read from the kernel, in base units.
+
+    CPU is kept in nanoseconds (integers) so that sums are exact; v2 reports microseconds,
+    which the v2 driver multiplies by 1000.
+    """
+
+    cpu_ns: int = 0
+    cpu_user_ns: int = 0
+    cpu_system_ns: int = 0
+    memory_current_bytes: int = 0
+    memory_peak_bytes: int = 0
+    io_read_bytes: int = 0
+    io_write_bytes: int = 0
+    oom_kills: int = 0
+    pids_current: int = 0
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What the monitor does, in order, before it lets the job's first process run.
+
+    ``mkdirs`` are created with mode 0755 (EEXIST is fine), ``writes`` are (file, value)
+    pairs written in order (a failure is a start error naming the file), and the job's
+    process id is written to every file of ``procs``.
+    """
+
+    mkdirs: tuple[str, ...] = ()
+    writes: tuple[tuple[str, str], ...] = ()
+    procs: tuple[str, ...] = ()
+    # Directories to remove (deepest first) when the job's cgroup goes away.
+    dirs: tuple[str, ...] = field(default=())
+
+
+class CgroupDriver(Protocol):
+    """Create, limit, observe, freeze, kill and remove cgroups under one root."""
+
+    name: DriverName
+
+    def ensure(self, path: CgroupPath, limits: Limits) -> None:
+        """Create ``path`` (and its parents) in every hierarchy and write its limits."""
+        ...
+
+    def plan(self, path: CgroupPath, limits: Limits) -> LaunchPlan:
+        """The plan that creates the leaf cgroup ``path`` and puts a process into it."""
+        ...
+
+    def read_usage(self, path: CgroupPath) -> Usage:
+        """Read the counters of ``path`` (a job or a tenant, children included)."""
+        ...
+
+    def populated(self, path: CgroupPath) -> bool:
+        """True while any process is in ``path`` or its descendants."""
+        ...
+
+    def kill(self, path: CgroupPath) -> None:
+        """Kill every process in ``path`` (frozen ones too)."""
+        ...
+
+    def freeze(self, path: CgroupPath) -> None:
+        """Freeze every process in ``path``; returns once the kernel confirms it."""
+        ...
+
+    def thaw(self, path: CgroupPath) -> None:
+        """Undo :meth:`freeze`."""
+        ...
+
+    def remove(self, path: CgroupPath) -> None:
+        """Remove the (empty) cgroup ``path`` from every hierarchy; missing is fine."""
+        ...
+
+    def exists(self, path: CgroupPath) -> bool:
+        """True if ``path`` exists in the driver's main hierarchy."""
+        ...
+
+    def children(self, path: CgroupPath) -> list[str]:
+        """Names of the child cgroups of ``path`` (empty if it does not exist)."""
+        ...
+
+    def remove_tree(self, path: CgroupPath) -> None:
+        """Kill everything under ``path`` and remove it, deepest first (teardown/tests)."""
+        ...

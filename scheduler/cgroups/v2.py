@@ -1,0 +1,307 @@
+"""The cgroup v2 driver: one unified hierarchy, controllers enabled top-down.
+
+v2 forbids processes in a cgroup whose children have controllers enabled ("no internal
+processes"), so tenants are inner nodes that only ever hold job leaves, and the scheduler's
+root must not hold the agent itself.
+"""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+from scheduler.cgroups import fs
+from scheduler.cgroups.base import CgroupPath, DriverName, LaunchPlan, Limits, Usage
+from scheduler.cgroups.parse import (
+    Pressure,
+    parse_controllers,
+    parse_flat_keyed,
+    parse_io_stat,
+    parse_pressure,
+)
+from scheduler.errors import CgroupError
+
+CPU_PERIOD_US = 100_000
+# The kernel rejects quotas under 1 ms (min_cfs_quota_period in kernel/sched/core.c).
+MIN_CPU_QUOTA_US = 1_000
+# Enabled in every inner node when the parent offers them; cpuset, hugetlb... are left alone.
+MANAGED_CONTROLLERS = ("cpu", "memory", "pids", "io")
+
+
+def cpu_quota_us(cores: float) -> int:
+    """cpu.max quota for ``cores`` CPUs over a 100 ms period."""
+    return max(MIN_CPU_QUOTA_US, round(cores * CPU_PERIOD_US))
+
+
+def _needed(limits: Limits) -> list[tuple[str, str]]:
+    """(controller, Limits field) for each limit that is set."""
+    needed = []
+    if limits.cpu_cores is not None:
+        needed.append(("cpu", "cpu_cores"))
+    if limits.weight is not None:
+        needed.append(("cpu", "weight"))
+    if limits.memory_bytes is not None:
+        needed.append(("memory", "memory_bytes"))
+    if limits.pids_max is not None:
+        needed.append(("pids", "pids_max"))
+    return needed
+
+
+def _check_values(limits: Limits) -> None:
+    if limits.cpu_cores is not None and not limits.cpu_cores > 0:
+        raise CgroupError(f"cpu_cores must be > 0, got {limits.cpu_cores}")
+    if limits.weight is not None and not 1 <= limits.weight <= 10_000:
+        raise CgroupError(f"weight must be in 1..10000, got {limits.weight}")
+    if limits.memory_bytes is not None and limits.memory_bytes <= 0:
+        raise CgroupError(f"memory_bytes must be > 0, got {limits.memory_bytes}")
+    if limits.pids_max is not None and limits.pids_max < 0:
+        raise CgroupError(f"pids_max must be >= 0, got {limits.pids_max}")
+
+
+class V2Driver:
+    """cgroup v2 on one cgroup2 mount; ``root`` is relative to ``mount``."""
+
+    name: DriverName = "v2"
+    freeze_timeout: float = 2.0
+    kill_timeout: float = 5.0
+
+    def __init__(self, mount: Path, root: str) -> None:
+        self._rel_root = fs.check_root(root)
+        self.mount = mount
+        self.root_dir = mount / self._rel_root
+        self._available: frozenset[str] | None = None
+
+    def __repr__(self) -> str:
+        return f"V2Driver({str(self.root_dir)!r})"
+
+    def directory(self, path: CgroupPath) -> Path:
+        """The cgroup directory of ``path``."""
+        return self.root_dir / path.rel
+
+    # -- controllers and limits ------------------------------------------------------------
+
+    def controllers(self) -> frozenset[str]:
+        """Controllers the root offers: its cgroup.controllers, or, before the root exists,
+        what its parent enables for children (its parent's cgroup.subtree_control)."""
+        text = fs.read_optional(self.root_dir / "cgroup.controllers")
+        if text is None:
+            text = fs.read_file(self.root_dir.parent / "cgroup.subtree_control")
+        self._available = parse_controllers(text)
+        return self._available
+
+    def _check(self, limits: Limits, path: CgroupPath, available: frozenset[str]) -> None:
+        _check_values(limits)
+        for controller, field in _needed(limits):
+            if controller not in available:
+                offered = " ".join(sorted(available)) or "none"
+                raise CgroupError(
+                    f"cgroup controller {controller!r} is not available for "
+                    f"{self.directory(path)} (needed for {field}); the root offers: {offered}"
+                )
+
+    def _limit_writes(
+        self, target: Path, limits: Limits, available: frozenset[str], *, reset: bool, swap: bool
+    ) -> list[tuple[str, str]]:
+        """Files to write for ``limits``; with ``reset`` an unset limit is written as its
+        default, so ensure() on an existing cgroup also removes limits that were dropped."""
+        writes: list[tuple[str, str]] = []
+        if "cpu" in available:
+            if limits.cpu_cores is not None:
+                quota = cpu_quota_us(limits.cpu_cores)
+                writes.append((f"{target}/cpu.max", f"{quota} {CPU_PERIOD_US}"))
+            elif reset:
+                writes.append((f"{target}/cpu.max", f"max {CPU_PERIOD_US}"))
+            if limits.weight is not None or reset:
+                writes.append((f"{target}/cpu.weight", str(limits.weight or 100)))
+        if "memory" in available:
+            memory = limits.memory_bytes
+            if memory is not None or reset:
+                writes.append((f"{target}/memory.max", str(memory or "max")))
+                # Without this, swap would let a job use memory beyond memory.max.
+                if swap:
+                    writes.append((f"{target}/memory.swap.max", "max" if memory is None else "0"))
+        if "pids" in available and (limits.pids_max is not None or reset):
+            value = "max" if limits.pids_max is None else str(limits.pids_max)
+            writes.append((f"{target}/pids.max", value))
+        return writes
+
+    def ensure(self, path: CgroupPath, limits: Limits) -> None:
+        """Create ``path`` as an inner node (a tenant) and write its limits.
+
+        The root, every ancestor and ``path`` itself get ``+cpu +memory +pids +io`` (those
+        the root offers) in cgroup.subtree_control, so jobs created below by plan() can be
+        limited and accounted. Enabling is a no-op when already enabled.
+        """
+        fs.make_dirs(self.mount, self._rel_root)
+        available = self.controllers()
+        self._check(limits, path, available)
+        enable = " ".join(f"+{c}" for c in MANAGED_CONTROLLERS if c in available)
+        inner = [
+            self.root_dir / CgroupPath(path.parts[:depth]).rel
+            for depth in range(len(path.parts) + 1)
+        ]
+        for node in inner:
+            fs.make_dir(node)
+            if not enable:
+                continue
+            try:
+                fs.write_file(node / "cgroup.subtree_control", enable)
+            except CgroupError as exc:
+                if fs.cause_errno(exc) == errno.EBUSY:
+                    raise CgroupError(
+                        f"cannot enable {enable} in {node}: it holds processes, and cgroup v2 "
+                        "allows processes only in leaf cgroups (move them into a child first)"
+                    ) from exc
+                raise
+        target = self.directory(path)
+        swap = (target / "memory.swap.max").exists()
+        for file, value in self._limit_writes(target, limits, available, reset=True, swap=swap):
+            fs.write_file(file, value)
+
+    def plan(self, path: CgroupPath, limits: Limits) -> LaunchPlan:
+        """The leaf ``path`` (its parent must exist via ensure()) with ``limits``."""
+        if not path.parts:
+            raise CgroupError("plan() needs a job path below the root, got the root itself")
+        available = self._available if self._available is not None else self.controllers()
+        self._check(limits, path, available)
+        leaf = self.directory(path)
+        # memory.swap.max exists only with swap accounting; the parent tells for the leaf.
+        swap = limits.memory_bytes is not None and (leaf.parent / "memory.swap.max").exists()
+        writes = self._limit_writes(leaf, limits, available, reset=False, swap=swap)
+        return LaunchPlan(
+            mkdirs=(str(leaf),),
+            writes=tuple(writes),
+            procs=(f"{leaf}/cgroup.procs",),
+            dirs=(str(leaf),),
+        )
+
+    # -- observing -------------------------------------------------------------------------
+
+    def read_usage(self, path: CgroupPath) -> Usage:
+        """Counters of ``path`` and its descendants; files of absent controllers count 0."""
+        d = self.directory(path)
+        cpu = parse_flat_keyed(fs.read_file(d / "cpu.stat"))
+        current_text = fs.read_optional(d / "memory.current")
+        current = int(current_text) if current_text else 0
+        # memory.peak appeared in 5.19; before it the current value is the best we have.
+        peak_text = fs.read_optional(d / "memory.peak")
+        events_text = fs.read_optional(d / "memory.events")
+        io_text = fs.read_optional(d / "io.stat")
+        pids_text = fs.read_optional(d / "pids.current")
+        io = parse_io_stat(io_text or "")
+        return Usage(
+            cpu_ns=cpu.get("usage_usec", 0) * 1000,
+            cpu_user_ns=cpu.get("user_usec", 0) * 1000,
+            cpu_system_ns=cpu.get("system_usec", 0) * 1000,
+            memory_current_bytes=current,
+            memory_peak_bytes=int(peak_text) if peak_text else current,
+            io_read_bytes=io.read,
+            io_write_bytes=io.write,
+            oom_kills=parse_flat_keyed(events_text or "").get("oom_kill", 0),
+            pids_current=int(pids_text) if pids_text else 0,
+        )
+
+    def read_pressure(self, path: CgroupPath, resource: str) -> Pressure:
+        """PSI of ``path`` for ``resource`` ("cpu", "memory" or "io")."""
+        return parse_pressure(fs.read_file(self.directory(path) / f"{resource}.pressure"))
+
+    def _events(self, path: CgroupPath) -> dict[str, int]:
+        return parse_flat_keyed(fs.read_file(self.directory(path) / "cgroup.events"))
+
+    def populated(self, path: CgroupPath) -> bool:
+        """cgroup.events ``populated``: 1 while any process is in ``path`` or below."""
+        return self._events(path).get("populated", 0) == 1
+
+    def exists(self, path: CgroupPath) -> bool:
+        return self.directory(path).is_dir()
+
+    def children(self, path: CgroupPath) -> list[str]:
+        return fs.child_dirs(self.directory(path))
+
+    # -- freezing and killing --------------------------------------------------------------
+
+    def freeze(self, path: CgroupPath) -> None:
+        """Write cgroup.freeze=1 and wait (bounded) until cgroup.events says ``frozen 1``.
+
+        The write only records the request: each task freezes when it next passes the
+        signal-delivery path, and the kernel sets ``frozen 1`` once all of them have. A task
+        in uninterruptible sleep (a vfork parent, NFS) delays that, so the wait is bounded
+        and a cgroup that does not get there is thawed again rather than left half frozen.
+        """
+        fs.write_file(self.directory(path) / "cgroup.freeze", "1")
+        if fs.wait_until(lambda: self._events(path).get("frozen") == 1, self.freeze_timeout):
+            return
+        fs.write_file(self.directory(path) / "cgroup.freeze", "0")
+        raise CgroupError(
+            f"{self.directory(path)} did not report frozen within {self.freeze_timeout} s; "
+            "thawed it again"
+        )
+
+    def thaw(self, path: CgroupPath) -> None:
+        """Write cgroup.freeze=0 and wait until ``frozen 0`` (it stays 1 under a frozen
+        ancestor, which is reported as an error)."""
+        d = self.directory(path)
+        fs.write_file(d / "cgroup.freeze", "0")
+        # Thawing clears "frozen" at once unless an ancestor still asks for freezing.
+        if self._events(path).get("frozen") == 0:
+            return
+        ancestor = self._frozen_ancestor(d)
+        if ancestor is not None:
+            raise CgroupError(f"{d} is still frozen: its ancestor {ancestor} is frozen")
+        if not fs.wait_until(lambda: self._events(path).get("frozen") == 0, self.freeze_timeout):
+            raise CgroupError(f"{d} did not report thawed within {self.freeze_timeout} s")
+
+    def _frozen_ancestor(self, d: Path) -> Path | None:
+        """The nearest ancestor below the mount whose cgroup.freeze is 1, if any."""
+        for ancestor in d.parents:
+            if ancestor == self.mount or self.mount not in ancestor.parents:
+                return None
+            if (fs.read_optional(ancestor / "cgroup.freeze") or "0").strip() == "1":
+                return ancestor
+        return None
+
+    def kill(self, path: CgroupPath) -> None:
+        """SIGKILL everything in ``path`` and below, then wait (bounded) until it is empty.
+
+        cgroup.kill (5.14+) kills the whole subtree and keeps new forks out while doing so;
+        frozen tasks die too. Older kernels get the freeze/signal/thaw loop instead.
+        """
+        d = self.directory(path)
+        if not d.is_dir():
+            return
+        if (d / "cgroup.kill").exists():
+            fs.write_file(d / "cgroup.kill", "1")
+            # Signals are delivered at once, but each task leaves the cgroup only when it
+            # passes cgroup_exit(), so "populated" drops a little later.
+            if fs.wait_until(lambda: not self.populated(path), self.kill_timeout):
+                return
+            raise CgroupError(f"{d} still has processes {self.kill_timeout} s after cgroup.kill")
+        froze = False
+
+        def freeze() -> bool:
+            nonlocal froze
+            try:
+                self.freeze(path)
+            except CgroupError:
+                return False
+            froze = True
+            return True
+
+        # Frozen tasks in v2 still die on SIGKILL, so the thaw can wait until the end.
+        fs.kill_until_empty(
+            d, lambda: fs.pids_below(d), freeze=freeze, thaw=lambda: None, timeout=self.kill_timeout
+        )
+        if froze:
+            self.thaw(path)
+
+    # -- removing --------------------------------------------------------------------------
+
+    def remove(self, path: CgroupPath) -> None:
+        fs.remove_dir(self.directory(path))
+
+    def remove_tree(self, path: CgroupPath) -> None:
+        if not self.exists(path):
+            return
+        self.kill(path)
+        for node in fs.walk_deepest_first(self.directory(path)):
+            fs.remove_dir(node)

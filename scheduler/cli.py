@@ -1,0 +1,263 @@
+"""The ``scheduler`` command: serve, migrate, submit, jobs, show, logs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from scheduler import log as logging_setup
+from scheduler import store
+from scheduler.config import Settings, load_settings
+from scheduler.db.pool import connect
+from scheduler.errors import SchedulerError
+from scheduler.units import format_bytes, parse_cores, parse_duration, parse_size
+
+EXIT_USAGE = 2
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML file with settings")
+    parser.add_argument("--database-url", help="Postgres URL (default: the embedded server)")
+    parser.add_argument("--state-dir", help="state directory (runs, logs, embedded Postgres)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scheduler", description="Run tenants' jobs as isolated, accounted processes."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the node agent (embedded Postgres if no URL)")
+    _add_common(serve)
+    serve.add_argument("--cgroup-root", help="cgroup directory name under each hierarchy")
+    serve.add_argument("--cgroup-driver", choices=["auto", "v1", "v2"])
+    serve.add_argument("--node-name", help="this node's name (default: host name)")
+    serve.add_argument("--max-running", type=int, help="attempts run at once on this node")
+    serve.add_argument("--poll-interval", type=float, help="safety poll period in seconds")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", choices=["console", "json"])
+
+    migrate = sub.add_parser("migrate", help="apply pending database migrations")
+    _add_common(migrate)
+
+    submit = sub.add_parser("submit", help="submit a job: scheduler submit [options] -- CMD...")
+    _add_common(submit)
+    submit.add_argument("--tenant", default="default")
+    submit.add_argument("--name", default="")
+    submit.add_argument("--cpu", type=parse_cores, default=None, help="cores, e.g. 0.5")
+    submit.add_argument("--memory", type=parse_size, default=None, help="e.g. 256M, 1G")
+    submit.add_argument("--pids", type=int, default=None, help="max processes")
+    submit.add_argument("--timeout", type=parse_duration, default=None, help="e.g. 30s, 5m")
+    submit.add_argument("--priority", type=int, default=0)
+    submit.add_argument("--max-attempts", type=int, default=1)
+    submit.add_argument("--cwd", default="/")
+    submit.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument("--wait", action="store_true",
+                        help="wait for the end and exit with the job's exit code")
+    submit.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD...")
+
+    jobs = sub.add_parser("jobs", help="list jobs, newest first")
+    _add_common(jobs)
+    jobs.add_argument("--tenant")
+    jobs.add_argument("--state")
+    jobs.add_argument("--limit", type=int, default=50)
+
+    show = sub.add_parser("show", help="show one job")
+    _add_common(show)
+    show.add_argument("id", type=int)
+
+    logs = sub.add_parser("logs", help="print a job's stdout and stderr")
+    _add_common(logs)
+    logs.add_argument("id", type=int)
+    logs.add_argument("--attempt", type=int, help="default: the latest")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    flags = {k: getattr(args, k, None) for k in (
+        "database_url", "state_dir", "cgroup_root", "cgroup_driver", "node_name",
+        "max_running", "poll_interval", "log_level", "log_format")}
+    return load_settings(flags, config_file=args.config)
+
+
+async def _database_url(settings: Settings) -> str:
+    if settings.database_url:
+        return settings.database_url
+    from scheduler.db.embedded import EmbeddedPostgres
+
+    return EmbeddedPostgres(settings.postgres_dir).dsn
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from(args)
+        logging_setup.configure(settings.log_level, settings.log_format)
+        handler = COMMANDS[args.command]
+        return anyio.run(handler, settings, args)
+    except SchedulerError as exc:
+        print(f"scheduler: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler.agent.service import print_ready, serve
+
+    if os.geteuid() != 0:
+        print("scheduler: warning: not root; creating cgroups and namespaces will likely fail",
+              file=sys.stderr)
+    await serve(settings, on_ready=print_ready)
+    return 0
+
+
+async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler.db.migrate import migrate
+
+    conn = await connect(await _database_url(settings))
+    try:
+        applied = await migrate(conn)
+    finally:
+        await conn.close()
+    _out(args, {"applied": applied},
+         f"applied migrations {applied}" if applied else "schema is up to date")
+    return 0
+
+
+async def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        print("scheduler: error: no command given: scheduler submit [options] -- CMD...",
+              file=sys.stderr)
+        return EXIT_USAGE
+    env: dict[str, str] = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            print(f"scheduler: error: --env {item!r}: expected KEY=VALUE", file=sys.stderr)
+            return EXIT_USAGE
+        env[key] = value
+    request = store.JobRequest(argv=argv, tenant=args.tenant, name=args.name, env=env,
+                               cwd=args.cwd, priority=args.priority,
+                               max_attempts=args.max_attempts, timeout_seconds=args.timeout)
+    overrides: dict[str, Any] = {}
+    if args.cpu is not None:
+        overrides["cpu"] = args.cpu
+    if args.memory is not None:
+        overrides["memory_bytes"] = args.memory
+    if args.pids is not None:
+        overrides["pids_max"] = args.pids
+    if overrides:
+        from dataclasses import replace
+
+        request = replace(request, **overrides)
+    conn = await connect(await _database_url(settings))
+    try:
+        row = await store.submit(conn, request)
+        if not args.wait:
+            _out(args, store.record_to_dict(row), str(row["id"]))
+            return 0
+        if not args.json:
+            print(row["id"], file=sys.stderr)
+        final = await store.wait(conn, row["id"])
+    finally:
+        await conn.close()
+    _out(args, store.record_to_dict(final), _describe(final))
+    if final["exit_code"] is not None:
+        return int(final["exit_code"])
+    return 128 + int(final["signal"]) if final["signal"] else 1
+
+
+async def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
+    conn = await connect(await _database_url(settings))
+    try:
+        rows = await store.list_jobs(conn, tenant=args.tenant, state=args.state,
+                                     limit=args.limit)
+    finally:
+        await conn.close()
+    if args.json:
+        print(store.dumps([store.record_to_dict(r) for r in rows]))
+        return 0
+    print(f"{'ID':>8}  {'TENANT':<12} {'STATE':<10} {'EXIT':>4}  {'CPU_S':>10}  "
+          f"{'MEM_PEAK':>9}  COMMAND")
+    for r in rows:
+        exit_text = "-" if r["exit_code"] is None else str(r["exit_code"])
+        cpu_s = "-" if r["cpu_seconds"] is None else f"{r['cpu_seconds']:.6f}"
+        print(f"{r['id']:>8}  {r['tenant']:<12} {r['state']:<10} {exit_text:>4}  "
+              f"{cpu_s:>10}  {format_bytes(r['memory_peak_bytes']):>9}  "
+              f"{' '.join(r['argv'])[:60]}")
+    return 0
+
+
+async def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
+    conn = await connect(await _database_url(settings))
+    try:
+        row = await store.get(conn, args.id)
+    finally:
+        await conn.close()
+    if args.json:
+        print(store.dumps(store.record_to_dict(row)))
+        return 0
+    for key, value in store.record_to_dict(row).items():
+        print(f"{key:>18}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    return 0
+
+
+async def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
+    attempt = args.attempt
+    if attempt is None:
+        conn = await connect(await _database_url(settings))
+        try:
+            attempt = (await store.get(conn, args.id))["attempts"]
+        finally:
+            await conn.close()
+    run_dir = settings.runs_dir / f"{args.id}-{attempt}"
+    if not run_dir.is_dir():
+        raise SchedulerError(f"no output for job {args.id} attempt {attempt} in {run_dir} "
+                             "(not started yet, or run on another node)")
+    for name, stream in (("stdout", sys.stdout), ("stderr", sys.stderr)):
+        path = run_dir / name
+        if path.exists():
+            stream.write(path.read_text(errors="replace"))
+            stream.flush()
+    return 0
+
+
+def _describe(row: Any) -> str:
+    text = f"job {row['id']}: {row['state']}"
+    if row["exit_code"] is not None:
+        text += f" (exit code {row['exit_code']})"
+    if row["signal"] is not None:
+        text += f" (signal {row['signal']})"
+    if row["error"]:
+        text += f": {row['error']}"
+    return text
+
+
+def _out(args: argparse.Namespace, data: Any, human: str) -> None:
+    print(store.dumps(data) if args.json else human)
+
+
+COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Awaitable[int]]] = {
+    "serve": cmd_serve,
+    "migrate": cmd_migrate,
+    "submit": cmd_submit,
+    "jobs": cmd_jobs,
+    "show": cmd_show,
+    "logs": cmd_logs,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

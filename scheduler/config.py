@@ -1,0 +1,137 @@
+"""Settings: command-line flags, then SCHEDULER_* environment variables, then a TOML file.
+
+Every setting is a field of :class:`Settings`; its environment variable is the upper-cased
+field name with the SCHEDULER_ prefix, and its TOML key is the field name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scheduler.errors import ConfigError
+
+
+def _default_state_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/scheduler")
+    return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state")) / "scheduler"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The agent's configuration, validated."""
+
+    database_url: str | None = None
+    state_dir: Path = dataclasses.field(default_factory=_default_state_dir)
+    cgroup_root: str = "scheduler"
+    cgroup_driver: str = "auto"
+    http_addr: str = "127.0.0.1:8420"
+    node_name: str = dataclasses.field(default_factory=socket.gethostname)
+    admin_token: str | None = None
+    max_running: int = 256
+    launch_concurrency: int = 8
+    poll_interval: float = 2.0
+    sample_interval: float = 10.0
+    log_level: str = "info"
+    log_format: str = "console"
+
+    def __post_init__(self) -> None:
+        if self.cgroup_driver not in ("auto", "v1", "v2"):
+            raise ConfigError(
+                f"cgroup_driver must be auto, v1 or v2: got {self.cgroup_driver!r}"
+            )
+        if self.max_running < 1:
+            raise ConfigError(f"max_running must be at least 1: got {self.max_running}")
+        if not 1 <= self.launch_concurrency <= 64:
+            raise ConfigError(
+                f"launch_concurrency must be in 1..64: got {self.launch_concurrency}"
+            )
+        if not 0.05 <= self.poll_interval <= 3600:
+            raise ConfigError(f"poll_interval must be in [0.05, 3600] s: got {self.poll_interval}")
+        if not 1 <= self.sample_interval <= 3600:
+            raise ConfigError(
+                f"sample_interval must be in [1, 3600] s: got {self.sample_interval}"
+            )
+        if self.log_format not in ("console", "json"):
+            raise ConfigError(f"log_format must be console or json: got {self.log_format!r}")
+        host, sep, port = self.http_addr.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"http_addr must be HOST:PORT: got {self.http_addr!r}")
+        if not self.node_name or "/" in self.node_name or len(self.node_name) > 253:
+            raise ConfigError(f"node_name {self.node_name!r} is not a valid node name")
+
+    @property
+    def runs_dir(self) -> Path:
+        """Where each job attempt keeps its output and exit record."""
+        return self.state_dir / "runs"
+
+    @property
+    def bin_dir(self) -> Path:
+        """Where the compiled monitor lives."""
+        return self.state_dir / "bin"
+
+    @property
+    def postgres_dir(self) -> Path:
+        """Where the embedded Postgres keeps its data and socket."""
+        return self.state_dir / "postgres"
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _convert(name: str, value: Any, source: str) -> Any:
+    """Turn a raw value into the field's type, with an error that names where it came from."""
+    kind = _FIELDS[name].type
+    try:
+        if kind in ("int",):
+            if isinstance(value, bool):
+                raise ValueError("expected an integer")
+            return int(value)
+        if kind in ("float",):
+            if isinstance(value, bool):
+                raise ValueError("expected a number")
+            return float(value)
+        if kind == "Path":
+            return Path(str(value)).expanduser()
+        if not isinstance(value, str):
+            raise ValueError("expected a string")
+        return value
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {name}: {exc}") from exc
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    """Merge flags over environment over file; unknown keys in the file are errors."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            data = tomllib.loads(config_file.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc}") from exc
+        section = data.get("scheduler", data)
+        for key, value in section.items():
+            if key not in _FIELDS:
+                raise ConfigError(f"{config_file}: unknown setting {key!r}")
+            values[key] = _convert(key, value, str(config_file))
+    for name in _FIELDS:
+        env_name = f"SCHEDULER_{name.upper()}"
+        if environ.get(env_name):
+            values[name] = _convert(name, environ[env_name], env_name)
+    for name, value in (flags or {}).items():
+        if value is not None:
+            if name not in _FIELDS:
+                raise ConfigError(f"unknown setting {name!r}")
+            values[name] = _convert(name, value, f"--{name.replace('_', '-')}")
+    return Settings(**values)

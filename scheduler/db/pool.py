@@ -1,0 +1,47 @@
+"""asyncpg connections with the codecs every part of the project expects."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncpg
+
+from scheduler.errors import DatabaseError
+
+
+async def _init(conn: asyncpg.Connection) -> None:
+    for kind in ("json", "jsonb"):
+        await conn.set_type_codec(
+            kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
+    """One connection (LISTEN, CLI); raises DatabaseError naming the target on failure."""
+    try:
+        conn = await asyncpg.connect(dsn, **kwargs)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise DatabaseError(f"cannot connect to the database ({_redact(dsn)}): {exc}") from exc
+    await _init(conn)
+    return conn
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 8) -> asyncpg.Pool:
+    """The agent's pool for claims, completions and queries."""
+    try:
+        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise DatabaseError(f"cannot connect to the database ({_redact(dsn)}): {exc}") from exc
+    assert pool is not None
+    return pool
+
+
+def _redact(dsn: str) -> str:
+    """The DSN without its password, for error messages and logs."""
+    head, sep, tail = dsn.partition("@")
+    if not sep or "://" not in head:
+        return dsn
+    scheme, _, creds = head.partition("://")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}@{tail}"

@@ -1,0 +1,42 @@
+"""The one exception root of the project and its specific subclasses.
+
+Each class's docstring is its default message; subclasses carry the data a person
+needs to act and chain the underlying cause with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+
+class SchedulerError(Exception):
+    """The scheduler failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ConfigError(SchedulerError):
+    """The configuration is invalid."""
+
+
+class DatabaseError(SchedulerError):
+    """The database could not be reached or refused a statement."""
+
+
+class EmbeddedPostgresError(DatabaseError):
+    """The embedded Postgres server could not be set up or started."""
+
+
+class MigrationError(DatabaseError):
+    """The database schema could not be migrated."""
+
+
+class CgroupError(SchedulerError):
+    """A cgroup operation failed."""
+
+
+class LaunchError(SchedulerError):
+    """A job could not be launched."""
+
+
+class JobNotFound(SchedulerError):
+    """No such job."""

@@ -1,0 +1,135 @@
+"""The job, as a value, and the pure rules of its lifecycle (no I/O here)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal, NewType
+
+from scheduler.cgroups.base import Usage
+from scheduler.runtime.spec import ExitRecord
+
+JobId = NewType("JobId", int)
+JobState = Literal[
+    "queued", "running", "frozen", "succeeded", "failed", "cancelled", "timed_out", "lost"
+]
+DesiredState = Literal["running", "frozen", "cancelled"]
+FINAL_STATES: frozenset[str] = frozenset(
+    {"succeeded", "failed", "cancelled", "timed_out", "lost"}
+)
+NS_PER_SECOND = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row of scheduler.jobs, as the agent needs it to run an attempt."""
+
+    id: JobId
+    tenant: str
+    name: str
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    cwd: str
+    cpu: Decimal
+    memory_bytes: int
+    pids_max: int
+    timeout_seconds: Decimal | None
+    priority: int
+    max_attempts: int
+    attempts: int
+    desired_state: str
+    submitted_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Any) -> Job:
+        """Build from an asyncpg record (env arrives as a JSON object of strings)."""
+        return cls(
+            id=JobId(row["id"]),
+            tenant=row["tenant"],
+            name=row["name"],
+            argv=tuple(row["argv"]),
+            env=dict(row["env"]),
+            cwd=row["cwd"],
+            cpu=row["cpu"],
+            memory_bytes=row["memory_bytes"],
+            pids_max=row["pids_max"],
+            timeout_seconds=row["timeout_seconds"],
+            priority=row["priority"],
+            max_attempts=row["max_attempts"],
+            attempts=row["attempts"],
+            desired_state=row["desired_state"],
+            submitted_at=row["submitted_at"],
+        )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended, decided from the monitor's record and the kernel's counters."""
+
+    state: JobState
+    exit_code: int | None
+    signal: int | None
+    oom_killed: bool
+    error: str | None
+    retry: bool
+
+
+def decide_outcome(
+    record: ExitRecord | None,
+    usage: Usage,
+    *,
+    timed_out: bool,
+    cancelled: bool,
+    attempts: int,
+    max_attempts: int,
+) -> Outcome:
+    """Map an exit to a final (or retry) state.
+
+    The kernel's own OOM counter decides ``oom_killed``: a job killed by SIGKILL for another
+    reason is not reported as OOM, and an OOM kill of a child that the job survived still is.
+    """
+    oom = usage.oom_kills > 0
+    if record is None:
+        state: JobState = "failed"
+        code, sig, error = None, None, "the job's monitor ended without an exit record"
+    elif record.kind == "start_error":
+        state, code, sig, error = "failed", None, None, record.error or "start error"
+    elif record.kind == "signaled":
+        state, code, sig = "failed", None, record.signal
+        error = f"killed by signal {record.signal}"
+    else:
+        code, sig = record.exit_code, None
+        state = "succeeded" if code == 0 else "failed"
+        error = None if code == 0 else f"exited with code {code}"
+    if oom and state != "succeeded":
+        error = "out of memory: the kernel killed a process of the job at its memory limit"
+    if cancelled:
+        state, error = "cancelled", "cancelled on request"
+    elif timed_out:
+        state, error = "timed_out", "time limit reached"
+    retry = state == "failed" and attempts < max_attempts and (
+        record is None or record.kind != "start_error"
+    )
+    return Outcome(state, code, sig, oom, error, retry)
+
+
+def retry_delay_seconds(attempt: int, *, base: float = 1.0, cap: float = 300.0,
+                        rng: random.Random | None = None) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**(attempt-1))]."""
+    bound = min(cap, base * (2 ** max(0, attempt - 1)))
+    return (rng or random.Random()).uniform(bound / 2, bound)
+
+
+def cpu_seconds(ns: int) -> Decimal:
+    """Exact decimal seconds from kernel nanoseconds."""
+    return Decimal(ns) / NS_PER_SECOND
+
+
+def byte_seconds(peak_bytes: int, start_ns: int, end_ns: int) -> Decimal:
+    """Memory integrated over a period with no samples inside it: peak times duration.
+
+    This bounds the true integral from above; the sampler narrows it with real samples.
+    """
+    return Decimal(peak_bytes) * Decimal(max(0, end_ns - start_ns)) / NS_PER_SECOND

@@ -1,0 +1,247 @@
+"""The agent's side of the C monitor: build it, start it, wait for it, read its record.
+
+One monitor process runs per job attempt (see ``monitor.c``). The agent only
+``posix_spawn``s it, waits on a pidfd without blocking the event loop, and then reads the
+exit record the monitor wrote atomically to ``<run_dir>/exit``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.resources
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import anyio
+
+from scheduler.errors import LaunchError
+from scheduler.runtime.spec import ExitKind, ExitRecord, LaunchSpec
+
+MONITOR_SOURCE = "monitor.c"
+EXIT_FILE = "exit"
+PID_FILE = "monitor.pid"
+
+_CFLAGS = ("-std=gnu11", "-O2", "-Wall")
+_KINDS: dict[str, ExitKind] = {
+    "exited": "exited",
+    "signaled": "signaled",
+    "start_error": "start_error",
+}
+_RECORD_KEYS = (
+    "kind",
+    "exit_code",
+    "signal",
+    "error",
+    "start_ns",
+    "end_ns",
+    "utime_us",
+    "stime_us",
+    "maxrss_kb",
+)
+
+
+def _find_compiler() -> str:
+    names = [os.environ["CC"]] if os.environ.get("CC") else []
+    for name in (*names, "cc", "gcc", "clang"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise LaunchError(
+        "no C compiler found (tried $CC, cc, gcc, clang): install one (e.g. gcc) "
+        "to build the job monitor"
+    )
+
+
+def monitor_binary(cache_dir: Path) -> Path:
+    """Return the compiled monitor in ``cache_dir``, compiling ``monitor.c`` if needed.
+
+    The binary is named after the source's hash, so a changed source gets a new binary
+    and concurrent agents never see a half-written file (compile to a temporary name,
+    then rename).
+    """
+    resource = importlib.resources.files(__package__ or "scheduler.runtime") / MONITOR_SOURCE
+    with importlib.resources.as_file(resource) as source:
+        try:
+            digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+        except OSError as exc:
+            raise LaunchError(f"cannot read the monitor source {source}: {exc}") from exc
+        target = cache_dir / f"scheduler-monitor-{digest}"
+        if target.is_file() and os.access(target, os.X_OK):
+            return target
+        compiler = _find_compiler()
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LaunchError(f"cannot create the monitor cache {cache_dir}: {exc}") from exc
+        tmp = cache_dir / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            result = subprocess.run(
+                [compiler, *_CFLAGS, "-o", str(tmp), str(source)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if result.returncode != 0:
+                raise LaunchError(
+                    f"compiling the job monitor failed ({compiler} exited with "
+                    f"{result.returncode}):\n{result.stderr.strip()}"
+                )
+            tmp.replace(target)
+        except OSError as exc:
+            raise LaunchError(f"compiling the job monitor with {compiler} failed: {exc}") from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+    return target
+
+
+def _check_text(what: str, value: str) -> str:
+    if "\0" in value:
+        raise LaunchError(f"{what} contains a NUL byte: {value!r}")
+    return value
+
+
+def monitor_argv(binary: Path, spec: LaunchSpec) -> list[str]:
+    """The monitor's command line for ``spec`` (pure)."""
+    if not spec.argv:
+        raise LaunchError(f"job {spec.job_id}: empty command")
+    if spec.tmp_size_bytes <= 0:
+        raise LaunchError(f"job {spec.job_id}: tmp size must be positive")
+    argv = [
+        str(binary),
+        "--run-dir",
+        str(spec.run_dir),
+        "--hostname",
+        spec.hostname,
+        "--cwd",
+        spec.cwd,
+        "--tmp-size",
+        str(spec.tmp_size_bytes),
+    ]
+    for path in spec.plan.mkdirs:
+        argv += ["--mkdir", path]
+    for path, value in spec.plan.writes:
+        argv += ["--write", path, value]
+    for path in spec.plan.procs:
+        argv += ["--procs", path]
+    argv += ["--", *spec.argv]
+    return [_check_text("argument", a) for a in argv]
+
+
+def spawn(binary: Path, spec: LaunchSpec) -> int:
+    """Start the monitor for ``spec`` and return its pid (the caller must wait for it).
+
+    The run directory is created (mode 0750) first. The monitor's own stdin, stdout and
+    stderr are /dev/null: the job's output goes to files in the run directory.
+    """
+    argv = monitor_argv(binary, spec)
+    for key, value in spec.env.items():
+        if not key or "=" in key:
+            raise LaunchError(f"job {spec.job_id}: invalid environment variable name {key!r}")
+        _check_text("environment variable", key)
+        _check_text(f"environment variable {key}", value)
+    try:
+        spec.run_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        spec.run_dir.chmod(0o750)  # mkdir's mode is filtered by the umask
+    except OSError as exc:
+        raise LaunchError(f"cannot create run directory {spec.run_dir}: {exc}") from exc
+    devnull = os.devnull
+    file_actions = [
+        (os.POSIX_SPAWN_OPEN, 0, devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, devnull, os.O_WRONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 2, devnull, os.O_WRONLY, 0),
+    ]
+    try:
+        return os.posix_spawn(str(binary), argv, spec.env, file_actions=file_actions)
+    except OSError as exc:
+        raise LaunchError(f"cannot start the job monitor {binary}: {exc}") from exc
+
+
+def _int_field(key: str, value: str) -> int:
+    if not (value.isascii() and value.isdigit()):
+        raise LaunchError(f"bad exit record: {key}={value!r} is not a non-negative integer")
+    return int(value)
+
+
+def _optional_int_field(key: str, value: str) -> int | None:
+    return None if value == "" else _int_field(key, value)
+
+
+def parse_exit_record(text: str) -> ExitRecord:
+    """Parse the ``key=value`` lines the monitor writes; raise LaunchError on garbage."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line:
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise LaunchError(f"bad exit record: line {line!r} has no '='")
+        if key in fields:
+            raise LaunchError(f"bad exit record: duplicate key {key!r}")
+        fields[key] = value
+    missing = [key for key in _RECORD_KEYS if key not in fields]
+    if missing:
+        raise LaunchError(f"bad exit record: missing {', '.join(missing)}")
+    kind = _KINDS.get(fields["kind"])
+    if kind is None:
+        raise LaunchError(f"bad exit record: unknown kind {fields['kind']!r}")
+    exit_code = _optional_int_field("exit_code", fields["exit_code"])
+    signal = _optional_int_field("signal", fields["signal"])
+    if kind == "exited" and (exit_code is None or exit_code > 255 or signal is not None):
+        raise LaunchError("bad exit record: kind=exited needs exit_code 0..255 and no signal")
+    if kind == "signaled" and (signal is None or signal == 0 or exit_code is not None):
+        raise LaunchError("bad exit record: kind=signaled needs a signal and no exit_code")
+    if kind == "start_error" and (exit_code is not None or signal is not None):
+        raise LaunchError("bad exit record: kind=start_error has no exit_code or signal")
+    return ExitRecord(
+        kind=kind,
+        exit_code=exit_code,
+        signal=signal,
+        error=fields["error"] or None,
+        start_ns=_int_field("start_ns", fields["start_ns"]),
+        end_ns=_int_field("end_ns", fields["end_ns"]),
+        utime_us=_int_field("utime_us", fields["utime_us"]),
+        stime_us=_int_field("stime_us", fields["stime_us"]),
+        maxrss_kb=_int_field("maxrss_kb", fields["maxrss_kb"]),
+    )
+
+
+def read_exit_record(run_dir: Path) -> ExitRecord | None:
+    """The exit record in ``run_dir``, or None if the monitor has not written one."""
+    try:
+        text = (run_dir / EXIT_FILE).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise LaunchError(f"cannot read {run_dir / EXIT_FILE}: {exc}") from exc
+    return parse_exit_record(text)
+
+
+def _reap(pid: int, options: int) -> bool:
+    """Reap ``pid`` if it is our exited child; True unless it is our child still running."""
+    try:
+        reaped, _ = os.waitpid(pid, options)
+    except ChildProcessError:
+        return True  # not our child (e.g. adopted after an agent restart) or already reaped
+    return reaped != 0
+
+
+async def wait_monitor(pid: int) -> None:
+    """Wait until process ``pid`` is gone, without blocking the event loop, and reap it."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        fd = -1  # already gone (possibly a zombie of ours: still reap it below)
+    if fd >= 0:
+        try:
+            await anyio.wait_readable(fd)
+        finally:
+            os.close(fd)
+    # The pidfd turns readable once the process has exited, when a child of ours is a
+    # reapable zombie, so WNOHANG succeeds; the blocking fallback runs off the loop anyway.
+    if not _reap(pid, os.WNOHANG):
+        await anyio.to_thread.run_sync(_reap, pid, 0)

@@ -1,0 +1,594 @@
+/*
+ * scheduler-monitor: the per-job monitor started by the agent (see launcher.py).
+ *
+ *   scheduler-monitor --run-dir DIR --hostname H --cwd C --tmp-size BYTES
+ *       [--mkdir PATH]... [--write PATH VALUE]... [--procs PATH]... -- ARGV...
+ *
+ * Three processes take part:
+ *
+ *   monitor  runs the cgroup plan, clones `init` into fresh pid/mount/uts/ipc/net
+ *            namespaces, puts it into every cgroup of the plan, then waits for it and
+ *            writes DIR/exit atomically. It ignores the usual termination signals so it
+ *            outlives the agent.
+ *   init     pid 1 of the new pid namespace: mounts /proc and /tmp, sets the hostname,
+ *            brings `lo` up, forks the job, forwards signals to it, reaps orphans and
+ *            reports the job's raw wait status to the monitor.
+ *   job      pid 2: resets signals, wires stdin/stdout/stderr, chdir, execvp.
+ *
+ * Pipes between them (all O_CLOEXEC, so the user's program never sees them):
+ *   sync    monitor -> init:   one byte once init is in every cgroup ("go").
+ *   err     init/job -> monitor: a start error message; EOF means exec succeeded.
+ *   status  init -> monitor:   the job's raw wait status (an int).
+ *
+ * The job's environment is the monitor's own environ, untouched.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <net/if.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define ERR_MAX 1024
+
+struct opts {
+    const char *run_dir, *hostname, *cwd;
+    unsigned long long tmp_size;
+    const char **mkdirs;
+    int n_mkdirs;
+    const char **write_paths, **write_values;
+    int n_writes;
+    const char **procs;
+    int n_procs;
+    char **argv;
+};
+
+/* The one start error of this run (monitor side), filled by set_error(). */
+static char errbuf[ERR_MAX];
+
+__attribute__((format(printf, 1, 2))) static void set_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(errbuf, sizeof errbuf, fmt, ap);
+    va_end(ap);
+}
+
+static long long now_ns(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_REALTIME, &ts) != 0)
+        return 0;
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static int join(char *out, size_t size, const char *dir, const char *name)
+{
+    int n = snprintf(out, size, "%s/%s", dir, name);
+    if (n < 0 || (size_t)n >= size) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    return 0;
+}
+
+static int write_all(int fd, const char *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(fd, buf, len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        buf += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Write `value` to an existing file (cgroupfs: one write(2) per value). */
+static int write_file(const char *path, const char *value)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    if (write_all(fd, value, strlen(value)) != 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return close(fd);
+}
+
+/* Create DIR/name with `text` atomically: write DIR/name.tmp, then rename. */
+static int write_atomic(const char *dir, const char *name, const char *text)
+{
+    char tmp[PATH_MAX], final[PATH_MAX], tmpname[NAME_MAX];
+    snprintf(tmpname, sizeof tmpname, "%s.tmp", name);
+    if (join(final, sizeof final, dir, name) != 0 || join(tmp, sizeof tmp, dir, tmpname) != 0)
+        return -1;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    if (fd < 0)
+        return -1;
+    if (write_all(fd, text, strlen(text)) != 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    if (close(fd) != 0)
+        return -1;
+    return rename(tmp, final);
+}
+
+/* The exit record: `key=value` lines, parsed by launcher.parse_exit_record(). */
+static int write_record(const char *dir, const char *kind, int exit_code, int sig,
+                        const char *error, long long start_ns, long long end_ns,
+                        const struct rusage *ru)
+{
+    char code[16] = "", signo[16] = "", err[ERR_MAX], text[ERR_MAX + 512];
+    if (exit_code >= 0)
+        snprintf(code, sizeof code, "%d", exit_code);
+    if (sig > 0)
+        snprintf(signo, sizeof signo, "%d", sig);
+    /* The record is line based: the error must stay on one line. */
+    snprintf(err, sizeof err, "%s", error ? error : "");
+    for (char *p = err; *p; p++)
+        if (*p == '\n' || *p == '\r')
+            *p = ' ';
+    snprintf(text, sizeof text,
+             "kind=%s\nexit_code=%s\nsignal=%s\nerror=%s\nstart_ns=%lld\nend_ns=%lld\n"
+             "utime_us=%lld\nstime_us=%lld\nmaxrss_kb=%ld\n",
+             kind, code, signo, err, start_ns, end_ns,
+             (long long)ru->ru_utime.tv_sec * 1000000LL + ru->ru_utime.tv_usec,
+             (long long)ru->ru_stime.tv_sec * 1000000LL + ru->ru_stime.tv_usec,
+             ru->ru_maxrss);
+    return write_atomic(dir, "exit", text);
+}
+
+/* Record errbuf as a start error (no job ran) and exit. */
+__attribute__((noreturn)) static void start_error(const char *dir)
+{
+    struct rusage zero = {0};
+    long long t = now_ns();
+    if (write_record(dir, "start_error", -1, 0, errbuf, t, t, &zero) != 0) {
+        fprintf(stderr, "scheduler-monitor: write %s/exit: %s (start error was: %s)\n", dir,
+                strerror(errno), errbuf);
+        exit(1);
+    }
+    exit(0);
+}
+
+static int parse_args(int argc, char **argv, struct opts *o)
+{
+    memset(o, 0, sizeof *o);
+    /* Each list holds at most argc entries; never freed (the process is short-lived). */
+    o->mkdirs = calloc((size_t)argc, sizeof *o->mkdirs);
+    o->write_paths = calloc((size_t)argc, sizeof *o->write_paths);
+    o->write_values = calloc((size_t)argc, sizeof *o->write_values);
+    o->procs = calloc((size_t)argc, sizeof *o->procs);
+    if (!o->mkdirs || !o->write_paths || !o->write_values || !o->procs) {
+        set_error("monitor: out of memory");
+        return -1;
+    }
+    const char *tmp_size = NULL;
+    int i;
+    for (i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int left = argc - i - 1; /* values available after the flag */
+        if (strcmp(a, "--") == 0) {
+            i++;
+            break;
+        } else if (strcmp(a, "--write") == 0 && left >= 2) {
+            o->write_paths[o->n_writes] = argv[++i];
+            o->write_values[o->n_writes++] = argv[++i];
+        } else if (left < 1) {
+            set_error("monitor: bad argument %s", a);
+            return -1;
+        } else if (strcmp(a, "--run-dir") == 0) {
+            o->run_dir = argv[++i];
+        } else if (strcmp(a, "--hostname") == 0) {
+            o->hostname = argv[++i];
+        } else if (strcmp(a, "--cwd") == 0) {
+            o->cwd = argv[++i];
+        } else if (strcmp(a, "--tmp-size") == 0) {
+            tmp_size = argv[++i];
+        } else if (strcmp(a, "--mkdir") == 0) {
+            o->mkdirs[o->n_mkdirs++] = argv[++i];
+        } else if (strcmp(a, "--procs") == 0) {
+            o->procs[o->n_procs++] = argv[++i];
+        } else {
+            set_error("monitor: bad argument %s", a);
+            return -1;
+        }
+    }
+    o->argv = &argv[i];
+    if (!o->run_dir || !o->hostname || !o->cwd || !tmp_size || i >= argc) {
+        set_error("monitor: usage: --run-dir DIR --hostname H --cwd C --tmp-size BYTES "
+                  "[--mkdir P]... [--write P V]... [--procs P]... -- ARGV...");
+        return -1;
+    }
+    char *end;
+    errno = 0;
+    o->tmp_size = strtoull(tmp_size, &end, 10);
+    /* 0 would mean "no limit" to tmpfs. */
+    if (errno != 0 || end == tmp_size || *end != '\0' || tmp_size[0] == '-' || !o->tmp_size) {
+        set_error("monitor: bad --tmp-size %s", tmp_size);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- child side (init and job): errors go over the err pipe, then _exit ---- */
+
+__attribute__((noreturn, format(printf, 2, 3))) static void child_fail(int err_fd,
+                                                                       const char *fmt, ...)
+{
+    char msg[ERR_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        (void)!write(err_fd, msg, (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1);
+    _exit(127);
+}
+
+/* Every catchable signal back to SIG_DFL (the monitor ignores some; children inherit it). */
+static int reset_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; sig++) {
+        if (sig == SIGKILL || sig == SIGSTOP)
+            continue;
+        /* glibc reserves a few real-time signals for itself: EINVAL there is expected. */
+        if (sigaction(sig, &sa, NULL) != 0 && errno != EINVAL)
+            return -1;
+    }
+    return 0;
+}
+
+static void bring_lo_up(int err_fd)
+{
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0)
+        child_fail(err_fd, "net: socket: %s", strerror(errno));
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    strcpy(ifr.ifr_name, "lo");
+    if (ioctl(s, SIOCGIFFLAGS, &ifr) != 0)
+        child_fail(err_fd, "net: get flags of lo: %s", strerror(errno));
+    ifr.ifr_flags |= IFF_UP;
+    if (ioctl(s, SIOCSIFFLAGS, &ifr) != 0)
+        child_fail(err_fd, "net: bring lo up: %s", strerror(errno));
+    if (close(s) != 0)
+        child_fail(err_fd, "net: close: %s", strerror(errno));
+}
+
+__attribute__((noreturn)) static void job_main(const struct opts *o, int out_fd, int errf_fd,
+                                               int err_fd)
+{
+    sigset_t none;
+    sigemptyset(&none);
+    if (reset_signals() != 0 || sigprocmask(SIG_SETMASK, &none, NULL) != 0)
+        child_fail(err_fd, "job: reset signals: %s", strerror(errno));
+    int null = open("/dev/null", O_RDONLY);
+    if (null < 0)
+        child_fail(err_fd, "job: open /dev/null: %s", strerror(errno));
+    /* 0..2 are always open in the monitor (see main), so null, out and err are >= 3. */
+    if (dup2(null, 0) < 0 || dup2(out_fd, 1) < 0 || dup2(errf_fd, 2) < 0)
+        child_fail(err_fd, "job: dup2: %s", strerror(errno));
+    if (close(null) != 0)
+        child_fail(err_fd, "job: close: %s", strerror(errno));
+    if (chdir(o->cwd) != 0)
+        child_fail(err_fd, "cwd: %s: %s", o->cwd, strerror(errno));
+    execvp(o->argv[0], o->argv);
+    child_fail(err_fd, "exec: %s: %s", o->argv[0], strerror(errno));
+}
+
+__attribute__((noreturn)) static void init_main(const struct opts *o, int sync_fd, int err_fd,
+                                                int status_fd, int out_fd, int errf_fd)
+{
+    /* If the monitor dies, nobody would record the job: take it down with us. The
+     * kernel delivers this SIGKILL even to a pid-namespace init (it comes from outside).
+     * A monitor that died before this line is caught by EOF on the sync pipe below. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0)
+        child_fail(err_fd, "init: prctl: %s", strerror(errno));
+    char go;
+    ssize_t n;
+    do
+        n = read(sync_fd, &go, 1);
+    while (n < 0 && errno == EINTR);
+    if (n != 1)
+        _exit(1); /* the monitor gave up (cgroup.procs failed) or died */
+    if (close(sync_fd) != 0)
+        child_fail(err_fd, "init: close: %s", strerror(errno));
+
+    /* CLONE_NEWNS copies the mounts with their propagation: make ours private first, or
+     * the mounts below would leak back into the host's namespace. */
+    if (mount("none", "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
+        child_fail(err_fd, "mount: make / private: %s", strerror(errno));
+    /* A fresh proc instance shows only this pid namespace. */
+    if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
+        child_fail(err_fd, "mount: /proc: %s", strerror(errno));
+    char data[64];
+    snprintf(data, sizeof data, "size=%llu,mode=1777", o->tmp_size);
+    if (mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, data) != 0)
+        child_fail(err_fd, "mount: /tmp: %s", strerror(errno));
+    if (sethostname(o->hostname, strlen(o->hostname)) != 0)
+        child_fail(err_fd, "hostname: %s: %s", o->hostname, strerror(errno));
+    bring_lo_up(err_fd);
+
+    /* Block what we forward (and SIGCHLD) before forking, so nothing is lost in between;
+     * sigwaitinfo() then receives them. Blocked signals are queued even for a pid-ns
+     * init, which otherwise drops signals it has no handler for. */
+    static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++)
+        sigaddset(&set, forwarded[i]);
+    if (reset_signals() != 0 || sigprocmask(SIG_BLOCK, &set, NULL) != 0)
+        child_fail(err_fd, "init: signals: %s", strerror(errno));
+
+    pid_t job = fork();
+    if (job < 0)
+        child_fail(err_fd, "init: fork: %s", strerror(errno));
+    if (job == 0)
+        job_main(o, out_fd, errf_fd, err_fd);
+    /* From here on only the job holds the err pipe; its exec closes it (EOF = started). */
+    if (close(err_fd) != 0 || close(out_fd) != 0 || close(errf_fd) != 0)
+        _exit(1);
+
+    for (;;) {
+        siginfo_t si;
+        int sig = sigwaitinfo(&set, &si);
+        if (sig < 0) {
+            if (errno == EINTR)
+                continue;
+            _exit(1);
+        }
+        if (sig != SIGCHLD) {
+            if (kill(job, sig) != 0 && errno != ESRCH)
+                _exit(1);
+            continue;
+        }
+        /* SIGCHLDs coalesce: reap everything that is ready. */
+        for (;;) {
+            int status;
+            pid_t pid = waitpid(-1, &status, WNOHANG);
+            if (pid == job) {
+                if (write_all(status_fd, (const char *)&status, sizeof status) != 0)
+                    _exit(1);
+                /* Exiting makes the kernel SIGKILL everything left in the namespace. */
+                _exit(0);
+            }
+            if (pid == 0 || (pid < 0 && errno == ECHILD))
+                break;
+            if (pid < 0 && errno != EINTR)
+                _exit(1);
+        }
+    }
+}
+
+/* ---- monitor ---- */
+
+static int make_pipe(int fds[2])
+{
+    if (pipe2(fds, O_CLOEXEC) != 0) {
+        set_error("monitor: pipe: %s", strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* Read everything until EOF (at most ERR_MAX-1 bytes kept). Returns bytes kept or -1. */
+static ssize_t read_all(int fd, char *buf, size_t size)
+{
+    size_t used = 0;
+    char sink[256];
+    for (;;) {
+        char *dst = used < size - 1 ? buf + used : sink;
+        size_t room = used < size - 1 ? size - 1 - used : sizeof sink;
+        ssize_t n = read(fd, dst, room);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        if (n == 0)
+            break;
+        if (dst == buf + used)
+            used += (size_t)n;
+    }
+    buf[used] = '\0';
+    return (ssize_t)used;
+}
+
+int main(int argc, char **argv)
+{
+    struct opts o;
+    if (parse_args(argc, argv, &o) != 0) {
+        if (!o.run_dir) {
+            fprintf(stderr, "scheduler-monitor: %s\n", errbuf);
+            return 2;
+        }
+        start_error(o.run_dir);
+    }
+
+    /* Nothing the agent leaked should reach the job; 0..2 stay, pointing wherever. */
+    if (close_range(3, ~0U, 0) != 0) {
+        set_error("monitor: close_range: %s", strerror(errno));
+        start_error(o.run_dir);
+    }
+    for (int fd = 0; fd <= 2; fd++) {
+        /* Keep 0..2 occupied so the files opened below never land on them. */
+        if (fcntl(fd, F_GETFD) < 0 && open("/dev/null", O_RDWR) != fd) {
+            set_error("monitor: open /dev/null: %s", strerror(errno));
+            start_error(o.run_dir);
+        }
+    }
+
+    /* Survive the agent: own session, and ignore what a dying agent's terminal or
+     * supervisor would send. (The cgroup kill or a signal to init stops the job.) */
+    /* EPERM: we already lead a process group (e.g. started from an interactive shell),
+     * which is as detached as we can get. The agent's posix_spawn never does that. */
+    if (setsid() < 0 && !(errno == EPERM && getpgrp() == getpid())) {
+        set_error("monitor: setsid: %s", strerror(errno));
+        start_error(o.run_dir);
+    }
+    static const int ignored[] = {SIGPIPE, SIGINT, SIGHUP, SIGTERM};
+    for (size_t i = 0; i < sizeof ignored / sizeof ignored[0]; i++) {
+        if (signal(ignored[i], SIG_IGN) == SIG_ERR) {
+            set_error("monitor: signal: %s", strerror(errno));
+            start_error(o.run_dir);
+        }
+    }
+
+    char buf[PATH_MAX];
+    snprintf(buf, sizeof buf, "%d\n", (int)getpid());
+    if (write_atomic(o.run_dir, "monitor.pid", buf) != 0) {
+        set_error("monitor: write %s/monitor.pid: %s", o.run_dir, strerror(errno));
+        start_error(o.run_dir);
+    }
+
+    int out_fd = -1, errf_fd = -1;
+    const char *names[] = {"stdout", "stderr"};
+    int *fds[] = {&out_fd, &errf_fd};
+    for (int i = 0; i < 2; i++) {
+        if (join(buf, sizeof buf, o.run_dir, names[i]) != 0 ||
+            (*fds[i] = open(buf, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640)) < 0) {
+            set_error("monitor: open %s/%s: %s", o.run_dir, names[i], strerror(errno));
+            start_error(o.run_dir);
+        }
+    }
+
+    for (int i = 0; i < o.n_mkdirs; i++) {
+        if (mkdir(o.mkdirs[i], 0755) != 0 && errno != EEXIST) {
+            set_error("cgroup: mkdir %s: %s", o.mkdirs[i], strerror(errno));
+            start_error(o.run_dir);
+        }
+    }
+    for (int i = 0; i < o.n_writes; i++) {
+        if (write_file(o.write_paths[i], o.write_values[i]) != 0) {
+            set_error("cgroup: write %s: %s", o.write_paths[i], strerror(errno));
+            start_error(o.run_dir);
+        }
+    }
+
+    int sync_p[2], err_p[2], status_p[2];
+    if (make_pipe(sync_p) != 0 || make_pipe(err_p) != 0 || make_pipe(status_p) != 0)
+        start_error(o.run_dir);
+
+    /* A raw clone behaves like fork() here (no new stack: the child continues on a copy
+     * of ours), which is safe because the monitor is single threaded. glibc's cached
+     * thread id is stale in the child, so init must not use raise()/abort(); its fork()
+     * refreshes it for the job. */
+    long flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET;
+    pid_t init = (pid_t)syscall(SYS_clone, flags | SIGCHLD, 0, 0, 0, 0);
+    if (init < 0) {
+        set_error("monitor: clone: %s", strerror(errno));
+        start_error(o.run_dir);
+    }
+    if (init == 0) {
+        /* Drop the monitor's ends, or EOF on the sync pipe could never happen. */
+        if (close(sync_p[1]) != 0 || close(err_p[0]) != 0 || close(status_p[0]) != 0)
+            child_fail(err_p[1], "init: close: %s", strerror(errno));
+        init_main(&o, sync_p[0], err_p[1], status_p[1], out_fd, errf_fd);
+    }
+    if (close(sync_p[0]) != 0 || close(err_p[1]) != 0 || close(status_p[1]) != 0 ||
+        close(out_fd) != 0 || close(errf_fd) != 0) {
+        set_error("monitor: close: %s", strerror(errno));
+        goto kill_init;
+    }
+
+    /* Move init into every cgroup before it may run anything; the job forks from it. */
+    snprintf(buf, sizeof buf, "%d", (int)init);
+    for (int i = 0; i < o.n_procs; i++) {
+        if (write_file(o.procs[i], buf) != 0) {
+            set_error("cgroup: write %s: %s", o.procs[i], strerror(errno));
+            goto kill_init;
+        }
+    }
+    if (write_all(sync_p[1], "g", 1) != 0 || close(sync_p[1]) != 0) {
+        set_error("monitor: start init: %s", strerror(errno));
+        goto kill_init;
+    }
+
+    /* EOF on the err pipe: the job's exec succeeded (or init/the job reported why not). */
+    char msg[ERR_MAX];
+    ssize_t msg_len = read_all(err_p[0], msg, sizeof msg);
+    long long start_ns = now_ns();
+    if (msg_len < 0) {
+        set_error("monitor: read err pipe: %s", strerror(errno));
+        goto kill_init;
+    }
+    int job_status = 0;
+    ssize_t got;
+    do
+        got = read(status_p[0], &job_status, sizeof job_status);
+    while (got < 0 && errno == EINTR);
+
+    int init_status;
+    struct rusage ru;
+    pid_t w;
+    do
+        w = wait4(init, &init_status, 0, &ru);
+    while (w < 0 && errno == EINTR);
+    long long end_ns = now_ns();
+    if (w < 0) {
+        set_error("monitor: wait4: %s", strerror(errno));
+        start_error(o.run_dir);
+    }
+
+    int rc;
+    if (msg_len > 0)
+        rc = write_record(o.run_dir, "start_error", -1, 0, msg, start_ns, end_ns, &ru);
+    else if (got == (ssize_t)sizeof job_status && WIFEXITED(job_status))
+        rc = write_record(o.run_dir, "exited", WEXITSTATUS(job_status), 0, NULL, start_ns,
+                          end_ns, &ru);
+    else if (got == (ssize_t)sizeof job_status && WIFSIGNALED(job_status))
+        rc = write_record(o.run_dir, "signaled", -1, WTERMSIG(job_status), NULL, start_ns,
+                          end_ns, &ru);
+    else if (WIFSIGNALED(init_status)) /* init itself was killed (e.g. a cgroup kill) */
+        rc = write_record(o.run_dir, "signaled", -1, WTERMSIG(init_status), NULL, start_ns,
+                          end_ns, &ru);
+    else {
+        snprintf(msg, sizeof msg, "init: exited with status %d before the job ended",
+                 WIFEXITED(init_status) ? WEXITSTATUS(init_status) : -1);
+        rc = write_record(o.run_dir, "start_error", -1, 0, msg, start_ns, end_ns, &ru);
+    }
+    if (rc != 0) {
+        fprintf(stderr, "scheduler-monitor: write %s/exit: %s\n", o.run_dir, strerror(errno));
+        return 1;
+    }
+    return 0;
+
+kill_init:
+    /* init is still blocked on the sync pipe (or just past it): SIGKILL always works,
+     * since it comes from outside its pid namespace. */
+    if (kill(init, SIGKILL) != 0 && errno != ESRCH)
+        fprintf(stderr, "scheduler-monitor: kill init: %s\n", strerror(errno));
+    while (waitpid(init, NULL, 0) < 0 && errno == EINTR)
+        ;
+    start_error(o.run_dir);
+}

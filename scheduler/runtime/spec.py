@@ -1,0 +1,46 @@
+"""Values that cross the boundary between the agent and the C monitor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from scheduler.cgroups.base import LaunchPlan
+
+ExitKind = Literal["exited", "signaled", "start_error"]
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything the monitor needs to start one attempt of one job."""
+
+    job_id: int
+    attempt: int
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    cwd: str
+    hostname: str
+    run_dir: Path  # holds stdout, stderr, the monitor's pid file and the exit record
+    plan: LaunchPlan
+    # Size of the private /tmp (tmpfs, charged to the job's memory cgroup).
+    tmp_size_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ExitRecord:
+    """What the monitor wrote atomically to ``<run_dir>/exit`` when the job ended.
+
+    ``start_ns``/``end_ns`` are CLOCK_REALTIME nanoseconds: when the job's exec succeeded
+    (or failed) and when its first process was reaped.
+    """
+
+    kind: ExitKind
+    exit_code: int | None
+    signal: int | None
+    error: str | None
+    start_ns: int
+    end_ns: int
+    utime_us: int
+    stime_us: int
+    maxrss_kb: int

@@ -1,0 +1,168 @@
+"""Shared fixtures: one real Postgres per test session, a fresh database per test cloned from a
+migrated template, a private cgroup root per test, and a running agent on demand."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import asyncpg
+import pytest
+
+from scheduler.agent.service import Ready, run_agent
+from scheduler.cgroups.base import CgroupPath
+from scheduler.cgroups.detect import open_driver
+from scheduler.config import Settings
+from scheduler.db.embedded import EmbeddedPostgres
+from scheduler.db.migrate import migrate
+from scheduler.db.pool import connect
+
+TEMPLATE = "scheduler_template"
+
+
+def with_database(dsn: str, database: str) -> str:
+    """The same server URL pointing at another database."""
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn() -> Iterator[str]:
+    """A real Postgres server for the session (SCHEDULER_TEST_DATABASE_URL, else embedded)."""
+    external = os.environ.get("SCHEDULER_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    base = Path(tempfile.mkdtemp(prefix="sched-pg-", dir="/tmp"))
+    base.chmod(0o755)
+    server = EmbeddedPostgres(base, unsafe_fast=True)
+    anyio.run(server.start)
+    try:
+        yield server.admin_dsn
+    finally:
+        anyio.run(server.stop)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_admin_dsn: str) -> str:
+    """A database migrated once, cloned by every test that needs a schema."""
+
+    async def build() -> None:
+        admin = await asyncpg.connect(pg_admin_dsn)
+        try:
+            await admin.execute(f"DROP DATABASE IF EXISTS {TEMPLATE}")
+            await admin.execute(f"CREATE DATABASE {TEMPLATE}")
+        finally:
+            await admin.close()
+        conn = await connect(with_database(pg_admin_dsn, TEMPLATE))
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+
+    anyio.run(build)
+    return TEMPLATE
+
+
+@pytest.fixture
+async def dsn(pg_admin_dsn: str, template_db: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for one test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_admin_dsn)
+    try:
+        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {template_db}")
+    finally:
+        await admin.close()
+    yield with_database(pg_admin_dsn, name)
+    admin = await asyncpg.connect(pg_admin_dsn)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def db(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await connect(dsn)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+def cgroup_root() -> Iterator[str]:
+    """A cgroup root of this test's own, removed with everything under it afterwards."""
+    name = f"sched-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    open_driver(name).remove_tree(CgroupPath(()))
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="sched-state-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class AgentHandle:
+    settings: Settings
+    ready: Ready
+    scope: anyio.CancelScope
+
+    def stop(self) -> None:
+        """Stop the agent as SIGTERM would: running jobs keep running."""
+        self.scope.cancel()
+
+
+def agent_settings(dsn: str, state_dir: Path, cgroup_root: str, **extra: object) -> Settings:
+    values: dict[str, object] = {
+        "database_url": dsn, "state_dir": state_dir, "cgroup_root": cgroup_root,
+        "node_name": "test-node", "poll_interval": 0.5, "max_running": 64,
+    }
+    values.update(extra)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+async def start_agent(tg: anyio.abc.TaskGroup, settings: Settings) -> AgentHandle:
+    """Start an agent as a task of ``tg``; return once it is ready."""
+    assert settings.database_url is not None
+    ready: list[Ready] = []
+    event = anyio.Event()
+    scope = anyio.CancelScope()
+
+    def on_ready(r: Ready) -> None:
+        ready.append(r)
+        event.set()
+
+    async def run() -> None:
+        with scope:
+            assert settings.database_url is not None
+            await run_agent(settings, settings.database_url, on_ready=on_ready)
+
+    tg.start_soon(partial(run))
+    with anyio.fail_after(60):
+        await event.wait()
+    return AgentHandle(settings, ready[0], scope)
+
+
+@pytest.fixture
+async def agent(dsn: str, state_dir: Path, cgroup_root: str) -> AsyncIterator[AgentHandle]:
+    """One running agent on a fresh database, cgroup root and state directory."""
+    async with anyio.create_task_group() as tg:
+        handle = await start_agent(tg, agent_settings(dsn, state_dir, cgroup_root))
+        yield handle
+        tg.cancel_scope.cancel()
