@@ -22,5 +22,7 @@ def describe() -> str:
             mem_kib = int(f.readline().split()[1])
     except (OSError, ValueError, IndexError):
         pass
-    return (f"{platform.node()}: {os.cpu_count()} cpus ({model}), {mem_kib // 1024} MiB, "
-            f"Linux {platform.release()}, Python {platform.python_version()}")
+    return (
+        f"{platform.node()}: {os.cpu_count()} cpus ({model}), {mem_kib // 1024} MiB, "
+        f"Linux {platform.release()}, Python {platform.python_version()}"
+    )

@@ -28,19 +28,25 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.machine import describe  # noqa: E402
-from scheduler.cgroups.base import CgroupPath  # noqa: E402
-from scheduler.cgroups.detect import open_driver  # noqa: E402
-from scheduler.db.embedded import EmbeddedPostgres  # noqa: E402
+from bench.machine import describe
+from scheduler.cgroups.base import CgroupPath
+from scheduler.cgroups.detect import open_driver
+from scheduler.db.embedded import EmbeddedPostgres
 
 FINAL = ("succeeded", "failed", "cancelled", "timed_out", "lost")
 
 
 def start_agent(dsn: str, state: Path, root: str) -> subprocess.Popen[str]:
-    env = dict(os.environ, SCHEDULER_DATABASE_URL=dsn, SCHEDULER_STATE_DIR=str(state),
-               SCHEDULER_CGROUP_ROOT=root, SCHEDULER_LOG_LEVEL="warning")
-    proc = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "serve"], env=env,
-                            stdout=subprocess.PIPE, text=True)
+    env = dict(
+        os.environ,
+        SCHEDULER_DATABASE_URL=dsn,
+        SCHEDULER_STATE_DIR=str(state),
+        SCHEDULER_CGROUP_ROOT=root,
+        SCHEDULER_LOG_LEVEL="warning",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scheduler.cli", "serve"], env=env, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None
     for line in proc.stdout:
         if "ready" in line:
@@ -50,17 +56,19 @@ def start_agent(dsn: str, state: Path, root: str) -> subprocess.Popen[str]:
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def latency(conn: asyncpg.Connection, n: int) -> list[float]:
     samples = []
     for _ in range(n):
         job_id = await conn.fetchval(
-            "INSERT INTO scheduler.jobs (argv) VALUES (ARRAY['true']) RETURNING id")
+            "INSERT INTO scheduler.jobs (argv) VALUES (ARRAY['true']) RETURNING id"
+        )
         while True:
             row = await conn.fetchrow(
-                "SELECT state, submitted_at, started_at FROM scheduler.jobs WHERE id = $1", job_id)
+                "SELECT state, submitted_at, started_at FROM scheduler.jobs WHERE id = $1", job_id
+            )
             assert row is not None
             if row["state"] in FINAL:
                 break
@@ -73,26 +81,39 @@ async def latency(conn: asyncpg.Connection, n: int) -> list[float]:
 
 async def throughput(conn: asyncpg.Connection, n: int) -> float:
     t0 = time.perf_counter()
-    ids = [r["id"] for r in await conn.fetch(
-        "INSERT INTO scheduler.jobs (argv) SELECT ARRAY['true'] FROM generate_series(1, $1)"
-        " RETURNING id", n)]
+    ids = [
+        r["id"]
+        for r in await conn.fetch(
+            "INSERT INTO scheduler.jobs (argv) SELECT ARRAY['true'] FROM generate_series(1, $1)"
+            " RETURNING id",
+            n,
+        )
+    ]
     while True:
         done = await conn.fetchval(
             "SELECT count(*) FROM scheduler.jobs WHERE id = ANY($1) AND state = ANY($2)",
-            ids, list(FINAL))
+            ids,
+            list(FINAL),
+        )
         if done == n:
             break
         await anyio.sleep(0.005)
     elapsed = time.perf_counter() - t0
     rows = await conn.fetchval(
-        "SELECT count(*) FROM scheduler.usage WHERE job_id = ANY($1) AND final", ids)
+        "SELECT count(*) FROM scheduler.usage WHERE job_id = ANY($1) AND final", ids
+    )
     assert rows == n, f"{rows} final usage rows for {n} jobs"
     return n / elapsed
 
 
-async def main(n: int) -> None:
+def make_base() -> Path:
     base = Path(tempfile.mkdtemp(prefix="sched-bench-", dir="/tmp"))
     base.chmod(0o755)
+    return base
+
+
+async def main(n: int) -> None:
+    base = make_base()
     root = f"sched-bench-{uuid.uuid4().hex[:8]}"
     pg = EmbeddedPostgres(base / "pg")
     await pg.start()
@@ -105,8 +126,10 @@ async def main(n: int) -> None:
         rate = await throughput(conn, n)
         await conn.close()
         print(describe())
-        print(f"insert -> started latency over {n} jobs: p50 {statistics.median(lat):.2f} ms, "
-              f"p99 {percentile(lat, 0.99):.2f} ms (target p50 < 10 ms)")
+        print(
+            f"insert -> started latency over {n} jobs: p50 {statistics.median(lat):.2f} ms, "
+            f"p99 {percentile(lat, 0.99):.2f} ms (target p50 < 10 ms)"
+        )
         print(f"end-to-end throughput, {n} `true` jobs: {rate:.0f} jobs/s (target >= 100)")
     finally:
         if agent is not None:

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,10 @@ import anyio
 
 from scheduler import log as logging_setup
 from scheduler import store
+from scheduler.agent.service import print_ready, serve
 from scheduler.config import Settings, load_settings
+from scheduler.db.embedded import EmbeddedPostgres
+from scheduler.db.migrate import migrate
 from scheduler.db.pool import connect
 from scheduler.errors import SchedulerError
 from scheduler.units import format_bytes, parse_cores, parse_duration, parse_size
@@ -60,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--max-attempts", type=int, default=1)
     submit.add_argument("--cwd", default="/")
     submit.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
-    submit.add_argument("--wait", action="store_true",
-                        help="wait for the end and exit with the job's exit code")
+    submit.add_argument(
+        "--wait", action="store_true", help="wait for the end and exit with the job's exit code"
+    )
     submit.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD...")
 
     jobs = sub.add_parser("jobs", help="list jobs, newest first")
@@ -82,17 +87,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    flags = {k: getattr(args, k, None) for k in (
-        "database_url", "state_dir", "cgroup_root", "cgroup_driver", "node_name",
-        "max_running", "poll_interval", "log_level", "log_format")}
+    flags = {
+        k: getattr(args, k, None)
+        for k in (
+            "database_url",
+            "state_dir",
+            "cgroup_root",
+            "cgroup_driver",
+            "node_name",
+            "max_running",
+            "poll_interval",
+            "log_level",
+            "log_format",
+        )
+    }
     return load_settings(flags, config_file=args.config)
 
 
 async def _database_url(settings: Settings) -> str:
     if settings.database_url:
         return settings.database_url
-    from scheduler.db.embedded import EmbeddedPostgres
-
     return EmbeddedPostgres(settings.postgres_dir).dsn
 
 
@@ -112,25 +126,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    from scheduler.agent.service import print_ready, serve
-
     if os.geteuid() != 0:
-        print("scheduler: warning: not root; creating cgroups and namespaces will likely fail",
-              file=sys.stderr)
+        print(
+            "scheduler: warning: not root; creating cgroups and namespaces will likely fail",
+            file=sys.stderr,
+        )
     await serve(settings, on_ready=print_ready)
     return 0
 
 
 async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from scheduler.db.migrate import migrate
-
     conn = await connect(await _database_url(settings))
     try:
         applied = await migrate(conn)
     finally:
         await conn.close()
-    _out(args, {"applied": applied},
-         f"applied migrations {applied}" if applied else "schema is up to date")
+    _out(
+        args,
+        {"applied": applied},
+        f"applied migrations {applied}" if applied else "schema is up to date",
+    )
     return 0
 
 
@@ -139,8 +154,10 @@ async def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
-        print("scheduler: error: no command given: scheduler submit [options] -- CMD...",
-              file=sys.stderr)
+        print(
+            "scheduler: error: no command given: scheduler submit [options] -- CMD...",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     env: dict[str, str] = {}
     for item in args.env:
@@ -149,9 +166,16 @@ async def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
             print(f"scheduler: error: --env {item!r}: expected KEY=VALUE", file=sys.stderr)
             return EXIT_USAGE
         env[key] = value
-    request = store.JobRequest(argv=argv, tenant=args.tenant, name=args.name, env=env,
-                               cwd=args.cwd, priority=args.priority,
-                               max_attempts=args.max_attempts, timeout_seconds=args.timeout)
+    request = store.JobRequest(
+        argv=argv,
+        tenant=args.tenant,
+        name=args.name,
+        env=env,
+        cwd=args.cwd,
+        priority=args.priority,
+        max_attempts=args.max_attempts,
+        timeout_seconds=args.timeout,
+    )
     overrides: dict[str, Any] = {}
     if args.cpu is not None:
         overrides["cpu"] = args.cpu
@@ -160,8 +184,6 @@ async def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
     if args.pids is not None:
         overrides["pids_max"] = args.pids
     if overrides:
-        from dataclasses import replace
-
         request = replace(request, **overrides)
     conn = await connect(await _database_url(settings))
     try:
@@ -183,21 +205,24 @@ async def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
 async def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     conn = await connect(await _database_url(settings))
     try:
-        rows = await store.list_jobs(conn, tenant=args.tenant, state=args.state,
-                                     limit=args.limit)
+        rows = await store.list_jobs(conn, tenant=args.tenant, state=args.state, limit=args.limit)
     finally:
         await conn.close()
     if args.json:
         print(store.dumps([store.record_to_dict(r) for r in rows]))
         return 0
-    print(f"{'ID':>8}  {'TENANT':<12} {'STATE':<10} {'EXIT':>4}  {'CPU_S':>10}  "
-          f"{'MEM_PEAK':>9}  COMMAND")
+    print(
+        f"{'ID':>8}  {'TENANT':<12} {'STATE':<10} {'EXIT':>4}  {'CPU_S':>10}  "
+        f"{'MEM_PEAK':>9}  COMMAND"
+    )
     for r in rows:
         exit_text = "-" if r["exit_code"] is None else str(r["exit_code"])
         cpu_s = "-" if r["cpu_seconds"] is None else f"{r['cpu_seconds']:.6f}"
-        print(f"{r['id']:>8}  {r['tenant']:<12} {r['state']:<10} {exit_text:>4}  "
-              f"{cpu_s:>10}  {format_bytes(r['memory_peak_bytes']):>9}  "
-              f"{' '.join(r['argv'])[:60]}")
+        print(
+            f"{r['id']:>8}  {r['tenant']:<12} {r['state']:<10} {exit_text:>4}  "
+            f"{cpu_s:>10}  {format_bytes(r['memory_peak_bytes']):>9}  "
+            f"{' '.join(r['argv'])[:60]}"
+        )
     return 0
 
 
@@ -225,8 +250,10 @@ async def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
             await conn.close()
     run_dir = settings.runs_dir / f"{args.id}-{attempt}"
     if not run_dir.is_dir():
-        raise SchedulerError(f"no output for job {args.id} attempt {attempt} in {run_dir} "
-                             "(not started yet, or run on another node)")
+        raise SchedulerError(
+            f"no output for job {args.id} attempt {attempt} in {run_dir} "
+            "(not started yet, or run on another node)"
+        )
     for name, stream in (("stdout", sys.stdout), ("stderr", sys.stderr)):
         path = run_dir / name
         if path.exists():

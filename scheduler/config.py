@@ -44,21 +44,15 @@ class Settings:
 
     def __post_init__(self) -> None:
         if self.cgroup_driver not in ("auto", "v1", "v2"):
-            raise ConfigError(
-                f"cgroup_driver must be auto, v1 or v2: got {self.cgroup_driver!r}"
-            )
+            raise ConfigError(f"cgroup_driver must be auto, v1 or v2: got {self.cgroup_driver!r}")
         if self.max_running < 1:
             raise ConfigError(f"max_running must be at least 1: got {self.max_running}")
         if not 1 <= self.launch_concurrency <= 64:
-            raise ConfigError(
-                f"launch_concurrency must be in 1..64: got {self.launch_concurrency}"
-            )
+            raise ConfigError(f"launch_concurrency must be in 1..64: got {self.launch_concurrency}")
         if not 0.05 <= self.poll_interval <= 3600:
             raise ConfigError(f"poll_interval must be in [0.05, 3600] s: got {self.poll_interval}")
         if not 1 <= self.sample_interval <= 3600:
-            raise ConfigError(
-                f"sample_interval must be in [1, 3600] s: got {self.sample_interval}"
-            )
+            raise ConfigError(f"sample_interval must be in [1, 3600] s: got {self.sample_interval}")
         if self.log_format not in ("console", "json"):
             raise ConfigError(f"log_format must be console or json: got {self.log_format!r}")
         host, sep, port = self.http_addr.rpartition(":")
@@ -89,20 +83,15 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 def _convert(name: str, value: Any, source: str) -> Any:
     """Turn a raw value into the field's type, with an error that names where it came from."""
     kind = _FIELDS[name].type
+    converters: dict[str, Any] = {
+        "int": int,
+        "float": float,
+        "Path": lambda v: Path(str(v)).expanduser(),
+    }
+    if isinstance(value, bool) or (kind not in converters and not isinstance(value, str)):
+        raise ConfigError(f"{source}: {name}: expected a {kind}, got {value!r}")
     try:
-        if kind in ("int",):
-            if isinstance(value, bool):
-                raise ValueError("expected an integer")
-            return int(value)
-        if kind in ("float",):
-            if isinstance(value, bool):
-                raise ValueError("expected a number")
-            return float(value)
-        if kind == "Path":
-            return Path(str(value)).expanduser()
-        if not isinstance(value, str):
-            raise ValueError("expected a string")
-        return value
+        return converters[kind](value) if kind in converters else value
     except ValueError as exc:
         raise ConfigError(f"{source}: {name}: {exc}") from exc
 

@@ -16,9 +16,7 @@ JobState = Literal[
     "queued", "running", "frozen", "succeeded", "failed", "cancelled", "timed_out", "lost"
 ]
 DesiredState = Literal["running", "frozen", "cancelled"]
-FINAL_STATES: frozenset[str] = frozenset(
-    {"succeeded", "failed", "cancelled", "timed_out", "lost"}
-)
+FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "timed_out", "lost"})
 NS_PER_SECOND = 1_000_000_000
 
 
@@ -91,11 +89,13 @@ def decide_outcome(
     reason is not reported as OOM, and an OOM kill of a child that the job survived still is.
     """
     oom = usage.oom_kills > 0
+    error: str | None
     if record is None:
         state: JobState = "failed"
         code, sig, error = None, None, "the job's monitor ended without an exit record"
     elif record.kind == "start_error":
-        state, code, sig, error = "failed", None, None, record.error or "start error"
+        state, code, sig = "failed", None, None
+        error = record.error or "start error"
     elif record.kind == "signaled":
         state, code, sig = "failed", None, record.signal
         error = f"killed by signal {record.signal}"
@@ -109,17 +109,20 @@ def decide_outcome(
         state, error = "cancelled", "cancelled on request"
     elif timed_out:
         state, error = "timed_out", "time limit reached"
-    retry = state == "failed" and attempts < max_attempts and (
-        record is None or record.kind != "start_error"
+    retry = (
+        state == "failed"
+        and attempts < max_attempts
+        and (record is None or record.kind != "start_error")
     )
     return Outcome(state, code, sig, oom, error, retry)
 
 
-def retry_delay_seconds(attempt: int, *, base: float = 1.0, cap: float = 300.0,
-                        rng: random.Random | None = None) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**(attempt-1))]."""
+def retry_delay_seconds(
+    attempt: int, *, base: float = 1.0, cap: float = 300.0, rng: random.Random | None = None
+) -> float:
+    """Exponential backoff with jitter: uniform in [b/2, b], b = min(cap, base * 2**(attempt-1))."""
     bound = min(cap, base * (2 ** max(0, attempt - 1)))
-    return (rng or random.Random()).uniform(bound / 2, bound)
+    return (rng or random.Random()).uniform(bound / 2, bound)  # noqa: S311 (jitter, not crypto)
 
 
 def cpu_seconds(ns: int) -> Decimal:

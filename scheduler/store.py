@@ -58,9 +58,19 @@ async def submit(conn: asyncpg.Connection, request: JobRequest) -> asyncpg.Recor
     """Insert one job; the database's own checks produce the refusal messages."""
     try:
         row = await conn.fetchrow(
-            q("insert_job"), request.tenant, request.name, request.argv, request.env,
-            request.cwd, request.cpu, request.memory_bytes, request.pids_max,
-            request.timeout_seconds, request.priority, request.max_attempts, request.labels,
+            q("insert_job"),
+            request.tenant,
+            request.name,
+            request.argv,
+            request.env,
+            request.cwd,
+            request.cpu,
+            request.memory_bytes,
+            request.pids_max,
+            request.timeout_seconds,
+            request.priority,
+            request.max_attempts,
+            request.labels,
         )
     except asyncpg.IntegrityConstraintViolationError as exc:
         raise SubmitRefused(str(exc), getattr(exc, "column_name", None)) from exc
@@ -76,8 +86,12 @@ async def get(conn: asyncpg.Connection, job_id: int) -> asyncpg.Record:
 
 
 async def list_jobs(
-    conn: asyncpg.Connection, *, tenant: str | None = None, state: str | None = None,
-    before_id: int | None = None, limit: int = 50,
+    conn: asyncpg.Connection,
+    *,
+    tenant: str | None = None,
+    state: str | None = None,
+    before_id: int | None = None,
+    limit: int = 50,
 ) -> list[asyncpg.Record]:
     return list(await conn.fetch(q("list_jobs"), tenant, state, before_id, limit))
 

@@ -8,15 +8,22 @@ from decimal import Decimal, InvalidOperation
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
 _POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
-_SECONDS = {"ms": Decimal("0.001"), "s": Decimal(1), "m": Decimal(60), "h": Decimal(3600),
-            "d": Decimal(86400)}
+_SECONDS = {
+    "ms": Decimal("0.001"),
+    "s": Decimal(1),
+    "m": Decimal(60),
+    "h": Decimal(3600),
+    "d": Decimal(86400),
+}
 
 
 def parse_size(text: str) -> int:
     """Bytes from '268435456', '256M', '256MiB', '1.5G' (binary multiples, as the kernel uses)."""
     match = _SIZE.match(text)
     if not match:
-        raise ValueError(f"{text!r} is not a size: use bytes or a number with K, M, G, T (e.g. 256M)")
+        raise ValueError(
+            f"{text!r} is not a size: use bytes or a number with K, M, G, T (e.g. 256M)"
+        )
     number, unit = Decimal(match.group(1)), match.group(2).lower()
     value = number * (1024 ** _POWERS[unit])
     if value != value.to_integral_value():

@@ -130,8 +130,12 @@ class AgentHandle:
 
 def agent_settings(dsn: str, state_dir: Path, cgroup_root: str, **extra: object) -> Settings:
     values: dict[str, object] = {
-        "database_url": dsn, "state_dir": state_dir, "cgroup_root": cgroup_root,
-        "node_name": "test-node", "poll_interval": 0.5, "max_running": 64,
+        "database_url": dsn,
+        "state_dir": state_dir,
+        "cgroup_root": cgroup_root,
+        "node_name": "test-node",
+        "poll_interval": 0.5,
+        "max_running": 64,
     }
     values.update(extra)
     return Settings(**values)  # type: ignore[arg-type]

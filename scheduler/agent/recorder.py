@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import anyio
 import asyncpg
 import structlog
-from anyio.abc import ObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Usage
 from scheduler.db.queries import q
@@ -47,9 +47,19 @@ def _finish_args(c: Completion) -> tuple[object, ...]:
         state = "queued"
         retry_at = datetime.now(UTC) + timedelta(seconds=retry_delay_seconds(c.job.attempts))
     return (
-        c.job.id, state, c.outcome.exit_code, c.outcome.signal, c.outcome.oom_killed,
-        c.outcome.error, _ts(c.start_ns), _ts(c.end_ns), cpu_seconds(c.usage.cpu_ns),
-        c.usage.memory_peak_bytes, c.usage.io_read_bytes, c.usage.io_write_bytes, retry_at,
+        c.job.id,
+        state,
+        c.outcome.exit_code,
+        c.outcome.signal,
+        c.outcome.oom_killed,
+        c.outcome.error,
+        _ts(c.start_ns),
+        _ts(c.end_ns),
+        cpu_seconds(c.usage.cpu_ns),
+        c.usage.memory_peak_bytes,
+        c.usage.io_read_bytes,
+        c.usage.io_write_bytes,
+        retry_at,
         c.job.attempts,
     )
 
@@ -59,9 +69,17 @@ def _usage_args(c: Completion) -> tuple[object, ...]:
     # integral, so that the row's numbers follow from the row's own period.
     start, end = c.start_ns // 1000 * 1000, c.end_ns // 1000 * 1000
     return (
-        c.job.id, c.job.attempts, c.job.tenant, c.node, _ts(start), _ts(end),
-        cpu_seconds(c.usage.cpu_ns), byte_seconds(c.usage.memory_peak_bytes, start, end),
-        c.usage.memory_peak_bytes, c.usage.io_read_bytes, c.usage.io_write_bytes,
+        c.job.id,
+        c.job.attempts,
+        c.job.tenant,
+        c.node,
+        _ts(start),
+        _ts(end),
+        cpu_seconds(c.usage.cpu_ns),
+        byte_seconds(c.usage.memory_peak_bytes, start, end),
+        c.usage.memory_peak_bytes,
+        c.usage.io_read_bytes,
+        c.usage.io_write_bytes,
     )
 
 
@@ -72,7 +90,7 @@ class Recorder:
         self._pool = pool
         self._driver = driver
 
-    async def run(self, completions: ObjectReceiveStream[Completion]) -> None:
+    async def run(self, completions: MemoryObjectReceiveStream[Completion]) -> None:
         async with completions:
             async for first in completions:
                 batch = [first]
@@ -90,12 +108,12 @@ class Recorder:
         while True:
             try:
                 await self.commit(batch)
-                return
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                log.error("record_batch_failed", jobs=len(batch), error=str(exc),
-                          retry_in_seconds=delay)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                log.exception("record_batch_failed", jobs=len(batch), retry_in_seconds=delay)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+            else:
+                return
 
     async def commit(self, batch: list[Completion]) -> None:
         """Record a batch in one transaction, then remove the cgroups it covered."""
@@ -110,10 +128,14 @@ class Recorder:
             except Exception:  # an orphan cgroup is logged, never fatal for the batch
                 log.exception("cgroup_remove_failed", job_id=c.job.id, cgroup=str(c.cgroup))
             log.info(
-                "job_finished", job_id=c.job.id, tenant=c.job.tenant, attempt=c.job.attempts,
+                "job_finished",
+                job_id=c.job.id,
+                tenant=c.job.tenant,
+                attempt=c.job.attempts,
                 state="queued" if c.outcome.retry else c.outcome.state,
-                exit_code=c.outcome.exit_code, signal=c.outcome.signal,
-                oom_killed=c.outcome.oom_killed, cpu_seconds=str(cpu_seconds(c.usage.cpu_ns)),
+                exit_code=c.outcome.exit_code,
+                signal=c.outcome.signal,
+                oom_killed=c.outcome.oom_killed,
+                cpu_seconds=str(cpu_seconds(c.usage.cpu_ns)),
                 duration_ms=round((c.end_ns - c.start_ns) / 1e6, 3),
             )
-

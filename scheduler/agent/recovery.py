@@ -64,8 +64,9 @@ async def recover(
         if pid is not None:
             plan = driver.plan(cgroup, Limits())
             log.info("adopted_job", job_id=job.id, monitor_pid=pid)
-            task_group.start_soon(_adopted, runner.supervise(job, cgroup, plan, pid, run_dir),
-                                  job.id, on_done)
+            task_group.start_soon(
+                _adopted, runner.supervise(job, cgroup, plan, pid, run_dir), job.id, on_done
+            )
             adopted.append(job.id)
             continue
         if driver.exists(cgroup) and driver.populated(cgroup):
@@ -73,13 +74,17 @@ async def recover(
             driver.kill(cgroup)
         usage = driver.read_usage(cgroup) if driver.exists(cgroup) else Usage()
         now = time.time_ns()
-        outcome = Outcome("lost", None, None, usage.oom_kills > 0,
-                          "the agent restarted and found neither the job's monitor nor its "
-                          "exit record", retry=job.attempts < job.max_attempts)
+        outcome = Outcome(
+            "lost",
+            None,
+            None,
+            usage.oom_kills > 0,
+            "the agent restarted and found neither the job's monitor nor its exit record",
+            retry=job.attempts < job.max_attempts,
+        )
         log.warning("job_lost", job_id=job.id)
         await send_lost(Completion(job, node, cgroup, outcome, usage, now, now))
     return adopted
-
 
 
 async def _adopted(work: Awaitable[None], job_id: int, on_done: Callable[[int], None]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -30,8 +31,13 @@ DRAIN_SECONDS = 2.0
 
 def job_env(job: Job) -> dict[str, str]:
     """The job's environment: what it asked for over a minimal default."""
-    env = {"PATH": DEFAULT_PATH, "HOME": "/tmp", "SCHEDULER_JOB_ID": str(job.id),
-           "SCHEDULER_TENANT": job.tenant, "SCHEDULER_ATTEMPT": str(job.attempts)}
+    env = {
+        "PATH": DEFAULT_PATH,
+        "HOME": "/tmp",  # noqa: S108 (the job has a private tmpfs there)
+        "SCHEDULER_JOB_ID": str(job.id),
+        "SCHEDULER_TENANT": job.tenant,
+        "SCHEDULER_ATTEMPT": str(job.attempts),
+    }
     env.update(job.env)
     return env
 
@@ -51,10 +57,8 @@ def _signal_all(plan: LaunchPlan, sig: int) -> None:
     except OSError:
         return
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 class Runner:
@@ -90,18 +94,23 @@ class Runner:
         cgroup = CgroupPath.for_job(chain, job.id)
         plan = self._driver.plan(
             cgroup,
-            Limits(cpu_cores=float(job.cpu), memory_bytes=job.memory_bytes,
-                   pids_max=job.pids_max),
+            Limits(cpu_cores=float(job.cpu), memory_bytes=job.memory_bytes, pids_max=job.pids_max),
         )
         run_dir = run_dir_for(self._runs_dir, job.id, job.attempts)
         spec = LaunchSpec(
-            job_id=job.id, attempt=job.attempts, argv=job.argv, env=job_env(job), cwd=job.cwd,
-            hostname=f"job-{job.id}", run_dir=run_dir, plan=plan,
+            job_id=job.id,
+            attempt=job.attempts,
+            argv=job.argv,
+            env=job_env(job),
+            cwd=job.cwd,
+            hostname=f"job-{job.id}",
+            run_dir=run_dir,
+            plan=plan,
         )
         try:
             pid = spawn(self._monitor, spec)
         except OSError as exc:
-            log.error("monitor_spawn_failed", error=str(exc))
+            log.exception("monitor_spawn_failed")
             await self._start_failed(job, cgroup, f"cannot start the monitor: {exc}", start_ns)
             return
         log.debug("job_started", monitor_pid=pid, run_dir=str(run_dir))
@@ -136,8 +145,12 @@ class Runner:
             log.exception("final_usage_read_failed")
             usage = Usage()
         outcome = decide_outcome(
-            record, usage, timed_out=timed_out, cancelled=False,
-            attempts=job.attempts, max_attempts=job.max_attempts,
+            record,
+            usage,
+            timed_out=timed_out,
+            cancelled=False,
+            attempts=job.attempts,
+            max_attempts=job.max_attempts,
         )
         now = time.time_ns()
         start_ns = record.start_ns if record else now
@@ -163,8 +176,14 @@ class Runner:
     ) -> None:
         """Record an attempt that never reached the monitor as failed, with the reason."""
         record = ExitRecord("start_error", None, None, error, start_ns, time.time_ns(), 0, 0, 0)
-        outcome = decide_outcome(record, Usage(), timed_out=False, cancelled=False,
-                                 attempts=job.attempts, max_attempts=job.max_attempts)
+        outcome = decide_outcome(
+            record,
+            Usage(),
+            timed_out=False,
+            cancelled=False,
+            attempts=job.attempts,
+            max_attempts=job.max_attempts,
+        )
         await self._completions.send(
             Completion(job, self._node, cgroup, outcome, Usage(), start_ns, record.end_ns)
         )

@@ -84,27 +84,52 @@ async def run_agent(
             await migrate(conn)
         send, receive = anyio.create_memory_object_stream[Completion](4096)
         tenants = TenantCgroups(pool, driver)
-        runner = Runner(driver=driver, tenants=tenants, monitor=monitor,
-                        runs_dir=settings.runs_dir, node=settings.node_name, completions=send)
-        dispatcher = Dispatcher(pool, node=settings.node_name, max_running=settings.max_running,
-                                poll_interval=settings.poll_interval, run_job=runner.run)
+        runner = Runner(
+            driver=driver,
+            tenants=tenants,
+            monitor=monitor,
+            runs_dir=settings.runs_dir,
+            node=settings.node_name,
+            completions=send,
+        )
+        dispatcher = Dispatcher(
+            pool,
+            node=settings.node_name,
+            max_running=settings.max_running,
+            poll_interval=settings.poll_interval,
+            run_job=runner.run,
+        )
         listen_conn = await connect(dsn)
         await dispatcher.listen(listen_conn)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(Recorder(pool, driver).run, receive)
-            leftovers = [Job.from_row(r)
-                         for r in await pool.fetch(q("active_on_node"), settings.node_name)]
-            adopted = await recover(
-                leftovers, driver=driver, tenants=tenants, runner=runner,
-                runs_dir=settings.runs_dir, node=settings.node_name, task_group=tg,
-                send_lost=send.send, on_done=dispatcher.release,
-            )
-            dispatcher.adopt(adopted)
-            tg.start_soon(dispatcher.run, tg)
-            log.info("agent_ready", driver=driver.name, cgroup_root=settings.cgroup_root,
-                     adopted=len(adopted), recovered=len(leftovers))
-            if on_ready is not None:
-                on_ready(Ready(dsn=dsn, psql=psql, driver=driver.name, node=settings.node_name))
+        with send, receive:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(Recorder(pool, driver).run, receive)
+                leftovers = [
+                    Job.from_row(r)
+                    for r in await pool.fetch(q("active_on_node"), settings.node_name)
+                ]
+                adopted = await recover(
+                    leftovers,
+                    driver=driver,
+                    tenants=tenants,
+                    runner=runner,
+                    runs_dir=settings.runs_dir,
+                    node=settings.node_name,
+                    task_group=tg,
+                    send_lost=send.send,
+                    on_done=dispatcher.release,
+                )
+                dispatcher.adopt(adopted)
+                tg.start_soon(dispatcher.run, tg)
+                log.info(
+                    "agent_ready",
+                    driver=driver.name,
+                    cgroup_root=settings.cgroup_root,
+                    adopted=len(adopted),
+                    recovered=len(leftovers),
+                )
+                if on_ready is not None:
+                    on_ready(Ready(dsn=dsn, psql=psql, driver=driver.name, node=settings.node_name))
     finally:
         with anyio.CancelScope(shield=True):
             if listen_conn is not None:
@@ -122,8 +147,11 @@ async def serve(settings: Settings, *, on_ready: Callable[[Ready], None] | None 
 async def _stop_on_signal(scope: anyio.CancelScope) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
-            log.info("agent_stopping", signal=signal.Signals(signum).name,
-                     note="running jobs keep running and are re-adopted at the next start")
+            log.info(
+                "agent_stopping",
+                signal=signal.Signals(signum).name,
+                note="running jobs keep running and are re-adopted at the next start",
+            )
             scope.cancel()
             return
 
@@ -136,4 +164,3 @@ def print_ready(ready: Ready, out: Callable[[str], object] = print) -> None:
         out(f"scheduler: connect with: {ready.psql}")
     out("scheduler: submit with: scheduler submit -- echo hello   (or INSERT INTO scheduler.jobs)")
     sys.stdout.flush()
-

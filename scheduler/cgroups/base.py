@@ -24,7 +24,9 @@ _JOB_SEGMENT = re.compile(r"^job-[0-9]+(-[0-9]+)?$")
 def check_segment(name: str) -> str:
     """Return ``name`` if it is a safe single cgroup directory name, else raise ValueError."""
     if not (_SEGMENT.match(name) or _JOB_SEGMENT.match(name)):
-        raise ValueError(f"{name!r} is not a valid cgroup name: expected [a-z0-9][a-z0-9_-]{{0,62}}")
+        raise ValueError(
+            f"{name!r} is not a valid cgroup name: expected [a-z0-9][a-z0-9_-]{{0,62}}"
+        )
     return name
 
 

@@ -13,10 +13,13 @@ from pathlib import Path
 
 import asyncpg
 import structlog
+from asyncpg.pool import PoolConnectionProxy
 
 from scheduler.errors import MigrationError
 
 log = structlog.get_logger(__name__)
+# A plain connection or one borrowed from a pool.
+Conn = asyncpg.Connection | PoolConnectionProxy
 
 # An arbitrary constant shared by every agent: "scheduler migrations" as a 63-bit key.
 MIGRATION_LOCK_KEY = 0x5C4ED_0001
@@ -63,7 +66,7 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
     return found
 
 
-async def applied_versions(conn: asyncpg.Connection) -> dict[int, str]:
+async def applied_versions(conn: Conn) -> dict[int, str]:
     """Versions already applied, with their checksums (empty on a new database)."""
     exists = await conn.fetchval("SELECT to_regclass('scheduler.schema_migrations') IS NOT NULL")
     if not exists:
@@ -72,7 +75,7 @@ async def applied_versions(conn: asyncpg.Connection) -> dict[int, str]:
     return {int(r["version"]): str(r["checksum"]) for r in rows}
 
 
-async def migrate(conn: asyncpg.Connection, directory: Path | None = None) -> list[int]:
+async def migrate(conn: Conn, directory: Path | None = None) -> list[int]:
     """Apply every pending migration in one transaction; return the versions applied."""
     migrations = load_migrations(directory)
     try:
@@ -114,7 +117,7 @@ async def migrate(conn: asyncpg.Connection, directory: Path | None = None) -> li
     return applied
 
 
-async def pending(conn: asyncpg.Connection, directory: Path | None = None) -> list[int]:
+async def pending(conn: Conn, directory: Path | None = None) -> list[int]:
     """Versions not yet applied (empty when the schema is current)."""
     done = await applied_versions(conn)
     return [m.version for m in load_migrations(directory) if m.version not in done]

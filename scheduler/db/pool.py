@@ -12,15 +12,13 @@ from scheduler.errors import DatabaseError
 
 async def _init(conn: asyncpg.Connection) -> None:
     for kind in ("json", "jsonb"):
-        await conn.set_type_codec(
-            kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
-        )
+        await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
 async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
     """One connection (LISTEN, CLI); raises DatabaseError naming the target on failure."""
     try:
-        conn = await asyncpg.connect(dsn, **kwargs)
+        conn: asyncpg.Connection = await asyncpg.connect(dsn, **kwargs)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise DatabaseError(f"cannot connect to the database ({_redact(dsn)}): {exc}") from exc
     await _init(conn)

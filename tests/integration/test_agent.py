@@ -11,6 +11,8 @@ import asyncpg
 import pytest
 
 from scheduler.agent.runner import run_dir_for
+from scheduler.cgroups.base import CgroupPath
+from scheduler.cgroups.detect import open_driver
 from tests.conftest import AgentHandle, agent_settings, start_agent
 
 pytestmark = pytest.mark.anyio
@@ -22,16 +24,20 @@ async def submit(db: asyncpg.Connection, argv: list[str], **cols: object) -> int
     params = ", ".join(f"${i}" for i in range(1, len(names) + 1))
     job_id = await db.fetchval(
         f"INSERT INTO scheduler.jobs ({', '.join(names)}) VALUES ({params}) RETURNING id",
-        argv, *cols.values(),
+        argv,
+        *cols.values(),
     )
     return int(job_id)
 
 
-async def wait_final(db: asyncpg.Connection, ids: list[int], timeout: float = 30) -> list[asyncpg.Record]:
+async def wait_final(
+    db: asyncpg.Connection, ids: list[int], timeout: float = 30
+) -> list[asyncpg.Record]:
     with anyio.fail_after(timeout):
         while True:
             rows = await db.fetch(
-                "SELECT * FROM scheduler.jobs WHERE id = ANY($1) ORDER BY id", ids)
+                "SELECT * FROM scheduler.jobs WHERE id = ANY($1) ORDER BY id", ids
+            )
             if all(r["state"] in FINAL for r in rows):
                 # the usage row commits with the state, in the same transaction
                 return list(rows)
@@ -49,9 +55,11 @@ def output(agent: AgentHandle, job_id: int, attempt: int = 1, name: str = "stdou
 
 
 async def test_job_runs_in_its_own_namespaces(db: asyncpg.Connection, agent: AgentHandle) -> None:
-    script = ("for n in pid mnt uts ipc net; do readlink /proc/self/ns/$n; done; echo ---; "
-              "ls /proc | grep -E '^[0-9]+$' | sort -n | tr '\\n' ' '; echo; hostname; "
-              "cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '")
+    script = (
+        "for n in pid mnt uts ipc net; do readlink /proc/self/ns/$n; done; echo ---; "
+        "ls /proc | grep -E '^[0-9]+$' | sort -n | tr '\\n' ' '; echo; hostname; "
+        "cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '"
+    )
     job_id = await submit(db, ["sh", "-c", script])
     [row] = await wait_final(db, [job_id])
     assert row["state"] == "succeeded", row["error"]
@@ -69,8 +77,13 @@ async def test_job_runs_in_its_own_namespaces(db: asyncpg.Connection, agent: Age
 async def test_job_sits_in_its_cgroup_with_its_limits(
     db: asyncpg.Connection, agent: AgentHandle, cgroup_root: str
 ) -> None:
-    job_id = await submit(db, ["sh", "-c", "cat /proc/self/cgroup; sleep 30"],
-                          cpu=Decimal("0.5"), memory_bytes=64 * 1024 * 1024, pids_max=50)
+    job_id = await submit(
+        db,
+        ["sh", "-c", "cat /proc/self/cgroup; sleep 30"],
+        cpu=Decimal("0.5"),
+        memory_bytes=64 * 1024 * 1024,
+        pids_max=50,
+    )
     await wait_state(db, job_id, "running")
     leaf = f"{cgroup_root}/default/job-{job_id}"
     memory = Path(f"/sys/fs/cgroup/memory/{leaf}")
@@ -95,7 +108,9 @@ async def test_job_sits_in_its_cgroup_with_its_limits(
     assert not memory.exists()
 
 
-async def test_exit_codes_signals_and_start_errors(db: asyncpg.Connection, agent: AgentHandle) -> None:
+async def test_exit_codes_signals_and_start_errors(
+    db: asyncpg.Connection, agent: AgentHandle
+) -> None:
     ok = await submit(db, ["sh", "-c", "echo out; echo err >&2"])
     code = await submit(db, ["sh", "-c", "exit 3"])
     sig = await submit(db, ["sh", "-c", "kill -TERM $$"])
@@ -114,9 +129,12 @@ async def test_exit_codes_signals_and_start_errors(db: asyncpg.Connection, agent
     assert "/no/such/dir" in rows[bad_cwd]["error"]
 
 
-async def test_memory_over_the_limit_is_oom_killed(db: asyncpg.Connection, agent: AgentHandle) -> None:
+async def test_memory_over_the_limit_is_oom_killed(
+    db: asyncpg.Connection, agent: AgentHandle
+) -> None:
     job_id = await submit(
-        db, ["sh", "-c", "head -c 200M /dev/zero | tail > /dev/null"],
+        db,
+        ["sh", "-c", "head -c 200M /dev/zero | tail > /dev/null"],
         memory_bytes=32 * 1024 * 1024,
     )
     [row] = await wait_final(db, [job_id])
@@ -126,15 +144,23 @@ async def test_memory_over_the_limit_is_oom_killed(db: asyncpg.Connection, agent
     assert row["memory_peak_bytes"] <= 32 * 1024 * 1024
 
 
-async def test_time_limit_ends_a_job_as_timed_out(db: asyncpg.Connection, agent: AgentHandle) -> None:
+async def test_time_limit_ends_a_job_as_timed_out(
+    db: asyncpg.Connection, agent: AgentHandle
+) -> None:
     job_id = await submit(db, ["sleep", "30"], timeout_seconds=Decimal("0.5"))
     [row] = await wait_final(db, [job_id])
     assert row["state"] == "timed_out"
 
 
-async def test_forty_true_jobs_are_billed_exactly_once(db: asyncpg.Connection, agent: AgentHandle) -> None:
-    ids = [r["id"] for r in await db.fetch(
-        "INSERT INTO scheduler.jobs (argv) SELECT ARRAY['true'] FROM generate_series(1, 40) RETURNING id")]
+async def test_forty_true_jobs_are_billed_exactly_once(
+    db: asyncpg.Connection, agent: AgentHandle
+) -> None:
+    ids = [
+        r["id"]
+        for r in await db.fetch(
+            "INSERT INTO scheduler.jobs (argv) SELECT ARRAY['true'] FROM generate_series(1, 40) RETURNING id"
+        )
+    ]
     rows = await wait_final(db, ids)
     assert {r["state"] for r in rows} == {"succeeded"}
     usage = await db.fetch("SELECT * FROM scheduler.usage WHERE job_id = ANY($1)", ids)
@@ -161,20 +187,23 @@ async def test_two_agents_never_run_one_job_twice(
         async with anyio.create_task_group() as tg:
             await start_agent(tg, agent_settings(dsn, state_dir / "a", cgroup_root, node_name="a"))
             await start_agent(tg, agent_settings(dsn, state_dir / "b", other_root, node_name="b"))
-            ids = [r["id"] for r in await db.fetch(
-                "INSERT INTO scheduler.jobs (argv) SELECT ARRAY['true'] FROM generate_series(1, 150)"
-                " RETURNING id")]
+            ids = [
+                r["id"]
+                for r in await db.fetch(
+                    "INSERT INTO scheduler.jobs (argv) SELECT ARRAY['true'] FROM generate_series(1, 150)"
+                    " RETURNING id"
+                )
+            ]
             rows = await wait_final(db, ids, timeout=60)
             tg.cancel_scope.cancel()
     finally:
-        from scheduler.cgroups.base import CgroupPath
-        from scheduler.cgroups.detect import open_driver
-
         open_driver(other_root).remove_tree(CgroupPath(()))
     assert {r["state"] for r in rows} == {"succeeded"}
     assert {r["attempts"] for r in rows} == {1}
     counts = await db.fetch(
-        "SELECT job_id, count(*) AS n FROM scheduler.usage WHERE job_id = ANY($1) GROUP BY job_id", ids)
+        "SELECT job_id, count(*) AS n FROM scheduler.usage WHERE job_id = ANY($1) GROUP BY job_id",
+        ids,
+    )
     assert len(counts) == 150
     assert {c["n"] for c in counts} == {1}
     nodes = {r["node"] for r in rows}
@@ -218,5 +247,6 @@ async def test_jobs_outlive_a_stopped_agent_and_are_recorded_by_the_next(
     assert rows[short]["state"] == "succeeded"
     assert (rows[long]["state"], rows[long]["exit_code"]) == ("failed", 4)
     counts = await db.fetch(
-        "SELECT job_id, count(*) AS n FROM scheduler.usage GROUP BY job_id ORDER BY job_id")
+        "SELECT job_id, count(*) AS n FROM scheduler.usage GROUP BY job_id ORDER BY job_id"
+    )
     assert [(c["job_id"], c["n"]) for c in counts] == [(short, 1), (long, 1)]

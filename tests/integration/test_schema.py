@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import asyncpg
 import anyio
+import asyncpg
 import pytest
 
 from scheduler.db.migrate import migrate, pending
 from scheduler.db.pool import connect
+from tests.conftest import with_database
 
 pytestmark = pytest.mark.anyio
 
@@ -45,9 +46,13 @@ async def test_bad_rows_in_a_batch_refuse_the_whole_statement(db: asyncpg.Connec
 
 async def test_env_must_map_names_to_strings(db: asyncpg.Connection) -> None:
     with pytest.raises(asyncpg.PostgresError, match="env key 'A=B'"):
-        await db.execute("""INSERT INTO scheduler.jobs (argv, env) VALUES (ARRAY['true'], '{"A=B": "x"}')""")
+        await db.execute(
+            """INSERT INTO scheduler.jobs (argv, env) VALUES (ARRAY['true'], '{"A=B": "x"}')"""
+        )
     with pytest.raises(asyncpg.PostgresError, match="env key 'N'"):
-        await db.execute("""INSERT INTO scheduler.jobs (argv, env) VALUES (ARRAY['true'], '{"N": 1}')""")
+        await db.execute(
+            """INSERT INTO scheduler.jobs (argv, env) VALUES (ARRAY['true'], '{"N": 1}')"""
+        )
 
 
 async def test_every_column_but_argv_has_a_default(db: asyncpg.Connection) -> None:
@@ -66,7 +71,11 @@ async def test_outcome_columns_cannot_be_forged_on_insert(db: asyncpg.Connection
     )
     assert row is not None
     assert (row["state"], row["exit_code"], row["cpu_seconds"], row["node"]) == (
-        "queued", None, None, None)
+        "queued",
+        None,
+        None,
+        None,
+    )
 
 
 async def test_bad_tenant_rows_are_refused(db: asyncpg.Connection) -> None:
@@ -82,10 +91,10 @@ async def test_insert_notifies_once_per_statement_after_commit(
     db: asyncpg.Connection, dsn: str
 ) -> None:
     listener = await connect(dsn)
-    got: list[str] = []
+    got: list[object] = []
     arrived = anyio.Event()
 
-    def on_notify(_c: object, _pid: int, _channel: str, payload: str) -> None:
+    def on_notify(_c: object, _pid: int, _channel: str, payload: object) -> None:
         got.append(payload)
         arrived.set()
 
@@ -106,24 +115,35 @@ async def test_insert_notifies_once_per_statement_after_commit(
 
 
 async def test_cancelling_a_queued_job_is_done_by_the_database(db: asyncpg.Connection) -> None:
-    job_id = await db.fetchval("INSERT INTO scheduler.jobs (argv) VALUES (ARRAY['true']) RETURNING id")
+    job_id = await db.fetchval(
+        "INSERT INTO scheduler.jobs (argv) VALUES (ARRAY['true']) RETURNING id"
+    )
     await db.execute("UPDATE scheduler.jobs SET desired_state = 'cancelled' WHERE id = $1", job_id)
     row = await db.fetchrow("SELECT state, finished_at FROM scheduler.jobs WHERE id = $1", job_id)
     assert row is not None
     assert row["state"] == "cancelled"
     assert row["finished_at"] is not None
     with pytest.raises(asyncpg.CheckViolationError, match="already finished"):
-        await db.execute("UPDATE scheduler.jobs SET desired_state = 'running' WHERE id = $1", job_id)
+        await db.execute(
+            "UPDATE scheduler.jobs SET desired_state = 'running' WHERE id = $1", job_id
+        )
 
 
 async def test_usage_rows_are_append_only(db: asyncpg.Connection) -> None:
-    job_id = await db.fetchval("INSERT INTO scheduler.jobs (argv) VALUES (ARRAY['true']) RETURNING id")
+    job_id = await db.fetchval(
+        "INSERT INTO scheduler.jobs (argv) VALUES (ARRAY['true']) RETURNING id"
+    )
     await db.execute(
         "INSERT INTO scheduler.usage (job_id, seq, attempt, tenant, node, period_start, period_end,"
         " cpu_seconds, memory_byte_seconds, memory_peak_bytes, io_read_bytes, io_write_bytes, final)"
-        " VALUES ($1, 1, 1, 'default', 'n', now(), now(), 0, 0, 0, 0, 0, true)", job_id)
-    for statement in ("UPDATE scheduler.usage SET cpu_seconds = 1", "DELETE FROM scheduler.usage",
-                      "TRUNCATE scheduler.usage"):
+        " VALUES ($1, 1, 1, 'default', 'n', now(), now(), 0, 0, 0, 0, 0, true)",
+        job_id,
+    )
+    for statement in (
+        "UPDATE scheduler.usage SET cpu_seconds = 1",
+        "DELETE FROM scheduler.usage",
+        "TRUNCATE scheduler.usage",
+    ):
         with pytest.raises(asyncpg.PostgresError, match="append-only"):
             await db.execute(statement)
 
@@ -131,8 +151,6 @@ async def test_usage_rows_are_append_only(db: asyncpg.Connection) -> None:
 async def test_migrations_are_recorded_and_concurrent_runs_are_safe(
     pg_admin_dsn: str,
 ) -> None:
-    from tests.conftest import with_database
-
     admin = await asyncpg.connect(pg_admin_dsn)
     await admin.execute("DROP DATABASE IF EXISTS migrate_race")
     await admin.execute("CREATE DATABASE migrate_race")
@@ -150,7 +168,10 @@ async def test_migrations_are_recorded_and_concurrent_runs_are_safe(
         assert sorted(len(r) for r in results)[-1] >= 1
         assert sum(len(r) for r in results) == len(max(results, key=len))
         assert await pending(conns[0]) == []
-        assert await conns[0].fetchval("SELECT count(*) FROM scheduler.tenants WHERE name = 'default'") == 1
+        assert (
+            await conns[0].fetchval("SELECT count(*) FROM scheduler.tenants WHERE name = 'default'")
+            == 1
+        )
         for c in conns:
             await c.close()
     finally:

@@ -14,30 +14,61 @@ from scheduler.jobs import byte_seconds, cpu_seconds, decide_outcome, retry_dela
 from scheduler.runtime.spec import ExitRecord
 
 
-def record(kind: str = "exited", code: int | None = 0, sig: int | None = None,
-           error: str | None = None) -> ExitRecord:
+def record(
+    kind: str = "exited", code: int | None = 0, sig: int | None = None, error: str | None = None
+) -> ExitRecord:
     return ExitRecord(kind, code, sig, error, 1, 2, 0, 0, 0)  # type: ignore[arg-type]
 
 
 def test_outcomes() -> None:
-    ok = decide_outcome(record(), Usage(), timed_out=False, cancelled=False, attempts=1, max_attempts=1)
+    ok = decide_outcome(
+        record(), Usage(), timed_out=False, cancelled=False, attempts=1, max_attempts=1
+    )
     assert (ok.state, ok.exit_code, ok.retry) == ("succeeded", 0, False)
-    bad = decide_outcome(record(code=2), Usage(), timed_out=False, cancelled=False, attempts=1, max_attempts=3)
+    bad = decide_outcome(
+        record(code=2), Usage(), timed_out=False, cancelled=False, attempts=1, max_attempts=3
+    )
     assert (bad.state, bad.retry) == ("failed", True)
-    sig = decide_outcome(record("signaled", None, 9), Usage(), timed_out=False, cancelled=False,
-                         attempts=1, max_attempts=1)
+    sig = decide_outcome(
+        record("signaled", None, 9),
+        Usage(),
+        timed_out=False,
+        cancelled=False,
+        attempts=1,
+        max_attempts=1,
+    )
     assert (sig.state, sig.signal, sig.exit_code) == ("failed", 9, None)
-    oom = decide_outcome(record("signaled", None, 9), Usage(oom_kills=1), timed_out=False,
-                         cancelled=False, attempts=1, max_attempts=1)
+    oom = decide_outcome(
+        record("signaled", None, 9),
+        Usage(oom_kills=1),
+        timed_out=False,
+        cancelled=False,
+        attempts=1,
+        max_attempts=1,
+    )
     assert oom.oom_killed and oom.error is not None and "out of memory" in oom.error
-    start = decide_outcome(record("start_error", None, None, "exec: /x: No such file"), Usage(),
-                           timed_out=False, cancelled=False, attempts=1, max_attempts=5)
+    start = decide_outcome(
+        record("start_error", None, None, "exec: /x: No such file"),
+        Usage(),
+        timed_out=False,
+        cancelled=False,
+        attempts=1,
+        max_attempts=5,
+    )
     assert (start.state, start.retry) == ("failed", False)  # retrying cannot make /x appear
     assert start.error == "exec: /x: No such file"
-    late = decide_outcome(record("signaled", None, 15), Usage(), timed_out=True, cancelled=False,
-                          attempts=1, max_attempts=1)
+    late = decide_outcome(
+        record("signaled", None, 15),
+        Usage(),
+        timed_out=True,
+        cancelled=False,
+        attempts=1,
+        max_attempts=1,
+    )
     assert late.state == "timed_out"
-    lost = decide_outcome(None, Usage(), timed_out=False, cancelled=False, attempts=1, max_attempts=1)
+    lost = decide_outcome(
+        None, Usage(), timed_out=False, cancelled=False, attempts=1, max_attempts=1
+    )
     assert lost.state == "failed" and lost.error and "monitor" in lost.error
 
 
@@ -57,7 +88,7 @@ def test_backoff_grows_and_is_capped() -> None:
 def test_queries_and_migrations_load() -> None:
     assert {"claim_jobs", "finish_job", "insert_usage"} <= set(QUERIES)
     assert "SKIP LOCKED" in QUERIES["claim_jobs"]
-    assert [m.version for m in load_migrations()][0] == 1
+    assert load_migrations()[0].version == 1
 
 
 def test_migration_files_must_be_in_sequence(tmp_path: Path) -> None:
@@ -66,5 +97,5 @@ def test_migration_files_must_be_in_sequence(tmp_path: Path) -> None:
     with pytest.raises(MigrationError, match="out of sequence"):
         load_migrations(tmp_path)
     (tmp_path / "oops.sql").write_text("")
-    with pytest.raises(MigrationError, match="NNNN_name.sql"):
+    with pytest.raises(MigrationError, match=r"NNNN_name\.sql"):
         load_migrations(tmp_path)

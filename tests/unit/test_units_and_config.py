@@ -10,17 +10,24 @@ from scheduler.errors import ConfigError
 from scheduler.units import format_bytes, parse_cores, parse_duration, parse_size
 
 
-@pytest.mark.parametrize(("text", "value"), [
-    ("268435456", 268435456), ("256M", 256 * 2**20), ("256MiB", 256 * 2**20),
-    ("1G", 2**30), ("1.5K", 1536), ("2g", 2 * 2**30),
-])
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("268435456", 268435456),
+        ("256M", 256 * 2**20),
+        ("256MiB", 256 * 2**20),
+        ("1G", 2**30),
+        ("1.5K", 1536),
+        ("2g", 2 * 2**30),
+    ],
+)
 def test_parse_size(text: str, value: int) -> None:
     assert parse_size(text) == value
 
 
 @pytest.mark.parametrize("text", ["", "-1", "1.5", "12X", "M"])
 def test_parse_size_refuses(text: str) -> None:
-    with pytest.raises(ValueError, match="size|whole number"):
+    with pytest.raises(ValueError, match=r"size|whole number"):
         parse_size(text)
 
 
@@ -55,13 +62,16 @@ def test_settings_precedence_flags_env_file(tmp_path: Path) -> None:
     assert s.database_url is None
 
 
-@pytest.mark.parametrize(("env", "message"), [
-    ({"SCHEDULER_MAX_RUNNING": "many"}, "SCHEDULER_MAX_RUNNING"),
-    ({"SCHEDULER_MAX_RUNNING": "0"}, "max_running must be at least 1"),
-    ({"SCHEDULER_HTTP_ADDR": "nowhere"}, "HOST:PORT"),
-    ({"SCHEDULER_CGROUP_DRIVER": "v3"}, "cgroup_driver"),
-    ({"SCHEDULER_NODE_NAME": "a/b"}, "node name"),
-])
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SCHEDULER_MAX_RUNNING": "many"}, "SCHEDULER_MAX_RUNNING"),
+        ({"SCHEDULER_MAX_RUNNING": "0"}, "max_running must be at least 1"),
+        ({"SCHEDULER_HTTP_ADDR": "nowhere"}, "HOST:PORT"),
+        ({"SCHEDULER_CGROUP_DRIVER": "v3"}, "cgroup_driver"),
+        ({"SCHEDULER_NODE_NAME": "a/b"}, "node name"),
+    ],
+)
 def test_bad_settings_are_clear_errors(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings({}, environ=env)
