@@ -73,7 +73,13 @@ class Dispatcher:
             claimed = 0
             if free > 0:
                 want = min(free, CLAIM_BATCH)
-                rows = await self._pool.fetch(q("claim_jobs"), self._node, want)
+                try:
+                    rows = await self._pool.fetch(q("claim_jobs"), self._node, want)
+                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                    # The database is away: running jobs stay supervised; claim again later.
+                    log.exception("claim_failed", retry_in_seconds=self._poll_interval)
+                    rows = []
+                    want = -1
                 claimed = len(rows)
                 for row in rows:
                     job = Job.from_row(row)

@@ -241,7 +241,8 @@ async def test_bad_cwd_is_a_start_error(monitor: Path, tmp_path: Path) -> None:
 
 
 async def test_cwd(monitor: Path, tmp_path: Path) -> None:
-    here = Path(__file__).resolve().parent
+    # Not the checkout's own directory: CI may clone under /tmp, which the job cannot see.
+    here = Path(sys.base_prefix).resolve()
     rec, job = await run(monitor, tmp_path, "pwd", cwd=str(here))
     assert rec.exit_code == 0
     assert job.stdout == f"{here}\n"
@@ -332,7 +333,9 @@ async def test_network_has_only_a_working_loopback(monitor: Path, tmp_path: Path
         "c = socket.create_connection(s.getsockname())\n"
         "a, _ = s.accept(); c.sendall(b'ping'); print(a.recv(4).decode())\n"
     )
-    rec, job = await run(monitor, tmp_path, sys.executable, "-c", code)
+    # The base interpreter, not the venv's: a checkout under /tmp is hidden by the job's /tmp.
+    python = str(Path(sys.base_prefix) / "bin" / "python3")
+    rec, job = await run(monitor, tmp_path, python, "-c", code)
     assert (rec.exit_code, job.stdout, job.stderr) == (0, "ping\n", "")
 
 
