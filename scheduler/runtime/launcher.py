@@ -128,8 +128,35 @@ def monitor_argv(binary: Path, spec: LaunchSpec) -> list[str]:
         argv += ["--write", path, value]
     for path in spec.plan.procs:
         argv += ["--procs", path]
+    argv += sandbox_args(spec)
     argv += ["--", *spec.argv]
     return [_check_text("argument", a) for a in argv]
+
+
+def _overlay_path(job_id: int, path: Path) -> str:
+    text = str(path)
+    # overlayfs splits its mount options on ',' and lowerdir on ':'.
+    if not path.is_absolute() or any(c in text for c in ",:\\"):
+        raise LaunchError(f"job {job_id}: {text!r} cannot be an overlay layer path")
+    return text
+
+
+def sandbox_args(spec: LaunchSpec) -> list[str]:
+    """The monitor flags for the job's user, network and root filesystem (pure)."""
+    args: list[str] = []
+    if spec.credentials is not None:
+        if spec.credentials.uid == 0:
+            raise LaunchError(f"job {spec.job_id}: jobs never run as uid 0")
+        args += ["--uid", str(spec.credentials.uid), "--gid", str(spec.credentials.gid)]
+    if spec.host_network:
+        args.append("--host-net")
+    if bool(spec.layers) != (spec.rootfs_dir is not None):
+        raise LaunchError(f"job {spec.job_id}: an image needs both layers and a rootfs dir")
+    if spec.rootfs_dir is not None:
+        args += ["--overlay-dir", _overlay_path(spec.job_id, spec.rootfs_dir)]
+        for layer in spec.layers:
+            args += ["--lower", _overlay_path(spec.job_id, layer)]
+    return args
 
 
 def spawn(binary: Path, spec: LaunchSpec) -> int:

@@ -2,7 +2,8 @@
  * scheduler-monitor: the per-job monitor started by the agent (see launcher.py).
  *
  *   scheduler-monitor --run-dir DIR --hostname H --cwd C --tmp-size BYTES
- *       [--mkdir PATH]... [--write PATH VALUE]... [--procs PATH]... -- ARGV...
+ *       [--mkdir PATH]... [--write PATH VALUE]... [--procs PATH]...
+ *       [--uid N --gid N] [--host-net] [--overlay-dir D --lower DIR...] -- ARGV...
  *
  * Three processes take part:
  *
@@ -10,10 +11,14 @@
  *            namespaces, puts it into every cgroup of the plan, then waits for it and
  *            writes DIR/exit atomically. It ignores the usual termination signals so it
  *            outlives the agent.
- *   init     pid 1 of the new pid namespace: mounts /proc and /tmp, sets the hostname,
- *            brings `lo` up, forks the job, forwards signals to it, reaps orphans and
- *            reports the job's raw wait status to the monitor.
- *   job      pid 2: resets signals, wires stdin/stdout/stderr, chdir, execvp.
+ *   init     pid 1 of the new pid namespace: enters a new cgroup namespace (it is in its
+ *            cgroups by then), mounts /proc and /tmp (or an overlay root with /proc, /dev
+ *            and /tmp, entered with pivot_root), sets the hostname, brings `lo` up, forks
+ *            the job, forwards signals to it, reaps orphans and reports the job's raw
+ *            wait status to the monitor.
+ *   job      pid 2: resets signals, wires stdin/stdout/stderr, drops privileges (empty
+ *            capability bounding set, no supplementary groups, --uid/--gid, no_new_privs,
+ *            no capabilities left), chdir, execvp.
  *
  * Pipes between them (all O_CLOEXEC, so the user's program never sees them):
  *   sync    monitor -> init:   one byte once init is in every cgroup ("go").
@@ -25,7 +30,9 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <limits.h>
+#include <linux/capability.h>
 #include <net/if.h>
 #include <sched.h>
 #include <signal.h>
@@ -55,6 +62,11 @@ struct opts {
     int n_writes;
     const char **procs;
     int n_procs;
+    long uid, gid; /* -1: keep the monitor's (root); the agent always sets both */
+    int host_net;  /* share the host's network namespace */
+    const char *overlay_dir;
+    const char **lowers; /* top layer first */
+    int n_lowers;
     char **argv;
 };
 
@@ -176,6 +188,17 @@ __attribute__((noreturn)) static void start_error(const char *dir)
     exit(0);
 }
 
+/* A uid or gid: decimal, below 2^32-1 ((uid_t)-1 means "unchanged" to the kernel). */
+static long parse_id(const char *text)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (errno != 0 || end == text || *end != '\0' || text[0] == '-' || v >= 0xffffffffULL)
+        return -1;
+    return (long)v;
+}
+
 static int parse_args(int argc, char **argv, struct opts *o)
 {
     memset(o, 0, sizeof *o);
@@ -184,11 +207,13 @@ static int parse_args(int argc, char **argv, struct opts *o)
     o->write_paths = calloc((size_t)argc, sizeof *o->write_paths);
     o->write_values = calloc((size_t)argc, sizeof *o->write_values);
     o->procs = calloc((size_t)argc, sizeof *o->procs);
-    if (!o->mkdirs || !o->write_paths || !o->write_values || !o->procs) {
+    o->lowers = calloc((size_t)argc, sizeof *o->lowers);
+    o->uid = o->gid = -1;
+    if (!o->mkdirs || !o->write_paths || !o->write_values || !o->procs || !o->lowers) {
         set_error("monitor: out of memory");
         return -1;
     }
-    const char *tmp_size = NULL;
+    const char *tmp_size = NULL, *uid = NULL, *gid = NULL;
     int i;
     for (i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -199,6 +224,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
         } else if (strcmp(a, "--write") == 0 && left >= 2) {
             o->write_paths[o->n_writes] = argv[++i];
             o->write_values[o->n_writes++] = argv[++i];
+        } else if (strcmp(a, "--host-net") == 0) {
+            o->host_net = 1;
         } else if (left < 1) {
             set_error("monitor: bad argument %s", a);
             return -1;
@@ -214,6 +241,14 @@ static int parse_args(int argc, char **argv, struct opts *o)
             o->mkdirs[o->n_mkdirs++] = argv[++i];
         } else if (strcmp(a, "--procs") == 0) {
             o->procs[o->n_procs++] = argv[++i];
+        } else if (strcmp(a, "--uid") == 0) {
+            uid = argv[++i];
+        } else if (strcmp(a, "--gid") == 0) {
+            gid = argv[++i];
+        } else if (strcmp(a, "--overlay-dir") == 0) {
+            o->overlay_dir = argv[++i];
+        } else if (strcmp(a, "--lower") == 0) {
+            o->lowers[o->n_lowers++] = argv[++i];
         } else {
             set_error("monitor: bad argument %s", a);
             return -1;
@@ -223,6 +258,18 @@ static int parse_args(int argc, char **argv, struct opts *o)
     if (!o->run_dir || !o->hostname || !o->cwd || !tmp_size || i >= argc) {
         set_error("monitor: usage: --run-dir DIR --hostname H --cwd C --tmp-size BYTES "
                   "[--mkdir P]... [--write P V]... [--procs P]... -- ARGV...");
+        return -1;
+    }
+    if (!uid != !gid) {
+        set_error("monitor: --uid and --gid go together");
+        return -1;
+    }
+    if (uid && ((o->uid = parse_id(uid)) < 0 || (o->gid = parse_id(gid)) < 0)) {
+        set_error("monitor: bad --uid/--gid %s/%s", uid, gid);
+        return -1;
+    }
+    if (!o->overlay_dir != !o->n_lowers) {
+        set_error("monitor: --overlay-dir and --lower go together");
         return -1;
     }
     char *end;
@@ -284,6 +331,40 @@ static void bring_lo_up(int err_fd)
         child_fail(err_fd, "net: close: %s", strerror(errno));
 }
 
+/* Leave the job nothing to gain: an empty bounding set (no exec can grant a capability
+ * again, not even a setuid-root binary), no ambient or inheritable capabilities, no
+ * supplementary groups, the job's uid/gid, and no_new_privs (setuid bits and file
+ * capabilities are ignored by exec). Order matters: dropping from the bounding set and
+ * changing ids need CAP_SETPCAP/CAP_SETUID/CAP_SETGID, so those go first. */
+static void drop_privileges(const struct opts *o, int err_fd)
+{
+    for (int cap = 0;; cap++) {
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) {
+            if (errno == EINVAL && cap > 0)
+                break; /* past the kernel's last capability */
+            child_fail(err_fd, "sandbox: drop capability %d: %s", cap, strerror(errno));
+        }
+    }
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0)
+        child_fail(err_fd, "sandbox: clear ambient capabilities: %s", strerror(errno));
+    if (o->uid >= 0) {
+        if (setgroups(0, NULL) != 0)
+            child_fail(err_fd, "sandbox: setgroups: %s", strerror(errno));
+        if (setresgid((gid_t)o->gid, (gid_t)o->gid, (gid_t)o->gid) != 0)
+            child_fail(err_fd, "sandbox: setgid %ld: %s", o->gid, strerror(errno));
+        if (setresuid((uid_t)o->uid, (uid_t)o->uid, (uid_t)o->uid) != 0)
+            child_fail(err_fd, "sandbox: setuid %ld: %s", o->uid, strerror(errno));
+    }
+    /* setuid clears the permitted and effective sets, not the inheritable one. */
+    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct none[2];
+    memset(none, 0, sizeof none);
+    if (syscall(SYS_capset, &hdr, none) != 0)
+        child_fail(err_fd, "sandbox: capset: %s", strerror(errno));
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+        child_fail(err_fd, "sandbox: no_new_privs: %s", strerror(errno));
+}
+
 __attribute__((noreturn)) static void job_main(const struct opts *o, int out_fd, int errf_fd,
                                                int err_fd)
 {
@@ -299,10 +380,114 @@ __attribute__((noreturn)) static void job_main(const struct opts *o, int out_fd,
         child_fail(err_fd, "job: dup2: %s", strerror(errno));
     if (close(null) != 0)
         child_fail(err_fd, "job: close: %s", strerror(errno));
+    drop_privileges(o, err_fd);
+    /* After the switch, so the job's own permissions decide whether it may enter cwd. */
     if (chdir(o->cwd) != 0)
         child_fail(err_fd, "cwd: %s: %s", o->cwd, strerror(errno));
     execvp(o->argv[0], o->argv);
     child_fail(err_fd, "exec: %s: %s", o->argv[0], strerror(errno));
+}
+
+static void mount_tmp(const struct opts *o, const char *where, int err_fd)
+{
+    char data[64];
+    snprintf(data, sizeof data, "size=%llu,mode=1777", o->tmp_size);
+    if (mount("tmpfs", where, "tmpfs", MS_NOSUID | MS_NODEV, data) != 0)
+        child_fail(err_fd, "mount: %s: %s", where, strerror(errno));
+}
+
+/* mkdir that tolerates an existing directory (the image may already have it). */
+static void ensure_dir(const char *path, mode_t mode, int err_fd)
+{
+    if (mkdir(path, mode) != 0 && errno != EEXIST)
+        child_fail(err_fd, "rootfs: mkdir %s: %s", path, strerror(errno));
+}
+
+/* Build DIR/name into out or fail the start. */
+static void path_in(char *out, const char *dir, const char *name, int err_fd)
+{
+    if (join(out, PATH_MAX, dir, name) != 0)
+        child_fail(err_fd, "rootfs: path too long: %s/%s", dir, name);
+}
+
+/* A minimal /dev: a small tmpfs holding bind mounts of the host's harmless devices, a
+ * tmpfs /dev/shm and the usual fd symlinks. No disks, no /dev/mem, no consoles. */
+static void setup_dev(const char *root, int err_fd)
+{
+    static const char *devices[] = {"null", "zero", "full", "random", "urandom", "tty"};
+    char dev[PATH_MAX], path[PATH_MAX], host[PATH_MAX];
+    path_in(dev, root, "dev", err_fd);
+    ensure_dir(dev, 0755, err_fd);
+    if (mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "size=65536,mode=755") != 0)
+        child_fail(err_fd, "mount: %s: %s", dev, strerror(errno));
+    for (size_t i = 0; i < sizeof devices / sizeof devices[0]; i++) {
+        path_in(path, dev, devices[i], err_fd);
+        path_in(host, "/dev", devices[i], err_fd);
+        int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0666);
+        if (fd < 0 || close(fd) != 0)
+            child_fail(err_fd, "rootfs: create %s: %s", path, strerror(errno));
+        if (mount(host, path, NULL, MS_BIND, NULL) != 0)
+            child_fail(err_fd, "mount: bind %s: %s", host, strerror(errno));
+    }
+    path_in(path, dev, "shm", err_fd);
+    ensure_dir(path, 01777, err_fd);
+    if (mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") != 0)
+        child_fail(err_fd, "mount: %s: %s", path, strerror(errno));
+    static const char *links[][2] = {{"/proc/self/fd", "fd"},
+                                     {"/proc/self/fd/0", "stdin"},
+                                     {"/proc/self/fd/1", "stdout"},
+                                     {"/proc/self/fd/2", "stderr"}};
+    for (size_t i = 0; i < sizeof links / sizeof links[0]; i++) {
+        path_in(path, dev, links[i][1], err_fd);
+        if (symlink(links[i][0], path) != 0)
+            child_fail(err_fd, "rootfs: symlink %s: %s", path, strerror(errno));
+    }
+}
+
+/* The job's root: an overlay of the image's read-only layers (top first) and a writable
+ * layer of this attempt's own (DIR/upper), with /proc, /dev and /tmp, entered with
+ * pivot_root; the host's root is detached, so nothing of it stays reachable. */
+static void enter_overlay_root(const struct opts *o, int err_fd)
+{
+    char upper[PATH_MAX], work[PATH_MAX], root[PATH_MAX], path[PATH_MAX];
+    path_in(upper, o->overlay_dir, "upper", err_fd);
+    path_in(work, o->overlay_dir, "work", err_fd);
+    path_in(root, o->overlay_dir, "root", err_fd);
+    ensure_dir(o->overlay_dir, 0700, err_fd);
+    ensure_dir(upper, 0755, err_fd);
+    ensure_dir(work, 0700, err_fd);
+    ensure_dir(root, 0755, err_fd);
+    /* The agent refuses ':', ',' and '\\' in these paths: they would split the option. */
+    char data[4096];
+    size_t used = (size_t)snprintf(data, sizeof data, "lowerdir=");
+    for (int i = 0; i < o->n_lowers && used < sizeof data; i++)
+        used += (size_t)snprintf(data + used, sizeof data - used, "%s%s", i ? ":" : "",
+                                 o->lowers[i]);
+    if (used < sizeof data)
+        used += (size_t)snprintf(data + used, sizeof data - used, ",upperdir=%s,workdir=%s",
+                                 upper, work);
+    if (used >= sizeof data)
+        child_fail(err_fd, "rootfs: overlay options longer than %zu bytes", sizeof data);
+    if (mount("overlay", root, "overlay", 0, data) != 0)
+        child_fail(err_fd, "rootfs: mount overlay: %s", strerror(errno));
+    path_in(path, root, "proc", err_fd);
+    ensure_dir(path, 0555, err_fd);
+    if (mount("proc", path, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
+        child_fail(err_fd, "mount: %s: %s", path, strerror(errno));
+    path_in(path, root, "tmp", err_fd);
+    ensure_dir(path, 01777, err_fd);
+    mount_tmp(o, path, err_fd);
+    setup_dev(root, err_fd);
+    /* pivot_root(".", "."): the old root ends up stacked under the new one, and the
+     * lazy unmount takes it (and every host mount below it) away. */
+    if (chdir(root) != 0)
+        child_fail(err_fd, "rootfs: chdir %s: %s", root, strerror(errno));
+    if (syscall(SYS_pivot_root, ".", ".") != 0)
+        child_fail(err_fd, "rootfs: pivot_root: %s", strerror(errno));
+    if (umount2(".", MNT_DETACH) != 0)
+        child_fail(err_fd, "rootfs: detach the old root: %s", strerror(errno));
+    if (chdir("/") != 0)
+        child_fail(err_fd, "rootfs: chdir /: %s", strerror(errno));
 }
 
 __attribute__((noreturn)) static void init_main(const struct opts *o, int sync_fd, int err_fd,
@@ -323,20 +508,26 @@ __attribute__((noreturn)) static void init_main(const struct opts *o, int sync_f
     if (close(sync_fd) != 0)
         child_fail(err_fd, "init: close: %s", strerror(errno));
 
+    /* init is in every cgroup of the job now: make that the root of a cgroup namespace,
+     * so the job sees itself at "/" and nothing of the tree above it. */
+    if (unshare(CLONE_NEWCGROUP) != 0)
+        child_fail(err_fd, "init: cgroup namespace: %s", strerror(errno));
     /* CLONE_NEWNS copies the mounts with their propagation: make ours private first, or
      * the mounts below would leak back into the host's namespace. */
     if (mount("none", "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
         child_fail(err_fd, "mount: make / private: %s", strerror(errno));
-    /* A fresh proc instance shows only this pid namespace. */
-    if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
-        child_fail(err_fd, "mount: /proc: %s", strerror(errno));
-    char data[64];
-    snprintf(data, sizeof data, "size=%llu,mode=1777", o->tmp_size);
-    if (mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, data) != 0)
-        child_fail(err_fd, "mount: /tmp: %s", strerror(errno));
+    if (o->overlay_dir) {
+        enter_overlay_root(o, err_fd);
+    } else {
+        /* A fresh proc instance shows only this pid namespace. */
+        if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
+            child_fail(err_fd, "mount: /proc: %s", strerror(errno));
+        mount_tmp(o, "/tmp", err_fd);
+    }
     if (sethostname(o->hostname, strlen(o->hostname)) != 0)
         child_fail(err_fd, "hostname: %s: %s", o->hostname, strerror(errno));
-    bring_lo_up(err_fd);
+    if (!o->host_net)
+        bring_lo_up(err_fd);
 
     /* Block what we forward (and SIGCHLD) before forking, so nothing is lost in between;
      * sigwaitinfo() then receives them. Blocked signals are queued even for a pid-ns
@@ -503,7 +694,9 @@ int main(int argc, char **argv)
      * of ours), which is safe because the monitor is single threaded. glibc's cached
      * thread id is stale in the child, so init must not use raise()/abort(); its fork()
      * refreshes it for the job. */
-    long flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET;
+    long flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC;
+    if (!o.host_net)
+        flags |= CLONE_NEWNET;
     pid_t init = (pid_t)syscall(SYS_clone, flags | SIGCHLD, 0, 0, 0, 0);
     if (init < 0) {
         set_error("monitor: clone: %s", strerror(errno));

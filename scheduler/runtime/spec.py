@@ -25,6 +25,22 @@ class LaunchSpec:
     plan: LaunchPlan
     # Size of the private /tmp (tmpfs, charged to the job's memory cgroup).
     tmp_size_bytes: int = 64 * 1024 * 1024
+    # Who the job runs as; None keeps root (only the monitor's own tests do that).
+    credentials: Credentials | None = None
+    # Stay in the host's network namespace (the job asked and the operator allows it).
+    host_network: bool = False
+    # The image's read-only layers, top first; empty runs on the host's root.
+    layers: tuple[Path, ...] = ()
+    # Where the attempt's writable layer, overlay work dir and mount point go.
+    rootfs_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The unprivileged user and group a job runs as."""
+
+    uid: int
+    gid: int
 
 
 @dataclass(frozen=True)

@@ -426,16 +426,31 @@ async def test_job_is_in_its_cgroups_before_exec(
             (str(memory / "memory.limit_in_bytes"), str(32 * 1024 * 1024)),
         ),
     )
-    rec, job = await run(monitor, tmp_path, "cat", "/proc/self/cgroup", plan=plan)
+    # The job's first action: its own view of its cgroups, then who is in the leaves (the
+    # kernel shows only members of the reader's pid namespace: init is 1, cat is 2).
+    rec, job = await run(
+        monitor,
+        tmp_path,
+        "cat",
+        "/proc/self/cgroup",
+        str(pids / "cgroup.procs"),
+        str(memory / "cgroup.procs"),
+        plan=plan,
+    )
     assert (rec.kind, rec.exit_code) == ("exited", 0), rec.error
     controllers = {}
+    members = []
     for line in job.stdout.splitlines():
+        if ":" not in line:
+            members.append(line)
+            continue
         _, names, path = line.split(":", 2)
         for name in names.split(","):
             controllers[name] = path
-    rel = f"/{pids.parent.name}/job-1"
-    assert controllers["pids"] == rel
-    assert controllers["memory"] == rel
+    # Its own cgroup namespace, rooted at its leaf: nothing of the tree above is visible.
+    assert controllers["pids"] == "/"
+    assert controllers["memory"] == "/"
+    assert members == ["1", "2", "1", "2"]
     assert (pids / "pids.max").read_text().strip() == "17"
     assert int((memory / "memory.limit_in_bytes").read_text()) == 32 * 1024 * 1024
     # The job is gone, and so is everything else that was in the cgroup.
