@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scheduler.errors import ConfigError
+from scheduler.errors import ConfigError, SandboxError
+from scheduler.runtime.sandbox import SandboxPolicy
 
 
 def _default_state_dir() -> Path:
@@ -41,6 +42,11 @@ class Settings:
     sample_interval: float = 10.0
     log_level: str = "info"
     log_format: str = "console"
+    # Runtime sandbox (see runtime/sandbox.py): the default user of jobs, whether a job may
+    # ask for the host's network, and when an attempt's writable image layer is kept.
+    run_as: str = "nobody"
+    allow_network: bool = False
+    keep_upper: str = "never"
 
     def __post_init__(self) -> None:
         if self.cgroup_driver not in ("auto", "v1", "v2"):
@@ -60,6 +66,7 @@ class Settings:
             raise ConfigError(f"http_addr must be HOST:PORT: got {self.http_addr!r}")
         if not self.node_name or "/" in self.node_name or len(self.node_name) > 253:
             raise ConfigError(f"node_name {self.node_name!r} is not a valid node name")
+        _check_runtime(self)
 
     @property
     def runs_dir(self) -> Path:
@@ -72,12 +79,35 @@ class Settings:
         return self.state_dir / "bin"
 
     @property
+    def images_dir(self) -> Path:
+        """Where the node's images (read-only layer stacks) live."""
+        return self.state_dir / "images"
+
+    @property
     def postgres_dir(self) -> Path:
         """Where the embedded Postgres keeps its data and socket."""
         return self.state_dir / "postgres"
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _check_runtime(settings: Settings) -> None:
+    try:
+        SandboxPolicy(settings.run_as, settings.allow_network, settings.keep_upper)  # type: ignore[arg-type]
+    except SandboxError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ValueError(f"expected a boolean ({'/'.join(_TRUE)} or {'/'.join(_FALSE)}), got {value!r}")
 
 
 def _convert(name: str, value: Any, source: str) -> Any:
@@ -87,8 +117,11 @@ def _convert(name: str, value: Any, source: str) -> Any:
         "int": int,
         "float": float,
         "Path": lambda v: Path(str(v)).expanduser(),
+        "bool": _to_bool,
     }
-    if isinstance(value, bool) or (kind not in converters and not isinstance(value, str)):
+    if (isinstance(value, bool) and kind != "bool") or (
+        kind not in converters and not isinstance(value, str)
+    ):
         raise ConfigError(f"{source}: {name}: expected a {kind}, got {value!r}")
     try:
         return converters[kind](value) if kind in converters else value

@@ -40,3 +40,15 @@ class LaunchError(SchedulerError):
 
 class JobNotFound(SchedulerError):
     """No such job."""
+
+
+class SandboxError(LaunchError):
+    """The job's sandbox could not be set up as asked (user, network)."""
+
+
+class ImageError(SchedulerError):
+    """An image could not be built, found or used."""
+
+
+class ImageNotFound(ImageError):
+    """No such image on this node."""

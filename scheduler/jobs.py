@@ -39,6 +39,10 @@ class Job:
     attempts: int
     desired_state: str
     submitted_at: datetime
+    # Runtime (migration 0002): host network asked for, image name, the tenant's run_as.
+    network: bool = False
+    image: str | None = None
+    run_as: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
@@ -59,6 +63,10 @@ class Job:
             attempts=row["attempts"],
             desired_state=row["desired_state"],
             submitted_at=row["submitted_at"],
+            # Queries that do not start a job (recovery) leave the runtime columns out.
+            network=bool(row.get("network", False)),
+            image=row.get("image"),
+            run_as=row.get("run_as"),
         )
 
 

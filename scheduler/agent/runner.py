@@ -12,11 +12,15 @@ import anyio
 import structlog
 from anyio.abc import ObjectSendStream
 
+from scheduler.agent.isolation import Isolator
 from scheduler.agent.recorder import Completion
 from scheduler.agent.tenants import TenantCgroups
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, LaunchPlan, Limits, Usage
+from scheduler.errors import SchedulerError
 from scheduler.jobs import Job, decide_outcome
+from scheduler.runtime.images import ImageStore
 from scheduler.runtime.launcher import read_exit_record, spawn, wait_monitor
+from scheduler.runtime.sandbox import SandboxPolicy
 from scheduler.runtime.spec import ExitRecord, LaunchSpec
 
 log = structlog.get_logger(__name__)
@@ -73,7 +77,11 @@ class Runner:
         runs_dir: Path,
         node: str,
         completions: ObjectSendStream[Completion],
+        isolator: Isolator | None = None,
     ) -> None:
+        self._isolator = isolator or Isolator(
+            SandboxPolicy(), ImageStore(runs_dir.parent / "images")
+        )
         self._driver = driver
         self._tenants = tenants
         self._monitor = monitor
@@ -97,6 +105,12 @@ class Runner:
             Limits(cpu_cores=float(job.cpu), memory_bytes=job.memory_bytes, pids_max=job.pids_max),
         )
         run_dir = run_dir_for(self._runs_dir, job.id, job.attempts)
+        try:
+            isolation = self._isolator.for_job(job, run_dir)
+        except SchedulerError as exc:
+            log.warning("job_isolation_refused", error=str(exc))
+            await self._start_failed(job, None, str(exc), start_ns)
+            return
         spec = LaunchSpec(
             job_id=job.id,
             attempt=job.attempts,
@@ -106,6 +120,10 @@ class Runner:
             hostname=f"job-{job.id}",
             run_dir=run_dir,
             plan=plan,
+            credentials=isolation.credentials,
+            host_network=isolation.host_network,
+            layers=isolation.layers,
+            rootfs_dir=isolation.rootfs_dir,
         )
         try:
             pid = spawn(self._monitor, spec)
@@ -151,6 +169,10 @@ class Runner:
             cancelled=False,
             attempts=job.attempts,
             max_attempts=job.max_attempts,
+        )
+        await self._isolator.release(
+            run_dir_for(self._runs_dir, job.id, job.attempts),
+            succeeded=outcome.state == "succeeded",
         )
         now = time.time_ns()
         start_ns = record.start_ns if record else now

@@ -14,6 +14,7 @@ import asyncpg
 import structlog
 
 from scheduler.agent.dispatcher import Dispatcher
+from scheduler.agent.isolation import isolator_for
 from scheduler.agent.recorder import Completion, Recorder
 from scheduler.agent.recovery import recover
 from scheduler.agent.runner import Runner
@@ -91,6 +92,7 @@ async def run_agent(
             runs_dir=settings.runs_dir,
             node=settings.node_name,
             completions=send,
+            isolator=isolator_for(settings),
         )
         dispatcher = Dispatcher(
             pool,

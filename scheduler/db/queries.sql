@@ -26,7 +26,10 @@ FROM candidates c
 WHERE j.id = c.id
 RETURNING j.id, j.tenant, j.name, j.argv, j.env, j.cwd, j.cpu, j.memory_bytes, j.pids_max,
           j.timeout_seconds, j.priority, j.max_attempts, j.attempts, j.desired_state,
-          j.submitted_at;
+          j.submitted_at,
+          -- runtime: the sandbox and root filesystem the job runs in
+          j.network, j.image,
+          (SELECT t.run_as FROM scheduler.tenants t WHERE t.name = j.tenant) AS run_as;
 
 -- name: tenant_chain
 -- The tenant and its ancestors, root first, with their limits.

@@ -1,0 +1,76 @@
+"""Per-job isolation choices: user, network and root filesystem, from the job and the node.
+
+The runner asks for them before starting the monitor, and hands the attempt's writable
+layer back here when the attempt ended (kept or removed by the node's policy).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import structlog
+
+from scheduler.config import Settings
+from scheduler.jobs import Job
+from scheduler.runtime.images import ImageStore
+from scheduler.runtime.sandbox import SandboxPolicy, host_network, keep_rootfs, resolve_run_as
+from scheduler.runtime.spec import Credentials
+
+log = structlog.get_logger(__name__)
+
+# The attempt's writable layer, overlay work dir and mount point, inside its run directory.
+ROOTFS_DIR = "rootfs"
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """What the monitor is told about one attempt's user, network and root."""
+
+    credentials: Credentials
+    host_network: bool
+    layers: tuple[Path, ...]
+    rootfs_dir: Path | None
+
+
+class Isolator:
+    """Turns a claimed job into its :class:`Isolation` under the node's policy."""
+
+    def __init__(self, policy: SandboxPolicy, images: ImageStore) -> None:
+        self.policy = policy
+        self.images = images
+        self._users: dict[str, Credentials] = {}
+
+    def for_job(self, job: Job, run_dir: Path) -> Isolation:
+        """The attempt's isolation; raises a SchedulerError the job's error can carry."""
+        run_as = job.run_as or self.policy.default_run_as
+        credentials = self._users.get(run_as)
+        if credentials is None:
+            credentials = resolve_run_as(run_as)
+            self._users[run_as] = credentials
+        network = host_network(job.network, allowed=self.policy.allow_network)
+        if job.image is None:
+            return Isolation(credentials, network, (), None)
+        layers = self.images.layers(job.image)
+        return Isolation(credentials, network, layers, run_dir / ROOTFS_DIR)
+
+    async def release(self, run_dir: Path, *, succeeded: bool) -> None:
+        """After the attempt: remove its writable layer unless the policy keeps it."""
+        rootfs = run_dir / ROOTFS_DIR
+        if keep_rootfs(self.policy.keep_upper, succeeded) or not rootfs.exists():
+            return
+        # The overlay went away with the job's mount namespace; this is a plain directory.
+        await anyio.to_thread.run_sync(shutil.rmtree, rootfs, True)
+        log.debug("rootfs_removed", path=str(rootfs))
+
+
+def isolator_for(settings: Settings) -> Isolator:
+    """The node's isolator, from its settings."""
+    policy = SandboxPolicy(
+        default_run_as=settings.run_as,
+        allow_network=settings.allow_network,
+        keep_upper=settings.keep_upper,  # type: ignore[arg-type]  # validated by Settings
+    )
+    return Isolator(policy, ImageStore(settings.images_dir))

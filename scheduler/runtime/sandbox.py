@@ -1,0 +1,102 @@
+"""The job's sandbox choices: which user it runs as, whether it gets the host's network.
+
+Pure rules plus one lookup in the host's user database (injected, so the rules are tested
+without it). The monitor enforces what is decided here (see monitor.c: drop_privileges).
+"""
+
+from __future__ import annotations
+
+import pwd
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from scheduler.errors import SandboxError
+from scheduler.runtime.spec import Credentials
+
+DEFAULT_RUN_AS = "nobody"
+# Same rule as the tenants.run_as CHECK in migrations/0002_runtime.sql.
+RUN_AS_FORMAT = re.compile(r"^([a-z_][a-z0-9_-]{0,31}|[1-9][0-9]{0,9}(:[1-9][0-9]{0,9})?)$")
+KeepUpper = Literal["never", "always", "on_failure"]
+KEEP_UPPER_VALUES: tuple[KeepUpper, ...] = ("never", "always", "on_failure")
+
+UserLookup = Callable[[str], tuple[int, int]]
+
+
+def _passwd_lookup(name: str) -> tuple[int, int]:
+    entry = pwd.getpwnam(name)
+    return entry.pw_uid, entry.pw_gid
+
+
+def _passwd_gid(uid: int) -> int:
+    try:
+        return pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return uid  # a uid the host does not name: its own number as the group
+
+
+def check_run_as(text: str) -> str:
+    """Validate a run_as value (a user name or uid[:gid], never root); return it."""
+    if not RUN_AS_FORMAT.match(text) or text == "root":
+        raise SandboxError(
+            f"run_as {text!r} must be a user name or uid[:gid] other than root "
+            "(names match [a-z_][a-z0-9_-]{0,31}, ids are positive)"
+        )
+    return text
+
+
+def resolve_run_as(
+    text: str,
+    lookup: UserLookup = _passwd_lookup,
+    gid_of: Callable[[int], int] = _passwd_gid,
+) -> Credentials:
+    """Turn a run_as value into the uid and gid the job gets; never uid or gid 0."""
+    check_run_as(text)
+    if text[0].isdigit():
+        uid_text, _, gid_text = text.partition(":")
+        uid = int(uid_text)
+        gid = int(gid_text) if gid_text else gid_of(uid)
+    else:
+        try:
+            uid, gid = lookup(text)
+        except KeyError as exc:
+            raise SandboxError(f"run_as user {text!r} does not exist on this node") from exc
+    if uid == 0 or gid == 0:
+        raise SandboxError(
+            f"run_as {text!r} resolves to uid {uid}, gid {gid}: jobs never run as root"
+        )
+    if uid >= 0xFFFFFFFF or gid >= 0xFFFFFFFF:
+        raise SandboxError(f"run_as {text!r}: ids must be below 4294967295")
+    return Credentials(uid=uid, gid=gid)
+
+
+def host_network(asked: bool, *, allowed: bool) -> bool:
+    """Whether the job shares the host's network; refuses a request the node does not allow."""
+    if asked and not allowed:
+        raise SandboxError(
+            "the job asks for network access (network = true) but this node does not allow "
+            "it: the operator enables it with allow_network (SCHEDULER_ALLOW_NETWORK=1)"
+        )
+    return asked
+
+
+def keep_rootfs(policy: KeepUpper, succeeded: bool) -> bool:
+    """Whether an attempt's writable layer stays after it ended."""
+    return policy == "always" or (policy == "on_failure" and not succeeded)
+
+
+@dataclass(frozen=True)
+class SandboxPolicy:
+    """The node operator's sandbox settings."""
+
+    default_run_as: str = DEFAULT_RUN_AS
+    allow_network: bool = False
+    keep_upper: KeepUpper = "never"
+
+    def __post_init__(self) -> None:
+        check_run_as(self.default_run_as)
+        if self.keep_upper not in KEEP_UPPER_VALUES:
+            raise SandboxError(
+                f"keep_upper must be one of {', '.join(KEEP_UPPER_VALUES)}: got {self.keep_upper!r}"
+            )
