@@ -1,4 +1,4 @@
-"""The ``scheduler`` command: serve, migrate, submit, jobs, show, logs."""
+"""The ``scheduler`` command: serve, migrate, submit, jobs, show, logs, images."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from scheduler.db.embedded import EmbeddedPostgres
 from scheduler.db.migrate import migrate
 from scheduler.db.pool import connect
 from scheduler.errors import SchedulerError
+from scheduler.runtime.images import ImageStore
 from scheduler.units import format_bytes, parse_cores, parse_duration, parse_size
 
 EXIT_USAGE = 2
@@ -83,6 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(logs)
     logs.add_argument("id", type=int)
     logs.add_argument("--attempt", type=int, help="default: the latest")
+
+    images = sub.add_parser("images", help="manage this node's images (layered root filesystems)")
+    images_sub = images.add_subparsers(dest="images_command", required=True, metavar="ACTION")
+    images_add = images_sub.add_parser(
+        "add", help="build an image: scheduler images add NAME PATH... (bottom layer first)"
+    )
+    _add_common(images_add)
+    images_add.add_argument("name")
+    images_add.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="a directory or a tarball per read-only layer",
+    )
+    _add_common(images_sub.add_parser("list", help="list the images of this node"))
     return parser
 
 
@@ -262,6 +279,22 @@ async def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_images(settings: Settings, args: argparse.Namespace) -> int:
+    images = ImageStore(settings.images_dir)
+    if args.images_command == "add":
+        info = await anyio.to_thread.run_sync(images.add, args.name, list(args.paths))
+        found = [info]
+    else:
+        found = await anyio.to_thread.run_sync(images.all)
+    data = [
+        {"name": i.name, "layers": i.layers, "size_bytes": i.size_bytes, "sources": i.sources}
+        for i in found
+    ]
+    human = "\n".join(f"{i.name}\t{i.layers} layer(s)\t{format_bytes(i.size_bytes)}" for i in found)
+    _out(args, data if args.images_command == "list" else data[0], human or "no images")
+    return 0
+
+
 def _describe(row: Any) -> str:
     text = f"job {row['id']}: {row['state']}"
     if row["exit_code"] is not None:
@@ -284,6 +317,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Awaitable[int]]] = 
     "jobs": cmd_jobs,
     "show": cmd_show,
     "logs": cmd_logs,
+    "images": cmd_images,
 }
 
 if __name__ == "__main__":
