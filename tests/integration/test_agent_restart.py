@@ -1,0 +1,129 @@
+"""A real ``scheduler serve`` process SIGKILLed with 50 jobs running, then restarted: every
+job keeps running, is recorded and billed exactly once, and none is started twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import asyncpg
+import pytest
+
+from scheduler.agent.runner import run_dir_for
+from tests.integration.test_agent import wait_final
+
+pytestmark = pytest.mark.anyio
+JOBS = 50
+
+
+def start_serve(dsn: str, state_dir: Path, cgroup_root: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "SCHEDULER_DATABASE_URL": dsn,
+        "SCHEDULER_STATE_DIR": str(state_dir),
+        "SCHEDULER_CGROUP_ROOT": cgroup_root,
+        "SCHEDULER_NODE_NAME": "restart-node",
+        "SCHEDULER_POLL_INTERVAL": "0.5",
+        "SCHEDULER_LOG_FORMAT": "json",
+    }
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "scheduler.cli", "serve"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+
+async def wait_ready(proc: subprocess.Popen[bytes], log: Path, count: int) -> None:
+    """Until the log shows the ``count``-th 'ready' line (one per start)."""
+    with anyio.fail_after(60):
+        while log.read_text().count("scheduler: node restart-node ready") < count:
+            assert proc.poll() is None, log.read_text()
+            await anyio.sleep(0.05)
+
+
+def leftover_job_cgroups(cgroup_root: str) -> list[str]:
+    found = []
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        tenant = hierarchy / cgroup_root / "default"
+        if tenant.is_dir():
+            found += [str(p) for p in tenant.iterdir() if p.is_dir() and p.name.startswith("job-")]
+    return found
+
+
+async def test_sigkilled_agent_with_50_jobs_running_then_restarted(
+    dsn: str, db: asyncpg.Connection, state_dir: Path, cgroup_root: str
+) -> None:
+    log = state_dir / "serve.log"
+    state_dir.mkdir(exist_ok=True)
+    agent = start_serve(dsn, state_dir, cgroup_root, log)
+    try:
+        await wait_ready(agent, log, 1)
+        # Durations 0.4..3.3 s: some end while the agent is down, some after it is back.
+        ids = [
+            int(r["id"])
+            for r in await db.fetch(
+                "INSERT INTO scheduler.jobs (argv) SELECT ARRAY['sh', '-c', "
+                "'echo started; sleep ' || (0.4 + (i % 10) * 0.3)::text || '; echo ended'] "
+                f"FROM generate_series(1, {JOBS}) i RETURNING id"
+            )
+        ]
+        runs = state_dir / "runs"
+        with anyio.fail_after(60):
+            # Every job has executed its first command (the monitor is running).
+            while not all(
+                (run_dir_for(runs, i, 1) / "stdout").is_file()
+                and (run_dir_for(runs, i, 1) / "stdout").read_text().startswith("started")
+                for i in ids
+            ):
+                await anyio.sleep(0.05)
+        agent.send_signal(signal.SIGKILL)
+        agent.wait()
+        killed_at = time.monotonic()
+        # The jobs live on without the agent; some of them end while it is down.
+        await anyio.sleep(1.5)
+        ended_while_down = sum((run_dir_for(runs, i, 1) / "exit").exists() for i in ids)
+        assert 0 < ended_while_down < JOBS
+        assert (
+            await db.fetchval(
+                "SELECT count(*) FROM scheduler.jobs WHERE id = ANY($1) AND state = 'running'", ids
+            )
+            == JOBS
+        )
+        agent = start_serve(dsn, state_dir, cgroup_root, log)
+        await wait_ready(agent, log, 2)
+        rows = await wait_final(db, ids, timeout=60)
+    finally:
+        if agent.poll() is None:
+            agent.send_signal(signal.SIGTERM)
+            agent.wait(timeout=30)
+    assert time.monotonic() - killed_at < 60
+    assert [r["state"] for r in rows] == ["succeeded"] * JOBS, [
+        (r["id"], r["state"], r["error"]) for r in rows if r["state"] != "succeeded"
+    ]
+    # Started once: one attempt, one run directory, one line of each kind.
+    assert all(r["attempts"] == 1 for r in rows)
+    for i in ids:
+        assert (run_dir_for(runs, i, 1) / "stdout").read_text() == "started\nended\n"
+        assert not run_dir_for(runs, i, 2).exists()
+    # Billed once: exactly one usage row per job, the final one, equal to the job's totals.
+    usage = await db.fetch(
+        "SELECT u.job_id, count(*) AS n, bool_and(u.final) AS final, "
+        "sum(u.cpu_seconds) = j.cpu_seconds AS cpu_matches "
+        "FROM scheduler.usage u JOIN scheduler.jobs j ON j.id = u.job_id "
+        "WHERE u.job_id = ANY($1) GROUP BY u.job_id, j.cpu_seconds",
+        ids,
+    )
+    assert len(usage) == JOBS
+    assert all(u["n"] == 1 and u["final"] and u["cpu_matches"] for u in usage)
+    # No cgroup left behind (the recorder removes each after its commit).
+    with anyio.fail_after(10):
+        while leftover := leftover_job_cgroups(cgroup_root):
+            await anyio.sleep(0.05)
+    assert leftover == []
