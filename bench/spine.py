@@ -36,13 +36,16 @@ from scheduler.db.embedded import EmbeddedPostgres
 FINAL = ("succeeded", "failed", "cancelled", "timed_out", "lost")
 
 
-def start_agent(dsn: str, state: Path, root: str) -> subprocess.Popen[str]:
+def start_agent(
+    dsn: str, state: Path, root: str, extra: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     env = dict(
         os.environ,
         SCHEDULER_DATABASE_URL=dsn,
         SCHEDULER_STATE_DIR=str(state),
         SCHEDULER_CGROUP_ROOT=root,
         SCHEDULER_LOG_LEVEL="warning",
+        **(extra or {}),
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "scheduler.cli", "serve"], env=env, stdout=subprocess.PIPE, text=True

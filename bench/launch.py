@@ -1,0 +1,272 @@
+"""Launch speed, in one run: the bare kernel loop (the limit), the runtime alone, end to end.
+
+Prints the machine and:
+  - bare loop: bench/bare_loop.c (compiled here), per job a cgroup mkdir in the driver's
+    hierarchies + clone(pid, mnt, uts, ipc, net) + fresh /proc + exec `true` + wait + read
+    counters + rmdir; 8 in flight and one at a time;
+  - runtime alone: the agent's launch path without Postgres (driver plan, monitor spawn with
+    the default sandbox, wait on the pidfd, drain, final read, remove), 8 in flight;
+  - end to end: `scheduler serve` in a child process, one INSERT ... SELECT of `true` jobs to
+    every exit and usage row committed;
+  each as jobs/s and as a ratio to the bare loop with 8 in flight (median of --repeat runs);
+  - agent CPU per job: utime+stime of the agent process over the end-to-end runs / jobs;
+  - agent RSS with 500 sleeping jobs.
+Usage: python bench/launch.py [--jobs 400] [--repeat 3] [--sleepers 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import anyio
+import asyncpg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.machine import describe
+from bench.spine import FINAL, start_agent
+from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits
+from scheduler.cgroups.detect import open_driver
+from scheduler.db.embedded import EmbeddedPostgres
+from scheduler.runtime.launcher import monitor_binary, read_exit_record, spawn, wait_monitor
+from scheduler.runtime.spec import Credentials, LaunchSpec
+
+HERE = Path(__file__).resolve().parent
+INFLIGHT = 8
+# The agent's defaults for a job (see migrations/0001_initial.sql).
+JOB_LIMITS = Limits(cpu_cores=1.0, memory_bytes=512 * 1024 * 1024, pids_max=1024)
+TARGETS = {"runtime alone": 0.70, "end to end": 0.60}
+
+
+def build_bare_loop(base: Path) -> Path:
+    binary = base / "bare_loop"
+    subprocess.run(
+        ["cc", "-std=gnu11", "-O2", "-o", str(binary), str(HERE / "bare_loop.c")], check=True
+    )
+    return binary
+
+
+def bare_loop(binary: Path, parents: list[str], jobs: int, inflight: int) -> float:
+    out = subprocess.run(
+        [str(binary), str(jobs), str(inflight), *parents],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"bare loop failed: {out.stderr}")
+    n, seconds = out.stdout.split()
+    return int(n) / float(seconds)
+
+
+async def runtime_alone(
+    driver: CgroupDriver, monitor: Path, runs: Path, tenant: str, jobs: int, first_id: int
+) -> float:
+    ids = iter(range(first_id, first_id + jobs))
+
+    async def one(job_id: int) -> None:
+        path = CgroupPath.for_job((tenant,), job_id)
+        plan = driver.plan(path, JOB_LIMITS)
+        run_dir = runs / f"{job_id}-1"
+        spec = LaunchSpec(
+            job_id=job_id,
+            attempt=1,
+            argv=("true",),
+            env={"PATH": "/usr/bin:/bin"},
+            cwd="/",
+            hostname=f"job-{job_id}",
+            run_dir=run_dir,
+            plan=plan,
+            credentials=Credentials(65534, 65534),
+        )
+        await wait_monitor(spawn(monitor, spec))
+        while driver.populated(path):
+            await anyio.sleep(0.0005)
+        driver.read_usage(path)
+        record = read_exit_record(run_dir)
+        assert record is not None and record.exit_code == 0, record
+        driver.remove(path)
+
+    async def worker() -> None:
+        for job_id in ids:
+            await one(job_id)
+
+    t0 = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(INFLIGHT):
+            tg.start_soon(worker)
+    return jobs / (time.perf_counter() - t0)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def end_to_end(conn: asyncpg.Connection, jobs: int) -> float:
+    t0 = time.perf_counter()
+    ids = [
+        r["id"]
+        for r in await conn.fetch(
+            "INSERT INTO scheduler.jobs (argv) SELECT ARRAY['true'] FROM generate_series(1, $1)"
+            " RETURNING id",
+            jobs,
+        )
+    ]
+    while (
+        await conn.fetchval(
+            "SELECT count(*) FROM scheduler.jobs WHERE id = ANY($1) AND state = ANY($2)",
+            ids,
+            list(FINAL),
+        )
+        < jobs
+    ):
+        await anyio.sleep(0.005)
+    elapsed = time.perf_counter() - t0
+    final = await conn.fetchval(
+        "SELECT count(*) FROM scheduler.usage WHERE job_id = ANY($1) AND final", ids
+    )
+    ok = await conn.fetchval(
+        "SELECT count(*) FROM scheduler.jobs WHERE id = ANY($1) AND state = 'succeeded'", ids
+    )
+    assert final == jobs and ok == jobs, (final, ok, jobs)
+    return jobs / elapsed
+
+
+async def sleepers_rss(
+    conn: asyncpg.Connection, agent_pid: int, driver: CgroupDriver, runs: Path, n: int
+) -> float:
+    ids = [
+        r["id"]
+        for r in await conn.fetch(
+            "INSERT INTO scheduler.jobs (argv) SELECT ARRAY['sh', '-c', 'echo up; exec sleep 300']"
+            " FROM generate_series(1, $1) RETURNING id",
+            n,
+        )
+    ]
+    with anyio.fail_after(300):
+        while (
+            sum(
+                (runs / f"{i}-1" / "stdout").is_file()
+                and (runs / f"{i}-1" / "stdout").stat().st_size
+                for i in ids
+            )
+            < n
+        ):
+            await anyio.sleep(0.1)
+    await anyio.sleep(1)  # let the agent settle (every job is in its supervise wait)
+    rss = rss_mib(agent_pid)
+    driver.kill(CgroupPath(("default",)))
+    with anyio.fail_after(120):
+        while (
+            await conn.fetchval(
+                "SELECT count(*) FROM scheduler.jobs WHERE id = ANY($1) AND state = ANY($2)",
+                ids,
+                list(FINAL),
+            )
+            < n
+        ):
+            await anyio.sleep(0.1)
+    return rss
+
+
+def ratio_line(name: str, rate: float, bare: float) -> str:
+    target = TARGETS.get(name)
+    suffix = f" (target >= {target:.0%})" if target else ""
+    return f"{name:<28} {rate:7.0f} jobs/s  {rate / bare:6.1%} of the bare loop{suffix}"
+
+
+async def main(jobs: int, repeat: int, sleepers: int) -> None:
+    base = Path(tempfile.mkdtemp(prefix="sched-launch-", dir="/tmp"))
+    base.chmod(0o755)
+    root = f"sched-launch-{uuid.uuid4().hex[:8]}"
+    driver = open_driver(root)
+    driver.ensure(CgroupPath(()), Limits())
+    for tenant in ("bare", "alone"):
+        driver.ensure(CgroupPath((tenant,)), Limits())
+    pg = EmbeddedPostgres(base / "pg")
+    agent = None
+    try:
+        binary = build_bare_loop(base)
+        monitor = monitor_binary(base / "bin")
+        parents = [
+            str(p.parent)
+            for p in map(Path, driver.plan(CgroupPath(("bare", "job-0")), Limits()).dirs)
+        ]
+        runs = base / "alone-runs"
+        await pg.start()
+        state = base / "state"
+        agent = start_agent(
+            pg.dsn, state, root, extra={"SCHEDULER_MAX_RUNNING": str(sleepers + 50)}
+        )
+        conn = await asyncpg.connect(pg.dsn)
+        # Warm up every path once (monitor compiled, tenant cgroups made, caches hot).
+        bare_loop(binary, parents, 50, INFLIGHT)
+        await runtime_alone(driver, monitor, runs, "alone", 50, 1)
+        await end_to_end(conn, 50)
+        results: dict[str, list[float]] = {
+            k: []
+            for k in (
+                "bare loop, 8 in flight",
+                "bare loop, sequential",
+                "runtime alone",
+                "end to end",
+            )
+        }
+        cpu = 0.0
+        next_id = 1000
+        for _ in range(repeat):
+            results["bare loop, 8 in flight"].append(bare_loop(binary, parents, jobs, INFLIGHT))
+            results["bare loop, sequential"].append(bare_loop(binary, parents, jobs // 2, 1))
+            results["runtime alone"].append(
+                await runtime_alone(driver, monitor, runs, "alone", jobs, next_id)
+            )
+            next_id += jobs
+            before = cpu_seconds(agent.pid)
+            results["end to end"].append(await end_to_end(conn, jobs))
+            cpu += cpu_seconds(agent.pid) - before
+        rss_idle = rss_mib(agent.pid)
+        rss = await sleepers_rss(conn, agent.pid, driver, state / "runs", sleepers)
+        await conn.close()
+        med = {k: statistics.median(v) for k, v in results.items()}
+        bare = med["bare loop, 8 in flight"]
+        print(describe())
+        print(f"{jobs} `true` jobs per run, median of {repeat} runs (all runs: jobs/s)")
+        for name, rate in med.items():
+            runs_text = ", ".join(f"{r:.0f}" for r in results[name])
+            print(f"{ratio_line(name, rate, bare)}   [{runs_text}]")
+        per_job_ms = cpu / (jobs * repeat) * 1000
+        print(f"agent CPU per job (end to end): {per_job_ms:.2f} ms (target <= 1.6 ms)")
+        print(f"agent RSS: {rss_idle:.0f} MiB idle, {rss:.0f} MiB with {sleepers} sleeping jobs")
+    finally:
+        if agent is not None:
+            agent.terminate()
+            agent.wait(timeout=60)
+        driver.remove_tree(CgroupPath(()))
+        await pg.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--jobs", type=int, default=400)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--sleepers", type=int, default=500)
+    args = parser.parse_args()
+    anyio.run(main, args.jobs, args.repeat, args.sleepers)
