@@ -88,7 +88,8 @@ async def runtime_alone(
             plan=plan,
             credentials=Credentials(65534, 65534),
         )
-        await wait_monitor(spawn(monitor, spec))
+        # As the agent's runner does: spawn in a worker thread, so launches overlap.
+        await wait_monitor(await anyio.to_thread.run_sync(spawn, monitor, spec))
         while driver.populated(path):
             await anyio.sleep(0.0005)
         driver.read_usage(path)

@@ -126,8 +126,10 @@ class Runner:
             rootfs_dir=isolation.rootfs_dir,
         )
         try:
-            pid = spawn(self._monitor, spec)
-        except OSError as exc:
+            # posix_spawn blocks its caller until the monitor's exec (about 1-2 ms): in a
+            # worker thread, launches overlap and the event loop keeps serving.
+            pid = await anyio.to_thread.run_sync(spawn, self._monitor, spec)
+        except (OSError, SchedulerError) as exc:
             log.exception("monitor_spawn_failed")
             await self._start_failed(job, cgroup, f"cannot start the monitor: {exc}", start_ns)
             return

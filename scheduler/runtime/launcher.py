@@ -26,6 +26,9 @@ EXIT_FILE = "exit"
 PID_FILE = "monitor.pid"
 
 _CFLAGS = ("-std=gnu11", "-O2", "-Wall")
+# Static when the C library allows it: no dynamic loader at every job's start (it saves
+# about a third of a millisecond of CPU per launch); dynamic otherwise.
+_LINKS = (("-static",), ())
 _KINDS: dict[str, ExitKind] = {
     "exited": "exited",
     "signaled": "signaled",
@@ -79,12 +82,15 @@ def monitor_binary(cache_dir: Path) -> Path:
             raise LaunchError(f"cannot create the monitor cache {cache_dir}: {exc}") from exc
         tmp = cache_dir / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
         try:
-            result = subprocess.run(
-                [compiler, *_CFLAGS, "-o", str(tmp), str(source)],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
+            for link in _LINKS:
+                result = subprocess.run(
+                    [compiler, *_CFLAGS, *link, "-o", str(tmp), str(source)],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                if result.returncode == 0:
+                    break
             if result.returncode != 0:
                 raise LaunchError(
                     f"compiling the job monitor failed ({compiler} exited with "

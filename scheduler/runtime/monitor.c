@@ -498,20 +498,9 @@ __attribute__((noreturn)) static void init_main(const struct opts *o, int sync_f
      * A monitor that died before this line is caught by EOF on the sync pipe below. */
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0)
         child_fail(err_fd, "init: prctl: %s", strerror(errno));
-    char go;
-    ssize_t n;
-    do
-        n = read(sync_fd, &go, 1);
-    while (n < 0 && errno == EINTR);
-    if (n != 1)
-        _exit(1); /* the monitor gave up (cgroup.procs failed) or died */
-    if (close(sync_fd) != 0)
-        child_fail(err_fd, "init: close: %s", strerror(errno));
-
-    /* init is in every cgroup of the job now: make that the root of a cgroup namespace,
-     * so the job sees itself at "/" and nothing of the tree above it. */
-    if (unshare(CLONE_NEWCGROUP) != 0)
-        child_fail(err_fd, "init: cgroup namespace: %s", strerror(errno));
+    /* The namespaces' own setup runs while the monitor moves us into the cgroups (on v1
+     * each move waits for an RCU grace period): none of it is the user's code, and the
+     * job is forked only after the "go" below. */
     /* CLONE_NEWNS copies the mounts with their propagation: make ours private first, or
      * the mounts below would leak back into the host's namespace. */
     if (mount("none", "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
@@ -528,6 +517,21 @@ __attribute__((noreturn)) static void init_main(const struct opts *o, int sync_f
         child_fail(err_fd, "hostname: %s: %s", o->hostname, strerror(errno));
     if (!o->host_net)
         bring_lo_up(err_fd);
+
+    char go;
+    ssize_t n;
+    do
+        n = read(sync_fd, &go, 1);
+    while (n < 0 && errno == EINTR);
+    if (n != 1)
+        _exit(1); /* the monitor gave up (cgroup.procs failed) or died */
+    if (close(sync_fd) != 0)
+        child_fail(err_fd, "init: close: %s", strerror(errno));
+
+    /* init is in every cgroup of the job now: make that the root of a cgroup namespace,
+     * so the job sees itself at "/" and nothing of the tree above it. */
+    if (unshare(CLONE_NEWCGROUP) != 0)
+        child_fail(err_fd, "init: cgroup namespace: %s", strerror(errno));
 
     /* Block what we forward (and SIGCHLD) before forking, so nothing is lost in between;
      * sigwaitinfo() then receives them. Blocked signals are queued even for a pid-ns
@@ -783,5 +787,9 @@ kill_init:
         fprintf(stderr, "scheduler-monitor: kill init: %s\n", strerror(errno));
     while (waitpid(init, NULL, 0) < 0 && errno == EINTR)
         ;
+    /* init may have failed its own setup first (then the move failed with ESRCH): its
+     * reason is the one to report. Every write end is closed now, so this cannot block. */
+    if (read_all(err_p[0], msg, sizeof msg) > 0)
+        set_error("%s", msg);
     start_error(o.run_dir);
 }
