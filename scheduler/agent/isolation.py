@@ -14,6 +14,7 @@ import anyio
 import structlog
 
 from scheduler.config import Settings
+from scheduler.errors import ConfigError, SandboxError
 from scheduler.jobs import Job
 from scheduler.runtime.images import ImageStore
 from scheduler.runtime.sandbox import SandboxPolicy, host_network, keep_rootfs, resolve_run_as
@@ -43,13 +44,20 @@ class Isolator:
         self.images = images
         self._users: dict[str, Credentials] = {}
 
-    def for_job(self, job: Job, run_dir: Path) -> Isolation:
-        """The attempt's isolation; raises a SchedulerError the job's error can carry."""
-        run_as = job.run_as or self.policy.default_run_as
+    def check(self) -> None:
+        """Fail now, not at every job, if the node's default user does not exist."""
+        self._credentials(self.policy.default_run_as)
+
+    def _credentials(self, run_as: str) -> Credentials:
         credentials = self._users.get(run_as)
         if credentials is None:
             credentials = resolve_run_as(run_as)
             self._users[run_as] = credentials
+        return credentials
+
+    def for_job(self, job: Job, run_dir: Path) -> Isolation:
+        """The attempt's isolation; raises a SchedulerError the job's error can carry."""
+        credentials = self._credentials(job.run_as or self.policy.default_run_as)
         network = host_network(job.network, allowed=self.policy.allow_network)
         if job.image is None:
             return Isolation(credentials, network, (), None)
@@ -73,4 +81,9 @@ def isolator_for(settings: Settings) -> Isolator:
         allow_network=settings.allow_network,
         keep_upper=settings.keep_upper,  # type: ignore[arg-type]  # validated by Settings
     )
-    return Isolator(policy, ImageStore(settings.images_dir))
+    isolator = Isolator(policy, ImageStore(settings.images_dir))
+    try:
+        isolator.check()
+    except SandboxError as exc:
+        raise ConfigError(f"run_as: {exc}") from exc
+    return isolator

@@ -122,6 +122,20 @@ async def test_job_cannot_write_outside_its_own_cgroup(
     assert {t: t.read_text() for t in before} == before
 
 
+async def test_job_is_in_its_cgroup_before_its_first_instruction(
+    db: asyncpg.Connection, agent: AgentHandle, cgroup_root: str
+) -> None:
+    # The shell's first action: its own view of its cgroups, then the members of its leaf
+    # (the kernel lists only members of the reader's pid namespace: init 1, sh 2, cat 3).
+    leaf = f"/sys/fs/cgroup/pids/{cgroup_root}/default/job-$SCHEDULER_JOB_ID/cgroup.procs"
+    job_id = await submit(db, ["sh", "-c", f"cat /proc/self/cgroup {leaf}"])
+    [row] = await wait_final(db, [job_id])
+    assert row["state"] == "succeeded", row["error"]
+    lines = output(agent, job_id).splitlines()
+    assert [x.split(":", 1)[1] for x in lines if ":pids:" in x] == ["pids:/"]
+    assert [x for x in lines if ":" not in x] == ["1", "2", "3"]
+
+
 def listen_once() -> tuple[socket.socket, list[bytes]]:
     """A TCP service of the host on 127.0.0.1; what connecting clients send lands in the list."""
     server = socket.socket()

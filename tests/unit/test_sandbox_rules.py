@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from scheduler.agent.isolation import isolator_for
 from scheduler.cgroups.base import LaunchPlan
 from scheduler.config import load_settings
 from scheduler.errors import ConfigError, ImageError, LaunchError, SandboxError
@@ -135,3 +136,13 @@ def test_monitor_flags_for_the_sandbox() -> None:
 def test_monitor_flags_refuse_what_the_kernel_would_misread(extra: dict[str, object]) -> None:
     with pytest.raises(LaunchError):
         sandbox_args(spec(**extra))
+
+
+def test_an_unknown_default_user_stops_the_agent_at_start(tmp_path: Path) -> None:
+    settings = load_settings({"state_dir": tmp_path}, environ={"SCHEDULER_RUN_AS": "no_such_x"})
+    with pytest.raises(ConfigError, match="'no_such_x' does not exist"):
+        isolator_for(settings)
+    assert (
+        isolator_for(load_settings({"state_dir": tmp_path}, environ={})).policy.default_run_as
+        == "nobody"
+    )
