@@ -12,16 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import asyncpg
 
 from scheduler import log as logging_setup
 from scheduler import store
 from scheduler.agent.service import print_ready, serve
+from scheduler.api.auth import create_token, revoke_token
 from scheduler.config import Settings, load_settings
 from scheduler.db.embedded import EmbeddedPostgres
 from scheduler.db.migrate import migrate
 from scheduler.db.pool import connect
 from scheduler.errors import SchedulerError
 from scheduler.runtime.images import ImageStore
+from scheduler.sqlaccess import grant_sql, revoke_sql
 from scheduler.units import format_bytes, parse_cores, parse_duration, parse_size
 
 EXIT_USAGE = 2
@@ -100,7 +103,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="a directory or a tarball per read-only layer",
     )
     _add_common(images_sub.add_parser("list", help="list the images of this node"))
+    _add_access_commands(sub)
     return parser
+
+
+def _add_access_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tokens = sub.add_parser("tokens", help="API bearer tokens for tenants")
+    token_sub = tokens.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = token_sub.add_parser("create", help="print a new token for a tenant")
+    _add_common(create)
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--description", default="")
+    revoke = token_sub.add_parser("revoke", help="revoke a token by id")
+    _add_common(revoke)
+    revoke.add_argument("id", type=int)
+    tenants = sub.add_parser("tenants", help="tenants and their SQL access")
+    tenant_sub = tenants.add_subparsers(dest="action", required=True, metavar="ACTION")
+    grant = tenant_sub.add_parser(
+        "grant-sql", help="create a Postgres role that sees only this tenant's rows"
+    )
+    _add_common(grant)
+    grant.add_argument("tenant")
+    drop = tenant_sub.add_parser("revoke-sql", help="drop a tenant's Postgres role")
+    _add_common(drop)
+    drop.add_argument("tenant")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -310,7 +336,46 @@ def _out(args: argparse.Namespace, data: Any, human: str) -> None:
     print(store.dumps(data) if args.json else human)
 
 
+async def cmd_tokens(settings: Settings, args: argparse.Namespace) -> int:
+    conn = await connect(await _database_url(settings))
+    try:
+        if args.action == "create":
+            try:
+                token_id, token = await create_token(conn, args.tenant, args.description)
+            except asyncpg.ForeignKeyViolationError as exc:
+                raise SchedulerError(f"unknown tenant {args.tenant!r}") from exc
+            _out(args, {"id": token_id, "tenant": args.tenant, "token": token}, token)
+            return 0
+        if not await revoke_token(conn, args.id):
+            raise SchedulerError(f"no live token with id {args.id}")
+        _out(args, {"id": args.id, "revoked": True}, f"token {args.id} revoked")
+        return 0
+    finally:
+        await conn.close()
+
+
+async def cmd_tenants(settings: Settings, args: argparse.Namespace) -> int:
+    conn = await connect(await _database_url(settings))
+    try:
+        if args.action == "grant-sql":
+            role, password = await grant_sql(conn, args.tenant)
+            _out(
+                args,
+                {"tenant": args.tenant, "role": role, "password": password},
+                f"role {role} (password {password}) sees only tenant {args.tenant}'s rows",
+            )
+            return 0
+        if not await revoke_sql(conn, args.tenant):
+            raise SchedulerError(f"tenant {args.tenant!r} has no SQL role")
+        _out(args, {"tenant": args.tenant, "revoked": True}, f"role of {args.tenant} dropped")
+        return 0
+    finally:
+        await conn.close()
+
+
 COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Awaitable[int]]] = {
+    "tokens": cmd_tokens,
+    "tenants": cmd_tenants,
     "serve": cmd_serve,
     "migrate": cmd_migrate,
     "submit": cmd_submit,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import anyio
 import asyncpg
 
+from scheduler.db.pool import Conn
 from scheduler.db.queries import q
 from scheduler.errors import JobNotFound, SchedulerError
 from scheduler.jobs import FINAL_STATES
@@ -39,6 +41,7 @@ class JobRequest:
     priority: int = 0
     max_attempts: int = 1
     labels: dict[str, Any] = field(default_factory=dict)
+    run_at: datetime | None = None
 
 
 def record_to_dict(row: asyncpg.Record) -> dict[str, Any]:
@@ -54,7 +57,7 @@ def record_to_dict(row: asyncpg.Record) -> dict[str, Any]:
     return out
 
 
-async def submit(conn: asyncpg.Connection, request: JobRequest) -> asyncpg.Record:
+async def submit(conn: Conn, request: JobRequest) -> asyncpg.Record:
     """Insert one job; the database's own checks produce the refusal messages."""
     try:
         row = await conn.fetchrow(
@@ -71,6 +74,7 @@ async def submit(conn: asyncpg.Connection, request: JobRequest) -> asyncpg.Recor
             request.priority,
             request.max_attempts,
             request.labels,
+            request.run_at,
         )
     except asyncpg.IntegrityConstraintViolationError as exc:
         raise SubmitRefused(str(exc), getattr(exc, "column_name", None)) from exc
@@ -78,7 +82,7 @@ async def submit(conn: asyncpg.Connection, request: JobRequest) -> asyncpg.Recor
     return row
 
 
-async def get(conn: asyncpg.Connection, job_id: int) -> asyncpg.Record:
+async def get(conn: Conn, job_id: int) -> asyncpg.Record:
     row = await conn.fetchrow(q("get_job"), job_id)
     if row is None:
         raise JobNotFound(f"no job with id {job_id}")
@@ -86,17 +90,20 @@ async def get(conn: asyncpg.Connection, job_id: int) -> asyncpg.Record:
 
 
 async def list_jobs(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     tenant: str | None = None,
     state: str | None = None,
     before_id: int | None = None,
     limit: int = 50,
+    within: frozenset[str] | None = None,
 ) -> list[asyncpg.Record]:
-    return list(await conn.fetch(q("list_jobs"), tenant, state, before_id, limit))
+    """Jobs newest first; ``within`` limits them to a set of tenants (a caller's scope)."""
+    scope = sorted(within) if within is not None else None
+    return list(await conn.fetch(q("list_jobs"), tenant, state, before_id, limit, scope))
 
 
-async def wait(conn: asyncpg.Connection, job_id: int, *, poll: float = 1.0) -> asyncpg.Record:
+async def wait(conn: Conn, job_id: int, *, poll: float = 1.0) -> asyncpg.Record:
     """Return the job once it reached a final state (woken by the agents' NOTIFY)."""
     done = anyio.Event()
 
@@ -118,3 +125,63 @@ async def wait(conn: asyncpg.Connection, job_id: int, *, poll: float = 1.0) -> a
 
 def dumps(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, default=str)
+
+
+async def submit_idempotent(
+    conn: Conn, request: JobRequest, key: str, digest: str
+) -> tuple[asyncpg.Record, bool]:
+    """Submit once per (tenant, key); a repeat with the same digest returns the first job.
+
+    The key row and the job commit in one transaction. A concurrent request with the same key
+    waits on the key's unique index until the first commits, then finds its row: 50 parallel
+    requests with one key make one job. Returns the job and whether it was a replay.
+    """
+    async with conn.transaction():
+        claimed = await conn.fetchval(
+            "INSERT INTO scheduler.idempotency_keys (tenant, key, request_hash)"
+            " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING true",
+            request.tenant,
+            key,
+            digest,
+        )
+        if claimed:
+            row = await submit(conn, request)
+            await conn.execute(
+                "UPDATE scheduler.idempotency_keys SET job_id = $3 WHERE tenant = $1 AND key = $2",
+                request.tenant,
+                key,
+                row["id"],
+            )
+            return row, False
+        existing = await conn.fetchrow(
+            "SELECT request_hash, job_id FROM scheduler.idempotency_keys"
+            " WHERE tenant = $1 AND key = $2",
+            request.tenant,
+            key,
+        )
+    assert existing is not None
+    if existing["request_hash"] != digest:
+        raise IdempotencyMismatch(
+            f"Idempotency-Key {key!r} was already used with a different body for tenant "
+            f"{request.tenant!r}; use a new key for a different job"
+        )
+    return await get(conn, existing["job_id"]), True
+
+
+async def set_desired_state(conn: Conn, job_id: int, desired: str) -> asyncpg.Record:
+    """Ask for a job to run, freeze or be cancelled; the agent that owns it reconciles."""
+    try:
+        row = await conn.fetchrow(
+            "UPDATE scheduler.jobs SET desired_state = $2 WHERE id = $1 RETURNING *",
+            job_id,
+            desired,
+        )
+    except asyncpg.CheckViolationError as exc:
+        raise SubmitRefused(str(exc), getattr(exc, "column_name", None)) from exc
+    if row is None:
+        raise JobNotFound(f"no job with id {job_id}")
+    return row
+
+
+class IdempotencyMismatch(SchedulerError):
+    """The idempotency key was used before with a different request."""

@@ -134,6 +134,8 @@ def agent_settings(dsn: str, state_dir: Path, cgroup_root: str, **extra: object)
         "state_dir": state_dir,
         "cgroup_root": cgroup_root,
         "node_name": "test-node",
+        "http_addr": "127.0.0.1:0",
+        "admin_token": "test-admin-token",
         "poll_interval": 0.5,
         "max_running": 64,
     }

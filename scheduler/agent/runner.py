@@ -16,7 +16,7 @@ from scheduler.agent.isolation import Isolator
 from scheduler.agent.recorder import Completion
 from scheduler.agent.tenants import TenantCgroups
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, LaunchPlan, Limits, Usage
-from scheduler.errors import SchedulerError
+from scheduler.errors import LaunchError, SchedulerError
 from scheduler.jobs import Job, decide_outcome
 from scheduler.runtime.images import ImageStore
 from scheduler.runtime.launcher import read_exit_record, spawn, wait_monitor
@@ -63,6 +63,15 @@ def _signal_all(plan: LaunchPlan, sig: int) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
+
+
+def _exit_record(run_dir: Path) -> ExitRecord | None:
+    """The monitor's record; an unreadable one counts as missing (the job fails, with a log)."""
+    try:
+        return read_exit_record(run_dir)
+    except LaunchError:
+        log.exception("exit_record_unreadable", run_dir=str(run_dir))
+        return None
 
 
 class Runner:
@@ -144,7 +153,7 @@ class Runner:
         limit = float(job.timeout_seconds) if job.timeout_seconds is not None else None
         with anyio.move_on_after(limit):
             await wait_monitor(pid)
-        if limit is not None and read_exit_record(run_dir) is None:
+        if limit is not None and _exit_record(run_dir) is None:
             timed_out = True
             log.info("job_timed_out", timeout_seconds=limit)
             _signal_all(plan, signal.SIGTERM)
@@ -152,7 +161,7 @@ class Runner:
                 await wait_monitor(pid)
             self._driver.kill(cgroup)
             await wait_monitor(pid)
-        await self.finish(job, cgroup, read_exit_record(run_dir), timed_out=timed_out)
+        await self.finish(job, cgroup, _exit_record(run_dir), timed_out=timed_out)
 
     async def finish(
         self, job: Job, cgroup: CgroupPath, record: ExitRecord | None, *, timed_out: bool

@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import partial
 
 import anyio
 import asyncpg
@@ -15,10 +16,15 @@ import structlog
 
 from scheduler.agent.dispatcher import Dispatcher
 from scheduler.agent.isolation import isolator_for
+from scheduler.agent.readiness import readiness
 from scheduler.agent.recorder import Completion, Recorder
 from scheduler.agent.recovery import recover
 from scheduler.agent.runner import Runner
 from scheduler.agent.tenants import TenantCgroups
+from scheduler.api.app import build_app
+from scheduler.api.deps import ApiDeps
+from scheduler.api.server import bound_address, listen
+from scheduler.api.server import serve as serve_http
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits
 from scheduler.cgroups.detect import open_driver
 from scheduler.config import Settings
@@ -40,6 +46,7 @@ class Ready:
     psql: str | None
     driver: str
     node: str
+    http: str | None = None
 
 
 @contextlib.asynccontextmanager
@@ -103,6 +110,16 @@ async def run_agent(
         )
         listen_conn = await connect(dsn)
         await dispatcher.listen(listen_conn)
+        http_socket = listen(settings.http_addr)
+        api = build_app(
+            ApiDeps(
+                pool=pool,
+                admin_token=settings.admin_token,
+                runs_dir=settings.runs_dir,
+                node=settings.node_name,
+                readiness=partial(readiness, pool, settings, driver),
+            )
+        )
         with send, receive:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(Recorder(pool, driver).run, receive)
@@ -123,6 +140,7 @@ async def run_agent(
                 )
                 dispatcher.adopt(adopted)
                 tg.start_soon(dispatcher.run, tg)
+                tg.start_soon(serve_http, api, http_socket)
                 log.info(
                     "agent_ready",
                     driver=driver.name,
@@ -131,7 +149,15 @@ async def run_agent(
                     recovered=len(leftovers),
                 )
                 if on_ready is not None:
-                    on_ready(Ready(dsn=dsn, psql=psql, driver=driver.name, node=settings.node_name))
+                    on_ready(
+                        Ready(
+                            dsn=dsn,
+                            psql=psql,
+                            driver=driver.name,
+                            node=settings.node_name,
+                            http=bound_address(http_socket),
+                        )
+                    )
     finally:
         with anyio.CancelScope(shield=True):
             if listen_conn is not None:
@@ -161,6 +187,8 @@ async def _stop_on_signal(scope: anyio.CancelScope) -> None:
 def print_ready(ready: Ready, out: Callable[[str], object] = print) -> None:
     """Tell a person where the agent is and how to reach its database."""
     out(f"scheduler: node {ready.node} ready (cgroup driver {ready.driver}, pid {os.getpid()})")
+    if ready.http:
+        out(f"scheduler: HTTP API on http://{ready.http}/v1 (OpenAPI at /openapi.json)")
     if ready.psql:
         out(f"scheduler: embedded Postgres: {ready.dsn}")
         out(f"scheduler: connect with: {ready.psql}")

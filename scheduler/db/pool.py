@@ -9,6 +9,9 @@ import asyncpg
 
 from scheduler.errors import DatabaseError
 
+# A plain connection or one borrowed from a pool: the store works with either.
+Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
 
 async def _init(conn: asyncpg.Connection) -> None:
     for kind in ("json", "jsonb"):

@@ -81,8 +81,8 @@ SELECT count(*) FROM scheduler.jobs WHERE node = $1 AND state IN ('running', 'fr
 
 -- name: insert_job
 INSERT INTO scheduler.jobs (tenant, name, argv, env, cwd, cpu, memory_bytes, pids_max,
-                            timeout_seconds, priority, max_attempts, labels)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                            timeout_seconds, priority, max_attempts, labels, run_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, COALESCE($13, now()))
 RETURNING *;
 
 -- name: get_job
@@ -93,6 +93,7 @@ SELECT * FROM scheduler.jobs
 WHERE ($1::text IS NULL OR tenant = $1)
   AND ($2::text IS NULL OR state = $2)
   AND ($3::bigint IS NULL OR id < $3)
+  AND ($5::text[] IS NULL OR tenant = ANY ($5))
 ORDER BY id DESC
 LIMIT $4;
 

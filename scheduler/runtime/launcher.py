@@ -207,7 +207,9 @@ def _optional_int_field(key: str, value: str) -> int | None:
 def parse_exit_record(text: str) -> ExitRecord:
     """Parse the ``key=value`` lines the monitor writes; raise LaunchError on garbage."""
     fields: dict[str, str] = {}
-    for line in text.splitlines():
+    # Only "\n" ends a line: str.splitlines() would also split inside an error message at
+    # characters such as U+0085 or U+2028 that a job's argv may contain.
+    for line in text.split("\n"):
         if not line:
             continue
         key, sep, value = line.partition("=")

@@ -181,3 +181,12 @@ def test_monitor_argv_plan_in_order(tmp_path: Path) -> None:
 def test_monitor_argv_rejects(tmp_path: Path, overrides: dict[str, object]) -> None:
     with pytest.raises(LaunchError):
         monitor_argv(Path("/m"), make_spec(tmp_path, overrides=overrides))
+
+
+def test_error_with_unicode_line_separators_stays_one_field() -> None:
+    # Seen with generated argv: U+0085 and U+2028 are line breaks to str.splitlines().
+    text = (
+        "kind=start_error\nexit_code=\nsignal=\nerror=exec: a\x85b\u2028c: No such file\n"
+        "start_ns=1\nend_ns=2\nutime_us=0\nstime_us=0\nmaxrss_kb=0\n"
+    )
+    assert parse_exit_record(text).error == "exec: a\x85b\u2028c: No such file"

@@ -1,0 +1,30 @@
+"""What /readyz checks: the database answers, the schema is current, the cgroup root is ours."""
+
+from __future__ import annotations
+
+import os
+
+import anyio
+import asyncpg
+
+from scheduler.cgroups.base import CgroupDriver, CgroupPath
+from scheduler.config import Settings
+from scheduler.db.migrate import pending
+
+
+async def readiness(pool: asyncpg.Pool, settings: Settings, driver: CgroupDriver) -> list[str]:
+    """The reasons this agent cannot do its work now (empty when ready)."""
+    reasons: list[str] = []
+    try:
+        with anyio.fail_after(2):
+            async with pool.acquire() as conn:
+                missing = await pending(conn)
+        if missing:
+            reasons.append(f"database migrations {missing} are not applied")
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        reasons.append(f"database unreachable: {exc or type(exc).__name__}")
+    if not driver.exists(CgroupPath(())):
+        reasons.append(f"cgroup root {settings.cgroup_root!r} is missing")
+    if not os.access(settings.runs_dir, os.W_OK):
+        reasons.append(f"state directory {settings.runs_dir} is not writable")
+    return reasons

@@ -1,0 +1,85 @@
+"""The HTTP API: a Starlette app built from its dependencies (``build_app(deps)``)."""
+
+from __future__ import annotations
+
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from scheduler.api import jobs, tenants
+from scheduler.api.context import deps
+from scheduler.api.deps import ApiDeps
+from scheduler.api.openapi import document
+from scheduler.api.problems import Problem, handle_problem, problem_response
+
+log = structlog.get_logger(__name__)
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    reasons = await deps(request).readiness()
+    if reasons:
+        return problem_response(503, "not ready: " + "; ".join(reasons), reasons=reasons)
+    return JSONResponse({"status": "ready"})
+
+
+async def metrics(request: Request) -> Response:
+    render = deps(request).metrics
+    body = render() if render is not None else b""
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(document())
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    detail = {
+        404: f"no route {request.url.path}; see /openapi.json",
+        405: f"{request.method} is not allowed on {request.url.path}",
+    }.get(exc.status_code, str(exc.detail))
+    return problem_response(
+        exc.status_code, detail, instance=request.url.path, headers=dict(exc.headers or {})
+    )
+
+
+async def _crash(request: Request, exc: Exception) -> Response:
+    log.exception("http_request_failed", path=request.url.path, method=request.method)
+    return problem_response(
+        500, "the server failed on this request; it has been logged", instance=request.url.path
+    )
+
+
+def build_app(app_deps: ApiDeps) -> Starlette:
+    """The ASGI app; every error is application/problem+json."""
+    routes = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+        Route("/openapi.json", openapi),
+        Route("/v1/jobs", jobs.create_job, methods=["POST"]),
+        Route("/v1/jobs", jobs.list_jobs, methods=["GET"]),
+        Route("/v1/jobs/{job_id:int}", jobs.get_job, methods=["GET"]),
+        Route("/v1/jobs/{job_id:int}/cancel", jobs.cancel_job, methods=["POST"]),
+        Route("/v1/jobs/{job_id:int}/freeze", jobs.freeze_job, methods=["POST"]),
+        Route("/v1/jobs/{job_id:int}/thaw", jobs.thaw_job, methods=["POST"]),
+        Route("/v1/jobs/{job_id:int}/logs", jobs.job_logs, methods=["GET"]),
+        Route("/v1/jobs/{job_id:int}/usage", jobs.job_usage, methods=["GET"]),
+        Route("/v1/tenants", tenants.list_tenants, methods=["GET"]),
+        Route("/v1/tenants", tenants.create_tenant, methods=["POST"]),
+        Route("/v1/tenants/{name}/freeze", tenants.freeze_tenant, methods=["POST"]),
+        Route("/v1/tenants/{name}/thaw", tenants.thaw_tenant, methods=["POST"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={Problem: handle_problem, HTTPException: _http_error, Exception: _crash},
+    )
+    app.state.deps = app_deps
+    return app

@@ -1,0 +1,193 @@
+"""Parsing and validating JSON request bodies (pure: no I/O)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from scheduler.api.problems import Problem
+from scheduler.store import JobRequest
+
+TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+MAX_BODY_BYTES = 1 << 20
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(raw: bytes) -> Any:
+    """Parse a body; numbers with a fraction become exact Decimals. 400 on malformed JSON."""
+    if len(raw) > MAX_BODY_BYTES:
+        raise Problem(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        return json.loads(raw, parse_float=Decimal, parse_constant=_no_constants)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Problem(400, f"the body is not valid JSON: {exc}") from exc
+
+
+class FieldError(ValueError):
+    """One field is wrong; the message says what was expected."""
+
+
+def _int(lo: int, hi: int) -> Callable[[Any], int]:
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise FieldError(f"expected an integer in [{lo}, {hi}]")
+        if not lo <= v <= hi:
+            raise FieldError(f"must be in [{lo}, {hi}]: got {v}")
+        return v
+
+    return check
+
+
+def _number(lo_exclusive: Decimal, hi: Decimal) -> Callable[[Any], Decimal]:
+    def check(v: Any) -> Decimal:
+        # Decimal strings are accepted too: responses carry exact decimals as strings.
+        if isinstance(v, str):
+            try:
+                v = Decimal(v)
+            except ArithmeticError as exc:
+                raise FieldError(f"expected a number in ({lo_exclusive}, {hi}]") from exc
+        if isinstance(v, bool) or not isinstance(v, int | Decimal):
+            raise FieldError(f"expected a number in ({lo_exclusive}, {hi}]")
+        d = Decimal(v)
+        if not (d.is_finite() and lo_exclusive < d <= hi):
+            raise FieldError(f"must be in ({lo_exclusive}, {hi}]: got {v}")
+        return d
+
+    return check
+
+
+def _text(
+    max_len: int, pattern: re.Pattern[str] | None = None, hint: str = ""
+) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        if not isinstance(v, str):
+            raise FieldError("expected a string")
+        if len(v) > max_len or "\0" in v:
+            raise FieldError(f"expected at most {max_len} characters and no NUL")
+        if pattern is not None and not pattern.match(v):
+            raise FieldError(hint or f"must match {pattern.pattern}")
+        return v
+
+    return check
+
+
+def _argv(v: Any) -> list[str]:
+    if not isinstance(v, list) or not v or len(v) > 4096:
+        raise FieldError("expected a non-empty array of strings (the program, then arguments)")
+    if not all(isinstance(a, str) and "\0" not in a for a in v):
+        raise FieldError("every element must be a string without NUL")
+    if not v[0]:
+        raise FieldError("the first element (the program) must not be empty")
+    return list(v)
+
+
+def _env(v: Any) -> dict[str, str]:
+    if not isinstance(v, dict):
+        raise FieldError("expected an object of string values")
+    for key, value in v.items():
+        if not key or "=" in key or "\0" in key:
+            raise FieldError(f"key {key!r} must be a non-empty name without '=' or NUL")
+        if not isinstance(value, str) or "\0" in value:
+            raise FieldError(f"value of {key!r} must be a string without NUL")
+    return dict(v)
+
+
+def _labels(v: Any) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise FieldError("expected an object")
+    return dict(v)
+
+
+def _cwd(v: Any) -> str:
+    text = _text(4096)(v)
+    if not text.startswith("/"):
+        raise FieldError("expected an absolute path")
+    return text
+
+
+def _timestamp(v: Any) -> datetime:
+    if not isinstance(v, str):
+        raise FieldError("expected an RFC 3339 timestamp with a time zone")
+    try:
+        value = datetime.fromisoformat(v)
+    except ValueError as exc:
+        raise FieldError("expected an RFC 3339 timestamp with a time zone") from exc
+    if value.tzinfo is None:
+        raise FieldError("the timestamp needs a time zone (e.g. Z or +00:00)")
+    return value
+
+
+def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda v: None if v is None else check(v)
+
+
+JOB_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "tenant": _text(63, TENANT_NAME, "expected a tenant name: [a-z0-9][a-z0-9_-]{0,62}"),
+    "name": _text(200),
+    "argv": _argv,
+    "env": _env,
+    "cwd": _cwd,
+    "cpu": _number(Decimal(0), Decimal(4096)),
+    "memory_bytes": _int(1 << 20, 1 << 62),
+    "pids_max": _int(1, 4_194_304),
+    "timeout_seconds": _optional(_number(Decimal(0), Decimal(10) ** 8)),
+    "priority": _int(-1000, 1000),
+    "max_attempts": _int(1, 100),
+    "run_at": _timestamp,
+    "labels": _labels,
+}
+TENANT_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "name": JOB_FIELDS["tenant"],
+    "parent": _optional(JOB_FIELDS["tenant"]),
+    "cpu_limit": _optional(_number(Decimal(0), Decimal(4096))),
+    "memory_limit_bytes": _optional(_int(1 << 20, 1 << 62)),
+    "pids_limit": _optional(_int(1, 4_194_304)),
+    "max_running_jobs": _optional(_int(0, 1_000_000)),
+    "weight": _int(1, 10000),
+}
+
+
+def validate(
+    body: Any, fields: dict[str, Callable[[Any], Any]], required: tuple[str, ...]
+) -> dict[str, Any]:
+    """Check an object against ``fields``; 422 listing every wrong or unknown field."""
+    if not isinstance(body, dict):
+        raise Problem(422, "the body must be a JSON object")
+    errors = [
+        {"field": k, "message": "unknown field; expected one of: " + ", ".join(fields)}
+        for k in body
+        if k not in fields
+    ]
+    errors += [{"field": k, "message": "required"} for k in required if k not in body]
+    values: dict[str, Any] = {}
+    for key, check in fields.items():
+        if key in body:
+            try:
+                values[key] = check(body[key])
+            except FieldError as exc:
+                errors.append({"field": key, "message": str(exc)})
+    if errors:
+        first = errors[0]
+        raise Problem(422, f"{first['field']}: {first['message']}", errors=errors)
+    return values
+
+
+def job_request(body: Any, default_tenant: str) -> JobRequest:
+    """The job a POST /v1/jobs body asks for."""
+    values = validate(body, JOB_FIELDS, ("argv",))
+    values.setdefault("tenant", default_tenant)
+    return JobRequest(**values)
+
+
+def request_hash(request: JobRequest) -> str:
+    """A digest of what was asked, independent of key order and number formatting."""
+    canonical = json.dumps(request.__dict__, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -1,0 +1,188 @@
+"""Routes under /v1/jobs: submit, read, list, steer, logs and usage."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import asyncpg
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from scheduler import store
+from scheduler.api.bodies import job_request, parse_json, request_hash
+from scheduler.api.context import caller, deps
+from scheduler.api.problems import Problem
+from scheduler.errors import JobNotFound
+from scheduler.jobs import FINAL_STATES
+
+STATES = ("queued", "running", "frozen", "succeeded", "failed", "cancelled", "timed_out", "lost")
+MAX_LIMIT = 500
+MAX_JOB_ID = 2**63 - 1  # ids are bigint
+
+
+def job_json(row: asyncpg.Record) -> dict[str, Any]:
+    """A job as the API shows it (exact decimals as strings, times in RFC 3339)."""
+    return store.record_to_dict(row)
+
+
+async def _visible_job(request: Request, conn: Any) -> asyncpg.Record:
+    """The job of the path, or 404 when it does not exist or belongs to someone else."""
+    job_id = request.path_params["job_id"]
+    who = await caller(request, conn)
+    if job_id > MAX_JOB_ID:
+        raise Problem(404, f"no job with id {job_id}")
+    try:
+        row = await store.get(conn, job_id)
+    except JobNotFound:
+        row = None
+    if row is None or not who.sees(row["tenant"]):
+        raise Problem(404, f"no job with id {job_id}")
+    return row
+
+
+async def create_job(request: Request) -> Response:
+    async with deps(request).pool.acquire() as conn:
+        who = await caller(request, conn)
+        body = parse_json(await request.body())
+        # A tenant's token submits for its own tenant unless the body names a child tenant.
+        job = job_request(body, "default" if who.is_admin else who.name)
+        if not who.sees(job.tenant):
+            raise Problem(403, f"this token may not submit jobs for tenant {job.tenant!r}")
+        key = request.headers.get("idempotency-key")
+        try:
+            if key is None:
+                row, replayed = await store.submit(conn, job), False
+            else:
+                if not 1 <= len(key) <= 255:
+                    raise Problem(400, "Idempotency-Key must be 1 to 255 characters")
+                row, replayed = await store.submit_idempotent(conn, job, key, request_hash(job))
+        except store.IdempotencyMismatch as exc:
+            raise Problem(422, str(exc)) from exc
+        except store.SubmitRefused as exc:
+            raise Problem(422, str(exc), field=exc.column) from exc
+    headers = {"Location": f"/v1/jobs/{row['id']}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(job_json(row), status_code=201, headers=headers)
+
+
+async def get_job(request: Request) -> Response:
+    async with deps(request).pool.acquire() as conn:
+        return JSONResponse(job_json(await _visible_job(request, conn)))
+
+
+def _cursor(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        value = int(base64.urlsafe_b64decode(text.encode() + b"==").decode())
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise Problem(400, "cursor is not one this server returned") from exc
+    if value < 1:
+        raise Problem(400, "cursor is not one this server returned")
+    return value
+
+
+def _next_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(str(last_id).encode()).decode().rstrip("=")
+
+
+async def list_jobs(request: Request) -> Response:
+    params = request.query_params
+    tenant, state = params.get("tenant"), params.get("state")
+    if state is not None and state not in STATES:
+        raise Problem(400, f"state must be one of {', '.join(STATES)}: got {state!r}")
+    raw_limit = params.get("limit", "50")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+        raise Problem(400, f"limit must be an integer in [1, {MAX_LIMIT}]: got {raw_limit!r}")
+    limit = int(raw_limit)
+    before = _cursor(params.get("cursor"))
+    async with deps(request).pool.acquire() as conn:
+        who = await caller(request, conn)
+        rows = await store.list_jobs(
+            conn, tenant=tenant, state=state, before_id=before, limit=limit + 1, within=who.tenants
+        )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return JSONResponse(
+        {
+            "items": [job_json(r) for r in rows],
+            "next_cursor": _next_cursor(rows[-1]["id"]) if more else None,
+        }
+    )
+
+
+async def _steer(request: Request, desired: str) -> Response:
+    async with deps(request).pool.acquire() as conn:
+        row = await _visible_job(request, conn)
+        try:
+            row = await store.set_desired_state(conn, row["id"], desired)
+        except store.SubmitRefused as exc:
+            raise Problem(409, str(exc)) from exc
+    return JSONResponse(job_json(row))
+
+
+async def cancel_job(request: Request) -> Response:
+    return await _steer(request, "cancelled")
+
+
+async def freeze_job(request: Request) -> Response:
+    return await _steer(request, "frozen")
+
+
+async def thaw_job(request: Request) -> Response:
+    return await _steer(request, "running")
+
+
+async def job_usage(request: Request) -> Response:
+    async with deps(request).pool.acquire() as conn:
+        row = await _visible_job(request, conn)
+        rows = await conn.fetch(
+            "SELECT * FROM scheduler.usage WHERE job_id = $1 ORDER BY seq", row["id"]
+        )
+    return JSONResponse({"job_id": row["id"], "items": [store.record_to_dict(r) for r in rows]})
+
+
+async def job_logs(request: Request) -> Response:
+    """The job's output; with follow=true, streamed until the job ends."""
+    stream = request.query_params.get("stream", "stdout")
+    if stream not in ("stdout", "stderr"):
+        raise Problem(400, f"stream must be stdout or stderr: got {stream!r}")
+    follow = request.query_params.get("follow", "false")
+    if follow not in ("true", "false"):
+        raise Problem(400, f"follow must be true or false: got {follow!r}")
+    app_deps = deps(request)
+    async with app_deps.pool.acquire() as conn:
+        row = await _visible_job(request, conn)
+    if row["attempts"] == 0:
+        return Response(b"", media_type="text/plain")
+    if row["node"] is not None and row["node"] != app_deps.node:
+        raise Problem(404, f"job {row['id']} ran on node {row['node']!r}: ask that node's API")
+    path = app_deps.runs_dir / f"{row['id']}-{row['attempts']}" / stream
+    if follow == "false" or row["state"] in FINAL_STATES:
+        data = await anyio.Path(path).read_bytes() if await anyio.Path(path).exists() else b""
+        return Response(data, media_type="text/plain")
+    return StreamingResponse(_follow(request, row["id"], path), media_type="text/plain")
+
+
+async def _follow(request: Request, job_id: int, path: Any) -> AsyncIterator[bytes]:
+    offset = 0
+    while True:
+        chunk = b""
+        if await anyio.Path(path).exists():
+            async with await anyio.open_file(path, "rb") as f:
+                await f.seek(offset)
+                chunk = await f.read()
+        if chunk:
+            offset += len(chunk)
+            yield chunk
+            continue
+        async with deps(request).pool.acquire() as conn:
+            state = await conn.fetchval("SELECT state FROM scheduler.jobs WHERE id = $1", job_id)
+        if state in FINAL_STATES:
+            return
+        await anyio.sleep(0.25)

@@ -1,0 +1,365 @@
+"""The OpenAPI 3.1 document of the HTTP API, built from the same limits the server checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+NAME_PATTERN = "^[a-z0-9][a-z0-9_-]{0,62}$"
+_PROBLEM = {"$ref": "#/components/schemas/Problem"}
+_DECIMAL = {
+    "type": "string",
+    "pattern": r"^-?[0-9]+(\.[0-9]+)?(E[+-]?[0-9]+)?$",
+    "description": "an exact decimal, as a string",
+}
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/problem+json": {"schema": _PROBLEM}},
+    }
+
+
+def _json(schema: str, description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
+
+
+def _op(
+    summary: str, ok: dict[str, dict[str, Any]], errors: dict[int, str], **extra: Any
+) -> dict[str, Any]:
+    responses: dict[str, Any] = dict(ok)
+    responses["401"] = _problem("missing, unknown or revoked bearer token")
+    for status, text in errors.items():
+        responses[str(status)] = _problem(text)
+    return {"summary": summary, "security": [{"bearer": []}], "responses": responses, **extra}
+
+
+_JOB_ID = [
+    {
+        "name": "job_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 1, "maximum": 9223372036854775807},
+    }
+]
+_TENANT = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
+
+_STATE = {
+    "enum": ["queued", "running", "frozen", "succeeded", "failed", "cancelled", "timed_out", "lost"]
+}
+JOB_CREATE = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["argv"],
+    "properties": {
+        "tenant": {"type": "string", "pattern": NAME_PATTERN},
+        "name": {"type": "string", "maxLength": 200},
+        "argv": {"type": "array", "minItems": 1, "maxItems": 4096, "items": {"type": "string"}},
+        "env": {"type": "object", "additionalProperties": {"type": "string"}},
+        "cwd": {"type": "string", "pattern": "^/"},
+        "cpu": {"type": "number", "exclusiveMinimum": 0, "maximum": 4096},
+        "memory_bytes": {"type": "integer", "minimum": 1048576, "maximum": 4611686018427387904},
+        "pids_max": {"type": "integer", "minimum": 1, "maximum": 4194304},
+        "timeout_seconds": {
+            "type": ["number", "null"],
+            "exclusiveMinimum": 0,
+            "maximum": 100000000,
+        },
+        "priority": {"type": "integer", "minimum": -1000, "maximum": 1000},
+        "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100},
+        "run_at": {"type": "string", "format": "date-time"},
+        "labels": {"type": "object"},
+    },
+}
+TENANT_CREATE = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name"],
+    "properties": {
+        "name": {"type": "string", "pattern": NAME_PATTERN},
+        "parent": {"type": ["string", "null"], "pattern": NAME_PATTERN},
+        "cpu_limit": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 4096},
+        "memory_limit_bytes": {
+            "type": ["integer", "null"],
+            "minimum": 1048576,
+            "maximum": 4611686018427387904,
+        },
+        "pids_limit": {"type": ["integer", "null"], "minimum": 1, "maximum": 4194304},
+        "max_running_jobs": {"type": ["integer", "null"], "minimum": 0, "maximum": 1000000},
+        "weight": {"type": "integer", "minimum": 1, "maximum": 10000},
+    },
+}
+JOB = {
+    "type": "object",
+    "required": ["id", "tenant", "argv", "state", "desired_state", "attempts"],
+    "properties": {
+        "id": {"type": "integer"},
+        "tenant": {"type": "string"},
+        "name": {"type": "string"},
+        "argv": {"type": "array", "items": {"type": "string"}},
+        "env": {"type": "object"},
+        "cwd": {"type": "string"},
+        "cpu": _DECIMAL,
+        "memory_bytes": {"type": "integer"},
+        "pids_max": {"type": "integer"},
+        "timeout_seconds": {"anyOf": [_DECIMAL, {"type": "null"}]},
+        "priority": {"type": "integer"},
+        "max_attempts": {"type": "integer"},
+        "attempts": {"type": "integer"},
+        "run_at": {"type": "string", "format": "date-time"},
+        "labels": {"type": "object"},
+        "state": _STATE,
+        "desired_state": {"enum": ["running", "frozen", "cancelled"]},
+        "node": {"type": ["string", "null"]},
+        "exit_code": {"type": ["integer", "null"]},
+        "signal": {"type": ["integer", "null"]},
+        "oom_killed": {"type": "boolean"},
+        "error": {"type": ["string", "null"]},
+        "submitted_at": {"type": "string", "format": "date-time"},
+        "started_at": {"type": ["string", "null"], "format": "date-time"},
+        "finished_at": {"type": ["string", "null"], "format": "date-time"},
+        "cpu_seconds": {"anyOf": [_DECIMAL, {"type": "null"}]},
+        "memory_peak_bytes": {"type": ["integer", "null"]},
+        "io_read_bytes": {"type": ["integer", "null"]},
+        "io_write_bytes": {"type": ["integer", "null"]},
+    },
+}
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document served at /openapi.json."""
+    steer_errors = {404: "no such job visible to this token", 409: "the job already finished"}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "scheduler",
+            "version": "1",
+            "description": "Submit, observe and steer isolated, accounted jobs.",
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Problem": {
+                    "type": "object",
+                    "required": ["title", "status", "detail"],
+                    "properties": {
+                        "type": {"type": "string"},
+                        "title": {"type": "string"},
+                        "status": {"type": "integer"},
+                        "detail": {"type": "string"},
+                        "instance": {"type": "string"},
+                    },
+                },
+                "JobCreate": JOB_CREATE,
+                "Job": JOB,
+                "JobList": {
+                    "type": "object",
+                    "required": ["items", "next_cursor"],
+                    "properties": {
+                        "items": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
+                        "next_cursor": {"type": ["string", "null"]},
+                    },
+                },
+                "TenantCreate": TENANT_CREATE,
+                "Tenant": {
+                    "type": "object",
+                    "required": ["name", "frozen", "weight"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "parent": {"type": ["string", "null"]},
+                        "frozen": {"type": "boolean"},
+                        "weight": {"type": "integer"},
+                    },
+                },
+                "TenantList": {
+                    "type": "object",
+                    "required": ["items"],
+                    "properties": {
+                        "items": {"type": "array", "items": {"$ref": "#/components/schemas/Tenant"}}
+                    },
+                },
+                "UsageList": {
+                    "type": "object",
+                    "required": ["job_id", "items"],
+                    "properties": {
+                        "job_id": {"type": "integer"},
+                        "items": {"type": "array", "items": {"type": "object"}},
+                    },
+                },
+            },
+        },
+        "paths": {
+            "/v1/jobs": {
+                "post": _op(
+                    "Submit a job",
+                    {
+                        "201": _json(
+                            "Job",
+                            "the job (or, for a repeated "
+                            "Idempotency-Key with the same body, "
+                            "the first one)",
+                        )
+                    },
+                    {
+                        400: "malformed JSON or Idempotency-Key",
+                        403: "the token may not submit for that tenant",
+                        413: "body too large",
+                        422: "a field is wrong or unknown, the tenant does not exist, or the "
+                        "Idempotency-Key was used with another body",
+                    },
+                    parameters=[
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                        }
+                    ],
+                    requestBody={
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/JobCreate"}
+                            }
+                        },
+                    },
+                ),
+                "get": _op(
+                    "List jobs, newest first",
+                    {"200": _json("JobList", "a page of jobs")},
+                    {400: "bad tenant, state, limit or cursor"},
+                    parameters=[
+                        {"name": "tenant", "in": "query", "schema": {"type": "string"}},
+                        {"name": "state", "in": "query", "schema": _STATE},
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                        },
+                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    ],
+                ),
+            },
+            "/v1/jobs/{job_id}": {
+                "get": _op(
+                    "One job",
+                    {"200": _json("Job", "the job")},
+                    {404: "no such job visible to this token"},
+                    parameters=_JOB_ID,
+                )
+            },
+            "/v1/jobs/{job_id}/cancel": {
+                "post": _op(
+                    "Cancel a job",
+                    {"200": _json("Job", "the job, desired_state cancelled")},
+                    steer_errors,
+                    parameters=_JOB_ID,
+                )
+            },
+            "/v1/jobs/{job_id}/freeze": {
+                "post": _op(
+                    "Freeze a job",
+                    {"200": _json("Job", "the job, desired_state frozen")},
+                    steer_errors,
+                    parameters=_JOB_ID,
+                )
+            },
+            "/v1/jobs/{job_id}/thaw": {
+                "post": _op(
+                    "Thaw a job",
+                    {"200": _json("Job", "the job, desired_state running")},
+                    steer_errors,
+                    parameters=_JOB_ID,
+                )
+            },
+            "/v1/jobs/{job_id}/usage": {
+                "get": _op(
+                    "A job's billing rows",
+                    {"200": _json("UsageList", "usage rows by seq")},
+                    {404: "no such job visible to this token"},
+                    parameters=_JOB_ID,
+                )
+            },
+            "/v1/jobs/{job_id}/logs": {
+                "get": _op(
+                    "A job's output",
+                    {
+                        "200": {
+                            "description": "stdout or stderr; streamed with follow=true",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                    {400: "bad stream or follow", 404: "no such job, or it ran on another node"},
+                    parameters=[
+                        *_JOB_ID,
+                        {"name": "stream", "in": "query", "schema": {"enum": ["stdout", "stderr"]}},
+                        {"name": "follow", "in": "query", "schema": {"enum": ["true", "false"]}},
+                    ],
+                )
+            },
+            "/v1/tenants": {
+                "get": _op("List tenants", {"200": _json("TenantList", "visible tenants")}, {}),
+                "post": _op(
+                    "Create a tenant",
+                    {"201": _json("Tenant", "the tenant")},
+                    {
+                        400: "malformed JSON",
+                        403: "a tenant token may only create children",
+                        409: "the tenant exists",
+                        413: "body too large",
+                        422: "a field is wrong or the parent does not exist",
+                    },
+                    requestBody={
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/TenantCreate"}
+                            }
+                        },
+                    },
+                ),
+            },
+            "/v1/tenants/{name}/freeze": {
+                "post": _op(
+                    "Freeze a tenant",
+                    {"200": _json("Tenant", "the tenant")},
+                    {404: "no such tenant visible to this token"},
+                    parameters=_TENANT,
+                )
+            },
+            "/v1/tenants/{name}/thaw": {
+                "post": _op(
+                    "Thaw a tenant",
+                    {"200": _json("Tenant", "the tenant")},
+                    {404: "no such tenant visible to this token"},
+                    parameters=_TENANT,
+                )
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "The process is alive",
+                    "responses": {"200": {"description": "alive"}},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "Database, migrations and cgroup root are usable",
+                    "responses": {
+                        "200": {"description": "ready"},
+                        "503": _problem("not ready, with reasons"),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {
+                        "200": {"description": "text exposition", "content": {"text/plain": {}}}
+                    },
+                }
+            },
+        },
+    }

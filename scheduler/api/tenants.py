@@ -1,0 +1,76 @@
+"""Routes under /v1/tenants: list, create, freeze and thaw."""
+
+from __future__ import annotations
+
+import asyncpg
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from scheduler import store
+from scheduler.api.bodies import TENANT_FIELDS, TENANT_NAME, parse_json, validate
+from scheduler.api.context import caller, deps
+from scheduler.api.problems import Problem
+
+
+async def list_tenants(request: Request) -> Response:
+    async with deps(request).pool.acquire() as conn:
+        who = await caller(request, conn)
+        rows = await conn.fetch("SELECT * FROM scheduler.tenants ORDER BY name")
+    return JSONResponse({"items": [store.record_to_dict(r) for r in rows if who.sees(r["name"])]})
+
+
+async def create_tenant(request: Request) -> Response:
+    async with deps(request).pool.acquire() as conn:
+        who = await caller(request, conn)
+        values = validate(parse_json(await request.body()), TENANT_FIELDS, ("name",))
+        parent = values.get("parent")
+        # Admins create anywhere; a tenant may create children inside its own subtree.
+        if not who.is_admin and (parent is None or not who.sees(parent)):
+            raise Problem(
+                403,
+                "a tenant token may only create child tenants of its own subtree"
+                " (set parent to your tenant)",
+            )
+        columns = list(values)
+        try:
+            row = await conn.fetchrow(
+                f"INSERT INTO scheduler.tenants ({', '.join(columns)})"
+                f" VALUES ({', '.join(f'${i}' for i in range(1, len(columns) + 1))}) RETURNING *",
+                *values.values(),
+            )
+        except asyncpg.UniqueViolationError as exc:
+            raise Problem(409, f"tenant {values['name']!r} already exists") from exc
+        except asyncpg.ForeignKeyViolationError as exc:
+            raise Problem(422, f"parent tenant {parent!r} does not exist", field="parent") from exc
+        except asyncpg.CheckViolationError as exc:
+            raise Problem(422, str(exc)) from exc
+    assert row is not None
+    return JSONResponse(
+        store.record_to_dict(row),
+        status_code=201,
+        headers={"Location": f"/v1/tenants/{row['name']}"},
+    )
+
+
+async def _set_frozen(request: Request, frozen: bool) -> Response:
+    name = request.path_params["name"]
+    if not TENANT_NAME.match(name):
+        raise Problem(404, f"no tenant named {name!r}")
+    async with deps(request).pool.acquire() as conn:
+        who = await caller(request, conn)
+        if not who.sees(name):
+            raise Problem(404, f"no tenant named {name!r}")
+        row = await conn.fetchrow(
+            "UPDATE scheduler.tenants SET frozen = $2 WHERE name = $1 RETURNING *", name, frozen
+        )
+    if row is None:
+        raise Problem(404, f"no tenant named {name!r}")
+    return JSONResponse(store.record_to_dict(row))
+
+
+async def freeze_tenant(request: Request) -> Response:
+    return await _set_frozen(request, True)
+
+
+async def thaw_tenant(request: Request) -> Response:
+    return await _set_frozen(request, False)

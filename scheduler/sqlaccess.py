@@ -1,0 +1,71 @@
+"""Postgres roles for tenants: psql access confined to their own rows by row-level security."""
+
+from __future__ import annotations
+
+import secrets
+
+import asyncpg
+
+from scheduler.db.pool import Conn
+from scheduler.errors import SchedulerError
+
+ROLE_PREFIX = "tenant_"
+
+
+class SqlAccessError(SchedulerError):
+    """The tenant's SQL role could not be set up."""
+
+
+def role_name(tenant: str) -> str:
+    """The Postgres role that speaks for ``tenant`` (fits Postgres' 63-byte names)."""
+    name = ROLE_PREFIX + tenant
+    if len(name) > 63:
+        raise SqlAccessError(
+            f"tenant name {tenant!r} is too long for a role name "
+            f"(at most {63 - len(ROLE_PREFIX)} characters)"
+        )
+    return name
+
+
+async def grant_sql(conn: Conn, tenant: str) -> tuple[str, str]:
+    """Create (or reset the password of) ``tenant``'s login role; return role and password.
+
+    The role is a member of ``scheduler_tenant`` (what tenants may do at all) and is mapped to
+    its tenant in ``scheduler.tenant_roles``, which the row-level security policies read.
+    """
+    role = role_name(tenant)
+    password = secrets.token_urlsafe(24)
+    quoted = '"' + role.replace('"', '""') + '"'
+    async with conn.transaction():
+        if not await conn.fetchval("SELECT true FROM scheduler.tenants WHERE name = $1", tenant):
+            raise SqlAccessError(f"unknown tenant {tenant!r}")
+        exists = await conn.fetchval("SELECT true FROM pg_roles WHERE rolname = $1", role)
+        verb = "ALTER" if exists else "CREATE"
+        # Role names and passwords cannot be bind parameters in DDL: the name is checked
+        # above (tenant names are [a-z0-9_-]) and the password is quoted as a literal.
+        literal = await conn.fetchval("SELECT quote_literal($1)", password)
+        try:
+            await conn.execute(f"{verb} ROLE {quoted} LOGIN PASSWORD {literal}")
+            await conn.execute(f"GRANT scheduler_tenant TO {quoted}")
+        except asyncpg.PostgresError as exc:
+            raise SqlAccessError(f"cannot create role {role}: {exc}") from exc
+        await conn.execute(
+            "INSERT INTO scheduler.tenant_roles (role_name, tenant) VALUES ($1, $2)"
+            " ON CONFLICT (role_name) DO UPDATE SET tenant = EXCLUDED.tenant",
+            role,
+            tenant,
+        )
+    return role, password
+
+
+async def revoke_sql(conn: Conn, tenant: str) -> bool:
+    """Drop ``tenant``'s role; False if it had none."""
+    role = role_name(tenant)
+    quoted = '"' + role.replace('"', '""') + '"'
+    async with conn.transaction():
+        deleted = await conn.fetchval(
+            "DELETE FROM scheduler.tenant_roles WHERE role_name = $1 RETURNING true", role
+        )
+        if await conn.fetchval("SELECT true FROM pg_roles WHERE rolname = $1", role):
+            await conn.execute(f"DROP ROLE {quoted}")
+    return bool(deleted)
