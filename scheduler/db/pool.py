@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -13,9 +14,21 @@ from scheduler.errors import DatabaseError
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 
+def _json_default(value: object) -> object:
+    # Request bodies are parsed with exact Decimals; inside free-form JSON (labels) they are
+    # stored as JSON numbers again.
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, default=_json_default)
+
+
 async def _init(conn: asyncpg.Connection) -> None:
     for kind in ("json", "jsonb"):
-        await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+        await conn.set_type_codec(kind, encoder=_dumps, decoder=json.loads, schema="pg_catalog")
 
 
 async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
