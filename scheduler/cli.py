@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -160,12 +161,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from(args)
         logging_setup.configure(settings.log_level, settings.log_format)
         handler = COMMANDS[args.command]
-        return anyio.run(handler, settings, args)
+        # uvloop (when installed) roughly halves the event loop's cost per request and per job.
+        return anyio.run(handler, settings, args, backend_options={"use_uvloop": _has_uvloop()})
     except SchedulerError as exc:
         print(f"scheduler: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _has_uvloop() -> bool:
+    return importlib.util.find_spec("uvloop") is not None
 
 
 async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:

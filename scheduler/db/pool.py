@@ -31,6 +31,14 @@ async def _init(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(kind, encoder=_dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _reset(conn: asyncpg.Connection) -> None:
+    # asyncpg's default reset (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL) costs a round
+    # trip per release; pooled connections here keep no session state, so only an abandoned
+    # transaction needs undoing.
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
     """One connection (LISTEN, CLI); raises DatabaseError naming the target on failure."""
     try:
@@ -44,7 +52,9 @@ async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 8) -> asyncpg.Pool:
     """The agent's pool for claims, completions and queries."""
     try:
-        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init)
+        pool = await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, init=_init, reset=_reset
+        )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise DatabaseError(f"cannot connect to the database ({_redact(dsn)}): {exc}") from exc
     assert pool is not None
