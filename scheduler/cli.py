@@ -1,4 +1,5 @@
-"""The ``scheduler`` command: serve, migrate, submit, jobs, show, logs."""
+"""The ``scheduler`` command: serve, migrate, submit, jobs, show, logs (and, from
+:mod:`scheduler.control_cli`, cancel, freeze, thaw and tenants)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from typing import Any
 
 import anyio
 
+from scheduler import control_cli, store
 from scheduler import log as logging_setup
-from scheduler import store
 from scheduler.agent.service import print_ready, serve
 from scheduler.config import Settings, load_settings
 from scheduler.db.embedded import EmbeddedPostgres
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(logs)
     logs.add_argument("id", type=int)
     logs.add_argument("--attempt", type=int, help="default: the latest")
+    COMMANDS.update(control_cli.add_parsers(sub, _add_common))
     return parser
 
 

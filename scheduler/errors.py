@@ -40,3 +40,11 @@ class LaunchError(SchedulerError):
 
 class JobNotFound(SchedulerError):
     """No such job."""
+
+
+class TenantNotFound(SchedulerError):
+    """No such tenant."""
+
+
+class ControlRefused(SchedulerError):
+    """The requested change of a job or tenant was refused."""

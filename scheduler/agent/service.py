@@ -13,6 +13,8 @@ import anyio
 import asyncpg
 import structlog
 
+from scheduler.agent.attempts import Attempts
+from scheduler.agent.controller import Controller
 from scheduler.agent.dispatcher import Dispatcher
 from scheduler.agent.recorder import Completion, Recorder
 from scheduler.agent.recovery import recover
@@ -91,6 +93,16 @@ async def run_agent(
             runs_dir=settings.runs_dir,
             node=settings.node_name,
             completions=send,
+            attempts=Attempts(),
+            term_grace=settings.term_grace_seconds,
+        )
+        controller = Controller(
+            pool,
+            driver,
+            runner.attempts,
+            tenants,
+            node=settings.node_name,
+            poll_interval=settings.poll_interval,
         )
         dispatcher = Dispatcher(
             pool,
@@ -101,9 +113,11 @@ async def run_agent(
         )
         listen_conn = await connect(dsn)
         await dispatcher.listen(listen_conn)
+        await controller.listen(listen_conn)
         with send, receive:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(Recorder(pool, driver).run, receive)
+                tg.start_soon(controller.run)
                 leftovers = [
                     Job.from_row(r)
                     for r in await pool.fetch(q("active_on_node"), settings.node_name)

@@ -56,3 +56,10 @@ class TenantCgroups:
     def forget(self, tenant: str) -> None:
         """Drop a cached path (after the tenant's limits or parent changed)."""
         self._paths.pop(tenant, None)
+
+    def moved(self, tenant: str, path: tuple[str, ...]) -> None:
+        """Forget a cached path that no longer matches the tenant's place in the tree (its
+        parent changed): the next job of the tenant is started under the new path."""
+        known = self._paths.get(tenant)
+        if known is not None and known != path:
+            self._paths.pop(tenant, None)

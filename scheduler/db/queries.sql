@@ -100,3 +100,50 @@ SELECT id, tenant, name, argv, env, cwd, cpu, memory_bytes, pids_max, timeout_se
 FROM scheduler.jobs
 WHERE node = $1 AND state IN ('running', 'frozen')
 ORDER BY id;
+
+-- name: control_jobs
+-- What the users ask of this node's running attempts ($1: their ids).
+SELECT id, attempts, desired_state FROM scheduler.jobs
+WHERE id = ANY($1::bigint[]) AND node = $2 AND state IN ('running', 'frozen');
+
+-- name: set_job_state
+-- The state column follows the kernel: 'frozen' once the freezer confirmed it, else 'running'.
+UPDATE scheduler.jobs SET state = $2::text
+WHERE id = $1 AND attempts = $3 AND state IN ('running', 'frozen');
+
+-- name: set_job_error
+-- A control action the kernel refused (the job keeps running); the end of the attempt
+-- overwrites it with the attempt's own outcome.
+UPDATE scheduler.jobs SET error = $2
+WHERE id = $1 AND attempts = $3 AND state IN ('running', 'frozen');
+
+-- name: tenant_tree
+-- Every tenant with its cgroup path (root tenant first), limits and freeze flag, parents first.
+WITH RECURSIVE tree AS (
+    SELECT name, ARRAY[name] AS path, cpu_limit, memory_limit_bytes, pids_limit, weight, frozen
+    FROM scheduler.tenants WHERE parent IS NULL
+    UNION ALL
+    SELECT t.name, tree.path || t.name, t.cpu_limit, t.memory_limit_bytes, t.pids_limit,
+           t.weight, t.frozen
+    FROM scheduler.tenants t JOIN tree ON t.parent = tree.name
+    WHERE cardinality(tree.path) < 32
+)
+SELECT * FROM tree ORDER BY cardinality(path), name;
+
+-- name: set_desired_state
+-- What a user asks of a job; the triggers cancel a queued job at once and NOTIFY the agents.
+UPDATE scheduler.jobs SET desired_state = $2 WHERE id = $1 RETURNING *;
+
+-- name: list_tenants
+SELECT t.*,
+       (SELECT count(*) FROM scheduler.jobs j
+        WHERE j.tenant = t.name AND j.state IN ('running', 'frozen')) AS active_jobs,
+       (SELECT count(*) FROM scheduler.jobs j
+        WHERE j.tenant = t.name AND j.state = 'queued') AS queued_jobs
+FROM scheduler.tenants t ORDER BY t.name;
+
+-- name: get_tenant
+SELECT * FROM scheduler.tenants WHERE name = $1;
+
+-- name: set_tenant_frozen
+UPDATE scheduler.tenants SET frozen = $2 WHERE name = $1 RETURNING *;
