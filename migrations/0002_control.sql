@@ -32,3 +32,16 @@ CREATE TRIGGER tenants_check_parent BEFORE INSERT OR UPDATE OF parent ON schedul
 
 -- The fair-share claim sums recently finished usage per tenant: a range on period_end.
 CREATE INDEX usage_tenant_recent_idx ON scheduler.usage (tenant, period_end);
+
+-- Disk bandwidth limits (bytes per second), for a tenant's subtree or one job: written as
+-- io.max (v2) or blkio.throttle.*_bps_device (v1) for the configured block devices.
+ALTER TABLE scheduler.tenants
+    ADD COLUMN io_read_bps bigint,
+    ADD COLUMN io_write_bps bigint,
+    ADD CONSTRAINT tenant_io_bps_positive
+        CHECK ((io_read_bps IS NULL OR io_read_bps > 0) AND (io_write_bps IS NULL OR io_write_bps > 0));
+ALTER TABLE scheduler.jobs
+    ADD COLUMN io_read_bps bigint,
+    ADD COLUMN io_write_bps bigint,
+    ADD CONSTRAINT job_io_bps_positive
+        CHECK ((io_read_bps IS NULL OR io_read_bps > 0) AND (io_write_bps IS NULL OR io_write_bps > 0));

@@ -46,6 +46,9 @@ class Settings:
     term_grace_seconds: float = 5.0
     node_cpu: float = 0.0
     node_memory_bytes: int = 0
+    # Block devices ("MAJ:MIN", comma-separated) that io limits apply to; empty: the disk
+    # holding the state directory.
+    io_devices: str = ""
 
     def __post_init__(self) -> None:
         if self.cgroup_driver not in ("auto", "v1", "v2"):

@@ -49,9 +49,7 @@ def add_parsers(
         parser.add_argument("name")
         unset = argparse.SUPPRESS
         parser.add_argument("--parent", type=_optional(str), default=unset)
-        parser.add_argument(
-            "--cpu", dest="cpu_limit", type=_optional(parse_cores), default=unset
-        )
+        parser.add_argument("--cpu", dest="cpu_limit", type=_optional(parse_cores), default=unset)
         parser.add_argument(
             "--memory", dest="memory_limit_bytes", type=_optional(parse_size), default=unset
         )
@@ -60,6 +58,20 @@ def add_parsers(
             "--max-running", dest="max_running_jobs", type=_optional(int), default=unset
         )
         parser.add_argument("--weight", type=int, default=unset)
+        parser.add_argument(
+            "--io-read",
+            dest="io_read_bps",
+            type=_optional(parse_size),
+            default=unset,
+            help="disk read bytes per second, e.g. 50M",
+        )
+        parser.add_argument(
+            "--io-write",
+            dest="io_write_bps",
+            type=_optional(parse_size),
+            default=unset,
+            help="disk write bytes per second, e.g. 50M",
+        )
     for action in ("freeze", "thaw"):
         parser = actions.add_parser(action, help=f"{action} a tenant and its subtree")
         add_common(parser)
@@ -151,4 +163,3 @@ def _print_tenants(args: argparse.Namespace, rows: list[Any]) -> None:
             f"{'-' if r['max_running_jobs'] is None else r['max_running_jobs']:>6} "
             f"{r['active_jobs']:>6} {r['queued_jobs']:>6} {'yes' if r['frozen'] else 'no'}"
         )
-

@@ -39,6 +39,8 @@ class Job:
     attempts: int
     desired_state: str
     submitted_at: datetime
+    io_read_bps: int | None = None
+    io_write_bps: int | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
@@ -59,6 +61,8 @@ class Job:
             attempts=row["attempts"],
             desired_state=row["desired_state"],
             submitted_at=row["submitted_at"],
+            io_read_bps=row.get("io_read_bps"),
+            io_write_bps=row.get("io_write_bps"),
         )
 
 

@@ -129,6 +129,8 @@ TENANT_FIELDS = (
     "pids_limit",
     "max_running_jobs",
     "weight",
+    "io_read_bps",
+    "io_write_bps",
 )
 
 

@@ -122,9 +122,7 @@ class Controller:
             attempt.frozen_by_tenant = any(
                 self._tenant_frozen.get(t) for t in attempt.cgroup.parts[:-1]
             )
-        targets = (
-            attempts if job_ids is None else [a for a in attempts if a.job.id in job_ids]
-        )
+        targets = attempts if job_ids is None else [a for a in attempts if a.job.id in job_ids]
         retry: set[int] = set()
         if targets:
             rows = await self._pool.fetch(
@@ -150,7 +148,7 @@ class Controller:
                 self._tenant_frozen.pop(name, None)
                 self._tenant_limits.pop(name, None)
                 continue
-            limits = tenant_limits(row)
+            limits = tenant_limits(row, self._tenants.io_devices)
             if self._tenant_limits.get(name) != limits and await self._call(
                 self._driver.ensure, path, limits, what="tenant_limits", tenant=name
             ):

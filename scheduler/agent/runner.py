@@ -100,7 +100,14 @@ class Runner:
         cgroup = CgroupPath.for_job(chain, job.id)
         plan = self._driver.plan(
             cgroup,
-            Limits(cpu_cores=float(job.cpu), memory_bytes=job.memory_bytes, pids_max=job.pids_max),
+            Limits(
+                cpu_cores=float(job.cpu),
+                memory_bytes=job.memory_bytes,
+                pids_max=job.pids_max,
+                io_read_bps=job.io_read_bps,
+                io_write_bps=job.io_write_bps,
+                io_devices=self._tenants.io_devices,
+            ),
         )
         run_dir = run_dir_for(self._runs_dir, job.id, job.attempts)
         spec = LaunchSpec(

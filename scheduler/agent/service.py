@@ -22,6 +22,7 @@ from scheduler.agent.runner import Runner
 from scheduler.agent.tenants import TenantCgroups
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits
 from scheduler.cgroups.detect import open_driver
+from scheduler.cgroups.devices import io_devices
 from scheduler.config import Settings
 from scheduler.db.embedded import EmbeddedPostgres
 from scheduler.db.migrate import migrate
@@ -85,7 +86,7 @@ async def run_agent(
         async with pool.acquire() as conn:
             await migrate(conn)
         send, receive = anyio.create_memory_object_stream[Completion](4096)
-        tenants = TenantCgroups(pool, driver)
+        tenants = TenantCgroups(pool, driver, io_devices(settings.io_devices, settings.state_dir))
         runner = Runner(
             driver=driver,
             tenants=tenants,

@@ -26,20 +26,21 @@ FROM candidates c
 WHERE j.id = c.id
 RETURNING j.id, j.tenant, j.name, j.argv, j.env, j.cwd, j.cpu, j.memory_bytes, j.pids_max,
           j.timeout_seconds, j.priority, j.max_attempts, j.attempts, j.desired_state,
-          j.submitted_at;
+          j.submitted_at, j.io_read_bps, j.io_write_bps;
 
 -- name: tenant_chain
 -- The tenant and its ancestors, root first, with their limits.
 WITH RECURSIVE chain AS (
-    SELECT name, parent, cpu_limit, memory_limit_bytes, pids_limit, weight, 0 AS depth
+    SELECT name, parent, cpu_limit, memory_limit_bytes, pids_limit, weight, io_read_bps,
+           io_write_bps, 0 AS depth
     FROM scheduler.tenants WHERE name = $1
     UNION ALL
     SELECT t.name, t.parent, t.cpu_limit, t.memory_limit_bytes, t.pids_limit, t.weight,
-           c.depth + 1
+           t.io_read_bps, t.io_write_bps, c.depth + 1
     FROM scheduler.tenants t JOIN chain c ON t.name = c.parent
     WHERE c.depth < 32
 )
-SELECT name, cpu_limit, memory_limit_bytes, pids_limit, weight
+SELECT name, cpu_limit, memory_limit_bytes, pids_limit, weight, io_read_bps, io_write_bps
 FROM chain ORDER BY depth DESC;
 
 -- name: finish_job
@@ -96,7 +97,7 @@ LIMIT $4;
 -- name: active_on_node
 -- Attempts this node had started when it last stopped: re-adopted or recorded at start-up.
 SELECT id, tenant, name, argv, env, cwd, cpu, memory_bytes, pids_max, timeout_seconds,
-       priority, max_attempts, attempts, desired_state, submitted_at
+       priority, max_attempts, attempts, desired_state, submitted_at, io_read_bps, io_write_bps
 FROM scheduler.jobs
 WHERE node = $1 AND state IN ('running', 'frozen')
 ORDER BY id;
@@ -120,11 +121,12 @@ WHERE id = $1 AND attempts = $3 AND state IN ('running', 'frozen');
 -- name: tenant_tree
 -- Every tenant with its cgroup path (root tenant first), limits and freeze flag, parents first.
 WITH RECURSIVE tree AS (
-    SELECT name, ARRAY[name] AS path, cpu_limit, memory_limit_bytes, pids_limit, weight, frozen
+    SELECT name, ARRAY[name] AS path, cpu_limit, memory_limit_bytes, pids_limit, weight,
+           io_read_bps, io_write_bps, frozen
     FROM scheduler.tenants WHERE parent IS NULL
     UNION ALL
     SELECT t.name, tree.path || t.name, t.cpu_limit, t.memory_limit_bytes, t.pids_limit,
-           t.weight, t.frozen
+           t.weight, t.io_read_bps, t.io_write_bps, t.frozen
     FROM scheduler.tenants t JOIN tree ON t.parent = tree.name
     WHERE cardinality(tree.path) < 32
 )

@@ -252,3 +252,27 @@ async def test_cli_freeze_thaw_cancel(
     code, out, err = await cli(dsn, "cancel", "999999")
     assert code == 1
     assert "no job with id 999999" in err
+
+
+async def test_tenant_limit_changes_reach_the_running_tenant_cgroup(
+    db: asyncpg.Connection, fast_agent: AgentHandle, cgroup_root: str
+) -> None:
+    await db.execute("INSERT INTO scheduler.tenants (name) VALUES ('acme')")
+    job_id = await submit(db, ["sleep", "300"], tenant="acme", cpu=Decimal("0.2"))
+    await wait_state(db, job_id, "running")
+    cpu = Path("/sys/fs/cgroup/cpu", cgroup_root, "acme")
+    with anyio.fail_after(10):
+        while not (cpu / "cpu.shares").exists():
+            await anyio.sleep(0.02)
+    await db.execute(
+        "UPDATE scheduler.tenants SET cpu_limit = 1.5, weight = 300, pids_limit = 77"
+        " WHERE name = 'acme'"
+    )
+    pids = Path("/sys/fs/cgroup/pids", cgroup_root, "acme", "pids.max")
+    with anyio.fail_after(5):
+        while pids.read_text().strip() != "77":
+            await anyio.sleep(0.02)
+    assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "150000"
+    assert (cpu / "cpu.shares").read_text().strip() == "3072"
+    await set_desired(db, job_id, "cancelled")
+    await wait_final(db, [job_id])
