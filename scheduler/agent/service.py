@@ -29,6 +29,7 @@ from scheduler.db.migrate import migrate
 from scheduler.db.pool import connect, create_pool
 from scheduler.db.queries import q
 from scheduler.jobs import Job
+from scheduler.policy.admission import detect_capacity
 from scheduler.runtime.launcher import monitor_binary
 
 log = structlog.get_logger(__name__)
@@ -111,6 +112,7 @@ async def run_agent(
             max_running=settings.max_running,
             poll_interval=settings.poll_interval,
             run_job=runner.run,
+            capacity=detect_capacity(settings.node_cpu, settings.node_memory_bytes),
         )
         listen_conn = await connect(dsn)
         await dispatcher.listen(listen_conn)
