@@ -31,6 +31,7 @@ unit: setup
 bench: setup
 	$(BIN)/python bench/spine.py
 	$(BIN)/python bench/control.py
+	$(BIN)/python bench/claim.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -45,3 +45,7 @@ ALTER TABLE scheduler.jobs
     ADD COLUMN io_write_bps bigint,
     ADD CONSTRAINT job_io_bps_positive
         CHECK ((io_read_bps IS NULL OR io_read_bps > 0) AND (io_write_bps IS NULL OR io_write_bps > 0));
+
+-- The claim takes the head of each tenant's queue (priority, then age): a top-N per tenant.
+CREATE INDEX jobs_queued_tenant_idx ON scheduler.jobs (tenant, priority DESC, id)
+    WHERE state = 'queued';

@@ -22,7 +22,11 @@ async def claim(
     """Claim up to ``want`` jobs for ``node`` (fair share, priority, age; within capacity)."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(q("claim_lock"))
-        unfit = await conn.fetch(q("fail_unfit_jobs"), node, capacity.cpu, capacity.memory_bytes)
+        found = await conn.fetch(q("unfit_jobs"), node, capacity.cpu, capacity.memory_bytes)
+        unfit = []
+        if found:
+            ids, reasons = [r["id"] for r in found], [r["reason"] for r in found]
+            unfit = await conn.fetch(q("fail_jobs"), ids, reasons)
         for row in unfit:
             log.warning("job_unfit", job_id=row["id"], tenant=row["tenant"], error=row["error"])
         if unfit:

@@ -67,6 +67,9 @@ class Dispatcher:
     async def listen(self, conn: asyncpg.Connection) -> None:
         """Subscribe ``conn`` to the insert notifications."""
         await conn.add_listener("scheduler_jobs", self.wake)
+        # A recorded end (on any node) frees capacity: admission counts the jobs Postgres
+        # says are running, so the claim waits for the recorder's commit, not the exit.
+        await conn.add_listener("scheduler_done", self.wake)
 
     async def run(self, task_group: TaskGroup) -> None:
         """The claim loop; attempts run as tasks of ``task_group``."""

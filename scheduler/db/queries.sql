@@ -55,27 +55,40 @@ recent AS (
     GROUP BY u.tenant
 ),
 running AS (SELECT tenant, sum(cpu) AS cpu FROM active GROUP BY tenant),
+-- Only the head of each tenant's queue can be claimed now (in priority, then age, order):
+-- a top-N per tenant through jobs_queued_tenant_idx keeps the cost independent of how many
+-- jobs a flooding tenant has queued.
+heads AS (
+    SELECT j.*
+    FROM scheduler.tenants t
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.tenant, j.cpu, j.memory_bytes, j.priority
+        FROM scheduler.jobs j
+        WHERE j.tenant = t.name AND j.state = 'queued'
+          -- A job held frozen is not started until thawed.
+          AND j.desired_state = 'running'
+          AND j.run_at <= now()
+        ORDER BY j.priority DESC, j.id
+        LIMIT $2 + 8
+    ) j
+    WHERE t.name NOT IN (SELECT tenant FROM held)
+),
 queued AS (
-    SELECT j.id, j.tenant, j.cpu, j.memory_bytes, j.priority,
-           (COALESCE(r.used, 0) + $6 * (COALESCE(run.cpu, 0) + sum(j.cpu) OVER per_tenant))
+    SELECT h.id, h.tenant, h.cpu, h.memory_bytes, h.priority,
+           (COALESCE(r.used, 0) + $6 * (COALESCE(run.cpu, 0) + sum(h.cpu) OVER per_tenant))
                / t.weight AS share
-    FROM scheduler.jobs j
-    JOIN scheduler.tenants t ON t.name = j.tenant
-    LEFT JOIN recent r ON r.tenant = j.tenant
-    LEFT JOIN running run ON run.tenant = j.tenant
+    FROM heads h
+    JOIN scheduler.tenants t ON t.name = h.tenant
+    LEFT JOIN recent r ON r.tenant = h.tenant
+    LEFT JOIN running run ON run.tenant = h.tenant
     CROSS JOIN node_free nf
-    WHERE j.state = 'queued'
-      -- A job held frozen is not started until thawed.
-      AND j.desired_state = 'running'
-      AND j.run_at <= now()
-      AND j.tenant NOT IN (SELECT tenant FROM held)
-      -- Each job on its own must fit what is free now, on the node and up its chain.
-      AND j.cpu <= nf.cpu AND j.memory_bytes <= nf.mem
+    -- Each job on its own must fit what is free now, on the node and up its chain.
+    WHERE h.cpu <= nf.cpu AND h.memory_bytes <= nf.mem
       AND NOT EXISTS (
-          SELECT 1 FROM lineage l JOIN headroom h ON h.name = l.ancestor
-          WHERE l.tenant = j.tenant
-            AND (h.jobs < 1 OR j.cpu > h.cpu OR j.memory_bytes > h.mem))
-    WINDOW per_tenant AS (PARTITION BY j.tenant ORDER BY j.priority DESC, j.id)
+          SELECT 1 FROM lineage l JOIN headroom h2 ON h2.name = l.ancestor
+          WHERE l.tenant = h.tenant
+            AND (h2.jobs < 1 OR h.cpu > h2.cpu OR h.memory_bytes > h2.mem))
+    WINDOW per_tenant AS (PARTITION BY h.tenant ORDER BY h.priority DESC, h.id)
 ),
 ordered AS (
     SELECT q.*, row_number() OVER (ORDER BY q.share, q.priority DESC, q.id) AS rank
@@ -254,12 +267,16 @@ UPDATE scheduler.tenants SET frozen = $2 WHERE name = $1 RETURNING *;
 
 -- name: claim_lock
 -- Serialises claims of all nodes (held to the end of the claim's transaction), so that
--- tenant limits summed over nodes see every committed claim.
-SELECT pg_advisory_xact_lock(5918230770001);
+-- tenant limits summed over nodes see every committed claim. JIT is off for the claim: with
+-- a long queue the planner's estimates cross jit_above_cost, and compiling the expressions
+-- (about 0.5 s on a small host) costs far more than running them.
+SELECT pg_advisory_xact_lock(5918230770001), set_config('jit', 'off', true);
 
--- name: fail_unfit_jobs
+-- name: unfit_jobs
 -- Queued jobs that can never run: larger than this node ($1 node, $2 cores, $3 bytes) or than
--- a limit of their tenant chain. They fail at once with the reason, instead of waiting forever.
+-- a limit of their tenant chain, with the reason (fail_jobs then fails them at once, instead
+-- of letting them wait forever). A plain SELECT: an UPDATE joined to this scan made
+-- Postgres hash the whole queue on every claim.
 WITH RECURSIVE lineage AS (
     SELECT name AS tenant, name AS ancestor, 0 AS depth FROM scheduler.tenants
     UNION ALL
@@ -267,38 +284,56 @@ WITH RECURSIVE lineage AS (
     FROM lineage l JOIN scheduler.tenants t ON t.name = l.ancestor
     WHERE t.parent IS NOT NULL AND l.depth < 32
 ),
+-- The tightest limits up each tenant's chain: one join instead of a walk per job.
+chain AS (
+    SELECT l.tenant, min(t.cpu_limit) AS cpu, min(t.memory_limit_bytes) AS mem,
+           bool_or(t.max_running_jobs = 0) AS closed
+    FROM lineage l JOIN scheduler.tenants t ON t.name = l.ancestor
+    GROUP BY l.tenant
+),
 unfit AS (
-    SELECT j.id, CASE
-        WHEN j.cpu > $2::numeric THEN format(
-            'cannot ever run: asks for %s cpu cores, node %s has %s', j.cpu, $1::text, $2::numeric)
-        WHEN j.memory_bytes > $3::bigint THEN format(
+    SELECT j.id, j.tenant, j.cpu, j.memory_bytes
+    FROM scheduler.jobs j JOIN chain c ON c.tenant = j.tenant
+    WHERE j.state = 'queued'
+      AND (j.cpu > $2::numeric OR j.memory_bytes > $3::bigint OR c.closed
+           OR j.cpu > c.cpu OR j.memory_bytes > c.mem)
+),
+-- The reason names the node or the nearest tenant whose limit is in the way.
+reasons AS (
+    SELECT u.id, CASE
+        WHEN u.cpu > $2::numeric THEN format(
+            'cannot ever run: asks for %s cpu cores, node %s has %s', u.cpu, $1::text, $2::numeric)
+        WHEN u.memory_bytes > $3::bigint THEN format(
             'cannot ever run: asks for %s bytes of memory, node %s has %s',
-            j.memory_bytes, $1::text, $3::bigint)
+            u.memory_bytes, $1::text, $3::bigint)
         ELSE (
             SELECT CASE
                 WHEN t.max_running_jobs = 0 THEN format(
                     'cannot ever run: tenant %s allows no running jobs (max_running_jobs = 0)',
                     t.name)
-                WHEN j.cpu > t.cpu_limit THEN format(
+                WHEN u.cpu > t.cpu_limit THEN format(
                     'cannot ever run: asks for %s cpu cores, tenant %s allows %s',
-                    j.cpu, t.name, t.cpu_limit)
+                    u.cpu, t.name, t.cpu_limit)
                 ELSE format(
                     'cannot ever run: asks for %s bytes of memory, tenant %s allows %s',
-                    j.memory_bytes, t.name, t.memory_limit_bytes)
+                    u.memory_bytes, t.name, t.memory_limit_bytes)
                 END
             FROM lineage l JOIN scheduler.tenants t ON t.name = l.ancestor
-            WHERE l.tenant = j.tenant
-              AND (t.max_running_jobs = 0 OR j.cpu > t.cpu_limit
-                   OR j.memory_bytes > t.memory_limit_bytes)
+            WHERE l.tenant = u.tenant
+              AND (t.max_running_jobs = 0 OR u.cpu > t.cpu_limit
+                   OR u.memory_bytes > t.memory_limit_bytes)
             ORDER BY l.depth LIMIT 1)
         END AS reason
-    FROM scheduler.jobs j
-    WHERE j.state = 'queued'
+    FROM unfit u
 )
+SELECT id, reason FROM reasons;
+
+-- name: fail_jobs
+-- Fail queued jobs ($1 ids) with their reasons ($2), as unfit_jobs found them.
 UPDATE scheduler.jobs j
-SET state = 'failed', error = u.reason, finished_at = clock_timestamp()
-FROM unfit u
-WHERE j.id = u.id AND u.reason IS NOT NULL AND j.state = 'queued'
+SET state = 'failed', error = f.reason, finished_at = clock_timestamp()
+FROM unnest($1::bigint[], $2::text[]) AS f(id, reason)
+WHERE j.id = f.id AND j.state = 'queued'
 RETURNING j.id, j.tenant, j.error;
 
 -- name: next_run_at
