@@ -219,7 +219,7 @@ ORDER BY id;
 
 -- name: control_jobs
 -- What the users ask of this node's running attempts ($1: their ids).
-SELECT id, attempts, desired_state FROM scheduler.jobs
+SELECT id, attempts, state, desired_state FROM scheduler.jobs
 WHERE id = ANY($1::bigint[]) AND node = $2 AND state IN ('running', 'frozen');
 
 -- name: set_job_state

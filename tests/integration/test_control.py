@@ -276,3 +276,64 @@ async def test_tenant_limit_changes_reach_the_running_tenant_cgroup(
     assert (cpu / "cpu.shares").read_text().strip() == "3072"
     await set_desired(db, job_id, "cancelled")
     await wait_final(db, [job_id])
+
+
+async def test_a_thaw_requested_while_the_agent_was_down_is_applied_at_start(
+    dsn: str, db: asyncpg.Connection, state_dir: Path, cgroup_root: str
+) -> None:
+    settings = agent_settings(dsn, state_dir, cgroup_root)
+    async with anyio.create_task_group() as tg:
+        first = await start_agent(tg, settings)
+        job_id = await submit(db, BURN, cpu=Decimal("0.2"))
+        await wait_burning(cgroup_root, "default", f"job-{job_id}")
+        await set_desired(db, job_id, "frozen")
+        await wait_state(db, job_id, "frozen", timeout=5)
+        first.stop()
+    await set_desired(db, job_id, "running")
+    async with anyio.create_task_group() as tg:
+        await start_agent(tg, settings)
+        await wait_state(db, job_id, "running", timeout=10)
+        assert freezer_state(cgroup_root, "default", f"job-{job_id}") == "THAWED"
+        await set_desired(db, job_id, "cancelled")
+        [row] = await wait_final(db, [job_id])
+        tg.cancel_scope.cancel()
+    assert row["state"] == "cancelled"
+
+
+async def test_cli_tenants(dsn: str, db: asyncpg.Connection) -> None:
+    code, out, err = await cli(dsn, "tenants", "add", "acme", "--cpu", "2", "--memory", "1G")
+    assert code == 0, err
+    assert out.startswith("tenant acme weight=100 cpu=2 memory=")
+    code, out, err = await cli(
+        dsn, "tenants", "add", "team", "--parent", "acme", "--weight", "300", "--io-read", "50M"
+    )
+    assert code == 0, err
+    code, out, err = await cli(dsn, "tenants", "set", "acme", "--cpu", "none", "--max-running", "4")
+    assert code == 0, err
+    row = await db.fetchrow("SELECT * FROM scheduler.tenants WHERE name = 'acme'")
+    assert row["cpu_limit"] is None
+    assert row["max_running_jobs"] == 4
+    assert row["memory_limit_bytes"] == 1024**3
+    team = await db.fetchrow("SELECT * FROM scheduler.tenants WHERE name = 'team'")
+    assert (team["parent"], team["weight"], team["io_read_bps"]) == ("acme", 300, 50 * 1024**2)
+    code, out, err = await cli(dsn, "tenants", "freeze", "acme")
+    assert code == 0, err
+    assert "FROZEN" in out
+    code, out, err = await cli(dsn, "tenants", "list")
+    assert code == 0, err
+    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert lines["acme"].endswith("yes")
+    assert lines["team"].split()[1] == "acme"
+    code, out, err = await cli(dsn, "tenants", "thaw", "acme", "--json")
+    assert code == 0, err
+    assert '"frozen": false' in out
+    # Refusals name the problem.
+    code, out, err = await cli(dsn, "tenants", "set", "acme", "--parent", "team")
+    assert code == 1
+    assert "cycle" in err
+    code, out, err = await cli(dsn, "tenants", "add", "Bad.Name")
+    assert code == 1
+    assert "tenant_name_format" in err
+    code, out, err = await cli(dsn, "tenants", "freeze", "nobody")
+    assert code == 1
+    assert "no tenant named 'nobody'" in err
