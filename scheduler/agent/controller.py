@@ -130,11 +130,11 @@ class Controller:
             )
             desired = {r["id"]: r["desired_state"] for r in rows}
             for row in rows:
-                attempt = self._attempts.get(row["id"])
-                if attempt is not None and attempt.job.attempts == row["attempts"]:
+                known = self._attempts.get(row["id"])
+                if known is not None and known.job.attempts == row["attempts"]:
                     # What the column says now (an adopted attempt may have been left
                     # 'frozen' by the previous run of the agent).
-                    attempt.recorded_state = row["state"]
+                    known.recorded_state = row["state"]
             for attempt in targets:
                 want = desired.get(attempt.job.id)
                 if want is not None and not await self._apply(attempt, want, full=job_ids is None):

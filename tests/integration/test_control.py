@@ -311,10 +311,12 @@ async def test_cli_tenants(dsn: str, db: asyncpg.Connection) -> None:
     code, out, err = await cli(dsn, "tenants", "set", "acme", "--cpu", "none", "--max-running", "4")
     assert code == 0, err
     row = await db.fetchrow("SELECT * FROM scheduler.tenants WHERE name = 'acme'")
+    assert row is not None
     assert row["cpu_limit"] is None
     assert row["max_running_jobs"] == 4
     assert row["memory_limit_bytes"] == 1024**3
     team = await db.fetchrow("SELECT * FROM scheduler.tenants WHERE name = 'team'")
+    assert team is not None
     assert (team["parent"], team["weight"], team["io_read_bps"]) == ("acme", 300, 50 * 1024**2)
     code, out, err = await cli(dsn, "tenants", "freeze", "acme")
     assert code == 0, err
