@@ -6,12 +6,15 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from scheduler.cgroups.base import CgroupPath, Limits
 from scheduler.cgroups.detect import detect_layout, open_driver
 from scheduler.cgroups.devices import disk_of
 from scheduler.cgroups.v1 import V1Driver
+from tests.conftest import AgentHandle
+from tests.integration.test_agent import output, submit, wait_final
 
 MB = 1_000_000
 
@@ -50,3 +53,20 @@ def test_tenant_and_job_io_limits_become_blkio_throttle_rules(v1: V1Driver) -> N
     v1.ensure(tenant, Limits(io_devices=(disk,)))
     assert (blkio / "blkio.throttle.read_bps_device").read_text() == ""
     assert (blkio / "blkio.throttle.write_bps_device").read_text() == ""
+
+
+@pytest.mark.anyio
+async def test_a_job_io_write_limit_is_enforced_by_the_kernel(
+    db: asyncpg.Connection, agent: AgentHandle
+) -> None:
+    # Direct writes to a host disk (the job's /tmp is a private tmpfs): 6 MiB at 2 MiB/s.
+    target = Path("/var/tmp") / f"sched-io-{uuid.uuid4().hex[:8]}"
+    script = f"dd if=/dev/zero of={target} bs=1M count=6 oflag=direct 2>&1; rm -f {target}"
+    try:
+        limited = await submit(db, ["sh", "-c", script], io_write_bps=2 * 1024 * 1024)
+        [row] = await wait_final(db, [limited], timeout=60)
+    finally:
+        target.unlink(missing_ok=True)
+    assert row["state"] == "succeeded", output(agent, limited)
+    assert (row["finished_at"] - row["started_at"]).total_seconds() >= 1.5
+    assert row["io_write_bytes"] >= 6 * 1024 * 1024
