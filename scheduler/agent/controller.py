@@ -53,7 +53,11 @@ class Controller:
         self._pending: set[int] = set()
         self._unknown: set[int] = set()
         self._tenants_dirty = True
+        # Full: re-apply every desired state without trusting what this agent believes it
+        # applied (start-up, after a database error). Sweep: look at every attempt and tenant
+        # (the poll: a NOTIFY may have been lost), acting only where the flags differ.
         self._full = True
+        self._sweep = False
         # What this agent last applied to each tenant cgroup on this node.
         self._tenant_frozen: dict[str, bool] = {}
         self._tenant_limits: dict[str, Limits] = {}
@@ -95,12 +99,15 @@ class Controller:
         while True:
             wake = self._wake = anyio.Event()
             full, self._full = self._full, False
+            sweep, self._sweep = self._sweep, False
             tenants_dirty, self._tenants_dirty = self._tenants_dirty, False
             pending, self._pending = self._pending, set()
             retry: set[int] = set()
             try:
                 retry = await self.reconcile(
-                    None if full else pending, tenants=full or tenants_dirty
+                    None if full or sweep else pending,
+                    tenants=full or sweep or tenants_dirty,
+                    full=full,
                 )
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
                 log.exception("control_reconcile_failed", retry_in_seconds=self._poll_interval)
@@ -110,11 +117,14 @@ class Controller:
             with anyio.move_on_after(timeout) as scope:
                 await wake.wait()
             if scope.cancelled_caught and not retry:
-                self._full = True
+                self._sweep = True
 
-    async def reconcile(self, job_ids: set[int] | None, *, tenants: bool) -> set[int]:
+    async def reconcile(
+        self, job_ids: set[int] | None, *, tenants: bool, full: bool = False
+    ) -> set[int]:
         """Apply tenant settings (if ``tenants``) and the desired state of ``job_ids`` (all
-        attempts when None); return the ids to look at again shortly."""
+        attempts when None; with ``full``, re-applied to the kernel even where this agent
+        believes it already is); return the ids to look at again shortly."""
         if tenants:
             await self._reconcile_tenants()
         attempts = self._attempts.all()
@@ -137,7 +147,7 @@ class Controller:
                     known.recorded_state = row["state"]
             for attempt in targets:
                 want = desired.get(attempt.job.id)
-                if want is not None and not await self._apply(attempt, want, full=job_ids is None):
+                if want is not None and not await self._apply(attempt, want, full=full):
                     retry.add(attempt.job.id)
         await self._record_states(attempts)
         return retry

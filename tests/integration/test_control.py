@@ -339,3 +339,19 @@ async def test_cli_tenants(dsn: str, db: asyncpg.Connection) -> None:
     code, out, err = await cli(dsn, "tenants", "freeze", "nobody")
     assert code == 1
     assert "no tenant named 'nobody'" in err
+
+
+async def test_a_lost_notification_is_made_up_for_by_the_poll(
+    db: asyncpg.Connection, fast_agent: AgentHandle, cgroup_root: str
+) -> None:
+    job_id = await submit(db, BURN, cpu=Decimal("0.2"))
+    await wait_burning(cgroup_root, "default", f"job-{job_id}")
+    # Triggers off for this one statement: no NOTIFY is sent (as if it had been lost).
+    async with db.transaction():
+        await db.execute("SET LOCAL session_replication_role = replica")
+        await set_desired(db, job_id, "frozen")
+    await wait_state(db, job_id, "frozen", timeout=5)  # the agent polls every 0.5 s
+    assert freezer_state(cgroup_root, "default", f"job-{job_id}") == "FROZEN"
+    await set_desired(db, job_id, "cancelled")
+    [row] = await wait_final(db, [job_id])
+    assert row["state"] == "cancelled"
