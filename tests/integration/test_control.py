@@ -3,7 +3,6 @@ CLI, tenant freezes, and time limits that count running time only."""
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -52,6 +51,21 @@ async def wait_burning(cgroup_root: str, *parts: str) -> None:
             await anyio.sleep(0.02)
 
 
+async def wait_gone(pids: list[int], directory: Path | None = None) -> None:
+    """Wait (bounded) until no pid is alive, not even as a zombie, and ``directory`` is gone
+    (the recorder removes the cgroup just after committing the end)."""
+
+    def alive(pid: int) -> bool:
+        try:
+            return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+
+    with anyio.fail_after(10):
+        while any(alive(p) for p in pids) or (directory is not None and directory.exists()):
+            await anyio.sleep(0.02)
+
+
 async def set_desired(db: asyncpg.Connection, job_id: int, desired: str) -> None:
     await db.execute("UPDATE scheduler.jobs SET desired_state = $2 WHERE id = $1", job_id, desired)
 
@@ -96,10 +110,7 @@ async def test_cancel_of_a_frozen_job_leaves_no_process(
     await set_desired(db, job_id, "cancelled")
     [row] = await wait_final(db, [job_id])
     assert row["state"] == "cancelled"
-    for pid in pids:
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
-    assert not Path("/sys/fs/cgroup/freezer", cgroup_root, *leaf).exists()
+    await wait_gone(pids, Path("/sys/fs/cgroup/freezer", cgroup_root, *leaf))
     usage = await db.fetch("SELECT * FROM scheduler.usage WHERE job_id = $1", job_id)
     assert [u["final"] for u in usage] == [True]
 
@@ -191,9 +202,7 @@ async def test_a_job_frozen_under_a_frozen_tenant_can_be_cancelled(
     await set_desired(db, ids[0], "cancelled")
     [row] = await wait_final(db, [ids[0]])
     assert row["state"] == "cancelled"
-    for pid in pids:
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
+    await wait_gone(pids)
     # The other job of the tenant stays frozen.
     assert await db.fetchval("SELECT state FROM scheduler.jobs WHERE id = $1", ids[1]) == "frozen"
     assert freezer_state(cgroup_root, "acme", f"job-{ids[1]}") == "FROZEN"
