@@ -84,6 +84,9 @@ class Attempt:
     frozen_by_tenant: bool = False
     # What the state column was last set to by this agent ('running' at claim).
     recorded_state: str = "running"
+    # False until the controller has applied the desired state once without trusting the
+    # flags above (an adopted attempt may have been left frozen by the previous agent).
+    verified: bool = False
 
     @property
     def frozen(self) -> bool:

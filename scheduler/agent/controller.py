@@ -190,7 +190,10 @@ class Controller:
         """Bring one attempt's cgroup to ``want``; False to try again shortly."""
         job, cgroup = attempt.job, attempt.cgroup
         log_ = log.bind(job_id=job.id, tenant=job.tenant)
+        full = full or not attempt.verified
         exists = await anyio.to_thread.run_sync(self._driver.exists, cgroup)
+        if exists:
+            attempt.verified = True
         if want == "cancelled":
             if not attempt.cancelled:
                 log_.info("job_cancelling")

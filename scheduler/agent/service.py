@@ -120,7 +120,6 @@ async def run_agent(
         with send, receive:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(Recorder(pool, driver).run, receive)
-                tg.start_soon(controller.run)
                 leftovers = [
                     Job.from_row(r)
                     for r in await pool.fetch(q("active_on_node"), settings.node_name)
@@ -137,6 +136,8 @@ async def run_agent(
                     on_done=dispatcher.release,
                 )
                 dispatcher.adopt(adopted)
+                # After recovery: the controller's first, full pass sees the adopted attempts.
+                tg.start_soon(controller.run)
                 tg.start_soon(dispatcher.run, tg)
                 log.info(
                     "agent_ready",
