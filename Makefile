@@ -30,6 +30,8 @@ unit: setup
 
 bench: setup
 	$(BIN)/python bench/spine.py
+	$(BIN)/python bench/control.py
+	$(BIN)/python bench/claim.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,4 +1,5 @@
-"""The ``scheduler`` command: serve, migrate, submit, jobs, show, logs, images."""
+"""The ``scheduler`` command: serve, migrate, submit, jobs, show, logs, images, tokens (and,
+from :mod:`scheduler.control_cli`, cancel, freeze, thaw and tenants)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from typing import Any
 import anyio
 import asyncpg
 
+from scheduler import control_cli, store
 from scheduler import log as logging_setup
-from scheduler import store
 from scheduler.agent.service import print_ready, serve
 from scheduler.api.auth import create_token, revoke_token
 from scheduler.config import Settings, load_settings
@@ -25,7 +26,6 @@ from scheduler.db.migrate import migrate
 from scheduler.db.pool import connect
 from scheduler.errors import SchedulerError
 from scheduler.runtime.images import ImageStore
-from scheduler.sqlaccess import grant_sql, revoke_sql
 from scheduler.units import format_bytes, parse_cores, parse_duration, parse_size
 
 EXIT_USAGE = 2
@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(images_sub.add_parser("list", help="list the images of this node"))
     _add_access_commands(sub)
+    COMMANDS.update(control_cli.add_parsers(sub, _add_common))
     return parser
 
 
@@ -118,16 +119,6 @@ def _add_access_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     revoke = token_sub.add_parser("revoke", help="revoke a token by id")
     _add_common(revoke)
     revoke.add_argument("id", type=int)
-    tenants = sub.add_parser("tenants", help="tenants and their SQL access")
-    tenant_sub = tenants.add_subparsers(dest="action", required=True, metavar="ACTION")
-    grant = tenant_sub.add_parser(
-        "grant-sql", help="create a Postgres role that sees only this tenant's rows"
-    )
-    _add_common(grant)
-    grant.add_argument("tenant")
-    drop = tenant_sub.add_parser("revoke-sql", help="drop a tenant's Postgres role")
-    _add_common(drop)
-    drop.add_argument("tenant")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -360,28 +351,8 @@ async def cmd_tokens(settings: Settings, args: argparse.Namespace) -> int:
         await conn.close()
 
 
-async def cmd_tenants(settings: Settings, args: argparse.Namespace) -> int:
-    conn = await connect(await _database_url(settings))
-    try:
-        if args.action == "grant-sql":
-            role, password = await grant_sql(conn, args.tenant)
-            _out(
-                args,
-                {"tenant": args.tenant, "role": role, "password": password},
-                f"role {role} (password {password}) sees only tenant {args.tenant}'s rows",
-            )
-            return 0
-        if not await revoke_sql(conn, args.tenant):
-            raise SchedulerError(f"tenant {args.tenant!r} has no SQL role")
-        _out(args, {"tenant": args.tenant, "revoked": True}, f"role of {args.tenant} dropped")
-        return 0
-    finally:
-        await conn.close()
-
-
 COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Awaitable[int]]] = {
     "tokens": cmd_tokens,
-    "tenants": cmd_tenants,
     "serve": cmd_serve,
     "migrate": cmd_migrate,
     "submit": cmd_submit,

@@ -47,6 +47,14 @@ class Settings:
     run_as: str = "nobody"
     allow_network: bool = False
     keep_upper: str = "never"
+    # Control and policy: the grace between SIGTERM and SIGKILL at a job's time limit, and
+    # this node's capacity for admission (0: detected from the host).
+    term_grace_seconds: float = 5.0
+    node_cpu: float = 0.0
+    node_memory_bytes: int = 0
+    # Block devices ("MAJ:MIN", comma-separated) that io limits apply to; empty: the disk
+    # holding the state directory.
+    io_devices: str = ""
 
     def __post_init__(self) -> None:
         if self.cgroup_driver not in ("auto", "v1", "v2"):
@@ -59,6 +67,12 @@ class Settings:
             raise ConfigError(f"poll_interval must be in [0.05, 3600] s: got {self.poll_interval}")
         if not 1 <= self.sample_interval <= 3600:
             raise ConfigError(f"sample_interval must be in [1, 3600] s: got {self.sample_interval}")
+        if not 0 <= self.term_grace_seconds <= 3600:
+            raise ConfigError(
+                f"term_grace_seconds must be in [0, 3600]: got {self.term_grace_seconds}"
+            )
+        if self.node_cpu < 0 or self.node_memory_bytes < 0:
+            raise ConfigError("node_cpu and node_memory_bytes must be >= 0 (0: detect)")
         if self.log_format not in ("console", "json"):
             raise ConfigError(f"log_format must be console or json: got {self.log_format!r}")
         host, sep, port = self.http_addr.rpartition(":")

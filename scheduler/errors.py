@@ -52,3 +52,11 @@ class ImageError(SchedulerError):
 
 class ImageNotFound(ImageError):
     """No such image on this node."""
+
+
+class TenantNotFound(SchedulerError):
+    """No such tenant."""
+
+
+class ControlRefused(SchedulerError):
+    """The requested change of a job or tenant was refused."""

@@ -43,6 +43,8 @@ class Job:
     network: bool = False
     image: str | None = None
     run_as: str | None = None
+    io_read_bps: int | None = None
+    io_write_bps: int | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
@@ -67,6 +69,8 @@ class Job:
             network=bool(row.get("network", False)),
             image=row.get("image"),
             run_as=row.get("run_as"),
+            io_read_bps=row.get("io_read_bps"),
+            io_write_bps=row.get("io_write_bps"),
         )
 
 

@@ -13,8 +13,8 @@ import asyncpg
 
 from scheduler.db.pool import Conn
 from scheduler.db.queries import q
-from scheduler.errors import JobNotFound, SchedulerError
-from scheduler.jobs import FINAL_STATES
+from scheduler.errors import ControlRefused, JobNotFound, SchedulerError, TenantNotFound
+from scheduler.jobs import FINAL_STATES, DesiredState
 
 
 class SubmitRefused(SchedulerError):
@@ -168,20 +168,104 @@ async def submit_idempotent(
     return await get(conn, existing["job_id"]), True
 
 
-async def set_desired_state(conn: Conn, job_id: int, desired: str) -> asyncpg.Record:
-    """Ask for a job to run, freeze or be cancelled; the agent that owns it reconciles."""
-    try:
-        row = await conn.fetchrow(
-            "UPDATE scheduler.jobs SET desired_state = $2 WHERE id = $1 RETURNING *",
-            job_id,
-            desired,
+class IdempotencyMismatch(SchedulerError):
+    """The idempotency key was used before with a different request."""
+
+
+# -- steering jobs and tenants (CLI and HTTP) -------------------------------------------------
+
+TENANT_FIELDS = (
+    "parent",
+    "cpu_limit",
+    "memory_limit_bytes",
+    "pids_limit",
+    "max_running_jobs",
+    "weight",
+    "io_read_bps",
+    "io_write_bps",
+)
+
+
+async def set_desired_state(conn: Conn, job_id: int, desired: DesiredState) -> asyncpg.Record:
+    """Ask for a job to run, be frozen or be cancelled; the agent running it reconciles.
+
+    A queued job cancelled here is cancelled by the database itself; a finished job refuses.
+    """
+    row = await get(conn, job_id)
+    if row["state"] in FINAL_STATES:
+        raise ControlRefused(
+            f"job {job_id} already finished as {row['state']}: it cannot be {_VERB[desired]}"
         )
-    except asyncpg.CheckViolationError as exc:
-        raise SubmitRefused(str(exc), getattr(exc, "column_name", None)) from exc
-    if row is None:
+    try:
+        updated = await conn.fetchrow(q("set_desired_state"), job_id, desired)
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        raise ControlRefused(str(exc)) from exc
+    if updated is None:
         raise JobNotFound(f"no job with id {job_id}")
+    return updated
+
+
+_VERB = {"running": "thawed", "frozen": "frozen", "cancelled": "cancelled"}
+
+
+async def list_tenants(conn: Conn) -> list[asyncpg.Record]:
+    """Every tenant with its limits and its count of active and queued jobs."""
+    return list(await conn.fetch(q("list_tenants")))
+
+
+async def get_tenant(conn: Conn, name: str) -> asyncpg.Record:
+    row = await conn.fetchrow(q("get_tenant"), name)
+    if row is None:
+        raise TenantNotFound(f"no tenant named {name!r}")
     return row
 
 
-class IdempotencyMismatch(SchedulerError):
-    """The idempotency key was used before with a different request."""
+async def add_tenant(conn: Conn, name: str, **fields: Any) -> asyncpg.Record:
+    """Create a tenant; ``fields`` are columns of TENANT_FIELDS (the database checks values)."""
+    columns = ["name", *_tenant_columns(fields)]
+    params = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+    try:
+        row = await conn.fetchrow(
+            f"INSERT INTO scheduler.tenants ({', '.join(columns)}) VALUES ({params}) RETURNING *",
+            name,
+            *fields.values(),
+        )
+    except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
+        raise ControlRefused(str(exc)) from exc
+    assert row is not None
+    return row
+
+
+async def set_tenant(conn: Conn, name: str, **fields: Any) -> asyncpg.Record:
+    """Change a tenant's parent or limits (None clears a limit); agents apply it on NOTIFY."""
+    columns = _tenant_columns(fields)
+    if not columns:
+        raise ControlRefused("nothing to change: give at least one setting")
+    assignments = ", ".join(f"{c} = ${i}" for i, c in enumerate(columns, start=2))
+    try:
+        row = await conn.fetchrow(
+            f"UPDATE scheduler.tenants SET {assignments} WHERE name = $1 RETURNING *",
+            name,
+            *fields.values(),
+        )
+    except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
+        raise ControlRefused(str(exc)) from exc
+    if row is None:
+        raise TenantNotFound(f"no tenant named {name!r}")
+    return row
+
+
+async def set_tenant_frozen(conn: Conn, name: str, frozen: bool) -> asyncpg.Record:
+    """Freeze (or thaw) a tenant's whole subtree: running jobs stop, queued jobs are held."""
+    row = await conn.fetchrow(q("set_tenant_frozen"), name, frozen)
+    if row is None:
+        raise TenantNotFound(f"no tenant named {name!r}")
+    return row
+
+
+def _tenant_columns(fields: dict[str, Any]) -> list[str]:
+    # Column names go into SQL text: only the known ones are accepted.
+    unknown = sorted(set(fields) - set(TENANT_FIELDS))
+    if unknown:
+        raise ControlRefused(f"unknown tenant settings {unknown}: expected {TENANT_FIELDS}")
+    return list(fields)

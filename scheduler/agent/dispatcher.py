@@ -15,8 +15,10 @@ import asyncpg
 import structlog
 from anyio.abc import TaskGroup
 
+from scheduler.agent.claim import claim
 from scheduler.db.queries import q
 from scheduler.jobs import Job
+from scheduler.policy.admission import Capacity, detect_capacity
 
 log = structlog.get_logger(__name__)
 CLAIM_BATCH = 64
@@ -33,7 +35,10 @@ class Dispatcher:
         max_running: int,
         poll_interval: float,
         run_job: Callable[[Job], Awaitable[None]],
+        capacity: Capacity | None = None,
     ) -> None:
+        # The requests of running and frozen jobs never add up to more than this.
+        self.capacity = capacity if capacity is not None else detect_capacity()
         self._pool = pool
         self._node = node
         self._max_running = max_running
@@ -62,6 +67,9 @@ class Dispatcher:
     async def listen(self, conn: asyncpg.Connection) -> None:
         """Subscribe ``conn`` to the insert notifications."""
         await conn.add_listener("scheduler_jobs", self.wake)
+        # A recorded end (on any node) frees capacity: admission counts the jobs Postgres
+        # says are running, so the claim waits for the recorder's commit, not the exit.
+        await conn.add_listener("scheduler_done", self.wake)
 
     async def run(self, task_group: TaskGroup) -> None:
         """The claim loop; attempts run as tasks of ``task_group``."""
@@ -74,7 +82,7 @@ class Dispatcher:
             if free > 0:
                 want = min(free, CLAIM_BATCH)
                 try:
-                    rows = await self._pool.fetch(q("claim_jobs"), self._node, want)
+                    rows = await claim(self._pool, self._node, want, self.capacity)
                 except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
                     # The database is away: running jobs stay supervised; claim again later.
                     log.exception("claim_failed", retry_in_seconds=self._poll_interval)
@@ -87,8 +95,18 @@ class Dispatcher:
                     task_group.start_soon(self._attempt, job, name=f"job-{job.id}")
                 if claimed == want:
                     continue  # the queue may hold more: claim again before sleeping
-            with anyio.move_on_after(self._poll_interval):
+            with anyio.move_on_after(await self._next_wait()):
                 await wake.wait()
+
+    async def _next_wait(self) -> float:
+        """Sleep until the poll, or until the next delayed or backed-off job is due."""
+        try:
+            due = await self._pool.fetchval(q("next_run_at"))
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            return self._poll_interval
+        if due is None:
+            return self._poll_interval
+        return max(0.001, min(self._poll_interval, float(due)))
 
     async def _attempt(self, job: Job) -> None:
         try:

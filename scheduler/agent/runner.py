@@ -12,6 +12,7 @@ import anyio
 import structlog
 from anyio.abc import ObjectSendStream
 
+from scheduler.agent.attempts import Attempts
 from scheduler.agent.isolation import Isolator
 from scheduler.agent.recorder import Completion
 from scheduler.agent.tenants import TenantCgroups
@@ -87,10 +88,15 @@ class Runner:
         node: str,
         completions: ObjectSendStream[Completion],
         isolator: Isolator | None = None,
+        attempts: Attempts | None = None,
+        term_grace: float = TERM_GRACE_SECONDS,
     ) -> None:
         self._isolator = isolator or Isolator(
             SandboxPolicy(), ImageStore(runs_dir.parent / "images")
         )
+        # The controller steers the attempts registered here (freeze, thaw, cancel).
+        self.attempts = attempts if attempts is not None else Attempts()
+        self._term_grace = term_grace
         self._driver = driver
         self._tenants = tenants
         self._monitor = monitor
@@ -111,7 +117,14 @@ class Runner:
         cgroup = CgroupPath.for_job(chain, job.id)
         plan = self._driver.plan(
             cgroup,
-            Limits(cpu_cores=float(job.cpu), memory_bytes=job.memory_bytes, pids_max=job.pids_max),
+            Limits(
+                cpu_cores=float(job.cpu),
+                memory_bytes=job.memory_bytes,
+                pids_max=job.pids_max,
+                io_read_bps=job.io_read_bps,
+                io_write_bps=job.io_write_bps,
+                io_devices=self._tenants.io_devices,
+            ),
         )
         run_dir = run_dir_for(self._runs_dir, job.id, job.attempts)
         try:
@@ -148,23 +161,53 @@ class Runner:
     async def supervise(
         self, job: Job, cgroup: CgroupPath, plan: LaunchPlan, pid: int, run_dir: Path
     ) -> None:
-        """Wait for the monitor (enforcing the time limit), then read the final counters."""
-        timed_out = False
-        limit = float(job.timeout_seconds) if job.timeout_seconds is not None else None
-        with anyio.move_on_after(limit):
-            await wait_monitor(pid)
-        if limit is not None and _exit_record(run_dir) is None:
-            timed_out = True
-            log.info("job_timed_out", timeout_seconds=limit)
-            _signal_all(plan, signal.SIGTERM)
-            with anyio.move_on_after(TERM_GRACE_SECONDS):
+        """Wait for the monitor (enforcing the time limit), then read the final counters.
+
+        The time limit counts running time only: the attempt's clock is paused by the
+        controller while the job is frozen.
+        """
+        attempt = self.attempts.start(job, cgroup)
+        try:
+            timed_out = False
+            limit = float(job.timeout_seconds) if job.timeout_seconds is not None else None
+            if limit is None:
                 await wait_monitor(pid)
-            self._driver.kill(cgroup)
-            await wait_monitor(pid)
-        await self.finish(job, cgroup, _exit_record(run_dir), timed_out=timed_out)
+            else:
+                async with anyio.create_task_group() as tg:
+
+                    async def monitor_ended() -> None:
+                        await wait_monitor(pid)
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(monitor_ended)
+                    await attempt.clock.wait_used(limit)
+                    tg.cancel_scope.cancel()
+            if limit is not None and _exit_record(run_dir) is None:
+                timed_out = not attempt.cancelled
+                log.info("job_timed_out", timeout_seconds=limit)
+                _signal_all(plan, signal.SIGTERM)
+                with anyio.move_on_after(self._term_grace):
+                    await wait_monitor(pid)
+                await anyio.to_thread.run_sync(self._driver.kill, cgroup)
+                await wait_monitor(pid)
+            await self.finish(
+                job,
+                cgroup,
+                _exit_record(run_dir),
+                timed_out=timed_out,
+                cancelled=attempt.cancelled,
+            )
+        finally:
+            self.attempts.end(job.id)
 
     async def finish(
-        self, job: Job, cgroup: CgroupPath, record: ExitRecord | None, *, timed_out: bool
+        self,
+        job: Job,
+        cgroup: CgroupPath,
+        record: ExitRecord | None,
+        *,
+        timed_out: bool,
+        cancelled: bool = False,
     ) -> None:
         """Read the counters once the cgroup is empty, decide the outcome, hand it on."""
         await self._drain(cgroup)
@@ -177,7 +220,7 @@ class Runner:
             record,
             usage,
             timed_out=timed_out,
-            cancelled=False,
+            cancelled=cancelled,
             attempts=job.attempts,
             max_attempts=job.max_attempts,
         )

@@ -14,6 +14,8 @@ import anyio
 import asyncpg
 import structlog
 
+from scheduler.agent.attempts import Attempts
+from scheduler.agent.controller import Controller
 from scheduler.agent.dispatcher import Dispatcher
 from scheduler.agent.isolation import isolator_for
 from scheduler.agent.readiness import readiness
@@ -27,12 +29,14 @@ from scheduler.api.server import bound_address, listen
 from scheduler.api.server import serve as serve_http
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits
 from scheduler.cgroups.detect import open_driver
+from scheduler.cgroups.devices import io_devices
 from scheduler.config import Settings
 from scheduler.db.embedded import EmbeddedPostgres
 from scheduler.db.migrate import migrate
 from scheduler.db.pool import connect, create_pool
 from scheduler.db.queries import q
 from scheduler.jobs import Job
+from scheduler.policy.admission import detect_capacity
 from scheduler.runtime.launcher import monitor_binary
 
 log = structlog.get_logger(__name__)
@@ -91,7 +95,7 @@ async def run_agent(
         async with pool.acquire() as conn:
             await migrate(conn)
         send, receive = anyio.create_memory_object_stream[Completion](4096)
-        tenants = TenantCgroups(pool, driver)
+        tenants = TenantCgroups(pool, driver, io_devices(settings.io_devices, settings.state_dir))
         runner = Runner(
             driver=driver,
             tenants=tenants,
@@ -100,6 +104,16 @@ async def run_agent(
             node=settings.node_name,
             completions=send,
             isolator=isolator_for(settings),
+            attempts=Attempts(),
+            term_grace=settings.term_grace_seconds,
+        )
+        controller = Controller(
+            pool,
+            driver,
+            runner.attempts,
+            tenants,
+            node=settings.node_name,
+            poll_interval=settings.poll_interval,
         )
         dispatcher = Dispatcher(
             pool,
@@ -107,9 +121,11 @@ async def run_agent(
             max_running=settings.max_running,
             poll_interval=settings.poll_interval,
             run_job=runner.run,
+            capacity=detect_capacity(settings.node_cpu, settings.node_memory_bytes),
         )
         listen_conn = await connect(dsn)
         await dispatcher.listen(listen_conn)
+        await controller.listen(listen_conn)
         http_socket = listen(settings.http_addr)
         api = build_app(
             ApiDeps(
@@ -139,6 +155,8 @@ async def run_agent(
                     on_done=dispatcher.release,
                 )
                 dispatcher.adopt(adopted)
+                # After recovery: the controller's first, full pass sees the adopted attempts.
+                tg.start_soon(controller.run)
                 tg.start_soon(dispatcher.run, tg)
                 tg.start_soon(serve_http, api, http_socket)
                 log.info(

@@ -14,21 +14,28 @@ from scheduler.db.queries import q
 log = structlog.get_logger(__name__)
 
 
-def tenant_limits(row: asyncpg.Record) -> Limits:
-    """The kernel limits a tenant row asks for."""
+def tenant_limits(row: asyncpg.Record, io_devices: tuple[str, ...] = ()) -> Limits:
+    """The kernel limits a tenant row asks for (io limits on ``io_devices``)."""
     cpu: Decimal | None = row["cpu_limit"]
     return Limits(
         cpu_cores=float(cpu) if cpu is not None else None,
         memory_bytes=row["memory_limit_bytes"],
         pids_max=row["pids_limit"],
         weight=row["weight"],
+        io_read_bps=row.get("io_read_bps"),
+        io_write_bps=row.get("io_write_bps"),
+        io_devices=io_devices,
     )
 
 
 class TenantCgroups:
     """Creates each tenant's cgroup (and its ancestors') once and remembers its path."""
 
-    def __init__(self, pool: asyncpg.Pool, driver: CgroupDriver) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, driver: CgroupDriver, io_devices: tuple[str, ...] = ()
+    ) -> None:
+        # The block devices io limits (tenants' and jobs') are written for.
+        self.io_devices = io_devices
         self._pool = pool
         self._driver = driver
         self._paths: dict[str, tuple[str, ...]] = {}
@@ -48,7 +55,7 @@ class TenantCgroups:
                 raise LookupError(f"unknown tenant {tenant!r}")
             names = tuple(str(r["name"]) for r in rows)
             for depth, row in enumerate(rows, start=1):
-                self._driver.ensure(CgroupPath(names[:depth]), tenant_limits(row))
+                self._driver.ensure(CgroupPath(names[:depth]), tenant_limits(row, self.io_devices))
             self._paths[tenant] = names
             log.info("tenant_cgroup_ready", tenant=tenant, path="/".join(names))
             return names
@@ -56,3 +63,10 @@ class TenantCgroups:
     def forget(self, tenant: str) -> None:
         """Drop a cached path (after the tenant's limits or parent changed)."""
         self._paths.pop(tenant, None)
+
+    def moved(self, tenant: str, path: tuple[str, ...]) -> None:
+        """Forget a cached path that no longer matches the tenant's place in the tree (its
+        parent changed): the next job of the tenant is started under the new path."""
+        known = self._paths.get(tenant)
+        if known is not None and known != path:
+            self._paths.pop(tenant, None)

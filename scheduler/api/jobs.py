@@ -16,8 +16,8 @@ from scheduler import store
 from scheduler.api.bodies import job_request, parse_json, request_hash
 from scheduler.api.context import caller, deps
 from scheduler.api.problems import Problem
-from scheduler.errors import JobNotFound
-from scheduler.jobs import FINAL_STATES
+from scheduler.errors import ControlRefused, JobNotFound
+from scheduler.jobs import FINAL_STATES, DesiredState
 
 STATES = ("queued", "running", "frozen", "succeeded", "failed", "cancelled", "timed_out", "lost")
 MAX_LIMIT = 500
@@ -116,12 +116,12 @@ async def list_jobs(request: Request) -> Response:
     )
 
 
-async def _steer(request: Request, desired: str) -> Response:
+async def _steer(request: Request, desired: DesiredState) -> Response:
     async with deps(request).pool.acquire() as conn:
         row = await _visible_job(request, conn)
         try:
             row = await store.set_desired_state(conn, row["id"], desired)
-        except store.SubmitRefused as exc:
+        except ControlRefused as exc:
             raise Problem(409, str(exc)) from exc
     return JSONResponse(job_json(row))
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Literal, Protocol
 
+from scheduler.errors import CgroupError
+
 DriverName = Literal["v1", "v2"]
 
 # Same rule as scheduler.tenants.name: no dots or slashes, so a name can never leave the root.
@@ -65,6 +67,21 @@ class Limits:
     pids_max: int | None = None
     # Relative share under contention, in cgroup v2's cpu.weight scale (1..10000, default 100).
     weight: int | None = None
+    # Disk bandwidth (bytes per second) on each block device of ``io_devices`` ("MAJ:MIN").
+    io_read_bps: int | None = None
+    io_write_bps: int | None = None
+    io_devices: tuple[str, ...] = ()
+
+
+def check_io(limits: Limits) -> None:
+    """Refuse io limits that are not positive or name a malformed device."""
+    for name, value in (("io_read_bps", limits.io_read_bps), ("io_write_bps", limits.io_write_bps)):
+        if value is not None and value <= 0:
+            raise CgroupError(f"{name} must be > 0, got {value}")
+    for device in limits.io_devices:
+        major, sep, minor = device.partition(":")
+        if not (sep and major.isdigit() and minor.isdigit()):
+            raise CgroupError(f"io device {device!r} is not MAJ:MIN")
 
 
 @dataclass(frozen=True)

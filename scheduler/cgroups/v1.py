@@ -13,8 +13,17 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+import structlog
+
 from scheduler.cgroups import fs
-from scheduler.cgroups.base import CgroupPath, DriverName, LaunchPlan, Limits, Usage
+from scheduler.cgroups.base import (
+    CgroupPath,
+    DriverName,
+    LaunchPlan,
+    Limits,
+    Usage,
+    check_io,
+)
 from scheduler.cgroups.parse import (
     Pressure,
     parse_blkio_service_bytes,
@@ -23,6 +32,8 @@ from scheduler.cgroups.parse import (
     parse_pressure,
 )
 from scheduler.errors import CgroupError
+
+log = structlog.get_logger(__name__)
 
 # The main hierarchy (exists, children, the pid walk) is the first one mounted in this order.
 V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer", "blkio")
@@ -106,7 +117,10 @@ class V1Driver:
             raise CgroupError(f"memory_bytes must be > 0, got {limits.memory_bytes}")
         if limits.pids_max is not None and limits.pids_max < 0:
             raise CgroupError(f"pids_max must be >= 0, got {limits.pids_max}")
+        check_io(limits)
+        io = limits.io_read_bps or limits.io_write_bps if limits.io_devices else None
         for controller, field, value in (
+            ("blkio", "io_read_bps/io_write_bps", io),
             ("cpu", "cpu_cores", limits.cpu_cores),
             ("cpu", "weight", limits.weight),
             ("memory", "memory_bytes", limits.memory_bytes),
@@ -157,7 +171,34 @@ class V1Driver:
                 writes.append((f"{memory}/memory.memsw.limit_in_bytes", str(limits.memory_bytes)))
         if limits.pids_max is not None:
             writes.append((f"{self.directory('pids', path)}/pids.max", str(limits.pids_max)))
+        writes.extend(self._io_writes(path, limits, reset=False))
         return writes
+
+    def _io_writes(self, path: CgroupPath, limits: Limits, *, reset: bool) -> list[tuple[str, str]]:
+        """blkio.throttle rules, one per device and direction ("MAJ:MIN 0" removes one)."""
+        if "blkio" not in self._mounts:
+            return []
+        blkio = self.directory("blkio", path)
+        writes = []
+        for direction, bps in (("read", limits.io_read_bps), ("write", limits.io_write_bps)):
+            if bps is None and not reset:
+                continue
+            for device in limits.io_devices:
+                rule = f"{device} {bps or 0}"
+                writes.append((f"{blkio}/blkio.throttle.{direction}_bps_device", rule))
+        return writes
+
+    def _write_io_weight(self, path: CgroupPath, weight: int | None) -> None:
+        """The weight as blkio.weight (CFQ, 10..1000, default 500) or blkio.bfq.weight (BFQ,
+        1..1000, default 100); without either, disk time is not shared by weight: skipped."""
+        blkio = self.directory("blkio", path)
+        value = weight or 100
+        if (blkio / "blkio.weight").exists():
+            fs.write_file(blkio / "blkio.weight", str(min(1000, max(10, value * 5))))
+        elif (blkio / "blkio.bfq.weight").exists():
+            fs.write_file(blkio / "blkio.bfq.weight", str(min(1000, value)))
+        elif weight is not None:
+            log.info("io_weight_unsupported", cgroup=str(blkio), weight=weight)
 
     def _set_memory(self, memory: Path, value: str) -> None:
         limit = memory / "memory.limit_in_bytes"
@@ -199,6 +240,10 @@ class V1Driver:
         if "pids" in self._mounts:
             pids = "max" if limits.pids_max is None else str(limits.pids_max)
             fs.write_file(self.directory("pids", path) / "pids.max", pids)
+        if "blkio" in self._mounts:
+            for file, value in self._io_writes(path, limits, reset=True):
+                fs.write_file(file, value)
+            self._write_io_weight(path, limits.weight)
 
     def plan(self, path: CgroupPath, limits: Limits) -> LaunchPlan:
         """The leaf ``path`` in every hierarchy (parents must exist via ensure())."""

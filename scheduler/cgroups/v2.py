@@ -10,8 +10,17 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
+import structlog
+
 from scheduler.cgroups import fs
-from scheduler.cgroups.base import CgroupPath, DriverName, LaunchPlan, Limits, Usage
+from scheduler.cgroups.base import (
+    CgroupPath,
+    DriverName,
+    LaunchPlan,
+    Limits,
+    Usage,
+    check_io,
+)
 from scheduler.cgroups.parse import (
     Pressure,
     parse_controllers,
@@ -26,6 +35,12 @@ CPU_PERIOD_US = 100_000
 MIN_CPU_QUOTA_US = 1_000
 # Enabled in every inner node when the parent offers them; cpuset, hugetlb... are left alone.
 MANAGED_CONTROLLERS = ("cpu", "memory", "pids", "io")
+log = structlog.get_logger(__name__)
+
+
+def io_max_value(device: str, read_bps: int | None, write_bps: int | None) -> str:
+    """One io.max line: ``MAJ:MIN rbps=N wbps=N`` ("max" where unlimited)."""
+    return f"{device} rbps={read_bps or 'max'} wbps={write_bps or 'max'}"
 
 
 def cpu_quota_us(cores: float) -> int:
@@ -44,6 +59,8 @@ def _needed(limits: Limits) -> list[tuple[str, str]]:
         needed.append(("memory", "memory_bytes"))
     if limits.pids_max is not None:
         needed.append(("pids", "pids_max"))
+    if limits.io_devices and (limits.io_read_bps is not None or limits.io_write_bps is not None):
+        needed.append(("io", "io_read_bps/io_write_bps"))
     return needed
 
 
@@ -56,6 +73,7 @@ def _check_values(limits: Limits) -> None:
         raise CgroupError(f"memory_bytes must be > 0, got {limits.memory_bytes}")
     if limits.pids_max is not None and limits.pids_max < 0:
         raise CgroupError(f"pids_max must be >= 0, got {limits.pids_max}")
+    check_io(limits)
 
 
 class V2Driver:
@@ -123,7 +141,23 @@ class V2Driver:
         if "pids" in available and (limits.pids_max is not None or reset):
             value = "max" if limits.pids_max is None else str(limits.pids_max)
             writes.append((f"{target}/pids.max", value))
+        io_set = limits.io_read_bps is not None or limits.io_write_bps is not None
+        if "io" in available and (io_set or reset):
+            for device in limits.io_devices:
+                value = io_max_value(device, limits.io_read_bps, limits.io_write_bps)
+                writes.append((f"{target}/io.max", value))
         return writes
+
+    def _write_io_weight(self, target: Path, weight: int | None) -> None:
+        """The tenant's weight as its io weight: io.weight (iocost) or io.bfq.weight (BFQ,
+        1..1000); with neither, the kernel has no proportional io control: skip, logged."""
+        value = weight or 100
+        for name, top in (("io.weight", 10_000), ("io.bfq.weight", 1000)):
+            if (target / name).exists():
+                fs.write_file(target / name, f"default {min(value, top)}")
+                return
+        if weight is not None:
+            log.info("io_weight_unsupported", cgroup=str(target), weight=weight)
 
     def ensure(self, path: CgroupPath, limits: Limits) -> None:
         """Create ``path`` as an inner node (a tenant) and write its limits.
@@ -157,6 +191,8 @@ class V2Driver:
         swap = (target / "memory.swap.max").exists()
         for file, value in self._limit_writes(target, limits, available, reset=True, swap=swap):
             fs.write_file(file, value)
+        if "io" in available:
+            self._write_io_weight(target, limits.weight)
 
     def plan(self, path: CgroupPath, limits: Limits) -> LaunchPlan:
         """The leaf ``path`` (its parent must exist via ensure()) with ``limits``."""

@@ -2,18 +2,133 @@
 
 -- name: claim_jobs
 -- Claim up to $2 runnable jobs for node $1 in one statement.
-WITH candidates AS (
+-- Order: fair share across tenants, then priority, then age. A job's share key is its
+-- tenant's recent cpu-seconds (each usage row decayed with half-life $5 seconds) plus $6
+-- seconds for every core its tenant has running or would have with this job and its
+-- tenant's earlier queued ones, divided by the tenant's weight: the tenant that used least
+-- per unit of weight goes first, and one claim interleaves tenants instead of draining one.
+-- Admission: this node's free capacity ($3 cores, $4 bytes: minus the requests of its
+-- running and frozen attempts) and every limit up each job's tenant chain (max_running_jobs,
+-- cpu_limit, memory_limit_bytes, summed over all nodes). The caller holds the claim lock
+-- (claim_lock), so claims of other nodes are committed and visible here.
+WITH RECURSIVE
+-- (tenant, ancestor) for each tenant and each of its ancestors, itself included.
+lineage AS (
+    SELECT name AS tenant, name AS ancestor, 0 AS depth FROM scheduler.tenants
+    UNION ALL
+    SELECT l.tenant, t.parent, l.depth + 1
+    FROM lineage l JOIN scheduler.tenants t ON t.name = l.ancestor
+    WHERE t.parent IS NOT NULL AND l.depth < 32
+),
+active AS (
+    SELECT tenant, node, cpu, memory_bytes FROM scheduler.jobs
+    WHERE state IN ('running', 'frozen')
+),
+node_free AS (
+    SELECT $3::numeric - COALESCE(sum(cpu), 0) AS cpu,
+           $4::numeric - COALESCE(sum(memory_bytes), 0) AS mem
+    FROM active WHERE node = $1
+),
+-- What each tenant's limits leave free after its whole subtree's active jobs (NULL: no limit).
+headroom AS (
+    SELECT t.name,
+           t.max_running_jobs - count(a.tenant) AS jobs,
+           t.cpu_limit - COALESCE(sum(a.cpu), 0) AS cpu,
+           t.memory_limit_bytes - COALESCE(sum(a.memory_bytes), 0) AS mem
+    FROM scheduler.tenants t
+    JOIN lineage l ON l.ancestor = t.name
+    LEFT JOIN active a ON a.tenant = l.tenant
+    GROUP BY t.name, t.max_running_jobs, t.cpu_limit, t.memory_limit_bytes
+),
+-- A frozen tenant holds the queued jobs of its whole subtree.
+held AS (
+    SELECT DISTINCT l.tenant
+    FROM lineage l JOIN scheduler.tenants t ON t.name = l.ancestor
+    WHERE t.frozen
+),
+recent AS (
+    SELECT u.tenant,
+           sum(u.cpu_seconds * exp(-ln(2) * extract(epoch FROM now() - u.period_end) / $5))
+               AS used
+    FROM scheduler.usage u
+    WHERE u.period_end > now() - make_interval(secs => 10 * $5)
+    GROUP BY u.tenant
+),
+running AS (SELECT tenant, sum(cpu) AS cpu FROM active GROUP BY tenant),
+-- Only the head of each tenant's queue can be claimed now (in priority, then age, order):
+-- a top-N per tenant through jobs_queued_tenant_idx keeps the cost independent of how many
+-- jobs a flooding tenant has queued.
+heads AS (
+    SELECT j.*
+    FROM scheduler.tenants t
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.tenant, j.cpu, j.memory_bytes, j.priority
+        FROM scheduler.jobs j
+        WHERE j.tenant = t.name AND j.state = 'queued'
+          -- A job held frozen is not started until thawed.
+          AND j.desired_state = 'running'
+          AND j.run_at <= now()
+        ORDER BY j.priority DESC, j.id
+        LIMIT $2 + 8
+    ) j
+    WHERE t.name NOT IN (SELECT tenant FROM held)
+),
+queued AS (
+    SELECT h.id, h.tenant, h.cpu, h.memory_bytes, h.priority,
+           (COALESCE(r.used, 0) + $6 * (COALESCE(run.cpu, 0) + sum(h.cpu) OVER per_tenant))
+               / t.weight AS share
+    FROM heads h
+    JOIN scheduler.tenants t ON t.name = h.tenant
+    LEFT JOIN recent r ON r.tenant = h.tenant
+    LEFT JOIN running run ON run.tenant = h.tenant
+    CROSS JOIN node_free nf
+    -- Each job on its own must fit what is free now, on the node and up its chain.
+    WHERE h.cpu <= nf.cpu AND h.memory_bytes <= nf.mem
+      AND NOT EXISTS (
+          SELECT 1 FROM lineage l JOIN headroom h2 ON h2.name = l.ancestor
+          WHERE l.tenant = h.tenant
+            AND (h2.jobs < 1 OR h.cpu > h2.cpu OR h.memory_bytes > h2.mem))
+    WINDOW per_tenant AS (PARTITION BY h.tenant ORDER BY h.priority DESC, h.id)
+),
+ordered AS (
+    SELECT q.*, row_number() OVER (ORDER BY q.share, q.priority DESC, q.id) AS rank
+    FROM queued q
+    ORDER BY rank
+    -- Enough candidates to fill a claim even when admission below skips some.
+    LIMIT 4 * $2 + 16
+),
+-- Greedy admission in that order: running totals per ancestor must stay within its headroom...
+chain_totals AS (
+    SELECT o.rank, l.ancestor,
+           count(*) OVER w AS jobs, sum(o.cpu) OVER w AS cpu, sum(o.memory_bytes) OVER w AS mem
+    FROM ordered o JOIN lineage l ON l.tenant = o.tenant
+    WINDOW w AS (PARTITION BY l.ancestor ORDER BY o.rank)
+),
+chain_ok AS (
+    SELECT o.* FROM ordered o
+    WHERE NOT EXISTS (
+        SELECT 1 FROM chain_totals c JOIN headroom h ON h.name = c.ancestor
+        WHERE c.rank = o.rank AND (c.jobs > h.jobs OR c.cpu > h.cpu OR c.mem > h.mem))
+),
+-- ...and the running total of the node's requests within its free capacity.
+admitted AS (
+    SELECT a.id, a.rank FROM (
+        SELECT c.id, c.rank,
+               sum(c.cpu) OVER (ORDER BY c.rank) AS cpu,
+               sum(c.memory_bytes) OVER (ORDER BY c.rank) AS mem
+        FROM chain_ok c
+    ) a CROSS JOIN node_free nf
+    WHERE a.cpu <= nf.cpu AND a.mem <= nf.mem
+    ORDER BY a.rank
+    LIMIT $2
+),
+candidates AS (
     SELECT j.id
     FROM scheduler.jobs j
-    JOIN scheduler.tenants t ON t.name = j.tenant
-    WHERE j.state = 'queued'
-      -- A job held frozen, or a frozen tenant's job, is not started until thawed.
-      AND j.desired_state = 'running'
-      AND NOT t.frozen
-      AND j.run_at <= now()
-    ORDER BY j.priority DESC, j.id
-    LIMIT $2
-    -- SKIP LOCKED: two agents scanning at once take disjoint rows instead of waiting.
+    WHERE j.id IN (SELECT id FROM admitted)
+      -- Re-checked on the locked row: a user may have frozen or cancelled it meanwhile.
+      AND j.state = 'queued' AND j.desired_state = 'running'
+    -- SKIP LOCKED: a row a user is updating right now is left for the next claim.
     FOR UPDATE OF j SKIP LOCKED
 )
 UPDATE scheduler.jobs j
@@ -26,7 +141,7 @@ FROM candidates c
 WHERE j.id = c.id
 RETURNING j.id, j.tenant, j.name, j.argv, j.env, j.cwd, j.cpu, j.memory_bytes, j.pids_max,
           j.timeout_seconds, j.priority, j.max_attempts, j.attempts, j.desired_state,
-          j.submitted_at,
+          j.submitted_at, j.io_read_bps, j.io_write_bps,
           -- runtime: the sandbox and root filesystem the job runs in
           j.network, j.image,
           (SELECT t.run_as FROM scheduler.tenants t WHERE t.name = j.tenant) AS run_as;
@@ -34,15 +149,16 @@ RETURNING j.id, j.tenant, j.name, j.argv, j.env, j.cwd, j.cpu, j.memory_bytes, j
 -- name: tenant_chain
 -- The tenant and its ancestors, root first, with their limits.
 WITH RECURSIVE chain AS (
-    SELECT name, parent, cpu_limit, memory_limit_bytes, pids_limit, weight, 0 AS depth
+    SELECT name, parent, cpu_limit, memory_limit_bytes, pids_limit, weight, io_read_bps,
+           io_write_bps, 0 AS depth
     FROM scheduler.tenants WHERE name = $1
     UNION ALL
     SELECT t.name, t.parent, t.cpu_limit, t.memory_limit_bytes, t.pids_limit, t.weight,
-           c.depth + 1
+           t.io_read_bps, t.io_write_bps, c.depth + 1
     FROM scheduler.tenants t JOIN chain c ON t.name = c.parent
     WHERE c.depth < 32
 )
-SELECT name, cpu_limit, memory_limit_bytes, pids_limit, weight
+SELECT name, cpu_limit, memory_limit_bytes, pids_limit, weight, io_read_bps, io_write_bps
 FROM chain ORDER BY depth DESC;
 
 -- name: finish_job
@@ -100,7 +216,131 @@ LIMIT $4;
 -- name: active_on_node
 -- Attempts this node had started when it last stopped: re-adopted or recorded at start-up.
 SELECT id, tenant, name, argv, env, cwd, cpu, memory_bytes, pids_max, timeout_seconds,
-       priority, max_attempts, attempts, desired_state, submitted_at
+       priority, max_attempts, attempts, desired_state, submitted_at, io_read_bps, io_write_bps
 FROM scheduler.jobs
 WHERE node = $1 AND state IN ('running', 'frozen')
 ORDER BY id;
+
+-- name: control_jobs
+-- What the users ask of this node's running attempts ($1: their ids).
+SELECT id, attempts, state, desired_state FROM scheduler.jobs
+WHERE id = ANY($1::bigint[]) AND node = $2 AND state IN ('running', 'frozen');
+
+-- name: set_job_state
+-- The state column follows the kernel: 'frozen' once the freezer confirmed it, else 'running'.
+UPDATE scheduler.jobs SET state = $2::text
+WHERE id = $1 AND attempts = $3 AND state IN ('running', 'frozen');
+
+-- name: set_job_error
+-- A control action the kernel refused (the job keeps running); the end of the attempt
+-- overwrites it with the attempt's own outcome.
+UPDATE scheduler.jobs SET error = $2
+WHERE id = $1 AND attempts = $3 AND state IN ('running', 'frozen');
+
+-- name: tenant_tree
+-- Every tenant with its cgroup path (root tenant first), limits and freeze flag, parents first.
+WITH RECURSIVE tree AS (
+    SELECT name, ARRAY[name] AS path, cpu_limit, memory_limit_bytes, pids_limit, weight,
+           io_read_bps, io_write_bps, frozen
+    FROM scheduler.tenants WHERE parent IS NULL
+    UNION ALL
+    SELECT t.name, tree.path || t.name, t.cpu_limit, t.memory_limit_bytes, t.pids_limit,
+           t.weight, t.io_read_bps, t.io_write_bps, t.frozen
+    FROM scheduler.tenants t JOIN tree ON t.parent = tree.name
+    WHERE cardinality(tree.path) < 32
+)
+SELECT * FROM tree ORDER BY cardinality(path), name;
+
+-- name: set_desired_state
+-- What a user asks of a job; the triggers cancel a queued job at once and NOTIFY the agents.
+UPDATE scheduler.jobs SET desired_state = $2 WHERE id = $1 RETURNING *;
+
+-- name: list_tenants
+SELECT t.*,
+       (SELECT count(*) FROM scheduler.jobs j
+        WHERE j.tenant = t.name AND j.state IN ('running', 'frozen')) AS active_jobs,
+       (SELECT count(*) FROM scheduler.jobs j
+        WHERE j.tenant = t.name AND j.state = 'queued') AS queued_jobs
+FROM scheduler.tenants t ORDER BY t.name;
+
+-- name: get_tenant
+SELECT * FROM scheduler.tenants WHERE name = $1;
+
+-- name: set_tenant_frozen
+UPDATE scheduler.tenants SET frozen = $2 WHERE name = $1 RETURNING *;
+
+-- name: claim_lock
+-- Serialises claims of all nodes (held to the end of the claim's transaction), so that
+-- tenant limits summed over nodes see every committed claim. JIT is off for the claim: with
+-- a long queue the planner's estimates cross jit_above_cost, and compiling the expressions
+-- (about 0.5 s on a small host) costs far more than running them.
+SELECT pg_advisory_xact_lock(5918230770001), set_config('jit', 'off', true);
+
+-- name: unfit_jobs
+-- Queued jobs that can never run: larger than this node ($1 node, $2 cores, $3 bytes) or than
+-- a limit of their tenant chain, with the reason (fail_jobs then fails them at once, instead
+-- of letting them wait forever). A plain SELECT: an UPDATE joined to this scan made
+-- Postgres hash the whole queue on every claim.
+WITH RECURSIVE lineage AS (
+    SELECT name AS tenant, name AS ancestor, 0 AS depth FROM scheduler.tenants
+    UNION ALL
+    SELECT l.tenant, t.parent, l.depth + 1
+    FROM lineage l JOIN scheduler.tenants t ON t.name = l.ancestor
+    WHERE t.parent IS NOT NULL AND l.depth < 32
+),
+-- The tightest limits up each tenant's chain: one join instead of a walk per job.
+chain AS (
+    SELECT l.tenant, min(t.cpu_limit) AS cpu, min(t.memory_limit_bytes) AS mem,
+           bool_or(t.max_running_jobs = 0) AS closed
+    FROM lineage l JOIN scheduler.tenants t ON t.name = l.ancestor
+    GROUP BY l.tenant
+),
+unfit AS (
+    SELECT j.id, j.tenant, j.cpu, j.memory_bytes
+    FROM scheduler.jobs j JOIN chain c ON c.tenant = j.tenant
+    WHERE j.state = 'queued'
+      AND (j.cpu > $2::numeric OR j.memory_bytes > $3::bigint OR c.closed
+           OR j.cpu > c.cpu OR j.memory_bytes > c.mem)
+),
+-- The reason names the node or the nearest tenant whose limit is in the way.
+reasons AS (
+    SELECT u.id, CASE
+        WHEN u.cpu > $2::numeric THEN format(
+            'cannot ever run: asks for %s cpu cores, node %s has %s', u.cpu, $1::text, $2::numeric)
+        WHEN u.memory_bytes > $3::bigint THEN format(
+            'cannot ever run: asks for %s bytes of memory, node %s has %s',
+            u.memory_bytes, $1::text, $3::bigint)
+        ELSE (
+            SELECT CASE
+                WHEN t.max_running_jobs = 0 THEN format(
+                    'cannot ever run: tenant %s allows no running jobs (max_running_jobs = 0)',
+                    t.name)
+                WHEN u.cpu > t.cpu_limit THEN format(
+                    'cannot ever run: asks for %s cpu cores, tenant %s allows %s',
+                    u.cpu, t.name, t.cpu_limit)
+                ELSE format(
+                    'cannot ever run: asks for %s bytes of memory, tenant %s allows %s',
+                    u.memory_bytes, t.name, t.memory_limit_bytes)
+                END
+            FROM lineage l JOIN scheduler.tenants t ON t.name = l.ancestor
+            WHERE l.tenant = u.tenant
+              AND (t.max_running_jobs = 0 OR u.cpu > t.cpu_limit
+                   OR u.memory_bytes > t.memory_limit_bytes)
+            ORDER BY l.depth LIMIT 1)
+        END AS reason
+    FROM unfit u
+)
+SELECT id, reason FROM reasons;
+
+-- name: fail_jobs
+-- Fail queued jobs ($1 ids) with their reasons ($2), as unfit_jobs found them.
+UPDATE scheduler.jobs j
+SET state = 'failed', error = f.reason, finished_at = clock_timestamp()
+FROM unnest($1::bigint[], $2::text[]) AS f(id, reason)
+WHERE j.id = f.id AND j.state = 'queued'
+RETURNING j.id, j.tenant, j.error;
+
+-- name: next_run_at
+-- Seconds until the earliest delayed (run_at) or backed-off queued job becomes runnable.
+SELECT extract(epoch FROM min(run_at) - now())::float8 FROM scheduler.jobs
+WHERE state = 'queued' AND desired_state = 'running' AND run_at > now();

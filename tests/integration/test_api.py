@@ -243,8 +243,9 @@ async def test_auth_matrix(api: httpx.AsyncClient, db: asyncpg.Connection) -> No
 
 async def test_labels_keep_any_json_numbers(api: httpx.AsyncClient) -> None:
     body = b'{"argv": ["true"], "labels": {"ratio": 1.25, "big": 1e300, "n": 3, "deep": [0.5]}}'
-    r = await api.post("/v1/jobs", headers={**ADMIN, "content-type": "application/json"},
-                       content=body)
+    r = await api.post(
+        "/v1/jobs", headers={**ADMIN, "content-type": "application/json"}, content=body
+    )
     assert r.status_code == 201, r.text
     # Exact: 1e300 comes back as the integer it denotes, not a rounded float.
     assert r.json()["labels"] == {"ratio": 1.25, "big": 10**300, "n": 3, "deep": [0.5]}

@@ -1,0 +1,44 @@
+"""One claim transaction: fail the jobs that can never run, then claim the next ones.
+
+Both statements run under a transaction-scoped advisory lock shared by every node, so a
+tenant's limits, summed over all nodes, are checked against every committed claim.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+import structlog
+
+from scheduler.db.queries import q
+from scheduler.policy.admission import Capacity
+from scheduler.policy.fairshare import ALLOCATION_SECONDS, HALF_LIFE_SECONDS
+
+log = structlog.get_logger(__name__)
+
+
+async def claim(
+    pool: asyncpg.Pool, node: str, want: int, capacity: Capacity
+) -> list[asyncpg.Record]:
+    """Claim up to ``want`` jobs for ``node`` (fair share, priority, age; within capacity)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(q("claim_lock"))
+        found = await conn.fetch(q("unfit_jobs"), node, capacity.cpu, capacity.memory_bytes)
+        unfit = []
+        if found:
+            ids, reasons = [r["id"] for r in found], [r["reason"] for r in found]
+            unfit = await conn.fetch(q("fail_jobs"), ids, reasons)
+        for row in unfit:
+            log.warning("job_unfit", job_id=row["id"], tenant=row["tenant"], error=row["error"])
+        if unfit:
+            await conn.execute("SELECT pg_notify('scheduler_done', '')")
+        return list(
+            await conn.fetch(
+                q("claim_jobs"),
+                node,
+                want,
+                capacity.cpu,
+                capacity.memory_bytes,
+                HALF_LIFE_SECONDS,
+                ALLOCATION_SECONDS,
+            )
+        )

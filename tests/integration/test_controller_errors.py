@@ -1,0 +1,80 @@
+"""The controller when the kernel refuses: a freeze that is not confirmed leaves the job
+running, its state 'running' and its error column saying why (real Postgres, a real cgroup,
+and the real v1/v2 driver with its freeze made to fail)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from scheduler.agent.attempts import Attempts
+from scheduler.agent.claim import claim
+from scheduler.agent.controller import Controller
+from scheduler.agent.tenants import TenantCgroups
+from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits
+from scheduler.cgroups.detect import open_driver
+from scheduler.db.pool import create_pool
+from scheduler.errors import CgroupError
+from scheduler.jobs import Job
+from scheduler.policy.admission import Capacity
+
+pytestmark = pytest.mark.anyio
+
+
+class RefusingFreeze:
+    """The real driver, except that freeze fails as an unconfirmed freeze does."""
+
+    def __init__(self, driver: CgroupDriver) -> None:
+        self._driver = driver
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._driver, name)
+
+    def freeze(self, path: CgroupPath) -> None:
+        raise CgroupError(f"{path.rel} stayed FREEZING for 2.0 s; thawed it again")
+
+
+@pytest.fixture
+async def pool(dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(dsn, min_size=1, max_size=4)
+    yield pool
+    await pool.close()
+
+
+async def test_an_unconfirmed_freeze_leaves_the_job_running_and_says_why(
+    db: asyncpg.Connection, pool: asyncpg.Pool, cgroup_root: str, state_dir: Path
+) -> None:
+    driver = open_driver(cgroup_root)
+    driver.ensure(CgroupPath(()), Limits())
+    job_id = await db.fetchval(
+        "INSERT INTO scheduler.jobs (argv) VALUES (ARRAY['true']) RETURNING id"
+    )
+    [row] = await claim(pool, "n1", 1, Capacity(4, 2**34))
+    job = Job.from_row(row)
+    tenants = TenantCgroups(pool, driver)
+    cgroup = CgroupPath.for_job(await tenants.chain("default"), job_id)
+    driver.ensure(cgroup, Limits())  # stands in for the job's leaf (no process needed)
+    attempts = Attempts()
+    refusing: CgroupDriver = RefusingFreeze(driver)  # type: ignore[assignment]
+    controller = Controller(pool, refusing, attempts, tenants, node="n1", poll_interval=1)
+    attempt = attempts.start(job, cgroup)
+    await db.execute("UPDATE scheduler.jobs SET desired_state = 'frozen' WHERE id = $1", job_id)
+    retry = await controller.reconcile({job_id}, tenants=True)
+    assert retry == set()
+    assert not attempt.frozen_self
+    assert not attempt.clock.paused
+    after = await db.fetchrow("SELECT state, error FROM scheduler.jobs WHERE id = $1", job_id)
+    assert after is not None
+    state, error = after["state"], str(after["error"])
+    assert state == "running"
+    assert error.startswith("freeze failed: ")
+    assert "thawed it again" in error
+    # Cancel still works through the same driver: the attempt is asked again until it ends.
+    await db.execute("UPDATE scheduler.jobs SET desired_state = 'cancelled' WHERE id = $1", job_id)
+    assert await controller.reconcile({job_id}, tenants=False) == {job_id}
+    assert attempt.cancelled
+    attempts.end(job_id)
+    assert await controller.reconcile({job_id}, tenants=False) == set()
