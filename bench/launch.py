@@ -125,7 +125,8 @@ async def end_to_end(conn: asyncpg.Connection, jobs: int) -> float:
     ids = [
         r["id"]
         for r in await conn.fetch(
-            "INSERT INTO scheduler.jobs (argv) SELECT ARRAY['true'] FROM generate_series(1, $1)"
+            "INSERT INTO scheduler.jobs (argv, cpu, memory_bytes)"
+            " SELECT ARRAY['true'], 0.01, 16777216 FROM generate_series(1, $1)"
             " RETURNING id",
             jobs,
         )
@@ -156,7 +157,8 @@ async def sleepers_rss(
     ids = [
         r["id"]
         for r in await conn.fetch(
-            "INSERT INTO scheduler.jobs (argv) SELECT ARRAY['sh', '-c', 'echo up; exec sleep 300']"
+            "INSERT INTO scheduler.jobs (argv, cpu, memory_bytes)"
+            " SELECT ARRAY['sh', '-c', 'echo up; exec sleep 300'], 0.001, 4194304"
             " FROM generate_series(1, $1) RETURNING id",
             n,
         )

@@ -66,7 +66,8 @@ async def latency(conn: asyncpg.Connection, n: int) -> list[float]:
     samples = []
     for _ in range(n):
         job_id = await conn.fetchval(
-            "INSERT INTO scheduler.jobs (argv) VALUES (ARRAY['true']) RETURNING id"
+            "INSERT INTO scheduler.jobs (argv, cpu, memory_bytes)"
+            " VALUES (ARRAY['true'], 0.01, 16777216) RETURNING id"
         )
         while True:
             row = await conn.fetchrow(
@@ -87,7 +88,8 @@ async def throughput(conn: asyncpg.Connection, n: int) -> float:
     ids = [
         r["id"]
         for r in await conn.fetch(
-            "INSERT INTO scheduler.jobs (argv) SELECT ARRAY['true'] FROM generate_series(1, $1)"
+            "INSERT INTO scheduler.jobs (argv, cpu, memory_bytes)"
+            " SELECT ARRAY['true'], 0.01, 16777216 FROM generate_series(1, $1)"
             " RETURNING id",
             n,
         )

@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--max-attempts", type=int, default=1)
     submit.add_argument("--cwd", default="/")
     submit.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument("--image", help="run on this image's layers (scheduler images list)")
+    submit.add_argument(
+        "--network", action="store_true", help="keep the host's network (if the node allows it)"
+    )
+    submit.add_argument("--io-read", type=parse_size, default=None, help="disk read bytes/s")
+    submit.add_argument("--io-write", type=parse_size, default=None, help="disk write bytes/s")
     submit.add_argument(
         "--wait", action="store_true", help="wait for the end and exit with the job's exit code"
     )
@@ -215,6 +221,10 @@ async def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
         priority=args.priority,
         max_attempts=args.max_attempts,
         timeout_seconds=args.timeout,
+        image=args.image,
+        network=args.network,
+        io_read_bps=args.io_read,
+        io_write_bps=args.io_write,
     )
     overrides: dict[str, Any] = {}
     if args.cpu is not None:

@@ -42,6 +42,10 @@ class JobRequest:
     max_attempts: int = 1
     labels: dict[str, Any] = field(default_factory=dict)
     run_at: datetime | None = None
+    image: str | None = None
+    network: bool = False
+    io_read_bps: int | None = None
+    io_write_bps: int | None = None
 
 
 def record_to_dict(row: asyncpg.Record) -> dict[str, Any]:
@@ -75,6 +79,10 @@ async def submit(conn: Conn, request: JobRequest) -> asyncpg.Record:
             request.max_attempts,
             request.labels,
             request.run_at,
+            request.image,
+            request.network,
+            request.io_read_bps,
+            request.io_write_bps,
         )
     except asyncpg.IntegrityConstraintViolationError as exc:
         raise SubmitRefused(str(exc), getattr(exc, "column_name", None)) from exc

@@ -125,6 +125,12 @@ def _timestamp(v: Any) -> datetime:
     return value
 
 
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise FieldError("expected true or false")
+    return v
+
+
 def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda v: None if v is None else check(v)
 
@@ -143,6 +149,10 @@ JOB_FIELDS: dict[str, Callable[[Any], Any]] = {
     "max_attempts": _int(1, 100),
     "run_at": _timestamp,
     "labels": _labels,
+    "image": _optional(_text(63, TENANT_NAME, "expected an image name: [a-z0-9][a-z0-9_-]{0,62}")),
+    "network": _bool,
+    "io_read_bps": _optional(_int(1, 1 << 50)),
+    "io_write_bps": _optional(_int(1, 1 << 50)),
 }
 TENANT_FIELDS: dict[str, Callable[[Any], Any]] = {
     "name": JOB_FIELDS["tenant"],
@@ -152,6 +162,8 @@ TENANT_FIELDS: dict[str, Callable[[Any], Any]] = {
     "pids_limit": _optional(_int(1, 4_194_304)),
     "max_running_jobs": _optional(_int(0, 1_000_000)),
     "weight": _int(1, 10000),
+    "io_read_bps": _optional(_int(1, 1 << 50)),
+    "io_write_bps": _optional(_int(1, 1 << 50)),
 }
 
 

@@ -72,6 +72,10 @@ JOB_CREATE = {
         "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100},
         "run_at": {"type": "string", "format": "date-time"},
         "labels": {"type": "object"},
+        "image": {"type": ["string", "null"], "pattern": NAME_PATTERN},
+        "network": {"type": "boolean"},
+        "io_read_bps": {"type": ["integer", "null"], "minimum": 1, "maximum": 1125899906842624},
+        "io_write_bps": {"type": ["integer", "null"], "minimum": 1, "maximum": 1125899906842624},
     },
 }
 TENANT_CREATE = {
@@ -90,6 +94,8 @@ TENANT_CREATE = {
         "pids_limit": {"type": ["integer", "null"], "minimum": 1, "maximum": 4194304},
         "max_running_jobs": {"type": ["integer", "null"], "minimum": 0, "maximum": 1000000},
         "weight": {"type": "integer", "minimum": 1, "maximum": 10000},
+        "io_read_bps": {"type": ["integer", "null"], "minimum": 1, "maximum": 1125899906842624},
+        "io_write_bps": {"type": ["integer", "null"], "minimum": 1, "maximum": 1125899906842624},
     },
 }
 JOB = {
