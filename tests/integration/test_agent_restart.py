@@ -69,9 +69,10 @@ async def test_sigkilled_agent_with_50_jobs_running_then_restarted(
         ids = [
             int(r["id"])
             for r in await db.fetch(
-                "INSERT INTO scheduler.jobs (argv) SELECT ARRAY['sh', '-c', "
-                "'echo started; sleep ' || (0.4 + (i % 10) * 0.3)::text || '; echo ended'] "
-                f"FROM generate_series(1, {JOBS}) i RETURNING id"
+                # Small requests: admission must let all 50 run at once on 2 cores.
+                "INSERT INTO scheduler.jobs (argv, cpu, memory_bytes) SELECT ARRAY['sh', '-c', "
+                "'echo started; sleep ' || (0.4 + (i % 10) * 0.3)::text || '; echo ended'], "
+                f"0.01, 16777216 FROM generate_series(1, {JOBS}) i RETURNING id"
             )
         ]
         runs = state_dir / "runs"
