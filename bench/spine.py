@@ -43,6 +43,7 @@ def start_agent(dsn: str, state: Path, root: str) -> subprocess.Popen[str]:
         SCHEDULER_STATE_DIR=str(state),
         SCHEDULER_CGROUP_ROOT=root,
         SCHEDULER_LOG_LEVEL="warning",
+        SCHEDULER_HTTP_ADDR="127.0.0.1:0",
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "scheduler.cli", "serve"], env=env, stdout=subprocess.PIPE, text=True

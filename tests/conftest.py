@@ -136,6 +136,7 @@ def agent_settings(dsn: str, state_dir: Path, cgroup_root: str, **extra: object)
         "node_name": "test-node",
         "poll_interval": 0.5,
         "max_running": 64,
+        "http_addr": "127.0.0.1:0",  # any free port: several agents and suites run at once
     }
     values.update(extra)
     return Settings(**values)  # type: ignore[arg-type]

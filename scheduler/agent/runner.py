@@ -12,7 +12,9 @@ import anyio
 import structlog
 from anyio.abc import ObjectSendStream
 
+from scheduler.accounting import periods
 from scheduler.agent.recorder import Completion
+from scheduler.agent.sampler import Sampler, counters_of
 from scheduler.agent.tenants import TenantCgroups
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, LaunchPlan, Limits, Usage
 from scheduler.jobs import Job, decide_outcome
@@ -73,6 +75,7 @@ class Runner:
         runs_dir: Path,
         node: str,
         completions: ObjectSendStream[Completion],
+        sampler: Sampler | None = None,
     ) -> None:
         self._driver = driver
         self._tenants = tenants
@@ -80,6 +83,7 @@ class Runner:
         self._runs_dir = runs_dir
         self._node = node
         self._completions = completions
+        self._sampler = sampler
 
     async def run(self, job: Job) -> None:
         """Run one claimed attempt to its end and hand its completion to the recorder."""
@@ -107,6 +111,7 @@ class Runner:
             run_dir=run_dir,
             plan=plan,
         )
+        launched_ns = time.time_ns()
         try:
             pid = spawn(self._monitor, spec)
         except OSError as exc:
@@ -114,6 +119,8 @@ class Runner:
             await self._start_failed(job, cgroup, f"cannot start the monitor: {exc}", start_ns)
             return
         log.debug("job_started", monitor_pid=pid, run_dir=str(run_dir))
+        if self._sampler is not None:
+            self._sampler.register(job, cgroup, launched_ns)
         await self.supervise(job, cgroup, plan, pid, run_dir)
 
     async def supervise(
@@ -139,6 +146,8 @@ class Runner:
     ) -> None:
         """Read the counters once the cgroup is empty, decide the outcome, hand it on."""
         await self._drain(cgroup)
+        # Stop the sampler first: no period may be written after the closing one is computed.
+        mark = await self._sampler.close(job) if self._sampler is not None else None
         try:
             usage = self._driver.read_usage(cgroup)
         except Exception:
@@ -155,9 +164,35 @@ class Runner:
         now = time.time_ns()
         start_ns = record.start_ns if record else now
         end_ns = record.end_ns if record else now
+        end_ns = max(start_ns, end_ns)
+        closing = self.closing_row(mark, usage, start_ns, end_ns)
         await self._completions.send(
-            Completion(job, self._node, cgroup, outcome, usage, start_ns, max(start_ns, end_ns))
+            Completion(job, self._node, cgroup, outcome, usage, start_ns, end_ns, closing)
         )
+
+    @staticmethod
+    def closing_row(
+        mark: periods.Mark | None, usage: Usage, exec_ns: int, end_ns: int
+    ) -> periods.Period | None:
+        """The closing usage row: the final counters minus what the sampler already billed."""
+        if mark is None:
+            return None
+        return periods.close(
+            mark,
+            exec_ns=exec_ns,
+            end_ns=end_ns,
+            counters=counters_of(usage),
+            memory_bytes=usage.memory_current_bytes,
+        )
+
+    async def close_metering(self, job: Job) -> periods.Mark | None:
+        """Stop sampling ``job`` (for attempts that end without :meth:`finish`)."""
+        return await self._sampler.close(job) if self._sampler is not None else None
+
+    def adopt_metering(self, job: Job, cgroup: CgroupPath) -> None:
+        """Resume sampling an attempt adopted at start-up, from its committed rows."""
+        if self._sampler is not None:
+            self._sampler.adopt(job, cgroup)
 
     async def _drain(self, cgroup: CgroupPath) -> None:
         """Wait until no process is left in the cgroup; kill stragglers after a bound."""

@@ -13,11 +13,14 @@ import anyio
 import asyncpg
 import structlog
 
+from scheduler.accounting.metrics import ServiceStats
 from scheduler.agent.dispatcher import Dispatcher
 from scheduler.agent.recorder import Completion, Recorder
 from scheduler.agent.recovery import recover
 from scheduler.agent.runner import Runner
+from scheduler.agent.sampler import Sampler
 from scheduler.agent.tenants import TenantCgroups
+from scheduler.api.app import AppDeps, bind, build_app, serve_http
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits
 from scheduler.cgroups.detect import open_driver
 from scheduler.config import Settings
@@ -39,6 +42,7 @@ class Ready:
     psql: str | None
     driver: str
     node: str
+    http_addr: str = ""  # where /metrics is served (the bound port when 0 was asked for)
 
 
 @contextlib.asynccontextmanager
@@ -84,6 +88,24 @@ async def run_agent(
             await migrate(conn)
         send, receive = anyio.create_memory_object_stream[Completion](4096)
         tenants = TenantCgroups(pool, driver)
+        stats = ServiceStats()
+        sampler = Sampler(
+            pool,
+            driver,
+            node=settings.node_name,
+            interval=settings.sample_interval,
+            stats=stats,
+            tenant_paths=tenants.paths,
+        )
+        ready = False
+        app = build_app(
+            AppDeps(
+                snapshot=lambda: sampler.snapshot,
+                stats=stats,
+                ready=lambda: ready,
+                metrics_jobs=settings.metrics_jobs,
+            )
+        )
         runner = Runner(
             driver=driver,
             tenants=tenants,
@@ -91,6 +113,7 @@ async def run_agent(
             runs_dir=settings.runs_dir,
             node=settings.node_name,
             completions=send,
+            sampler=sampler,
         )
         dispatcher = Dispatcher(
             pool,
@@ -101,9 +124,12 @@ async def run_agent(
         )
         listen_conn = await connect(dsn)
         await dispatcher.listen(listen_conn)
+        http_sock = bind(settings.http_addr)  # closed by serve_http
+        host, port = http_sock.getsockname()[:2]
         with send, receive:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(Recorder(pool, driver).run, receive)
+                tg.start_soon(serve_http, app, http_sock)
+                tg.start_soon(Recorder(pool, driver, stats).run, receive)
                 leftovers = [
                     Job.from_row(r)
                     for r in await pool.fetch(q("active_on_node"), settings.node_name)
@@ -121,6 +147,8 @@ async def run_agent(
                 )
                 dispatcher.adopt(adopted)
                 tg.start_soon(dispatcher.run, tg)
+                tg.start_soon(sampler.run)
+                ready = True
                 log.info(
                     "agent_ready",
                     driver=driver.name,
@@ -129,7 +157,15 @@ async def run_agent(
                     recovered=len(leftovers),
                 )
                 if on_ready is not None:
-                    on_ready(Ready(dsn=dsn, psql=psql, driver=driver.name, node=settings.node_name))
+                    on_ready(
+                        Ready(
+                            dsn=dsn,
+                            psql=psql,
+                            driver=driver.name,
+                            node=settings.node_name,
+                            http_addr=f"{host}:{port}",
+                        )
+                    )
     finally:
         with anyio.CancelScope(shield=True):
             if listen_conn is not None:

@@ -100,3 +100,43 @@ SELECT id, tenant, name, argv, env, cwd, cpu, memory_bytes, pids_max, timeout_se
 FROM scheduler.jobs
 WHERE node = $1 AND state IN ('running', 'frozen')
 ORDER BY id;
+
+-- name: insert_usage_periods
+-- One sweep's billing rows in one statement. seq is chosen by the sampler from its last
+-- committed row, so a retried write of the same batch conflicts on (job_id, seq) and is a
+-- no-op instead of billing a period twice.
+INSERT INTO scheduler.usage
+    (job_id, seq, attempt, tenant, node, period_start, period_end, cpu_seconds,
+     memory_byte_seconds, memory_peak_bytes, io_read_bytes, io_write_bytes, final)
+SELECT r.job_id, r.seq, r.attempt, r.tenant, r.node, r.period_start, r.period_end,
+       r.cpu_seconds, r.memory_byte_seconds, r.memory_peak_bytes, r.io_read_bytes,
+       r.io_write_bytes, false
+FROM unnest($1::bigint[], $2::integer[], $3::integer[], $4::text[], $5::text[],
+            $6::timestamptz[], $7::timestamptz[], $8::numeric[], $9::numeric[],
+            $10::bigint[], $11::bigint[], $12::bigint[])
+    AS r(job_id, seq, attempt, tenant, node, period_start, period_end, cpu_seconds,
+         memory_byte_seconds, memory_peak_bytes, io_read_bytes, io_write_bytes)
+ON CONFLICT (job_id, seq) DO NOTHING;
+
+-- name: usage_marks
+-- Where metering of each (job $1[i], attempt $2[i]) resumes: the job's last seq, and this
+-- attempt's row count, last period end and summed counters (attempts without rows: the
+-- claim time). Used after a restart, for retried attempts, and after a failed write.
+SELECT a.job_id,
+       COALESCE(max(u.seq), 0) AS seq,
+       count(u.seq) FILTER (WHERE u.attempt = a.attempt) AS rows,
+       COALESCE(max(u.period_end) FILTER (WHERE u.attempt = a.attempt), j.started_at)
+           AS period_end,
+       COALESCE(sum(u.cpu_seconds) FILTER (WHERE u.attempt = a.attempt), 0) AS cpu_seconds,
+       COALESCE(sum(u.io_read_bytes) FILTER (WHERE u.attempt = a.attempt), 0) AS io_read_bytes,
+       COALESCE(sum(u.io_write_bytes) FILTER (WHERE u.attempt = a.attempt), 0) AS io_write_bytes,
+       COALESCE(max(u.memory_peak_bytes) FILTER (WHERE u.attempt = a.attempt), 0)
+           AS memory_peak_bytes
+FROM unnest($1::bigint[], $2::integer[]) AS a(job_id, attempt)
+JOIN scheduler.jobs j ON j.id = a.job_id
+LEFT JOIN scheduler.usage u ON u.job_id = a.job_id
+GROUP BY a.job_id, a.attempt, j.started_at;
+
+-- name: job_state_counts
+-- Jobs per tenant and state, for scheduler_tenant_jobs and scheduler_queue_depth.
+SELECT tenant, state, count(*) AS n FROM scheduler.jobs GROUP BY tenant, state;
