@@ -140,3 +140,52 @@ GROUP BY a.job_id, a.attempt, j.started_at;
 -- name: job_state_counts
 -- Jobs per tenant and state, for scheduler_tenant_jobs and scheduler_queue_depth.
 SELECT tenant, state, count(*) AS n FROM scheduler.jobs GROUP BY tenant, state;
+
+-- name: billing_usage
+-- The rows a billing window holds: a row belongs to the window in which its period ends.
+SELECT u.job_id, j.name AS job_name, u.tenant, u.period_end, u.cpu_seconds,
+       u.memory_byte_seconds, u.io_read_bytes, u.io_write_bytes
+FROM scheduler.usage u
+JOIN scheduler.jobs j ON j.id = u.job_id
+WHERE u.period_end >= $1 AND u.period_end < $2
+  AND ($3::text IS NULL OR u.tenant = $3)
+ORDER BY u.job_id, u.seq;
+
+-- name: billing_rates
+-- Every rate; infinite validity bounds come back as NULL.
+SELECT id, resource, tenant, price, currency,
+       CASE WHEN isfinite(valid_from) THEN valid_from END AS valid_from,
+       CASE WHEN isfinite(valid_to) THEN valid_to END AS valid_to
+FROM scheduler.rates
+ORDER BY id;
+
+-- name: check_jobs
+-- Finished jobs of a window (finished_at in [$1, $2)) with their totals, for reconciliation.
+SELECT id, tenant, state, attempts, cpu_seconds, memory_peak_bytes, io_read_bytes,
+       io_write_bytes
+FROM scheduler.jobs
+WHERE state IN ('succeeded', 'failed', 'cancelled', 'timed_out', 'lost')
+  AND finished_at >= $1 AND finished_at < $2
+ORDER BY id;
+
+-- name: check_usage
+-- Every billing row of the jobs $1, in order.
+SELECT job_id, seq, attempt, period_start, period_end, cpu_seconds, memory_peak_bytes,
+       io_read_bytes, io_write_bytes, final
+FROM scheduler.usage
+WHERE job_id = ANY($1::bigint[])
+ORDER BY job_id, seq;
+
+-- name: check_node_running
+-- Attempts running on node $1 now.
+SELECT id, tenant FROM scheduler.jobs WHERE node = $1 AND state IN ('running', 'frozen');
+
+-- name: check_node_billed
+-- CPU billed on node $1 per tenant for periods since $2 (the host's boot: older cgroups are gone).
+SELECT tenant, sum(cpu_seconds) AS cpu_seconds
+FROM scheduler.usage
+WHERE node = $1 AND period_start >= $2
+GROUP BY tenant;
+
+-- name: check_tenants
+SELECT name, parent FROM scheduler.tenants ORDER BY name;
