@@ -17,6 +17,7 @@ from scheduler.agent.recorder import Completion
 from scheduler.agent.sampler import Sampler, counters_of
 from scheduler.agent.tenants import TenantCgroups
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, LaunchPlan, Limits, Usage
+from scheduler.cgroups.counters import read_final
 from scheduler.jobs import Job, decide_outcome
 from scheduler.runtime.launcher import read_exit_record, spawn, wait_monitor
 from scheduler.runtime.spec import ExitRecord, LaunchSpec
@@ -147,12 +148,16 @@ class Runner:
         """Read the counters once the cgroup is empty, decide the outcome, hand it on."""
         await self._drain(cgroup)
         # Stop the sampler first: no period may be written after the closing one is computed.
-        mark = await self._sampler.close(job) if self._sampler is not None else None
+        closed = await self._sampler.close(job) if self._sampler is not None else None
+        mark = closed.mark if closed is not None else None
         try:
-            usage = self._driver.read_usage(cgroup)
+            usage = read_final(self._driver, cgroup, closed.reader if closed else None).usage()
         except Exception:
             log.exception("final_usage_read_failed")
             usage = Usage()
+        finally:
+            if closed is not None and closed.reader is not None:
+                closed.reader.close()
         outcome = decide_outcome(
             record,
             usage,
@@ -187,7 +192,12 @@ class Runner:
 
     async def close_metering(self, job: Job) -> periods.Mark | None:
         """Stop sampling ``job`` (for attempts that end without :meth:`finish`)."""
-        return await self._sampler.close(job) if self._sampler is not None else None
+        if self._sampler is None:
+            return None
+        closed = await self._sampler.close(job)
+        if closed.reader is not None:
+            closed.reader.close()
+        return closed.mark
 
     def adopt_metering(self, job: Job, cgroup: CgroupPath) -> None:
         """Resume sampling an attempt adopted at start-up, from its committed rows."""

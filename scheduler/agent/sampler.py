@@ -77,6 +77,14 @@ def mark_from_row(row: asyncpg.Record, launched_ns: int | None) -> Mark:
     )
 
 
+@dataclass(frozen=True)
+class Closed:
+    """An attempt the sampler no longer meters."""
+
+    mark: Mark
+    reader: CounterReader | None
+
+
 @dataclass
 class _Attempt:
     job: Job
@@ -128,8 +136,9 @@ class Sampler:
         """Resume metering an attempt a previous agent started, from its committed rows."""
         self._attempts[job.id] = _Attempt(job, cgroup, None, None)
 
-    async def close(self, job: Job) -> Mark:
-        """Stop metering ``job``'s attempt and return where its closing row must start.
+    async def close(self, job: Job) -> Closed:
+        """Stop metering ``job``'s attempt: where its closing row must start, and its
+        kept-open counter files for the final read (the caller closes them).
 
         Waits for a sweep in progress (it holds the lock from reading to commit), so no
         period is written for the attempt after this returns.
@@ -137,10 +146,17 @@ class Sampler:
         async with self._lock:
             attempt = self._attempts.pop(job.id, None)
             self.forget(job.id)
-            if attempt is not None and attempt.reader is not None:
-                attempt.reader.close()
+            reader = attempt.reader if attempt is not None else None
             if attempt is not None and attempt.mark is not None:
-                return attempt.mark
+                return Closed(attempt.mark, reader)
+        try:
+            return Closed(await self._mark_from_db(job, attempt), reader)
+        except BaseException:
+            if reader is not None:
+                reader.close()
+            raise
+
+    async def _mark_from_db(self, job: Job, attempt: _Attempt | None) -> Mark:
         launched = attempt.launched_ns if attempt is not None else None
         delay = 0.1
         while True:  # the closing row cannot be computed without it: retry until it loads

@@ -10,11 +10,11 @@ sampled cumulative value and the final one at exit are the same counter.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from scheduler.cgroups.base import CgroupDriver, CgroupPath
-from scheduler.cgroups.parse import parse_blkio_service_bytes, parse_flat_keyed
+from scheduler.cgroups.base import CgroupDriver, CgroupPath, Usage
 from scheduler.cgroups.v1 import V1Driver
 from scheduler.cgroups.v2 import V2Driver
 
@@ -47,13 +47,35 @@ class Sample:
     io_pressure_some_us: int | None = None
     io_pressure_full_us: int | None = None
 
+    def usage(self) -> Usage:
+        """The driver-level :class:`Usage` view of this sample."""
+        return Usage(
+            cpu_ns=self.cpu_ns,
+            cpu_user_ns=self.cpu_user_ns,
+            cpu_system_ns=self.cpu_system_ns,
+            memory_current_bytes=self.memory_current_bytes,
+            memory_peak_bytes=self.memory_peak_bytes,
+            io_read_bytes=self.io_read_bytes,
+            io_write_bytes=self.io_write_bytes,
+            oom_kills=self.oom_kills,
+            pids_current=self.pids,
+        )
+
 
 # Logical counter -> file, per driver. Each entry is parsed by the function named beside it.
 CounterFiles = dict[str, Path]
 
 
-def counter_files(driver: CgroupDriver, path: CgroupPath) -> CounterFiles:
-    """The files that hold ``path``'s counters under ``driver`` (absent controllers left out)."""
+def counter_files(driver: CgroupDriver, path: CgroupPath, *, final: bool = False) -> CounterFiles:
+    """The files that hold ``path``'s counters under ``driver`` (absent controllers left out);
+    ``final``: only those the final read at exit needs (see FINAL_FILES)."""
+    files = _all_counter_files(driver, path)
+    if final:
+        return {name: file for name, file in files.items() if name in FINAL_FILES}
+    return files
+
+
+def _all_counter_files(driver: CgroupDriver, path: CgroupPath) -> CounterFiles:
     files: CounterFiles = {}
     if isinstance(driver, V1Driver):
         mounted = driver.controllers
@@ -98,87 +120,145 @@ def counter_files(driver: CgroupDriver, path: CgroupPath) -> CounterFiles:
     raise TypeError(f"no counter files known for driver {driver!r}")
 
 
-def _pressure_totals(text: str) -> tuple[int | None, int | None]:
-    """(some total, full total) in microseconds from a PSI file."""
-    some = full = None
-    for line in text.splitlines():
-        kind, _, rest = line.partition(" ")
-        for field in rest.split():
-            if field.startswith("total="):
-                value = int(field[6:])
-                if kind == "some":
-                    some = value
-                elif kind == "full":
-                    full = value
-    return some, full
+Values = dict[str, int | None]
+Parser = Callable[[bytes, Values], None]
 
 
-def _io_stat(text: str) -> tuple[int, int, int, int]:
-    """v2 io.stat summed over devices: (rbytes, wbytes, rios, wios)."""
-    rb = wb = ri = wi = 0
-    for line in text.splitlines():
+def _find(data: bytes, key: bytes) -> int | None:
+    """The integer after ``key`` at the start of a line of ``data`` (None if absent)."""
+    if data.startswith(key):
+        start = len(key)
+    else:
+        at = data.find(b"\n" + key)
+        if at < 0:
+            return None
+        start = at + 1 + len(key)
+    end = data.find(b"\n", start)
+    return int(data[start:end] if end >= 0 else data[start:])
+
+
+def _single(field: str) -> Parser:
+    def parse(data: bytes, values: Values) -> None:
+        values[field] = int(data)
+
+    return parse
+
+
+def _keyed(*pairs: tuple[bytes, str, int]) -> Parser:
+    """Fields from ``key value`` lines: (key with its trailing space, field, multiplier)."""
+
+    def parse(data: bytes, values: Values) -> None:
+        for key, field, scale in pairs:
+            found = _find(data, key)
+            if found is not None:
+                values[field] = found * scale
+
+    return parse
+
+
+def _pressure(some_field: str, full_field: str | None) -> Parser:
+    """PSI totals (microseconds) of the ``some`` and ``full`` lines."""
+
+    def parse(data: bytes, values: Values) -> None:
+        at = data.find(b"total=")
+        if at >= 0 and data.startswith(b"some"):
+            end = data.find(b"\n", at)
+            values[some_field] = int(data[at + 6 : end if end >= 0 else None])
+        full = data.find(b"\nfull ")
+        if full_field is not None and full >= 0:
+            at = data.find(b"total=", full)
+            end = data.find(b"\n", at)
+            values[full_field] = int(data[at + 6 : end if end >= 0 else None])
+
+    return parse
+
+
+def _blkio(read_field: str, write_field: str) -> Parser:
+    """v1 ``8:0 Read N`` lines summed over devices (per-device and grand Totals ignored)."""
+
+    def parse(data: bytes, values: Values) -> None:
+        read = write = 0
+        for line in data.split(b"\n"):
+            fields = line.split()
+            if len(fields) == 3:
+                if fields[1] == b"Read":
+                    read += int(fields[2])
+                elif fields[1] == b"Write":
+                    write += int(fields[2])
+        values[read_field], values[write_field] = read, write
+
+    return parse
+
+
+def _io_stat(data: bytes, values: Values) -> None:
+    """v2 io.stat summed over devices: rbytes, wbytes, rios, wios."""
+    sums = {b"rbytes": 0, b"wbytes": 0, b"rios": 0, b"wios": 0}
+    for line in data.split(b"\n"):
         for field in line.split()[1:]:
-            key, _, value = field.partition("=")
-            if key == "rbytes":
-                rb += int(value)
-            elif key == "wbytes":
-                wb += int(value)
-            elif key == "rios":
-                ri += int(value)
-            elif key == "wios":
-                wi += int(value)
-    return rb, wb, ri, wi
+            key, _, value = field.partition(b"=")
+            if key in sums:
+                sums[key] += int(value)
+    values["io_read_bytes"], values["io_write_bytes"] = sums[b"rbytes"], sums[b"wbytes"]
+    values["io_read_ops"], values["io_write_ops"] = sums[b"rios"], sums[b"wios"]
+
+
+# How each logical file of counter_files() is parsed, straight from the bytes pread returns.
+PARSERS: dict[str, Parser] = {
+    "cpuacct.usage": _single("cpu_ns"),
+    "cpuacct.usage_user": _single("cpu_user_ns"),
+    "cpuacct.usage_sys": _single("cpu_system_ns"),
+    "v1 cpu.stat": _keyed((b"throttled_time ", "cpu_throttled_ns", 1)),
+    "memory.usage_in_bytes": _single("memory_current_bytes"),
+    "memory.max_usage_in_bytes": _single("memory_peak_bytes"),
+    "memory.oom_control": _keyed((b"oom_kill ", "oom_kills", 1)),
+    "blkio bytes": _blkio("io_read_bytes", "io_write_bytes"),
+    "blkio ops": _blkio("io_read_ops", "io_write_ops"),
+    "pids.current": _single("pids"),
+    "cpu.stat": _keyed(
+        (b"usage_usec ", "cpu_ns", 1000),
+        (b"user_usec ", "cpu_user_ns", 1000),
+        (b"system_usec ", "cpu_system_ns", 1000),
+        (b"throttled_usec ", "cpu_throttled_ns", 1000),
+    ),
+    "memory.current": _single("memory_current_bytes"),
+    "memory.peak": _single("memory_peak_bytes"),
+    "memory.events": _keyed((b"oom_kill ", "oom_kills", 1)),
+    "io.stat": _io_stat,
+    "cpu.pressure": _pressure("cpu_pressure_some_us", None),
+    "memory.pressure": _pressure("memory_pressure_some_us", "memory_pressure_full_us"),
+    "io.pressure": _pressure("io_pressure_some_us", "io_pressure_full_us"),
+}
+# What the final read at exit needs: the billed counters and the OOM verdict. Fewer files
+# opened once, for attempts that ended before any sweep opened theirs.
+FINAL_FILES = frozenset(
+    {
+        "cpuacct.usage",
+        "memory.usage_in_bytes",
+        "memory.max_usage_in_bytes",
+        "memory.oom_control",
+        "blkio bytes",
+        "cpu.stat",
+        "memory.current",
+        "memory.peak",
+        "memory.events",
+        "io.stat",
+    }
+)
+
+
+def _sample(values: Values) -> Sample:
+    # As read_usage: without memory.peak (v2 before 5.19) the current value is the best we have.
+    if "memory_peak_bytes" not in values and "memory_current_bytes" in values:
+        values["memory_peak_bytes"] = values["memory_current_bytes"]
+    return Sample(**values)  # type: ignore[arg-type]
 
 
 def parse_sample(texts: dict[str, str]) -> Sample:
     """A :class:`Sample` from the text of each logical counter file (missing ones count 0)."""
-    values: dict[str, int | None] = {}
-    if "cpuacct.usage" in texts:  # v1
-        values["cpu_ns"] = int(texts["cpuacct.usage"])
-        if "cpuacct.usage_user" in texts and "cpuacct.usage_sys" in texts:
-            values["cpu_user_ns"] = int(texts["cpuacct.usage_user"])
-            values["cpu_system_ns"] = int(texts["cpuacct.usage_sys"])
-    if "v1 cpu.stat" in texts:
-        values["cpu_throttled_ns"] = parse_flat_keyed(texts["v1 cpu.stat"]).get("throttled_time", 0)
-    if "memory.usage_in_bytes" in texts:
-        values["memory_current_bytes"] = int(texts["memory.usage_in_bytes"])
-    if "memory.max_usage_in_bytes" in texts:
-        values["memory_peak_bytes"] = int(texts["memory.max_usage_in_bytes"])
-    if "memory.oom_control" in texts:
-        values["oom_kills"] = parse_flat_keyed(texts["memory.oom_control"]).get("oom_kill", 0)
-    if "blkio bytes" in texts:
-        io = parse_blkio_service_bytes(texts["blkio bytes"])
-        values["io_read_bytes"], values["io_write_bytes"] = io.read, io.write
-    if "blkio ops" in texts:
-        ops = parse_blkio_service_bytes(texts["blkio ops"])  # same "8:0 Read N" layout
-        values["io_read_ops"], values["io_write_ops"] = ops.read, ops.write
-    if "cpu.stat" in texts:  # v2: microseconds
-        cpu = parse_flat_keyed(texts["cpu.stat"])
-        values["cpu_ns"] = cpu.get("usage_usec", 0) * 1000
-        values["cpu_user_ns"] = cpu.get("user_usec", 0) * 1000
-        values["cpu_system_ns"] = cpu.get("system_usec", 0) * 1000
-        values["cpu_throttled_ns"] = cpu.get("throttled_usec", 0) * 1000
-    if "memory.current" in texts:
-        values["memory_current_bytes"] = int(texts["memory.current"])
-        # As read_usage: without memory.peak (before 5.19) current is the best we have.
-        peak = texts.get("memory.peak")
-        values["memory_peak_bytes"] = int(peak) if peak else int(texts["memory.current"])
-    if "memory.events" in texts:
-        values["oom_kills"] = parse_flat_keyed(texts["memory.events"]).get("oom_kill", 0)
-    if "io.stat" in texts:
-        rb, wb, ri, wi = _io_stat(texts["io.stat"])
-        values.update(io_read_bytes=rb, io_write_bytes=wb, io_read_ops=ri, io_write_ops=wi)
-    if "pids.current" in texts:
-        values["pids"] = int(texts["pids.current"])
-    if "cpu.pressure" in texts:
-        values["cpu_pressure_some_us"] = _pressure_totals(texts["cpu.pressure"])[0]
-    if "memory.pressure" in texts:
-        some, full = _pressure_totals(texts["memory.pressure"])
-        values["memory_pressure_some_us"], values["memory_pressure_full_us"] = some, full
-    if "io.pressure" in texts:
-        some, full = _pressure_totals(texts["io.pressure"])
-        values["io_pressure_some_us"], values["io_pressure_full_us"] = some, full
-    return Sample(**values)  # type: ignore[arg-type]
+    values: Values = {}
+    for name, text in texts.items():
+        PARSERS[name](text.encode(), values)
+    return _sample(values)
 
 
 class CounterReader:
@@ -189,14 +269,33 @@ class CounterReader:
     """
 
     def __init__(self, files: CounterFiles) -> None:
-        self._fds: dict[str, int] = {}
+        self._files: list[tuple[int, Parser]] = []
+        groups: dict[Path, list[tuple[str, Path]]] = {}
+        for name, path in files.items():
+            groups.setdefault(path.parent, []).append((name, path))
         try:
-            for name, path in files.items():
+            for directory, members in groups.items():
+                # Several files of one directory: open it once and openat() each file, which
+                # skips walking the whole path again; a lone file is opened by its path.
+                dir_fd = None
+                if len(members) > 1:
+                    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                 try:
-                    self._fds[name] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    if not path.parent.is_dir():
-                        raise  # the cgroup is not there (yet): nothing to read
+                    for name, path in members:
+                        try:
+                            fd = os.open(
+                                path.name if dir_fd is not None else path,
+                                os.O_RDONLY | os.O_CLOEXEC,
+                                dir_fd=dir_fd,
+                            )
+                        except FileNotFoundError:
+                            if dir_fd is None and not directory.is_dir():
+                                raise  # the cgroup is not there (yet, or any more)
+                            continue  # this kernel or mount has no such file
+                        self._files.append((fd, PARSERS[name]))
+                finally:
+                    if dir_fd is not None:
+                        os.close(dir_fd)
         except BaseException:
             self.close()
             raise
@@ -204,15 +303,29 @@ class CounterReader:
     def read(self) -> Sample:
         """Re-read every kept-open file and parse the values."""
         pread = os.pread
-        texts = {name: pread(fd, _READ_SIZE, 0).decode() for name, fd in self._fds.items()}
-        return parse_sample(texts)
+        values: Values = {}
+        for fd, parse in self._files:
+            parse(pread(fd, _READ_SIZE, 0), values)
+        return _sample(values)
 
     def close(self) -> None:
         """Close every file; reading afterwards is an error."""
-        fds, self._fds = self._fds, {}
-        for fd in fds.values():
+        files, self._files = self._files, []
+        for fd, _ in files:
             os.close(fd)
 
     @property
     def open_files(self) -> int:
-        return len(self._fds)
+        return len(self._files)
+
+
+def read_final(driver: CgroupDriver, path: CgroupPath, reader: CounterReader | None) -> Sample:
+    """The counters of an emptied cgroup at exit: through the sampler's kept-open files when
+    it has them, else from the few files billing needs, opened once."""
+    if reader is not None:
+        return reader.read()
+    once = CounterReader(counter_files(driver, path, final=True))
+    try:
+        return once.read()
+    finally:
+        once.close()
