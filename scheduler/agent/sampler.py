@@ -31,7 +31,12 @@ from scheduler.db.queries import q
 from scheduler.jobs import Job
 
 log = structlog.get_logger(__name__)
-DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+# TimeoutError: a statement that timed out may still have committed; it is treated like
+# any other failure whose outcome is unknown (the marks are reloaded).
+DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# A sweep's statements give up after this long, so a stuck database cannot hold the lock
+# (and with it every finishing attempt) for ever.
+STATEMENT_TIMEOUT = 30.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -60,7 +65,10 @@ def mark_from_row(row: asyncpg.Record, launched_ns: int | None) -> Mark:
     """A mark rebuilt from the rows already committed for an attempt (see usage_marks)."""
     rows = int(row["rows"])
     end = row["period_end"]
-    end_ns = to_ns(end) if end is not None else (launched_ns or time.time_ns())
+    if rows == 0 and launched_ns is not None:
+        end_ns = launched_ns  # no row yet: the first period starts at the launch, as for any
+    else:
+        end_ns = to_ns(end) if end is not None else (launched_ns or time.time_ns())
     cpu: Decimal = row["cpu_seconds"]
     return Mark(
         seq=int(row["seq"]),
@@ -173,7 +181,10 @@ class Sampler:
         self, jobs: list[Job], launched: dict[int, int | None]
     ) -> dict[int, Mark]:
         rows = await self._pool.fetch(
-            q("usage_marks"), [j.id for j in jobs], [j.attempts for j in jobs]
+            q("usage_marks"),
+            [j.id for j in jobs],
+            [j.attempts for j in jobs],
+            timeout=STATEMENT_TIMEOUT,
         )
         return {int(r["job_id"]): mark_from_row(r, launched.get(int(r["job_id"]))) for r in rows}
 
@@ -270,7 +281,7 @@ class Sampler:
             )
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
-        await self._pool.execute(q("insert_usage_periods"), *columns)
+        await self._pool.execute(q("insert_usage_periods"), *columns, timeout=STATEMENT_TIMEOUT)
 
     async def _publish(self, attempts: list[_Attempt]) -> None:
         """Refresh the Prometheus snapshot: tenants' cgroups, running jobs, Postgres counts."""
@@ -289,7 +300,7 @@ class Sampler:
         for tenant, usage in tenants.items():
             self._tenant_high[tenant] = monotonic(self._tenant_high.get(tenant), usage)
         try:
-            rows = await self._pool.fetch(q("job_state_counts"))
+            rows = await self._pool.fetch(q("job_state_counts"), timeout=STATEMENT_TIMEOUT)
             states = {(str(r["tenant"]), str(r["state"])): int(r["n"]) for r in rows}
         except DB_ERRORS:
             self._stats.database_errors += 1
