@@ -30,6 +30,7 @@ unit: setup
 
 bench: setup
 	$(BIN)/python bench/spine.py
+	$(BIN)/python bench/sampler.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
