@@ -143,8 +143,11 @@ def test_focus_has_the_focus_columns_and_values() -> None:
         "BillingCurrency",
     ):
         assert column in FOCUS_COLUMNS
+    assert list(FOCUS_COLUMNS) == sorted(FOCUS_COLUMNS)  # the specification's order
+    assert all(len(r) == len(FOCUS_COLUMNS) for r in records)
     first = records[0]
     assert first["ResourceId"] == "1" and first["SubAccountId"] == "acme"
+    assert first["CommitmentDiscountId"] == "" and first["SkuMeter"] == "CPU"
     assert first["ChargePeriodStart"] == "2026-11-01T00:00:00Z"
     assert first["ChargePeriodEnd"] == "2026-11-01T01:00:00Z"
     assert first["BillingPeriodEnd"] == "2026-11-01T02:00:00Z"
