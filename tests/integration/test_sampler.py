@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -17,10 +21,12 @@ from scheduler.agent.sampler import Sampler, _Attempt, counters_of
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits
 from scheduler.cgroups.counters import read_final
 from scheduler.cgroups.detect import open_driver
+from scheduler.cgroups.v2 import V2Driver
 from scheduler.db.pool import create_pool
 from scheduler.jobs import Job
 
 pytestmark = pytest.mark.anyio
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 @pytest.fixture
@@ -111,3 +117,64 @@ async def test_retries_and_unknown_outcomes_never_bill_twice(
         assert billed * 1_000_000_000 == usage.cpu_ns
     finally:
         await pool.close()
+
+
+async def test_v2_sweeps_bill_the_deltas_of_captured_counters(
+    dsn: str, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """The v2 driver's files (a captured tree; counters rewritten between sweeps as the kernel
+    would) through the real sampler and Postgres."""
+    mount = tmp_path / "cgroup"
+    shutil.copytree(FIXTURES / "cgroupv2", mount)
+    driver = V2Driver(mount, "scheduler")
+    cgroup = CgroupPath(("acme", "job-42"))
+    leaf = mount / "scheduler" / "acme" / "job-42"
+    await db.execute("INSERT INTO scheduler.tenants (name) VALUES ('acme')")
+    job_id = await db.fetchval(
+        "INSERT INTO scheduler.jobs (tenant, argv) VALUES ('acme', ARRAY['x']) RETURNING id"
+    )
+    await db.execute(
+        "UPDATE scheduler.jobs SET state = 'running', attempts = 1, node = 'n', "
+        "started_at = now() WHERE id = $1",
+        job_id,
+    )
+    job = Job.from_row(await db.fetchrow("SELECT * FROM scheduler.jobs WHERE id = $1", job_id))
+    pool = await create_pool(dsn, min_size=1, max_size=2)
+    try:
+        sampler = Sampler(pool, driver, node="n", interval=1)
+        sampler.register(job, cgroup, time.time_ns() - 1_000_000_000)
+        assert await sampler.sweep() == 1
+        (leaf / "cpu.stat").write_text(
+            "usage_usec 5000000\nuser_usec 4000000\nsystem_usec 1000000\n"
+        )
+        (leaf / "io.stat").write_text("259:0 rbytes=100000000 wbytes=314572800 rios=1 wios=1\n")
+        (leaf / "memory.peak").write_text("300000000\n")
+        assert await sampler.sweep() == 1
+        closed = await sampler.close(job)
+        (leaf / "cpu.stat").write_text(
+            "usage_usec 5000001\nuser_usec 4000000\nsystem_usec 1000001\n"
+        )
+        usage = read_final(driver, cgroup, closed.reader).usage()
+        assert closed.reader is not None
+        closed.reader.close()
+        closing = close(
+            closed.mark,
+            exec_ns=0,
+            end_ns=time.time_ns(),
+            counters=counters_of(usage),
+            memory_bytes=usage.memory_current_bytes,
+        )
+    finally:
+        await pool.close()
+    rows = await db.fetch("SELECT * FROM scheduler.usage WHERE job_id = $1 ORDER BY seq", job_id)
+    assert [r["cpu_seconds"] for r in rows] == [Decimal("4.395818"), Decimal("0.604182")]
+    assert closing.cpu_ns == 1000
+    assert [r["io_read_bytes"] for r in rows] == [1040384 + 90267648, 100000000 - 91308032]
+    assert [r["memory_peak_bytes"] for r in rows] == [268402688, 300000000]
+    assert rows[1]["period_start"] == rows[0]["period_end"]
+    # memory.current stayed 187035648 between the sweeps: a rectangle, exactly.
+    seconds = (
+        Decimal((rows[1]["period_end"] - rows[1]["period_start"]) / timedelta(microseconds=1))
+        / 1_000_000
+    )
+    assert rows[1]["memory_byte_seconds"] == 187035648 * seconds
