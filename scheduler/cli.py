@@ -102,7 +102,7 @@ def _add_billing(sub: Any) -> None:
     instant = billing_export.parse_instant
     export.add_argument("--from", dest="start", type=instant, required=True, help="UTC, inclusive")
     export.add_argument("--to", dest="end", type=instant, required=True, help="UTC, exclusive")
-    export.add_argument("--format", choices=FORMATS, default="csv")
+    export.add_argument("--format", choices=FORMATS, help="default: csv (json with --json)")
     export.add_argument("--tenant", help="only this tenant's usage")
     export.add_argument("--output", type=Path, help="write to this file instead of stdout")
     check = actions.add_parser(
@@ -300,8 +300,9 @@ async def cmd_billing(settings: Settings, args: argparse.Namespace) -> int:
     conn = await connect(await _database_url(settings))
     try:
         if args.billing_command == "export":
+            fmt = args.format or ("json" if args.json else "csv")
             text = await billing_export.export(
-                conn, start=args.start, end=args.end, fmt=args.format, tenant=args.tenant
+                conn, start=args.start, end=args.end, fmt=fmt, tenant=args.tenant
             )
         else:
             return await _billing_check(settings, args, conn)

@@ -17,6 +17,10 @@ class BadWindow(SchedulerError):
     """The billing window is invalid."""
 
 
+class UnknownTenant(SchedulerError):
+    """No such tenant."""
+
+
 def parse_instant(text: str) -> datetime:
     """A UTC instant from ``2026-11-01`` or ``2026-11-01T12:00[:00][Z|+hh:mm]``.
 
@@ -71,6 +75,10 @@ async def export(
     chosen = check_format(fmt)
     # One snapshot for rows and rates: a rate inserted meanwhile cannot half-apply.
     async with conn.transaction(isolation="repeatable_read", readonly=True):
+        if tenant is not None and not await conn.fetchval(q("billing_tenant_exists"), tenant):
+            raise UnknownTenant(
+                f"unknown tenant {tenant!r}: SELECT name FROM scheduler.tenants lists them"
+            )
         rates = [rate_from_row(r) for r in await conn.fetch(q("billing_rates"))]
         records = await conn.fetch(q("billing_usage"), start, end, tenant)
     rows = [

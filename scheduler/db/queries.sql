@@ -189,3 +189,6 @@ GROUP BY tenant;
 
 -- name: check_tenants
 SELECT name, parent FROM scheduler.tenants ORDER BY name;
+
+-- name: billing_tenant_exists
+SELECT EXISTS (SELECT 1 FROM scheduler.tenants WHERE name = $1);

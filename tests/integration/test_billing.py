@@ -135,6 +135,19 @@ async def test_export_without_a_rate_names_what_is_missing(
         "billing", "export", "--database-url", dsn, "--from", "2026-11-02", "--to", "2026-11-01"
     )
     assert bad.returncode == 1 and "must be after --from" in bad.stderr
+    nobody = cli(
+        "billing",
+        "export",
+        "--database-url",
+        dsn,
+        "--from",
+        "2026-11-01",
+        "--to",
+        "2026-11-02",
+        "--tenant",
+        "nobody",
+    )
+    assert nobody.returncode == 1 and "unknown tenant 'nobody'" in nobody.stderr
     typo = cli("billing", "export", "--database-url", dsn, "--from", "soon", "--to", "2026-11-01")
     assert typo.returncode == 2 and "is not a date or time" in typo.stderr
 
