@@ -84,7 +84,7 @@ async def recover(
             retry=job.attempts < job.max_attempts,
         )
         log.warning("job_lost", job_id=job.id)
-        closing = runner.closing_row(await runner.close_metering(job), usage, now, now)
+        usage, closing = runner.closing_row(await runner.close_metering(job), usage, now, now)
         await send_lost(Completion(job, node, cgroup, outcome, usage, now, now, closing))
     return adopted
 

@@ -14,7 +14,7 @@ from anyio.abc import ObjectSendStream
 
 from scheduler.accounting import periods
 from scheduler.agent.recorder import Completion
-from scheduler.agent.sampler import Sampler, counters_of
+from scheduler.agent.sampler import Sampler, counters_of, covering
 from scheduler.agent.tenants import TenantCgroups
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, LaunchPlan, Limits, Usage
 from scheduler.cgroups.counters import read_final
@@ -170,7 +170,7 @@ class Runner:
         start_ns = record.start_ns if record else now
         end_ns = record.end_ns if record else now
         end_ns = max(start_ns, end_ns)
-        closing = self.closing_row(mark, usage, start_ns, end_ns)
+        usage, closing = self.closing_row(mark, usage, start_ns, end_ns)
         await self._completions.send(
             Completion(job, self._node, cgroup, outcome, usage, start_ns, end_ns, closing)
         )
@@ -178,17 +178,21 @@ class Runner:
     @staticmethod
     def closing_row(
         mark: periods.Mark | None, usage: Usage, exec_ns: int, end_ns: int
-    ) -> periods.Period | None:
-        """The closing usage row: the final counters minus what the sampler already billed."""
+    ) -> tuple[Usage, periods.Period | None]:
+        """The totals to record and the closing usage row (the final counters minus what the
+        sampler already billed). The totals never fall below what the rows already billed (a
+        failed final read reads zeros), so that the rows always sum to them."""
         if mark is None:
-            return None
-        return periods.close(
+            return usage, None
+        usage = covering(usage, mark)
+        closing = periods.close(
             mark,
             exec_ns=exec_ns,
             end_ns=end_ns,
             counters=counters_of(usage),
             memory_bytes=usage.memory_current_bytes,
         )
+        return usage, closing
 
     async def close_metering(self, job: Job) -> periods.Mark | None:
         """Stop sampling ``job`` (for attempts that end without :meth:`finish`)."""

@@ -15,7 +15,7 @@ statement, and publishes a snapshot for Prometheus. Exactness rests on three rul
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -58,6 +58,19 @@ def counters_of(sample: Sample | Usage) -> Counters:
         io_read_bytes=sample.io_read_bytes,
         io_write_bytes=sample.io_write_bytes,
         memory_peak_bytes=sample.memory_peak_bytes,
+    )
+
+
+def covering(usage: Usage, mark: Mark) -> Usage:
+    """``usage`` with its billed counters raised to at least the mark's (identity whenever
+    the kernel's counters are monotonic and the final read succeeded)."""
+    total = counters_of(usage).at_least(mark.counters)
+    return replace(
+        usage,
+        cpu_ns=total.cpu_ns,
+        io_read_bytes=total.io_read_bytes,
+        io_write_bytes=total.io_write_bytes,
+        memory_peak_bytes=total.memory_peak_bytes,
     )
 
 

@@ -15,6 +15,8 @@ from scheduler.accounting.periods import (
     trapezoid,
     truncate_us,
 )
+from scheduler.agent.sampler import counters_of, covering
+from scheduler.cgroups.base import Usage
 
 S = 1_000_000_000
 
@@ -156,3 +158,24 @@ def test_rows_sum_to_the_final_counters_for_any_sampling() -> None:
 def test_truncate_us() -> None:
     assert truncate_us(1_999) == 1_000
     assert truncate_us(0) == 0
+
+
+def test_totals_cover_what_the_rows_already_billed() -> None:
+    mark = Mark(
+        seq=2,
+        rows=2,
+        end_ns=S,
+        counters=Counters(cpu_ns=5, io_read_bytes=1, memory_peak_bytes=9),
+        memory_bytes=0,
+    )
+    # A failed final read (all zeros) must not leave the rows above the job's totals.
+    usage = covering(Usage(oom_kills=1), mark)
+    assert (usage.cpu_ns, usage.io_read_bytes, usage.memory_peak_bytes, usage.oom_kills) == (
+        5,
+        1,
+        9,
+        1,
+    )
+    closing = close(mark, exec_ns=0, end_ns=2 * S, counters=counters_of(usage), memory_bytes=0)
+    assert closing.cpu_ns == 0
+    assert covering(Usage(cpu_ns=7), mark).cpu_ns == 7
