@@ -14,10 +14,9 @@ from anyio.abc import ObjectSendStream
 
 from scheduler.accounting import periods
 from scheduler.agent.recorder import Completion
-from scheduler.agent.sampler import Sampler, counters_of, covering
+from scheduler.agent.sampler import Sampler, counters_of, covering, final_usage
 from scheduler.agent.tenants import TenantCgroups
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, LaunchPlan, Limits, Usage
-from scheduler.cgroups.counters import read_final
 from scheduler.jobs import Job, decide_outcome
 from scheduler.runtime.launcher import read_exit_record, spawn, wait_monitor
 from scheduler.runtime.spec import ExitRecord, LaunchSpec
@@ -151,7 +150,7 @@ class Runner:
         closed = await self._sampler.close(job) if self._sampler is not None else None
         mark = closed.mark if closed is not None else None
         try:
-            usage = read_final(self._driver, cgroup, closed.reader if closed else None).usage()
+            usage = await final_usage(self._driver, cgroup, closed.reader if closed else None)
         except Exception:
             log.exception("final_usage_read_failed")
             usage = Usage()

@@ -26,7 +26,7 @@ import structlog
 from scheduler.accounting.metrics import JobSeries, ServiceStats, Snapshot, monotonic
 from scheduler.accounting.periods import NS_PER_SECOND, Counters, Mark, Period, advance
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Usage
-from scheduler.cgroups.counters import CounterReader, Sample, counter_files
+from scheduler.cgroups.counters import CounterReader, Sample, counter_files, read_final
 from scheduler.db.queries import q
 from scheduler.jobs import Job
 
@@ -59,6 +59,28 @@ def counters_of(sample: Sample | Usage) -> Counters:
         io_write_bytes=sample.io_write_bytes,
         memory_peak_bytes=sample.memory_peak_bytes,
     )
+
+
+# A task charges its last microseconds of cpu at its final context switch, which may come
+# just after the cgroup stopped being "populated" (and on a busy host, after a preemption).
+# The final read is repeated until two reads this far apart agree, within SETTLE_LIMIT.
+SETTLE_SECONDS = 0.002
+SETTLE_LIMIT = 0.1
+
+
+async def final_usage(
+    driver: CgroupDriver, cgroup: CgroupPath, reader: CounterReader | None
+) -> Usage:
+    """The counters of an emptied cgroup at exit, once they have stopped moving."""
+    sample = read_final(driver, cgroup, reader)
+    deadline = time.monotonic() + SETTLE_LIMIT
+    while time.monotonic() < deadline:
+        await anyio.sleep(SETTLE_SECONDS)
+        again = read_final(driver, cgroup, reader)
+        if counters_of(again) == counters_of(sample):
+            return again.usage()
+        sample = again
+    return sample.usage()
 
 
 def covering(usage: Usage, mark: Mark) -> Usage:
