@@ -32,6 +32,8 @@ from scheduler.jobs import Job
 from scheduler.runtime.launcher import monitor_binary
 
 log = structlog.get_logger(__name__)
+# How long stopping waits for the database connections to close cleanly.
+CLOSE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -168,9 +170,20 @@ async def run_agent(
                     )
     finally:
         with anyio.CancelScope(shield=True):
-            if listen_conn is not None:
-                await listen_conn.close()
-            await pool.close()
+            # Bounded: a connection whose query was cancelled mid-flight may never be handed
+            # back (anyio re-cancels every await of a cancelled task), and pool.close() waits
+            # for every connection; past the bound they are closed without a goodbye.
+            closed = False
+            with anyio.move_on_after(CLOSE_SECONDS):
+                if listen_conn is not None:
+                    await listen_conn.close()
+                await pool.close()
+                closed = True
+            if not closed:
+                log.warning("database_connections_terminated", after_seconds=CLOSE_SECONDS)
+                if listen_conn is not None and not listen_conn.is_closed():
+                    listen_conn.terminate()
+                pool.terminate()
 
 
 async def serve(settings: Settings, *, on_ready: Callable[[Ready], None] | None = None) -> None:
