@@ -211,5 +211,7 @@ def print_ready(ready: Ready, out: Callable[[str], object] = print) -> None:
     if ready.psql:
         out(f"scheduler: embedded Postgres: {ready.dsn}")
         out(f"scheduler: connect with: {ready.psql}")
+    if ready.http_addr:
+        out(f"scheduler: metrics at http://{ready.http_addr}/metrics")
     out("scheduler: submit with: scheduler submit -- echo hello   (or INSERT INTO scheduler.jobs)")
     sys.stdout.flush()
