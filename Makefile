@@ -32,6 +32,7 @@ bench: setup
 	$(BIN)/python bench/spine.py
 	$(BIN)/python bench/control.py
 	$(BIN)/python bench/claim.py
+	$(BIN)/python bench/sampler.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -45,8 +45,9 @@ def start_agent(
         SCHEDULER_STATE_DIR=str(state),
         SCHEDULER_CGROUP_ROOT=root,
         SCHEDULER_LOG_LEVEL="warning",
-        **(extra or {}),
+        SCHEDULER_HTTP_ADDR="127.0.0.1:0",
     )
+    env.update(extra or {})
     proc = subprocess.Popen(
         [sys.executable, "-m", "scheduler.cli", "serve"], env=env, stdout=subprocess.PIPE, text=True
     )

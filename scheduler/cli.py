@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,12 @@ import asyncpg
 
 from scheduler import control_cli, store
 from scheduler import log as logging_setup
+from scheduler.accounting import billing as billing_export
+from scheduler.accounting.export import FORMATS
+from scheduler.accounting.reconcile import reconcile
 from scheduler.agent.service import print_ready, serve
 from scheduler.api.auth import create_token, revoke_token
+from scheduler.cgroups.detect import open_driver
 from scheduler.config import Settings, load_settings
 from scheduler.db.embedded import EmbeddedPostgres
 from scheduler.db.migrate import migrate
@@ -111,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(images_sub.add_parser("list", help="list the images of this node"))
     _add_access_commands(sub)
+    _add_billing(sub)
     COMMANDS.update(control_cli.add_parsers(sub, _add_common))
     return parser
 
@@ -125,6 +131,32 @@ def _add_access_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     revoke = token_sub.add_parser("revoke", help="revoke a token by id")
     _add_common(revoke)
     revoke.add_argument("id", type=int)
+
+
+def _add_billing(sub: Any) -> None:
+    billing = sub.add_parser("billing", help="priced usage exports and reconciliation")
+    actions = billing.add_subparsers(dest="billing_command", required=True, metavar="ACTION")
+    export = actions.add_parser(
+        "export", help="priced usage of [--from, --to) as csv, json or FOCUS 1.2 csv"
+    )
+    _add_common(export)
+    instant = billing_export.parse_instant
+    export.add_argument("--from", dest="start", type=instant, required=True, help="UTC, inclusive")
+    export.add_argument("--to", dest="end", type=instant, required=True, help="UTC, exclusive")
+    export.add_argument("--format", choices=FORMATS, help="default: csv (json with --json)")
+    export.add_argument("--tenant", help="only this tenant's usage")
+    export.add_argument("--output", type=Path, help="write to this file instead of stdout")
+    check = actions.add_parser(
+        "check", help="prove the usage rows add up; exit 1 and list each discrepancy"
+    )
+    _add_common(check)
+    check.add_argument("--from", dest="start", type=instant, help="jobs finished from (UTC)")
+    check.add_argument("--to", dest="end", type=instant, help="jobs finished before (UTC)")
+    check.add_argument("--cgroup-root", help="cgroup directory name under each hierarchy")
+    check.add_argument("--node-name", help="this node's name (default: host name)")
+    check.add_argument(
+        "--no-cgroups", action="store_true", help="skip the tenant cgroup check (other hosts)"
+    )
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -328,6 +360,50 @@ async def cmd_images(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_billing(settings: Settings, args: argparse.Namespace) -> int:
+    if args.billing_command == "export":
+        billing_export.check_window(args.start, args.end)  # before connecting: fail fast
+    conn = await connect(await _database_url(settings))
+    try:
+        if args.billing_command == "export":
+            fmt = args.format or ("json" if args.json else "csv")
+            text = await billing_export.export(
+                conn, start=args.start, end=args.end, fmt=fmt, tenant=args.tenant
+            )
+        else:
+            return await _billing_check(settings, args, conn)
+    finally:
+        await conn.close()
+    if args.output is not None:
+        args.output.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+async def _billing_check(settings: Settings, args: argparse.Namespace, conn: Any) -> int:
+    start = args.start or datetime(1970, 1, 1, tzinfo=UTC)
+    end = args.end or datetime(9999, 1, 1, tzinfo=UTC)
+    billing_export.check_window(start, end)
+    driver = None
+    if not args.no_cgroups:
+        try:
+            driver = open_driver(settings.cgroup_root)
+        except SchedulerError as exc:
+            print(f"scheduler: note: tenant cgroups not checked: {exc}", file=sys.stderr)
+    checked, found = await reconcile(
+        conn, start=start, end=end, node=settings.node_name, driver=driver
+    )
+    if args.json:
+        print(store.dumps({"jobs_checked": checked, "discrepancies": [str(d) for d in found]}))
+    else:
+        for discrepancy in found:
+            print(discrepancy)
+        verdict = f"{len(found)} discrepancies" if found else "the books add up"
+        print(f"checked {checked} finished jobs: {verdict}", file=sys.stderr)
+    return 1 if found else 0
+
+
 def _describe(row: Any) -> str:
     text = f"job {row['id']}: {row['state']}"
     if row["exit_code"] is not None:
@@ -370,6 +446,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Awaitable[int]]] = 
     "show": cmd_show,
     "logs": cmd_logs,
     "images": cmd_images,
+    "billing": cmd_billing,
 }
 
 if __name__ == "__main__":

@@ -40,6 +40,11 @@ class Settings:
     launch_concurrency: int = 8
     poll_interval: float = 2.0
     sample_interval: float = 10.0
+    # The lowest sample_interval accepted. 1 s in production; tests lower it (>= 0.05 s) to
+    # see several sweeps inside a short job.
+    sample_interval_floor: float = 1.0
+    # Per-job Prometheus series: at most this many running jobs are exported; 0 turns them off.
+    metrics_jobs: int = 1000
     log_level: str = "info"
     log_format: str = "console"
     # Runtime sandbox (see runtime/sandbox.py): the default user of jobs, whether a job may
@@ -65,14 +70,25 @@ class Settings:
             raise ConfigError(f"launch_concurrency must be in 1..64: got {self.launch_concurrency}")
         if not 0.05 <= self.poll_interval <= 3600:
             raise ConfigError(f"poll_interval must be in [0.05, 3600] s: got {self.poll_interval}")
-        if not 1 <= self.sample_interval <= 3600:
-            raise ConfigError(f"sample_interval must be in [1, 3600] s: got {self.sample_interval}")
         if not 0 <= self.term_grace_seconds <= 3600:
             raise ConfigError(
                 f"term_grace_seconds must be in [0, 3600]: got {self.term_grace_seconds}"
             )
         if self.node_cpu < 0 or self.node_memory_bytes < 0:
             raise ConfigError("node_cpu and node_memory_bytes must be >= 0 (0: detect)")
+        if not 0.05 <= self.sample_interval_floor <= 1:
+            raise ConfigError(
+                f"sample_interval_floor must be in [0.05, 1] s: got {self.sample_interval_floor}"
+            )
+        if not self.sample_interval_floor <= self.sample_interval <= 3600:
+            raise ConfigError(
+                f"sample_interval must be in [{self.sample_interval_floor:g}, 3600] s: "
+                f"got {self.sample_interval}"
+            )
+        if self.metrics_jobs < 0:
+            raise ConfigError(
+                f"metrics_jobs must be >= 0 (0 turns per-job series off): got {self.metrics_jobs}"
+            )
         if self.log_format not in ("console", "json"):
             raise ConfigError(f"log_format must be console or json: got {self.log_format!r}")
         host, sep, port = self.http_addr.rpartition(":")

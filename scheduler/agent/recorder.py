@@ -15,6 +15,8 @@ import asyncpg
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from scheduler.accounting.metrics import ServiceStats
+from scheduler.accounting.periods import Period
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Usage
 from scheduler.db.queries import q
 from scheduler.jobs import Job, Outcome, byte_seconds, cpu_seconds, retry_delay_seconds
@@ -34,6 +36,8 @@ class Completion:
     usage: Usage
     start_ns: int
     end_ns: int
+    # The closing row computed against the sampler's rows; None: the whole attempt in one row.
+    closing: Period | None = None
 
 
 def _ts(ns: int) -> datetime:
@@ -65,6 +69,21 @@ def _finish_args(c: Completion) -> tuple[object, ...]:
 
 
 def _usage_args(c: Completion) -> tuple[object, ...]:
+    if c.closing is not None:
+        p = c.closing
+        return (
+            c.job.id,
+            c.job.attempts,
+            c.job.tenant,
+            c.node,
+            _ts(p.start_ns),
+            _ts(p.end_ns),
+            p.cpu_seconds,
+            p.memory_byte_seconds,
+            p.memory_peak_bytes,
+            p.io_read_bytes,
+            p.io_write_bytes,
+        )
     # Timestamps are truncated to microseconds (Postgres' resolution) before computing the
     # integral, so that the row's numbers follow from the row's own period.
     start, end = c.start_ns // 1000 * 1000, c.end_ns // 1000 * 1000
@@ -83,12 +102,22 @@ def _usage_args(c: Completion) -> tuple[object, ...]:
     )
 
 
+def _dispatch_latency(c: Completion) -> float | None:
+    """Insert commit -> exec of a first attempt that reached its process, in seconds."""
+    if c.job.attempts != 1 or c.cgroup is None or c.outcome.state == "lost":
+        return None
+    return max(0.0, (_ts(c.start_ns) - c.job.submitted_at).total_seconds())
+
+
 class Recorder:
     """Drains completions from a stream and commits them in batches."""
 
-    def __init__(self, pool: asyncpg.Pool, driver: CgroupDriver) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, driver: CgroupDriver, stats: ServiceStats | None = None
+    ) -> None:
         self._pool = pool
         self._driver = driver
+        self._stats = stats
 
     async def run(self, completions: MemoryObjectReceiveStream[Completion]) -> None:
         async with completions:
@@ -110,6 +139,8 @@ class Recorder:
                 await self.commit(batch)
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
                 log.exception("record_batch_failed", jobs=len(batch), retry_in_seconds=delay)
+                if self._stats is not None:
+                    self._stats.database_errors += 1
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 10.0)
             else:
@@ -127,6 +158,12 @@ class Recorder:
                     self._driver.remove(c.cgroup)
             except Exception:  # an orphan cgroup is logged, never fatal for the batch
                 log.exception("cgroup_remove_failed", job_id=c.job.id, cgroup=str(c.cgroup))
+            if self._stats is not None:
+                self._stats.attempt_finished(
+                    c.job.tenant,
+                    "queued" if c.outcome.retry else c.outcome.state,
+                    _dispatch_latency(c),
+                )
             log.info(
                 "job_finished",
                 job_id=c.job.id,

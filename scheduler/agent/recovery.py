@@ -64,6 +64,7 @@ async def recover(
         if pid is not None:
             plan = driver.plan(cgroup, Limits())
             log.info("adopted_job", job_id=job.id, monitor_pid=pid)
+            runner.adopt_metering(job, cgroup)
             task_group.start_soon(
                 _adopted, runner.supervise(job, cgroup, plan, pid, run_dir), job.id, on_done
             )
@@ -83,7 +84,8 @@ async def recover(
             retry=job.attempts < job.max_attempts,
         )
         log.warning("job_lost", job_id=job.id)
-        await send_lost(Completion(job, node, cgroup, outcome, usage, now, now))
+        usage, closing = runner.closing_row(await runner.close_metering(job), usage, now, now)
+        await send_lost(Completion(job, node, cgroup, outcome, usage, now, now, closing))
     return adopted
 
 

@@ -12,9 +12,11 @@ import anyio
 import structlog
 from anyio.abc import ObjectSendStream
 
+from scheduler.accounting import periods
 from scheduler.agent.attempts import Attempts
 from scheduler.agent.isolation import Isolator
 from scheduler.agent.recorder import Completion
+from scheduler.agent.sampler import Sampler, counters_of, covering, final_usage
 from scheduler.agent.tenants import TenantCgroups
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, LaunchPlan, Limits, Usage
 from scheduler.errors import LaunchError, SchedulerError
@@ -90,6 +92,7 @@ class Runner:
         isolator: Isolator | None = None,
         attempts: Attempts | None = None,
         term_grace: float = TERM_GRACE_SECONDS,
+        sampler: Sampler | None = None,
     ) -> None:
         self._isolator = isolator or Isolator(
             SandboxPolicy(), ImageStore(runs_dir.parent / "images")
@@ -103,6 +106,7 @@ class Runner:
         self._runs_dir = runs_dir
         self._node = node
         self._completions = completions
+        self._sampler = sampler
 
     async def run(self, job: Job) -> None:
         """Run one claimed attempt to its end and hand its completion to the recorder."""
@@ -147,6 +151,7 @@ class Runner:
             layers=isolation.layers,
             rootfs_dir=isolation.rootfs_dir,
         )
+        launched_ns = time.time_ns()
         try:
             # posix_spawn blocks its caller until the monitor's exec (about 1-2 ms): in a
             # worker thread, launches overlap and the event loop keeps serving.
@@ -156,6 +161,8 @@ class Runner:
             await self._start_failed(job, cgroup, f"cannot start the monitor: {exc}", start_ns)
             return
         log.debug("job_started", monitor_pid=pid, run_dir=str(run_dir))
+        if self._sampler is not None:
+            self._sampler.register(job, cgroup, launched_ns)
         await self.supervise(job, cgroup, plan, pid, run_dir)
 
     async def supervise(
@@ -211,11 +218,17 @@ class Runner:
     ) -> None:
         """Read the counters once the cgroup is empty, decide the outcome, hand it on."""
         await self._drain(cgroup)
+        # Stop the sampler first: no period may be written after the closing one is computed.
+        closed = await self._sampler.close(job) if self._sampler is not None else None
+        mark = closed.mark if closed is not None else None
         try:
-            usage = self._driver.read_usage(cgroup)
+            usage = await final_usage(self._driver, cgroup, closed.reader if closed else None)
         except Exception:
             log.exception("final_usage_read_failed")
             usage = Usage()
+        finally:
+            if closed is not None and closed.reader is not None:
+                closed.reader.close()
         outcome = decide_outcome(
             record,
             usage,
@@ -231,9 +244,44 @@ class Runner:
         now = time.time_ns()
         start_ns = record.start_ns if record else now
         end_ns = record.end_ns if record else now
+        end_ns = max(start_ns, end_ns)
+        usage, closing = self.closing_row(mark, usage, start_ns, end_ns)
         await self._completions.send(
-            Completion(job, self._node, cgroup, outcome, usage, start_ns, max(start_ns, end_ns))
+            Completion(job, self._node, cgroup, outcome, usage, start_ns, end_ns, closing)
         )
+
+    @staticmethod
+    def closing_row(
+        mark: periods.Mark | None, usage: Usage, exec_ns: int, end_ns: int
+    ) -> tuple[Usage, periods.Period | None]:
+        """The totals to record and the closing usage row (the final counters minus what the
+        sampler already billed). The totals never fall below what the rows already billed (a
+        failed final read reads zeros), so that the rows always sum to them."""
+        if mark is None:
+            return usage, None
+        usage = covering(usage, mark)
+        closing = periods.close(
+            mark,
+            exec_ns=exec_ns,
+            end_ns=end_ns,
+            counters=counters_of(usage),
+            memory_bytes=usage.memory_current_bytes,
+        )
+        return usage, closing
+
+    async def close_metering(self, job: Job) -> periods.Mark | None:
+        """Stop sampling ``job`` (for attempts that end without :meth:`finish`)."""
+        if self._sampler is None:
+            return None
+        closed = await self._sampler.close(job)
+        if closed.reader is not None:
+            closed.reader.close()
+        return closed.mark
+
+    def adopt_metering(self, job: Job, cgroup: CgroupPath) -> None:
+        """Resume sampling an attempt adopted at start-up, from its committed rows."""
+        if self._sampler is not None:
+            self._sampler.adopt(job, cgroup)
 
     async def _drain(self, cgroup: CgroupPath) -> None:
         """Wait until no process is left in the cgroup; kill stragglers after a bound."""

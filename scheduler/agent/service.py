@@ -8,12 +8,12 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from functools import partial
 
 import anyio
 import asyncpg
 import structlog
 
+from scheduler.accounting.metrics import ServiceStats
 from scheduler.agent.attempts import Attempts
 from scheduler.agent.controller import Controller
 from scheduler.agent.dispatcher import Dispatcher
@@ -22,10 +22,12 @@ from scheduler.agent.readiness import readiness
 from scheduler.agent.recorder import Completion, Recorder
 from scheduler.agent.recovery import recover
 from scheduler.agent.runner import Runner
+from scheduler.agent.sampler import Sampler
 from scheduler.agent.tenants import TenantCgroups
 from scheduler.api.app import build_app
 from scheduler.api.deps import ApiDeps
-from scheduler.api.server import bound_address, listen
+from scheduler.api.metrics import metrics_renderer
+from scheduler.api.server import bind, bound_address
 from scheduler.api.server import serve as serve_http
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits
 from scheduler.cgroups.detect import open_driver
@@ -40,6 +42,8 @@ from scheduler.policy.admission import detect_capacity
 from scheduler.runtime.launcher import monitor_binary
 
 log = structlog.get_logger(__name__)
+# How long stopping waits for the database connections to close cleanly.
+CLOSE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,15 @@ async def run_agent(
             await migrate(conn)
         send, receive = anyio.create_memory_object_stream[Completion](4096)
         tenants = TenantCgroups(pool, driver, io_devices(settings.io_devices, settings.state_dir))
+        stats = ServiceStats()
+        sampler = Sampler(
+            pool,
+            driver,
+            node=settings.node_name,
+            interval=settings.sample_interval,
+            stats=stats,
+            tenant_paths=tenants.paths,
+        )
         runner = Runner(
             driver=driver,
             tenants=tenants,
@@ -106,6 +119,7 @@ async def run_agent(
             isolator=isolator_for(settings),
             attempts=Attempts(),
             term_grace=settings.term_grace_seconds,
+            sampler=sampler,
         )
         controller = Controller(
             pool,
@@ -126,19 +140,28 @@ async def run_agent(
         listen_conn = await connect(dsn)
         await dispatcher.listen(listen_conn)
         await controller.listen(listen_conn)
-        http_socket = listen(settings.http_addr)
+        http_socket = bind(settings.http_addr)
+        started = False
+
+        async def ready_reasons() -> list[str]:
+            reasons = await readiness(pool, settings, driver)
+            return reasons if started else ["the agent is still starting", *reasons]
+
         api = build_app(
             ApiDeps(
                 pool=pool,
                 admin_token=settings.admin_token,
                 runs_dir=settings.runs_dir,
                 node=settings.node_name,
-                readiness=partial(readiness, pool, settings, driver),
+                readiness=ready_reasons,
+                metrics=metrics_renderer(
+                    lambda: sampler.snapshot, stats, job_limit=settings.metrics_jobs
+                ),
             )
         )
         with send, receive:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(Recorder(pool, driver).run, receive)
+                tg.start_soon(Recorder(pool, driver, stats).run, receive)
                 leftovers = [
                     Job.from_row(r)
                     for r in await pool.fetch(q("active_on_node"), settings.node_name)
@@ -159,6 +182,8 @@ async def run_agent(
                 tg.start_soon(controller.run)
                 tg.start_soon(dispatcher.run, tg)
                 tg.start_soon(serve_http, api, http_socket)
+                tg.start_soon(sampler.run)
+                started = True
                 log.info(
                     "agent_ready",
                     driver=driver.name,
@@ -178,9 +203,20 @@ async def run_agent(
                     )
     finally:
         with anyio.CancelScope(shield=True):
-            if listen_conn is not None:
-                await listen_conn.close()
-            await pool.close()
+            # Bounded: a connection whose query was cancelled mid-flight may never be handed
+            # back (anyio re-cancels every await of a cancelled task), and pool.close() waits
+            # for every connection; past the bound they are closed without a goodbye.
+            closed = False
+            with anyio.move_on_after(CLOSE_SECONDS):
+                if listen_conn is not None:
+                    await listen_conn.close()
+                await pool.close()
+                closed = True
+            if not closed:
+                log.warning("database_connections_terminated", after_seconds=CLOSE_SECONDS)
+                if listen_conn is not None and not listen_conn.is_closed():
+                    listen_conn.terminate()
+                pool.terminate()
 
 
 async def serve(settings: Settings, *, on_ready: Callable[[Ready], None] | None = None) -> None:
@@ -206,7 +242,10 @@ def print_ready(ready: Ready, out: Callable[[str], object] = print) -> None:
     """Tell a person where the agent is and how to reach its database."""
     out(f"scheduler: node {ready.node} ready (cgroup driver {ready.driver}, pid {os.getpid()})")
     if ready.http:
-        out(f"scheduler: HTTP API on http://{ready.http}/v1 (OpenAPI at /openapi.json)")
+        out(
+            f"scheduler: HTTP API on http://{ready.http}/v1 (OpenAPI at /openapi.json,"
+            f" metrics at /metrics)"
+        )
     if ready.psql:
         out(f"scheduler: embedded Postgres: {ready.dsn}")
         out(f"scheduler: connect with: {ready.psql}")

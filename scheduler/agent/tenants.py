@@ -60,6 +60,11 @@ class TenantCgroups:
             log.info("tenant_cgroup_ready", tenant=tenant, path="/".join(names))
             return names
 
+    @property
+    def paths(self) -> dict[str, tuple[str, ...]]:
+        """Every tenant whose cgroup exists on this node, with its path (live, not a copy)."""
+        return self._paths
+
     def forget(self, tenant: str) -> None:
         """Drop a cached path (after the tenant's limits or parent changed)."""
         self._paths.pop(tenant, None)

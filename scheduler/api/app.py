@@ -12,6 +12,7 @@ from starlette.routing import Route
 from scheduler.api import jobs, tenants
 from scheduler.api.context import deps
 from scheduler.api.deps import ApiDeps
+from scheduler.api.metrics import CONTENT_TYPE
 from scheduler.api.openapi import document
 from scheduler.api.problems import Problem, handle_problem, problem_response
 
@@ -31,8 +32,8 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     render = deps(request).metrics
-    body = render() if render is not None else b""
-    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+    body = await render() if render is not None else b""
+    return Response(body, media_type=CONTENT_TYPE)
 
 
 async def openapi(request: Request) -> Response:

@@ -19,4 +19,5 @@ class ApiDeps:
     node: str
     # Returns the reasons the service is not ready (empty: ready).
     readiness: Callable[[], Awaitable[list[str]]]
-    metrics: Callable[[], bytes] | None = None
+    # Renders the Prometheus exposition (None: an empty one).
+    metrics: Callable[[], Awaitable[bytes]] | None = None

@@ -21,21 +21,34 @@ class _Server(uvicorn.Server):
         yield
 
 
-def listen(addr: str) -> socket.socket:
-    """Bind ``HOST:PORT`` now, so a busy port is a clear start-up error (port 0: any)."""
+def split_addr(addr: str) -> tuple[str, int]:
+    """HOST and PORT of a validated ``HOST:PORT`` (brackets of an IPv6 host removed)."""
     host, _, port = addr.rpartition(":")
-    host = host.strip("[]")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto=IPPROTO_TCP matters: asyncio turns on TCP_NODELAY only for sockets that say they
-    # are TCP, and without it a response written in two parts waits ~40 ms for a delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    return host.strip("[]"), int(port)
+
+
+def bind(addr: str) -> socket.socket:
+    """A listening socket on ``addr`` (port 0: any free port), or a clear start-up error.
+
+    The socket comes from getaddrinfo, so its protocol is IPPROTO_TCP: asyncio turns on
+    TCP_NODELAY only for sockets that say they are TCP, and without it a response written in
+    two parts waits ~40 ms for a delayed ACK.
+    """
+    host, port = split_addr(addr)
     try:
-        sock.bind((host, int(port)))
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, sockaddr = infos[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ConfigError(f"http_addr {addr!r}: {exc}") from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+        sock.listen(1024)
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"cannot listen on {addr}: {exc.strerror}") from exc
-    sock.listen(1024)
+        raise ConfigError(f"cannot listen on http_addr {addr!r}: {exc.strerror or exc}") from exc
+    sock.set_inheritable(False)
     sock.setblocking(False)
     return sock
 

@@ -346,3 +346,94 @@ RETURNING j.id, j.tenant, j.error;
 -- Seconds until the earliest delayed (run_at) or backed-off queued job becomes runnable.
 SELECT extract(epoch FROM min(run_at) - now())::float8 FROM scheduler.jobs
 WHERE state = 'queued' AND desired_state = 'running' AND run_at > now();
+-- name: insert_usage_periods
+-- One sweep's billing rows in one statement. seq is chosen by the sampler from its last
+-- committed row, so a retried write of the same batch conflicts on (job_id, seq) and is a
+-- no-op instead of billing a period twice.
+INSERT INTO scheduler.usage
+    (job_id, seq, attempt, tenant, node, period_start, period_end, cpu_seconds,
+     memory_byte_seconds, memory_peak_bytes, io_read_bytes, io_write_bytes, final)
+SELECT r.job_id, r.seq, r.attempt, r.tenant, r.node, r.period_start, r.period_end,
+       r.cpu_seconds, r.memory_byte_seconds, r.memory_peak_bytes, r.io_read_bytes,
+       r.io_write_bytes, false
+FROM unnest($1::bigint[], $2::integer[], $3::integer[], $4::text[], $5::text[],
+            $6::timestamptz[], $7::timestamptz[], $8::numeric[], $9::numeric[],
+            $10::bigint[], $11::bigint[], $12::bigint[])
+    AS r(job_id, seq, attempt, tenant, node, period_start, period_end, cpu_seconds,
+         memory_byte_seconds, memory_peak_bytes, io_read_bytes, io_write_bytes)
+ON CONFLICT (job_id, seq) DO NOTHING;
+
+-- name: usage_marks
+-- Where metering of each (job $1[i], attempt $2[i]) resumes: the job's last seq, and this
+-- attempt's row count, last period end and summed counters (attempts without rows: the
+-- claim time). Used after a restart, for retried attempts, and after a failed write.
+SELECT a.job_id,
+       COALESCE(max(u.seq), 0) AS seq,
+       count(u.seq) FILTER (WHERE u.attempt = a.attempt) AS rows,
+       COALESCE(max(u.period_end) FILTER (WHERE u.attempt = a.attempt), j.started_at)
+           AS period_end,
+       COALESCE(sum(u.cpu_seconds) FILTER (WHERE u.attempt = a.attempt), 0) AS cpu_seconds,
+       COALESCE(sum(u.io_read_bytes) FILTER (WHERE u.attempt = a.attempt), 0) AS io_read_bytes,
+       COALESCE(sum(u.io_write_bytes) FILTER (WHERE u.attempt = a.attempt), 0) AS io_write_bytes,
+       COALESCE(max(u.memory_peak_bytes) FILTER (WHERE u.attempt = a.attempt), 0)
+           AS memory_peak_bytes
+FROM unnest($1::bigint[], $2::integer[]) AS a(job_id, attempt)
+JOIN scheduler.jobs j ON j.id = a.job_id
+LEFT JOIN scheduler.usage u ON u.job_id = a.job_id
+GROUP BY a.job_id, a.attempt, j.started_at;
+
+-- name: job_state_counts
+-- Jobs per tenant and state, for scheduler_tenant_jobs and scheduler_queue_depth.
+SELECT tenant, state, count(*) AS n FROM scheduler.jobs GROUP BY tenant, state;
+
+-- name: billing_usage
+-- The rows a billing window holds: a row belongs to the window in which its period ends.
+SELECT u.job_id, j.name AS job_name, u.tenant, u.period_end, u.cpu_seconds,
+       u.memory_byte_seconds, u.io_read_bytes, u.io_write_bytes
+FROM scheduler.usage u
+JOIN scheduler.jobs j ON j.id = u.job_id
+WHERE u.period_end >= $1 AND u.period_end < $2
+  AND ($3::text IS NULL OR u.tenant = $3)
+ORDER BY u.job_id, u.seq;
+
+-- name: billing_rates
+-- Every rate; infinite validity bounds come back as NULL.
+SELECT id, resource, tenant, price, currency,
+       CASE WHEN isfinite(valid_from) THEN valid_from END AS valid_from,
+       CASE WHEN isfinite(valid_to) THEN valid_to END AS valid_to
+FROM scheduler.rates
+ORDER BY id;
+
+-- name: check_jobs
+-- Finished jobs of a window (finished_at in [$1, $2)) with their totals, for reconciliation.
+SELECT id, tenant, state, attempts, cpu_seconds, memory_peak_bytes, io_read_bytes,
+       io_write_bytes
+FROM scheduler.jobs
+WHERE state IN ('succeeded', 'failed', 'cancelled', 'timed_out', 'lost')
+  AND finished_at >= $1 AND finished_at < $2
+ORDER BY id;
+
+-- name: check_usage
+-- Every billing row of the jobs $1, in order.
+SELECT job_id, seq, attempt, period_start, period_end, cpu_seconds, memory_peak_bytes,
+       io_read_bytes, io_write_bytes, final
+FROM scheduler.usage
+WHERE job_id = ANY($1::bigint[])
+ORDER BY job_id, seq;
+
+-- name: check_node_running
+-- Attempts running on node $1 now.
+SELECT id, tenant FROM scheduler.jobs WHERE node = $1 AND state IN ('running', 'frozen');
+
+-- name: check_node_billed
+-- CPU billed on node $1 per tenant for periods since $2 (the host's boot: older cgroups are gone).
+SELECT tenant, sum(cpu_seconds) AS cpu_seconds
+FROM scheduler.usage
+WHERE node = $1 AND period_start >= $2
+GROUP BY tenant;
+
+-- name: check_tenants
+SELECT name, parent FROM scheduler.tenants ORDER BY name;
+
+-- name: billing_tenant_exists
+SELECT EXISTS (SELECT 1 FROM scheduler.tenants WHERE name = $1);

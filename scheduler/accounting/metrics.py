@@ -1,0 +1,256 @@
+"""What Prometheus sees: a snapshot of counters plus the service's own statistics.
+
+The sampler publishes a :class:`Snapshot` after each sweep; the service counts finished
+jobs, database errors and latencies in :class:`ServiceStats`. A scrape copies both (on the
+event loop, cheap) and renders them in a worker thread through :class:`SnapshotCollector`, a
+``prometheus_client`` custom collector: nothing is read from the kernel or the database at
+scrape time, so a scrape never blocks the event loop or the dispatch path.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from scheduler.cgroups.base import Usage
+from scheduler.cgroups.counters import Sample
+
+# From a warm NOTIFY start (a few ms) to a queue backed up for minutes.
+DISPATCH_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+)
+# A sweep of a handful of cgroups takes well under 1 ms; 1,000 take tens of ms.
+SAMPLE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+@dataclass
+class Histogram:
+    """Cumulative-bucket histogram state (Prometheus semantics), pure and copyable."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        """Count ``value`` in the first bucket whose upper bound is >= it."""
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """(le, cumulative count) pairs, ending with +Inf."""
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += n
+            out.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
+        return out
+
+    def copy(self) -> Histogram:
+        return replace(self, counts=list(self.counts))
+
+
+@dataclass
+class ServiceStats:
+    """Counters of the service itself, mutated on the event loop only."""
+
+    finished: Counter[tuple[str, str]] = field(default_factory=Counter)
+    database_errors: int = 0
+    dispatch_latency: Histogram = field(default_factory=lambda: Histogram(DISPATCH_BUCKETS))
+    sample_duration: Histogram = field(default_factory=lambda: Histogram(SAMPLE_BUCKETS))
+
+    def attempt_finished(self, tenant: str, state: str, dispatch_latency: float | None) -> None:
+        """Count a recorded attempt (and its dispatch latency, when it has one)."""
+        self.finished[(tenant, state)] += 1
+        if dispatch_latency is not None:
+            self.dispatch_latency.observe(dispatch_latency)
+
+    def copy(self) -> ServiceStats:
+        return ServiceStats(
+            Counter(self.finished),
+            self.database_errors,
+            self.dispatch_latency.copy(),
+            self.sample_duration.copy(),
+        )
+
+
+@dataclass(frozen=True)
+class JobSeries:
+    """One running job's latest sample."""
+
+    job_id: int
+    tenant: str
+    sample: Sample
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The latest sweep's view: tenants' own cgroups, running jobs, and Postgres counts."""
+
+    tenants: Mapping[str, Usage] = field(default_factory=dict)
+    jobs: tuple[JobSeries, ...] = ()
+    job_states: Mapping[tuple[str, str], int] = field(default_factory=dict)
+
+
+def monotonic(previous: Usage | None, current: Usage) -> Usage:
+    """``current`` with every counter raised to at least ``previous``.
+
+    A tenant's cgroup keeps its exited jobs' cpu; the per-device io statistics of a removed
+    child are not guaranteed to stay with the parent on every kernel, and a Prometheus counter
+    must never go backwards while the agent runs, so counters are held at their high mark.
+    Gauges (memory) pass through.
+    """
+    if previous is None:
+        return current
+    return replace(
+        current,
+        cpu_ns=max(previous.cpu_ns, current.cpu_ns),
+        cpu_user_ns=max(previous.cpu_user_ns, current.cpu_user_ns),
+        cpu_system_ns=max(previous.cpu_system_ns, current.cpu_system_ns),
+        io_read_bytes=max(previous.io_read_bytes, current.io_read_bytes),
+        io_write_bytes=max(previous.io_write_bytes, current.io_write_bytes),
+    )
+
+
+def seconds(ns: int) -> float:
+    """Prometheus floats from integer nanoseconds (exact values live in the billing rows)."""
+    return float(Decimal(ns) / 1_000_000_000)
+
+
+class SnapshotCollector(Collector):
+    """Renders one snapshot and one copy of the service statistics; no I/O."""
+
+    def __init__(self, snapshot: Snapshot, stats: ServiceStats, *, job_limit: int) -> None:
+        self._snapshot = snapshot
+        self._stats = stats
+        self._job_limit = job_limit
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._tenant_metrics()
+        yield from self._job_metrics()
+        yield from self._service_metrics()
+
+    def _tenant_metrics(self) -> Iterator[Metric]:
+        snap = self._snapshot
+        cpu = CounterMetricFamily(
+            "scheduler_tenant_cpu_seconds",
+            "CPU time used by the tenant's cgroup (exited jobs included), by mode.",
+            labels=["tenant", "mode"],
+        )
+        memory = GaugeMetricFamily(
+            "scheduler_tenant_memory_bytes",
+            "Memory charged to the tenant's cgroup now.",
+            labels=["tenant"],
+        )
+        io = CounterMetricFamily(
+            "scheduler_tenant_io_bytes",
+            "Block I/O bytes of the tenant's cgroup, by direction.",
+            labels=["tenant", "direction"],
+        )
+        for tenant in sorted(snap.tenants):
+            usage = snap.tenants[tenant]
+            cpu.add_metric([tenant, "user"], seconds(usage.cpu_user_ns))
+            cpu.add_metric([tenant, "system"], seconds(usage.cpu_system_ns))
+            memory.add_metric([tenant], float(usage.memory_current_bytes))
+            io.add_metric([tenant, "read"], float(usage.io_read_bytes))
+            io.add_metric([tenant, "write"], float(usage.io_write_bytes))
+        jobs = GaugeMetricFamily(
+            "scheduler_tenant_jobs", "Jobs of the tenant by state.", labels=["tenant", "state"]
+        )
+        queue = GaugeMetricFamily(
+            "scheduler_queue_depth", "Queued jobs of the tenant.", labels=["tenant"]
+        )
+        queued: Counter[str] = Counter()
+        for (tenant, state), n in sorted(snap.job_states.items()):
+            jobs.add_metric([tenant, state], float(n))
+            if state == "queued":
+                queued[tenant] += n
+        for tenant in sorted({t for t, _ in snap.job_states}):
+            queue.add_metric([tenant], float(queued[tenant]))
+        yield from (cpu, memory, io, jobs, queue)
+
+    def _job_metrics(self) -> Iterator[Metric]:
+        if self._job_limit <= 0:
+            return
+        cpu = CounterMetricFamily(
+            "scheduler_job_cpu_seconds",
+            "CPU time of a running job.",
+            labels=["tenant", "job_id"],
+        )
+        memory = GaugeMetricFamily(
+            "scheduler_job_memory_bytes",
+            "Memory charged to a running job's cgroup now.",
+            labels=["tenant", "job_id"],
+        )
+        io = CounterMetricFamily(
+            "scheduler_job_io_bytes",
+            "Block I/O bytes of a running job, by direction.",
+            labels=["tenant", "job_id", "direction"],
+        )
+        shown = sorted(self._snapshot.jobs, key=lambda j: j.job_id)[: self._job_limit]
+        for job in shown:
+            labels = [job.tenant, str(job.job_id)]
+            cpu.add_metric(labels, seconds(job.sample.cpu_ns))
+            memory.add_metric(labels, float(job.sample.memory_current_bytes))
+            io.add_metric([*labels, "read"], float(job.sample.io_read_bytes))
+            io.add_metric([*labels, "write"], float(job.sample.io_write_bytes))
+        yield from (cpu, memory, io)
+
+    def _service_metrics(self) -> Iterator[Metric]:
+        stats = self._stats
+        finished = CounterMetricFamily(
+            "scheduler_jobs_finished",
+            "Attempts recorded by this agent, by tenant and final state (queued: to be retried).",
+            labels=["tenant", "state"],
+        )
+        for (tenant, state), n in sorted(stats.finished.items()):
+            finished.add_metric([tenant, state], float(n))
+        errors = CounterMetricFamily(
+            "scheduler_database_errors", "Failed database round trips (retried)."
+        )
+        errors.add_metric([], float(stats.database_errors))
+        yield from (finished, errors)
+        for name, doc, hist in (
+            (
+                "scheduler_dispatch_latency_seconds",
+                "From the commit of a job's insert to its process starting (first attempts).",
+                stats.dispatch_latency,
+            ),
+            (
+                "scheduler_sample_duration_seconds",
+                "Duration of one sampler sweep (read every running cgroup, write the rows).",
+                stats.sample_duration,
+            ),
+        ):
+            family = HistogramMetricFamily(name, doc)
+            family.add_metric([], hist.buckets(), sum_value=hist.total)
+            yield family

@@ -1,0 +1,217 @@
+"""Reconciliation: prove that the billing rows add up, or list every way they do not.
+
+Per finished job (of a window): its rows are numbered 1..n; each attempt has exactly one
+closing row, last among its rows; an attempt's periods are contiguous; and the last
+attempt's rows sum to the job's totals (cpu, io) with their highest peak equal to the job's.
+Per tenant on this node: the cpu its cgroup counted since boot is at least what was billed on
+this node since boot, and exceeds it by no more than the usage of the jobs still running.
+The checks are pure functions; :func:`reconcile` gathers the facts.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from scheduler.cgroups.base import CgroupDriver, CgroupPath
+from scheduler.db.queries import q
+from scheduler.jobs import cpu_seconds
+
+
+@dataclass(frozen=True)
+class Discrepancy:
+    """One way the books do not add up, said so a person can look into it."""
+
+    subject: str  # "job 42" or "tenant acme"
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.subject}: {self.problem}"
+
+
+def check_job(job: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[Discrepancy]:
+    """Every discrepancy between one finished job and its billing rows."""
+    subject = f"job {job['id']}"
+    found: list[Discrepancy] = []
+    attempts = int(job["attempts"])
+    if attempts == 0:
+        if rows:
+            found.append(Discrepancy(subject, f"never started but has {len(rows)} usage rows"))
+        return found
+    seqs = [int(r["seq"]) for r in rows]
+    if seqs != list(range(1, len(rows) + 1)):
+        found.append(Discrepancy(subject, f"rows are numbered {seqs}, expected 1..{len(rows)}"))
+    for attempt, group in itertools.groupby(rows, key=lambda r: int(r["attempt"])):
+        mine = list(group)
+        finals = [r for r in mine if r["final"]]
+        if len(finals) != 1:
+            found.append(
+                Discrepancy(
+                    subject, f"attempt {attempt} has {len(finals)} closing rows, expected 1"
+                )
+            )
+        elif not mine[-1]["final"]:
+            found.append(Discrepancy(subject, f"attempt {attempt} has rows after its closing row"))
+        for before, after in itertools.pairwise(mine):
+            if after["period_start"] != before["period_end"]:
+                found.append(
+                    Discrepancy(
+                        subject,
+                        f"attempt {attempt}: row {after['seq']} starts at "
+                        f"{after['period_start'].isoformat()}, row {before['seq']} ended at "
+                        f"{before['period_end'].isoformat()} (periods must be contiguous)",
+                    )
+                )
+    last = [r for r in rows if int(r["attempt"]) == attempts]
+    if not last:
+        found.append(Discrepancy(subject, f"its last attempt ({attempts}) has no usage rows"))
+        return found
+    for column in ("cpu_seconds", "io_read_bytes", "io_write_bytes"):
+        billed = sum((r[column] for r in last), start=Decimal(0))
+        total = job[column]
+        if total is None or billed != total:
+            found.append(
+                Discrepancy(subject, f"{column}: rows sum to {billed}, the job's total is {total}")
+            )
+    peak = max(int(r["memory_peak_bytes"]) for r in last)
+    if peak != job["memory_peak_bytes"]:
+        found.append(
+            Discrepancy(
+                subject,
+                f"memory_peak_bytes: rows peak at {peak}, the job's peak is "
+                f"{job['memory_peak_bytes']}",
+            )
+        )
+    return found
+
+
+def check_tenant(
+    tenant: str, kernel: Decimal, billed: Decimal, running: Decimal
+) -> list[Discrepancy]:
+    """The tenant's cgroup cpu against what was billed (all in seconds)."""
+    subject = f"tenant {tenant}"
+    if kernel < billed:
+        return [
+            Discrepancy(
+                subject,
+                f"billed {billed} cpu seconds on this node, more than its cgroup counted "
+                f"({kernel})",
+            )
+        ]
+    if kernel - billed > running:
+        return [
+            Discrepancy(
+                subject,
+                f"its cgroup counted {kernel} cpu seconds, {kernel - billed} more than billed "
+                f"({billed}); running jobs account for at most {running}",
+            )
+        ]
+    return []
+
+
+def boot_time(stat_path: str = "/proc/stat") -> datetime:
+    """When this host booted (cgroups, and their counters, are no older)."""
+    with open(stat_path) as f:
+        for line in f:
+            if line.startswith("btime "):
+                return datetime.fromtimestamp(int(line.split()[1]), tz=UTC)
+    raise RuntimeError(f"no btime line in {stat_path}")
+
+
+def tenant_chains(tenants: list[tuple[str, str | None]]) -> dict[str, tuple[str, ...]]:
+    """Each tenant's cgroup path segments, root tenant first (as TenantCgroups builds them)."""
+    parents = dict(tenants)
+    chains: dict[str, tuple[str, ...]] = {}
+    for name in parents:
+        path: list[str] = []
+        current: str | None = name
+        while current is not None and current not in path and len(path) < 32:
+            path.append(current)
+            current = parents.get(current)
+        chains[name] = tuple(reversed(path))
+    return chains
+
+
+def subtree(tenants: list[tuple[str, str | None]], root: str) -> set[str]:
+    """``root`` and every tenant nested below it."""
+    children: dict[str | None, list[str]] = {}
+    for name, parent in tenants:
+        children.setdefault(parent, []).append(name)
+    out, todo = set(), [root]
+    while todo:
+        name = todo.pop()
+        if name not in out:
+            out.add(name)
+            todo.extend(children.get(name, []))
+    return out
+
+
+async def reconcile(
+    conn: asyncpg.Connection,
+    *,
+    start: datetime,
+    end: datetime,
+    node: str | None = None,
+    driver: CgroupDriver | None = None,
+) -> tuple[int, list[Discrepancy]]:
+    """(jobs checked, discrepancies) for jobs finished in [start, end), plus, with ``driver``,
+    the tenants' cgroups on ``node``."""
+    jobs = await conn.fetch(q("check_jobs"), start, end)
+    found: list[Discrepancy] = []
+    rows = await conn.fetch(q("check_usage"), [j["id"] for j in jobs])
+    by_job: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_job.setdefault(row["job_id"], []).append(dict(row.items()))
+    for job in jobs:
+        found.extend(check_job(dict(job.items()), by_job.get(job["id"], [])))
+    if driver is not None and node is not None:
+        found.extend(await _check_tenants(conn, node, driver))
+    return len(jobs), found
+
+
+async def _check_tenants(
+    conn: asyncpg.Connection,
+    node: str,
+    driver: CgroupDriver,
+) -> list[Discrepancy]:
+    # Order matters: running jobs, then billed rows, then the kernel (which only grows).
+    running = await conn.fetch(q("check_node_running"), node)
+    billed = {
+        r["tenant"]: r["cpu_seconds"]
+        for r in await conn.fetch(q("check_node_billed"), node, boot_time())
+    }
+    tenants = [(r["name"], r["parent"]) for r in await conn.fetch(q("check_tenants"))]
+    chains = tenant_chains(tenants)
+    chain = chains.get
+    running_cpu: dict[str, Decimal] = {}
+    for job in running:
+        path = chain(job["tenant"])
+        if path is None:
+            continue
+        try:
+            used = cpu_seconds(driver.read_usage(CgroupPath.for_job(path, job["id"])).cpu_ns)
+        except Exception:  # ended meanwhile: its final row is billed, nothing runs
+            used = Decimal(0)
+        running_cpu[job["tenant"]] = running_cpu.get(job["tenant"], Decimal(0)) + used
+    found: list[Discrepancy] = []
+    for tenant, _ in tenants:
+        path = chain(tenant)
+        if path is None or not driver.exists(CgroupPath(path)):
+            continue  # no cgroup on this node: nothing ran here since boot
+        kernel = cpu_seconds(driver.read_usage(CgroupPath(path)).cpu_ns)
+        members = subtree(tenants, tenant)
+        found.extend(
+            check_tenant(
+                tenant,
+                kernel,
+                sum((billed.get(t, Decimal(0)) for t in members), start=Decimal(0)),
+                sum((running_cpu.get(t, Decimal(0)) for t in members), start=Decimal(0)),
+            )
+        )
+    return found

@@ -1,0 +1,359 @@
+"""The sampler: one batched sweep over every running attempt, off the dispatch path.
+
+Every ``sample_interval`` seconds it reads each running attempt's counters (kept-open files,
+re-read with pread, in one worker thread), appends one usage period per attempt in one
+statement, and publishes a snapshot for Prometheus. Exactness rests on three rules:
+
+- each attempt's :class:`~scheduler.accounting.periods.Mark` (last committed period end and
+  cumulative counters) advances only after the sweep's rows committed;
+- the runner *closes* an attempt (removes it, under the same lock a sweep holds from reading
+  to commit) before it computes the closing row, so no sweep writes after or across it;
+- a mark that may be stale (after a restart, a retried attempt, a failed write) is reloaded
+  from the rows already in Postgres before it is used again.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import anyio
+import asyncpg
+import structlog
+
+from scheduler.accounting.metrics import JobSeries, ServiceStats, Snapshot, monotonic
+from scheduler.accounting.periods import NS_PER_SECOND, Counters, Mark, Period, advance
+from scheduler.cgroups.base import CgroupDriver, CgroupPath, Usage
+from scheduler.cgroups.counters import CounterReader, Sample, counter_files, read_final
+from scheduler.db.queries import q
+from scheduler.jobs import Job
+
+log = structlog.get_logger(__name__)
+# TimeoutError: a statement that timed out may still have committed; it is treated like
+# any other failure whose outcome is unknown (the marks are reloaded).
+DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# A sweep's statements give up after this long, so a stuck database cannot hold the lock
+# (and with it every finishing attempt) for ever.
+STATEMENT_TIMEOUT = 30.0
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_datetime(ns: int) -> datetime:
+    """A timestamptz value from nanoseconds (truncated to microseconds)."""
+    return _EPOCH + timedelta(microseconds=ns // 1000)
+
+
+def to_ns(value: datetime) -> int:
+    """Nanoseconds since the epoch from a timestamptz value (exact, microsecond-based)."""
+    delta = value - _EPOCH
+    return ((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds) * 1000
+
+
+def counters_of(sample: Sample | Usage) -> Counters:
+    """The billed counters of a sample or a final usage read."""
+    return Counters(
+        cpu_ns=sample.cpu_ns,
+        io_read_bytes=sample.io_read_bytes,
+        io_write_bytes=sample.io_write_bytes,
+        memory_peak_bytes=sample.memory_peak_bytes,
+    )
+
+
+# A task charges its last microseconds of cpu at its final context switch, which may come
+# just after the cgroup stopped being "populated" (and on a busy host, after a preemption).
+# The final read is repeated until two reads this far apart agree, within SETTLE_LIMIT.
+SETTLE_SECONDS = 0.002
+SETTLE_LIMIT = 0.1
+
+
+async def final_usage(
+    driver: CgroupDriver, cgroup: CgroupPath, reader: CounterReader | None
+) -> Usage:
+    """The counters of an emptied cgroup at exit, once they have stopped moving."""
+    sample = read_final(driver, cgroup, reader)
+    deadline = time.monotonic() + SETTLE_LIMIT
+    while time.monotonic() < deadline:
+        await anyio.sleep(SETTLE_SECONDS)
+        again = read_final(driver, cgroup, reader)
+        if counters_of(again) == counters_of(sample):
+            return again.usage()
+        sample = again
+    return sample.usage()
+
+
+def covering(usage: Usage, mark: Mark) -> Usage:
+    """``usage`` with its billed counters raised to at least the mark's (identity whenever
+    the kernel's counters are monotonic and the final read succeeded)."""
+    total = counters_of(usage).at_least(mark.counters)
+    return replace(
+        usage,
+        cpu_ns=total.cpu_ns,
+        io_read_bytes=total.io_read_bytes,
+        io_write_bytes=total.io_write_bytes,
+        memory_peak_bytes=total.memory_peak_bytes,
+    )
+
+
+def mark_from_row(row: asyncpg.Record, launched_ns: int | None) -> Mark:
+    """A mark rebuilt from the rows already committed for an attempt (see usage_marks)."""
+    rows = int(row["rows"])
+    end = row["period_end"]
+    if rows == 0 and launched_ns is not None:
+        end_ns = launched_ns  # no row yet: the first period starts at the launch, as for any
+    else:
+        end_ns = to_ns(end) if end is not None else (launched_ns or time.time_ns())
+    cpu: Decimal = row["cpu_seconds"]
+    return Mark(
+        seq=int(row["seq"]),
+        rows=rows,
+        end_ns=end_ns // 1000 * 1000,
+        counters=Counters(
+            cpu_ns=int(cpu * NS_PER_SECOND),
+            io_read_bytes=int(row["io_read_bytes"]),
+            io_write_bytes=int(row["io_write_bytes"]),
+            memory_peak_bytes=int(row["memory_peak_bytes"]),
+        ),
+        # Memory at the last row's end was not stored: the next period counts its own end value.
+        memory_bytes=None if rows else 0,
+    )
+
+
+@dataclass(frozen=True)
+class Closed:
+    """An attempt the sampler no longer meters."""
+
+    mark: Mark
+    reader: CounterReader | None
+
+
+@dataclass
+class _Attempt:
+    job: Job
+    cgroup: CgroupPath
+    launched_ns: int | None
+    mark: Mark | None  # None: reload from Postgres before use
+    reader: CounterReader | None = None
+    last: Sample | None = None
+
+
+class Sampler:
+    """Meters running attempts into usage rows and keeps the Prometheus snapshot fresh."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        driver: CgroupDriver,
+        *,
+        node: str,
+        interval: float,
+        stats: ServiceStats | None = None,
+        tenant_paths: dict[str, tuple[str, ...]] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._driver = driver
+        self._node = node
+        self._interval = interval
+        self._stats = stats or ServiceStats()
+        self._tenant_paths = tenant_paths if tenant_paths is not None else {}
+        self._attempts: dict[int, _Attempt] = {}
+        self._lock = anyio.Lock()
+        self._tenant_high: dict[str, Usage] = {}
+        self.snapshot = Snapshot()
+
+    @property
+    def running(self) -> int:
+        return len(self._attempts)
+
+    def register(self, job: Job, cgroup: CgroupPath, launched_ns: int) -> None:
+        """Start metering an attempt just launched (first period starts at ``launched_ns``).
+
+        A first attempt has no rows; a retried one continues the job's row numbers, which
+        are read from Postgres at its first sweep.
+        """
+        mark = Mark.fresh(launched_ns) if job.attempts <= 1 else None
+        self._attempts[job.id] = _Attempt(job, cgroup, launched_ns, mark)
+
+    def adopt(self, job: Job, cgroup: CgroupPath) -> None:
+        """Resume metering an attempt a previous agent started, from its committed rows."""
+        self._attempts[job.id] = _Attempt(job, cgroup, None, None)
+
+    async def close(self, job: Job) -> Closed:
+        """Stop metering ``job``'s attempt: where its closing row must start, and its
+        kept-open counter files for the final read (the caller closes them).
+
+        Waits for a sweep in progress (it holds the lock from reading to commit), so no
+        period is written for the attempt after this returns.
+        """
+        async with self._lock:
+            attempt = self._attempts.pop(job.id, None)
+            self.forget(job.id)
+            reader = attempt.reader if attempt is not None else None
+            if attempt is not None and attempt.mark is not None:
+                return Closed(attempt.mark, reader)
+        try:
+            return Closed(await self._mark_from_db(job, attempt), reader)
+        except BaseException:
+            if reader is not None:
+                reader.close()
+            raise
+
+    async def _mark_from_db(self, job: Job, attempt: _Attempt | None) -> Mark:
+        launched = attempt.launched_ns if attempt is not None else None
+        delay = 0.1
+        while True:  # the closing row cannot be computed without it: retry until it loads
+            try:
+                marks = await self._load_marks([job], {job.id: launched})
+                return marks[job.id]
+            except DB_ERRORS:
+                self._stats.database_errors += 1
+                log.exception("usage_mark_load_failed", job_id=job.id, retry_in_seconds=delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _load_marks(
+        self, jobs: list[Job], launched: dict[int, int | None]
+    ) -> dict[int, Mark]:
+        rows = await self._pool.fetch(
+            q("usage_marks"),
+            [j.id for j in jobs],
+            [j.attempts for j in jobs],
+            timeout=STATEMENT_TIMEOUT,
+        )
+        return {int(r["job_id"]): mark_from_row(r, launched.get(int(r["job_id"]))) for r in rows}
+
+    async def run(self) -> None:
+        """Sweep every ``interval`` seconds, on a fixed grid (a slow sweep skips no period)."""
+        next_at = time.monotonic()
+        while True:
+            next_at += self._interval
+            await anyio.sleep(max(0.0, next_at - time.monotonic()))
+            if time.monotonic() - next_at > self._interval:
+                next_at = time.monotonic()  # fell far behind (suspended host): restart the grid
+            try:
+                await self.sweep()
+            except Exception:  # one bad sweep must not stop metering; the next one retries
+                log.exception("sweep_failed")
+
+    async def sweep(self) -> int:
+        """Read every running attempt, append its period, publish the snapshot; rows written."""
+        started = time.perf_counter()
+        async with self._lock:
+            attempts = list(self._attempts.values())
+            stale = [a for a in attempts if a.mark is None]
+            if stale:
+                try:
+                    marks = await self._load_marks(
+                        [a.job for a in stale], {a.job.id: a.launched_ns for a in stale}
+                    )
+                except DB_ERRORS:
+                    self._stats.database_errors += 1
+                    log.exception("usage_mark_load_failed", jobs=len(stale))
+                    marks = {}
+                for a in stale:
+                    a.mark = marks.get(a.job.id)
+            at_ns, samples = await anyio.to_thread.run_sync(self._read_all, attempts)
+            periods: list[tuple[_Attempt, Period, Mark]] = []
+            for a, sample in zip(attempts, samples, strict=True):
+                a.last = sample or a.last
+                if sample is None or a.mark is None:
+                    continue
+                period, after = advance(
+                    a.mark,
+                    at_ns=at_ns,
+                    counters=counters_of(sample),
+                    memory_bytes=sample.memory_current_bytes,
+                )
+                periods.append((a, period, after))
+            try:
+                await self._write([(a, p) for a, p, _ in periods])
+            except DB_ERRORS:
+                # The rows may or may not have committed: reload the marks before next use.
+                self._stats.database_errors += 1
+                log.exception("usage_write_failed", rows=len(periods))
+                for a, _, _ in periods:
+                    a.mark = None
+            else:
+                for a, _, after in periods:
+                    a.mark = after
+        await self._publish(attempts)
+        self._stats.sample_duration.observe(time.perf_counter() - started)
+        return len(periods)
+
+    def _read_all(self, attempts: list[_Attempt]) -> tuple[int, list[Sample | None]]:
+        """Worker thread: one sample per attempt (None when its cgroup is not there)."""
+        at_ns = time.time_ns()
+        samples: list[Sample | None] = []
+        for a in attempts:
+            try:
+                if a.reader is None:
+                    a.reader = CounterReader(counter_files(self._driver, a.cgroup))
+                samples.append(a.reader.read())
+            except OSError:
+                # Not created yet by the monitor, or removed: nothing to bill this sweep.
+                samples.append(None)
+        return at_ns, samples
+
+    async def _write(self, rows: list[tuple[_Attempt, Period]]) -> None:
+        if not rows:
+            return
+        columns: list[list[object]] = [[] for _ in range(12)]
+        for a, p in rows:
+            values = (
+                a.job.id,
+                p.seq,
+                a.job.attempts,
+                a.job.tenant,
+                self._node,
+                to_datetime(p.start_ns),
+                to_datetime(p.end_ns),
+                p.cpu_seconds,
+                p.memory_byte_seconds,
+                p.memory_peak_bytes,
+                p.io_read_bytes,
+                p.io_write_bytes,
+            )
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
+        await self._pool.execute(q("insert_usage_periods"), *columns, timeout=STATEMENT_TIMEOUT)
+
+    async def _publish(self, attempts: list[_Attempt]) -> None:
+        """Refresh the Prometheus snapshot: tenants' cgroups, running jobs, Postgres counts."""
+        paths = dict(self._tenant_paths)
+
+        def read_tenants() -> dict[str, Usage]:
+            out: dict[str, Usage] = {}
+            for tenant, chain in paths.items():
+                try:
+                    out[tenant] = self._driver.read_usage(CgroupPath(chain))
+                except Exception:  # a tenant cgroup removed meanwhile is simply not shown
+                    log.debug("tenant_usage_read_failed", tenant=tenant)
+            return out
+
+        tenants = await anyio.to_thread.run_sync(read_tenants)
+        for tenant, usage in tenants.items():
+            self._tenant_high[tenant] = monotonic(self._tenant_high.get(tenant), usage)
+        try:
+            rows = await self._pool.fetch(q("job_state_counts"), timeout=STATEMENT_TIMEOUT)
+            states = {(str(r["tenant"]), str(r["state"])): int(r["n"]) for r in rows}
+        except DB_ERRORS:
+            self._stats.database_errors += 1
+            log.exception("job_state_count_failed")
+            states = dict(self.snapshot.job_states)
+        running = {a.job.id for a in self._attempts.values()}
+        self.snapshot = Snapshot(
+            tenants=dict(self._tenant_high),
+            jobs=tuple(
+                JobSeries(a.job.id, a.job.tenant, a.last)
+                for a in attempts
+                if a.last is not None and a.job.id in running
+            ),
+            job_states=states,
+        )
+
+    def forget(self, job_id: int) -> None:
+        """Drop a finished job's series from the snapshot at once (not at the next sweep)."""
+        jobs = tuple(j for j in self.snapshot.jobs if j.job_id != job_id)
+        if len(jobs) != len(self.snapshot.jobs):
+            self.snapshot = Snapshot(self.snapshot.tenants, jobs, self.snapshot.job_states)
