@@ -9,6 +9,7 @@ import asyncpg
 
 from scheduler.accounting.export import FORMATS, Format, UsageRow, price, render
 from scheduler.accounting.rates import Rate
+from scheduler.db.pool import Conn
 from scheduler.db.queries import q
 from scheduler.errors import SchedulerError
 
@@ -63,7 +64,7 @@ def rate_from_row(row: asyncpg.Record) -> Rate:
 
 
 async def export(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     start: datetime,
     end: datetime,

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from scheduler.api import jobs, tenants
+from scheduler.api import billing, jobs, tenants
 from scheduler.api.context import deps
 from scheduler.api.deps import ApiDeps
 from scheduler.api.metrics import CONTENT_TYPE
@@ -77,6 +77,7 @@ def build_app(app_deps: ApiDeps) -> Starlette:
         Route("/v1/tenants", tenants.create_tenant, methods=["POST"]),
         Route("/v1/tenants/{name}/freeze", tenants.freeze_tenant, methods=["POST"]),
         Route("/v1/tenants/{name}/thaw", tenants.thaw_tenant, methods=["POST"]),
+        Route("/v1/billing/export", billing.export, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,

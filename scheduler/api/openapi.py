@@ -344,6 +344,45 @@ def document() -> dict[str, Any]:
                     parameters=_TENANT,
                 )
             },
+            "/v1/billing/export": {
+                "get": _op(
+                    "Priced usage of [from, to) as csv, json or FinOps FOCUS 1.2 csv",
+                    {
+                        "200": {
+                            "description": "the export (byte-identical when repeated)",
+                            "content": {
+                                "text/csv": {"schema": {"type": "string"}},
+                                "application/json": {"schema": {}},
+                            },
+                        }
+                    },
+                    {
+                        400: "missing or bad from, to or format",
+                        404: "no such tenant visible to this token",
+                        422: "an empty window or a usage row without a rate",
+                    },
+                    parameters=[
+                        {
+                            "name": "from",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "to",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "format",
+                            "in": "query",
+                            "schema": {"enum": ["csv", "json", "focus"]},
+                        },
+                        {"name": "tenant", "in": "query", "schema": {"type": "string"}},
+                    ],
+                )
+            },
             "/healthz": {
                 "get": {
                     "summary": "The process is alive",

@@ -249,3 +249,49 @@ async def test_labels_keep_any_json_numbers(api: httpx.AsyncClient) -> None:
     assert r.status_code == 201, r.text
     # Exact: 1e300 comes back as the integer it denotes, not a rounded float.
     assert r.json()["labels"] == {"ratio": 1.25, "big": 10**300, "n": 3, "deep": [0.5]}
+
+
+async def test_billing_export_over_http(api: httpx.AsyncClient, db: asyncpg.Connection) -> None:
+    await db.execute(
+        "INSERT INTO scheduler.rates (resource, price, currency) VALUES"
+        " ('cpu_second', 0.0001, 'USD'), ('memory_gib_hour', 0.01, 'USD'), ('io_gib', 0.02, 'USD')"
+    )
+    await db.execute("INSERT INTO scheduler.tenants (name) VALUES ('payer')")
+    r = await api.post("/v1/jobs", headers=ADMIN, json={"argv": ["true"], "tenant": "payer"})
+    done = await wait_final(api, r.json()["id"])
+    assert done["state"] == "succeeded"
+    window = {"from": "2000-01-01", "to": "2100-01-01"}
+    first = await api.get("/v1/billing/export", headers=ADMIN, params={**window, "format": "focus"})
+    again = await api.get("/v1/billing/export", headers=ADMIN, params={**window, "format": "focus"})
+    assert first.status_code == 200, first.text
+    assert first.headers["content-type"].startswith("text/csv")
+    assert first.content == again.content
+    assert "BilledCost" in first.text.splitlines()[0]
+    assert "payer" in first.text
+    as_json = await api.get(
+        "/v1/billing/export", headers=ADMIN, params={**window, "format": "json"}
+    )
+    assert as_json.status_code == 200
+    json.loads(as_json.text)
+    _, token = await create_token(db, "payer")
+    mine = await api.get(
+        "/v1/billing/export", headers={"Authorization": f"Bearer {token}"}, params=window
+    )
+    assert mine.status_code == 200 and "payer" in mine.text
+    is_problem(
+        await api.get(
+            "/v1/billing/export",
+            headers={"Authorization": f"Bearer {token}"},
+            params={**window, "tenant": "default"},
+        ),
+        404,
+    )
+    is_problem(
+        await api.get("/v1/billing/export", headers=ADMIN, params={"from": "x", "to": "y"}), 400
+    )
+    is_problem(
+        await api.get(
+            "/v1/billing/export", headers=ADMIN, params={"from": "2001-01-01", "to": "2000-01-01"}
+        ),
+        422,
+    )
