@@ -351,3 +351,23 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.anyio
+async def test_grafana_role_reads_later_tables_and_writes_nothing(
+    dsn: str, db: asyncpg.Connection
+) -> None:
+    await db.execute(READONLY_SQL.read_text())
+    await db.execute(READONLY_SQL.read_text())  # idempotent: safe to re-run after upgrades
+    # A table of a later migration, created by the same (migrating) role.
+    await db.execute("CREATE TABLE scheduler.later (x int); INSERT INTO scheduler.later VALUES (1)")
+    conn = await asyncpg.connect(re.sub(r"postgresql://[^@/]*@", "postgresql://grafana_ro@", dsn))
+    try:
+        assert await conn.fetchval("SELECT x FROM scheduler.later") == 1
+        assert await conn.fetchval("SHOW default_transaction_read_only") == "on"
+        with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+            await conn.execute("INSERT INTO scheduler.later VALUES (2)")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("BEGIN READ WRITE; INSERT INTO scheduler.later VALUES (2)")
+    finally:
+        await conn.close()
