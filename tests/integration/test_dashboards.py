@@ -254,7 +254,7 @@ async def test_every_dashboard_query_returns_data(
     settings = agent_settings(dsn, state_dir, cgroup_root, **FAST)
     async with anyio.create_task_group() as tg:
         agent = await start_agent(tg, settings)
-        prom = Prometheus(prometheus_dir, agent.ready.http_addr)
+        prom = Prometheus(prometheus_dir, agent.ready.http)
         try:
             await prom.ready()
             done = [
