@@ -254,6 +254,7 @@ async def test_every_dashboard_query_returns_data(
     settings = agent_settings(dsn, state_dir, cgroup_root, **FAST)
     async with anyio.create_task_group() as tg:
         agent = await start_agent(tg, settings)
+        assert agent.ready.http is not None
         prom = Prometheus(prometheus_dir, agent.ready.http)
         try:
             await prom.ready()
