@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup serve test lint unit bench clean
+.PHONY: setup system-deps serve test lint unit bench clean
 
 # System Postgres server binaries are used when present; otherwise pgserver (PyPI) brings them.
 $(VENV)/.installed: pyproject.toml
@@ -15,6 +15,10 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# Debian packages the tests need (Postgres server, cc, busybox, prometheus): installed if missing.
+system-deps:
+	bash scripts/system-deps
+
 serve: setup
 	$(BIN)/scheduler serve
 
@@ -22,7 +26,7 @@ lint: setup
 	$(BIN)/ruff check scheduler tests bench
 	$(BIN)/mypy
 
-test: lint
+test: system-deps lint
 	$(BIN)/pytest
 
 unit: setup
