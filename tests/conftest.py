@@ -35,8 +35,9 @@ def with_database(dsn: str, database: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def anyio_backend() -> str:
-    return "asyncio"
+def anyio_backend() -> tuple[str, dict[str, bool]]:
+    # The loop `scheduler serve` runs on (uvloop), so tests meet its limits too.
+    return ("asyncio", {"use_uvloop": True})
 
 
 @pytest.fixture(scope="session")

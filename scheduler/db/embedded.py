@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import importlib.util
 import os
 import pwd
@@ -854,23 +855,28 @@ class EmbeddedPostgres:
         }
         if run_as is not None:
             env = {**env, "HOME": str(self.base_dir), "USER": run_as.name, "LOGNAME": run_as.name}
+        # subprocess.run in a worker thread, not the event loop's subprocess support: uvloop
+        # (the agent's loop when installed) cannot switch the child's user and groups.
+        run = functools.partial(
+            subprocess.run,
+            list(command),
+            check=False,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=str(self.base_dir),
+            env=env,
+            user=run_as.uid if run_as else None,
+            group=run_as.gid if run_as else None,
+            extra_groups=run_as.groups if run_as else None,
+            umask=0o077,
+        )
         try:
-            result = await anyio.run_process(
-                list(command),
-                check=False,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                cwd=str(self.base_dir),
-                env=env,
-                user=run_as.uid if run_as else None,
-                group=run_as.gid if run_as else None,
-                extra_groups=run_as.groups if run_as else None,
-                umask=0o077,
-            )
+            result = await anyio.to_thread.run_sync(run)
         except OSError as exc:
             raise EmbeddedPostgresError(f"could not run {shlex.join(command)}: {exc}") from exc
-        return _Outcome(result.returncode, (result.stdout or b"").decode(errors="replace"))
+        output: bytes = result.stdout or b""
+        return _Outcome(result.returncode, output.decode(errors="replace"))
 
 
 def _is_alive(pid: int) -> bool:

@@ -35,8 +35,9 @@ pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+def anyio_backend() -> tuple[str, dict[str, bool]]:
+    # The loop `scheduler serve` runs on (uvloop), so tests meet its limits too.
+    return ("asyncio", {"use_uvloop": True})
 
 
 def _have_binaries() -> bool:
