@@ -875,8 +875,9 @@ class EmbeddedPostgres:
             result = await anyio.to_thread.run_sync(run)
         except OSError as exc:
             raise EmbeddedPostgresError(f"could not run {shlex.join(command)}: {exc}") from exc
-        output: bytes = result.stdout or b""
-        return _Outcome(result.returncode, output.decode(errors="replace"))
+        output = result.stdout or b""
+        text = output.decode(errors="replace") if isinstance(output, bytes) else output
+        return _Outcome(result.returncode, text)
 
 
 def _is_alive(pid: int) -> bool:
