@@ -15,7 +15,9 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.mark.timeout(600)
-async def test_openapi_contract_holds_under_generated_requests(agent: AgentHandle) -> None:
+async def test_openapi_contract_holds_under_generated_requests(
+    agent: AgentHandle, tmp_path: Path
+) -> None:
     st = shutil.which("schemathesis") or str(Path(sys.executable).parent / "schemathesis")
     base = f"http://{agent.ready.http}"
     command = [
@@ -39,6 +41,7 @@ async def test_openapi_contract_holds_under_generated_requests(agent: AgentHandl
         "--no-color",
     ]
     with anyio.fail_after(300):
-        result = await anyio.run_process(command, check=False)
+        # schemathesis keeps a cache in its working directory: not in the checkout.
+        result = await anyio.run_process(command, check=False, cwd=tmp_path)
     output = result.stdout.decode() + result.stderr.decode()
     assert result.returncode == 0, output[-6000:]
