@@ -22,6 +22,7 @@ from scheduler.agent.fencing import fence_stale, kill_all
 from scheduler.agent.heartbeat import Heartbeat
 from scheduler.agent.isolation import isolator_for
 from scheduler.agent.lease import NodeLease, register, release
+from scheduler.agent.listener import Listener
 from scheduler.agent.readiness import readiness
 from scheduler.agent.recorder import Completion, Recorder
 from scheduler.agent.recovery import recover
@@ -39,7 +40,7 @@ from scheduler.cgroups.devices import io_devices
 from scheduler.config import Settings
 from scheduler.db.embedded import EmbeddedPostgres
 from scheduler.db.migrate import migrate
-from scheduler.db.pool import connect, create_pool
+from scheduler.db.pool import create_pool
 from scheduler.db.queries import q
 from scheduler.errors import SchedulerError
 from scheduler.jobs import Job
@@ -99,7 +100,7 @@ async def run_agent(
     monitor = await anyio.to_thread.run_sync(monitor_binary, settings.bin_dir)
     driver = build_driver(settings)
     pool = await create_pool(dsn, min_size=2, max_size=8)
-    listen_conn: asyncpg.Connection | None = None
+    listener: Listener | None = None
     lease: NodeLease | None = None
     try:
         async with pool.acquire() as conn:
@@ -167,9 +168,10 @@ async def run_agent(
             fence=fence,
             registered_at=registered_at,
         )
-        listen_conn = await connect(dsn)
-        await dispatcher.listen(listen_conn)
-        await controller.listen(listen_conn)
+        listener = Listener(
+            dsn, [dispatcher.listen, controller.listen], [dispatcher.wake, controller.resync]
+        )
+        await listener.connect()
         http_socket = bind(settings.http_addr)
         started = False
 
@@ -192,6 +194,7 @@ async def run_agent(
         with send, receive, _first_scheduler_error():
             async with anyio.create_task_group() as tg:
                 tg.start_soon(heartbeat.run)
+                tg.start_soon(listener.run)
                 tg.start_soon(Recorder(pool, driver, stats).run, receive)
                 leftovers = [
                     Job.from_row(r)
@@ -246,14 +249,14 @@ async def run_agent(
                         asyncpg.PostgresError, asyncpg.InterfaceError, OSError
                     ):
                         await release(pool, lease)
-                if listen_conn is not None:
-                    await listen_conn.close()
+                if listener is not None:
+                    await listener.close()
                 await pool.close()
                 closed = True
             if not closed:
                 log.warning("database_connections_terminated", after_seconds=CLOSE_SECONDS)
-                if listen_conn is not None and not listen_conn.is_closed():
-                    listen_conn.terminate()
+                if listener is not None:
+                    listener.terminate()
                 pool.terminate()
 
 
