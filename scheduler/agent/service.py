@@ -278,9 +278,10 @@ def _first_scheduler_error() -> Iterator[None]:
 
 async def serve(settings: Settings, *, on_ready: Callable[[Ready], None] | None = None) -> None:
     """``scheduler serve``: database (embedded if needed), agent, until SIGINT/SIGTERM."""
-    async with database(settings) as (dsn, psql), anyio.create_task_group() as tg:
-        tg.start_soon(_stop_on_signal, tg.cancel_scope)
-        await run_agent(settings, dsn, on_ready=on_ready, psql=psql)
+    with _first_scheduler_error():
+        async with database(settings) as (dsn, psql), anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signal, tg.cancel_scope)
+            await run_agent(settings, dsn, on_ready=on_ready, psql=psql)
 
 
 async def _stop_on_signal(scope: anyio.CancelScope) -> None:

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from scheduler.agent.lease import boot_id
-from scheduler.agent.service import run_agent
+from scheduler.agent.service import run_agent, serve
 from scheduler.cgroups.base import CgroupPath
 from scheduler.cgroups.detect import open_driver
 from scheduler.cli import build_parser
@@ -145,3 +145,18 @@ async def test_an_agent_that_lost_its_lease_kills_its_jobs_and_exits(
     assert "epoch 1 was marked down or taken by another agent" in str(lost[0])
     assert "killed its jobs" in str(lost[0])
     assert not driver.populated(cgroup)
+
+
+async def test_serve_ends_with_the_node_name_error_itself(
+    dsn: str, state_dir: Path, cgroup_root: str
+) -> None:
+    # What `scheduler serve` turns into "scheduler: error: ..." (not an exception group).
+    other_root = f"{cgroup_root}-b"
+    try:
+        async with anyio.create_task_group() as tg:
+            await start_agent(tg, agent_settings(dsn, state_dir / "a", cgroup_root, **LEASE))
+            with pytest.raises(NodeNameTaken), anyio.fail_after(60):
+                await serve(agent_settings(dsn, state_dir / "b", other_root, **LEASE))
+            tg.cancel_scope.cancel()
+    finally:
+        open_driver(other_root).remove_tree(CgroupPath(()))
