@@ -22,7 +22,8 @@ from tests.conftest import AgentHandle, agent_settings, start_agent
 from tests.integration.test_agent import submit, wait_final, wait_state
 
 pytestmark = pytest.mark.anyio
-LEASE = {"lease_seconds": 2.0, "heartbeat_seconds": 0.5, "lease_grace_seconds": 0.5}
+# 4 s: a loaded 2-core host may stall an event loop for a second; expiry still comes fast.
+LEASE = {"lease_seconds": 4.0, "heartbeat_seconds": 0.5, "lease_grace_seconds": 0.5}
 # The first attempt outlives the test unless it is killed; a retry ends at once.
 ARGV = ["sh", "-c", 'if [ "$SCHEDULER_ATTEMPT" = 1 ]; then exec sleep 120; fi; echo retried']
 
