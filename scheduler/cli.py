@@ -1,5 +1,6 @@
 """The ``scheduler`` command: serve, migrate, submit, jobs, show, logs, images, tokens (and,
-from :mod:`scheduler.control_cli`, cancel, freeze, thaw and tenants)."""
+from :mod:`scheduler.control_cli`, cancel, freeze, thaw and tenants; from
+:mod:`scheduler.nodes_cli`, nodes)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 import anyio
 import asyncpg
 
-from scheduler import control_cli, store
+from scheduler import control_cli, nodes_cli, store
 from scheduler import log as logging_setup
 from scheduler.accounting import billing as billing_export
 from scheduler.accounting.export import FORMATS
@@ -118,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_access_commands(sub)
     _add_billing(sub)
     COMMANDS.update(control_cli.add_parsers(sub, _add_common))
+    COMMANDS.update(nodes_cli.add_parsers(sub, _add_common))
     return parser
 
 

@@ -60,6 +60,11 @@ class Settings:
     # Block devices ("MAJ:MIN", comma-separated) that io limits apply to; empty: the disk
     # holding the state directory.
     io_devices: str = ""
+    # Nodes: the lease this agent holds on its node name, renewed every heartbeat; another
+    # agent marks the node down once the lease is expired by more than the grace.
+    lease_seconds: float = 15.0
+    heartbeat_seconds: float = 5.0
+    lease_grace_seconds: float = 5.0
 
     def __post_init__(self) -> None:
         if self.cgroup_driver not in ("auto", "v1", "v2"):
@@ -96,6 +101,7 @@ class Settings:
             raise ConfigError(f"http_addr must be HOST:PORT: got {self.http_addr!r}")
         if not self.node_name or "/" in self.node_name or len(self.node_name) > 253:
             raise ConfigError(f"node_name {self.node_name!r} is not a valid node name")
+        _check_lease(self)
         _check_runtime(self)
 
     @property
@@ -122,6 +128,22 @@ class Settings:
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
+
+
+def _check_lease(settings: Settings) -> None:
+    if not 0.1 <= settings.heartbeat_seconds <= 3600:
+        raise ConfigError(
+            f"heartbeat_seconds must be in [0.1, 3600] s: got {settings.heartbeat_seconds}"
+        )
+    if not 2 * settings.heartbeat_seconds <= settings.lease_seconds <= 86400:
+        raise ConfigError(
+            f"lease_seconds must be at least twice heartbeat_seconds"
+            f" ({settings.heartbeat_seconds:g}) and at most 86400: got {settings.lease_seconds}"
+        )
+    if not 0 <= settings.lease_grace_seconds <= 3600:
+        raise ConfigError(
+            f"lease_grace_seconds must be in [0, 3600] s: got {settings.lease_grace_seconds}"
+        )
 
 
 def _check_runtime(settings: Settings) -> None:

@@ -60,3 +60,11 @@ class TenantNotFound(SchedulerError):
 
 class ControlRefused(SchedulerError):
     """The requested change of a job or tenant was refused."""
+
+
+class NodeNameTaken(SchedulerError):
+    """Another live agent holds this node name; two agents with one name must not both run."""
+
+
+class LeaseLost(SchedulerError):
+    """This agent lost its node's lease: it stopped claiming and killed its jobs."""

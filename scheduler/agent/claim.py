@@ -17,9 +17,10 @@ log = structlog.get_logger(__name__)
 
 
 async def claim(
-    pool: asyncpg.Pool, node: str, want: int, capacity: Capacity
+    pool: asyncpg.Pool, node: str, want: int, capacity: Capacity, epoch: int | None = None
 ) -> list[asyncpg.Record]:
-    """Claim up to ``want`` jobs for ``node`` (fair share, priority, age; within capacity)."""
+    """Claim up to ``want`` jobs for ``node`` (fair share, priority, age; within capacity),
+    recording the node's lease ``epoch`` on each."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(q("claim_lock"))
         found = await conn.fetch(q("unfit_jobs"), node, capacity.cpu, capacity.memory_bytes)
@@ -40,5 +41,6 @@ async def claim(
                 capacity.memory_bytes,
                 HALF_LIFE_SECONDS,
                 ALLOCATION_SECONDS,
+                epoch,
             )
         )

@@ -67,6 +67,11 @@ class Controller:
         """Subscribe ``conn`` to the control notifications."""
         await conn.add_listener("scheduler_control", self.notified)
 
+    def resync(self) -> None:
+        """Look at every attempt and tenant again (notifications may have been lost)."""
+        self._sweep = True
+        self._wake.set()
+
     def notified(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         """NOTIFY callback: a job id, or ``tenant:<name>``."""
         payload = str(payload)

@@ -36,11 +36,13 @@ class Dispatcher:
         poll_interval: float,
         run_job: Callable[[Job], Awaitable[None]],
         capacity: Capacity | None = None,
+        epoch: int | None = None,
     ) -> None:
         # The requests of running and frozen jobs never add up to more than this.
         self.capacity = capacity if capacity is not None else detect_capacity()
         self._pool = pool
         self._node = node
+        self._epoch = epoch
         self._max_running = max_running
         self._poll_interval = poll_interval
         self._run_job = run_job
@@ -82,7 +84,7 @@ class Dispatcher:
             if free > 0:
                 want = min(free, CLAIM_BATCH)
                 try:
-                    rows = await claim(self._pool, self._node, want, self.capacity)
+                    rows = await claim(self._pool, self._node, want, self.capacity, self._epoch)
                 except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
                     # The database is away: running jobs stay supervised; claim again later.
                     log.exception("claim_failed", retry_in_seconds=self._poll_interval)

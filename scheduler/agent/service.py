@@ -6,7 +6,8 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 import anyio
@@ -17,7 +18,11 @@ from scheduler.accounting.metrics import ServiceStats
 from scheduler.agent.attempts import Attempts
 from scheduler.agent.controller import Controller
 from scheduler.agent.dispatcher import Dispatcher
+from scheduler.agent.fencing import fence_stale, kill_all
+from scheduler.agent.heartbeat import Heartbeat
 from scheduler.agent.isolation import isolator_for
+from scheduler.agent.lease import NodeLease, register, release
+from scheduler.agent.listener import Listener
 from scheduler.agent.readiness import readiness
 from scheduler.agent.recorder import Completion, Recorder
 from scheduler.agent.recovery import recover
@@ -35,8 +40,9 @@ from scheduler.cgroups.devices import io_devices
 from scheduler.config import Settings
 from scheduler.db.embedded import EmbeddedPostgres
 from scheduler.db.migrate import migrate
-from scheduler.db.pool import connect, create_pool
+from scheduler.db.pool import create_pool
 from scheduler.db.queries import q
+from scheduler.errors import SchedulerError
 from scheduler.jobs import Job
 from scheduler.policy.admission import detect_capacity
 from scheduler.runtime.launcher import monitor_binary
@@ -94,10 +100,20 @@ async def run_agent(
     monitor = await anyio.to_thread.run_sync(monitor_binary, settings.bin_dir)
     driver = build_driver(settings)
     pool = await create_pool(dsn, min_size=2, max_size=8)
-    listen_conn: asyncpg.Connection | None = None
+    listener: Listener | None = None
+    lease: NodeLease | None = None
     try:
         async with pool.acquire() as conn:
             await migrate(conn)
+        capacity = detect_capacity(settings.node_cpu, settings.node_memory_bytes)
+        registered_at = time.monotonic()
+        lease = await register(
+            pool,
+            settings.node_name,
+            lease_seconds=settings.lease_seconds,
+            driver=driver.name,
+            capacity=capacity,
+        )
         send, receive = anyio.create_memory_object_stream[Completion](4096)
         tenants = TenantCgroups(pool, driver, io_devices(settings.io_devices, settings.state_dir))
         stats = ServiceStats()
@@ -135,11 +151,27 @@ async def run_agent(
             max_running=settings.max_running,
             poll_interval=settings.poll_interval,
             run_job=runner.run,
-            capacity=detect_capacity(settings.node_cpu, settings.node_memory_bytes),
+            capacity=capacity,
+            epoch=lease.epoch,
         )
-        listen_conn = await connect(dsn)
-        await dispatcher.listen(listen_conn)
-        await controller.listen(listen_conn)
+
+        async def fence(reason: str) -> None:
+            killed = kill_all(driver, runner.attempts)
+            log.error("node_fenced", reason=reason, killed=killed)
+
+        heartbeat = Heartbeat(
+            pool,
+            lease,
+            lease_seconds=settings.lease_seconds,
+            interval=settings.heartbeat_seconds,
+            grace=settings.lease_grace_seconds,
+            fence=fence,
+            registered_at=registered_at,
+        )
+        listener = Listener(
+            dsn, [dispatcher.listen, controller.listen], [dispatcher.wake, controller.resync]
+        )
+        await listener.connect()
         http_socket = bind(settings.http_addr)
         started = False
 
@@ -159,13 +191,17 @@ async def run_agent(
                 ),
             )
         )
-        with send, receive:
+        with send, receive, _first_scheduler_error():
             async with anyio.create_task_group() as tg:
+                tg.start_soon(heartbeat.run)
+                tg.start_soon(listener.run)
                 tg.start_soon(Recorder(pool, driver, stats).run, receive)
                 leftovers = [
                     Job.from_row(r)
                     for r in await pool.fetch(q("active_on_node"), settings.node_name)
                 ]
+                # Attempts requeued or ended elsewhere while this node's lease was expired.
+                await fence_stale(driver, {job.id for job in leftovers})
                 adopted = await recover(
                     leftovers,
                     driver=driver,
@@ -208,22 +244,44 @@ async def run_agent(
             # for every connection; past the bound they are closed without a goodbye.
             closed = False
             with anyio.move_on_after(CLOSE_SECONDS):
-                if listen_conn is not None:
-                    await listen_conn.close()
+                if lease is not None:
+                    with contextlib.suppress(
+                        asyncpg.PostgresError, asyncpg.InterfaceError, OSError
+                    ):
+                        await release(pool, lease)
+                if listener is not None:
+                    await listener.close()
                 await pool.close()
                 closed = True
             if not closed:
                 log.warning("database_connections_terminated", after_seconds=CLOSE_SECONDS)
-                if listen_conn is not None and not listen_conn.is_closed():
-                    listen_conn.terminate()
+                if listener is not None:
+                    listener.terminate()
                 pool.terminate()
+
+
+@contextlib.contextmanager
+def _first_scheduler_error() -> Iterator[None]:
+    """A task that failed with a scheduler error (a lost lease) ends the agent with it alone,
+    not wrapped in the task group's exception group."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        matched, _rest = group.split(SchedulerError)
+        if matched is None:
+            raise
+        first: BaseException = matched
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from group
 
 
 async def serve(settings: Settings, *, on_ready: Callable[[Ready], None] | None = None) -> None:
     """``scheduler serve``: database (embedded if needed), agent, until SIGINT/SIGTERM."""
-    async with database(settings) as (dsn, psql), anyio.create_task_group() as tg:
-        tg.start_soon(_stop_on_signal, tg.cancel_scope)
-        await run_agent(settings, dsn, on_ready=on_ready, psql=psql)
+    with _first_scheduler_error():
+        async with database(settings) as (dsn, psql), anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signal, tg.cancel_scope)
+            await run_agent(settings, dsn, on_ready=on_ready, psql=psql)
 
 
 async def _stop_on_signal(scope: anyio.CancelScope) -> None:

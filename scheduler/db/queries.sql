@@ -135,6 +135,8 @@ UPDATE scheduler.jobs j
 SET state = 'running',
     node = $1,
     attempts = j.attempts + 1,
+    -- The lease epoch this attempt runs under: a later epoch of the node fences it.
+    node_epoch = $7,
     started_at = clock_timestamp(),
     exit_code = NULL, signal = NULL, error = NULL, oom_killed = false, finished_at = NULL
 FROM candidates c
@@ -437,3 +439,116 @@ SELECT name, parent FROM scheduler.tenants ORDER BY name;
 
 -- name: billing_tenant_exists
 SELECT EXISTS (SELECT 1 FROM scheduler.tenants WHERE name = $1);
+
+-- name: node_lock
+-- Serialises agents registering one node name (held to the end of the transaction).
+SELECT pg_advisory_xact_lock(hashtextextended('scheduler.nodes/' || $1, 5918230770002));
+
+-- name: get_node
+-- The node's row, and whether its lease still runs (by the database's clock).
+SELECT *, lease_expires_at > now() AS lease_live FROM scheduler.nodes WHERE name = $1;
+
+-- name: register_node
+-- Take node $1 for a lease of $2 seconds: a new row at epoch 1, or the next epoch.
+INSERT INTO scheduler.nodes AS n
+    (name, epoch, state, lease_expires_at, started_at, heartbeat_at, version, cgroup_driver,
+     cpu, memory_bytes, boot_id, pid)
+VALUES ($1, 1, 'up', now() + make_interval(secs => $2), now(), now(), $3, $4, $5, $6, $7, $8)
+ON CONFLICT (name) DO UPDATE
+SET epoch = n.epoch + 1, state = 'up', lease_expires_at = EXCLUDED.lease_expires_at,
+    started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at,
+    version = EXCLUDED.version, cgroup_driver = EXCLUDED.cgroup_driver, cpu = EXCLUDED.cpu,
+    memory_bytes = EXCLUDED.memory_bytes, boot_id = EXCLUDED.boot_id, pid = EXCLUDED.pid
+RETURNING epoch;
+
+-- name: adopt_node_jobs
+-- Attempts still recorded on node $1 (nobody marked it down) continue under its new epoch $2.
+UPDATE scheduler.jobs SET node_epoch = $2
+WHERE node = $1 AND state IN ('running', 'frozen');
+
+-- name: renew_lease
+-- The heartbeat: extend the lease of node $1 held at epoch $2 by $3 seconds. No row: lost.
+UPDATE scheduler.nodes
+SET heartbeat_at = now(), lease_expires_at = now() + make_interval(secs => $3)
+WHERE name = $1 AND epoch = $2 AND state = 'up'
+RETURNING lease_expires_at;
+
+-- name: release_node
+-- A stopping agent no longer holds the node (its jobs keep the lease until it expires).
+UPDATE scheduler.nodes SET pid = NULL WHERE name = $1 AND epoch = $2;
+
+-- name: expire_nodes
+-- Mark down every node whose lease expired more than $1 seconds ago, and end its attempts:
+-- requeued when attempts remain, else lost (cancelled if its user cancelled it). SKIP LOCKED: one agent handles each node. Each
+-- ended attempt gets its closing usage row (zero beyond what was billed): the rows already
+-- committed stay, and the unique final row per attempt keeps the old node from adding one.
+WITH expired AS (
+    SELECT name, epoch, lease_expires_at FROM scheduler.nodes
+    WHERE state = 'up' AND lease_expires_at < now() - make_interval(secs => $1)
+    FOR UPDATE SKIP LOCKED
+),
+down AS (
+    UPDATE scheduler.nodes n SET state = 'down', pid = NULL
+    FROM expired e WHERE n.name = e.name
+    RETURNING n.name, n.epoch, e.lease_expires_at
+),
+marks AS (
+    SELECT j.id, d.name AS node, d.epoch, d.lease_expires_at,
+           j.attempts < j.max_attempts AND j.desired_state <> 'cancelled' AS requeue,
+           j.desired_state = 'cancelled' AS cancelled,
+           COALESCE(max(u.seq), 0) AS seq,
+           COALESCE(max(u.period_end) FILTER (WHERE u.attempt = j.attempts), j.started_at)
+               AS period_end,
+           COALESCE(sum(u.cpu_seconds) FILTER (WHERE u.attempt = j.attempts), 0) AS cpu,
+           COALESCE(max(u.memory_peak_bytes) FILTER (WHERE u.attempt = j.attempts), 0) AS peak,
+           COALESCE(sum(u.io_read_bytes) FILTER (WHERE u.attempt = j.attempts), 0) AS io_r,
+           COALESCE(sum(u.io_write_bytes) FILTER (WHERE u.attempt = j.attempts), 0) AS io_w
+    FROM scheduler.jobs j
+    JOIN down d ON d.name = j.node
+    LEFT JOIN scheduler.usage u ON u.job_id = j.id
+    WHERE j.state IN ('running', 'frozen')
+    GROUP BY j.id, d.name, d.epoch, d.lease_expires_at
+),
+ended AS (
+    UPDATE scheduler.jobs j
+    -- A job its user cancelled meanwhile ends cancelled, not requeued.
+    SET state = CASE WHEN m.requeue THEN 'queued' WHEN m.cancelled THEN 'cancelled'
+                     ELSE 'lost' END,
+        node = CASE WHEN m.requeue THEN NULL ELSE j.node END,
+        finished_at = CASE WHEN m.requeue THEN NULL ELSE clock_timestamp() END,
+        run_at = CASE WHEN m.requeue THEN now() ELSE j.run_at END,
+        error = format('node %s (epoch %s) stopped renewing its lease, which expired at %s;'
+                       ' its attempt %s was lost', m.node, m.epoch, m.lease_expires_at,
+                       j.attempts),
+        cpu_seconds = m.cpu, memory_peak_bytes = m.peak,
+        io_read_bytes = m.io_r, io_write_bytes = m.io_w
+    FROM marks m
+    WHERE j.id = m.id AND j.state IN ('running', 'frozen')
+    RETURNING j.id, j.tenant, j.attempts, j.state, m.node, m.seq, m.period_end, m.peak
+),
+closing AS (
+    INSERT INTO scheduler.usage
+        (job_id, seq, attempt, tenant, node, period_start, period_end, cpu_seconds,
+         memory_byte_seconds, memory_peak_bytes, io_read_bytes, io_write_bytes, final)
+    SELECT e.id, e.seq + 1, e.attempts, e.tenant, e.node, e.period_end, e.period_end, 0, 0,
+           e.peak, 0, 0, true
+    FROM ended e
+    ON CONFLICT DO NOTHING
+)
+SELECT d.name AS node, d.epoch, e.id AS job_id, e.tenant, e.attempts, e.state
+FROM down d LEFT JOIN ended e ON e.node = d.name
+ORDER BY d.name, e.id;
+
+-- name: list_nodes
+-- Every node with its lease and load: running and frozen jobs and the sum of their requests.
+SELECT n.name, n.state, n.epoch, n.lease_expires_at, n.heartbeat_at, n.started_at,
+       n.version, n.cgroup_driver, n.cpu, n.memory_bytes, n.boot_id, n.pid,
+       GREATEST(extract(epoch FROM n.lease_expires_at - now()), 0)::float8 AS lease_left_seconds,
+       l.jobs, l.cpu_requested, l.memory_requested
+FROM scheduler.nodes n
+CROSS JOIN LATERAL (
+    SELECT count(*) AS jobs, COALESCE(sum(j.cpu), 0) AS cpu_requested,
+           COALESCE(sum(j.memory_bytes), 0)::bigint AS memory_requested
+    FROM scheduler.jobs j WHERE j.node = n.name AND j.state IN ('running', 'frozen')
+) l
+ORDER BY n.name;

@@ -1,0 +1,104 @@
+"""The node lease: an agent registers its node name, and holds it at one epoch until it stops.
+
+Two agents must never run under one node name. A name whose lease still runs is refused,
+unless the agent that held it is known to be gone: it stopped (its pid was cleared), or it
+ran on this host (same boot id) and its pid is no longer alive (it was SIGKILLed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import asyncpg
+import structlog
+
+from scheduler.db.queries import q
+from scheduler.errors import NodeNameTaken
+from scheduler.policy.admission import Capacity
+
+log = structlog.get_logger(__name__)
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+@dataclass(frozen=True)
+class NodeLease:
+    """The node this agent holds, and the epoch its claims carry."""
+
+    name: str
+    epoch: int
+
+
+def boot_id() -> str:
+    """This boot of this host (a pid is only meaningful within one boot)."""
+    return BOOT_ID.read_text().strip()
+
+
+def version() -> str:
+    with contextlib.suppress(metadata.PackageNotFoundError):
+        return metadata.version("scheduler")
+    return "unknown"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def register(
+    pool: asyncpg.Pool,
+    name: str,
+    *,
+    lease_seconds: float,
+    driver: str,
+    capacity: Capacity,
+) -> NodeLease:
+    """Take node ``name`` at its next epoch, or raise :class:`NodeNameTaken`.
+
+    Attempts still recorded on the node (nobody marked it down) move to the new epoch.
+    """
+    me = boot_id()
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(q("node_lock"), name)
+        row = await conn.fetchrow(q("get_node"), name)
+        if (
+            row is not None
+            and row["state"] == "up"
+            and row["lease_live"]
+            and row["pid"] is not None
+            and (row["boot_id"] != me or _alive(row["pid"]))
+        ):
+            where = "this host" if row["boot_id"] == me else f"host boot id {row['boot_id']}"
+            raise NodeNameTaken(
+                f"node name {name!r} is held by a live agent (pid {row['pid']} on {where},"
+                f" epoch {row['epoch']}, lease until {row['lease_expires_at']:%Y-%m-%d %H:%M:%S});"
+                f" stop it or give this agent another --node-name"
+            )
+        epoch = await conn.fetchval(
+            q("register_node"),
+            name,
+            lease_seconds,
+            version(),
+            driver,
+            capacity.cpu,
+            capacity.memory_bytes,
+            me,
+            os.getpid(),
+        )
+        status = await conn.execute(q("adopt_node_jobs"), name, epoch)
+    adopted = int(status.split()[-1])  # "UPDATE n"
+    log.info("node_registered", epoch=epoch, lease_seconds=lease_seconds, adopted_jobs=adopted)
+    return NodeLease(name, int(epoch))
+
+
+async def release(pool: asyncpg.Pool, lease: NodeLease) -> None:
+    """Say this agent stopped; its jobs stay protected by the lease until it expires."""
+    await pool.execute(q("release_node"), lease.name, lease.epoch)

@@ -1,0 +1,49 @@
+"""``scheduler nodes``: every node with its state, lease epoch, lease, capacity and load."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from scheduler import store
+from scheduler.config import Settings
+from scheduler.db.embedded import EmbeddedPostgres
+from scheduler.db.pool import connect
+from scheduler.db.queries import q
+from scheduler.units import format_bytes
+
+Command = Callable[[Settings, argparse.Namespace], Awaitable[int]]
+
+
+def add_parsers(
+    sub: Any, add_common: Callable[[argparse.ArgumentParser], None]
+) -> dict[str, Command]:
+    """Add ``nodes`` to ``sub``; return its handler by name."""
+    add_common(sub.add_parser("nodes", help="list nodes: state, epoch, lease, capacity, load"))
+    return {"nodes": cmd_nodes}
+
+
+async def cmd_nodes(settings: Settings, args: argparse.Namespace) -> int:
+    """``scheduler nodes [--json]``."""
+    conn = await connect(settings.database_url or EmbeddedPostgres(settings.postgres_dir).dsn)
+    try:
+        rows = await conn.fetch(q("list_nodes"))
+    finally:
+        await conn.close()
+    if args.json:
+        print(store.dumps([store.record_to_dict(r) for r in rows]))
+        return 0
+    print(
+        f"{'NODE':<20} {'STATE':<5} {'EPOCH':>5} {'LEASE_S':>7}  {'JOBS':>4} "
+        f"{'CPU (USED/CAP)':>15} {'MEMORY (USED/CAP)':>21}  DRIVER VERSION"
+    )
+    for r in rows:
+        lease = f"{r['lease_left_seconds']:.1f}" if r["state"] == "up" else "-"
+        cpu = f"{r['cpu_requested']:g}/{r['cpu']:g}"
+        memory = f"{format_bytes(r['memory_requested'])}/{format_bytes(r['memory_bytes'])}"
+        print(
+            f"{r['name']:<20} {r['state']:<5} {r['epoch']:>5} {lease:>7}  {r['jobs']:>4} "
+            f"{cpu:>15} {memory:>21}  {r['cgroup_driver']:<6} {r['version']}"
+        )
+    return 0
