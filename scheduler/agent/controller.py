@@ -227,6 +227,9 @@ class Controller:
                 try:
                     await anyio.to_thread.run_sync(self._driver.thaw, cgroup)
                 except CgroupError as exc:
+                    # The attempt ended between the check and the write: nothing to thaw.
+                    if not await anyio.to_thread.run_sync(self._driver.exists, cgroup):
+                        return True
                     if not attempt.frozen_by_tenant:
                         log_.warning("job_thaw_failed", error=str(exc))
                         await self._pool.execute(
