@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 from decimal import Decimal, InvalidOperation
+
+
+class UnitError(argparse.ArgumentTypeError, ValueError):
+    """A quantity could not be parsed; argparse shows this message as is."""
+
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
@@ -21,13 +27,13 @@ def parse_size(text: str) -> int:
     """Bytes from '268435456', '256M', '256MiB', '1.5G' (binary multiples, as the kernel uses)."""
     match = _SIZE.match(text)
     if not match:
-        raise ValueError(
+        raise UnitError(
             f"{text!r} is not a size: use bytes or a number with K, M, G, T (e.g. 256M)"
         )
     number, unit = Decimal(match.group(1)), match.group(2).lower()
     value = number * (1024 ** _POWERS[unit])
     if value != value.to_integral_value():
-        raise ValueError(f"{text!r} is not a whole number of bytes")
+        raise UnitError(f"{text!r} is not a whole number of bytes")
     return int(value)
 
 
@@ -35,7 +41,7 @@ def parse_duration(text: str) -> Decimal:
     """Seconds from '30', '30s', '1.5m', '2h', '250ms'."""
     match = _DURATION.match(text)
     if not match:
-        raise ValueError(f"{text!r} is not a duration: use seconds or a number with ms, s, m, h, d")
+        raise UnitError(f"{text!r} is not a duration: use seconds or a number with ms, s, m, h, d")
     return Decimal(match.group(1)) * _SECONDS[(match.group(2) or "s").lower()]
 
 
@@ -44,9 +50,9 @@ def parse_cores(text: str) -> Decimal:
     try:
         value = Decimal(text)
     except InvalidOperation as exc:
-        raise ValueError(f"{text!r} is not a number of cores (e.g. 0.5 or 2)") from exc
+        raise UnitError(f"{text!r} is not a number of cores (e.g. 0.5 or 2)") from exc
     if not value.is_finite() or value <= 0:
-        raise ValueError(f"cpu must be a positive number of cores: got {text!r}")
+        raise UnitError(f"cpu must be a positive number of cores: got {text!r}")
     return value
 
 
