@@ -16,7 +16,6 @@ Usage: python bench/control.py [--jobs 100] [--rounds 10]
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess
@@ -30,6 +29,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import spine
 from bench.machine import describe
 from bench.spine import FINAL, make_base, percentile
 from scheduler.cgroups.base import CgroupDriver, CgroupPath
@@ -40,23 +40,8 @@ from scheduler.db.embedded import EmbeddedPostgres
 
 
 def start_agent(dsn: str, state: Path, root: str) -> subprocess.Popen[str]:
-    env = dict(
-        os.environ,
-        SCHEDULER_DATABASE_URL=dsn,
-        SCHEDULER_STATE_DIR=str(state),
-        SCHEDULER_CGROUP_ROOT=root,
-        SCHEDULER_LOG_LEVEL="warning",
-        # 100 sleeping jobs of 0.01 core each fit any node; keep admission out of the way.
-        SCHEDULER_NODE_CPU="64",
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scheduler.cli", "serve"], env=env, stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if "ready" in line:
-            return proc
-    raise RuntimeError("agent exited before it was ready")
+    # 100 sleeping jobs of 0.01 core each fit any node; keep admission out of the way.
+    return spine.start_agent(dsn, state, root, {"SCHEDULER_NODE_CPU": "64"})
 
 
 def frozen_in_kernel(driver: CgroupDriver, path: CgroupPath) -> bool:

@@ -27,9 +27,8 @@ from scheduler.agent.service import print_ready, serve
 from scheduler.api.auth import create_token, revoke_token
 from scheduler.cgroups.detect import open_driver
 from scheduler.config import Settings, load_settings
-from scheduler.db.embedded import EmbeddedPostgres
 from scheduler.db.migrate import migrate
-from scheduler.db.pool import connect
+from scheduler.db.pool import connect_settings
 from scheduler.errors import SchedulerError
 from scheduler.runtime.images import ImageStore
 from scheduler.units import format_bytes, parse_cores, parse_duration, parse_size
@@ -179,12 +178,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return load_settings(flags, config_file=args.config)
 
 
-async def _database_url(settings: Settings) -> str:
-    if settings.database_url:
-        return settings.database_url
-    return EmbeddedPostgres(settings.postgres_dir).dsn
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -216,7 +209,7 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    conn = await connect(await _database_url(settings))
+    conn = await connect_settings(settings)
     try:
         applied = await migrate(conn)
     finally:
@@ -269,7 +262,7 @@ async def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
         overrides["pids_max"] = args.pids
     if overrides:
         request = replace(request, **overrides)
-    conn = await connect(await _database_url(settings))
+    conn = await connect_settings(settings)
     try:
         row = await store.submit(conn, request)
         if not args.wait:
@@ -287,7 +280,7 @@ async def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
-    conn = await connect(await _database_url(settings))
+    conn = await connect_settings(settings)
     try:
         rows = await store.list_jobs(conn, tenant=args.tenant, state=args.state, limit=args.limit)
     finally:
@@ -311,7 +304,7 @@ async def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
-    conn = await connect(await _database_url(settings))
+    conn = await connect_settings(settings)
     try:
         row = await store.get(conn, args.id)
     finally:
@@ -327,7 +320,7 @@ async def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
 async def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
     attempt = args.attempt
     if attempt is None:
-        conn = await connect(await _database_url(settings))
+        conn = await connect_settings(settings)
         try:
             attempt = (await store.get(conn, args.id))["attempts"]
         finally:
@@ -365,7 +358,7 @@ async def cmd_images(settings: Settings, args: argparse.Namespace) -> int:
 async def cmd_billing(settings: Settings, args: argparse.Namespace) -> int:
     if args.billing_command == "export":
         billing_export.check_window(args.start, args.end)  # before connecting: fail fast
-    conn = await connect(await _database_url(settings))
+    conn = await connect_settings(settings)
     try:
         if args.billing_command == "export":
             fmt = args.format or ("json" if args.json else "csv")
@@ -422,7 +415,7 @@ def _out(args: argparse.Namespace, data: Any, human: str) -> None:
 
 
 async def cmd_tokens(settings: Settings, args: argparse.Namespace) -> int:
-    conn = await connect(await _database_url(settings))
+    conn = await connect_settings(settings)
     try:
         if args.action == "create":
             try:

@@ -11,8 +11,7 @@ import asyncpg
 
 from scheduler import store
 from scheduler.config import Settings
-from scheduler.db.embedded import EmbeddedPostgres
-from scheduler.db.pool import connect
+from scheduler.db.pool import connect_settings
 from scheduler.jobs import DesiredState
 from scheduler.sqlaccess import SqlAccessError, grant_sql, revoke_sql
 from scheduler.units import format_bytes, parse_cores, parse_size
@@ -90,18 +89,13 @@ def add_parsers(
     return handlers
 
 
-async def _connect(settings: Settings) -> asyncpg.Connection:
-    url = settings.database_url or EmbeddedPostgres(settings.postgres_dir).dsn
-    return await connect(url)
-
-
 def _print(args: argparse.Namespace, row: Any, human: str) -> None:
     print(store.dumps(store.record_to_dict(row)) if args.json else human)
 
 
 async def cmd_desired(settings: Settings, args: argparse.Namespace) -> int:
     """``scheduler cancel|freeze|thaw ID``."""
-    conn = await _connect(settings)
+    conn = await connect_settings(settings)
     try:
         row = await store.set_desired_state(conn, args.id, _DESIRED[args.command])
     finally:
@@ -116,7 +110,7 @@ async def cmd_desired(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_tenants(settings: Settings, args: argparse.Namespace) -> int:
     """``scheduler tenants list|add|set|freeze|thaw``."""
-    conn = await _connect(settings)
+    conn = await connect_settings(settings)
     try:
         if args.tenant_action == "list":
             rows = await store.list_tenants(conn)

@@ -8,8 +8,7 @@ from typing import Any
 
 from scheduler import store
 from scheduler.config import Settings
-from scheduler.db.embedded import EmbeddedPostgres
-from scheduler.db.pool import connect
+from scheduler.db.pool import connect_settings
 from scheduler.db.queries import q
 from scheduler.units import format_bytes
 
@@ -26,7 +25,7 @@ def add_parsers(
 
 async def cmd_nodes(settings: Settings, args: argparse.Namespace) -> int:
     """``scheduler nodes [--json]``."""
-    conn = await connect(settings.database_url or EmbeddedPostgres(settings.postgres_dir).dsn)
+    conn = await connect_settings(settings)
     try:
         rows = await conn.fetch(q("list_nodes"))
     finally:

@@ -8,6 +8,8 @@ from typing import Any
 
 import asyncpg
 
+from scheduler.config import Settings
+from scheduler.db.embedded import EmbeddedPostgres
 from scheduler.errors import DatabaseError
 
 # A plain connection or one borrowed from a pool: the store works with either.
@@ -69,3 +71,15 @@ def _redact(dsn: str) -> str:
     scheme, _, creds = head.partition("://")
     user = creds.split(":", 1)[0]
     return f"{scheme}://{user}@{tail}"
+
+
+def settings_dsn(settings: Settings) -> str:
+    """The database a configuration means: its URL, else the embedded server in its state dir."""
+    if settings.database_url:
+        return settings.database_url
+    return EmbeddedPostgres(settings.postgres_dir).dsn
+
+
+async def connect_settings(settings: Settings) -> asyncpg.Connection:
+    """A connection to the database of ``settings`` (the CLI's way in)."""
+    return await connect(settings_dsn(settings))
