@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -182,6 +183,9 @@ class IdempotencyMismatch(SchedulerError):
 
 # -- steering jobs and tenants (CLI and HTTP) -------------------------------------------------
 
+# Tenant names become cgroup directory names: the same rule as the database's check.
+TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
 TENANT_FIELDS = (
     "parent",
     "cpu_limit",
@@ -230,6 +234,11 @@ async def get_tenant(conn: Conn, name: str) -> asyncpg.Record:
 
 async def add_tenant(conn: Conn, name: str, **fields: Any) -> asyncpg.Record:
     """Create a tenant; ``fields`` are columns of TENANT_FIELDS (the database checks values)."""
+    if not TENANT_NAME.match(name):
+        raise ControlRefused(
+            f"{name!r} is not a valid tenant name (tenant_name_format): "
+            "expected [a-z0-9][a-z0-9_-]{0,62}"
+        )
     columns = ["name", *_tenant_columns(fields)]
     params = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
     try:

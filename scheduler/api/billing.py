@@ -9,10 +9,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from scheduler.accounting import billing
-from scheduler.api.bodies import TENANT_NAME
 from scheduler.api.context import caller, deps
 from scheduler.api.problems import Problem
 from scheduler.errors import SchedulerError
+from scheduler.store import TENANT_NAME
 
 MEDIA = {
     "csv": "text/csv; charset=utf-8",

@@ -11,9 +11,8 @@ from decimal import Decimal
 from typing import Any
 
 from scheduler.api.problems import Problem
-from scheduler.store import JobRequest
+from scheduler.store import TENANT_NAME, JobRequest
 
-TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MAX_BODY_BYTES = 1 << 20
 
 

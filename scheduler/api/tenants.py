@@ -7,9 +7,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from scheduler import store
-from scheduler.api.bodies import TENANT_FIELDS, TENANT_NAME, parse_json, validate
+from scheduler.api.bodies import TENANT_FIELDS, parse_json, validate
 from scheduler.api.context import caller, deps
 from scheduler.api.problems import Problem
+from scheduler.store import TENANT_NAME
 
 
 async def list_tenants(request: Request) -> Response:
