@@ -112,6 +112,27 @@ async def dsn(pg_admin_dsn: str, template_db: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
+async def private_postgres() -> AsyncIterator[EmbeddedPostgres]:
+    """A Postgres server of this test's own, migrated, for tests that stop, restart or fill
+    it (the session server is shared). ``server.dsn`` reaches the ``scheduler`` database."""
+    base = Path(tempfile.mkdtemp(prefix="sched-pg-private-", dir="/tmp"))
+    base.chmod(0o755)
+    server = EmbeddedPostgres(base, unsafe_fast=True)
+    try:
+        await server.start()
+        conn = await connect(server.dsn)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        yield server
+    finally:
+        with anyio.CancelScope(shield=True):
+            await server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
 async def db(dsn: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await connect(dsn)
     yield conn
