@@ -37,6 +37,7 @@ class Dispatcher:
         run_job: Callable[[Job], Awaitable[None]],
         capacity: Capacity | None = None,
         epoch: int | None = None,
+        on_wake: Callable[[], None] | None = None,
     ) -> None:
         # The requests of running and frozen jobs never add up to more than this.
         self.capacity = capacity if capacity is not None else detect_capacity()
@@ -48,6 +49,8 @@ class Dispatcher:
         self._run_job = run_job
         self._running: set[int] = set()
         self._wake = anyio.Event()
+        # Told whenever work may be coming (runtime.warmer: get the cgroup lock ready).
+        self._on_wake = on_wake
 
     @property
     def running(self) -> int:
@@ -56,6 +59,8 @@ class Dispatcher:
     def wake(self, *_: object) -> None:
         """Ask for a claim now (NOTIFY callback, or a slot freed)."""
         self._wake.set()
+        if self._on_wake is not None:
+            self._on_wake()
 
     def adopt(self, job_ids: list[int]) -> None:
         """Count attempts recovered at start-up against this node's capacity."""
@@ -91,6 +96,8 @@ class Dispatcher:
                     rows = []
                     want = -1
                 claimed = len(rows)
+                if rows and self._on_wake is not None:
+                    self._on_wake()  # claimed by the safety poll: no NOTIFY said so
                 for row in rows:
                     job = Job.from_row(row)
                     self._running.add(job.id)

@@ -20,6 +20,7 @@ from scheduler.cgroups.base import (
     Limits,
     Usage,
     check_io,
+    check_segment,
 )
 from scheduler.cgroups.parse import (
     Pressure,
@@ -252,7 +253,10 @@ class V2Driver:
         return self.directory(path).is_dir()
 
     def children(self, path: CgroupPath) -> list[str]:
-        return fs.child_dirs(self.directory(path))
+        return [n for n in fs.child_dirs(self.directory(path)) if not n.startswith(".")]
+
+    def helper_dir(self, name: str) -> Path:
+        return self.root_dir / f".{check_segment(name)}"
 
     # -- freezing and killing --------------------------------------------------------------
 

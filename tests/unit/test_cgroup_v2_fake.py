@@ -550,3 +550,14 @@ def test_v1_limit_for_an_unmounted_controller_names_it(tmp_path: Path) -> None:
     driver = open_driver("sched", layout=no_pids, fs_root=tmp_path)
     with pytest.raises(CgroupError, match=r"'pids' is not mounted \(needed for pids_max\)"):
         driver.plan(JOB, Limits(pids_max=5))
+
+
+def test_helper_dirs_are_hidden_leaves_of_the_root(tree: Tree) -> None:
+    driver = tree.driver("scheduler")
+    helper = driver.helper_dir("warmer")
+    assert helper == tree.mount / "scheduler" / ".warmer"
+    fs.make_dir(helper)
+    assert ".warmer" not in driver.children(CgroupPath(()))
+    assert "acme" in driver.children(CgroupPath(()))
+    with pytest.raises(ValueError, match="not a valid cgroup name"):
+        driver.helper_dir("../escape")
