@@ -87,6 +87,38 @@ async def latency(conn: asyncpg.Connection, n: int, gap: float = 0.01) -> list[f
     return samples
 
 
+async def wait_finished(conn: asyncpg.Connection, ids: list[int], timeout: float = 300) -> None:
+    """Return once every job of ``ids`` (one INSERT's, so one id range) has ended.
+
+    Woken by the agent's ``scheduler_done`` NOTIFY (one per recorded batch), with a slow poll
+    as a fallback: a tight poll of its own would take Postgres CPU from the system measured.
+    """
+    lo, hi, n = min(ids), max(ids), len(ids)
+    done = anyio.Event()
+
+    def on_done(*_: object) -> None:
+        done.set()
+
+    await conn.add_listener("scheduler_done", on_done)
+    try:
+        with anyio.fail_after(timeout):
+            while True:
+                ended = await conn.fetchval(
+                    "SELECT count(*) FROM scheduler.jobs"
+                    " WHERE id BETWEEN $1 AND $2 AND state = ANY($3)",
+                    lo,
+                    hi,
+                    list(FINAL),
+                )
+                if ended >= n:
+                    return
+                with anyio.move_on_after(0.05):
+                    await done.wait()
+                done = anyio.Event()
+    finally:
+        await conn.remove_listener("scheduler_done", on_done)
+
+
 async def throughput(conn: asyncpg.Connection, n: int) -> float:
     t0 = time.perf_counter()
     ids = [
@@ -98,15 +130,7 @@ async def throughput(conn: asyncpg.Connection, n: int) -> float:
             n,
         )
     ]
-    while True:
-        done = await conn.fetchval(
-            "SELECT count(*) FROM scheduler.jobs WHERE id = ANY($1) AND state = ANY($2)",
-            ids,
-            list(FINAL),
-        )
-        if done == n:
-            break
-        await anyio.sleep(0.005)
+    await wait_finished(conn, ids)
     elapsed = time.perf_counter() - t0
     rows = await conn.fetchval(
         "SELECT count(*) FROM scheduler.usage WHERE job_id = ANY($1) AND final", ids

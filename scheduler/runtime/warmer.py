@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import anyio
@@ -29,6 +30,8 @@ log = structlog.get_logger(__name__)
 INTERVAL_US = 3000
 HELPER_NAME = "warmer"
 STOP_SECONDS = 5.0
+# A poke within this long of the previous one is dropped: the window (seconds) is far longer.
+POKE_SECONDS = 0.05
 
 
 class LockWarmer:
@@ -39,6 +42,7 @@ class LockWarmer:
         self._cgroup_dir = cgroup_dir
         assert process.stdin is not None
         self._fd: int | None = process.stdin.fileno()
+        self._poked = -POKE_SECONDS
         os.set_blocking(self._fd, False)
 
     @classmethod
@@ -89,9 +93,17 @@ class LockWarmer:
         return self._process.pid
 
     def poke(self) -> None:
-        """Jobs are coming: stay warm for another window (never blocks)."""
+        """Jobs are coming: stay warm for another window (never blocks).
+
+        At most one byte per ``POKE_SECONDS``: a write wakes the warmer, and the agent wakes
+        its dispatcher for every NOTIFY and every finished job.
+        """
         if self._fd is None:
             return
+        now = time.monotonic()
+        if now - self._poked < POKE_SECONDS:
+            return
+        self._poked = now
         try:
             os.write(self._fd, b".")
         except BlockingIOError:
