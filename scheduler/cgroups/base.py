@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal, Protocol
 
+from scheduler.cgroups.parse import Pressure
 from scheduler.errors import CgroupError
 
 DriverName = Literal["v1", "v2"]
@@ -138,6 +139,11 @@ class CgroupDriver(Protocol):
 
     def populated(self, path: CgroupPath) -> bool:
         """True while any process is in ``path`` or its descendants."""
+        ...
+
+    def read_pressure(self, path: CgroupPath, resource: str) -> Pressure:
+        """PSI of ``path`` for ``resource`` ("cpu", "memory", "io"); CgroupError where the
+        kernel has no pressure file for it."""
         ...
 
     def kill(self, path: CgroupPath) -> None:
