@@ -33,7 +33,7 @@ from scheduler.accounting.metrics import (
 )
 from scheduler.accounting.periods import NS_PER_SECOND, Counters, Mark, Period, advance
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Usage
-from scheduler.cgroups.counters import CounterReader, Sample, counter_files, read_final
+from scheduler.cgroups.counters import CounterReader, Sample, counter_files
 from scheduler.db.queries import q
 from scheduler.errors import CgroupError
 from scheduler.jobs import Job
@@ -81,16 +81,27 @@ SETTLE_LIMIT = 0.1
 async def final_usage(
     driver: CgroupDriver, cgroup: CgroupPath, reader: CounterReader | None
 ) -> Usage:
-    """The counters of an emptied cgroup at exit, once they have stopped moving."""
-    sample = read_final(driver, cgroup, reader)
-    deadline = time.monotonic() + SETTLE_LIMIT
-    while time.monotonic() < deadline:
-        await anyio.sleep(SETTLE_SECONDS)
-        again = read_final(driver, cgroup, reader)
-        if counters_of(again) == counters_of(sample):
-            return again.usage()
-        sample = again
-    return sample.usage()
+    """The counters of an emptied cgroup at exit, once they have stopped moving.
+
+    Read through the sampler's kept-open files when it has them, else through the few files
+    billing needs, opened once for all the reads here.
+    """
+    once = None if reader is not None else CounterReader(counter_files(driver, cgroup, final=True))
+    source = reader if reader is not None else once
+    assert source is not None
+    try:
+        sample = source.read()
+        deadline = time.monotonic() + SETTLE_LIMIT
+        while time.monotonic() < deadline:
+            await anyio.sleep(SETTLE_SECONDS)
+            again = source.read()
+            if counters_of(again) == counters_of(sample):
+                return again.usage()
+            sample = again
+        return sample.usage()
+    finally:
+        if once is not None:
+            once.close()
 
 
 def covering(usage: Usage, mark: Mark) -> Usage:
