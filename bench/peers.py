@@ -12,13 +12,17 @@
       (bench/slurm_peer.py), with its defaults and with batch_sched_delay=0; skipped, with
       the reason, when it is not installed or does not start;
   (e) three agents on one Postgres against one agent (bench/fleet.py), total throughput.
+(b), (a) and (c) run side by side in --rounds rounds, in a different order each round, so a
+busy neighbour hits them alike; throughput is the median of the rounds, latency pools them.
 Prints the machine, every figure, and the ratios to (b) and to (a).
-Usage: python bench/peers.py [--jobs 200] [--latency-jobs 100] [--fleet-jobs 600] [--no-slurm]
+Usage: python bench/peers.py [--jobs 200] [--latency-jobs 100] [--fleet-jobs 600]
+                             [--agents 3] [--rounds 5] [--no-slurm]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import shutil
 import statistics
@@ -47,6 +51,7 @@ except ImportError as exc:  # pgqueuer is the optional extra `bench`
     QUEUE_MISSING = f"pgqueuer not installed ({exc}): pip install -e '.[bench]'"
 else:
     QUEUE_MISSING = ""
+QUEUE_NAME = "(c) pgqueuer, `true` via subprocess"
 
 
 @dataclass(frozen=True)
@@ -61,71 +66,98 @@ def say(line: str) -> None:
     print(line, flush=True)
 
 
-def bare(base: Path, tag: str, jobs: int) -> tuple[Figure, Figure]:
-    """(b): 8 in flight and one at a time, median of 3 runs each."""
-    driver = open_driver(f"{tag}-bare")
-    driver.ensure(CgroupPath(()), Limits())
-    driver.ensure(CgroupPath(("bare",)), Limits())
-    try:
-        binary = launch.build_bare_loop(base)
-        parents = [
+class Contenders:
+    """(b), (a) and (c) side by side, so that a noisy neighbour hits all three alike."""
+
+    def __init__(self, base: Path, tag: str, stack: contextlib.AsyncExitStack) -> None:
+        self.base, self.tag, self.stack = base, tag, stack
+        self.ours: asyncpg.Connection | None = None
+        self.queue: asyncpg.Connection | None = None
+
+    async def start(self) -> None:
+        # (b): a cgroup root of its own, a leaf per job under its tenant "bare".
+        driver = open_driver(f"{self.tag}-bare")
+        driver.ensure(CgroupPath(()), Limits())
+        self.stack.callback(driver.remove_tree, CgroupPath(()))
+        driver.ensure(CgroupPath(("bare",)), Limits())
+        self.binary = launch.build_bare_loop(self.base)
+        self.parents = [
             str(Path(p).parent) for p in driver.plan(CgroupPath(("bare", "job-0")), Limits()).dirs
         ]
-        launch.bare_loop(binary, parents, 50, launch.INFLIGHT)  # warm up
-        many = [launch.bare_loop(binary, parents, jobs, launch.INFLIGHT) for _ in range(3)]
-        one = [launch.bare_loop(binary, parents, jobs // 2, 1) for _ in range(3)]
-    finally:
-        driver.remove_tree(CgroupPath(()))
-    return (
-        Figure("(b) bare C loop, 8 in flight", statistics.median(many)),
-        Figure("(b) bare C loop, one at a time", statistics.median(one)),
-    )
+        launch.bare_loop(self.binary, self.parents, 50, launch.INFLIGHT)  # warm up
+        # (a): one agent on a private Postgres, as bench/spine.py runs it.
+        pg = await self._postgres("pg-a")
+        root = f"{self.tag}-a"
+        self.stack.callback(open_driver(root).remove_tree, CgroupPath(()))
+        agent = spine.start_agent(pg.dsn, self.base / "state-a", root)
+        self.stack.callback(_stop, agent)
+        self.ours = await self._connect(pg.dsn)
+        await spine.latency(self.ours, 20)  # warm up, as spine.py does
+        # (c): pgqueuer's worker on another private Postgres.
+        if queue_peer is not None:
+            pg = await self._postgres("pg-c")
+            await queue_peer.install(pg.dsn)
+            self.stack.callback(_stop, queue_peer.start_worker(pg.dsn))
+            self.queue = await self._connect(pg.dsn)
+            await queue_peer.warm_up(self.queue)
+
+    async def _postgres(self, name: str) -> EmbeddedPostgres:
+        pg = EmbeddedPostgres(self.base / name)
+        await pg.start()
+        self.stack.push_async_callback(pg.stop)
+        return pg
+
+    async def _connect(self, dsn: str) -> asyncpg.Connection:
+        conn = await asyncpg.connect(dsn)
+        self.stack.push_async_callback(conn.close)
+        return conn
+
+    async def measure(self, jobs: int, lat_jobs: int, rounds: int) -> list[Figure]:
+        assert self.ours is not None
+        many, one, rate_a, rate_c = [], [], [], []
+        lat_a: list[float] = []
+        lat_c: list[float] = []
+        per_round = max(1, lat_jobs // rounds)
+        ours, queue = self.ours, self.queue
+
+        async def limit() -> None:
+            many.append(launch.bare_loop(self.binary, self.parents, jobs, launch.INFLIGHT))
+            one.append(launch.bare_loop(self.binary, self.parents, jobs // 2, 1))
+
+        async def project() -> None:
+            lat_a.extend(await spine.latency(ours, per_round))
+            rate_a.append(await spine.throughput(ours, jobs))
+
+        async def peer() -> None:
+            if queue is not None and queue_peer is not None:
+                lat_c.extend(await queue_peer.latency(queue, per_round))
+                rate_c.append(await queue_peer.throughput(queue, jobs))
+
+        steps = [limit, project, peer]
+        for r in range(rounds):
+            # A different order each round: whatever one step leaves behind (cgroups being
+            # freed, a busy neighbour) does not always land on the same contender.
+            for step in steps[r % 3 :] + steps[: r % 3]:
+                await step()
+            say(
+                f"  round {r + 1}: (b) {many[-1]:.0f}, (a) {rate_a[-1]:.0f}"
+                + (f", (c) {rate_c[-1]:.0f}" if rate_c else "")
+                + " jobs/s"
+            )
+        peer_figure = Figure(QUEUE_NAME, skipped=QUEUE_MISSING)
+        if rate_c:
+            peer_figure = Figure(QUEUE_NAME, statistics.median(rate_c), lat_c)
+        return [
+            Figure("(b) bare C loop, 8 in flight", statistics.median(many)),
+            Figure("(b) bare C loop, one at a time", statistics.median(one)),
+            Figure("(a) this project, end to end", statistics.median(rate_a), lat_a),
+            peer_figure,
+        ]
 
 
-async def this_project(base: Path, tag: str, jobs: int, lat_jobs: int) -> Figure:
-    """(a): spine.py's latency and throughput against one agent."""
-    pg = EmbeddedPostgres(base / "pg-a")
-    await pg.start()
-    agent = None
-    root = f"{tag}-a"
-    try:
-        agent = spine.start_agent(pg.dsn, base / "state-a", root)
-        conn = await asyncpg.connect(pg.dsn)
-        await spine.latency(conn, 20)  # warm up, as spine.py does
-        lat = await spine.latency(conn, lat_jobs)
-        rate = await spine.throughput(conn, jobs)
-        await conn.close()
-    finally:
-        if agent is not None:
-            agent.terminate()
-            agent.wait(timeout=60)
-        open_driver(root).remove_tree(CgroupPath(()))
-        await pg.stop()
-    return Figure("(a) this project, end to end", rate, lat)
-
-
-async def queue(base: Path, jobs: int, lat_jobs: int) -> Figure:
-    """(c): pgqueuer on its own private Postgres."""
-    name = "(c) pgqueuer, `true` via subprocess"
-    if queue_peer is None:
-        return Figure(name, skipped=QUEUE_MISSING)
-    pg = EmbeddedPostgres(base / "pg-c")
-    await pg.start()
-    worker = None
-    try:
-        await queue_peer.install(pg.dsn)
-        worker = queue_peer.start_worker(pg.dsn)
-        conn = await asyncpg.connect(pg.dsn)
-        await queue_peer.warm_up(conn)
-        lat = await queue_peer.latency(conn, lat_jobs)
-        rate = await queue_peer.throughput(conn, jobs)
-        await conn.close()
-    finally:
-        if worker is not None:
-            worker.terminate()
-            worker.wait(timeout=60)
-        await pg.stop()
-    return Figure(name, rate, lat)
+def _stop(proc: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    proc.wait(timeout=60)
 
 
 def slurm(jobs: int, lat_jobs: int) -> list[Figure]:
@@ -133,7 +165,7 @@ def slurm(jobs: int, lat_jobs: int) -> list[Figure]:
     reason = slurm_peer.missing()
     if reason:
         return [Figure("(d) Slurm", skipped=reason)]
-    version = subprocess.run(["sinfo", "-V"], capture_output=True, text=True, check=False)
+    version = subprocess.run(["slurmd", "-V"], capture_output=True, text=True, check=False)
     label = f"(d) {version.stdout.strip() or 'Slurm'}"
     figures = []
     for params, n_lat, note in (
@@ -205,13 +237,12 @@ async def main(args: argparse.Namespace) -> None:
             f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; one run; on a shared "
             "host the absolute figures are noisy, compare the ratios within this run"
         )
-        say("(b) bare C loop ...")
-        limit, seq = bare(base, tag, args.jobs)
-        say("(a) this project ...")
-        ours = await this_project(base, tag, args.jobs, args.latency_jobs)
-        say("(c) pgqueuer ...")
-        peer = await queue(base, args.jobs, args.latency_jobs)
-        figures = [limit, seq, ours, peer]
+        async with contextlib.AsyncExitStack() as stack:
+            contenders = Contenders(base, tag, stack)
+            say("(b), (a), (c): warming up ...")
+            await contenders.start()
+            figures = await contenders.measure(args.jobs, args.latency_jobs, args.rounds)
+        limit, seq, ours = figures[:3]
         if args.no_slurm:
             figures.append(Figure("(d) Slurm", skipped="--no-slurm"))
         else:
@@ -239,6 +270,6 @@ if __name__ == "__main__":
     parser.add_argument("--latency-jobs", type=int, default=100)
     parser.add_argument("--fleet-jobs", type=int, default=600)
     parser.add_argument("--agents", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-slurm", action="store_true")
     anyio.run(main, parser.parse_args())
