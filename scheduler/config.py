@@ -106,9 +106,9 @@ class Settings:
         if not self.node_name or "/" in self.node_name or len(self.node_name) > 253:
             raise ConfigError(f"node_name {self.node_name!r} is not a valid node name")
         _check_lease(self)
-        if not 64 * 1024 <= self.spool_max_bytes <= 2**40:
+        if not 4096 <= self.spool_max_bytes <= 2**40:
             raise ConfigError(
-                f"spool_max_bytes must be in [64 KiB, 1 TiB] (65536..{2**40}): got"
+                f"spool_max_bytes must be in [4 KiB, 1 TiB] (4096..{2**40}): got"
                 f" {self.spool_max_bytes}"
             )
         if not 0 <= self.state_min_free_bytes <= 2**40:

@@ -120,16 +120,18 @@ class UsageSpool:
         for tmp in self.directory.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)  # a write that never completed: never a row
         segments = []
+        highest = 0  # rejected segments too: a later one never takes a rejected one's name
         for path in sorted(self.directory.glob(f"*{SUFFIX}")):
             try:
                 number = int(path.name.removesuffix(SUFFIX))
+                highest = max(highest, number)
                 rows = decode(path.read_bytes())
             except (ValueError, SpoolFormatError) as exc:
                 self._reject(path, str(exc))
                 continue
             segments.append(_Segment(number, path, path.stat().st_size, len(rows)))
         self._segments = sorted(segments, key=lambda s: s.number)
-        self._next = max((s.number for s in self._segments), default=0) + 1
+        self._next = highest + 1
         self._publish()
         if self._segments:
             log.warning(

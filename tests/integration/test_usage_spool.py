@@ -145,6 +145,42 @@ async def test_database_stopped_while_jobs_run_rows_spooled_then_written_once(
         tg.cancel_scope.cancel()
 
 
+async def test_spool_at_its_bound_holds_periods_and_loses_nothing(
+    private_postgres: EmbeddedPostgres, state_dir: Path, cgroup_root: str
+) -> None:
+    server = private_postgres
+    db = await connect(server.dsn)
+    settings = agent_settings(server.dsn, state_dir, cgroup_root, **FAST, spool_max_bytes=4096)
+    async with anyio.create_task_group() as tg:
+        agent = await start_agent(tg, settings)
+        ids = await submit_burners(db, [4, 5, 6, 7])
+        await wait_rows(db, ids, 2)
+        await db.close()
+        await server.stop()
+        # About 120 bytes a row, 4 rows a sweep, 5 sweeps a second: full within a second or two.
+        await wait_spooled(settings.spool_dir, at_least=20)
+        await anyio.sleep(2.0)
+        held = spooled_rows(settings.spool_dir)
+        metrics = parse((await scrape(agent)).text)
+        assert metrics[("scheduler_usage_spool_bytes", ())] <= 4096
+        assert held == metrics[("scheduler_usage_spool_rows", ())] < 4 * 5 * 3
+        await server.start()
+        db = await connect(server.dsn)
+        try:
+            await wait_final(db, ids, timeout=60)
+            await assert_books_balance(db, ids)
+            # The periods that found no room are covered by one longer row per job.
+            assert await db.fetchval(
+                "SELECT count(DISTINCT job_id) FROM scheduler.usage WHERE job_id = ANY($1)"
+                " AND period_end - period_start > interval '1.5 seconds'",
+                ids,
+            ) == len(ids)
+            assert list(settings.spool_dir.glob(f"*{SUFFIX}")) == []
+        finally:
+            await db.close()
+        tg.cancel_scope.cancel()
+
+
 def start_serve(dsn: str, state_dir: Path, cgroup_root: str, log: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
