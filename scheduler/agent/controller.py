@@ -19,7 +19,7 @@ import structlog
 from scheduler.agent.attempts import Attempt, Attempts
 from scheduler.agent.tenants import TenantCgroups, tenant_limits
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits
-from scheduler.db.outage import log_failure
+from scheduler.db.outage import DB_ERRORS, log_failure
 from scheduler.db.queries import q
 from scheduler.errors import CgroupError
 
@@ -115,7 +115,7 @@ class Controller:
                     tenants=full or sweep or tenants_dirty,
                     full=full,
                 )
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            except DB_ERRORS as exc:
                 log_failure(
                     log, "control_reconcile_failed", exc, retry_in_seconds=self._poll_interval
                 )

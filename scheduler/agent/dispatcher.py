@@ -19,7 +19,7 @@ import structlog
 from anyio.abc import TaskGroup
 
 from scheduler.agent.claim import claim
-from scheduler.db.outage import log_failure
+from scheduler.db.outage import DB_ERRORS, log_failure
 from scheduler.db.queries import q
 from scheduler.jobs import Job
 from scheduler.policy.admission import Capacity, detect_capacity
@@ -94,7 +94,7 @@ class Dispatcher:
                 want = min(free, CLAIM_BATCH)
                 try:
                     rows = await claim(self._pool, self._node, want, self.capacity, self._epoch)
-                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                except DB_ERRORS as exc:
                     # The database is away: running jobs stay supervised; claim again later.
                     log_failure(log, "claim_failed", exc, retry_in_seconds=self._poll_interval)
                     rows = []
@@ -123,7 +123,7 @@ class Dispatcher:
         """Sleep until the poll, or until the next delayed or backed-off job is due."""
         try:
             due = await self._pool.fetchval(q("next_run_at"))
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        except DB_ERRORS:
             return self._poll_interval
         if due is None:
             return self._poll_interval

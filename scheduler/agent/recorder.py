@@ -26,7 +26,7 @@ from scheduler.accounting.periods import Period
 from scheduler.agent.health import Health
 from scheduler.agent.spool import UsageSpool
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Usage
-from scheduler.db.outage import describe, log_failure, outage_kind
+from scheduler.db.outage import DB_ERRORS, describe, log_failure, outage_kind
 from scheduler.db.queries import q
 from scheduler.jobs import Job, Outcome, byte_seconds, cpu_seconds, retry_delay_seconds
 
@@ -158,7 +158,7 @@ class Recorder:
                 if self._spool is not None:
                     await self._spool.replay(self._pool)
                 await self.commit(batch)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            except DB_ERRORS as exc:
                 if outage_kind(exc) is not None:
                     self._health.fail(
                         "completions", f"finished jobs wait to be recorded: {describe(exc)}"

@@ -36,14 +36,13 @@ from scheduler.agent.health import Health
 from scheduler.agent.spool import SpoolFull, UsageSpool
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Usage
 from scheduler.cgroups.counters import CounterReader, Sample, counter_files, read_final
-from scheduler.db.outage import describe, log_failure, outage_kind
+from scheduler.db.outage import DB_ERRORS, describe, log_failure, outage_kind
 from scheduler.db.queries import q
 from scheduler.jobs import Job
 
 log = structlog.get_logger(__name__)
-# TimeoutError: a statement that timed out may still have committed; it is treated like
-# any other failure whose outcome is unknown (the marks are reloaded).
-DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# A statement that timed out (TimeoutError, one of DB_ERRORS) may still have committed: it
+# is treated like any other write whose outcome is unknown (spooled, or marks reloaded).
 # A sweep's statements give up after this long, so a stuck database cannot hold the lock
 # (and with it every finishing attempt) for ever.
 STATEMENT_TIMEOUT = 30.0

@@ -43,7 +43,7 @@ from scheduler.cgroups.devices import io_devices
 from scheduler.config import Settings
 from scheduler.db.embedded import EmbeddedPostgres
 from scheduler.db.migrate import migrate
-from scheduler.db.outage import describe
+from scheduler.db.outage import DB_ERRORS, describe
 from scheduler.db.pool import create_pool
 from scheduler.db.queries import q
 from scheduler.errors import SchedulerError
@@ -124,10 +124,13 @@ async def run_agent(
         health = Health(stats)
         spool = UsageSpool(settings.spool_dir, settings.spool_max_bytes, stats=stats, health=health)
         await anyio.to_thread.run_sync(spool.load)
-        # What a previous run spooled goes first: recovery reloads marks from these rows.
+        # What a previous run spooled goes first: recovery reloads marks from these rows. The
+        # heartbeat does not run yet: a long replay goes on in the background (spool.run),
+        # and marks are not reloaded while rows wait.
         try:
-            await spool.replay(pool)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            with anyio.move_on_after(settings.lease_seconds / 3):
+                await spool.replay(pool)
+        except DB_ERRORS as exc:
             health.fail("usage", f"usage rows are spooled on disk: {describe(exc)}")
         sampler = Sampler(
             pool,

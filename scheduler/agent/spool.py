@@ -28,7 +28,7 @@ import structlog
 from scheduler.accounting.metrics import ServiceStats
 from scheduler.accounting.spoolfile import SpoolFormatError, UsageRow, columns, decode, encode
 from scheduler.agent.health import Health
-from scheduler.db.outage import describe, outage_kind
+from scheduler.db.outage import DB_ERRORS, describe, outage_kind
 from scheduler.db.queries import q
 from scheduler.errors import SchedulerError
 
@@ -176,6 +176,8 @@ class UsageSpool:
                 try:
                     data = await anyio.to_thread.run_sync(segment.path.read_bytes)
                     rows = decode(data)
+                except FileNotFoundError:
+                    pass  # removed after its commit by a replay cancelled just then
                 except (OSError, SpoolFormatError) as exc:
                     self._reject(segment.path, str(exc))
                 else:
@@ -183,7 +185,7 @@ class UsageSpool:
                         await pool.execute(
                             q("insert_spooled_periods"), *columns(rows), timeout=REPLAY_TIMEOUT
                         )
-                    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                    except DB_ERRORS as exc:
                         if outage_kind(exc) is not None:
                             raise
                         self._reject(segment.path, describe(exc))
@@ -208,7 +210,7 @@ class UsageSpool:
             await anyio.sleep(delay)
             try:
                 await self.replay(pool)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            except DB_ERRORS as exc:
                 self._stats.database_errors += 1
                 self._health.fail("usage", f"usage rows are spooled on disk: {describe(exc)}")
                 log.warning("usage_spool_replay_failed", error=describe(exc), rows=self.rows)

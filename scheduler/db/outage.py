@@ -27,11 +27,15 @@ _UNREACHABLE = (
     OSError,  # refused, reset, socket gone (a stopped server's Unix socket)
     TimeoutError,  # no answer in time: the outcome of a write is unknown
     asyncpg.InterfaceError,  # connection closed, pool closing
+    asyncpg.InternalClientError,  # a pooled connection left mid-operation by a killed session
     asyncpg.PostgresConnectionError,  # SQLSTATE class 08
     asyncpg.exceptions.OperatorInterventionError,  # 57P01 admin shutdown, 57P03, 57014
     asyncpg.exceptions.ReadOnlySQLTransactionError,  # a standby promoted late / failover
 )
 _FULL = (asyncpg.exceptions.InsufficientResourcesError, asyncpg.ProgramLimitExceededError)
+# Everything a database round trip may raise that is the database's (not a bug of ours):
+# catch these, then ask outage_kind() whether to keep the work for later.
+DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 
 
 def outage_kind(exc: BaseException) -> OutageKind | None:
