@@ -153,7 +153,8 @@ async def test_spool_at_its_bound_holds_periods_and_loses_nothing(
     settings = agent_settings(server.dsn, state_dir, cgroup_root, **FAST, spool_max_bytes=4096)
     async with anyio.create_task_group() as tg:
         agent = await start_agent(tg, settings)
-        ids = await submit_burners(db, [4, 5, 6, 7])
+        # Long enough for all four to run through the time the spool is full.
+        ids = await submit_burners(db, [8, 9, 10, 11])
         await wait_rows(db, ids, 2)
         await db.close()
         await server.stop()
