@@ -68,6 +68,10 @@ class Settings:
     lease_seconds: float = 15.0
     heartbeat_seconds: float = 5.0
     lease_grace_seconds: float = 5.0
+    # Resilience: usage rows the database cannot take wait in <state_dir>/spool, up to this
+    # many bytes; below this much free space in the state directory no job is started.
+    spool_max_bytes: int = 64 * 1024 * 1024
+    state_min_free_bytes: int = 16 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.cgroup_driver not in ("auto", "v1", "v2"):
@@ -109,12 +113,26 @@ class Settings:
         if not self.node_name or "/" in self.node_name or len(self.node_name) > 253:
             raise ConfigError(f"node_name {self.node_name!r} is not a valid node name")
         _check_lease(self)
+        if not 4096 <= self.spool_max_bytes <= 2**40:
+            raise ConfigError(
+                f"spool_max_bytes must be in [4 KiB, 1 TiB] (4096..{2**40}): got"
+                f" {self.spool_max_bytes}"
+            )
+        if not 0 <= self.state_min_free_bytes <= 2**40:
+            raise ConfigError(
+                f"state_min_free_bytes must be in [0, 1 TiB]: got {self.state_min_free_bytes}"
+            )
         _check_runtime(self)
 
     @property
     def runs_dir(self) -> Path:
         """Where each job attempt keeps its output and exit record."""
         return self.state_dir / "runs"
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where usage rows wait while the database cannot take them."""
+        return self.state_dir / "spool"
 
     @property
     def bin_dir(self) -> Path:

@@ -88,6 +88,12 @@ class ServiceStats:
     database_errors: int = 0
     dispatch_latency: Histogram = field(default_factory=lambda: Histogram(DISPATCH_BUCKETS))
     sample_duration: Histogram = field(default_factory=lambda: Histogram(SAMPLE_BUCKETS))
+    # The usage spool (agent/spool.py): rows and bytes waiting on disk now, rows ever spooled.
+    spool_rows: int = 0
+    spool_bytes: int = 0
+    spooled_rows: int = 0
+    # Conditions keeping the agent from all of its work (agent/health.py), 1 while they hold.
+    conditions: dict[str, int] = field(default_factory=dict)
 
     def attempt_finished(self, tenant: str, state: str, dispatch_latency: float | None) -> None:
         """Count a recorded attempt (and its dispatch latency, when it has one)."""
@@ -101,6 +107,10 @@ class ServiceStats:
             self.database_errors,
             self.dispatch_latency.copy(),
             self.sample_duration.copy(),
+            self.spool_rows,
+            self.spool_bytes,
+            self.spooled_rows,
+            dict(self.conditions),
         )
 
 
@@ -262,6 +272,27 @@ class SnapshotCollector(Collector):
         )
         errors.add_metric([], float(stats.database_errors))
         yield from (finished, errors)
+        spool_rows = GaugeMetricFamily(
+            "scheduler_usage_spool_rows",
+            "Usage rows kept in the state directory until the database takes them.",
+        )
+        spool_rows.add_metric([], float(stats.spool_rows))
+        spool_bytes = GaugeMetricFamily(
+            "scheduler_usage_spool_bytes", "Bytes the usage spool takes on disk."
+        )
+        spool_bytes.add_metric([], float(stats.spool_bytes))
+        spooled = CounterMetricFamily(
+            "scheduler_usage_spooled_rows", "Usage rows written to the spool (not to Postgres)."
+        )
+        spooled.add_metric([], float(stats.spooled_rows))
+        degraded = GaugeMetricFamily(
+            "scheduler_agent_degraded",
+            "1 while a condition keeps the agent from part of its work (see /readyz).",
+            labels=["condition"],
+        )
+        for condition, value in sorted(stats.conditions.items()):
+            degraded.add_metric([condition], float(value))
+        yield from (spool_rows, spool_bytes, spooled, degraded)
         for name, doc, hist in (
             (
                 "scheduler_dispatch_latency_seconds",

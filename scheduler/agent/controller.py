@@ -19,6 +19,7 @@ import structlog
 from scheduler.agent.attempts import Attempt, Attempts
 from scheduler.agent.tenants import TenantCgroups, tenant_limits
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits
+from scheduler.db.outage import DB_ERRORS, log_failure
 from scheduler.db.queries import q
 from scheduler.errors import CgroupError
 
@@ -114,8 +115,10 @@ class Controller:
                     tenants=full or sweep or tenants_dirty,
                     full=full,
                 )
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                log.exception("control_reconcile_failed", retry_in_seconds=self._poll_interval)
+            except DB_ERRORS as exc:
+                log_failure(
+                    log, "control_reconcile_failed", exc, retry_in_seconds=self._poll_interval
+                )
                 self._full = True
             self._pending |= retry
             timeout = RETRY_SECONDS if retry else self._poll_interval

@@ -4,6 +4,9 @@ One dedicated connection LISTENs on ``scheduler_jobs``; a NOTIFY (sent once per 
 statement, after commit) wakes the claim loop within milliseconds. NOTIFY is not durable, so
 the loop also claims every ``poll_interval`` seconds: a job inserted while the LISTEN
 connection was down is started by the next poll.
+
+While ``blocked`` gives a reason (the state directory is full: a job could not be started
+safely), nothing is claimed; the jobs stay queued for this node or any other.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import structlog
 from anyio.abc import TaskGroup
 
 from scheduler.agent.claim import claim
+from scheduler.db.outage import DB_ERRORS, log_failure
 from scheduler.db.queries import q
 from scheduler.jobs import Job
 from scheduler.policy.admission import Capacity, detect_capacity
@@ -38,6 +42,7 @@ class Dispatcher:
         capacity: Capacity | None = None,
         epoch: int | None = None,
         on_wake: Callable[[], None] | None = None,
+        blocked: Callable[[], str | None] | None = None,
     ) -> None:
         # The requests of running and frozen jobs never add up to more than this.
         self.capacity = capacity if capacity is not None else detect_capacity()
@@ -51,6 +56,8 @@ class Dispatcher:
         self._wake = anyio.Event()
         # Told whenever work may be coming (runtime.warmer: get the cgroup lock ready).
         self._on_wake = on_wake
+        self.blocked = blocked
+        self._paused: str | None = None
 
     @property
     def running(self) -> int:
@@ -86,13 +93,15 @@ class Dispatcher:
             wake = self._wake = anyio.Event()
             free = self._max_running - len(self._running)
             claimed = 0
+            if self._is_paused():
+                free = 0
             if free > 0:
                 want = min(free, CLAIM_BATCH)
                 try:
                     rows = await claim(self._pool, self._node, want, self.capacity, self._epoch)
-                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                except DB_ERRORS as exc:
                     # The database is away: running jobs stay supervised; claim again later.
-                    log.exception("claim_failed", retry_in_seconds=self._poll_interval)
+                    log_failure(log, "claim_failed", exc, retry_in_seconds=self._poll_interval)
                     rows = []
                     want = -1
                 claimed = len(rows)
@@ -107,11 +116,21 @@ class Dispatcher:
             with anyio.move_on_after(await self._next_wait()):
                 await wake.wait()
 
+    def _is_paused(self) -> bool:
+        reason = self.blocked() if self.blocked is not None else None
+        if (reason is None) != (self._paused is None):
+            if reason is not None:
+                log.error("claims_paused", reason=reason)
+            else:
+                log.info("claims_resumed")
+        self._paused = reason
+        return reason is not None
+
     async def _next_wait(self) -> float:
         """Sleep until the poll, or until the next delayed or backed-off job is due."""
         try:
             due = await self._pool.fetchval(q("next_run_at"))
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        except DB_ERRORS:
             return self._poll_interval
         if due is None:
             return self._poll_interval

@@ -14,6 +14,7 @@ import asyncpg
 import structlog
 
 from scheduler.db.pool import connect
+from scheduler.errors import DatabaseError
 
 log = structlog.get_logger(__name__)
 Subscribe = Callable[[asyncpg.Connection], Awaitable[None]]
@@ -65,7 +66,13 @@ class Listener:
             while self.conn is None:
                 try:
                     await self.connect()
-                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                # DatabaseError: connect() wraps what asyncpg raised (server down, refused).
+                except (
+                    DatabaseError,
+                    asyncpg.PostgresError,
+                    asyncpg.InterfaceError,
+                    OSError,
+                ) as exc:
                     log.warning("listen_reconnect_failed", error=repr(exc), retry_in_seconds=delay)
                     await anyio.sleep(delay)
                     delay = min(delay * 2, MAX_DELAY)

@@ -3,6 +3,12 @@
 The order matters for exact billing: the final counters were read from the cgroup, the
 totals and the closing usage row commit in one transaction, and only then is the cgroup
 removed. An agent killed before the commit finds the cgroup (and its counters) still there.
+
+Completions are not spooled: while the database is away or full they wait here, retried with
+backoff, and their durable copy is already on disk and in the kernel (the monitor's exit
+record in the run directory, the cgroup with its counters), which a restarted agent records
+from (agent/recovery.py). Before each commit the usage spool is replayed, so an attempt's
+closing row is always numbered after every period the sampler spooled for it.
 """
 
 from __future__ import annotations
@@ -17,12 +23,17 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from scheduler.accounting.metrics import ServiceStats
 from scheduler.accounting.periods import Period
+from scheduler.agent.health import Health
+from scheduler.agent.spool import UsageSpool
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Usage
+from scheduler.db.outage import DB_ERRORS, describe, log_failure, outage_kind
 from scheduler.db.queries import q
 from scheduler.jobs import Job, Outcome, byte_seconds, cpu_seconds, retry_delay_seconds
 
 log = structlog.get_logger(__name__)
 MAX_BATCH = 256
+# Retry backoff of a batch that could not be committed: 0.1 s doubling to this.
+MAX_RETRY_DELAY = 5.0
 
 
 @dataclass(frozen=True)
@@ -113,11 +124,19 @@ class Recorder:
     """Drains completions from a stream and commits them in batches."""
 
     def __init__(
-        self, pool: asyncpg.Pool, driver: CgroupDriver, stats: ServiceStats | None = None
+        self,
+        pool: asyncpg.Pool,
+        driver: CgroupDriver,
+        stats: ServiceStats | None = None,
+        *,
+        spool: UsageSpool | None = None,
+        health: Health | None = None,
     ) -> None:
         self._pool = pool
         self._driver = driver
         self._stats = stats
+        self._spool = spool
+        self._health = health or Health()
 
     async def run(self, completions: MemoryObjectReceiveStream[Completion]) -> None:
         async with completions:
@@ -136,14 +155,23 @@ class Recorder:
         delay = 0.1
         while True:
             try:
+                if self._spool is not None:
+                    await self._spool.replay(self._pool)
                 await self.commit(batch)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                log.exception("record_batch_failed", jobs=len(batch), retry_in_seconds=delay)
+            except DB_ERRORS as exc:
+                if outage_kind(exc) is not None:
+                    self._health.fail(
+                        "completions", f"finished jobs wait to be recorded: {describe(exc)}"
+                    )
+                log_failure(
+                    log, "record_batch_failed", exc, jobs=len(batch), retry_in_seconds=delay
+                )
                 if self._stats is not None:
                     self._stats.database_errors += 1
                 await anyio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, MAX_RETRY_DELAY)
             else:
+                self._health.ok("completions")
                 return
 
     def _remove_cgroups(self, batch: list[Completion]) -> None:

@@ -9,7 +9,13 @@ statement, and publishes a snapshot for Prometheus. Exactness rests on three rul
 - the runner *closes* an attempt (removes it, under the same lock a sweep holds from reading
   to commit) before it computes the closing row, so no sweep writes after or across it;
 - a mark that may be stale (after a restart, a retried attempt, a failed write) is reloaded
-  from the rows already in Postgres before it is used again.
+  from the rows already in Postgres before it is used again, and only once no spooled row
+  waits (the spool would otherwise hold rows the reload does not see).
+
+When the database is away or full, a sweep's rows go to the usage spool (agent/spool.py) and
+the marks advance as if committed; while spooled rows wait, new rows go behind them. When the
+spool is at its bound, the marks stay where they are: the next row that can be stored covers
+all the periods in between (counters are cumulative), so nothing is dropped.
 """
 
 from __future__ import annotations
@@ -32,16 +38,19 @@ from scheduler.accounting.metrics import (
     pressure_totals,
 )
 from scheduler.accounting.periods import NS_PER_SECOND, Counters, Mark, Period, advance
+from scheduler.accounting.spoolfile import UsageRow, columns
+from scheduler.agent.health import Health
+from scheduler.agent.spool import SpoolFull, UsageSpool
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Usage
 from scheduler.cgroups.counters import CounterReader, Sample, counter_files
+from scheduler.db.outage import DB_ERRORS, describe, log_failure, outage_kind
 from scheduler.db.queries import q
 from scheduler.errors import CgroupError
 from scheduler.jobs import Job
 
 log = structlog.get_logger(__name__)
-# TimeoutError: a statement that timed out may still have committed; it is treated like
-# any other failure whose outcome is unknown (the marks are reloaded).
-DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# A statement that timed out (TimeoutError, one of DB_ERRORS) may still have committed: it
+# is treated like any other write whose outcome is unknown (spooled, or marks reloaded).
 # A sweep's statements give up after this long, so a stuck database cannot hold the lock
 # (and with it every finishing attempt) for ever.
 STATEMENT_TIMEOUT = 30.0
@@ -171,6 +180,8 @@ class Sampler:
         interval: float,
         stats: ServiceStats | None = None,
         tenant_paths: dict[str, tuple[str, ...]] | None = None,
+        spool: UsageSpool | None = None,
+        health: Health | None = None,
     ) -> None:
         self._pool = pool
         self._driver = driver
@@ -182,6 +193,9 @@ class Sampler:
         self._lock = anyio.Lock()
         self._tenant_high: dict[str, Usage] = {}
         self._pressure_high: dict[str, dict[tuple[str, str], int]] = {}
+        self._spool = spool
+        self._health = health or Health()
+        self._spool_full = False
         self.snapshot = Snapshot()
 
     @property
@@ -226,11 +240,13 @@ class Sampler:
         delay = 0.1
         while True:  # the closing row cannot be computed without it: retry until it loads
             try:
+                if self._spool is not None:
+                    await self._spool.replay(self._pool)  # the reload must see every row
                 marks = await self._load_marks([job], {job.id: launched})
                 return marks[job.id]
-            except DB_ERRORS:
+            except DB_ERRORS as exc:
                 self._stats.database_errors += 1
-                log.exception("usage_mark_load_failed", job_id=job.id, retry_in_seconds=delay)
+                log_failure(log, "usage_mark_load_failed", exc, retry_in_seconds=delay)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
@@ -264,14 +280,14 @@ class Sampler:
         async with self._lock:
             attempts = list(self._attempts.values())
             stale = [a for a in attempts if a.mark is None]
-            if stale:
+            if stale and not self._spooling:
                 try:
                     marks = await self._load_marks(
                         [a.job for a in stale], {a.job.id: a.launched_ns for a in stale}
                     )
-                except DB_ERRORS:
+                except DB_ERRORS as exc:
                     self._stats.database_errors += 1
-                    log.exception("usage_mark_load_failed", jobs=len(stale))
+                    log_failure(log, "usage_mark_load_failed", exc, jobs=len(stale))
                     marks = {}
                 for a in stale:
                     a.mark = marks.get(a.job.id)
@@ -288,17 +304,7 @@ class Sampler:
                     memory_bytes=sample.memory_current_bytes,
                 )
                 periods.append((a, period, after))
-            try:
-                await self._write([(a, p) for a, p, _ in periods])
-            except DB_ERRORS:
-                # The rows may or may not have committed: reload the marks before next use.
-                self._stats.database_errors += 1
-                log.exception("usage_write_failed", rows=len(periods))
-                for a, _, _ in periods:
-                    a.mark = None
-            else:
-                for a, _, after in periods:
-                    a.mark = after
+            await self._store(periods)
         await self._publish(attempts)
         self._stats.sample_duration.observe(time.perf_counter() - started)
         return len(periods)
@@ -317,28 +323,90 @@ class Sampler:
                 samples.append(None)
         return at_ns, samples
 
-    async def _write(self, rows: list[tuple[_Attempt, Period]]) -> None:
+    @property
+    def _spooling(self) -> bool:
+        return self._spool is not None and self._spool.pending
+
+    async def _store(self, periods: list[tuple[_Attempt, Period, Mark]]) -> None:
+        """Commit a sweep's rows, or spool them; move the marks only past rows kept."""
+        rows = [self._row(a, p) for a, p, _ in periods]
         if not rows:
+            if not self._spooling:
+                self._health.ok("usage")  # nothing waits to be written
             return
-        columns: list[list[object]] = [[] for _ in range(12)]
-        for a, p in rows:
-            values = (
-                a.job.id,
-                p.seq,
-                a.job.attempts,
-                a.job.tenant,
-                self._node,
-                to_datetime(p.start_ns),
-                to_datetime(p.end_ns),
-                p.cpu_seconds,
-                p.memory_byte_seconds,
-                p.memory_peak_bytes,
-                p.io_read_bytes,
-                p.io_write_bytes,
+        if self._spooling:
+            # Behind the rows already waiting: never straight to Postgres, never out of order.
+            if await self._to_spool(rows):
+                for a, _, after in periods:
+                    a.mark = after
+            return
+        try:
+            await self._write([(a, p) for a, p, _ in periods])
+        except DB_ERRORS as exc:
+            self._stats.database_errors += 1
+            if self._spool is not None and outage_kind(exc) is not None:
+                self._health.fail("usage", f"usage rows are spooled on disk: {describe(exc)}")
+                # Spooled rows may have committed too (a timeout): their replay is a no-op.
+                if await self._to_spool(rows):
+                    for a, _, after in periods:
+                        a.mark = after
+                    return
+            else:
+                log.exception("usage_write_failed", rows=len(rows), error=describe(exc))
+            # The rows may or may not have committed: reload the marks before next use.
+            for a, _, _ in periods:
+                a.mark = None
+        else:
+            for a, _, after in periods:
+                a.mark = after
+            self._health.ok("usage")
+
+    async def _write(self, rows: list[tuple[_Attempt, Period]]) -> None:
+        """Commit sweep rows straight to Postgres (one statement)."""
+        if rows:
+            await self._pool.execute(
+                q("insert_usage_periods"),
+                *columns([self._row(a, p) for a, p in rows]),
+                timeout=STATEMENT_TIMEOUT,
             )
-            for column, value in zip(columns, values, strict=True):
-                column.append(value)
-        await self._pool.execute(q("insert_usage_periods"), *columns, timeout=STATEMENT_TIMEOUT)
+
+    async def _to_spool(self, rows: list[UsageRow]) -> bool:
+        """Spool ``rows``; False (marks must not move past them) when the spool cannot."""
+        assert self._spool is not None
+        try:
+            await self._spool.append(rows)
+        except (SpoolFull, OSError) as exc:
+            if not self._spool_full:
+                log.error(  # noqa: TRY400 (an expected condition, not a bug: no traceback)
+                    "usage_spool_full",
+                    error=str(exc),
+                    note="periods are held: the next stored row covers them (no usage lost)",
+                )
+            self._spool_full = True
+            return False
+        if self._spool_full:
+            log.info("usage_spool_accepting")
+        self._spool_full = False
+        log.warning(
+            "usage_spooled", rows=len(rows), spool_rows=self._spool.rows, bytes=self._spool.bytes
+        )
+        return True
+
+    def _row(self, a: _Attempt, p: Period) -> UsageRow:
+        return UsageRow(
+            job_id=a.job.id,
+            seq=p.seq,
+            attempt=a.job.attempts,
+            tenant=a.job.tenant,
+            node=self._node,
+            start_us=p.start_ns // 1000,
+            end_us=p.end_ns // 1000,
+            cpu_seconds=p.cpu_seconds,
+            memory_byte_seconds=p.memory_byte_seconds,
+            memory_peak_bytes=p.memory_peak_bytes,
+            io_read_bytes=p.io_read_bytes,
+            io_write_bytes=p.io_write_bytes,
+        )
 
     async def _publish(self, attempts: list[_Attempt]) -> None:
         """Refresh the Prometheus snapshot: tenants' cgroups, running jobs, Postgres counts."""
@@ -372,9 +440,9 @@ class Sampler:
         try:
             rows = await self._pool.fetch(q("job_state_counts"), timeout=STATEMENT_TIMEOUT)
             states = {(str(r["tenant"]), str(r["state"])): int(r["n"]) for r in rows}
-        except DB_ERRORS:
+        except DB_ERRORS as exc:
             self._stats.database_errors += 1
-            log.exception("job_state_count_failed")
+            log_failure(log, "job_state_count_failed", exc)
             states = dict(self.snapshot.job_states)
         running = {a.job.id for a in self._attempts.values()}
         self.snapshot = Snapshot(

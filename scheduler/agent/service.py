@@ -19,6 +19,7 @@ from scheduler.agent.attempts import Attempts
 from scheduler.agent.controller import Controller
 from scheduler.agent.dispatcher import Dispatcher
 from scheduler.agent.fencing import fence_stale, kill_all
+from scheduler.agent.health import Health
 from scheduler.agent.heartbeat import Heartbeat
 from scheduler.agent.isolation import isolator_for
 from scheduler.agent.lease import NodeLease, register, release
@@ -28,6 +29,8 @@ from scheduler.agent.recorder import Completion, Recorder
 from scheduler.agent.recovery import recover
 from scheduler.agent.runner import Runner
 from scheduler.agent.sampler import Sampler
+from scheduler.agent.spool import UsageSpool
+from scheduler.agent.statedisk import StateDisk
 from scheduler.agent.tenants import TenantCgroups
 from scheduler.api.app import build_app
 from scheduler.api.deps import ApiDeps
@@ -40,6 +43,7 @@ from scheduler.cgroups.devices import io_devices
 from scheduler.config import Settings
 from scheduler.db.embedded import EmbeddedPostgres
 from scheduler.db.migrate import migrate
+from scheduler.db.outage import DB_ERRORS, describe
 from scheduler.db.pool import create_pool
 from scheduler.db.queries import q
 from scheduler.errors import SchedulerError
@@ -131,6 +135,17 @@ async def run_agent(
         send, receive = anyio.create_memory_object_stream[Completion](4096)
         tenants = TenantCgroups(pool, driver, io_devices(settings.io_devices, settings.state_dir))
         stats = ServiceStats()
+        health = Health(stats)
+        spool = UsageSpool(settings.spool_dir, settings.spool_max_bytes, stats=stats, health=health)
+        await anyio.to_thread.run_sync(spool.load)
+        # What a previous run spooled goes first: recovery reloads marks from these rows. The
+        # heartbeat does not run yet: a long replay goes on in the background (spool.run),
+        # and marks are not reloaded while rows wait.
+        try:
+            with anyio.move_on_after(settings.lease_seconds / 3):
+                await spool.replay(pool)
+        except DB_ERRORS as exc:
+            health.fail("usage", f"usage rows are spooled on disk: {describe(exc)}")
         sampler = Sampler(
             pool,
             driver,
@@ -138,6 +153,8 @@ async def run_agent(
             interval=settings.sample_interval,
             stats=stats,
             tenant_paths=tenants.paths,
+            spool=spool,
+            health=health,
         )
         runner = Runner(
             driver=driver,
@@ -169,6 +186,14 @@ async def run_agent(
             epoch=lease.epoch,
             on_wake=warmer.poke if warmer is not None else None,
         )
+        state_disk = StateDisk(
+            settings.state_dir,
+            min_free_bytes=settings.state_min_free_bytes,
+            interval=min(settings.poll_interval, 1.0),
+            health=health,
+            on_ok=dispatcher.wake,
+        )
+        dispatcher.blocked = state_disk.blocked
 
         async def fence(reason: str) -> None:
             killed = kill_all(driver, runner.attempts)
@@ -191,7 +216,7 @@ async def run_agent(
         started = False
 
         async def ready_reasons() -> list[str]:
-            reasons = await readiness(pool, settings, driver)
+            reasons = [*await readiness(pool, settings, driver), *health.reasons()]
             return reasons if started else ["the agent is still starting", *reasons]
 
         api = build_app(
@@ -210,7 +235,12 @@ async def run_agent(
             async with anyio.create_task_group() as tg:
                 tg.start_soon(heartbeat.run)
                 tg.start_soon(listener.run)
-                tg.start_soon(Recorder(pool, driver, stats).run, receive)
+                tg.start_soon(
+                    Recorder(pool, driver, stats, spool=spool, health=health).run, receive
+                )
+                tg.start_soon(spool.run, pool, settings.poll_interval)
+                await state_disk.check()  # before the first claim
+                tg.start_soon(state_disk.run)
                 leftovers = [
                     Job.from_row(r)
                     for r in await pool.fetch(q("active_on_node"), settings.node_name)

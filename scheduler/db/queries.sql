@@ -365,6 +365,26 @@ FROM unnest($1::bigint[], $2::integer[], $3::integer[], $4::text[], $5::text[],
          memory_byte_seconds, memory_peak_bytes, io_read_bytes, io_write_bytes)
 ON CONFLICT (job_id, seq) DO NOTHING;
 
+-- name: insert_spooled_periods
+-- Spooled sweep rows (agent/spool.py), replayed once the database is back: the same rows as
+-- insert_usage_periods, skipping any already written (a replay repeated after a crash) and
+-- any of an attempt that has its closing row by now (e.g. closed by expire_nodes while this
+-- node was away): no period may follow the row that closed its attempt.
+INSERT INTO scheduler.usage
+    (job_id, seq, attempt, tenant, node, period_start, period_end, cpu_seconds,
+     memory_byte_seconds, memory_peak_bytes, io_read_bytes, io_write_bytes, final)
+SELECT r.job_id, r.seq, r.attempt, r.tenant, r.node, r.period_start, r.period_end,
+       r.cpu_seconds, r.memory_byte_seconds, r.memory_peak_bytes, r.io_read_bytes,
+       r.io_write_bytes, false
+FROM unnest($1::bigint[], $2::integer[], $3::integer[], $4::text[], $5::text[],
+            $6::timestamptz[], $7::timestamptz[], $8::numeric[], $9::numeric[],
+            $10::bigint[], $11::bigint[], $12::bigint[])
+    AS r(job_id, seq, attempt, tenant, node, period_start, period_end, cpu_seconds,
+         memory_byte_seconds, memory_peak_bytes, io_read_bytes, io_write_bytes)
+WHERE NOT EXISTS (SELECT 1 FROM scheduler.usage f
+                  WHERE f.job_id = r.job_id AND f.attempt = r.attempt AND f.final)
+ON CONFLICT (job_id, seq) DO NOTHING;
+
 -- name: usage_marks
 -- Where metering of each (job $1[i], attempt $2[i]) resumes: the job's last seq, and this
 -- attempt's row count, last period end and summed counters (attempts without rows: the

@@ -150,6 +150,60 @@ static int write_atomic(const char *dir, const char *name, const char *text)
     return rename(tmp, final);
 }
 
+/* Space for the exit record, taken when the monitor starts: a full state disk at the
+ * job's end cannot lose its exit. The record (at most ERR_MAX + 512 bytes) overwrites the
+ * reserved bytes in place (blocks that are already allocated need no new space on tmpfs,
+ * ext4 or xfs), the file is cut to the record's length and renamed to DIR/exit, so a reader
+ * sees a whole record or none. -1 until reserve_record() succeeded. */
+#define RECORD_RESERVE 4096
+#define RESERVE_NAME "exit.reserve"
+static int reserve_fd = -1;
+
+static int reserve_record(const char *dir)
+{
+    char path[PATH_MAX];
+    static const char zeros[RECORD_RESERVE];
+    if (join(path, sizeof path, dir, RESERVE_NAME) != 0)
+        return -1;
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    if (fd < 0)
+        return -1;
+    if (write_all(fd, zeros, sizeof zeros) != 0) {
+        int saved = errno;
+        close(fd);
+        unlink(path);
+        errno = saved;
+        return -1;
+    }
+    reserve_fd = fd;
+    return 0;
+}
+
+/* Write `text` over the reserved bytes, trim, and rename the file to DIR/exit. */
+static int write_reserved(const char *dir, const char *text)
+{
+    char from[PATH_MAX], to[PATH_MAX];
+    size_t len = strlen(text), done = 0;
+    if (join(from, sizeof from, dir, RESERVE_NAME) != 0 || join(to, sizeof to, dir, "exit") != 0)
+        return -1;
+    while (done < len) {
+        ssize_t n = pwrite(reserve_fd, text + done, len - done, (off_t)done);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        done += (size_t)n;
+    }
+    if (ftruncate(reserve_fd, (off_t)len) != 0)
+        return -1;
+    if (rename(from, to) != 0)
+        return -1;
+    int fd = reserve_fd;
+    reserve_fd = -1;
+    return close(fd);
+}
+
 /* The exit record: `key=value` lines, parsed by launcher.parse_exit_record(). */
 static int write_record(const char *dir, const char *kind, int exit_code, int sig,
                         const char *error, long long start_ns, long long end_ns,
@@ -172,6 +226,8 @@ static int write_record(const char *dir, const char *kind, int exit_code, int si
              (long long)ru->ru_utime.tv_sec * 1000000LL + ru->ru_utime.tv_usec,
              (long long)ru->ru_stime.tv_sec * 1000000LL + ru->ru_stime.tv_usec,
              ru->ru_maxrss);
+    if (reserve_fd >= 0)
+        return write_reserved(dir, text);
     return write_atomic(dir, "exit", text);
 }
 
@@ -657,6 +713,12 @@ int main(int argc, char **argv)
             set_error("monitor: signal: %s", strerror(errno));
             start_error(o.run_dir);
         }
+    }
+
+    /* Before anything else takes space in the run dir (see RECORD_RESERVE). */
+    if (reserve_record(o.run_dir) != 0) {
+        set_error("monitor: reserve %s/%s: %s", o.run_dir, RESERVE_NAME, strerror(errno));
+        start_error(o.run_dir);
     }
 
     char buf[PATH_MAX];

@@ -1,0 +1,90 @@
+"""Watches the filesystem of the state directory, where every job's run directory (output,
+monitor pid, exit record) and the usage spool live.
+
+A job cannot be started safely on a full disk, so while the free space is below
+``state_min_free_bytes``, or a small write fails (ENOSPC, EDQUOT, a read-only remount), the
+``state_disk`` condition holds: the dispatcher claims nothing and /readyz says why. Running
+jobs are not affected: their monitors reserved their exit records' space when they started.
+The condition ends by itself once a check passes again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import structlog
+
+from scheduler.agent.health import Health
+
+log = structlog.get_logger(__name__)
+PROBE_NAME = ".write-probe"
+PROBE_BYTES = 4096
+
+
+def check_state_disk(state_dir: Path, min_free_bytes: int) -> str | None:
+    """Why the state directory cannot take new jobs now, or None (blocking: a worker thread)."""
+    try:
+        st = os.statvfs(state_dir)
+    except OSError as exc:
+        return f"state directory {state_dir} cannot be checked: {exc}"
+    free = st.f_bavail * st.f_frsize
+    if free < min_free_bytes:
+        return (
+            f"state directory full: {free} bytes free on {state_dir}, below"
+            f" state_min_free_bytes ({min_free_bytes})"
+        )
+    probe = state_dir / PROBE_NAME
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, b"\0" * PROBE_BYTES)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        return f"state directory full or not writable: writing {probe}: {exc}"
+    finally:
+        probe.unlink(missing_ok=True)
+    return None
+
+
+class StateDisk:
+    """Checks the state directory every ``interval`` seconds; ``on_ok`` runs when it is
+    usable again (the dispatcher claims at once)."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        min_free_bytes: int,
+        interval: float,
+        health: Health,
+        on_ok: Callable[[], None] | None = None,
+    ) -> None:
+        self._state_dir = state_dir
+        self._min_free = min_free_bytes
+        self._interval = interval
+        self._health = health
+        self._on_ok = on_ok
+
+    def blocked(self) -> str | None:
+        """Why no job may be started now (None: go ahead)."""
+        return self._health.reason("state_disk")
+
+    async def check(self) -> str | None:
+        """Check now and update the condition; the reason, if any."""
+        reason = await anyio.to_thread.run_sync(check_state_disk, self._state_dir, self._min_free)
+        if reason is not None:
+            self._health.fail("state_disk", reason)
+        elif self._health.reason("state_disk") is not None:
+            self._health.ok("state_disk")
+            if self._on_ok is not None:
+                self._on_ok()
+        return reason
+
+    async def run(self) -> None:
+        while True:
+            await self.check()
+            await anyio.sleep(self._interval)

@@ -1,0 +1,79 @@
+"""The state directory on a tiny tmpfs, filled to the last byte while a job runs: the agent
+stops claiming, /readyz says why, the running job's exit is still recorded (its monitor
+reserved the record's space at start), and everything resumes once space is freed."""
+
+from __future__ import annotations
+
+import anyio
+import asyncpg
+import pytest
+
+from scheduler.agent.runner import run_dir_for
+from tests.conftest import agent_settings, start_agent
+from tests.integration.test_agent import wait_final, wait_state
+from tests.integration.test_metrics_endpoint import parse, scrape
+from tests.integration.test_usage_spool import readyz
+from tests.tmpfs import fill, free_bytes, tiny_tmpfs
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_full_state_disk_pauses_claims_and_keeps_the_running_jobs_exit(
+    dsn: str, db: asyncpg.Connection, cgroup_root: str
+) -> None:
+    with tiny_tmpfs("24m") as state_dir:
+        settings = agent_settings(
+            dsn, state_dir, cgroup_root, state_min_free_bytes=1 << 20, poll_interval=0.2
+        )
+        async with anyio.create_task_group() as tg:
+            agent = await start_agent(tg, settings)
+            running = int(
+                await db.fetchval(
+                    "INSERT INTO scheduler.jobs (argv, cpu) VALUES"
+                    " (ARRAY['sh', '-c', 'echo started; sleep 3'], 0.01) RETURNING id"
+                )
+            )
+            run_dir = run_dir_for(settings.runs_dir, running, 1)
+            with anyio.fail_after(20):
+                while not (run_dir / "stdout").is_file() or not (
+                    (run_dir / "stdout").read_text().startswith("started")
+                ):
+                    await anyio.sleep(0.05)
+            assert (run_dir / "exit.reserve").is_file()
+            filler = fill(state_dir)
+            assert free_bytes(state_dir) == 0
+            with anyio.fail_after(10):
+                while (await readyz(agent))[0] != 503:
+                    await anyio.sleep(0.05)
+            _status, reasons = await readyz(agent)
+            assert any(r.startswith("state directory full") for r in reasons), reasons
+            metrics = parse((await scrape(agent)).text)
+            assert metrics[("scheduler_agent_degraded", (("condition", "state_disk"),))] == 1
+            # Nothing is started on a full disk: the new job stays queued.
+            waiting = int(
+                await db.fetchval(
+                    "INSERT INTO scheduler.jobs (argv, cpu) VALUES (ARRAY['true'], 0.01)"
+                    " RETURNING id"
+                )
+            )
+            # The running job ends on the full disk: its exit record is written all the same.
+            [row] = await wait_final(db, [running], timeout=20)
+            assert row["state"] == "succeeded", row["error"]
+            assert (run_dir / "exit").read_text().startswith("kind=exited\nexit_code=0\n")
+            assert not (run_dir / "exit.reserve").exists()
+            assert free_bytes(state_dir) < settings.state_min_free_bytes
+            await anyio.sleep(1.0)
+            assert (
+                await db.fetchval("SELECT state FROM scheduler.jobs WHERE id = $1", waiting)
+                == "queued"
+            )
+            assert (await readyz(agent))[0] == 503
+            # Space is back: the agent recovers by itself.
+            filler.unlink()
+            await wait_state(db, waiting, "succeeded", timeout=20)
+            with anyio.fail_after(10):
+                while (await readyz(agent))[0] != 200:
+                    await anyio.sleep(0.05)
+            metrics = parse((await scrape(agent)).text)
+            assert metrics[("scheduler_agent_degraded", (("condition", "state_disk"),))] == 0
+            tg.cancel_scope.cancel()
