@@ -14,6 +14,7 @@ import asyncpg
 import structlog
 
 from scheduler.db.pool import connect
+from scheduler.errors import DatabaseError
 
 log = structlog.get_logger(__name__)
 Subscribe = Callable[[asyncpg.Connection], Awaitable[None]]
@@ -22,6 +23,7 @@ FIRST_DELAY = 0.1
 MAX_DELAY = 5.0
 # How often a silent connection is checked (a dropped socket may not wake anything).
 CHECK_SECONDS = 1.0
+DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
 
 class Listener:
@@ -65,7 +67,9 @@ class Listener:
             while self.conn is None:
                 try:
                     await self.connect()
-                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                # DatabaseError: connect() wraps a refused connection (the server is down or
+                # still starting), which is what a reconnection meets first.
+                except (DatabaseError, *DB_ERRORS) as exc:
                     log.warning("listen_reconnect_failed", error=repr(exc), retry_in_seconds=delay)
                     await anyio.sleep(delay)
                     delay = min(delay * 2, MAX_DELAY)
