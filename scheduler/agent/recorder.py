@@ -15,6 +15,7 @@ import asyncpg
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from scheduler import failpoints
 from scheduler.accounting.metrics import ServiceStats
 from scheduler.accounting.periods import Period
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Usage
@@ -148,6 +149,7 @@ class Recorder:
 
     async def commit(self, batch: list[Completion]) -> None:
         """Record a batch in one transaction, then remove the cgroups it covered."""
+        failpoints.hit("before_record")
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.executemany(q("finish_job"), [_finish_args(c) for c in batch])
             await conn.executemany(q("insert_usage"), [_usage_args(c) for c in batch])

@@ -1,0 +1,58 @@
+"""Failpoints: named places where a fault test stops the agent at an exact moment.
+
+A test facility, off unless ``SCHEDULER_FAILPOINTS`` is set (for example
+``after_claim=stop,before_record=stop``), read once when ``serve`` starts. The only action is
+``stop``: the agent logs ``failpoint_hit`` and stops itself with SIGSTOP, so nothing more of it
+runs (no task, no thread) until the test SIGKILLs it, or SIGCONTs it to let it go on. Each
+failpoint fires once per process. Unset, :func:`hit` is one lookup in an empty set.
+
+The points: ``after_claim`` (a claim committed rows, no monitor started yet) and
+``before_record`` (an attempt ended and its final counters were read, nothing committed).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Mapping
+
+import structlog
+
+from scheduler.errors import ConfigError
+
+log = structlog.get_logger(__name__)
+POINTS = frozenset({"after_claim", "before_record"})
+ACTIONS = frozenset({"stop"})
+_armed: set[str] = set()
+
+
+def parse(spec: str) -> set[str]:
+    """The failpoints armed by ``spec`` (``name=stop`` items, comma-separated)."""
+    armed: set[str] = set()
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, action = item.partition("=")
+        if name not in POINTS or action not in ACTIONS:
+            raise ConfigError(
+                f"SCHEDULER_FAILPOINTS: {item!r} is not NAME=ACTION with NAME one of"
+                f" {', '.join(sorted(POINTS))} and ACTION one of {', '.join(sorted(ACTIONS))}"
+            )
+        armed.add(name)
+    return armed
+
+
+def configure(environ: Mapping[str, str] | None = None) -> None:
+    """Arm the failpoints named in ``SCHEDULER_FAILPOINTS`` (once, at start-up)."""
+    environ = os.environ if environ is None else environ
+    _armed.clear()
+    _armed.update(parse(environ.get("SCHEDULER_FAILPOINTS", "")))
+    if _armed:
+        log.warning("failpoints_armed", failpoints=sorted(_armed))
+
+
+def hit(name: str) -> None:
+    """Stop this process here if failpoint ``name`` is armed (once)."""
+    if name not in _armed:
+        return
+    _armed.discard(name)
+    log.warning("failpoint_hit", failpoint=name, pid=os.getpid())
+    os.kill(os.getpid(), signal.SIGSTOP)

@@ -1,0 +1,99 @@
+"""The agent SIGKILLed at four moments of a job's life: after its claim (before any process
+started), while it runs, while it exits (ended, not yet recorded), and for good while it
+exits (the agent is down when the job ends). A restart on the same node name and state
+directory must end every job once, billed exactly once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import asyncpg
+import pytest
+
+from scheduler.agent.runner import run_dir_for
+from tests.agent_process import sigkill, wait_stopped
+from tests.faults.conftest import Agents, no_jobs_left
+from tests.faults.counts import Workload, assert_counts, tally
+
+pytestmark = pytest.mark.anyio
+
+
+async def wait_executed(workload: Workload, ids: list[int]) -> None:
+    """Until every job's command has started (its first line ran)."""
+    with anyio.fail_after(30):
+        while not set(ids) <= set(workload.executions()):
+            await anyio.sleep(0.02)
+
+
+async def test_sigkill_after_claim_before_start(
+    db: asyncpg.Connection, state_dir: Path, cgroup_root: str, workload: Workload, agents: Agents
+) -> None:
+    agent = await agents.start(failpoints="after_claim=stop")
+    ids = await workload.submit(db, "sleep 0.2", 12, max_attempts=2)
+    log = agents.log("fault-node")
+    await wait_stopped(agent, log)
+    hit = await workload.hit(db)
+    assert sorted(hit) == ids and set(hit.values()) == {1}  # all claimed in one statement
+    sigkill(agent)
+    assert workload.executions() == {}  # nothing started: the kill came before any monitor
+    await agents.start()
+    result = await tally(db, workload, fault="a: SIGKILL after claim", hit=hit)
+    assert_counts(result)
+    await no_jobs_left(workload, [state_dir / "runs"], [cgroup_root])
+
+
+async def test_sigkill_while_jobs_run(
+    db: asyncpg.Connection, state_dir: Path, cgroup_root: str, workload: Workload, agents: Agents
+) -> None:
+    agent = await agents.start()
+    ids = await workload.submit(db, "sleep 3", 12)
+    await wait_executed(workload, ids)
+    # Sampled before the kill: the restarted agent must continue these rows, not redo them.
+    with anyio.fail_after(20):
+        while await db.fetchval(
+            "SELECT count(DISTINCT job_id) FROM scheduler.usage WHERE job_id = ANY($1)", ids
+        ) < len(ids):
+            await anyio.sleep(0.05)
+    hit = await workload.hit(db)
+    sigkill(agent)
+    await anyio.sleep(0.5)
+    await agents.start()
+    result = await tally(db, workload, fault="b: SIGKILL while jobs run", hit=hit)
+    assert_counts(result)
+    await no_jobs_left(workload, [state_dir / "runs"], [cgroup_root])
+
+
+async def test_sigkill_while_a_job_exits(
+    db: asyncpg.Connection, state_dir: Path, cgroup_root: str, workload: Workload, agents: Agents
+) -> None:
+    agent = await agents.start(failpoints="before_record=stop")
+    # Staggered ends: the first to end stops the agent before its record commits; the others
+    # end while it is stopped, then killed.
+    ids = await workload.submit(db, "sleep 0.$(( SCHEDULER_JOB_ID % 5 + 3 ))", 12)
+    await wait_stopped(agent, agents.log("fault-node"))
+    hit = await workload.hit(db)
+    assert sorted(hit) == ids  # nothing recorded yet
+    sigkill(agent)
+    await agents.start()
+    result = await tally(db, workload, fault="c: SIGKILL while a job exits", hit=hit)
+    assert_counts(result)
+    await no_jobs_left(workload, [state_dir / "runs"], [cgroup_root])
+
+
+async def test_jobs_exit_while_the_agent_is_down(
+    db: asyncpg.Connection, state_dir: Path, cgroup_root: str, workload: Workload, agents: Agents
+) -> None:
+    agent = await agents.start()
+    ids = await workload.submit(db, "sleep 1", 12)
+    await wait_executed(workload, ids)
+    hit = await workload.hit(db)
+    sigkill(agent)
+    runs = state_dir / "runs"
+    with anyio.fail_after(20):
+        while not all((run_dir_for(runs, i, 1) / "exit").exists() for i in ids):
+            await anyio.sleep(0.05)
+    await agents.start()
+    result = await tally(db, workload, fault="d: jobs exit while agent down", hit=hit)
+    assert_counts(result)
+    await no_jobs_left(workload, [runs], [cgroup_root])
