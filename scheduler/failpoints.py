@@ -1,10 +1,14 @@
 """Failpoints: named places where a fault test stops the agent at an exact moment.
 
 A test facility, off unless ``SCHEDULER_FAILPOINTS`` is set (for example
-``after_claim=stop,before_record=stop``), read once when ``serve`` starts. The only action is
-``stop``: the agent logs ``failpoint_hit`` and stops itself with SIGSTOP, so nothing more of it
-runs (no task, no thread) until the test SIGKILLs it, or SIGCONTs it to let it go on. Each
-failpoint fires once per process. Unset, :func:`hit` is one lookup in an empty set.
+``after_claim=stop,before_record=stop``), read once when ``serve`` starts. Actions:
+
+- ``stop``: the agent logs ``failpoint_hit`` and stops itself with SIGSTOP, so nothing more of
+  it runs (no task, no thread) until the test SIGKILLs it, or SIGCONTs it to let it go on;
+- ``error``: the point raises ``ConnectionResetError``, as if the database connection broke
+  there (after a commit: the commit happened, its answer never arrived).
+
+Each failpoint fires once per process. Unset, :func:`hit` is one lookup in an empty dict.
 
 The points: ``after_claim`` (a claim committed rows, no monitor started yet) and
 ``before_record`` (an attempt ended and its final counters were read, nothing committed).
@@ -22,13 +26,13 @@ from scheduler.errors import ConfigError
 
 log = structlog.get_logger(__name__)
 POINTS = frozenset({"after_claim", "before_record"})
-ACTIONS = frozenset({"stop"})
-_armed: set[str] = set()
+ACTIONS = frozenset({"stop", "error"})
+_armed: dict[str, str] = {}
 
 
-def parse(spec: str) -> set[str]:
-    """The failpoints armed by ``spec`` (``name=stop`` items, comma-separated)."""
-    armed: set[str] = set()
+def parse(spec: str) -> dict[str, str]:
+    """The failpoints armed by ``spec`` (``name=action`` items, comma-separated)."""
+    armed: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
         name, _, action = item.partition("=")
         if name not in POINTS or action not in ACTIONS:
@@ -36,7 +40,7 @@ def parse(spec: str) -> set[str]:
                 f"SCHEDULER_FAILPOINTS: {item!r} is not NAME=ACTION with NAME one of"
                 f" {', '.join(sorted(POINTS))} and ACTION one of {', '.join(sorted(ACTIONS))}"
             )
-        armed.add(name)
+        armed[name] = action
     return armed
 
 
@@ -46,13 +50,15 @@ def configure(environ: Mapping[str, str] | None = None) -> None:
     _armed.clear()
     _armed.update(parse(environ.get("SCHEDULER_FAILPOINTS", "")))
     if _armed:
-        log.warning("failpoints_armed", failpoints=sorted(_armed))
+        log.warning("failpoints_armed", failpoints=dict(sorted(_armed.items())))
 
 
 def hit(name: str) -> None:
-    """Stop this process here if failpoint ``name`` is armed (once)."""
+    """Act here if failpoint ``name`` is armed (once): stop this process, or raise."""
     if name not in _armed:
         return
-    _armed.discard(name)
-    log.warning("failpoint_hit", failpoint=name, pid=os.getpid())
+    action = _armed.pop(name)
+    log.warning("failpoint_hit", failpoint=name, action=action, pid=os.getpid())
+    if action == "error":
+        raise ConnectionResetError(f"failpoint {name}: the database connection broke here")
     os.kill(os.getpid(), signal.SIGSTOP)

@@ -15,7 +15,6 @@ import asyncpg
 import structlog
 from anyio.abc import TaskGroup
 
-from scheduler import failpoints
 from scheduler.agent.claim import claim
 from scheduler.db.queries import q
 from scheduler.jobs import Job
@@ -92,8 +91,6 @@ class Dispatcher:
                     rows = []
                     want = -1
                 claimed = len(rows)
-                if rows:
-                    failpoints.hit("after_claim")
                 for row in rows:
                     job = Job.from_row(row)
                     self._running.add(job.id)
