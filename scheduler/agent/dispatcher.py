@@ -4,6 +4,11 @@ One dedicated connection LISTENs on ``scheduler_jobs``; a NOTIFY (sent once per 
 statement, after commit) wakes the claim loop within milliseconds. NOTIFY is not durable, so
 the loop also claims every ``poll_interval`` seconds: a job inserted while the LISTEN
 connection was down is started by the next poll.
+
+A claim that fails may still have committed (the connection broke after the commit, before
+its answer arrived): Postgres then says jobs run here that nothing here started. After such a
+failure, before claiming again, the dispatcher starts every attempt Postgres gives this node
+under its epoch that it neither runs nor is recording.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from scheduler.policy.admission import Capacity, detect_capacity
 
 log = structlog.get_logger(__name__)
 CLAIM_BATCH = 64
+DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
 
 class Dispatcher:
@@ -37,6 +43,7 @@ class Dispatcher:
         run_job: Callable[[Job], Awaitable[None]],
         capacity: Capacity | None = None,
         epoch: int | None = None,
+        unrecorded: set[int] | None = None,
     ) -> None:
         # The requests of running and frozen jobs never add up to more than this.
         self.capacity = capacity if capacity is not None else detect_capacity()
@@ -47,6 +54,11 @@ class Dispatcher:
         self._poll_interval = poll_interval
         self._run_job = run_job
         self._running: set[int] = set()
+        # Jobs whose end was handed to the recorder and is not committed yet (the outbox's).
+        self._unrecorded = unrecorded if unrecorded is not None else set()
+        # Attempts whose task crashed: left 'running' in Postgres for the next start-up.
+        self._crashed: set[int] = set()
+        self._claim_unknown = False
         self._wake = anyio.Event()
 
     @property
@@ -81,13 +93,16 @@ class Dispatcher:
             wake = self._wake = anyio.Event()
             free = self._max_running - len(self._running)
             claimed = 0
-            if free > 0:
+            if free > 0 and self._claim_unknown:
+                self._claim_unknown = not await self._start_unheard(task_group)
+            if free > 0 and not self._claim_unknown:
                 want = min(free, CLAIM_BATCH)
                 try:
                     rows = await claim(self._pool, self._node, want, self.capacity, self._epoch)
-                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                except DB_ERRORS:
                     # The database is away: running jobs stay supervised; claim again later.
                     log.exception("claim_failed", retry_in_seconds=self._poll_interval)
+                    self._claim_unknown = True
                     rows = []
                     want = -1
                 claimed = len(rows)
@@ -100,11 +115,29 @@ class Dispatcher:
             with anyio.move_on_after(await self._next_wait()):
                 await wake.wait()
 
+    async def _start_unheard(self, task_group: TaskGroup) -> bool:
+        """Start the attempts a failed claim may have committed; False if Postgres is away."""
+        # Taken before the query: a job leaves these sets only once its end is committed, so
+        # any attempt the query returns that is in none of them was never started here.
+        known = self._running | self._unrecorded | self._crashed
+        try:
+            rows = await self._pool.fetch(q("claimed_on_node"), self._node, self._epoch)
+        except DB_ERRORS:
+            return False
+        for row in rows:
+            if row["id"] in known:
+                continue
+            job = Job.from_row(row)
+            log.warning("unheard_claim_started", job_id=job.id, attempt=job.attempts)
+            self._running.add(job.id)
+            task_group.start_soon(self._attempt, job, name=f"job-{job.id}")
+        return True
+
     async def _next_wait(self) -> float:
         """Sleep until the poll, or until the next delayed or backed-off job is due."""
         try:
             due = await self._pool.fetchval(q("next_run_at"))
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        except DB_ERRORS:
             return self._poll_interval
         if due is None:
             return self._poll_interval
@@ -117,6 +150,7 @@ class Dispatcher:
             # A bug in one attempt must not take the agent (and every other job) down; the
             # attempt stays 'running' in Postgres and is recorded by the next start-up.
             log.exception("attempt_crashed", job_id=job.id, tenant=job.tenant)
+            self._crashed.add(job.id)
         finally:
             self._running.discard(job.id)
             self.wake()

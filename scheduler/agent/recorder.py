@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import anyio
 import asyncpg
 import structlog
+from anyio.abc import ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from scheduler import failpoints
@@ -39,6 +40,19 @@ class Completion:
     end_ns: int
     # The closing row computed against the sampler's rows; None: the whole attempt in one row.
     closing: Period | None = None
+
+
+class Outbox:
+    """Where ended attempts are sent to be recorded: the recorder's stream, and the jobs whose
+    end was sent but is not committed yet (Postgres still says they run here)."""
+
+    def __init__(self, stream: ObjectSendStream[Completion]) -> None:
+        self._stream = stream
+        self.unrecorded: set[int] = set()
+
+    async def send(self, completion: Completion) -> None:
+        self.unrecorded.add(completion.job.id)
+        await self._stream.send(completion)
 
 
 def _ts(ns: int) -> datetime:
@@ -114,11 +128,17 @@ class Recorder:
     """Drains completions from a stream and commits them in batches."""
 
     def __init__(
-        self, pool: asyncpg.Pool, driver: CgroupDriver, stats: ServiceStats | None = None
+        self,
+        pool: asyncpg.Pool,
+        driver: CgroupDriver,
+        stats: ServiceStats | None = None,
+        unrecorded: set[int] | None = None,
     ) -> None:
         self._pool = pool
         self._driver = driver
         self._stats = stats
+        # The outbox's set: a job leaves it once its end is committed.
+        self._unrecorded = unrecorded if unrecorded is not None else set()
 
     async def run(self, completions: MemoryObjectReceiveStream[Completion]) -> None:
         async with completions:
@@ -155,6 +175,7 @@ class Recorder:
             await conn.executemany(q("insert_usage"), [_usage_args(c) for c in batch])
             await conn.execute("SELECT pg_notify('scheduler_done', '')")
         for c in batch:
+            self._unrecorded.discard(c.job.id)
             try:
                 if c.cgroup is not None:
                     self._driver.remove(c.cgroup)

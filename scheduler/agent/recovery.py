@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from functools import partial
 from pathlib import Path
 
 import structlog
@@ -49,7 +48,8 @@ async def recover(
     send_lost: Callable[[Completion], Awaitable[None]],
     on_done: Callable[[int], None],
 ) -> list[int]:
-    """Adopt or record every attempt left from before; return the ids still running."""
+    """Adopt or record every attempt left from before; return the ids still being supervised
+    or recorded (``on_done`` is called for each once its end was handed to the recorder)."""
     adopted: list[int] = []
     for job in jobs:
         run_dir = run_dir_for(runs_dir, job.id, job.attempts)
@@ -58,7 +58,10 @@ async def recover(
         record = read_exit_record(run_dir)
         if record is not None:
             log.info("recovered_exit", job_id=job.id, kind=record.kind)
-            task_group.start_soon(partial(runner.finish, job, cgroup, record, timed_out=False))
+            task_group.start_soon(
+                _adopted, runner.finish(job, cgroup, record, timed_out=False), job.id, on_done
+            )
+            adopted.append(job.id)
             continue
         pid = live_monitor_pid(run_dir)
         if pid is not None:

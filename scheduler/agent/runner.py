@@ -10,12 +10,11 @@ from pathlib import Path
 
 import anyio
 import structlog
-from anyio.abc import ObjectSendStream
 
 from scheduler.accounting import periods
 from scheduler.agent.attempts import Attempts
 from scheduler.agent.isolation import Isolator
-from scheduler.agent.recorder import Completion
+from scheduler.agent.recorder import Completion, Outbox
 from scheduler.agent.sampler import Sampler, counters_of, covering, final_usage
 from scheduler.agent.tenants import TenantCgroups
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, LaunchPlan, Limits, Usage
@@ -88,7 +87,7 @@ class Runner:
         monitor: Path,
         runs_dir: Path,
         node: str,
-        completions: ObjectSendStream[Completion],
+        completions: Outbox,
         isolator: Isolator | None = None,
         attempts: Attempts | None = None,
         term_grace: float = TERM_GRACE_SECONDS,

@@ -24,7 +24,7 @@ from scheduler.agent.isolation import isolator_for
 from scheduler.agent.lease import NodeLease, register, release
 from scheduler.agent.listener import Listener
 from scheduler.agent.readiness import readiness
-from scheduler.agent.recorder import Completion, Recorder
+from scheduler.agent.recorder import Completion, Outbox, Recorder
 from scheduler.agent.recovery import recover
 from scheduler.agent.runner import Runner
 from scheduler.agent.sampler import Sampler
@@ -115,6 +115,7 @@ async def run_agent(
             capacity=capacity,
         )
         send, receive = anyio.create_memory_object_stream[Completion](4096)
+        outbox = Outbox(send)
         tenants = TenantCgroups(pool, driver, io_devices(settings.io_devices, settings.state_dir))
         stats = ServiceStats()
         sampler = Sampler(
@@ -131,7 +132,7 @@ async def run_agent(
             monitor=monitor,
             runs_dir=settings.runs_dir,
             node=settings.node_name,
-            completions=send,
+            completions=outbox,
             isolator=isolator_for(settings),
             attempts=Attempts(),
             term_grace=settings.term_grace_seconds,
@@ -153,6 +154,7 @@ async def run_agent(
             run_job=runner.run,
             capacity=capacity,
             epoch=lease.epoch,
+            unrecorded=outbox.unrecorded,
         )
 
         async def fence(reason: str) -> None:
@@ -195,14 +197,14 @@ async def run_agent(
             async with anyio.create_task_group() as tg:
                 tg.start_soon(heartbeat.run)
                 tg.start_soon(listener.run)
-                tg.start_soon(Recorder(pool, driver, stats).run, receive)
+                tg.start_soon(Recorder(pool, driver, stats, outbox.unrecorded).run, receive)
                 leftovers = [
                     Job.from_row(r)
                     for r in await pool.fetch(q("active_on_node"), settings.node_name)
                 ]
                 # Attempts requeued or ended elsewhere while this node's lease was expired.
                 await fence_stale(driver, {job.id for job in leftovers})
-                adopted = await recover(
+                resumed = await recover(
                     leftovers,
                     driver=driver,
                     tenants=tenants,
@@ -210,10 +212,10 @@ async def run_agent(
                     runs_dir=settings.runs_dir,
                     node=settings.node_name,
                     task_group=tg,
-                    send_lost=send.send,
+                    send_lost=outbox.send,
                     on_done=dispatcher.release,
                 )
-                dispatcher.adopt(adopted)
+                dispatcher.adopt(resumed)
                 # After recovery: the controller's first, full pass sees the adopted attempts.
                 tg.start_soon(controller.run)
                 tg.start_soon(dispatcher.run, tg)
@@ -224,7 +226,7 @@ async def run_agent(
                     "agent_ready",
                     driver=driver.name,
                     cgroup_root=settings.cgroup_root,
-                    adopted=len(adopted),
+                    resumed=len(resumed),
                     recovered=len(leftovers),
                 )
                 if on_ready is not None:

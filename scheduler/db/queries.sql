@@ -148,6 +148,17 @@ RETURNING j.id, j.tenant, j.name, j.argv, j.env, j.cwd, j.cpu, j.memory_bytes, j
           j.network, j.image,
           (SELECT t.run_as FROM scheduler.tenants t WHERE t.name = j.tenant) AS run_as;
 
+-- name: claimed_on_node
+-- The attempts Postgres gives node $1 under epoch $2, with the columns claim_jobs returns:
+-- after a claim whose answer was lost, the dispatcher starts those it never heard of.
+SELECT j.id, j.tenant, j.name, j.argv, j.env, j.cwd, j.cpu, j.memory_bytes, j.pids_max,
+       j.timeout_seconds, j.priority, j.max_attempts, j.attempts, j.desired_state,
+       j.submitted_at, j.io_read_bps, j.io_write_bps, j.network, j.image,
+       (SELECT t.run_as FROM scheduler.tenants t WHERE t.name = j.tenant) AS run_as
+FROM scheduler.jobs j
+WHERE j.node = $1 AND j.node_epoch IS NOT DISTINCT FROM $2 AND j.state IN ('running', 'frozen')
+ORDER BY j.id;
+
 -- name: tenant_chain
 -- The tenant and its ancestors, root first, with their limits.
 WITH RECURSIVE chain AS (
