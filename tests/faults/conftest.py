@@ -58,6 +58,7 @@ class Agents:
         cgroup_root: str | None = None,
         failpoints: str | None = None,
         dsn: str | None = None,
+        lease: dict[str, float] | None = None,
         **settings: object,
     ) -> subprocess.Popen[bytes]:
         """Start an agent and wait until it is ready (its jobs recovered, claiming)."""
@@ -70,7 +71,7 @@ class Agents:
             log,
             node=node,
             env={"SCHEDULER_FAILPOINTS": failpoints} if failpoints else None,
-            **{**FAST, **settings},
+            **{**FAST, **(lease or {}), **settings},
         )
         self.procs.append(proc)
         await wait_ready(proc, log, starts + 1, node)

@@ -82,3 +82,25 @@ async def test_every_agent_session_terminated_with_jobs_running(
     result = await tally(db, workload, fault="f: pg_terminate_backend", hit=hit)
     assert_counts(result)
     await no_jobs_left(workload, [state_dir / "runs"], [cgroup_root])
+
+
+async def test_the_answer_to_a_committed_claim_is_lost(
+    db: asyncpg.Connection,
+    state_dir: Path,
+    cgroup_root: str,
+    workload: Workload,
+    agents: Agents,
+) -> None:
+    # The connection breaks after the claim committed: Postgres says the jobs run on this node,
+    # the agent never heard of them. They must still run, once (not wait for a restart).
+    await agents.start(failpoints="after_claim=error")
+    ids = await workload.submit(db, "sleep 0.5", 12)
+    log = agents.log("fault-node")
+    with anyio.fail_after(20):
+        while '"failpoint_hit"' not in log.read_text():
+            await anyio.sleep(0.02)
+    hit = await workload.hit(db)
+    assert sorted(hit) == ids
+    result = await tally(db, workload, fault="f: claim committed, answer lost", hit=hit, timeout=20)
+    assert_counts(result)
+    await no_jobs_left(workload, [state_dir / "runs"], [cgroup_root])
