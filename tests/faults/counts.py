@@ -43,14 +43,22 @@ import itertools
 import os
 import pwd
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Any, Protocol
 
 import anyio
 import asyncpg
 
 FINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out", "lost"})
+
+
+class Row(Protocol):
+    """A row of scheduler.jobs or scheduler.usage (an asyncpg record, or a dict in tests)."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -167,25 +175,36 @@ async def tally(
         int(r["id"]): r
         for r in await db.fetch("SELECT * FROM scheduler.jobs WHERE id = ANY($1)", ids)
     }
-    usage: dict[int, list[asyncpg.Record]] = {job_id: [] for job_id in ids}
+    usage: dict[int, list[Row]] = {job_id: [] for job_id in ids}
     for u in await db.fetch(
         "SELECT * FROM scheduler.usage WHERE job_id = ANY($1) ORDER BY job_id, seq", ids
     ):
         usage[int(u["job_id"])].append(u)
-    runs = workload.executions()
-    findings: list[str] = []
-    job_counts = _count_jobs(jobs, workload.expected, runs, hit, findings)
-    billing_counts = _count_billing(jobs, usage, runs, hit, findings)
-    result = FaultCounts(fault, job_counts, billing_counts, tuple(findings))
+    result = count(fault, jobs, usage, workload.executions(), workload.expected, hit)
     RESULTS.append(result)
     return result
 
 
+def count(
+    fault: str,
+    jobs: Mapping[int, Row],
+    usage: Mapping[int, Sequence[Row]],
+    runs: Mapping[int, list[int]],
+    expected: Mapping[int, Expect],
+    hit: Mapping[int, int],
+) -> FaultCounts:
+    """The counts, from the jobs' rows, their usage rows (in seq order) and executions."""
+    findings: list[str] = []
+    job_counts = _count_jobs(jobs, expected, runs, hit, findings)
+    billing_counts = _count_billing(jobs, usage, runs, hit, findings)
+    return FaultCounts(fault, job_counts, billing_counts, tuple(findings))
+
+
 def _count_jobs(
-    jobs: dict[int, asyncpg.Record],
-    expected: dict[int, Expect],
-    runs: dict[int, list[int]],
-    hit: dict[int, int],
+    jobs: Mapping[int, Row],
+    expected: Mapping[int, Expect],
+    runs: Mapping[int, list[int]],
+    hit: Mapping[int, int],
     findings: list[str],
 ) -> Counts:
     lost = duplicated = recovered = unexpected = 0
@@ -222,15 +241,13 @@ def _count_jobs(
     return Counts(lost, duplicated, recovered, unexpected)
 
 
-def _billed(u: asyncpg.Record) -> bool:
+def _billed(u: Row) -> bool:
     return any(
         u[c] != 0 for c in ("cpu_seconds", "memory_byte_seconds", "io_read_bytes", "io_write_bytes")
     )
 
 
-def _attempt_findings(
-    job_id: int, attempt: int, rows: list[asyncpg.Record], ran: bool
-) -> list[str]:
+def _attempt_findings(job_id: int, attempt: int, rows: Sequence[Row], ran: bool) -> list[str]:
     """What is unexpected about one attempt's rows."""
     found = []
     if not ran and any(_billed(u) for u in rows):
@@ -249,7 +266,7 @@ def _attempt_findings(
     return [f"job {job_id} attempt {attempt}: {f}" for f in found]
 
 
-def _totals_match(job: asyncpg.Record, rows: list[asyncpg.Record]) -> bool:
+def _totals_match(job: Row, rows: Sequence[Row]) -> bool:
     return bool(
         sum((u["cpu_seconds"] for u in rows), Decimal(0)) == job["cpu_seconds"]
         and sum(u["io_read_bytes"] for u in rows) == job["io_read_bytes"]
@@ -259,10 +276,10 @@ def _totals_match(job: asyncpg.Record, rows: list[asyncpg.Record]) -> bool:
 
 
 def _count_billing(
-    jobs: dict[int, asyncpg.Record],
-    usage: dict[int, list[asyncpg.Record]],
-    runs: dict[int, list[int]],
-    hit: dict[int, int],
+    jobs: Mapping[int, Row],
+    usage: Mapping[int, Sequence[Row]],
+    runs: Mapping[int, list[int]],
+    hit: Mapping[int, int],
     findings: list[str],
 ) -> Counts:
     lost = duplicated = recovered = unexpected = 0
@@ -272,7 +289,7 @@ def _count_billing(
         if [u["seq"] for u in rows] != list(range(1, len(rows) + 1)):
             unexpected += 1
             findings.append(f"job {job_id}: rows not numbered 1..n: {[u['seq'] for u in rows]}")
-        by_attempt: dict[int, list[asyncpg.Record]] = {}
+        by_attempt: dict[int, list[Row]] = {}
         for u in rows:
             by_attempt.setdefault(int(u["attempt"]), []).append(u)
         for attempt in sorted(set(by_attempt) - set(range(1, job["attempts"] + 1))):
