@@ -19,6 +19,7 @@ import structlog
 from scheduler.agent.attempts import Attempt, Attempts
 from scheduler.agent.tenants import TenantCgroups, tenant_limits
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits
+from scheduler.db.pool import DB_ERRORS
 from scheduler.db.queries import q
 from scheduler.errors import CgroupError
 
@@ -114,7 +115,7 @@ class Controller:
                     tenants=full or sweep or tenants_dirty,
                     full=full,
                 )
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            except DB_ERRORS:
                 log.exception("control_reconcile_failed", retry_in_seconds=self._poll_interval)
                 self._full = True
             self._pending |= retry

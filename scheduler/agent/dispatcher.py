@@ -21,13 +21,13 @@ import structlog
 from anyio.abc import TaskGroup
 
 from scheduler.agent.claim import claim
+from scheduler.db.pool import DB_ERRORS
 from scheduler.db.queries import q
 from scheduler.jobs import Job
 from scheduler.policy.admission import Capacity, detect_capacity
 
 log = structlog.get_logger(__name__)
 CLAIM_BATCH = 64
-DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
 
 class Dispatcher:

@@ -15,11 +15,11 @@ import asyncpg
 import structlog
 
 from scheduler.agent.lease import NodeLease
+from scheduler.db.pool import DB_ERRORS
 from scheduler.db.queries import q
 from scheduler.errors import LeaseLost
 
 log = structlog.get_logger(__name__)
-DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
 class Heartbeat:

@@ -20,6 +20,7 @@ from scheduler import failpoints
 from scheduler.accounting.metrics import ServiceStats
 from scheduler.accounting.periods import Period
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Usage
+from scheduler.db.pool import DB_ERRORS
 from scheduler.db.queries import q
 from scheduler.jobs import Job, Outcome, byte_seconds, cpu_seconds, retry_delay_seconds
 
@@ -158,7 +159,7 @@ class Recorder:
         while True:
             try:
                 await self.commit(batch)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            except DB_ERRORS:
                 log.exception("record_batch_failed", jobs=len(batch), retry_in_seconds=delay)
                 if self._stats is not None:
                     self._stats.database_errors += 1

@@ -27,13 +27,14 @@ from scheduler.accounting.metrics import JobSeries, ServiceStats, Snapshot, mono
 from scheduler.accounting.periods import NS_PER_SECOND, Counters, Mark, Period, advance
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Usage
 from scheduler.cgroups.counters import CounterReader, Sample, counter_files, read_final
+
+# DB_ERRORS has TimeoutError: a statement that timed out may still have committed; it is
+# treated like any other failure whose outcome is unknown (the marks are reloaded).
+from scheduler.db.pool import DB_ERRORS
 from scheduler.db.queries import q
 from scheduler.jobs import Job
 
 log = structlog.get_logger(__name__)
-# TimeoutError: a statement that timed out may still have committed; it is treated like
-# any other failure whose outcome is unknown (the marks are reloaded).
-DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 # A sweep's statements give up after this long, so a stuck database cannot hold the lock
 # (and with it every finishing attempt) for ever.
 STATEMENT_TIMEOUT = 30.0

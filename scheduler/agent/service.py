@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 import anyio
-import asyncpg
 import structlog
 
 from scheduler.accounting.metrics import ServiceStats
@@ -40,7 +39,7 @@ from scheduler.cgroups.devices import io_devices
 from scheduler.config import Settings
 from scheduler.db.embedded import EmbeddedPostgres
 from scheduler.db.migrate import migrate
-from scheduler.db.pool import create_pool
+from scheduler.db.pool import DB_ERRORS, create_pool
 from scheduler.db.queries import q
 from scheduler.errors import SchedulerError
 from scheduler.jobs import Job
@@ -247,9 +246,7 @@ async def run_agent(
             closed = False
             with anyio.move_on_after(CLOSE_SECONDS):
                 if lease is not None:
-                    with contextlib.suppress(
-                        asyncpg.PostgresError, asyncpg.InterfaceError, OSError
-                    ):
+                    with contextlib.suppress(*DB_ERRORS):
                         await release(pool, lease)
                 if listener is not None:
                     await listener.close()
