@@ -42,6 +42,9 @@ async def test_postgres_restarted_with_jobs_running(
     try:
         ids = await workload.submit(db, STAGGERED, 12)
         await wait_sampled(db, workload, ids)
+        # Short jobs just before the stop: claims, starts and records are in flight.
+        await workload.submit(db, "sleep 0.1", 20)
+        await anyio.sleep(0.1)
         hit = await workload.hit(db)
     finally:
         await db.close()
