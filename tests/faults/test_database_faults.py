@@ -70,6 +70,9 @@ async def test_every_agent_session_terminated_with_jobs_running(
     await agents.start()
     ids = await workload.submit(db, STAGGERED, 12)
     await wait_sampled(db, workload, ids)
+    # Short jobs just before: claims, starts and records are in flight.
+    await workload.submit(db, "sleep 0.1", 20)
+    await anyio.sleep(0.05)
     hit = await workload.hit(db)
     for _ in range(4):  # again, once the agent is back, while sweeps and records go on
         with anyio.fail_after(10):
