@@ -10,8 +10,9 @@ A test facility, off unless ``SCHEDULER_FAILPOINTS`` is set (for example
 
 Each failpoint fires once per process. Unset, :func:`hit` is one lookup in an empty dict.
 
-The points: ``after_claim`` (a claim committed rows, no monitor started yet) and
-``before_record`` (an attempt ended and its final counters were read, nothing committed).
+The points: ``after_claim`` (a claim committed rows, no monitor started yet),
+``before_record`` (an attempt ended and its final counters were read, nothing committed) and
+``after_record`` (its end committed, its cgroup not removed yet).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import structlog
 from scheduler.errors import ConfigError
 
 log = structlog.get_logger(__name__)
-POINTS = frozenset({"after_claim", "before_record"})
+POINTS = frozenset({"after_claim", "before_record", "after_record"})
 ACTIONS = frozenset({"stop", "error"})
 _armed: dict[str, str] = {}
 

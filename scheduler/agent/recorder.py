@@ -175,6 +175,7 @@ class Recorder:
             await conn.executemany(q("finish_job"), [_finish_args(c) for c in batch])
             await conn.executemany(q("insert_usage"), [_usage_args(c) for c in batch])
             await conn.execute("SELECT pg_notify('scheduler_done', '')")
+        failpoints.hit("after_record")
         for c in batch:
             self._unrecorded.discard(c.job.id)
             try:

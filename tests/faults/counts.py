@@ -337,14 +337,14 @@ def assert_counts(result: FaultCounts) -> None:
 def table(results: list[FaultCounts]) -> list[str]:
     """The counts of every fault, as lines of a table."""
     lines = [
-        f"{'fault':<34} | {'jobs: lost':>10} {'dup':>4} {'recov':>6} {'unexp':>6}"
+        f"{'fault':<44} | {'jobs: lost':>10} {'dup':>4} {'recov':>6} {'unexp':>6}"
         f" | {'billing: lost':>13} {'dup':>4} {'recov':>6} {'unexp':>6}"
     ]
     lines.append("-" * len(lines[0]))
-    for r in results:
+    for r in sorted(results, key=lambda r: r.fault):
         j, b = r.jobs, r.billing
         lines.append(
-            f"{r.fault:<34} | {j.lost:>10} {j.duplicated:>4} {j.recovered:>6} {j.unexpected:>6}"
+            f"{r.fault:<44} | {j.lost:>10} {j.duplicated:>4} {j.recovered:>6} {j.unexpected:>6}"
             f" | {b.lost:>13} {b.duplicated:>4} {b.recovered:>6} {b.unexpected:>6}"
         )
     return lines

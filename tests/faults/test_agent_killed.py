@@ -64,19 +64,32 @@ async def test_sigkill_while_jobs_run(
     await no_jobs_left(workload, [state_dir / "runs"], [cgroup_root])
 
 
+@pytest.mark.parametrize("point", ["before_record", "after_record"])
 async def test_sigkill_while_a_job_exits(
-    db: asyncpg.Connection, state_dir: Path, cgroup_root: str, workload: Workload, agents: Agents
+    db: asyncpg.Connection,
+    state_dir: Path,
+    cgroup_root: str,
+    workload: Workload,
+    agents: Agents,
+    point: str,
 ) -> None:
-    agent = await agents.start(failpoints="before_record=stop")
-    # Staggered ends: the first to end stops the agent before its record commits; the others
-    # end while it is stopped, then killed.
+    # before_record: ended, counters read, nothing committed; after_record: committed, its
+    # cgroup not removed yet.
+    agent = await agents.start(failpoints=f"{point}=stop")
+    # Staggered ends: the first to end stops the agent at the point; the others end while it
+    # is stopped, then killed.
     ids = await workload.submit(db, "sleep 0.$(( SCHEDULER_JOB_ID % 5 + 3 ))", 12)
     await wait_stopped(agent, agents.log("fault-node"))
     hit = await workload.hit(db)
-    assert sorted(hit) == ids  # nothing recorded yet
+    recorded = await db.fetchval(
+        "SELECT count(*) FROM scheduler.jobs WHERE id = ANY($1) AND state = 'succeeded'", ids
+    )
+    # Stopped at the first batch: none recorded yet, or only that batch.
+    assert (recorded == 0) if point == "before_record" else (0 < recorded < len(ids))
+    assert len(hit) == len(ids) - recorded
     sigkill(agent)
     await agents.start()
-    result = await tally(db, workload, fault="c: SIGKILL while a job exits", hit=hit)
+    result = await tally(db, workload, fault=f"c: SIGKILL while exiting ({point})", hit=hit)
     assert_counts(result)
     await no_jobs_left(workload, [state_dir / "runs"], [cgroup_root])
 

@@ -85,7 +85,7 @@ async def test_every_agent_session_terminated_with_jobs_running(
             ):
                 await anyio.sleep(0.05)
         await anyio.sleep(0.3)
-    result = await tally(db, workload, fault="f: pg_terminate_backend", hit=hit)
+    result = await tally(db, workload, fault="f: pg_terminate_backend of all sessions", hit=hit)
     assert_counts(result)
     await no_jobs_left(workload, [state_dir / "runs"], [cgroup_root])
 
@@ -107,6 +107,6 @@ async def test_the_answer_to_a_committed_claim_is_lost(
             await anyio.sleep(0.02)
     hit = await workload.hit(db)
     assert sorted(hit) == ids
-    result = await tally(db, workload, fault="f: claim committed, answer lost", hit=hit, timeout=20)
+    result = await tally(db, workload, fault="f2: claim committed, answer lost", hit=hit, timeout=20)
     assert_counts(result)
     await no_jobs_left(workload, [state_dir / "runs"], [cgroup_root])

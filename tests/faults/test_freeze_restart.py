@@ -1,6 +1,7 @@
-"""Jobs frozen, their agent SIGKILLed and restarted while they are frozen, then thawed: the
-restarted agent keeps them frozen (the state column and the kernel agree), does not count
-frozen time against their time limits, and after the thaw each ends once, billed once."""
+"""Jobs frozen (each on its own, or their whole tenant), their agent SIGKILLed and restarted
+while they are frozen, then thawed: the restarted agent keeps them frozen (the state column
+and the kernel agree), does not count frozen time against their time limits, and after the
+thaw each ends once, billed once."""
 
 from __future__ import annotations
 
@@ -19,12 +20,25 @@ pytestmark = pytest.mark.anyio
 
 
 def freezer_state(cgroup_root: str, job_id: int) -> str:
-    """The kernel's word: v1 freezer.state, or v2 cgroup.freeze (1 = frozen)."""
+    """The kernel's word, its own freeze or an ancestor's: v1 freezer.state, or v2's
+    ``frozen`` in cgroup.events."""
     v1 = Path("/sys/fs/cgroup/freezer") / cgroup_root / "default" / f"job-{job_id}"
     if v1.is_dir():
         return (v1 / "freezer.state").read_text().strip()
-    v2 = Path("/sys/fs/cgroup") / cgroup_root / "default" / f"job-{job_id}" / "cgroup.freeze"
-    return "FROZEN" if v2.read_text().strip() == "1" else "THAWED"
+    v2 = Path("/sys/fs/cgroup") / cgroup_root / "default" / f"job-{job_id}" / "cgroup.events"
+    return "FROZEN" if "frozen 1" in v2.read_text() else "THAWED"
+
+
+async def steer(db: asyncpg.Connection, how: str, ids: list[int], *, frozen: bool) -> None:
+    """Freeze or thaw the jobs, each on its own or through their tenant."""
+    if how == "tenant":
+        await db.execute("UPDATE scheduler.tenants SET frozen = $1 WHERE name = 'default'", frozen)
+    else:
+        await db.execute(
+            "UPDATE scheduler.jobs SET desired_state = $2 WHERE id = ANY($1)",
+            ids,
+            "frozen" if frozen else "running",
+        )
 
 
 async def wait_states(db: asyncpg.Connection, ids: list[int], state: str) -> None:
@@ -35,8 +49,14 @@ async def wait_states(db: asyncpg.Connection, ids: list[int], state: str) -> Non
             await anyio.sleep(0.02)
 
 
+@pytest.mark.parametrize("how", ["job", "tenant"])
 async def test_frozen_jobs_survive_an_agent_restart_and_thaw(
-    db: asyncpg.Connection, state_dir: Path, cgroup_root: str, workload: Workload, agents: Agents
+    db: asyncpg.Connection,
+    state_dir: Path,
+    cgroup_root: str,
+    workload: Workload,
+    agents: Agents,
+    how: str,
 ) -> None:
     agent = await agents.start()
     # 1.5 s of work each under a 3 s time limit: frozen time must not use the limit up.
@@ -44,9 +64,7 @@ async def test_frozen_jobs_survive_an_agent_restart_and_thaw(
     with anyio.fail_after(30):
         while not set(ids) <= set(workload.executions()):
             await anyio.sleep(0.02)
-    await db.execute(
-        "UPDATE scheduler.jobs SET desired_state = 'frozen' WHERE id = ANY($1)", ids
-    )
+    await steer(db, how, ids, frozen=True)
     await wait_states(db, ids, "frozen")
     hit = await workload.hit(db)
     sigkill(agent)
@@ -60,9 +78,7 @@ async def test_frozen_jobs_survive_an_agent_restart_and_thaw(
             "SELECT array_agg(DISTINCT state) FROM scheduler.jobs WHERE id = ANY($1)", ids
         )
     ) == {"frozen"}
-    await db.execute(
-        "UPDATE scheduler.jobs SET desired_state = 'running' WHERE id = ANY($1)", ids
-    )
-    result = await tally(db, workload, fault="j: freeze, agent restart, thaw", hit=hit)
+    await steer(db, how, ids, frozen=False)
+    result = await tally(db, workload, fault=f"j: freeze ({how}), agent restart, thaw", hit=hit)
     assert_counts(result)
     await no_jobs_left(workload, [runs], [cgroup_root])

@@ -132,7 +132,7 @@ async def test_paused_node_expires_and_fences_itself_when_resumed(
         before
     )
     assert await db.fetch("SELECT * FROM scheduler.usage ORDER BY job_id, seq") == billed
-    result = await tally(db, workload, fault="g: node paused, expired, resumed", hit=hit)
+    result = await tally(db, workload, fault="g2: node paused, expired, resumed", hit=hit)
     assert_counts(result)
     await agents.start("a", state_dir=state_dir / "a", lease=SHORT_LEASE)  # removes its cgroups
     await no_jobs_left(
