@@ -33,8 +33,14 @@ attempt still running at the deadline is left out, its job is already lost):
 
 A fault that hit nothing cannot pass: :func:`assert_counts` wants recovered > 0 for jobs and
 for billing, and every other count 0. Results are kept in :data:`RESULTS` for the table the
-fault suite prints at the end of the run. A new fault needs a workload, the fault, a
-:meth:`Workload.hit` snapshot and one :func:`tally` + :func:`assert_counts`.
+fault suite prints at the end of the run. A new fault is a few lines around the fault itself;
+for a state directory on a tiny tmpfs that fills up, the executions go elsewhere:
+
+    workload = Workload(Path(tempfile.mkdtemp(dir="/var/tmp")))   # not on the full tmpfs
+    ids = await workload.submit(db, "sleep 1", 12)
+    ...fill the tmpfs while they run...
+    hit = await workload.hit(db)
+    assert_counts(await tally(db, workload, fault="k: state dir full", hit=hit))
 """
 
 from __future__ import annotations
@@ -94,13 +100,14 @@ RESULTS: list[FaultCounts] = []
 class Workload:
     """The jobs of one fault test and the record of their real executions."""
 
-    def __init__(self, state_dir: Path) -> None:
-        self.directory = state_dir / "executions"
+    def __init__(self, base: Path) -> None:
+        """Executions are recorded in ``base/executions`` (``base`` outside /tmp)."""
+        self.directory = base / "executions"
         self.directory.mkdir(mode=0o700)
         nobody = pwd.getpwnam("nobody")
         os.chown(self.directory, nobody.pw_uid, nobody.pw_gid)
-        # The jobs' user must reach the directory; nothing else of the state dir is readable.
-        state_dir.chmod(0o711)
+        # The jobs' user must reach the directory; nothing else of base is readable to it.
+        base.chmod(0o711)
         self.expected: dict[int, Expect] = {}
 
     def argv(self, script: str) -> list[str]:

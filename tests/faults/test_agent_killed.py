@@ -14,7 +14,7 @@ import pytest
 from scheduler.agent.runner import run_dir_for
 from tests.agent_process import sigkill, wait_stopped
 from tests.faults.conftest import Agents, no_jobs_left
-from tests.faults.counts import Workload, assert_counts, tally
+from tests.faults.counts import Expect, Workload, assert_counts, tally
 
 pytestmark = pytest.mark.anyio
 
@@ -99,6 +99,14 @@ async def test_jobs_exit_while_the_agent_is_down(
 ) -> None:
     agent = await agents.start()
     ids = await workload.submit(db, "sleep 1", 12)
+    # These fail on their first attempt while the agent is down: the restart retries them.
+    ids += await workload.submit(
+        db,
+        'sleep 1; [ "$SCHEDULER_ATTEMPT" = 2 ]',
+        4,
+        Expect("succeeded", runs=2),
+        max_attempts=2,
+    )
     await wait_executed(workload, ids)
     hit = await workload.hit(db)
     sigkill(agent)
