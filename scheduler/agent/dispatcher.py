@@ -69,9 +69,9 @@ class Dispatcher:
         """Ask for a claim now (NOTIFY callback, or a slot freed)."""
         self._wake.set()
 
-    def adopt(self, job_ids: list[int]) -> None:
-        """Count attempts recovered at start-up against this node's capacity."""
-        self._running.update(job_ids)
+    def adopt(self, job_id: int) -> None:
+        """Count an attempt recovered at start-up against this node's capacity."""
+        self._running.add(job_id)
 
     def release(self, job_id: int) -> None:
         """An adopted attempt ended."""

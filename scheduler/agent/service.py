@@ -212,9 +212,9 @@ async def run_agent(
                     node=settings.node_name,
                     task_group=tg,
                     send_lost=outbox.send,
+                    on_start=dispatcher.adopt,
                     on_done=dispatcher.release,
                 )
-                dispatcher.adopt(resumed)
                 # After recovery: the controller's first, full pass sees the adopted attempts.
                 tg.start_soon(controller.run)
                 tg.start_soon(dispatcher.run, tg)

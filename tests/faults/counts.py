@@ -348,7 +348,7 @@ def table(results: list[FaultCounts]) -> list[str]:
         f" | {'billing: lost':>13} {'dup':>4} {'recov':>6} {'unexp':>6}"
     ]
     lines.append("-" * len(lines[0]))
-    for r in sorted(results, key=lambda r: r.fault):
+    for r in sorted(results, key=lambda r: (r.fault.split(':')[0], r.fault)):
         j, b = r.jobs, r.billing
         lines.append(
             f"{r.fault:<44} | {j.lost:>10} {j.duplicated:>4} {j.recovered:>6} {j.unexpected:>6}"
