@@ -59,9 +59,11 @@ class Agents:
         failpoints: str | None = None,
         dsn: str | None = None,
         lease: dict[str, float] | None = None,
+        ready: bool = True,
         **settings: object,
     ) -> subprocess.Popen[bytes]:
-        """Start an agent and wait until it is ready (its jobs recovered, claiming)."""
+        """Start an agent and wait until it is ready (its jobs recovered, claiming), unless
+        ``ready`` is false (a failpoint may stop it before it says so)."""
         log = self.log(node)
         starts = log.read_text().count(f"scheduler: node {node} ready") if log.exists() else 0
         proc = start_serve(
@@ -74,7 +76,8 @@ class Agents:
             **{**FAST, **(lease or {}), **settings},
         )
         self.procs.append(proc)
-        await wait_ready(proc, log, starts + 1, node)
+        if ready:
+            await wait_ready(proc, log, starts + 1, node)
         return proc
 
     def stop_all(self) -> None:

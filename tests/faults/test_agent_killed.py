@@ -118,3 +118,26 @@ async def test_jobs_exit_while_the_agent_is_down(
     result = await tally(db, workload, fault="d: jobs exit while agent down", hit=hit)
     assert_counts(result)
     await no_jobs_left(workload, [runs], [cgroup_root])
+
+
+async def test_sigkill_again_while_recording_exits_found_at_start(
+    db: asyncpg.Connection, state_dir: Path, cgroup_root: str, workload: Workload, agents: Agents
+) -> None:
+    agent = await agents.start()
+    ids = await workload.submit(db, "sleep 0.5", 6)
+    ids += await workload.submit(db, "sleep 3", 6)  # still running at the second restart
+    await wait_executed(workload, ids)
+    hit = await workload.hit(db)
+    sigkill(agent)
+    runs = state_dir / "runs"
+    with anyio.fail_after(20):
+        while not all((run_dir_for(runs, i, 1) / "exit").exists() for i in ids[:6]):
+            await anyio.sleep(0.05)
+    # The restart finds the exits and stops before their record commits; killed again.
+    agent = await agents.start(failpoints="before_record=stop", ready=False)
+    await wait_stopped(agent, agents.log("fault-node"))
+    sigkill(agent)
+    await agents.start()
+    result = await tally(db, workload, fault="d2: SIGKILL again while recovering", hit=hit)
+    assert_counts(result)
+    await no_jobs_left(workload, [runs], [cgroup_root])
