@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup system-deps serve test lint unit bench clean
+.PHONY: setup system-deps serve test lint unit bench bench-peers bench-peers-deps clean
 
 # System Postgres server binaries are used when present; otherwise pgserver (PyPI) brings them.
 $(VENV)/.installed: pyproject.toml
@@ -37,6 +37,17 @@ bench: setup
 	$(BIN)/python bench/control.py
 	$(BIN)/python bench/claim.py
 	$(BIN)/python bench/sampler.py
+
+# Against peers (bench/README.md): pgqueuer from the optional extra `bench`; Slurm is
+# measured when installed (make bench-peers-deps) and skipped with the reason otherwise.
+bench-peers: setup
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/python bench/peers.py
+
+# Slurm and munge from Debian's packages, for (d) of bench-peers; no daemon is started.
+bench-peers-deps:
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -5,7 +5,8 @@ Prints the machine and:
     hierarchies + clone(pid, mnt, uts, ipc, net) + fresh /proc + exec `true` + wait + read
     counters + rmdir; 8 in flight and one at a time;
   - runtime alone: the agent's launch path without Postgres (driver plan, monitor spawn with
-    the default sandbox, wait on the pidfd, drain, final read, remove), 8 in flight;
+    the default sandbox, wait on the pidfd, drain, final read, remove; the cgroup lock
+    warmer poked per launch, as the agent does), 8 in flight;
   - end to end: `scheduler serve` in a child process, one INSERT ... SELECT of `true` jobs to
     every exit and usage row committed;
   each as jobs/s and as a ratio to the bare loop with 8 in flight (median of --repeat runs);
@@ -33,12 +34,19 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import describe
-from bench.spine import FINAL, start_agent
+from bench.spine import FINAL, start_agent, wait_finished
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits
 from scheduler.cgroups.detect import open_driver
 from scheduler.db.embedded import EmbeddedPostgres
-from scheduler.runtime.launcher import monitor_binary, read_exit_record, spawn, wait_monitor
+from scheduler.runtime.launcher import (
+    monitor_binary,
+    read_exit_record,
+    spawn,
+    wait_monitor,
+    warmer_binary,
+)
 from scheduler.runtime.spec import Credentials, LaunchSpec
+from scheduler.runtime.warmer import LockWarmer
 
 HERE = Path(__file__).resolve().parent
 INFLIGHT = 8
@@ -69,11 +77,18 @@ def bare_loop(binary: Path, parents: list[str], jobs: int, inflight: int) -> flo
 
 
 async def runtime_alone(
-    driver: CgroupDriver, monitor: Path, runs: Path, tenant: str, jobs: int, first_id: int
+    driver: CgroupDriver,
+    monitor: Path,
+    warmer: LockWarmer,
+    runs: Path,
+    tenant: str,
+    jobs: int,
+    first_id: int,
 ) -> float:
     ids = iter(range(first_id, first_id + jobs))
 
     async def one(job_id: int) -> None:
+        warmer.poke()  # as the dispatcher does on every claim
         path = CgroupPath.for_job((tenant,), job_id)
         plan = driver.plan(path, JOB_LIMITS)
         run_dir = runs / f"{job_id}-1"
@@ -131,15 +146,7 @@ async def end_to_end(conn: asyncpg.Connection, jobs: int) -> float:
             jobs,
         )
     ]
-    while (
-        await conn.fetchval(
-            "SELECT count(*) FROM scheduler.jobs WHERE id = ANY($1) AND state = ANY($2)",
-            ids,
-            list(FINAL),
-        )
-        < jobs
-    ):
-        await anyio.sleep(0.005)
+    await wait_finished(conn, ids)
     elapsed = time.perf_counter() - t0
     final = await conn.fetchval(
         "SELECT count(*) FROM scheduler.usage WHERE job_id = ANY($1) AND final", ids
@@ -205,6 +212,7 @@ async def main(jobs: int, repeat: int, sleepers: int) -> None:
         driver.ensure(CgroupPath((tenant,)), Limits())
     pg = EmbeddedPostgres(base / "pg")
     agent = None
+    warmer: LockWarmer | None = None
     try:
         binary = build_bare_loop(base)
         monitor = monitor_binary(base / "bin")
@@ -213,6 +221,9 @@ async def main(jobs: int, repeat: int, sleepers: int) -> None:
             for p in map(Path, driver.plan(CgroupPath(("bare", "job-0")), Limits()).dirs)
         ]
         runs = base / "alone-runs"
+        warmer = await LockWarmer.start(
+            warmer_binary(base / "bin"), driver.helper_dir("bench-warmer"), window=2.0
+        )
         await pg.start()
         state = base / "state"
         agent = start_agent(
@@ -221,7 +232,7 @@ async def main(jobs: int, repeat: int, sleepers: int) -> None:
         conn = await asyncpg.connect(pg.dsn)
         # Warm up every path once (monitor compiled, tenant cgroups made, caches hot).
         bare_loop(binary, parents, 50, INFLIGHT)
-        await runtime_alone(driver, monitor, runs, "alone", 50, 1)
+        await runtime_alone(driver, monitor, warmer, runs, "alone", 50, 1)
         await end_to_end(conn, 50)
         results: dict[str, list[float]] = {
             k: []
@@ -238,7 +249,7 @@ async def main(jobs: int, repeat: int, sleepers: int) -> None:
             results["bare loop, 8 in flight"].append(bare_loop(binary, parents, jobs, INFLIGHT))
             results["bare loop, sequential"].append(bare_loop(binary, parents, jobs // 2, 1))
             results["runtime alone"].append(
-                await runtime_alone(driver, monitor, runs, "alone", jobs, next_id)
+                await runtime_alone(driver, monitor, warmer, runs, "alone", jobs, next_id)
             )
             next_id += jobs
             before = cpu_seconds(agent.pid)
@@ -261,6 +272,8 @@ async def main(jobs: int, repeat: int, sleepers: int) -> None:
         if agent is not None:
             agent.terminate()
             agent.wait(timeout=60)
+        if warmer is not None:
+            await warmer.aclose()
         driver.remove_tree(CgroupPath(()))
         await pg.stop()
         shutil.rmtree(base, ignore_errors=True)

@@ -4,10 +4,12 @@ Runs a real agent (`scheduler serve` in a child process) against a private Postg
 cgroup root of its own. Prints the machine and the figures:
   - latency: 200 `true` jobs inserted one at a time on an idle system; the time from the
     insert (submitted_at, taken inside the inserting transaction) to the job's exec
-    (started_at, recorded by the job's monitor), p50 and p99;
+    (started_at, recorded by the job's monitor), p50 and p99; once with the defaults (the
+    cgroup lock kept warm while jobs arrive, runtime/warmer.py), once with the warmer off,
+    and over 40 jobs each arriving after the warm window ran out;
   - throughput: 200 `true` jobs from one INSERT ... SELECT to all recorded (state and usage
     row committed), in jobs per second.
-Usage: python bench/spine.py [--jobs 200]
+Usage: python bench/spine.py [--jobs 200] [--idle-jobs 40]
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def latency(conn: asyncpg.Connection, n: int) -> list[float]:
+async def latency(conn: asyncpg.Connection, n: int, gap: float = 0.01) -> list[float]:
+    """Insert -> exec of ``n`` jobs inserted one at a time, ``gap`` seconds apart."""
     samples = []
     for _ in range(n):
         job_id = await conn.fetchval(
@@ -80,8 +83,40 @@ async def latency(conn: asyncpg.Connection, n: int) -> list[float]:
             await anyio.sleep(0.002)
         assert row["state"] == "succeeded", row
         samples.append((row["started_at"] - row["submitted_at"]).total_seconds() * 1000)
-        await anyio.sleep(0.01)  # idle system between jobs
+        await anyio.sleep(gap)  # idle system between jobs
     return samples
+
+
+async def wait_finished(conn: asyncpg.Connection, ids: list[int], timeout: float = 300) -> None:
+    """Return once every job of ``ids`` (one INSERT's, so one id range) has ended.
+
+    Woken by the agent's ``scheduler_done`` NOTIFY (one per recorded batch), with a slow poll
+    as a fallback: a tight poll of its own would take Postgres CPU from the system measured.
+    """
+    lo, hi, n = min(ids), max(ids), len(ids)
+    done = anyio.Event()
+
+    def on_done(*_: object) -> None:
+        done.set()
+
+    await conn.add_listener("scheduler_done", on_done)
+    try:
+        with anyio.fail_after(timeout):
+            while True:
+                ended = await conn.fetchval(
+                    "SELECT count(*) FROM scheduler.jobs"
+                    " WHERE id BETWEEN $1 AND $2 AND state = ANY($3)",
+                    lo,
+                    hi,
+                    list(FINAL),
+                )
+                if ended >= n:
+                    return
+                with anyio.move_on_after(0.05):
+                    await done.wait()
+                done = anyio.Event()
+    finally:
+        await conn.remove_listener("scheduler_done", on_done)
 
 
 async def throughput(conn: asyncpg.Connection, n: int) -> float:
@@ -95,15 +130,7 @@ async def throughput(conn: asyncpg.Connection, n: int) -> float:
             n,
         )
     ]
-    while True:
-        done = await conn.fetchval(
-            "SELECT count(*) FROM scheduler.jobs WHERE id = ANY($1) AND state = ANY($2)",
-            ids,
-            list(FINAL),
-        )
-        if done == n:
-            break
-        await anyio.sleep(0.005)
+    await wait_finished(conn, ids)
     elapsed = time.perf_counter() - t0
     rows = await conn.fetchval(
         "SELECT count(*) FROM scheduler.usage WHERE job_id = ANY($1) AND final", ids
@@ -118,24 +145,42 @@ def make_base() -> Path:
     return base
 
 
-async def main(n: int) -> None:
+def summary(samples: list[float]) -> str:
+    return f"p50 {statistics.median(samples):.2f} ms, p99 {percentile(samples, 0.99):.2f} ms"
+
+
+async def main(n: int, idle_jobs: int) -> None:
     base = make_base()
     root = f"sched-bench-{uuid.uuid4().hex[:8]}"
     pg = EmbeddedPostgres(base / "pg")
     await pg.start()
     agent = None
     try:
-        agent = start_agent(pg.dsn, base / "state", root)
         conn = await asyncpg.connect(pg.dsn)
-        await latency(conn, 20)  # warm up: monitor compiled, tenant cgroup made, caches hot
-        lat = await latency(conn, n)
-        rate = await throughput(conn, n)
+        # Three agents in turn on one database: the default (cgroup lock kept warm while
+        # jobs arrive), the warmer off, and a short warm window with jobs spaced beyond it
+        # (every launch is the first after an idle spell).
+        phases = [
+            ("lock warm (default)", {}, n, 0.01),
+            ("warmer off", {"SCHEDULER_LAUNCH_WARM_SECONDS": "0"}, n, 0.01),
+            ("first job after idle", {"SCHEDULER_LAUNCH_WARM_SECONDS": "0.1"}, idle_jobs, 0.3),
+        ]
+        results: list[tuple[str, list[float]]] = []
+        rate = 0.0
+        for label, extra, count, gap in phases:
+            agent = start_agent(pg.dsn, base / "state", root, extra)
+            await latency(conn, 20)  # warm up: monitor compiled, tenant cgroup made, caches hot
+            results.append((label, await latency(conn, count, gap)))
+            if not extra:
+                rate = await throughput(conn, n)
+            agent.terminate()
+            agent.wait(timeout=30)
+            agent = None
         await conn.close()
         print(describe())
-        print(
-            f"insert -> started latency over {n} jobs: p50 {statistics.median(lat):.2f} ms, "
-            f"p99 {percentile(lat, 0.99):.2f} ms (target p50 < 10 ms)"
-        )
+        for label, samples in results:
+            print(f"insert -> started latency, {label}, {len(samples)} jobs: {summary(samples)}")
+        print("(target p50 < 10 ms)")
         print(f"end-to-end throughput, {n} `true` jobs: {rate:.0f} jobs/s (target >= 100)")
     finally:
         if agent is not None:
@@ -149,4 +194,6 @@ async def main(n: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=200)
-    anyio.run(main, parser.parse_args().jobs)
+    parser.add_argument("--idle-jobs", type=int, default=40)
+    args = parser.parse_args()
+    anyio.run(main, args.jobs, args.idle_jobs)

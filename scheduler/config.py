@@ -38,6 +38,9 @@ class Settings:
     admin_token: str | None = None
     max_running: int = 256
     launch_concurrency: int = 8
+    # Keep the kernel's cgroup migration lock warm this long after the last sign of work, so
+    # a launch does not wait for an RCU grace period (runtime/warmer.py); 0 turns it off.
+    launch_warm_seconds: float = 2.0
     poll_interval: float = 2.0
     sample_interval: float = 10.0
     # The lowest sample_interval accepted. 1 s in production; tests lower it (>= 0.05 s) to
@@ -73,6 +76,10 @@ class Settings:
             raise ConfigError(f"max_running must be at least 1: got {self.max_running}")
         if not 1 <= self.launch_concurrency <= 64:
             raise ConfigError(f"launch_concurrency must be in 1..64: got {self.launch_concurrency}")
+        if not 0 <= self.launch_warm_seconds <= 3600:
+            raise ConfigError(
+                f"launch_warm_seconds must be in [0, 3600] (0: off): got {self.launch_warm_seconds}"
+            )
         if not 0.05 <= self.poll_interval <= 3600:
             raise ConfigError(f"poll_interval must be in [0.05, 3600] s: got {self.poll_interval}")
         if not 0 <= self.term_grace_seconds <= 3600:

@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from scheduler.cgroups.base import Usage
 from scheduler.cgroups.counters import Sample
+from scheduler.cgroups.parse import Pressure
 
 # From a warm NOTIFY start (a few ms) to a queue backed up for minutes.
 DISPATCH_BUCKETS = (
@@ -119,6 +120,9 @@ class Snapshot:
     tenants: Mapping[str, Usage] = field(default_factory=dict)
     jobs: tuple[JobSeries, ...] = ()
     job_states: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    # PSI stall totals of the tenants' cgroups in microseconds, by (resource, "some"/"full");
+    # empty where the kernel has no pressure files (v1 without a cgroup2 mirror).
+    pressure: Mapping[str, Mapping[tuple[str, str], int]] = field(default_factory=dict)
 
 
 def monotonic(previous: Usage | None, current: Usage) -> Usage:
@@ -139,6 +143,16 @@ def monotonic(previous: Usage | None, current: Usage) -> Usage:
         io_read_bytes=max(previous.io_read_bytes, current.io_read_bytes),
         io_write_bytes=max(previous.io_write_bytes, current.io_write_bytes),
     )
+
+
+def pressure_totals(pressure: Mapping[str, Pressure]) -> dict[tuple[str, str], int]:
+    """(resource, kind) -> stall total in microseconds, from parsed PSI files."""
+    out: dict[tuple[str, str], int] = {}
+    for resource, psi in pressure.items():
+        out[(resource, "some")] = psi.some.total_us
+        if psi.full is not None:
+            out[(resource, "full")] = psi.full.total_us
+    return out
 
 
 def seconds(ns: int) -> float:
@@ -196,7 +210,16 @@ class SnapshotCollector(Collector):
                 queued[tenant] += n
         for tenant in sorted({t for t, _ in snap.job_states}):
             queue.add_metric([tenant], float(queued[tenant]))
-        yield from (cpu, memory, io, jobs, queue)
+        stall = CounterMetricFamily(
+            "scheduler_tenant_pressure_stall_seconds",
+            "Time some (or all, kind=full) of the tenant's tasks stalled waiting for a "
+            "resource (PSI of the tenant's cgroup).",
+            labels=["tenant", "resource", "kind"],
+        )
+        for tenant in sorted(snap.pressure):
+            for (resource, kind), total_us in sorted(snap.pressure[tenant].items()):
+                stall.add_metric([tenant, resource, kind], total_us / 1_000_000)
+        yield from (cpu, memory, io, jobs, queue, stall)
 
     def _job_metrics(self) -> Iterator[Metric]:
         if self._job_limit <= 0:

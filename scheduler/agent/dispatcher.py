@@ -43,6 +43,7 @@ class Dispatcher:
         run_job: Callable[[Job], Awaitable[None]],
         capacity: Capacity | None = None,
         epoch: int | None = None,
+        on_wake: Callable[[], None] | None = None,
         unrecorded: set[int] | None = None,
     ) -> None:
         # The requests of running and frozen jobs never add up to more than this.
@@ -60,6 +61,8 @@ class Dispatcher:
         self._crashed: set[int] = set()
         self._claim_unknown = False
         self._wake = anyio.Event()
+        # Told whenever work may be coming (runtime.warmer: get the cgroup lock ready).
+        self._on_wake = on_wake
 
     @property
     def running(self) -> int:
@@ -68,6 +71,8 @@ class Dispatcher:
     def wake(self, *_: object) -> None:
         """Ask for a claim now (NOTIFY callback, or a slot freed)."""
         self._wake.set()
+        if self._on_wake is not None:
+            self._on_wake()
 
     def adopt(self, job_id: int) -> None:
         """Count an attempt recovered at start-up against this node's capacity."""
@@ -106,6 +111,8 @@ class Dispatcher:
                     rows = []
                     want = -1
                 claimed = len(rows)
+                if rows and self._on_wake is not None:
+                    self._on_wake()  # claimed by the safety poll: no NOTIFY said so
                 for row in rows:
                     job = Job.from_row(row)
                     self._running.add(job.id)

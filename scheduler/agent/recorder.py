@@ -168,6 +168,14 @@ class Recorder:
             else:
                 return
 
+    def _remove_cgroups(self, batch: list[Completion]) -> None:
+        for c in batch:
+            try:
+                if c.cgroup is not None:
+                    self._driver.remove(c.cgroup)
+            except Exception:  # an orphan cgroup is logged, never fatal for the batch
+                log.exception("cgroup_remove_failed", job_id=c.job.id, cgroup=str(c.cgroup))
+
     async def commit(self, batch: list[Completion]) -> None:
         """Record a batch in one transaction, then remove the cgroups it covered."""
         failpoints.hit("before_record")
@@ -175,14 +183,13 @@ class Recorder:
             await conn.executemany(q("finish_job"), [_finish_args(c) for c in batch])
             await conn.executemany(q("insert_usage"), [_usage_args(c) for c in batch])
             await conn.execute("SELECT pg_notify('scheduler_done', '')")
-        failpoints.hit("after_record")
         for c in batch:
             self._unrecorded.discard(c.job.id)
-            try:
-                if c.cgroup is not None:
-                    self._driver.remove(c.cgroup)
-            except Exception:  # an orphan cgroup is logged, never fatal for the batch
-                log.exception("cgroup_remove_failed", job_id=c.job.id, cgroup=str(c.cgroup))
+        failpoints.hit("after_record")
+        # rmdir in every hierarchy can take a while (the kernel offlines each cgroup): off the
+        # event loop, one thread hop per batch.
+        await anyio.to_thread.run_sync(self._remove_cgroups, batch)
+        for c in batch:
             if self._stats is not None:
                 self._stats.attempt_finished(
                     c.job.tenant,

@@ -14,6 +14,7 @@ statement, and publishes a snapshot for Prometheus. Exactness rests on three rul
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -23,21 +24,29 @@ import anyio
 import asyncpg
 import structlog
 
-from scheduler.accounting.metrics import JobSeries, ServiceStats, Snapshot, monotonic
+from scheduler.accounting.metrics import (
+    JobSeries,
+    ServiceStats,
+    Snapshot,
+    monotonic,
+    pressure_totals,
+)
 from scheduler.accounting.periods import NS_PER_SECOND, Counters, Mark, Period, advance
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Usage
-from scheduler.cgroups.counters import CounterReader, Sample, counter_files, read_final
-
-# DB_ERRORS has TimeoutError: a statement that timed out may still have committed; it is
-# treated like any other failure whose outcome is unknown (the marks are reloaded).
+from scheduler.cgroups.counters import CounterReader, Sample, counter_files
 from scheduler.db.pool import DB_ERRORS
 from scheduler.db.queries import q
+from scheduler.errors import CgroupError
 from scheduler.jobs import Job
 
 log = structlog.get_logger(__name__)
+# DB_ERRORS has TimeoutError: a statement that timed out may still have committed; it is
+# treated like any other failure whose outcome is unknown (the marks are reloaded).
 # A sweep's statements give up after this long, so a stuck database cannot hold the lock
 # (and with it every finishing attempt) for ever.
 STATEMENT_TIMEOUT = 30.0
+# PSI files read for each tenant's cgroup at every sweep.
+PSI_RESOURCES = ("cpu", "memory", "io")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -72,16 +81,27 @@ SETTLE_LIMIT = 0.1
 async def final_usage(
     driver: CgroupDriver, cgroup: CgroupPath, reader: CounterReader | None
 ) -> Usage:
-    """The counters of an emptied cgroup at exit, once they have stopped moving."""
-    sample = read_final(driver, cgroup, reader)
-    deadline = time.monotonic() + SETTLE_LIMIT
-    while time.monotonic() < deadline:
-        await anyio.sleep(SETTLE_SECONDS)
-        again = read_final(driver, cgroup, reader)
-        if counters_of(again) == counters_of(sample):
-            return again.usage()
-        sample = again
-    return sample.usage()
+    """The counters of an emptied cgroup at exit, once they have stopped moving.
+
+    Read through the sampler's kept-open files when it has them, else through the few files
+    billing needs, opened once for all the reads here.
+    """
+    once = None if reader is not None else CounterReader(counter_files(driver, cgroup, final=True))
+    source = reader if reader is not None else once
+    assert source is not None
+    try:
+        sample = source.read()
+        deadline = time.monotonic() + SETTLE_LIMIT
+        while time.monotonic() < deadline:
+            await anyio.sleep(SETTLE_SECONDS)
+            again = source.read()
+            if counters_of(again) == counters_of(sample):
+                return again.usage()
+            sample = again
+        return sample.usage()
+    finally:
+        if once is not None:
+            once.close()
 
 
 def covering(usage: Usage, mark: Mark) -> Usage:
@@ -161,6 +181,7 @@ class Sampler:
         self._attempts: dict[int, _Attempt] = {}
         self._lock = anyio.Lock()
         self._tenant_high: dict[str, Usage] = {}
+        self._pressure_high: dict[str, dict[tuple[str, str], int]] = {}
         self.snapshot = Snapshot()
 
     @property
@@ -323,18 +344,31 @@ class Sampler:
         """Refresh the Prometheus snapshot: tenants' cgroups, running jobs, Postgres counts."""
         paths = dict(self._tenant_paths)
 
-        def read_tenants() -> dict[str, Usage]:
+        def read_tenants() -> tuple[dict[str, Usage], dict[str, dict[tuple[str, str], int]]]:
             out: dict[str, Usage] = {}
+            stalls: dict[str, dict[tuple[str, str], int]] = {}
             for tenant, chain in paths.items():
                 try:
                     out[tenant] = self._driver.read_usage(CgroupPath(chain))
                 except Exception:  # a tenant cgroup removed meanwhile is simply not shown
                     log.debug("tenant_usage_read_failed", tenant=tenant)
-            return out
+                    continue
+                psi = {}
+                for resource in PSI_RESOURCES:
+                    # No PSI for it here (v1 without a cgroup2 mirror, or PSI disabled).
+                    with contextlib.suppress(CgroupError):
+                        psi[resource] = self._driver.read_pressure(CgroupPath(chain), resource)
+                stalls[tenant] = pressure_totals(psi)
+            return out, stalls
 
-        tenants = await anyio.to_thread.run_sync(read_tenants)
+        tenants, stalls = await anyio.to_thread.run_sync(read_tenants)
         for tenant, usage in tenants.items():
             self._tenant_high[tenant] = monotonic(self._tenant_high.get(tenant), usage)
+        for tenant, totals in stalls.items():
+            # Counters never go back while the agent runs (a tenant cgroup made again).
+            high = self._pressure_high.setdefault(tenant, {})
+            for key, total in totals.items():
+                high[key] = max(high.get(key, 0), total)
         try:
             rows = await self._pool.fetch(q("job_state_counts"), timeout=STATEMENT_TIMEOUT)
             states = {(str(r["tenant"]), str(r["state"])): int(r["n"]) for r in rows}
@@ -351,10 +385,11 @@ class Sampler:
                 if a.last is not None and a.job.id in running
             ),
             job_states=states,
+            pressure={t: dict(v) for t, v in self._pressure_high.items()},
         )
 
     def forget(self, job_id: int) -> None:
         """Drop a finished job's series from the snapshot at once (not at the next sweep)."""
         jobs = tuple(j for j in self.snapshot.jobs if j.job_id != job_id)
         if len(jobs) != len(self.snapshot.jobs):
-            self.snapshot = Snapshot(self.snapshot.tenants, jobs, self.snapshot.job_states)
+            self.snapshot = replace(self.snapshot, jobs=jobs)

@@ -44,7 +44,9 @@ from scheduler.db.queries import q
 from scheduler.errors import SchedulerError
 from scheduler.jobs import Job
 from scheduler.policy.admission import detect_capacity
-from scheduler.runtime.launcher import monitor_binary
+from scheduler.runtime.launcher import monitor_binary, warmer_binary
+from scheduler.runtime.warmer import HELPER_NAME as WARMER_NAME
+from scheduler.runtime.warmer import LockWarmer
 
 log = structlog.get_logger(__name__)
 # How long stopping waits for the database connections to close cleanly.
@@ -98,9 +100,21 @@ async def run_agent(
         directory.mkdir(parents=True, exist_ok=True, mode=0o750)
     monitor = await anyio.to_thread.run_sync(monitor_binary, settings.bin_dir)
     driver = build_driver(settings)
-    pool = await create_pool(dsn, min_size=2, max_size=8)
+    warmer: LockWarmer | None = None
+    if settings.launch_warm_seconds > 0:
+        binary = await anyio.to_thread.run_sync(warmer_binary, settings.bin_dir)
+        warmer = await LockWarmer.start(
+            binary, driver.helper_dir(WARMER_NAME), window=settings.launch_warm_seconds
+        )
     listener: Listener | None = None
     lease: NodeLease | None = None
+    try:
+        pool = await create_pool(dsn, min_size=2, max_size=8)
+    except BaseException:
+        if warmer is not None:
+            with anyio.CancelScope(shield=True):
+                await warmer.aclose()
+        raise
     try:
         async with pool.acquire() as conn:
             await migrate(conn)
@@ -153,6 +167,7 @@ async def run_agent(
             run_job=runner.run,
             capacity=capacity,
             epoch=lease.epoch,
+            on_wake=warmer.poke if warmer is not None else None,
             unrecorded=outbox.unrecorded,
         )
 
@@ -257,6 +272,8 @@ async def run_agent(
                 if listener is not None:
                     listener.terminate()
                 pool.terminate()
+            if warmer is not None:
+                await warmer.aclose()
 
 
 @contextlib.contextmanager

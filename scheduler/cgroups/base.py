@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Literal, Protocol
 
+from scheduler.cgroups.parse import Pressure
 from scheduler.errors import CgroupError
 
 DriverName = Literal["v1", "v2"]
@@ -140,6 +141,11 @@ class CgroupDriver(Protocol):
         """True while any process is in ``path`` or its descendants."""
         ...
 
+    def read_pressure(self, path: CgroupPath, resource: str) -> Pressure:
+        """PSI of ``path`` for ``resource`` ("cpu", "memory", "io"); CgroupError where the
+        kernel has no pressure file for it."""
+        ...
+
     def kill(self, path: CgroupPath) -> None:
         """Kill every process in ``path`` (frozen ones too)."""
         ...
@@ -161,7 +167,16 @@ class CgroupDriver(Protocol):
         ...
 
     def children(self, path: CgroupPath) -> list[str]:
-        """Names of the child cgroups of ``path`` (empty if it does not exist)."""
+        """Names of the child cgroups of ``path`` (empty if it does not exist).
+
+        Hidden names (a leading dot, see :meth:`helper_dir`) are the agent's own helpers,
+        never tenants or jobs, and are left out.
+        """
+        ...
+
+    def helper_dir(self, name: str) -> Path:
+        """``<root>/.<name>`` in one hierarchy: a leaf cgroup for one of the agent's own
+        helper processes. A dot can never start a tenant or job name, so it cannot clash."""
         ...
 
     def remove_tree(self, path: CgroupPath) -> None:

@@ -30,22 +30,39 @@ def _under(fs_root: Path, mount_point: str) -> Path:
     return fs_root / mount_point.lstrip("/")
 
 
+def own_unified_cgroup(proc_cgroup: Path = Path("/proc/self/cgroup")) -> str | None:
+    """This process's cgroup2 path ("0::/path" in /proc/self/cgroup), None if it has none."""
+    try:
+        text = proc_cgroup.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("0::"):
+            return line[3:] or "/"
+    return None
+
+
 def open_driver(
     root: str,
     *,
     layout: Layout | None = None,
     prefer: Literal["v1", "v2"] | None = None,
     fs_root: Path = Path("/"),
+    own_cgroup: str | None = None,
 ) -> CgroupDriver:
     """The driver for ``root`` (relative to every hierarchy mount, e.g. "scheduler" or
-    "system.slice/scheduler.service"); ``fs_root`` relocates the mounts (tests)."""
+    "system.slice/scheduler.service/jobs"); ``fs_root`` relocates the mounts and
+    ``own_cgroup`` stands for this process's cgroup2 path (tests)."""
     check_root(root)
     if layout is None:
         layout = detect_layout()
     if prefer == "v2" or (prefer is None and layout.mode == "v2"):
         if layout.unified is None:
             raise CgroupError(f"the v2 driver needs a cgroup2 mount; this host is {layout.mode}")
-        return V2Driver(_under(fs_root, layout.unified), root)
+        mount = _under(fs_root, layout.unified)
+        own = own_cgroup if own_cgroup is not None else own_unified_cgroup()
+        own_dir = mount / own.lstrip("/") if own is not None else None
+        return V2Driver(mount, root, own_cgroup=own_dir)
     mounts = {c: _under(fs_root, m) for c, m in layout.v1.items() if c in V1_CONTROLLERS}
     if not mounts:
         raise CgroupError(

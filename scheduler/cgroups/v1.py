@@ -23,6 +23,7 @@ from scheduler.cgroups.base import (
     Limits,
     Usage,
     check_io,
+    check_segment,
 )
 from scheduler.cgroups.parse import (
     Pressure,
@@ -323,7 +324,10 @@ class V1Driver:
         return (self._main / path.rel).is_dir()
 
     def children(self, path: CgroupPath) -> list[str]:
-        return fs.child_dirs(self._main / path.rel)
+        return [n for n in fs.child_dirs(self._main / path.rel) if not n.startswith(".")]
+
+    def helper_dir(self, name: str) -> Path:
+        return self._main / f".{check_segment(name)}"
 
     # -- freezing --------------------------------------------------------------------------
 

@@ -3,6 +3,16 @@
 v2 forbids processes in a cgroup whose children have controllers enabled ("no internal
 processes"), so tenants are inner nodes that only ever hold job leaves, and the scheduler's
 root must not hold the agent itself.
+
+Delegation: under systemd (``Delegate=yes``) the agent's own cgroup, say
+``/system.slice/scheduler.service``, is handed to it with its controllers available but not
+enabled for children, and the agent (and the embedded Postgres it started) sits in it. A
+root inside it (``system.slice/scheduler.service/jobs``) gets controllers only once that
+cgroup enables them, which v2 refuses while processes sit there. So when the root's parent
+is the agent's own cgroup (or below it: delegated to us) and does not enable what it offers,
+the driver moves the processes there into a ``supervisor`` leaf and enables them, as
+systemd's own ``DelegateSubgroup=`` would. A parent outside the agent's cgroup is never
+touched: its owner decides what it enables.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from scheduler.cgroups.base import (
     Limits,
     Usage,
     check_io,
+    check_segment,
 )
 from scheduler.cgroups.parse import (
     Pressure,
@@ -35,6 +46,8 @@ CPU_PERIOD_US = 100_000
 MIN_CPU_QUOTA_US = 1_000
 # Enabled in every inner node when the parent offers them; cpuset, hugetlb... are left alone.
 MANAGED_CONTROLLERS = ("cpu", "memory", "pids", "io")
+# The leaf the agent's own processes move to when their cgroup must enable controllers.
+SUPERVISOR_LEAF = "supervisor"
 log = structlog.get_logger(__name__)
 
 
@@ -83,11 +96,13 @@ class V2Driver:
     freeze_timeout: float = 2.0
     kill_timeout: float = 5.0
 
-    def __init__(self, mount: Path, root: str) -> None:
+    def __init__(self, mount: Path, root: str, *, own_cgroup: Path | None = None) -> None:
         self._rel_root = fs.check_root(root)
         self.mount = mount
         self.root_dir = mount / self._rel_root
         self._available: frozenset[str] | None = None
+        # The agent's own cgroup directory (from /proc/self/cgroup), None if unknown.
+        self.own_cgroup = own_cgroup
 
     def __repr__(self) -> str:
         return f"V2Driver({str(self.root_dir)!r})"
@@ -166,6 +181,8 @@ class V2Driver:
         the root offers) in cgroup.subtree_control, so jobs created below by plan() can be
         limited and accounted. Enabling is a no-op when already enabled.
         """
+        if not path.parts:
+            self._take_delegation()
         fs.make_dirs(self.mount, self._rel_root)
         available = self.controllers()
         self._check(limits, path, available)
@@ -193,6 +210,75 @@ class V2Driver:
             fs.write_file(file, value)
         if "io" in available:
             self._write_io_weight(target, limits.weight)
+
+    def _delegated(self, directory: Path) -> bool:
+        """True if ``directory`` is the agent's own cgroup or below it."""
+        own = self.own_cgroup
+        return own is not None and (directory == own or own in directory.parents)
+
+    def _take_delegation(self) -> None:
+        """Make every delegated cgroup above the root (the agent's own one and those between
+        it and the root) enable what it offers of our controllers (see the module's
+        docstring); cgroups outside the agent's own are left to their owners."""
+        own, parent = self.own_cgroup, self.root_dir.parent
+        # An agent in the host's top cgroup was delegated nothing: the top is not ours.
+        if own is None or own == self.mount or not self._delegated(parent):
+            return
+        level = own
+        self._enable_for_children(level)
+        for part in parent.relative_to(own).parts:
+            level = level / part
+            fs.make_dir(level)
+            self._enable_for_children(level)
+
+    def _enable_for_children(self, cgroup: Path) -> None:
+        offered = parse_controllers(fs.read_file(cgroup / "cgroup.controllers"))
+        enabled = parse_controllers(fs.read_file(cgroup / "cgroup.subtree_control"))
+        missing = [c for c in MANAGED_CONTROLLERS if c in offered and c not in enabled]
+        if not missing:
+            return
+        enable = " ".join(f"+{c}" for c in missing)
+        try:
+            fs.write_file(cgroup / "cgroup.subtree_control", enable)
+        except CgroupError as exc:
+            if fs.cause_errno(exc) != errno.EBUSY:
+                raise
+        else:
+            return
+        leaf = cgroup / SUPERVISOR_LEAF
+        if leaf == self.root_dir or leaf in self.root_dir.parents:
+            raise CgroupError(
+                f"the cgroup root {self.root_dir} goes through {leaf}, the leaf the agent's "
+                "own processes need: choose another SCHEDULER_CGROUP_ROOT"
+            )
+        fs.make_dir(leaf)
+        moved = self._move_processes(cgroup, leaf)
+        fs.write_file(cgroup / "cgroup.subtree_control", enable)
+        log.info(
+            "cgroup_delegation_taken",
+            cgroup=str(cgroup),
+            enabled=enable,
+            moved_to=str(leaf),
+            processes=moved,
+        )
+
+    @staticmethod
+    def _move_processes(source: Path, target: Path) -> int:
+        """Move every process of ``source`` into ``target``; a process that exits meanwhile
+        is fine (ESRCH). Repeats until ``source`` is empty (a child forked meanwhile)."""
+        moved = 0
+        for _ in range(100):
+            pids = fs.read_file(source / "cgroup.procs").split()
+            if not pids:
+                return moved
+            for pid in pids:
+                try:
+                    fs.write_file(target / "cgroup.procs", pid)
+                    moved += 1
+                except CgroupError as exc:
+                    if fs.cause_errno(exc) != errno.ESRCH:
+                        raise
+        raise CgroupError(f"processes keep appearing in {source}; cannot empty it")
 
     def plan(self, path: CgroupPath, limits: Limits) -> LaunchPlan:
         """The leaf ``path`` (its parent must exist via ensure()) with ``limits``."""
@@ -252,7 +338,10 @@ class V2Driver:
         return self.directory(path).is_dir()
 
     def children(self, path: CgroupPath) -> list[str]:
-        return fs.child_dirs(self.directory(path))
+        return [n for n in fs.child_dirs(self.directory(path)) if not n.startswith(".")]
+
+    def helper_dir(self, name: str) -> Path:
+        return self.root_dir / f".{check_segment(name)}"
 
     # -- freezing and killing --------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from scheduler.errors import LaunchError
 from scheduler.runtime.spec import ExitKind, ExitRecord, LaunchSpec
 
 MONITOR_SOURCE = "monitor.c"
+WARMER_SOURCE = "warmer.c"
 EXIT_FILE = "exit"
 PID_FILE = "monitor.pid"
 
@@ -60,26 +61,36 @@ def _find_compiler() -> str:
 
 
 def monitor_binary(cache_dir: Path) -> Path:
-    """Return the compiled monitor in ``cache_dir``, compiling ``monitor.c`` if needed.
+    """Return the compiled job monitor (``monitor.c``) in ``cache_dir``."""
+    return c_binary(cache_dir, MONITOR_SOURCE, "scheduler-monitor")
+
+
+def warmer_binary(cache_dir: Path) -> Path:
+    """Return the compiled cgroup lock warmer (``warmer.c``) in ``cache_dir``."""
+    return c_binary(cache_dir, WARMER_SOURCE, "scheduler-warmer")
+
+
+def c_binary(cache_dir: Path, source_name: str, prefix: str) -> Path:
+    """Return ``prefix-<hash>`` in ``cache_dir``, compiling the package's ``source_name``.
 
     The binary is named after the source's hash, so a changed source gets a new binary
     and concurrent agents never see a half-written file (compile to a temporary name,
     then rename).
     """
-    resource = importlib.resources.files(__package__ or "scheduler.runtime") / MONITOR_SOURCE
+    resource = importlib.resources.files(__package__ or "scheduler.runtime") / source_name
     with importlib.resources.as_file(resource) as source:
         try:
             digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
         except OSError as exc:
-            raise LaunchError(f"cannot read the monitor source {source}: {exc}") from exc
-        target = cache_dir / f"scheduler-monitor-{digest}"
+            raise LaunchError(f"cannot read the source {source}: {exc}") from exc
+        target = cache_dir / f"{prefix}-{digest}"
         if target.is_file() and os.access(target, os.X_OK):
             return target
         compiler = _find_compiler()
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise LaunchError(f"cannot create the monitor cache {cache_dir}: {exc}") from exc
+            raise LaunchError(f"cannot create the binary cache {cache_dir}: {exc}") from exc
         tmp = cache_dir / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
         try:
             for link in _LINKS:
@@ -93,12 +104,12 @@ def monitor_binary(cache_dir: Path) -> Path:
                     break
             if result.returncode != 0:
                 raise LaunchError(
-                    f"compiling the job monitor failed ({compiler} exited with "
+                    f"compiling {source_name} failed ({compiler} exited with "
                     f"{result.returncode}):\n{result.stderr.strip()}"
                 )
             tmp.replace(target)
         except OSError as exc:
-            raise LaunchError(f"compiling the job monitor with {compiler} failed: {exc}") from exc
+            raise LaunchError(f"compiling {source_name} with {compiler} failed: {exc}") from exc
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()

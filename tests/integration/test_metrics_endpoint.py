@@ -93,6 +93,13 @@ async def test_metrics_after_real_jobs(
     assert after[("scheduler_dispatch_latency_seconds_count", ())] == 4
     assert after[("scheduler_sample_duration_seconds_count", ())] >= 3
     assert after[("scheduler_database_errors_total", ())] == 0
+    # PSI of the tenant's cgroup (this host's cgroup2 mirror has the pressure files).
+    for resource in ("cpu", "memory", "io"):
+        key = (
+            "scheduler_tenant_pressure_stall_seconds_total",
+            (("kind", "some"), ("resource", resource), ("tenant", "acme")),
+        )
+        assert after[key] >= live[key] >= 0
     assert held
     if shutil.which("promtool"):
         result = subprocess.run(

@@ -78,7 +78,8 @@ async def test_hundreds_of_short_and_long_jobs_add_up_exactly(
         )
         timed_out = await submit(db, ["sleep", "30"], timeout_seconds=Decimal("0.9"))
         killed = await submit(db, ["sleep", "30"])
-        await wait_state(db, killed, "running")
+        # Behind 300 short jobs that admission runs two at a time (cpu = 1 each, 2 cores).
+        await wait_state(db, killed, "running", timeout=90)
         await anyio.sleep(0.8)
         Path(f"/sys/fs/cgroup/unified/{cgroup_root}/default/job-{killed}/cgroup.kill").write_text(
             "1"

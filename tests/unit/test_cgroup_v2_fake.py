@@ -19,7 +19,7 @@ import pytest
 
 from scheduler.cgroups import fs
 from scheduler.cgroups.base import CgroupPath, LaunchPlan, Limits, Usage
-from scheduler.cgroups.detect import open_driver
+from scheduler.cgroups.detect import open_driver, own_unified_cgroup
 from scheduler.cgroups.parse import Layout, parse_controllers, parse_mountinfo
 from scheduler.cgroups.v1 import V1Driver
 from scheduler.cgroups.v2 import V2Driver
@@ -550,3 +550,143 @@ def test_v1_limit_for_an_unmounted_controller_names_it(tmp_path: Path) -> None:
     driver = open_driver("sched", layout=no_pids, fs_root=tmp_path)
     with pytest.raises(CgroupError, match=r"'pids' is not mounted \(needed for pids_max\)"):
         driver.plan(JOB, Limits(pids_max=5))
+
+
+def test_helper_dirs_are_hidden_leaves_of_the_root(tree: Tree) -> None:
+    driver = tree.driver("scheduler")
+    helper = driver.helper_dir("warmer")
+    assert helper == tree.mount / "scheduler" / ".warmer"
+    fs.make_dir(helper)
+    assert ".warmer" not in driver.children(CgroupPath(()))
+    assert "acme" in driver.children(CgroupPath(()))
+    with pytest.raises(ValueError, match="not a valid cgroup name"):
+        driver.helper_dir("../escape")
+
+
+# -- delegation (systemd Delegate=yes) ---------------------------------------------------------
+
+
+class Processes:
+    """The two process rules of cgroupfs a delegated unit meets: writing a pid to
+    cgroup.procs moves it out of every other cgroup, and cgroup.subtree_control refuses to
+    enable controllers while the cgroup holds processes (EBUSY)."""
+
+    def __init__(self, mount: Path) -> None:
+        self.mount = mount
+        self.write = fs.write_file
+
+    def __call__(self, path: Path | str, value: str) -> None:
+        path = Path(path)
+        if path.name == "cgroup.procs":
+            for procs in self.mount.rglob("cgroup.procs"):
+                kept = [p for p in procs.read_text().split() if p != value.strip()]
+                procs.write_text("".join(f"{p}\n" for p in kept))
+            path.write_text(path.read_text() + f"{value.strip()}\n")
+            return
+        if path.name == "cgroup.subtree_control" and (path.parent / "cgroup.procs").read_text():
+            cause = OSError(errno.EBUSY, "Device or resource busy")
+            raise CgroupError(f"cannot write {path}: Device or resource busy") from cause
+        self.write(path, value)
+
+
+@pytest.fixture
+def unit(tree: Tree, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """/system.slice/scheduler.service as systemd delegates it: controllers offered, none
+    enabled for children, the agent (100) and its embedded Postgres (101) inside."""
+    slice_ = tree.mount / "system.slice"
+    fs.make_dir(slice_)
+    (slice_ / "cgroup.subtree_control").write_text("cpu io memory pids\n")
+    service = slice_ / "scheduler.service"
+    fs.make_dir(service)
+    (service / "cgroup.procs").write_text("100\n101\n")
+    monkeypatch.setattr(fs, "write_file", Processes(tree.mount))
+    return service
+
+
+def test_a_delegated_unit_moves_its_processes_to_a_leaf_and_enables_controllers(
+    tree: Tree, unit: Path
+) -> None:
+    driver = open_driver(
+        "system.slice/scheduler.service/jobs",
+        layout=tree.layout,
+        fs_root=tree.fs_root,
+        own_cgroup="/system.slice/scheduler.service",
+    )
+    driver.ensure(CgroupPath(()), Limits())
+    driver.ensure(TENANT, Limits(cpu_cores=1.0))
+    assert (unit / "cgroup.procs").read_text() == ""
+    assert (unit / "supervisor" / "cgroup.procs").read_text().split() == ["100", "101"]
+    assert parse_controllers((unit / "cgroup.subtree_control").read_text()) == {
+        "cpu",
+        "io",
+        "memory",
+        "pids",
+    }
+    assert (unit / "jobs" / "acme" / "cpu.max").read_text() == "100000 100000"
+    # Nothing above the unit was written.
+    assert (unit.parent / "cgroup.subtree_control").read_text() == "cpu io memory pids\n"
+    # A second start finds everything in place.
+    driver.ensure(CgroupPath(()), Limits())
+    assert (unit / "supervisor" / "cgroup.procs").read_text().split() == ["100", "101"]
+
+
+def test_a_parent_that_is_not_ours_is_never_touched(tree: Tree, unit: Path) -> None:
+    driver = open_driver(
+        "system.slice/scheduler.service/jobs",
+        layout=tree.layout,
+        fs_root=tree.fs_root,
+        own_cgroup="/system.slice/other.service",
+    )
+    driver.ensure(CgroupPath(()), Limits())
+    assert (unit / "cgroup.procs").read_text().split() == ["100", "101"]
+    assert not (unit / "supervisor").exists()
+    with pytest.raises(CgroupError, match=r"'cpu' is not available.*offers: none"):
+        driver.ensure(TENANT, Limits(cpu_cores=1.0))
+
+
+def test_a_root_deeper_in_the_unit_gets_controllers_at_every_level(
+    tree: Tree, unit: Path
+) -> None:
+    driver = open_driver(
+        "system.slice/scheduler.service/batch/jobs",
+        layout=tree.layout,
+        fs_root=tree.fs_root,
+        own_cgroup="/system.slice/scheduler.service",
+    )
+    driver.ensure(CgroupPath(()), Limits())
+    driver.ensure(TENANT, Limits(memory_bytes=MIB))
+    assert (unit / "supervisor" / "cgroup.procs").read_text().split() == ["100", "101"]
+    assert "memory" in parse_controllers((unit / "batch" / "cgroup.subtree_control").read_text())
+    assert (unit / "batch" / "jobs" / "acme" / "memory.max").read_text() == str(MIB)
+
+
+def test_an_agent_in_the_top_cgroup_takes_nothing(tree: Tree, unit: Path) -> None:
+    driver = open_driver(
+        "system.slice/scheduler.service/jobs",
+        layout=tree.layout,
+        fs_root=tree.fs_root,
+        own_cgroup="/",
+    )
+    driver.ensure(CgroupPath(()), Limits())
+    assert (unit / "cgroup.procs").read_text().split() == ["100", "101"]
+    assert (unit / "cgroup.subtree_control").read_text() == ""
+
+
+def test_a_root_named_like_the_supervisor_leaf_is_refused(tree: Tree, unit: Path) -> None:
+    driver = open_driver(
+        "system.slice/scheduler.service/supervisor",
+        layout=tree.layout,
+        fs_root=tree.fs_root,
+        own_cgroup="/system.slice/scheduler.service",
+    )
+    with pytest.raises(CgroupError, match="choose another SCHEDULER_CGROUP_ROOT"):
+        driver.ensure(CgroupPath(()), Limits())
+
+
+def test_own_unified_cgroup_reads_the_v2_line(tmp_path: Path) -> None:
+    proc = tmp_path / "cgroup"
+    proc.write_text("12:pids:/x\n0::/system.slice/scheduler.service\n")
+    assert own_unified_cgroup(proc) == "/system.slice/scheduler.service"
+    proc.write_text("12:pids:/x\n")
+    assert own_unified_cgroup(proc) is None
+    assert own_unified_cgroup(tmp_path / "missing") is None
