@@ -1,8 +1,9 @@
 """Jepsen-style counts of what a fault did to jobs and to their billing rows.
 
 A fault test submits its jobs through a :class:`Workload`: every job's command first appends
-its attempt number to ``<state dir>/executions/<job id>`` (a directory only user nobody, the
-jobs' user, can write, outside /tmp since jobs get a private one), so real executions are
+its attempt number to ``<base>/executions/<job id>`` (``base`` is the test's state directory
+unless it says otherwise; only user nobody, the jobs' user, can write there; outside /tmp,
+since jobs get a private one), so real executions are
 counted by the kernel's own file appends, not by the agent's word. The test then injects its
 fault, snapshots which attempts it hit (:meth:`Workload.hit`), and :func:`tally` waits until
 every job ended (or the deadline passed) and counts.
@@ -18,8 +19,9 @@ Jobs (each job is counted once per category it falls in; recovered only when in 
 - **recovered**: hit by the fault (claimed, running or exiting when it struck) and ended
   exactly as expected.
 
-Billing rows (``scheduler.usage``), per attempt of each job (1..``jobs.attempts``; an
-attempt still running at the deadline is left out, its job is already lost):
+Billing rows (``scheduler.usage``), counted per attempt of each job, once per category
+(1..``jobs.attempts``; an attempt still running at the deadline is left out, its job is
+already lost):
 
 - **lost**: an ended attempt with no final (closing) row;
 - **duplicated**: more than one final row for an attempt, or the last attempt's rows not
