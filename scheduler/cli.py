@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import asyncpg
 
-from scheduler import control_cli, nodes_cli, store
+from scheduler import control_cli, failpoints, nodes_cli, store
 from scheduler import log as logging_setup
 from scheduler.accounting import billing as billing_export
 from scheduler.accounting.export import FORMATS
@@ -204,6 +204,7 @@ async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             "scheduler: warning: not root; creating cgroups and namespaces will likely fail",
             file=sys.stderr,
         )
+    failpoints.configure()
     await serve(settings, on_ready=print_ready)
     return 0
 

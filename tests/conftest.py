@@ -148,6 +148,15 @@ def cgroup_root() -> Iterator[str]:
 
 
 @pytest.fixture
+def peer_cgroup_roots(cgroup_root: str) -> Iterator[list[str]]:
+    """Two more cgroup roots of this test's own, for a second and third agent on one host."""
+    names = [f"{cgroup_root}-b", f"{cgroup_root}-c"]
+    yield names
+    for name in names:
+        open_driver(name).remove_tree(CgroupPath(()))
+
+
+@pytest.fixture
 def state_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="sched-state-", dir="/tmp"))
     yield path

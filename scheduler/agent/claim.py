@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncpg
 import structlog
 
+from scheduler import failpoints
 from scheduler.db.queries import q
 from scheduler.policy.admission import Capacity
 from scheduler.policy.fairshare import ALLOCATION_SECONDS, HALF_LIFE_SECONDS
@@ -32,15 +33,16 @@ async def claim(
             log.warning("job_unfit", job_id=row["id"], tenant=row["tenant"], error=row["error"])
         if unfit:
             await conn.execute("SELECT pg_notify('scheduler_done', '')")
-        return list(
-            await conn.fetch(
-                q("claim_jobs"),
-                node,
-                want,
-                capacity.cpu,
-                capacity.memory_bytes,
-                HALF_LIFE_SECONDS,
-                ALLOCATION_SECONDS,
-                epoch,
-            )
+        rows = await conn.fetch(
+            q("claim_jobs"),
+            node,
+            want,
+            capacity.cpu,
+            capacity.memory_bytes,
+            HALF_LIFE_SECONDS,
+            ALLOCATION_SECONDS,
+            epoch,
         )
+    if rows:
+        failpoints.hit("after_claim")  # committed; nothing started yet
+    return list(rows)

@@ -7,6 +7,11 @@ connection was down is started by the next poll.
 
 While ``blocked`` gives a reason (the state directory is full: a job could not be started
 safely), nothing is claimed; the jobs stay queued for this node or any other.
+
+A claim that fails may still have committed (the connection broke after the commit, before
+its answer arrived): Postgres then says jobs run here that nothing here started. After such a
+failure, before claiming again, the dispatcher starts every attempt Postgres gives this node
+under its epoch that it neither runs nor is recording.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class Dispatcher:
         epoch: int | None = None,
         on_wake: Callable[[], None] | None = None,
         blocked: Callable[[], str | None] | None = None,
+        unrecorded: set[int] | None = None,
     ) -> None:
         # The requests of running and frozen jobs never add up to more than this.
         self.capacity = capacity if capacity is not None else detect_capacity()
@@ -53,6 +59,11 @@ class Dispatcher:
         self._poll_interval = poll_interval
         self._run_job = run_job
         self._running: set[int] = set()
+        # Jobs whose end was handed to the recorder and is not committed yet (the outbox's).
+        self._unrecorded = unrecorded if unrecorded is not None else set()
+        # Attempts whose task crashed: left 'running' in Postgres for the next start-up.
+        self._crashed: set[int] = set()
+        self._claim_unknown = False
         self._wake = anyio.Event()
         # Told whenever work may be coming (runtime.warmer: get the cgroup lock ready).
         self._on_wake = on_wake
@@ -69,9 +80,9 @@ class Dispatcher:
         if self._on_wake is not None:
             self._on_wake()
 
-    def adopt(self, job_ids: list[int]) -> None:
-        """Count attempts recovered at start-up against this node's capacity."""
-        self._running.update(job_ids)
+    def adopt(self, job_id: int) -> None:
+        """Count an attempt recovered at start-up against this node's capacity."""
+        self._running.add(job_id)
 
     def release(self, job_id: int) -> None:
         """An adopted attempt ended."""
@@ -95,13 +106,16 @@ class Dispatcher:
             claimed = 0
             if self._is_paused():
                 free = 0
-            if free > 0:
+            if free > 0 and self._claim_unknown:
+                self._claim_unknown = not await self._start_unheard(task_group)
+            if free > 0 and not self._claim_unknown:
                 want = min(free, CLAIM_BATCH)
                 try:
                     rows = await claim(self._pool, self._node, want, self.capacity, self._epoch)
                 except DB_ERRORS as exc:
                     # The database is away: running jobs stay supervised; claim again later.
                     log_failure(log, "claim_failed", exc, retry_in_seconds=self._poll_interval)
+                    self._claim_unknown = True
                     rows = []
                     want = -1
                 claimed = len(rows)
@@ -126,6 +140,24 @@ class Dispatcher:
         self._paused = reason
         return reason is not None
 
+    async def _start_unheard(self, task_group: TaskGroup) -> bool:
+        """Start the attempts a failed claim may have committed; False if Postgres is away."""
+        # Taken before the query: a job leaves these sets only once its end is committed, so
+        # any attempt the query returns that is in none of them was never started here.
+        known = self._running | self._unrecorded | self._crashed
+        try:
+            rows = await self._pool.fetch(q("claimed_on_node"), self._node, self._epoch)
+        except DB_ERRORS:
+            return False
+        for row in rows:
+            if row["id"] in known:
+                continue
+            job = Job.from_row(row)
+            log.warning("unheard_claim_started", job_id=job.id, attempt=job.attempts)
+            self._running.add(job.id)
+            task_group.start_soon(self._attempt, job, name=f"job-{job.id}")
+        return True
+
     async def _next_wait(self) -> float:
         """Sleep until the poll, or until the next delayed or backed-off job is due."""
         try:
@@ -143,6 +175,7 @@ class Dispatcher:
             # A bug in one attempt must not take the agent (and every other job) down; the
             # attempt stays 'running' in Postgres and is recorded by the next start-up.
             log.exception("attempt_crashed", job_id=job.id, tenant=job.tenant)
+            self._crashed.add(job.id)
         finally:
             self._running.discard(job.id)
             self.wake()

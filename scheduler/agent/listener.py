@@ -13,7 +13,7 @@ import anyio
 import asyncpg
 import structlog
 
-from scheduler.db.pool import connect
+from scheduler.db.pool import DB_ERRORS, connect
 from scheduler.errors import DatabaseError
 
 log = structlog.get_logger(__name__)
@@ -23,6 +23,9 @@ FIRST_DELAY = 0.1
 MAX_DELAY = 5.0
 # How often a silent connection is checked (a dropped socket may not wake anything).
 CHECK_SECONDS = 1.0
+# DatabaseError: connect() wraps a refused connection (the server is down or still starting),
+# which is what a reconnection meets first.
+RECONNECT_ERRORS: tuple[type[Exception], ...] = (DatabaseError, *DB_ERRORS)
 
 
 class Listener:
@@ -66,13 +69,7 @@ class Listener:
             while self.conn is None:
                 try:
                     await self.connect()
-                # DatabaseError: connect() wraps what asyncpg raised (server down, refused).
-                except (
-                    DatabaseError,
-                    asyncpg.PostgresError,
-                    asyncpg.InterfaceError,
-                    OSError,
-                ) as exc:
+                except RECONNECT_ERRORS as exc:
                     log.warning("listen_reconnect_failed", error=repr(exc), retry_in_seconds=delay)
                     await anyio.sleep(delay)
                     delay = min(delay * 2, MAX_DELAY)

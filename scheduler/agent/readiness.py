@@ -10,6 +10,7 @@ import asyncpg
 from scheduler.cgroups.base import CgroupDriver, CgroupPath
 from scheduler.config import Settings
 from scheduler.db.migrate import pending
+from scheduler.db.pool import DB_ERRORS
 
 
 async def readiness(pool: asyncpg.Pool, settings: Settings, driver: CgroupDriver) -> list[str]:
@@ -21,7 +22,7 @@ async def readiness(pool: asyncpg.Pool, settings: Settings, driver: CgroupDriver
                 missing = await pending(conn)
         if missing:
             reasons.append(f"database migrations {missing} are not applied")
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except DB_ERRORS as exc:
         reasons.append(f"database unreachable: {exc or type(exc).__name__}")
     if not driver.exists(CgroupPath(())):
         reasons.append(f"cgroup root {settings.cgroup_root!r} is missing")

@@ -19,14 +19,17 @@ from datetime import UTC, datetime, timedelta
 import anyio
 import asyncpg
 import structlog
+from anyio.abc import ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from scheduler import failpoints
 from scheduler.accounting.metrics import ServiceStats
 from scheduler.accounting.periods import Period
 from scheduler.agent.health import Health
 from scheduler.agent.spool import UsageSpool
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Usage
 from scheduler.db.outage import DB_ERRORS, describe, log_failure, outage_kind
+from scheduler.db.pool import Conn
 from scheduler.db.queries import q
 from scheduler.jobs import Job, Outcome, byte_seconds, cpu_seconds, retry_delay_seconds
 
@@ -49,6 +52,36 @@ class Completion:
     end_ns: int
     # The closing row computed against the sampler's rows; None: the whole attempt in one row.
     closing: Period | None = None
+    # Set when the attempt never ran the job's command for a fault of this node's own (its
+    # state disk is full): the job goes back to the queue with its attempt not counted, unless
+    # the attempt already has usage rows (then it is recorded like any other start error).
+    release: str | None = None
+
+
+class Outbox:
+    """Where ended attempts are sent to be recorded: the recorder's stream, and the jobs whose
+    end was sent but is not committed yet (Postgres still says they run here)."""
+
+    def __init__(self, stream: ObjectSendStream[Completion]) -> None:
+        self._stream = stream
+        self.unrecorded: set[int] = set()
+
+    async def send(self, completion: Completion) -> None:
+        self.unrecorded.add(completion.job.id)
+        await self._stream.send(completion)
+
+
+async def _release(conn: Conn, batch: list[Completion]) -> set[int]:
+    """Put back in the queue the attempts of ``batch`` that have no usage row; their ids."""
+    if not batch:
+        return set()
+    rows = await conn.fetch(
+        q("release_claims"),
+        [c.job.id for c in batch],
+        [c.job.attempts for c in batch],
+        [c.release for c in batch],
+    )
+    return {int(r["id"]) for r in rows}
 
 
 def _ts(ns: int) -> datetime:
@@ -131,12 +164,15 @@ class Recorder:
         *,
         spool: UsageSpool | None = None,
         health: Health | None = None,
+        unrecorded: set[int] | None = None,
     ) -> None:
         self._pool = pool
         self._driver = driver
         self._stats = stats
         self._spool = spool
         self._health = health or Health()
+        # The outbox's set: a job leaves it once its end is committed.
+        self._unrecorded = unrecorded if unrecorded is not None else set()
 
     async def run(self, completions: MemoryObjectReceiveStream[Completion]) -> None:
         async with completions:
@@ -184,14 +220,32 @@ class Recorder:
 
     async def commit(self, batch: list[Completion]) -> None:
         """Record a batch in one transaction, then remove the cgroups it covered."""
+        failpoints.hit("before_record")
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.executemany(q("finish_job"), [_finish_args(c) for c in batch])
-            await conn.executemany(q("insert_usage"), [_usage_args(c) for c in batch])
+            released = await _release(conn, [c for c in batch if c.release is not None])
+            finished = [c for c in batch if c.job.id not in released]
+            if finished:
+                await conn.executemany(q("finish_job"), [_finish_args(c) for c in finished])
+                await conn.executemany(q("insert_usage"), [_usage_args(c) for c in finished])
+            if released:
+                await conn.execute("SELECT pg_notify('scheduler_jobs', 'queued')")
             await conn.execute("SELECT pg_notify('scheduler_done', '')")
+        for c in batch:
+            self._unrecorded.discard(c.job.id)
+        failpoints.hit("after_record")
         # rmdir in every hierarchy can take a while (the kernel offlines each cgroup): off the
         # event loop, one thread hop per batch.
         await anyio.to_thread.run_sync(self._remove_cgroups, batch)
         for c in batch:
+            if c.job.id in released:
+                log.warning(
+                    "job_released",
+                    job_id=c.job.id,
+                    tenant=c.job.tenant,
+                    attempt=c.job.attempts,
+                    reason=c.release,
+                )
+                continue
             if self._stats is not None:
                 self._stats.attempt_finished(
                     c.job.tenant,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from functools import partial
 from pathlib import Path
 
 import structlog
@@ -47,9 +46,12 @@ async def recover(
     node: str,
     task_group: TaskGroup,
     send_lost: Callable[[Completion], Awaitable[None]],
+    on_start: Callable[[int], None],
     on_done: Callable[[int], None],
 ) -> list[int]:
-    """Adopt or record every attempt left from before; return the ids still running."""
+    """Adopt or record every attempt left from before; return the ids it supervises or
+    records. ``on_start`` is called for each before its task starts, ``on_done`` once its end
+    was handed to the recorder (a fast end cannot come before its start)."""
     adopted: list[int] = []
     for job in jobs:
         run_dir = run_dir_for(runs_dir, job.id, job.attempts)
@@ -58,13 +60,18 @@ async def recover(
         record = read_exit_record(run_dir)
         if record is not None:
             log.info("recovered_exit", job_id=job.id, kind=record.kind)
-            task_group.start_soon(partial(runner.finish, job, cgroup, record, timed_out=False))
+            on_start(job.id)
+            task_group.start_soon(
+                _adopted, runner.finish(job, cgroup, record, timed_out=False), job.id, on_done
+            )
+            adopted.append(job.id)
             continue
         pid = live_monitor_pid(run_dir)
         if pid is not None:
             plan = driver.plan(cgroup, Limits())
             log.info("adopted_job", job_id=job.id, monitor_pid=pid)
             runner.adopt_metering(job, cgroup)
+            on_start(job.id)
             task_group.start_soon(
                 _adopted, runner.supervise(job, cgroup, plan, pid, run_dir), job.id, on_done
             )

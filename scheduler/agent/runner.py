@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
 import structlog
-from anyio.abc import ObjectSendStream
 
 from scheduler.accounting import periods
 from scheduler.agent.attempts import Attempts
 from scheduler.agent.isolation import Isolator
-from scheduler.agent.recorder import Completion
+from scheduler.agent.recorder import Completion, Outbox
 from scheduler.agent.sampler import Sampler, counters_of, covering, final_usage
 from scheduler.agent.tenants import TenantCgroups
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, LaunchPlan, Limits, Usage
@@ -68,6 +69,12 @@ def _signal_all(plan: LaunchPlan, sig: int) -> None:
             os.kill(pid, sig)
 
 
+def _remove_run_dir(run_dir: Path) -> None:
+    """Remove an attempt's run directory (missing is fine)."""
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(run_dir)
+
+
 def _exit_record(run_dir: Path) -> ExitRecord | None:
     """The monitor's record; an unreadable one counts as missing (the job fails, with a log)."""
     try:
@@ -88,11 +95,12 @@ class Runner:
         monitor: Path,
         runs_dir: Path,
         node: str,
-        completions: ObjectSendStream[Completion],
+        completions: Outbox,
         isolator: Isolator | None = None,
         attempts: Attempts | None = None,
         term_grace: float = TERM_GRACE_SECONDS,
         sampler: Sampler | None = None,
+        node_fault: Callable[[], Awaitable[str | None]] | None = None,
     ) -> None:
         self._isolator = isolator or Isolator(
             SandboxPolicy(), ImageStore(runs_dir.parent / "images")
@@ -107,6 +115,9 @@ class Runner:
         self._node = node
         self._completions = completions
         self._sampler = sampler
+        # Why this node cannot start jobs now (a fresh check of its state disk), if it cannot:
+        # an attempt that failed to start then goes back to the queue (see _released).
+        self.node_fault = node_fault
 
     async def run(self, job: Job) -> None:
         """Run one claimed attempt to its end and hand its completion to the recorder."""
@@ -246,8 +257,13 @@ class Runner:
         end_ns = record.end_ns if record else now
         end_ns = max(start_ns, end_ns)
         usage, closing = self.closing_row(mark, usage, start_ns, end_ns)
+        release = None
+        if record is None or record.kind == "start_error":
+            release = await self._released(job)
         await self._completions.send(
-            Completion(job, self._node, cgroup, outcome, usage, start_ns, end_ns, closing)
+            Completion(
+                job, self._node, cgroup, outcome, usage, start_ns, end_ns, closing, release
+            )
         )
 
     @staticmethod
@@ -308,6 +324,26 @@ class Runner:
             attempts=job.attempts,
             max_attempts=job.max_attempts,
         )
+        release = await self._released(job) if cgroup is not None else None
         await self._completions.send(
-            Completion(job, self._node, cgroup, outcome, Usage(), start_ns, record.end_ns)
+            Completion(
+                job, self._node, cgroup, outcome, Usage(), start_ns, record.end_ns, None, release
+            )
         )
+
+    async def _released(self, job: Job) -> str | None:
+        """Why an attempt that never ran its command should go back to the queue uncounted
+        (this node's state disk is full), or None. Its run directory is removed then, so that
+        the attempt number can start afresh (here or on another node)."""
+        if self.node_fault is None:
+            return None
+        reason = await self.node_fault()
+        if reason is None:
+            return None
+        run_dir = run_dir_for(self._runs_dir, job.id, job.attempts)
+        try:
+            await anyio.to_thread.run_sync(_remove_run_dir, run_dir)
+        except OSError:
+            log.exception("run_dir_remove_failed", run_dir=str(run_dir))
+            return None
+        return f"not started on node {self._node}: {reason}"

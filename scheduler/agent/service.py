@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 import anyio
-import asyncpg
 import structlog
 
 from scheduler.accounting.metrics import ServiceStats
@@ -25,7 +24,7 @@ from scheduler.agent.isolation import isolator_for
 from scheduler.agent.lease import NodeLease, register, release
 from scheduler.agent.listener import Listener
 from scheduler.agent.readiness import readiness
-from scheduler.agent.recorder import Completion, Recorder
+from scheduler.agent.recorder import Completion, Outbox, Recorder
 from scheduler.agent.recovery import recover
 from scheduler.agent.runner import Runner
 from scheduler.agent.sampler import Sampler
@@ -133,6 +132,7 @@ async def run_agent(
             capacity=capacity,
         )
         send, receive = anyio.create_memory_object_stream[Completion](4096)
+        outbox = Outbox(send)
         tenants = TenantCgroups(pool, driver, io_devices(settings.io_devices, settings.state_dir))
         stats = ServiceStats()
         health = Health(stats)
@@ -162,7 +162,7 @@ async def run_agent(
             monitor=monitor,
             runs_dir=settings.runs_dir,
             node=settings.node_name,
-            completions=send,
+            completions=outbox,
             isolator=isolator_for(settings),
             attempts=Attempts(),
             term_grace=settings.term_grace_seconds,
@@ -185,6 +185,7 @@ async def run_agent(
             capacity=capacity,
             epoch=lease.epoch,
             on_wake=warmer.poke if warmer is not None else None,
+            unrecorded=outbox.unrecorded,
         )
         state_disk = StateDisk(
             settings.state_dir,
@@ -194,6 +195,7 @@ async def run_agent(
             on_ok=dispatcher.wake,
         )
         dispatcher.blocked = state_disk.blocked
+        runner.node_fault = state_disk.check
 
         async def fence(reason: str) -> None:
             killed = kill_all(driver, runner.attempts)
@@ -236,7 +238,15 @@ async def run_agent(
                 tg.start_soon(heartbeat.run)
                 tg.start_soon(listener.run)
                 tg.start_soon(
-                    Recorder(pool, driver, stats, spool=spool, health=health).run, receive
+                    Recorder(
+                        pool,
+                        driver,
+                        stats,
+                        spool=spool,
+                        health=health,
+                        unrecorded=outbox.unrecorded,
+                    ).run,
+                    receive,
                 )
                 tg.start_soon(spool.run, pool, settings.poll_interval)
                 await state_disk.check()  # before the first claim
@@ -247,7 +257,7 @@ async def run_agent(
                 ]
                 # Attempts requeued or ended elsewhere while this node's lease was expired.
                 await fence_stale(driver, {job.id for job in leftovers})
-                adopted = await recover(
+                resumed = await recover(
                     leftovers,
                     driver=driver,
                     tenants=tenants,
@@ -255,10 +265,10 @@ async def run_agent(
                     runs_dir=settings.runs_dir,
                     node=settings.node_name,
                     task_group=tg,
-                    send_lost=send.send,
+                    send_lost=outbox.send,
+                    on_start=dispatcher.adopt,
                     on_done=dispatcher.release,
                 )
-                dispatcher.adopt(adopted)
                 # After recovery: the controller's first, full pass sees the adopted attempts.
                 tg.start_soon(controller.run)
                 tg.start_soon(dispatcher.run, tg)
@@ -269,7 +279,7 @@ async def run_agent(
                     "agent_ready",
                     driver=driver.name,
                     cgroup_root=settings.cgroup_root,
-                    adopted=len(adopted),
+                    resumed=len(resumed),
                     recovered=len(leftovers),
                 )
                 if on_ready is not None:
@@ -290,9 +300,7 @@ async def run_agent(
             closed = False
             with anyio.move_on_after(CLOSE_SECONDS):
                 if lease is not None:
-                    with contextlib.suppress(
-                        asyncpg.PostgresError, asyncpg.InterfaceError, OSError
-                    ):
+                    with contextlib.suppress(*DB_ERRORS):
                         await release(pool, lease)
                 if listener is not None:
                     await listener.close()

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 import asyncpg
 
+from scheduler.db.pool import DB_ERRORS
+
 OutageKind = Literal["unreachable", "full"]
 
 # SQLSTATE class 53 (insufficient resources) and 54000: Postgres cannot write for lack of
@@ -33,9 +35,9 @@ _UNREACHABLE = (
     asyncpg.exceptions.ReadOnlySQLTransactionError,  # a standby promoted late / failover
 )
 _FULL = (asyncpg.exceptions.InsufficientResourcesError, asyncpg.ProgramLimitExceededError)
-# Everything a database round trip may raise that is the database's (not a bug of ours):
-# catch these, then ask outage_kind() whether to keep the work for later.
-DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
+# DB_ERRORS (db.pool): everything a database round trip may raise that is the database's,
+# not a bug of ours. Catch those, then ask outage_kind() whether to keep the work for later.
+__all__ = ["DB_ERRORS", "OutageKind", "describe", "log_failure", "outage_kind"]
 
 
 def outage_kind(exc: BaseException) -> OutageKind | None:

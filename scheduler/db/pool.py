@@ -14,6 +14,17 @@ from scheduler.errors import DatabaseError
 
 # A plain connection or one borrowed from a pool: the store works with either.
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+# What a database that is away, restarting or dropping sessions raises through asyncpg: server
+# errors, client errors, socket errors and timeouts, and InternalClientError, which a pooled
+# connection whose session dropped mid-statement raises on its next use ("cannot switch to
+# state ...; another operation is in progress"). The agent's loops retry on any of them.
+DB_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
 
 
 def _json_default(value: object) -> object:
@@ -45,7 +56,7 @@ async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
     """One connection (LISTEN, CLI); raises DatabaseError naming the target on failure."""
     try:
         conn: asyncpg.Connection = await asyncpg.connect(dsn, **kwargs)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except DB_ERRORS as exc:
         raise DatabaseError(f"cannot connect to the database ({_redact(dsn)}): {exc}") from exc
     await _init(conn)
     return conn
@@ -57,7 +68,7 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 8) -> asyn
         pool = await asyncpg.create_pool(
             dsn, min_size=min_size, max_size=max_size, init=_init, reset=_reset
         )
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except DB_ERRORS as exc:
         raise DatabaseError(f"cannot connect to the database ({_redact(dsn)}): {exc}") from exc
     assert pool is not None
     return pool

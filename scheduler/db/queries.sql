@@ -148,6 +148,17 @@ RETURNING j.id, j.tenant, j.name, j.argv, j.env, j.cwd, j.cpu, j.memory_bytes, j
           j.network, j.image,
           (SELECT t.run_as FROM scheduler.tenants t WHERE t.name = j.tenant) AS run_as;
 
+-- name: claimed_on_node
+-- The attempts Postgres gives node $1 under epoch $2, with the columns claim_jobs returns:
+-- after a claim whose answer was lost, the dispatcher starts those it never heard of.
+SELECT j.id, j.tenant, j.name, j.argv, j.env, j.cwd, j.cpu, j.memory_bytes, j.pids_max,
+       j.timeout_seconds, j.priority, j.max_attempts, j.attempts, j.desired_state,
+       j.submitted_at, j.io_read_bps, j.io_write_bps, j.network, j.image,
+       (SELECT t.run_as FROM scheduler.tenants t WHERE t.name = j.tenant) AS run_as
+FROM scheduler.jobs j
+WHERE j.node = $1 AND j.node_epoch IS NOT DISTINCT FROM $2 AND j.state IN ('running', 'frozen')
+ORDER BY j.id;
+
 -- name: tenant_chain
 -- The tenant and its ancestors, root first, with their limits.
 WITH RECURSIVE chain AS (
@@ -180,6 +191,20 @@ SET state = $2::text,
     run_at = COALESCE($13::timestamptz, run_at),
     node = CASE WHEN $2::text = 'queued' THEN NULL ELSE node END
 WHERE id = $1 AND attempts = $14 AND state IN ('running', 'frozen');
+
+-- name: release_claims
+-- Attempts this node claimed but could not start for a fault of its own (a full state disk):
+-- back to the queue as if never claimed ($1 job ids, $2 their attempt numbers, $3 why), so
+-- the attempt does not count against max_attempts. An attempt that already has usage rows
+-- (its init ran) is left alone: the caller records it as usual.
+UPDATE scheduler.jobs j
+SET state = 'queued', node = NULL, node_epoch = NULL, attempts = j.attempts - 1,
+    started_at = NULL, error = r.reason
+FROM unnest($1::bigint[], $2::int[], $3::text[]) AS r (id, attempt, reason)
+WHERE j.id = r.id AND j.attempts = r.attempt AND j.state IN ('running', 'frozen')
+  AND NOT EXISTS (
+      SELECT 1 FROM scheduler.usage u WHERE u.job_id = r.id AND u.attempt = r.attempt)
+RETURNING j.id;
 
 -- name: insert_usage
 -- The closing billing row of an attempt, numbered after the job's earlier rows. The unique

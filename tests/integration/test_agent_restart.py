@@ -3,10 +3,7 @@ job keeps running, is recorded and billed exactly once, and none is started twic
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,46 +12,11 @@ import asyncpg
 import pytest
 
 from scheduler.agent.runner import run_dir_for
+from tests.agent_process import leftover_job_cgroups, start_serve, wait_ready
 from tests.integration.test_agent import wait_final
 
 pytestmark = pytest.mark.anyio
 JOBS = 50
-
-
-def start_serve(dsn: str, state_dir: Path, cgroup_root: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "SCHEDULER_DATABASE_URL": dsn,
-        "SCHEDULER_STATE_DIR": str(state_dir),
-        "SCHEDULER_CGROUP_ROOT": cgroup_root,
-        "SCHEDULER_NODE_NAME": "restart-node",
-        "SCHEDULER_POLL_INTERVAL": "0.5",
-        "SCHEDULER_LOG_FORMAT": "json",
-    }
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "scheduler.cli", "serve"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-
-
-async def wait_ready(proc: subprocess.Popen[bytes], log: Path, count: int) -> None:
-    """Until the log shows the ``count``-th 'ready' line (one per start)."""
-    with anyio.fail_after(60):
-        while log.read_text().count("scheduler: node restart-node ready") < count:
-            assert proc.poll() is None, log.read_text()
-            await anyio.sleep(0.05)
-
-
-def leftover_job_cgroups(cgroup_root: str) -> list[str]:
-    found = []
-    for hierarchy in Path("/sys/fs/cgroup").iterdir():
-        tenant = hierarchy / cgroup_root / "default"
-        if tenant.is_dir():
-            found += [str(p) for p in tenant.iterdir() if p.is_dir() and p.name.startswith("job-")]
-    return found
 
 
 async def test_sigkilled_agent_with_50_jobs_running_then_restarted(

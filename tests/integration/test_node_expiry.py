@@ -3,7 +3,6 @@ when its agent comes back, its stale attempts killed rather than continued (fenc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,16 +13,14 @@ import pytest
 from scheduler.agent.fencing import job_cgroups
 from scheduler.agent.recovery import live_monitor_pid
 from scheduler.agent.runner import run_dir_for
-from scheduler.cgroups.base import CgroupPath
 from scheduler.cgroups.detect import open_driver
 from scheduler.config import Settings
 from scheduler.db.queries import q
+from tests.agent_process import SHORT_LEASE
 from tests.conftest import AgentHandle, agent_settings, start_agent
 from tests.integration.test_agent import submit, wait_final, wait_state
 
 pytestmark = pytest.mark.anyio
-# 4 s: a loaded 2-core host may stall an event loop for a second; expiry still comes fast.
-LEASE = {"lease_seconds": 4.0, "heartbeat_seconds": 0.5, "lease_grace_seconds": 0.5}
 # The first attempt outlives the test unless it is killed; a retry ends at once.
 ARGV = ["sh", "-c", 'if [ "$SCHEDULER_ATTEMPT" = 1 ]; then exec sleep 120; fi; echo retried']
 
@@ -46,24 +43,15 @@ def _settings(dsn: str, state_dir: Path, root: str, name: str) -> Settings:
         # Periodic usage rows for the first attempts: they must stay billed once.
         sample_interval=0.2,
         sample_interval_floor=0.05,
-        **LEASE,
+        **SHORT_LEASE,
     )
-
-
-@pytest.fixture
-def roots(cgroup_root: str) -> Iterator[list[str]]:
-    """The cgroup roots of agents b and c (a has the test's own)."""
-    names = [f"{cgroup_root}-b", f"{cgroup_root}-c"]
-    yield names
-    for name in names:
-        open_driver(name).remove_tree(CgroupPath(()))
 
 
 async def cluster(
     dsn: str,
     db: asyncpg.Connection,
     state_dir: Path,
-    roots: list[str],
+    peer_cgroup_roots: list[str],
     cgroup_root: str,
     tg: anyio.abc.TaskGroup,
 ) -> Cluster:
@@ -78,7 +66,7 @@ async def cluster(
     with anyio.fail_after(20):
         while await db.fetchval("SELECT count(DISTINCT job_id) FROM scheduler.usage") < 4:
             await anyio.sleep(0.05)
-    for name, root in zip("bc", roots, strict=True):
+    for name, root in zip("bc", peer_cgroup_roots, strict=True):
         await start_agent(tg, _settings(dsn, state_dir, root, name))
     a.stop()  # as abruptly as a cancelled task: the jobs keep running under their monitors
     return Cluster(a, settings_a, retried, lost)
@@ -109,20 +97,28 @@ async def check_requeued_and_billed_once(db: asyncpg.Connection, c: Cluster) -> 
 
 
 async def test_expired_node_jobs_are_requeued_and_finished_by_the_others(
-    dsn: str, db: asyncpg.Connection, state_dir: Path, cgroup_root: str, roots: list[str]
+    dsn: str,
+    db: asyncpg.Connection,
+    state_dir: Path,
+    cgroup_root: str,
+    peer_cgroup_roots: list[str],
 ) -> None:
     async with anyio.create_task_group() as tg:
-        c = await cluster(dsn, db, state_dir, roots, cgroup_root, tg)
+        c = await cluster(dsn, db, state_dir, peer_cgroup_roots, cgroup_root, tg)
         await check_requeued_and_billed_once(db, c)
         tg.cancel_scope.cancel()
 
 
 async def test_an_agent_back_after_its_lease_expired_kills_its_stale_attempts(
-    dsn: str, db: asyncpg.Connection, state_dir: Path, cgroup_root: str, roots: list[str]
+    dsn: str,
+    db: asyncpg.Connection,
+    state_dir: Path,
+    cgroup_root: str,
+    peer_cgroup_roots: list[str],
 ) -> None:
     driver = open_driver(cgroup_root)
     async with anyio.create_task_group() as tg:
-        c = await cluster(dsn, db, state_dir, roots, cgroup_root, tg)
+        c = await cluster(dsn, db, state_dir, peer_cgroup_roots, cgroup_root, tg)
         await check_requeued_and_billed_once(db, c)
         ids = [*c.retried, c.lost]
         run_dirs = [run_dir_for(c.settings_a.runs_dir, job_id, 1) for job_id in ids]

@@ -644,9 +644,7 @@ def test_a_parent_that_is_not_ours_is_never_touched(tree: Tree, unit: Path) -> N
         driver.ensure(TENANT, Limits(cpu_cores=1.0))
 
 
-def test_a_root_deeper_in_the_unit_gets_controllers_at_every_level(
-    tree: Tree, unit: Path
-) -> None:
+def test_a_root_deeper_in_the_unit_gets_controllers_at_every_level(tree: Tree, unit: Path) -> None:
     driver = open_driver(
         "system.slice/scheduler.service/batch/jobs",
         layout=tree.layout,
