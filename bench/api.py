@@ -30,7 +30,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.machine import describe
+from bench.machine import SCRATCH, describe
 from bench.spine import percentile, start_agent
 from scheduler.cgroups.base import CgroupPath
 from scheduler.cgroups.detect import open_driver
@@ -41,7 +41,7 @@ BODY = {"argv": ["true"], "tenant": "bench", "cpu": 0.1, "memory_bytes": 16 << 2
 
 
 def make_base() -> Path:
-    base = Path(tempfile.mkdtemp(prefix="sched-bench-api-", dir="/tmp"))
+    base = Path(tempfile.mkdtemp(prefix="sched-bench-api-", dir=SCRATCH))
     base.chmod(0o755)
     return base
 

@@ -33,7 +33,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.machine import describe
+from bench.machine import SCRATCH, describe
 from bench.spine import FINAL, start_agent, wait_finished
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits
 from scheduler.cgroups.detect import open_driver
@@ -203,7 +203,7 @@ def ratio_line(name: str, rate: float, bare: float) -> str:
 
 
 async def main(jobs: int, repeat: int, sleepers: int) -> None:
-    base = Path(tempfile.mkdtemp(prefix="sched-launch-", dir="/tmp"))
+    base = Path(tempfile.mkdtemp(prefix="sched-launch-", dir=SCRATCH))
     base.chmod(0o755)
     root = f"sched-launch-{uuid.uuid4().hex[:8]}"
     driver = open_driver(root)

@@ -30,7 +30,7 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.machine import describe
+from bench.machine import SCRATCH, describe
 from scheduler.accounting.periods import advance
 from scheduler.agent.sampler import Sampler, counters_of
 from scheduler.cgroups.base import CgroupPath, Limits
@@ -57,7 +57,7 @@ def per_cgroup_us(seconds: float, n: int) -> float:
 
 
 async def main(n: int, sweeps: int) -> None:
-    base = Path(tempfile.mkdtemp(prefix="sched-bench-", dir="/tmp"))
+    base = Path(tempfile.mkdtemp(prefix="sched-bench-", dir=SCRATCH))
     os.chmod(base, 0o755)
     root = f"sched-bench-{uuid.uuid4().hex[:8]}"
     pg = EmbeddedPostgres(base / "pg")

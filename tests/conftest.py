@@ -26,6 +26,10 @@ from scheduler.db.migrate import migrate
 from scheduler.db.pool import connect
 
 TEMPLATE = "scheduler_template"
+# State directories and Postgres clusters of the tests. Not /tmp: jobs get a private one, and
+# on the machines this suite runs on a file created anywhere under /tmp costs about 0.7 ms of
+# CPU (0.02 ms elsewhere on the same filesystem), which slows every job the tests start.
+SCRATCH = "/var/tmp"
 
 
 def with_database(dsn: str, database: str) -> str:
@@ -62,7 +66,7 @@ def pg_admin_dsn() -> Iterator[str]:
     if external:
         yield external
         return
-    base = Path(tempfile.mkdtemp(prefix="sched-pg-", dir="/tmp"))
+    base = Path(tempfile.mkdtemp(prefix="sched-pg-", dir=SCRATCH))
     base.chmod(0o755)
     server = EmbeddedPostgres(base, unsafe_fast=True)
     anyio.run(server.start)
@@ -115,7 +119,7 @@ async def dsn(pg_admin_dsn: str, template_db: str) -> AsyncIterator[str]:
 async def private_postgres() -> AsyncIterator[EmbeddedPostgres]:
     """A Postgres server of this test's own, migrated, for tests that stop, restart or fill
     it (the session server is shared). ``server.dsn`` reaches the ``scheduler`` database."""
-    base = Path(tempfile.mkdtemp(prefix="sched-pg-private-", dir="/tmp"))
+    base = Path(tempfile.mkdtemp(prefix="sched-pg-private-", dir=SCRATCH))
     base.chmod(0o755)
     server = EmbeddedPostgres(base, unsafe_fast=True)
     try:
@@ -158,7 +162,7 @@ def peer_cgroup_roots(cgroup_root: str) -> Iterator[list[str]]:
 
 @pytest.fixture
 def state_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="sched-state-", dir="/tmp"))
+    path = Path(tempfile.mkdtemp(prefix="sched-state-", dir=SCRATCH))
     yield path
     shutil.rmtree(path, ignore_errors=True)
 

@@ -8,19 +8,20 @@
  * Three processes take part:
  *
  *   monitor  runs the cgroup plan, clones `init` into fresh pid/mount/uts/ipc/net
- *            namespaces, puts it into every cgroup of the plan, then waits for it and
- *            writes DIR/exit atomically. It ignores the usual termination signals so it
- *            outlives the agent.
- *   init     pid 1 of the new pid namespace: enters a new cgroup namespace (it is in its
- *            cgroups by then), mounts /proc and /tmp (or an overlay root with /proc, /dev
- *            and /tmp, entered with pivot_root), sets the hostname, brings `lo` up, forks
- *            the job, forwards signals to it, reaps orphans and reports the job's raw
- *            wait status to the monitor.
+ *            namespaces, puts it into every cgroup of the plan once its namespaces are
+ *            set up, then waits for it and writes DIR/exit atomically. It ignores the
+ *            usual termination signals so it outlives the agent.
+ *   init     pid 1 of the new pid namespace: mounts /proc and /tmp (or an overlay root
+ *            with /proc, /dev and /tmp, entered with pivot_root), sets the hostname,
+ *            brings `lo` up, says so; then, in its cgroups, enters a new cgroup
+ *            namespace, forks the job, forwards signals to it, reaps orphans and reports
+ *            the job's raw wait status to the monitor.
  *   job      pid 2: resets signals, wires stdin/stdout/stderr, drops privileges (empty
  *            capability bounding set, no supplementary groups, --uid/--gid, no_new_privs,
  *            no capabilities left), chdir, execvp.
  *
  * Pipes between them (all O_CLOEXEC, so the user's program never sees them):
+ *   ready   init -> monitor:   one byte once the namespaces are set up (EOF: init failed).
  *   sync    monitor -> init:   one byte once init is in every cgroup ("go").
  *   err     init/job -> monitor: a start error message; EOF means exec succeeded.
  *   status  init -> monitor:   the job's raw wait status (an int).
@@ -546,17 +547,19 @@ static void enter_overlay_root(const struct opts *o, int err_fd)
         child_fail(err_fd, "rootfs: chdir /: %s", strerror(errno));
 }
 
-__attribute__((noreturn)) static void init_main(const struct opts *o, int sync_fd, int err_fd,
-                                                int status_fd, int out_fd, int errf_fd)
+__attribute__((noreturn)) static void init_main(const struct opts *o, int ready_fd, int sync_fd,
+                                                int err_fd, int status_fd, int out_fd,
+                                                int errf_fd)
 {
     /* If the monitor dies, nobody would record the job: take it down with us. The
      * kernel delivers this SIGKILL even to a pid-namespace init (it comes from outside).
      * A monitor that died before this line is caught by EOF on the sync pipe below. */
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0)
         child_fail(err_fd, "init: prctl: %s", strerror(errno));
-    /* The namespaces' own setup runs while the monitor moves us into the cgroups (on v1
-     * each move waits for an RCU grace period): none of it is the user's code, and the
-     * job is forked only after the "go" below. */
+    /* The namespaces' own setup runs before the monitor moves us into the job's cgroups:
+     * it is the runtime's work, not the job's, so it is neither billed to the job nor
+     * counted against its cpu quota (a job of 0.01 cores gets 1 ms per 100 ms period, and
+     * a throttled setup would delay its start by whole periods). */
     /* CLONE_NEWNS copies the mounts with their propagation: make ours private first, or
      * the mounts below would leak back into the host's namespace. */
     if (mount("none", "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
@@ -573,6 +576,8 @@ __attribute__((noreturn)) static void init_main(const struct opts *o, int sync_f
         child_fail(err_fd, "hostname: %s: %s", o->hostname, strerror(errno));
     if (!o->host_net)
         bring_lo_up(err_fd);
+    if (write_all(ready_fd, "r", 1) != 0 || close(ready_fd) != 0)
+        _exit(1); /* the monitor is gone */
 
     char go;
     ssize_t n;
@@ -752,8 +757,9 @@ int main(int argc, char **argv)
         }
     }
 
-    int sync_p[2], err_p[2], status_p[2];
-    if (make_pipe(sync_p) != 0 || make_pipe(err_p) != 0 || make_pipe(status_p) != 0)
+    int ready_p[2], sync_p[2], err_p[2], status_p[2];
+    if (make_pipe(ready_p) != 0 || make_pipe(sync_p) != 0 || make_pipe(err_p) != 0 ||
+        make_pipe(status_p) != 0)
         start_error(o.run_dir);
 
     /* A raw clone behaves like fork() here (no new stack: the child continues on a copy
@@ -770,12 +776,28 @@ int main(int argc, char **argv)
     }
     if (init == 0) {
         /* Drop the monitor's ends, or EOF on the sync pipe could never happen. */
-        if (close(sync_p[1]) != 0 || close(err_p[0]) != 0 || close(status_p[0]) != 0)
+        if (close(ready_p[0]) != 0 || close(sync_p[1]) != 0 || close(err_p[0]) != 0 ||
+            close(status_p[0]) != 0)
             child_fail(err_p[1], "init: close: %s", strerror(errno));
-        init_main(&o, sync_p[0], err_p[1], status_p[1], out_fd, errf_fd);
+        init_main(&o, ready_p[1], sync_p[0], err_p[1], status_p[1], out_fd, errf_fd);
     }
-    if (close(sync_p[0]) != 0 || close(err_p[1]) != 0 || close(status_p[1]) != 0 ||
-        close(out_fd) != 0 || close(errf_fd) != 0) {
+    if (close(ready_p[1]) != 0 || close(sync_p[0]) != 0 || close(err_p[1]) != 0 ||
+        close(status_p[1]) != 0 || close(out_fd) != 0 || close(errf_fd) != 0) {
+        set_error("monitor: close: %s", strerror(errno));
+        goto kill_init;
+    }
+
+    /* Wait for init's namespaces; EOF: its setup failed (its reason is on the err pipe). */
+    char ready;
+    ssize_t got_ready;
+    do
+        got_ready = read(ready_p[0], &ready, 1);
+    while (got_ready < 0 && errno == EINTR);
+    if (got_ready != 1) {
+        set_error("init: namespace setup failed");
+        goto kill_init;
+    }
+    if (close(ready_p[0]) != 0) {
         set_error("monitor: close: %s", strerror(errno));
         goto kill_init;
     }
