@@ -16,11 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import anyio
 import asyncpg
 
 from bench.launch import cpu_seconds
-from bench.spine import FINAL, start_agent
+from bench.spine import start_agent, wait_finished
 from scheduler.cgroups.base import CgroupPath
 from scheduler.cgroups.detect import open_driver
 
@@ -57,15 +56,7 @@ async def batch(conn: asyncpg.Connection, n: int, pids: list[int]) -> Run:
             n,
         )
     ]
-    while (
-        await conn.fetchval(
-            "SELECT count(*) FROM scheduler.jobs WHERE id = ANY($1) AND state = ANY($2)",
-            ids,
-            list(FINAL),
-        )
-        < n
-    ):
-        await anyio.sleep(0.005)
+    await wait_finished(conn, ids)
     elapsed = time.perf_counter() - t0
     busy1, total1 = cpu_times()
     cpu1 = agents_cpu(pids)

@@ -4,10 +4,8 @@ it is back, exactly once, by an agent that kept running or by one restarted afte
 from __future__ import annotations
 
 import itertools
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import anyio
@@ -18,6 +16,7 @@ from scheduler.accounting.spoolfile import decode
 from scheduler.agent.spool import SUFFIX
 from scheduler.db.embedded import EmbeddedPostgres
 from scheduler.db.pool import connect
+from tests import agent_process
 from tests.conftest import AgentHandle, agent_settings, start_agent
 from tests.integration.test_agent import wait_final
 from tests.integration.test_metrics_endpoint import parse, scrape
@@ -183,31 +182,14 @@ async def test_spool_at_its_bound_holds_periods_and_loses_nothing(
 
 
 def start_serve(dsn: str, state_dir: Path, cgroup_root: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "SCHEDULER_DATABASE_URL": dsn,
-        "SCHEDULER_STATE_DIR": str(state_dir),
-        "SCHEDULER_CGROUP_ROOT": cgroup_root,
-        "SCHEDULER_NODE_NAME": "spool-node",
-        "SCHEDULER_HTTP_ADDR": "127.0.0.1:0",
-        "SCHEDULER_POLL_INTERVAL": "0.5",
-        "SCHEDULER_LOG_FORMAT": "json",
-        **{f"SCHEDULER_{k.upper()}": str(v) for k, v in FAST.items()},
-    }
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "scheduler.cli", "serve"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+    values = {f"SCHEDULER_{k.upper()}": str(v) for k, v in FAST.items()}
+    return agent_process.start_serve(
+        dsn, state_dir, cgroup_root, log, node="spool-node", env=values
+    )
 
 
 async def wait_ready(proc: subprocess.Popen[bytes], log: Path, count: int) -> None:
-    with anyio.fail_after(60):
-        while log.read_text().count("scheduler: node spool-node ready") < count:
-            assert proc.poll() is None, log.read_text()
-            await anyio.sleep(0.05)
+    await agent_process.wait_ready(proc, log, count, "spool-node")
 
 
 async def test_sigkilled_agent_holding_spooled_rows_replays_them_once_restarted(
