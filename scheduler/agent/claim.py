@@ -10,6 +10,7 @@ import asyncpg
 import structlog
 
 from scheduler import failpoints
+from scheduler.db.pool import Conn
 from scheduler.db.queries import q
 from scheduler.policy.admission import Capacity
 from scheduler.policy.fairshare import ALLOCATION_SECONDS, HALF_LIFE_SECONDS
@@ -18,21 +19,21 @@ log = structlog.get_logger(__name__)
 
 
 async def claim(
-    pool: asyncpg.Pool, node: str, want: int, capacity: Capacity, epoch: int | None = None
+    pool: asyncpg.Pool,
+    node: str,
+    want: int,
+    capacity: Capacity,
+    epoch: int | None = None,
+    *,
+    unfit: bool = True,
 ) -> list[asyncpg.Record]:
     """Claim up to ``want`` jobs for ``node`` (fair share, priority, age; within capacity),
-    recording the node's lease ``epoch`` on each."""
+    recording the node's lease ``epoch`` on each; with ``unfit``, first fail the queued jobs
+    that can never run (the dispatcher does that once per poll interval, not per NOTIFY)."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(q("claim_lock"))
-        found = await conn.fetch(q("unfit_jobs"), node, capacity.cpu, capacity.memory_bytes)
-        unfit = []
-        if found:
-            ids, reasons = [r["id"] for r in found], [r["reason"] for r in found]
-            unfit = await conn.fetch(q("fail_jobs"), ids, reasons)
-        for row in unfit:
-            log.warning("job_unfit", job_id=row["id"], tenant=row["tenant"], error=row["error"])
         if unfit:
-            await conn.execute("SELECT pg_notify('scheduler_done', '')")
+            await _fail_unfit(conn, node, capacity)
         rows = await conn.fetch(
             q("claim_jobs"),
             node,
@@ -46,3 +47,15 @@ async def claim(
     if rows:
         failpoints.hit("after_claim")  # committed; nothing started yet
     return list(rows)
+
+
+async def _fail_unfit(conn: Conn, node: str, capacity: Capacity) -> None:
+    found = await conn.fetch(q("unfit_jobs"), node, capacity.cpu, capacity.memory_bytes)
+    if not found:
+        return
+    ids, reasons = [r["id"] for r in found], [r["reason"] for r in found]
+    failed = await conn.fetch(q("fail_jobs"), ids, reasons)
+    for row in failed:
+        log.warning("job_unfit", job_id=row["id"], tenant=row["tenant"], error=row["error"])
+    if failed:
+        await conn.execute("SELECT pg_notify('scheduler_done', '')")

@@ -16,6 +16,7 @@ under its epoch that it neither runs nor is recording.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -64,6 +65,7 @@ class Dispatcher:
         # Attempts whose task crashed: left 'running' in Postgres for the next start-up.
         self._crashed: set[int] = set()
         self._claim_unknown = False
+        self._unfit_checked = -float("inf")
         self._wake = anyio.Event()
         # Told whenever work may be coming (runtime.warmer: get the cgroup lock ready).
         self._on_wake = on_wake
@@ -110,8 +112,20 @@ class Dispatcher:
                 self._claim_unknown = not await self._start_unheard(task_group)
             if free > 0 and not self._claim_unknown:
                 want = min(free, CLAIM_BATCH)
+                # Jobs that can never run here are failed at most once per poll interval:
+                # a claim woken by every NOTIFY need not look for them again.
+                check_unfit = time.monotonic() - self._unfit_checked >= self._poll_interval
                 try:
-                    rows = await claim(self._pool, self._node, want, self.capacity, self._epoch)
+                    rows = await claim(
+                        self._pool,
+                        self._node,
+                        want,
+                        self.capacity,
+                        self._epoch,
+                        unfit=check_unfit,
+                    )
+                    if check_unfit:
+                        self._unfit_checked = time.monotonic()
                 except DB_ERRORS as exc:
                     # The database is away: running jobs stay supervised; claim again later.
                     log_failure(log, "claim_failed", exc, retry_in_seconds=self._poll_interval)

@@ -20,17 +20,36 @@ from scheduler.agent.runner import Runner, run_dir_for
 from scheduler.agent.tenants import TenantCgroups
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits, Usage
 from scheduler.jobs import Job, Outcome
-from scheduler.runtime.launcher import read_exit_record
+from scheduler.runtime.launcher import RESERVE_FILE, read_exit_record
 
 log = structlog.get_logger(__name__)
 
 
+def monitor_pid(run_dir: Path) -> int | None:
+    """The pid the attempt's monitor wrote on the first line of its reserved exit record
+    (``monitor_pid=N``), or in ``monitor.pid`` (run directories of earlier versions)."""
+    try:
+        with (run_dir / RESERVE_FILE).open("rb") as reserve:
+            line = reserve.read(64).split(b"\n", 1)[0]
+    except OSError:
+        line = b""
+    key, _, value = line.partition(b"=")
+    try:
+        if key == b"monitor_pid":
+            return int(value)
+        return int((run_dir / "monitor.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def live_monitor_pid(run_dir: Path) -> int | None:
     """The pid of this attempt's monitor if it is still alive (and really is that monitor)."""
+    pid = monitor_pid(run_dir)
+    if pid is None:
+        return None
     try:
-        pid = int((run_dir / "monitor.pid").read_text().strip())
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
+    except OSError:
         return None
     # A recycled pid belongs to some other process: the run dir in its argv proves identity.
     return pid if str(run_dir).encode() in cmdline.split(b"\0") else None

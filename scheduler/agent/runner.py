@@ -261,9 +261,7 @@ class Runner:
         if record is None or record.kind == "start_error":
             release = await self._released(job)
         await self._completions.send(
-            Completion(
-                job, self._node, cgroup, outcome, usage, start_ns, end_ns, closing, release
-            )
+            Completion(job, self._node, cgroup, outcome, usage, start_ns, end_ns, closing, release)
         )
 
     @staticmethod

@@ -24,7 +24,8 @@ from scheduler.runtime.spec import ExitKind, ExitRecord, LaunchSpec
 MONITOR_SOURCE = "monitor.c"
 WARMER_SOURCE = "warmer.c"
 EXIT_FILE = "exit"
-PID_FILE = "monitor.pid"
+# Where the monitor reserves its exit record; its first line names the monitor's pid.
+RESERVE_FILE = "exit.reserve"
 
 _CFLAGS = ("-std=gnu11", "-O2", "-Wall")
 # Static when the C library allows it: no dynamic loader at every job's start (it saves

@@ -152,7 +152,10 @@ static int write_atomic(const char *dir, const char *name, const char *text)
 }
 
 /* Space for the exit record, taken when the monitor starts: a full state disk at the
- * job's end cannot lose its exit. The record (at most ERR_MAX + 512 bytes) overwrites the
+ * job's end cannot lose its exit. Until then the file holds the monitor's pid on its first
+ * line ("monitor_pid=N", zeros after it), which the agent reads to re-adopt a running job
+ * (one file fewer per attempt: on ext4 without a journal every new inode costs a search
+ * past recently deleted ones). The record (at most ERR_MAX + 512 bytes) overwrites the
  * reserved bytes in place (blocks that are already allocated need no new space on tmpfs,
  * ext4 or xfs), the file is cut to the record's length and renamed to DIR/exit, so a reader
  * sees a whole record or none. -1 until reserve_record() succeeded. */
@@ -163,13 +166,15 @@ static int reserve_fd = -1;
 static int reserve_record(const char *dir)
 {
     char path[PATH_MAX];
-    static const char zeros[RECORD_RESERVE];
+    static char block[RECORD_RESERVE];
     if (join(path, sizeof path, dir, RESERVE_NAME) != 0)
         return -1;
+    snprintf(block, sizeof block, "monitor_pid=%d\n", (int)getpid());
+    /* Written whole into a file created empty: a reader sees the line or nothing. */
     int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
     if (fd < 0)
         return -1;
-    if (write_all(fd, zeros, sizeof zeros) != 0) {
+    if (write_all(fd, block, sizeof block) != 0) {
         int saved = errno;
         close(fd);
         unlink(path);
@@ -727,11 +732,6 @@ int main(int argc, char **argv)
     }
 
     char buf[PATH_MAX];
-    snprintf(buf, sizeof buf, "%d\n", (int)getpid());
-    if (write_atomic(o.run_dir, "monitor.pid", buf) != 0) {
-        set_error("monitor: write %s/monitor.pid: %s", o.run_dir, strerror(errno));
-        start_error(o.run_dir);
-    }
 
     int out_fd = -1, errf_fd = -1;
     const char *names[] = {"stdout", "stderr"};

@@ -19,6 +19,7 @@ from typing import TypedDict, Unpack
 import anyio
 import pytest
 
+from scheduler.agent.recovery import live_monitor_pid
 from scheduler.cgroups.base import LaunchPlan
 from scheduler.errors import LaunchError
 from scheduler.runtime.launcher import (
@@ -191,14 +192,9 @@ async def test_exit_code_and_record(monitor: Path, tmp_path: Path) -> None:
     assert (rec.kind, rec.exit_code, rec.signal, rec.error) == ("exited", 3, None, None)
     assert 0 < rec.start_ns <= rec.end_ns
     assert rec.maxrss_kb > 0
-    assert (job.spec.run_dir / "monitor.pid").read_text().strip() == str(job.pid)
     assert job.spec.run_dir.stat().st_mode & 0o777 == 0o750
-    assert {p.name for p in job.spec.run_dir.iterdir()} == {
-        "stdout",
-        "stderr",
-        "monitor.pid",
-        "exit",
-    }
+    # The reserved record named the monitor's pid until the record took its place.
+    assert {p.name for p in job.spec.run_dir.iterdir()} == {"stdout", "stderr", "exit"}
 
     rec, _ = await run(monitor, tmp_path, "true")
     assert (rec.kind, rec.exit_code) == ("exited", 0)
@@ -402,6 +398,20 @@ async def test_init_forwards_sigterm_and_monitor_ignores_it(monitor: Path, tmp_p
     rec = await job.wait()
     assert (rec.kind, rec.exit_code) == ("exited", 7)
     assert job.stdout == "ready\ngot-term\n"
+
+
+async def test_a_running_monitor_names_itself_in_its_reserved_record(
+    monitor: Path, tmp_path: Path
+) -> None:
+    job = start(monitor, tmp_path, "sh", "-c", "echo ready; exec sleep 1000")
+    await wait_for_output(job, "ready")
+    reserve = (job.spec.run_dir / "exit.reserve").read_bytes()
+    assert reserve.startswith(f"monitor_pid={job.pid}\n".encode())
+    assert len(reserve) == 4096
+    assert live_monitor_pid(job.spec.run_dir) == job.pid
+    os.kill(await init_of(job), signal.SIGKILL)
+    await job.wait()
+    assert live_monitor_pid(job.spec.run_dir) is None
 
 
 async def test_killing_init_is_recorded_as_signaled(monitor: Path, tmp_path: Path) -> None:
