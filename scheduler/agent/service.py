@@ -45,7 +45,7 @@ from scheduler.db.migrate import migrate
 from scheduler.db.outage import DB_ERRORS, describe
 from scheduler.db.pool import create_pool
 from scheduler.db.queries import q
-from scheduler.errors import SchedulerError
+from scheduler.errors import LaunchError, SchedulerError
 from scheduler.jobs import Job
 from scheduler.policy.admission import detect_capacity
 from scheduler.runtime.launcher import monitor_binary, warmer_binary
@@ -106,10 +106,14 @@ async def run_agent(
     driver = build_driver(settings)
     warmer: LockWarmer | None = None
     if settings.launch_warm_seconds > 0:
-        binary = await anyio.to_thread.run_sync(warmer_binary, settings.bin_dir)
-        warmer = await LockWarmer.start(
-            binary, driver.helper_dir(WARMER_NAME), window=settings.launch_warm_seconds
-        )
+        try:
+            binary = await anyio.to_thread.run_sync(warmer_binary, settings.bin_dir)
+            warmer = await LockWarmer.start(
+                binary, driver.helper_dir(WARMER_NAME), window=settings.launch_warm_seconds
+            )
+        except LaunchError as exc:
+            # An optimisation only: launches work without it, a grace period slower each.
+            log.warning("lock_warmer_unavailable", error=str(exc))
     listener: Listener | None = None
     lease: NodeLease | None = None
     try:
