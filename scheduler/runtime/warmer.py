@@ -70,7 +70,9 @@ class LockWarmer:
         )
         assert process.stdout is not None and process.stderr is not None
         # "ok" once it sits in its cgroup (its first move may wait for a grace period).
-        line = await anyio.to_thread.run_sync(process.stdout.readline)
+        line = b""
+        with anyio.move_on_after(STOP_SECONDS):
+            line = await anyio.to_thread.run_sync(process.stdout.readline, abandon_on_cancel=True)
         if line != b"ok\n":
             process.kill()
             stderr = await anyio.to_thread.run_sync(process.stderr.read)
