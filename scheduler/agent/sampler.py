@@ -294,6 +294,9 @@ class Sampler:
             at_ns, samples = await anyio.to_thread.run_sync(self._read_all, attempts)
             periods: list[tuple[_Attempt, Period, Mark]] = []
             for a, sample in zip(attempts, samples, strict=True):
+                before = a.last.oom_kills if a.last is not None else 0
+                if sample is not None and sample.oom_kills > before:
+                    await self._oom_seen(a)
                 a.last = sample or a.last
                 if sample is None or a.mark is None:
                     continue
@@ -308,6 +311,16 @@ class Sampler:
         await self._publish(attempts)
         self._stats.sample_duration.observe(time.perf_counter() - started)
         return len(periods)
+
+    async def _oom_seen(self, a: _Attempt) -> None:
+        """The kernel OOM-killed a process of this job: lift its cpu quota, since on Linux
+        6.18 the job's other processes, dying in turn, can stall for minutes while their
+        cgroup is throttled (a 0.01-core job nearly always is). Its cpu stays billed."""
+        log.warning("job_oom_kill_seen", job_id=a.job.id, tenant=a.job.tenant)
+        try:
+            await anyio.to_thread.run_sync(self._driver.release_cpu, a.cgroup)
+        except CgroupError:
+            log.exception("job_cpu_release_failed", job_id=a.job.id)
 
     def _read_all(self, attempts: list[_Attempt]) -> tuple[int, list[Sample | None]]:
         """Worker thread: one sample per attempt (None when its cgroup is not there)."""

@@ -150,6 +150,10 @@ class CgroupDriver(Protocol):
         """Kill every process in ``path`` (frozen ones too)."""
         ...
 
+    def release_cpu(self, path: CgroupPath) -> None:
+        """Lift the cpu quota of ``path`` and below (for a dying job: see the drivers)."""
+        ...
+
     def freeze(self, path: CgroupPath) -> None:
         """Freeze every process in ``path``; returns once the kernel confirms it."""
         ...

@@ -7,6 +7,7 @@ is kept in step and used for what v1 lacks: cgroup.kill, cgroup.events and PSI f
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
@@ -447,6 +448,7 @@ class V1Driver:
         main = self._main / path.rel
         if not any(d.is_dir() for d in self.directories(path)):
             return
+        self.release_cpu(path)
         unified = self._unified / path.rel if self._unified is not None else None
         if unified is not None and (unified / "cgroup.kill").exists():
             fs.write_file(unified / "cgroup.kill", "1")
@@ -461,6 +463,16 @@ class V1Driver:
             thaw=lambda: self._thaw_for_kill(path),
             timeout=self.kill_timeout,
         )
+
+    def release_cpu(self, path: CgroupPath) -> None:
+        """Lift the cfs quota of ``path`` and below. On Linux 6.18 (task-based CFS
+        throttling) tasks that must exit while their cgroup is throttled can stall for
+        minutes, a SIGKILL notwithstanding; a dying job needs no limit (its cpu stays billed)."""
+        if "cpu" not in self._mounts:
+            return
+        for directory in fs.walk_deepest_first(self.directory("cpu", path)):
+            with contextlib.suppress(CgroupError):
+                fs.write_file(directory / "cpu.cfs_quota_us", "-1")
 
     def _try_freeze(self, path: CgroupPath) -> bool:
         if "freezer" not in self._mounts:

@@ -17,6 +17,7 @@ touched: its owner decides what it enables.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 from pathlib import Path
 
@@ -385,6 +386,14 @@ class V2Driver:
                 return ancestor
         return None
 
+    def release_cpu(self, path: CgroupPath) -> None:
+        """Lift cpu.max of ``path`` and below (see V1Driver.release_cpu: dying tasks in a
+        throttled cgroup can stall on Linux 6.18)."""
+        for directory in fs.walk_deepest_first(self.directory(path)):
+            if (directory / "cpu.max").exists():
+                with contextlib.suppress(CgroupError):
+                    fs.write_file(directory / "cpu.max", f"max {CPU_PERIOD_US}")
+
     def kill(self, path: CgroupPath) -> None:
         """SIGKILL everything in ``path`` and below, then wait (bounded) until it is empty.
 
@@ -394,6 +403,7 @@ class V2Driver:
         d = self.directory(path)
         if not d.is_dir():
             return
+        self.release_cpu(path)
         if (d / "cgroup.kill").exists():
             fs.write_file(d / "cgroup.kill", "1")
             # Signals are delivered at once, but each task leaves the cgroup only when it

@@ -688,3 +688,15 @@ def test_own_unified_cgroup_reads_the_v2_line(tmp_path: Path) -> None:
     proc.write_text("12:pids:/x\n")
     assert own_unified_cgroup(proc) is None
     assert own_unified_cgroup(tmp_path / "missing") is None
+
+
+def test_release_cpu_lifts_the_quota_of_a_job_and_below(tree: Tree) -> None:
+    driver = tree.driver()
+    driver.ensure(TENANT, Limits(cpu_cores=2.0))
+    run_plan(driver.plan(JOB, Limits(cpu_cores=0.01)))
+    job = tree.mount / "sched" / "acme" / "job-7"
+    assert (job / "cpu.max").read_text() == "1000 100000"
+    driver.release_cpu(JOB)
+    assert (job / "cpu.max").read_text() == "max 100000"
+    # The tenant's own limit is not the job's to lift.
+    assert (tree.mount / "sched" / "acme" / "cpu.max").read_text() == "200000 100000"
