@@ -119,7 +119,7 @@ def timestamp(us: int) -> datetime:
 
 
 def columns(rows: list[UsageRow]) -> list[list[object]]:
-    """The twelve arrays insert_usage_periods (and insert_spooled_periods) unnest."""
+    """The twelve arrays insert_usage_periods unnests."""
     out: list[list[object]] = [[] for _ in range(12)]
     for row in rows:
         values = astuple(row)

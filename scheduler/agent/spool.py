@@ -183,7 +183,7 @@ class UsageSpool:
                 else:
                     try:
                         await pool.execute(
-                            q("insert_spooled_periods"), *columns(rows), timeout=REPLAY_TIMEOUT
+                            q("insert_usage_periods"), *columns(rows), timeout=REPLAY_TIMEOUT
                         )
                     except DB_ERRORS as exc:
                         if outage_kind(exc) is not None:

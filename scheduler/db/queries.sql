@@ -374,27 +374,12 @@ RETURNING j.id, j.tenant, j.error;
 SELECT extract(epoch FROM min(run_at) - now())::float8 FROM scheduler.jobs
 WHERE state = 'queued' AND desired_state = 'running' AND run_at > now();
 -- name: insert_usage_periods
--- One sweep's billing rows in one statement. seq is chosen by the sampler from its last
--- committed row, so a retried write of the same batch conflicts on (job_id, seq) and is a
--- no-op instead of billing a period twice.
-INSERT INTO scheduler.usage
-    (job_id, seq, attempt, tenant, node, period_start, period_end, cpu_seconds,
-     memory_byte_seconds, memory_peak_bytes, io_read_bytes, io_write_bytes, final)
-SELECT r.job_id, r.seq, r.attempt, r.tenant, r.node, r.period_start, r.period_end,
-       r.cpu_seconds, r.memory_byte_seconds, r.memory_peak_bytes, r.io_read_bytes,
-       r.io_write_bytes, false
-FROM unnest($1::bigint[], $2::integer[], $3::integer[], $4::text[], $5::text[],
-            $6::timestamptz[], $7::timestamptz[], $8::numeric[], $9::numeric[],
-            $10::bigint[], $11::bigint[], $12::bigint[])
-    AS r(job_id, seq, attempt, tenant, node, period_start, period_end, cpu_seconds,
-         memory_byte_seconds, memory_peak_bytes, io_read_bytes, io_write_bytes)
-ON CONFLICT (job_id, seq) DO NOTHING;
-
--- name: insert_spooled_periods
--- Spooled sweep rows (agent/spool.py), replayed once the database is back: the same rows as
--- insert_usage_periods, skipping any already written (a replay repeated after a crash) and
--- any of an attempt that has its closing row by now (e.g. closed by expire_nodes while this
--- node was away): no period may follow the row that closed its attempt.
+-- One sweep's billing rows in one statement, also spooled rows replayed once the database is
+-- back (agent/spool.py). seq is chosen by the sampler from its last committed row, so a
+-- retried write of the same batch conflicts on (job_id, seq) and is a no-op instead of
+-- billing a period twice. A row of an attempt that has its closing row by now is dropped:
+-- no period may follow the row that closed its attempt (the attempt was closed by
+-- expire_nodes while this node was away, or a paused agent resumed late).
 INSERT INTO scheduler.usage
     (job_id, seq, attempt, tenant, node, period_start, period_end, cpu_seconds,
      memory_byte_seconds, memory_peak_bytes, io_read_bytes, io_write_bytes, final)
