@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -31,9 +30,7 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import SCRATCH, describe
-from bench.spine import percentile, start_agent
-from scheduler.cgroups.base import CgroupPath
-from scheduler.cgroups.detect import open_driver
+from bench.spine import percentile, start_agent, tear_down
 from scheduler.db.embedded import EmbeddedPostgres
 
 TOKEN = "bench-admin-token"
@@ -139,12 +136,7 @@ async def main(seconds: int, concurrency: int) -> None:
             "(target p99 < 20 ms)"
         )
     finally:
-        if agent is not None:
-            agent.terminate()
-            agent.wait(timeout=30)
-        open_driver(root).remove_tree(CgroupPath(()))
-        await pg.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        await tear_down(agent, root, pg, base)
 
 
 if __name__ == "__main__":

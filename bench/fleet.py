@@ -19,7 +19,7 @@ from pathlib import Path
 import asyncpg
 
 from bench.launch import cpu_seconds
-from bench.spine import start_agent, wait_finished
+from bench.spine import insert_true_jobs, start_agent, wait_finished
 from scheduler.cgroups.base import CgroupPath
 from scheduler.cgroups.detect import open_driver
 
@@ -48,14 +48,7 @@ async def batch(conn: asyncpg.Connection, n: int, pids: list[int]) -> Run:
     busy0, total0 = cpu_times()
     cpu0 = agents_cpu(pids)
     t0 = time.perf_counter()
-    ids = [
-        r["id"]
-        for r in await conn.fetch(
-            "INSERT INTO scheduler.jobs (argv, cpu, memory_bytes)"
-            " SELECT ARRAY['true'], 0.01, 16777216 FROM generate_series(1, $1) RETURNING id",
-            n,
-        )
-    ]
+    ids = await insert_true_jobs(conn, n)
     await wait_finished(conn, ids)
     elapsed = time.perf_counter() - t0
     busy1, total1 = cpu_times()

@@ -34,7 +34,7 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import SCRATCH, describe
-from bench.spine import FINAL, start_agent, wait_finished
+from bench.spine import FINAL, insert_true_jobs, start_agent, wait_finished
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits
 from scheduler.cgroups.detect import open_driver
 from scheduler.db.embedded import EmbeddedPostgres
@@ -137,15 +137,7 @@ def rss_mib(pid: int) -> float:
 
 async def end_to_end(conn: asyncpg.Connection, jobs: int) -> float:
     t0 = time.perf_counter()
-    ids = [
-        r["id"]
-        for r in await conn.fetch(
-            "INSERT INTO scheduler.jobs (argv, cpu, memory_bytes)"
-            " SELECT ARRAY['true'], 0.01, 16777216 FROM generate_series(1, $1)"
-            " RETURNING id",
-            jobs,
-        )
-    ]
+    ids = await insert_true_jobs(conn, jobs)
     await wait_finished(conn, ids)
     elapsed = time.perf_counter() - t0
     final = await conn.fetchval(

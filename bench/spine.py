@@ -119,17 +119,32 @@ async def wait_finished(conn: asyncpg.Connection, ids: list[int], timeout: float
         await conn.remove_listener("scheduler_done", on_done)
 
 
+async def insert_true_jobs(conn: asyncpg.Connection, n: int) -> list[int]:
+    """``n`` trivial `true` jobs in one INSERT ... SELECT, asking for 0.01 cores each so that
+    admission does not cap them at two on two cores; their ids."""
+    rows = await conn.fetch(
+        "INSERT INTO scheduler.jobs (argv, cpu, memory_bytes)"
+        " SELECT ARRAY['true'], 0.01, 16777216 FROM generate_series(1, $1) RETURNING id",
+        n,
+    )
+    return [int(r["id"]) for r in rows]
+
+
+async def tear_down(
+    agent: subprocess.Popen[str] | None, root: str, pg: EmbeddedPostgres, base: Path
+) -> None:
+    """Stop a benchmark's agent and Postgres; remove its cgroup tree and scratch directory."""
+    if agent is not None:
+        agent.terminate()
+        agent.wait(timeout=30)
+    open_driver(root).remove_tree(CgroupPath(()))
+    await pg.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
 async def throughput(conn: asyncpg.Connection, n: int) -> float:
     t0 = time.perf_counter()
-    ids = [
-        r["id"]
-        for r in await conn.fetch(
-            "INSERT INTO scheduler.jobs (argv, cpu, memory_bytes)"
-            " SELECT ARRAY['true'], 0.01, 16777216 FROM generate_series(1, $1)"
-            " RETURNING id",
-            n,
-        )
-    ]
+    ids = await insert_true_jobs(conn, n)
     await wait_finished(conn, ids)
     elapsed = time.perf_counter() - t0
     rows = await conn.fetchval(
@@ -183,12 +198,7 @@ async def main(n: int, idle_jobs: int) -> None:
         print("(target p50 < 10 ms)")
         print(f"end-to-end throughput, {n} `true` jobs: {rate:.0f} jobs/s (target >= 100)")
     finally:
-        if agent is not None:
-            agent.terminate()
-            agent.wait(timeout=30)
-        open_driver(root).remove_tree(CgroupPath(()))
-        await pg.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        await tear_down(agent, root, pg, base)
 
 
 if __name__ == "__main__":
