@@ -9,7 +9,6 @@ Usage: python bench/claim.py [--sizes 1,1000,10000]
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import sys
 import time
@@ -19,7 +18,7 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.machine import describe
+from bench.machine import describe, remove_scratch
 from bench.spine import make_base
 from scheduler.agent.claim import claim
 from scheduler.db.embedded import EmbeddedPostgres
@@ -67,7 +66,7 @@ async def main(sizes: list[int]) -> None:
         await pool.close()
     finally:
         await pg.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        remove_scratch(base)
     print(describe())
     for line in lines:
         print(line)

@@ -16,7 +16,6 @@ Usage: python bench/control.py [--jobs 100] [--rounds 10]
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import spine
-from bench.machine import describe
+from bench.machine import describe, remove_scratch
 from bench.spine import FINAL, make_base, percentile
 from scheduler.cgroups.base import CgroupDriver, CgroupPath
 from scheduler.cgroups.detect import open_driver
@@ -208,7 +207,7 @@ async def main(n: int, rounds: int) -> None:
             agent.wait(timeout=30)
         driver.remove_tree(CgroupPath(()))
         await pg.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        remove_scratch(base)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,10 @@ Prints the machine and:
   - bare loop: bench/bare_loop.c (compiled here), per job a cgroup mkdir in the driver's
     hierarchies + clone(pid, mnt, uts, ipc, net) + fresh /proc + exec `true` + wait + read
     counters + rmdir; 8 in flight and one at a time;
-  - runtime alone: the agent's launch path without Postgres (driver plan, monitor spawn with
-    the default sandbox, wait on the pidfd, drain, final read, remove; the cgroup lock
-    warmer poked per launch, as the agent does), 8 in flight;
+  - runtime alone: the agent's launch path without Postgres (driver plan, the fork server
+    forking a monitor with the default sandbox, wait on the pidfd, drain, final read,
+    remove; the cgroup lock warmer poked per launch, as the agent does; the monitors'
+    records on a tmpfs, output on the state disk, as deployed), 8 in flight;
   - end to end: `scheduler serve` in a child process, one INSERT ... SELECT of `true` jobs to
     every exit and usage row committed;
   each as jobs/s and as a ratio to the bare loop with 8 in flight (median of --repeat runs);
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -33,15 +33,16 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.machine import SCRATCH, describe
+from bench.machine import SCRATCH, describe, remove_scratch, runtime_tmpfs
 from bench.spine import FINAL, insert_true_jobs, start_agent, wait_finished
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits
 from scheduler.cgroups.detect import open_driver
 from scheduler.db.embedded import EmbeddedPostgres
+from scheduler.runtime.forkserver import ForkServer
 from scheduler.runtime.launcher import (
     monitor_binary,
     read_exit_record,
-    spawn,
+    remove_run_dir,
     wait_monitor,
     warmer_binary,
 )
@@ -78,9 +79,10 @@ def bare_loop(binary: Path, parents: list[str], jobs: int, inflight: int) -> flo
 
 async def runtime_alone(
     driver: CgroupDriver,
-    monitor: Path,
+    fork_server: ForkServer,
     warmer: LockWarmer,
     runs: Path,
+    monitors: Path,
     tenant: str,
     jobs: int,
     first_id: int,
@@ -91,7 +93,7 @@ async def runtime_alone(
         warmer.poke()  # as the dispatcher does on every claim
         path = CgroupPath.for_job((tenant,), job_id)
         plan = driver.plan(path, JOB_LIMITS)
-        run_dir = runs / f"{job_id}-1"
+        run_dir = monitors / f"{job_id}-1"
         spec = LaunchSpec(
             job_id=job_id,
             attempt=1,
@@ -100,17 +102,23 @@ async def runtime_alone(
             cwd="/",
             hostname=f"job-{job_id}",
             run_dir=run_dir,
+            output_dir=runs / f"{job_id}-1",
             plan=plan,
             credentials=Credentials(65534, 65534),
         )
-        # As the agent's runner does: spawn in a worker thread, so launches overlap.
-        await wait_monitor(await anyio.to_thread.run_sync(spawn, monitor, spec))
+        # As the agent's runner does: the fork server forks the monitor.
+        pid, pidfd = await fork_server.launch(spec)
+        try:
+            await wait_monitor(pid, pidfd)
+        finally:
+            os.close(pidfd)
         while driver.populated(path):
             await anyio.sleep(0.0005)
         driver.read_usage(path)
         record = read_exit_record(run_dir)
         assert record is not None and record.exit_code == 0, record
         driver.remove(path)
+        remove_run_dir(run_dir)  # as the agent's recorder does once the end is committed
 
     async def worker() -> None:
         for job_id in ids:
@@ -205,14 +213,17 @@ async def main(jobs: int, repeat: int, sleepers: int) -> None:
     pg = EmbeddedPostgres(base / "pg")
     agent = None
     warmer: LockWarmer | None = None
+    fork_server: ForkServer | None = None
     try:
         binary = build_bare_loop(base)
-        monitor = monitor_binary(base / "bin")
+        fork_server = ForkServer(monitor_binary(base / "bin"))
+        fork_server.start()
         parents = [
             str(p.parent)
             for p in map(Path, driver.plan(CgroupPath(("bare", "job-0")), Limits()).dirs)
         ]
         runs = base / "alone-runs"
+        monitors = runtime_tmpfs(base / "alone-run")
         warmer = await LockWarmer.start(
             warmer_binary(base / "bin"), driver.helper_dir("bench-warmer"), window=2.0
         )
@@ -224,7 +235,7 @@ async def main(jobs: int, repeat: int, sleepers: int) -> None:
         conn = await asyncpg.connect(pg.dsn)
         # Warm up every path once (monitor compiled, tenant cgroups made, caches hot).
         bare_loop(binary, parents, 50, INFLIGHT)
-        await runtime_alone(driver, monitor, warmer, runs, "alone", 50, 1)
+        await runtime_alone(driver, fork_server, warmer, runs, monitors, "alone", 50, 1)
         await end_to_end(conn, 50)
         results: dict[str, list[float]] = {
             k: []
@@ -241,7 +252,9 @@ async def main(jobs: int, repeat: int, sleepers: int) -> None:
             results["bare loop, 8 in flight"].append(bare_loop(binary, parents, jobs, INFLIGHT))
             results["bare loop, sequential"].append(bare_loop(binary, parents, jobs // 2, 1))
             results["runtime alone"].append(
-                await runtime_alone(driver, monitor, warmer, runs, "alone", jobs, next_id)
+                await runtime_alone(
+                    driver, fork_server, warmer, runs, monitors, "alone", jobs, next_id
+                )
             )
             next_id += jobs
             before = cpu_seconds(agent.pid)
@@ -266,9 +279,11 @@ async def main(jobs: int, repeat: int, sleepers: int) -> None:
             agent.wait(timeout=60)
         if warmer is not None:
             await warmer.aclose()
+        if fork_server is not None:
+            fork_server.close()
         driver.remove_tree(CgroupPath(()))
         await pg.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        remove_scratch(base)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
+import subprocess
+from pathlib import Path
 
 
 def describe() -> str:
@@ -34,3 +37,27 @@ def describe() -> str:
 # of inodes were deleted recently (a test suite's or a previous benchmark's churn), against
 # 0.01-0.04 ms in an undisturbed one: figures taken right after such churn are lower.
 SCRATCH = "/var/tmp"
+
+
+def runtime_tmpfs(where: Path) -> Path:
+    """A tmpfs at ``where`` for an agent's ``runtime_dir`` (its monitors' pids and exit
+    records), as systemd's ``RuntimeDirectory=`` gives the production unit /run/scheduler;
+    an existing mount there (an agent started again) is kept. ``remove_scratch`` unmounts it."""
+    where.mkdir(parents=True, exist_ok=True)
+    if not os.path.ismount(where):
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=256m,mode=0750", "tmpfs", str(where)],
+            check=True,
+        )
+    return where
+
+
+def remove_scratch(base: Path) -> None:
+    """Remove a benchmark's scratch directory, unmounting what is mounted below it first."""
+    below = str(base.resolve()) + "/"
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    for point in sorted((p for p in points if p.startswith(below)), reverse=True):
+        if subprocess.run(["umount", point], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", point], check=False)
+    shutil.rmtree(base, ignore_errors=True)

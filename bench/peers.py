@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import shutil
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,7 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import fleet, launch, slurm_peer, spine
-from bench.machine import describe
+from bench.machine import describe, remove_scratch
 from scheduler.cgroups.base import CgroupPath, Limits
 from scheduler.cgroups.detect import open_driver
 from scheduler.db.embedded import EmbeddedPostgres
@@ -261,7 +260,7 @@ async def main(args: argparse.Namespace) -> None:
         for line in fleet_lines:
             say(line)
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        remove_scratch(base)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -30,7 +29,7 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.machine import SCRATCH, describe
+from bench.machine import SCRATCH, describe, remove_scratch
 from scheduler.accounting.periods import advance
 from scheduler.agent.sampler import Sampler, counters_of
 from scheduler.cgroups.base import CgroupPath, Limits
@@ -211,7 +210,7 @@ async def main(n: int, sweeps: int) -> None:
                 p.wait()
         driver.remove_tree(CgroupPath(()))
         await pg.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        remove_scratch(base)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.machine import SCRATCH, describe
+from bench.machine import SCRATCH, describe, remove_scratch, runtime_tmpfs
 from scheduler.cgroups.base import CgroupPath
 from scheduler.cgroups.detect import open_driver
 from scheduler.db.embedded import EmbeddedPostgres
@@ -45,6 +44,8 @@ def start_agent(
         os.environ,
         SCHEDULER_DATABASE_URL=dsn,
         SCHEDULER_STATE_DIR=str(state),
+        # Monitors' records on a tmpfs, as in production (/run/scheduler): deploy/systemd.
+        SCHEDULER_RUNTIME_DIR=str(runtime_tmpfs(state.with_name(f"{state.name}.run"))),
         SCHEDULER_CGROUP_ROOT=root,
         SCHEDULER_LOG_LEVEL="warning",
         SCHEDULER_HTTP_ADDR="127.0.0.1:0",
@@ -139,7 +140,7 @@ async def tear_down(
         agent.wait(timeout=30)
     open_driver(root).remove_tree(CgroupPath(()))
     await pg.stop()
-    shutil.rmtree(base, ignore_errors=True)
+    remove_scratch(base)
 
 
 async def throughput(conn: asyncpg.Connection, n: int) -> float:

@@ -319,19 +319,25 @@ async def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
-    attempt = args.attempt
-    if attempt is None:
-        conn = await connect_settings(settings)
-        try:
-            attempt = (await store.get(conn, args.id))["attempts"]
-        finally:
-            await conn.close()
-    run_dir = settings.runs_dir / f"{args.id}-{attempt}"
-    if not run_dir.is_dir():
+    conn = await connect_settings(settings)
+    try:
+        row = await store.get(conn, args.id)
+    finally:
+        await conn.close()
+    if row["attempts"] == 0:
+        raise SchedulerError(f"job {args.id} has not started yet: no output")
+    attempt = row["attempts"] if args.attempt is None else args.attempt
+    if not 1 <= attempt <= row["attempts"]:
         raise SchedulerError(
-            f"no output for job {args.id} attempt {attempt} in {run_dir} "
-            "(not started yet, or run on another node)"
+            f"job {args.id} has no attempt {attempt} (it has had {row['attempts']})"
         )
+    if attempt == row["attempts"] and row["node"] not in (None, settings.node_name):
+        raise SchedulerError(
+            f"job {args.id} attempt {attempt} ran on node {row['node']!r}: its output is there"
+        )
+    # The monitor makes the directory and each file on the job's first byte: a job that
+    # printed nothing has none.
+    run_dir = settings.runs_dir / f"{args.id}-{attempt}"
     for name, stream in (("stdout", sys.stdout), ("stderr", sys.stderr)):
         path = run_dir / name
         if path.exists():

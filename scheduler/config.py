@@ -31,6 +31,10 @@ class Settings:
 
     database_url: str | None = None
     state_dir: Path = dataclasses.field(default_factory=_default_state_dir)
+    # Where each running attempt's monitor keeps its pid and exit record: a tmpfs such as
+    # /run/scheduler in production (volatile, cheap to create and remove); None:
+    # <state_dir>/run. Output and images stay in the state directory.
+    runtime_dir: Path | None = None
     cgroup_root: str = "scheduler"
     cgroup_driver: str = "auto"
     http_addr: str = "127.0.0.1:8420"
@@ -122,12 +126,19 @@ class Settings:
             raise ConfigError(
                 f"state_min_free_bytes must be in [0, 1 TiB]: got {self.state_min_free_bytes}"
             )
+        if self.runtime_dir is not None and not self.runtime_dir.is_absolute():
+            raise ConfigError(f"runtime_dir must be an absolute path: got {self.runtime_dir}")
         _check_runtime(self)
 
     @property
     def runs_dir(self) -> Path:
-        """Where each job attempt keeps its output and exit record."""
+        """Where each job attempt keeps its output (and the writable layer of its image)."""
         return self.state_dir / "runs"
+
+    @property
+    def monitors_dir(self) -> Path:
+        """Where each running attempt's monitor keeps its pid and exit record."""
+        return self.runtime_dir if self.runtime_dir is not None else self.state_dir / "run"
 
     @property
     def spool_dir(self) -> Path:
@@ -194,6 +205,7 @@ def _convert(name: str, value: Any, source: str) -> Any:
         "int": int,
         "float": float,
         "Path": lambda v: Path(str(v)).expanduser(),
+        "Path | None": lambda v: Path(str(v)).expanduser(),
         "bool": _to_bool,
     }
     if (isinstance(value, bool) and kind != "bool") or (

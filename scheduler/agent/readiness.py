@@ -26,6 +26,7 @@ async def readiness(pool: asyncpg.Pool, settings: Settings, driver: CgroupDriver
         reasons.append(f"database unreachable: {exc or type(exc).__name__}")
     if not driver.exists(CgroupPath(())):
         reasons.append(f"cgroup root {settings.cgroup_root!r} is missing")
-    if not os.access(settings.runs_dir, os.W_OK):
-        reasons.append(f"state directory {settings.runs_dir} is not writable")
+    for directory in (settings.runs_dir, settings.monitors_dir):
+        if not os.access(directory, os.W_OK):
+            reasons.append(f"state directory {directory} is not writable")
     return reasons

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import anyio
 import asyncpg
@@ -32,6 +33,7 @@ from scheduler.db.outage import DB_ERRORS, describe, log_failure, outage_kind
 from scheduler.db.pool import Conn
 from scheduler.db.queries import q
 from scheduler.jobs import Job, Outcome, byte_seconds, cpu_seconds, retry_delay_seconds
+from scheduler.runtime.launcher import remove_run_dir
 
 log = structlog.get_logger(__name__)
 MAX_BATCH = 256
@@ -56,6 +58,8 @@ class Completion:
     # state disk is full): the job goes back to the queue with its attempt not counted, unless
     # the attempt already has usage rows (then it is recorded like any other start error).
     release: str | None = None
+    # The monitor's directory (pid, exit record): removed once the end is committed.
+    run_dir: Path | None = None
 
 
 class Outbox:
@@ -210,13 +214,19 @@ class Recorder:
                 self._health.ok("completions")
                 return
 
-    def _remove_cgroups(self, batch: list[Completion]) -> None:
+    def _clean_up(self, batch: list[Completion]) -> None:
+        """Remove what the recorded attempts leave: their cgroups, their monitors' records."""
         for c in batch:
             try:
                 if c.cgroup is not None:
                     self._driver.remove(c.cgroup)
             except Exception:  # an orphan cgroup is logged, never fatal for the batch
                 log.exception("cgroup_remove_failed", job_id=c.job.id, cgroup=str(c.cgroup))
+            if c.run_dir is not None:
+                try:
+                    remove_run_dir(c.run_dir)
+                except OSError:
+                    log.exception("run_dir_remove_failed", job_id=c.job.id, run_dir=str(c.run_dir))
 
     async def commit(self, batch: list[Completion]) -> None:
         """Record a batch in one transaction, then remove the cgroups it covered."""
@@ -235,7 +245,7 @@ class Recorder:
         failpoints.hit("after_record")
         # rmdir in every hierarchy can take a while (the kernel offlines each cgroup): off the
         # event loop, one thread hop per batch.
-        await anyio.to_thread.run_sync(self._remove_cgroups, batch)
+        await anyio.to_thread.run_sync(self._clean_up, batch)
         for c in batch:
             if c.job.id in released:
                 log.warning(

@@ -21,37 +21,60 @@ from scheduler.agent.tenants import TenantCgroups
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits, Usage
 from scheduler.jobs import Job, Outcome
 from scheduler.runtime.launcher import RESERVE_FILE, read_exit_record
+from scheduler.runtime.spec import ExitRecord
 
 log = structlog.get_logger(__name__)
 
 
 def monitor_pid(run_dir: Path) -> int | None:
-    """The pid the attempt's monitor wrote on the first line of its reserved exit record
+    """The pid the attempt's monitor wrote at the head of its reserved exit record
     (``monitor_pid=N``), or in ``monitor.pid`` (run directories of earlier versions)."""
+    identity = _monitor_identity(run_dir)
+    return identity[0] if identity is not None else None
+
+
+def _monitor_identity(run_dir: Path) -> tuple[int, int | None] | None:
+    """(pid, start time in clock ticks or None) of the attempt's monitor, as it wrote them."""
     try:
         with (run_dir / RESERVE_FILE).open("rb") as reserve:
-            line = reserve.read(64).split(b"\n", 1)[0]
+            head = reserve.read(128).split(b"\0", 1)[0]
     except OSError:
-        line = b""
-    key, _, value = line.partition(b"=")
+        head = b""
+    fields = dict(line.partition(b"=")[::2] for line in head.split(b"\n") if b"=" in line)
     try:
-        if key == b"monitor_pid":
-            return int(value)
-        return int((run_dir / "monitor.pid").read_text().strip())
+        if b"monitor_pid" in fields:
+            start = fields.get(b"monitor_start")
+            return int(fields[b"monitor_pid"]), int(start) if start else None
+        return int((run_dir / "monitor.pid").read_text().strip()), None
     except (OSError, ValueError):
         return None
 
 
+def start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot), or None if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Fields after the command name (which may hold spaces or parentheses); starttime is
+    # field 22 of the line, the 20th after the name.
+    return int(text.rpartition(")")[2].split()[19])
+
+
 def live_monitor_pid(run_dir: Path) -> int | None:
     """The pid of this attempt's monitor if it is still alive (and really is that monitor)."""
-    pid = monitor_pid(run_dir)
-    if pid is None:
+    identity = _monitor_identity(run_dir)
+    if identity is None:
         return None
+    pid, start = identity
+    if start:
+        # A recycled pid has another start time.
+        return pid if start_ticks(pid) == start else None
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return None
-    # A recycled pid belongs to some other process: the run dir in its argv proves identity.
+    # Records of earlier versions: the run dir in the monitor's argv proves identity.
     return pid if str(run_dir).encode() in cmdline.split(b"\0") else None
 
 
@@ -73,10 +96,11 @@ async def recover(
     was handed to the recorder (a fast end cannot come before its start)."""
     adopted: list[int] = []
     for job in jobs:
-        run_dir = run_dir_for(runs_dir, job.id, job.attempts)
+        # Where this version's monitor keeps its record; before it, the output directory.
+        run_dirs = (runner.monitor_dir(job), run_dir_for(runs_dir, job.id, job.attempts))
         chain = await tenants.chain(job.tenant)
         cgroup = CgroupPath.for_job(chain, job.id)
-        record = read_exit_record(run_dir)
+        record = _first_record(run_dirs)
         if record is not None:
             log.info("recovered_exit", job_id=job.id, kind=record.kind)
             on_start(job.id)
@@ -85,8 +109,9 @@ async def recover(
             )
             adopted.append(job.id)
             continue
-        pid = live_monitor_pid(run_dir)
-        if pid is not None:
+        found = _live_monitor(run_dirs)
+        if found is not None:
+            pid, run_dir = found
             plan = driver.plan(cgroup, Limits())
             log.info("adopted_job", job_id=job.id, monitor_pid=pid)
             runner.adopt_metering(job, cgroup)
@@ -111,8 +136,26 @@ async def recover(
         )
         log.warning("job_lost", job_id=job.id)
         usage, closing = runner.closing_row(await runner.close_metering(job), usage, now, now)
-        await send_lost(Completion(job, node, cgroup, outcome, usage, now, now, closing))
+        await send_lost(
+            Completion(job, node, cgroup, outcome, usage, now, now, closing, run_dir=run_dirs[0])
+        )
     return adopted
+
+
+def _first_record(run_dirs: tuple[Path, ...]) -> ExitRecord | None:
+    for run_dir in run_dirs:
+        record = read_exit_record(run_dir)
+        if record is not None:
+            return record
+    return None
+
+
+def _live_monitor(run_dirs: tuple[Path, ...]) -> tuple[int, Path] | None:
+    for run_dir in run_dirs:
+        pid = live_monitor_pid(run_dir)
+        if pid is not None:
+            return pid, run_dir
+    return None
 
 
 async def _adopted(work: Awaitable[None], job_id: int, on_done: Callable[[int], None]) -> None:

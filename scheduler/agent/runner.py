@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -22,8 +21,9 @@ from scheduler.agent.tenants import TenantCgroups
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, LaunchPlan, Limits, Usage
 from scheduler.errors import LaunchError, SchedulerError
 from scheduler.jobs import Job, decide_outcome
+from scheduler.runtime.forkserver import ForkServer
 from scheduler.runtime.images import ImageStore
-from scheduler.runtime.launcher import read_exit_record, spawn, wait_monitor
+from scheduler.runtime.launcher import read_exit_record, remove_run_dir, spawn, wait_monitor
 from scheduler.runtime.sandbox import SandboxPolicy
 from scheduler.runtime.spec import ExitRecord, LaunchSpec
 
@@ -51,7 +51,8 @@ def job_env(job: Job) -> dict[str, str]:
 
 
 def run_dir_for(runs_dir: Path, job_id: int, attempt: int) -> Path:
-    """Where one attempt's output and exit record live."""
+    """One attempt's directory under ``runs_dir`` (its output) or under the monitors'
+    directory (its monitor's pid and exit record)."""
     return runs_dir / f"{job_id}-{attempt}"
 
 
@@ -67,12 +68,6 @@ def _signal_all(plan: LaunchPlan, sig: int) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-
-
-def _remove_run_dir(run_dir: Path) -> None:
-    """Remove an attempt's run directory (missing is fine)."""
-    with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(run_dir)
 
 
 def _exit_record(run_dir: Path) -> ExitRecord | None:
@@ -96,6 +91,8 @@ class Runner:
         runs_dir: Path,
         node: str,
         completions: Outbox,
+        monitors_dir: Path | None = None,
+        fork_server: ForkServer | None = None,
         isolator: Isolator | None = None,
         attempts: Attempts | None = None,
         term_grace: float = TERM_GRACE_SECONDS,
@@ -111,7 +108,9 @@ class Runner:
         self._driver = driver
         self._tenants = tenants
         self._monitor = monitor
+        self._fork_server = fork_server
         self._runs_dir = runs_dir
+        self._monitors_dir = monitors_dir if monitors_dir is not None else runs_dir.parent / "run"
         self._node = node
         self._completions = completions
         self._sampler = sampler
@@ -141,9 +140,10 @@ class Runner:
                 io_devices=self._tenants.io_devices,
             ),
         )
-        run_dir = run_dir_for(self._runs_dir, job.id, job.attempts)
+        run_dir = self.monitor_dir(job)
+        output_dir = run_dir_for(self._runs_dir, job.id, job.attempts)
         try:
-            isolation = self._isolator.for_job(job, run_dir)
+            isolation = self._isolator.for_job(job, output_dir)
         except SchedulerError as exc:
             log.warning("job_isolation_refused", error=str(exc))
             await self._start_failed(job, None, str(exc), start_ns)
@@ -156,6 +156,7 @@ class Runner:
             cwd=job.cwd,
             hostname=f"job-{job.id}",
             run_dir=run_dir,
+            output_dir=output_dir,
             plan=plan,
             credentials=isolation.credentials,
             host_network=isolation.host_network,
@@ -163,10 +164,14 @@ class Runner:
             rootfs_dir=isolation.rootfs_dir,
         )
         launched_ns = time.time_ns()
+        pidfd: int | None = None
         try:
-            # posix_spawn blocks its caller until the monitor's exec (about 1-2 ms): in a
-            # worker thread, launches overlap and the event loop keeps serving.
-            pid = await anyio.to_thread.run_sync(spawn, self._monitor, spec)
+            if self._fork_server is not None:
+                pid, pidfd = await self._fork_server.launch(spec)
+            else:
+                # posix_spawn blocks its caller until the monitor's exec (about 1-2 ms): in a
+                # worker thread, launches overlap and the event loop keeps serving.
+                pid = await anyio.to_thread.run_sync(spawn, self._monitor, spec)
         except (OSError, SchedulerError) as exc:
             log.exception("monitor_spawn_failed")
             await self._start_failed(job, cgroup, f"cannot start the monitor: {exc}", start_ns)
@@ -174,27 +179,39 @@ class Runner:
         log.debug("job_started", monitor_pid=pid, run_dir=str(run_dir))
         if self._sampler is not None:
             self._sampler.register(job, cgroup, launched_ns)
-        await self.supervise(job, cgroup, plan, pid, run_dir)
+        await self.supervise(job, cgroup, plan, pid, run_dir, pidfd=pidfd)
+
+    def monitor_dir(self, job: Job) -> Path:
+        """Where the monitor of ``job``'s current attempt keeps its pid and exit record."""
+        return run_dir_for(self._monitors_dir, job.id, job.attempts)
 
     async def supervise(
-        self, job: Job, cgroup: CgroupPath, plan: LaunchPlan, pid: int, run_dir: Path
+        self,
+        job: Job,
+        cgroup: CgroupPath,
+        plan: LaunchPlan,
+        pid: int,
+        run_dir: Path,
+        *,
+        pidfd: int | None = None,
     ) -> None:
         """Wait for the monitor (enforcing the time limit), then read the final counters.
 
         The time limit counts running time only: the attempt's clock is paused by the
-        controller while the job is frozen.
+        controller while the job is frozen. ``pidfd`` (the fork server's, for a monitor that
+        is not our child) is closed here.
         """
         attempt = self.attempts.start(job, cgroup)
         try:
             timed_out = False
             limit = float(job.timeout_seconds) if job.timeout_seconds is not None else None
             if limit is None:
-                await wait_monitor(pid)
+                await wait_monitor(pid, pidfd)
             else:
                 async with anyio.create_task_group() as tg:
 
                     async def monitor_ended() -> None:
-                        await wait_monitor(pid)
+                        await wait_monitor(pid, pidfd)
                         tg.cancel_scope.cancel()
 
                     tg.start_soon(monitor_ended)
@@ -205,9 +222,9 @@ class Runner:
                 log.info("job_timed_out", timeout_seconds=limit)
                 _signal_all(plan, signal.SIGTERM)
                 with anyio.move_on_after(self._term_grace):
-                    await wait_monitor(pid)
+                    await wait_monitor(pid, pidfd)
                 await anyio.to_thread.run_sync(self._driver.kill, cgroup)
-                await wait_monitor(pid)
+                await wait_monitor(pid, pidfd)
             await self.finish(
                 job,
                 cgroup,
@@ -217,6 +234,8 @@ class Runner:
             )
         finally:
             self.attempts.end(job.id)
+            if pidfd is not None:
+                os.close(pidfd)
 
     async def finish(
         self,
@@ -261,7 +280,18 @@ class Runner:
         if record is None or record.kind == "start_error":
             release = await self._released(job)
         await self._completions.send(
-            Completion(job, self._node, cgroup, outcome, usage, start_ns, end_ns, closing, release)
+            Completion(
+                job,
+                self._node,
+                cgroup,
+                outcome,
+                usage,
+                start_ns,
+                end_ns,
+                closing,
+                release,
+                self.monitor_dir(job),
+            )
         )
 
     @staticmethod
@@ -325,7 +355,16 @@ class Runner:
         release = await self._released(job) if cgroup is not None else None
         await self._completions.send(
             Completion(
-                job, self._node, cgroup, outcome, Usage(), start_ns, record.end_ns, None, release
+                job,
+                self._node,
+                cgroup,
+                outcome,
+                Usage(),
+                start_ns,
+                record.end_ns,
+                None,
+                release,
+                self.monitor_dir(job),
             )
         )
 
@@ -340,7 +379,8 @@ class Runner:
             return None
         run_dir = run_dir_for(self._runs_dir, job.id, job.attempts)
         try:
-            await anyio.to_thread.run_sync(_remove_run_dir, run_dir)
+            await anyio.to_thread.run_sync(remove_run_dir, run_dir)
+            await anyio.to_thread.run_sync(remove_run_dir, self.monitor_dir(job))
         except OSError:
             log.exception("run_dir_remove_failed", run_dir=str(run_dir))
             return None

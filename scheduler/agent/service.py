@@ -48,6 +48,7 @@ from scheduler.db.queries import q
 from scheduler.errors import LaunchError, SchedulerError
 from scheduler.jobs import Job
 from scheduler.policy.admission import detect_capacity
+from scheduler.runtime.forkserver import ForkServer
 from scheduler.runtime.launcher import monitor_binary, warmer_binary
 from scheduler.runtime.warmer import HELPER_NAME as WARMER_NAME
 from scheduler.runtime.warmer import LockWarmer
@@ -100,7 +101,12 @@ async def run_agent(
 ) -> None:
     """Run the agent against ``dsn`` until cancelled. Running jobs survive its end."""
     structlog.contextvars.bind_contextvars(node=settings.node_name)
-    for directory in (settings.state_dir, settings.runs_dir, settings.bin_dir):
+    for directory in (
+        settings.state_dir,
+        settings.runs_dir,
+        settings.monitors_dir,
+        settings.bin_dir,
+    ):
         directory.mkdir(parents=True, exist_ok=True, mode=0o750)
     monitor = await anyio.to_thread.run_sync(monitor_binary, settings.bin_dir)
     driver = build_driver(settings)
@@ -116,6 +122,7 @@ async def run_agent(
             log.warning("lock_warmer_unavailable", error=str(exc))
     listener: Listener | None = None
     lease: NodeLease | None = None
+    fork_server: ForkServer | None = None
     try:
         pool = await create_pool(dsn, min_size=2, max_size=8)
     except BaseException:
@@ -160,11 +167,20 @@ async def run_agent(
             spool=spool,
             health=health,
         )
+        fork_server = ForkServer(monitor)
+        try:
+            await anyio.to_thread.run_sync(fork_server.start)
+        except LaunchError as exc:
+            # Launches then exec the monitor each time: slower, the same otherwise.
+            log.warning("fork_server_unavailable", error=str(exc))
+            fork_server = None
         runner = Runner(
             driver=driver,
             tenants=tenants,
             monitor=monitor,
             runs_dir=settings.runs_dir,
+            monitors_dir=settings.monitors_dir,
+            fork_server=fork_server,
             node=settings.node_name,
             completions=outbox,
             isolator=isolator_for(settings),
@@ -192,7 +208,7 @@ async def run_agent(
             unrecorded=outbox.unrecorded,
         )
         state_disk = StateDisk(
-            settings.state_dir,
+            (settings.state_dir, settings.monitors_dir),
             min_free_bytes=settings.state_min_free_bytes,
             interval=min(settings.poll_interval, 1.0),
             health=health,
@@ -317,6 +333,8 @@ async def run_agent(
                 pool.terminate()
             if warmer is not None:
                 await warmer.aclose()
+            if fork_server is not None:
+                fork_server.close()
 
 
 @contextlib.contextmanager

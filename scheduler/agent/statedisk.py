@@ -1,5 +1,6 @@
-"""Watches the filesystem of the state directory, where every job's run directory (output,
-monitor pid, exit record) and the usage spool live.
+"""Watches the filesystems of the state directory (every attempt's output, the usage spool)
+and of the monitors' directory (each running attempt's monitor pid and exit record), which
+is a tmpfs in production and the state directory's ``run`` by default.
 
 A job cannot be started safely on a full disk, so while the free space is below
 ``state_min_free_bytes``, or a small write fails (ENOSPC, EDQUOT, a read-only remount), the
@@ -50,20 +51,29 @@ def check_state_disk(state_dir: Path, min_free_bytes: int) -> str | None:
     return None
 
 
+def check_state_disks(dirs: tuple[Path, ...], min_free_bytes: int) -> str | None:
+    """The first reason one of ``dirs`` cannot take new jobs now, or None (blocking)."""
+    for directory in dirs:
+        reason = check_state_disk(directory, min_free_bytes)
+        if reason is not None:
+            return reason
+    return None
+
+
 class StateDisk:
-    """Checks the state directory every ``interval`` seconds; ``on_ok`` runs when it is
-    usable again (the dispatcher claims at once)."""
+    """Checks the state directories every ``interval`` seconds; ``on_ok`` runs when they
+    are usable again (the dispatcher claims at once)."""
 
     def __init__(
         self,
-        state_dir: Path,
+        state_dirs: tuple[Path, ...],
         *,
         min_free_bytes: int,
         interval: float,
         health: Health,
         on_ok: Callable[[], None] | None = None,
     ) -> None:
-        self._state_dir = state_dir
+        self._state_dirs = state_dirs
         self._min_free = min_free_bytes
         self._interval = interval
         self._health = health
@@ -75,7 +85,7 @@ class StateDisk:
 
     async def check(self) -> str | None:
         """Check now and update the condition; the reason, if any."""
-        reason = await anyio.to_thread.run_sync(check_state_disk, self._state_dir, self._min_free)
+        reason = await anyio.to_thread.run_sync(check_state_disks, self._state_dirs, self._min_free)
         if reason is not None:
             self._health.fail("state_disk", reason)
         elif self._health.reason("state_disk") is not None:

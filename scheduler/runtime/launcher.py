@@ -2,7 +2,8 @@
 
 One monitor process runs per job attempt (see ``monitor.c``). The agent only
 ``posix_spawn``s it, waits on a pidfd without blocking the event loop, and then reads the
-exit record the monitor wrote atomically to ``<run_dir>/exit``.
+exit record the monitor wrote atomically to ``<run_dir>/exit``. The job's output goes to
+``<output_dir>/stdout`` and ``stderr``, each made on the job's first byte.
 """
 
 from __future__ import annotations
@@ -140,6 +141,8 @@ def monitor_argv(binary: Path, spec: LaunchSpec) -> list[str]:
         "--tmp-size",
         str(spec.tmp_size_bytes),
     ]
+    if spec.output_dir is not None:
+        argv += ["--output-dir", str(spec.output_dir)]
     for path in spec.plan.mkdirs:
         argv += ["--mkdir", path]
     for path, value in spec.plan.writes:
@@ -177,11 +180,12 @@ def sandbox_args(spec: LaunchSpec) -> list[str]:
     return args
 
 
-def spawn(binary: Path, spec: LaunchSpec) -> int:
-    """Start the monitor for ``spec`` and return its pid (the caller must wait for it).
+def prepare(binary: Path, spec: LaunchSpec) -> list[str]:
+    """Check ``spec``, make its run directory and return the monitor's argv (blocking).
 
-    The run directory is created (mode 0750) first. The monitor's own stdin, stdout and
-    stderr are /dev/null: the job's output goes to files in the run directory.
+    The run directory is created (mode 0750); the output directory only for a job on an
+    image (its writable layer lives there), otherwise the monitor makes it when the job
+    first writes.
     """
     argv = monitor_argv(binary, spec)
     for key, value in spec.env.items():
@@ -192,8 +196,17 @@ def spawn(binary: Path, spec: LaunchSpec) -> int:
     try:
         spec.run_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         spec.run_dir.chmod(0o750)  # mkdir's mode is filtered by the umask
+        if spec.rootfs_dir is not None:
+            spec.rootfs_dir.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
     except OSError as exc:
         raise LaunchError(f"cannot create run directory {spec.run_dir}: {exc}") from exc
+    return argv
+
+
+def spawn(binary: Path, spec: LaunchSpec) -> int:
+    """Start the monitor for ``spec`` with ``posix_spawn`` and return its pid (the caller
+    must wait for it). The monitor's own stdin, stdout and stderr are /dev/null."""
+    argv = prepare(binary, spec)
     devnull = os.devnull
     file_actions = [
         (os.POSIX_SPAWN_OPEN, 0, devnull, os.O_RDONLY, 0),
@@ -268,6 +281,12 @@ def read_exit_record(run_dir: Path) -> ExitRecord | None:
     return parse_exit_record(text)
 
 
+def remove_run_dir(run_dir: Path) -> None:
+    """Remove an attempt's directory (missing is fine)."""
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(run_dir)
+
+
 def _reap(pid: int, options: int) -> bool:
     """Reap ``pid`` if it is our exited child; True unless it is our child still running."""
     try:
@@ -277,8 +296,17 @@ def _reap(pid: int, options: int) -> bool:
     return reaped != 0
 
 
-async def wait_monitor(pid: int) -> None:
-    """Wait until process ``pid`` is gone, without blocking the event loop, and reap it."""
+async def wait_monitor(pid: int, pidfd: int | None = None) -> None:
+    """Wait until process ``pid`` is gone, without blocking the event loop.
+
+    Without ``pidfd``, ``pid`` is looked up now and reaped if it is our child (a monitor
+    ``posix_spawn``ed by us, or one adopted after a restart). With it (a monitor the fork
+    server made: not our child; the caller keeps and closes the pidfd), only the pidfd is
+    waited on, so a recycled pid cannot be mistaken for the monitor.
+    """
+    if pidfd is not None:
+        await anyio.wait_readable(pidfd)
+        return
     try:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:

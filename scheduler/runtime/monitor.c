@@ -1,16 +1,20 @@
 /*
  * scheduler-monitor: the per-job monitor started by the agent (see launcher.py).
  *
- *   scheduler-monitor --run-dir DIR --hostname H --cwd C --tmp-size BYTES
+ *   scheduler-monitor --run-dir DIR [--output-dir OUT] --hostname H --cwd C --tmp-size BYTES
  *       [--mkdir PATH]... [--write PATH VALUE]... [--procs PATH]...
  *       [--uid N --gid N] [--host-net] [--overlay-dir D --lower DIR...] -- ARGV...
+ *   scheduler-monitor --fork-server     (forks a monitor per request; see the end of the file)
  *
  * Three processes take part:
  *
  *   monitor  runs the cgroup plan, clones `init` into fresh pid/mount/uts/ipc/net
  *            namespaces, puts it into every cgroup of the plan once its namespaces are
  *            set up, then waits for it and writes DIR/exit atomically. It ignores the
- *            usual termination signals so it outlives the agent.
+ *            usual termination signals so it outlives the agent. The job's stdout and
+ *            stderr are pipes it drains into OUT/stdout and OUT/stderr, each file (and OUT)
+ *            created when the first byte arrives: a job that prints nothing costs no inode
+ *            on the output disk. DIR (the reserved exit record) is meant to be a tmpfs.
  *   init     pid 1 of the new pid namespace: mounts /proc and /tmp (or an overlay root
  *            with /proc, /dev and /tmp, entered with pivot_root), sets the hostname,
  *            brings `lo` up, says so; then, in its cgroups, enters a new cgroup
@@ -43,8 +47,11 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <poll.h>
 #include <sys/prctl.h>
+#include <stdint.h>
 #include <sys/resource.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -55,7 +62,7 @@
 #define ERR_MAX 1024
 
 struct opts {
-    const char *run_dir, *hostname, *cwd;
+    const char *run_dir, *output_dir, *hostname, *cwd;
     unsigned long long tmp_size;
     const char **mkdirs;
     int n_mkdirs;
@@ -163,13 +170,34 @@ static int write_atomic(const char *dir, const char *name, const char *text)
 #define RESERVE_NAME "exit.reserve"
 static int reserve_fd = -1;
 
+/* This process's start time (clock ticks after boot, /proc/self/stat field 22): with the
+ * pid, it names the monitor for good (a recycled pid has another start time), also when
+ * a fork server made it and its command line is the server's. 0 if unreadable. */
+static unsigned long long start_ticks(void)
+{
+    char text[1024];
+    int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, text, sizeof text - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    text[n] = '\0';
+    char *p = strrchr(text, ')'); /* the command name may hold spaces and parentheses */
+    for (int field = 2; p && field < 22; field++)
+        p = strchr(p + 1, ' ');
+    return p ? strtoull(p + 1, NULL, 10) : 0;
+}
+
 static int reserve_record(const char *dir)
 {
     char path[PATH_MAX];
     static char block[RECORD_RESERVE];
     if (join(path, sizeof path, dir, RESERVE_NAME) != 0)
         return -1;
-    snprintf(block, sizeof block, "monitor_pid=%d\n", (int)getpid());
+    snprintf(block, sizeof block, "monitor_pid=%d\nmonitor_start=%llu\n", (int)getpid(),
+             start_ticks());
     /* Written whole into a file created empty: a reader sees the line or nothing. */
     int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
     if (fd < 0)
@@ -293,6 +321,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
             return -1;
         } else if (strcmp(a, "--run-dir") == 0) {
             o->run_dir = argv[++i];
+        } else if (strcmp(a, "--output-dir") == 0) {
+            o->output_dir = argv[++i];
         } else if (strcmp(a, "--hostname") == 0) {
             o->hostname = argv[++i];
         } else if (strcmp(a, "--cwd") == 0) {
@@ -318,10 +348,12 @@ static int parse_args(int argc, char **argv, struct opts *o)
     }
     o->argv = &argv[i];
     if (!o->run_dir || !o->hostname || !o->cwd || !tmp_size || i >= argc) {
-        set_error("monitor: usage: --run-dir DIR --hostname H --cwd C --tmp-size BYTES "
-                  "[--mkdir P]... [--write P V]... [--procs P]... -- ARGV...");
+        set_error("monitor: usage: --run-dir DIR [--output-dir OUT] --hostname H --cwd C "
+                  "--tmp-size BYTES [--mkdir P]... [--write P V]... [--procs P]... -- ARGV...");
         return -1;
     }
+    if (!o->output_dir)
+        o->output_dir = o->run_dir;
     if (!uid != !gid) {
         set_error("monitor: --uid and --gid go together");
         return -1;
@@ -685,7 +717,165 @@ static ssize_t read_all(int fd, char *buf, size_t size)
     return (ssize_t)used;
 }
 
-int main(int argc, char **argv)
+/* One of the job's output streams: the pipe's read end, drained into OUT/<name>. */
+struct sink {
+    int pipe_fd;   /* -1 once at EOF (or given up) */
+    int file_fd;   /* -1 until the first byte arrived */
+    int copy;      /* splice is not supported by the output filesystem: read + write */
+    int broken;    /* the file could not be made or written: the rest is discarded */
+    const char *name;
+};
+
+/* OUT/<name>, made (with OUT) on the first byte. Not O_APPEND: splice refuses such files. */
+static int open_sink(const struct opts *o, struct sink *s)
+{
+    char path[PATH_MAX];
+    if (mkdir(o->output_dir, 0750) != 0 && errno != EEXIST)
+        return -1;
+    if (join(path, sizeof path, o->output_dir, s->name) != 0)
+        return -1;
+    s->file_fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0640);
+    if (s->file_fd < 0)
+        return -1;
+    return lseek(s->file_fd, 0, SEEK_END) < 0 ? -1 : 0;
+}
+
+/* Move what the pipe holds now into the file; at EOF close the pipe. A write error (a full
+ * output disk) loses the rest of this stream, never the job: it keeps writing into a pipe
+ * that is still drained, and its exit is recorded as usual. */
+static void drain_sink(const struct opts *o, struct sink *s, short revents)
+{
+    static char chunk[65536];
+    /* POLLIN: bytes are waiting (a pipe at EOF reports POLLHUP alone). */
+    if ((revents & POLLIN) && s->file_fd < 0 && !s->broken && open_sink(o, s) != 0) {
+        fprintf(stderr, "scheduler-monitor: open %s/%s: %s\n", o->output_dir, s->name,
+                strerror(errno));
+        s->broken = 1;
+    }
+    for (;;) {
+        ssize_t n;
+        if (s->file_fd >= 0 && !s->broken && !s->copy) {
+            n = splice(s->pipe_fd, NULL, s->file_fd, NULL, 1 << 20,
+                       SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (n < 0 && (errno == EINVAL || errno == ENOSYS)) {
+                s->copy = 1;
+                continue;
+            }
+        } else {
+            n = read(s->pipe_fd, chunk, sizeof chunk);
+            if (n > 0 && s->file_fd < 0 && !s->broken && open_sink(o, s) != 0)
+                n = -1; /* bytes came after all (between poll and read) */
+            else if (n > 0 && !s->broken && write_all(s->file_fd, chunk, (size_t)n) != 0)
+                n = -1;
+        }
+        if (n > 0)
+            continue;
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            return;
+        if (n < 0 && !s->broken) {
+            fprintf(stderr, "scheduler-monitor: write %s/%s: %s\n", o->output_dir, s->name,
+                    strerror(errno));
+            s->broken = 1;
+            continue;
+        }
+        /* EOF, or the pipe itself failed. */
+        close(s->pipe_fd);
+        s->pipe_fd = -1;
+        return;
+    }
+}
+
+/* What wait_job() saw. */
+struct waits {
+    char *msg; /* ERR_MAX bytes: the start error, if any */
+    size_t msg_len;
+    long long start_ns;
+    int job_status;
+    ssize_t status_len; /* sizeof(int) once the status arrived */
+};
+
+/* After init exits, its namespace's last processes get this long to close the output
+ * pipes (they are being killed); stragglers stuck longer lose their last output, and the
+ * exit is recorded. */
+#define OUTPUT_CLOSE_MS 2000
+
+/* Serve the err pipe, the status pipe and both output pipes until all are at EOF. */
+static int wait_job(const struct opts *o, int err_fd, int status_fd, struct sink *sinks,
+                    struct waits *w)
+{
+    int err_open = 1, status_open = 1;
+    long long deadline_ns = 0;
+    size_t status_got = 0;
+    char sink_buf[256];
+    for (;;) {
+        struct pollfd p[4];
+        int n = 0, i_err = -1, i_status = -1, i_sink[2] = {-1, -1};
+        if (err_open)
+            i_err = n, p[n++] = (struct pollfd){err_fd, POLLIN, 0};
+        if (status_open)
+            i_status = n, p[n++] = (struct pollfd){status_fd, POLLIN, 0};
+        for (int k = 0; k < 2; k++)
+            if (sinks[k].pipe_fd >= 0)
+                i_sink[k] = n, p[n++] = (struct pollfd){sinks[k].pipe_fd, POLLIN, 0};
+        if (n == 0)
+            break;
+        int timeout = -1;
+        if (!err_open && !status_open) {
+            long long now = now_ns();
+            if (deadline_ns == 0)
+                deadline_ns = now + OUTPUT_CLOSE_MS * 1000000LL;
+            if (now >= deadline_ns)
+                break;
+            timeout = (int)((deadline_ns - now) / 1000000LL) + 1;
+        }
+        int ready = poll(p, (nfds_t)n, timeout);
+        if (ready < 0) {
+            if (errno == EINTR)
+                continue;
+            set_error("monitor: poll: %s", strerror(errno));
+            return -1;
+        }
+        if (i_err >= 0 && p[i_err].revents) {
+            char *dst = w->msg_len < ERR_MAX - 1 ? w->msg + w->msg_len : sink_buf;
+            size_t room = w->msg_len < ERR_MAX - 1 ? ERR_MAX - 1 - w->msg_len : sizeof sink_buf;
+            ssize_t got = read(err_fd, dst, room);
+            if (got > 0 && dst != sink_buf)
+                w->msg_len += (size_t)got;
+            if (got == 0 || (got < 0 && errno != EINTR)) {
+                w->start_ns = now_ns();
+                err_open = 0;
+            }
+        }
+        if (i_status >= 0 && p[i_status].revents) {
+            ssize_t got = status_got < sizeof w->job_status
+                              ? read(status_fd, (char *)&w->job_status + status_got,
+                                     sizeof w->job_status - status_got)
+                              : read(status_fd, sink_buf, sizeof sink_buf);
+            if (got > 0 && status_got < sizeof w->job_status)
+                status_got += (size_t)got;
+            if (got == 0 || (got < 0 && errno != EINTR))
+                status_open = 0;
+        }
+        for (int k = 0; k < 2; k++)
+            if (i_sink[k] >= 0 && p[i_sink[k]].revents)
+                drain_sink(o, &sinks[k], p[i_sink[k]].revents);
+    }
+    for (int k = 0; k < 2; k++) {
+        if (sinks[k].pipe_fd >= 0) {
+            fprintf(stderr, "scheduler-monitor: %s still open %d ms after the job ended\n",
+                    sinks[k].name, OUTPUT_CLOSE_MS);
+            close(sinks[k].pipe_fd);
+            sinks[k].pipe_fd = -1;
+        }
+    }
+    w->msg[w->msg_len] = '\0';
+    w->status_len = status_got == sizeof w->job_status ? (ssize_t)status_got : 0;
+    return 0;
+}
+
+static int monitor_main(int argc, char **argv)
 {
     struct opts o;
     if (parse_args(argc, argv, &o) != 0) {
@@ -733,16 +923,18 @@ int main(int argc, char **argv)
 
     char buf[PATH_MAX];
 
-    int out_fd = -1, errf_fd = -1;
-    const char *names[] = {"stdout", "stderr"};
-    int *fds[] = {&out_fd, &errf_fd};
+    /* The job's stdout and stderr: pipes whose read ends the monitor drains (sinks). */
+    int out_p[2], errf_p[2];
+    if (make_pipe(out_p) != 0 || make_pipe(errf_p) != 0)
+        start_error(o.run_dir);
+    struct sink sinks[2] = {{out_p[0], -1, 0, 0, "stdout"}, {errf_p[0], -1, 0, 0, "stderr"}};
     for (int i = 0; i < 2; i++) {
-        if (join(buf, sizeof buf, o.run_dir, names[i]) != 0 ||
-            (*fds[i] = open(buf, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640)) < 0) {
-            set_error("monitor: open %s/%s: %s", o.run_dir, names[i], strerror(errno));
+        if (fcntl(sinks[i].pipe_fd, F_SETFL, O_NONBLOCK) != 0) {
+            set_error("monitor: fcntl: %s", strerror(errno));
             start_error(o.run_dir);
         }
     }
+    int out_fd = out_p[1], errf_fd = errf_p[1];
 
     for (int i = 0; i < o.n_mkdirs; i++) {
         if (mkdir(o.mkdirs[i], 0755) != 0 && errno != EEXIST) {
@@ -777,7 +969,7 @@ int main(int argc, char **argv)
     if (init == 0) {
         /* Drop the monitor's ends, or EOF on the sync pipe could never happen. */
         if (close(ready_p[0]) != 0 || close(sync_p[1]) != 0 || close(err_p[0]) != 0 ||
-            close(status_p[0]) != 0)
+            close(status_p[0]) != 0 || close(out_p[0]) != 0 || close(errf_p[0]) != 0)
             child_fail(err_p[1], "init: close: %s", strerror(errno));
         init_main(&o, ready_p[1], sync_p[0], err_p[1], status_p[1], out_fd, errf_fd);
     }
@@ -815,19 +1007,16 @@ int main(int argc, char **argv)
         goto kill_init;
     }
 
-    /* EOF on the err pipe: the job's exec succeeded (or init/the job reported why not). */
+    /* EOF on the err pipe: the job's exec succeeded (or init/the job reported why not);
+     * the status pipe carries the job's wait status, then EOF once init is gone. */
     char msg[ERR_MAX];
-    ssize_t msg_len = read_all(err_p[0], msg, sizeof msg);
-    long long start_ns = now_ns();
-    if (msg_len < 0) {
-        set_error("monitor: read err pipe: %s", strerror(errno));
+    struct waits w8 = {.msg = msg};
+    if (wait_job(&o, err_p[0], status_p[0], sinks, &w8) != 0)
         goto kill_init;
-    }
-    int job_status = 0;
-    ssize_t got;
-    do
-        got = read(status_p[0], &job_status, sizeof job_status);
-    while (got < 0 && errno == EINTR);
+    long long start_ns = w8.start_ns;
+    ssize_t msg_len = (ssize_t)w8.msg_len;
+    int job_status = w8.job_status;
+    ssize_t got = w8.status_len;
 
     int init_status;
     struct rusage ru;
@@ -876,4 +1065,162 @@ kill_init:
     if (read_all(err_p[0], msg, sizeof msg) > 0)
         set_error("%s", msg);
     start_error(o.run_dir);
+}
+
+/* ---- fork server ----
+ *
+ *   scheduler-monitor --fork-server     (fd 0: a stream socket to the agent)
+ *
+ * Exec'ing the monitor costs about three times the CPU of forking this small, already
+ * running process, so the agent keeps one server and asks it for every launch. A request
+ * is a 4-byte length (host order) and that many bytes of NUL-terminated strings: argc in
+ * decimal, the monitor's argv, then the job's environment (KEY=VALUE). The server forks;
+ * the child runs exactly what an exec'd monitor would (same argv, environ = the request's
+ * environment, 0..2 on /dev/null). The answer is 4 bytes: the child's pid, or -errno, with
+ * a pidfd of the child attached (SCM_RIGHTS) when the pid is valid: the agent waits on it,
+ * so a pid recycled after the server reaped the child can never be mistaken for it. The
+ * server reaps its exited children and exits at EOF (the agent is gone); its children
+ * live on, as exec'd monitors do. */
+#define REQUEST_MAX (16u << 20)
+
+static int read_full(int fd, void *buf, size_t len)
+{
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = read(fd, (char *)buf + done, len - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return done == 0 && n == 0 ? 1 : -1; /* 1: EOF before the first byte */
+        done += (size_t)n;
+    }
+    return 0;
+}
+
+static void answer(int sock, int32_t value, int pidfd)
+{
+    struct iovec iov = {&value, sizeof value};
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } control;
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (pidfd >= 0) {
+        msg.msg_control = control.buf;
+        msg.msg_controllen = sizeof control.buf;
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &pidfd, sizeof(int));
+    }
+    while (sendmsg(sock, &msg, MSG_NOSIGNAL) < 0) {
+        if (errno != EINTR)
+            exit(0); /* the agent is gone */
+    }
+}
+
+/* Split a request into argv and envp (pointers into buf); -1 if malformed. */
+static int parse_request(char *buf, size_t len, char ***argv_out, int *argc_out, char ***env_out)
+{
+    if (len == 0 || buf[len - 1] != '\0')
+        return -1;
+    size_t count = 0;
+    for (size_t i = 0; i < len; i++)
+        count += buf[i] == '\0';
+    char **strings = calloc(count + 2, sizeof *strings);
+    if (!strings)
+        return -1;
+    size_t k = 0;
+    for (char *p = buf; p < buf + len; p += strlen(p) + 1)
+        strings[k++] = p;
+    char *end;
+    errno = 0;
+    unsigned long argc = strtoul(strings[0], &end, 10);
+    if (errno || end == strings[0] || *end || argc == 0 || argc > count - 1) {
+        free(strings);
+        return -1;
+    }
+    /* argv is strings[1..argc], NULL-terminated by moving the environment one slot up. */
+    char **env = calloc(count - argc + 1, sizeof *env);
+    if (!env) {
+        free(strings);
+        return -1;
+    }
+    for (size_t i = argc + 1; i < count; i++)
+        env[i - argc - 1] = strings[i];
+    strings[argc + 1] = NULL;
+    *argv_out = strings + 1;
+    *argc_out = (int)argc;
+    *env_out = env;
+    return 0;
+}
+
+static int fork_server(void)
+{
+    sigset_t chld, before;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    if (sigprocmask(SIG_BLOCK, &chld, &before) != 0)
+        return 1;
+    int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (sfd < 0)
+        return 1;
+    /* The agent going away must end the server, not kill it mid-answer. */
+    signal(SIGPIPE, SIG_IGN);
+    for (;;) {
+        struct pollfd p[2] = {{0, POLLIN, 0}, {sfd, POLLIN, 0}};
+        if (poll(p, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            return 1;
+        }
+        if (p[1].revents) {
+            struct signalfd_siginfo si;
+            while (read(sfd, &si, sizeof si) > 0)
+                ;
+            while (waitpid(-1, NULL, WNOHANG) > 0)
+                ;
+        }
+        if (!p[0].revents)
+            continue;
+        uint32_t len;
+        int got = read_full(0, &len, sizeof len);
+        if (got != 0 || len > REQUEST_MAX)
+            return got == 1 ? 0 : 1; /* EOF: the agent closed; else a broken stream */
+        char *buf = malloc((size_t)len + 1);
+        if (!buf || read_full(0, buf, len) != 0)
+            return 1;
+        char **argv, **env;
+        int argc;
+        if (parse_request(buf, len, &argv, &argc, &env) != 0) {
+            answer(0, -EINVAL, -1);
+            free(buf);
+            continue;
+        }
+        pid_t pid = fork();
+        if (pid == 0) {
+            int null = open("/dev/null", O_RDWR);
+            if (null < 0 || dup2(null, 0) < 0 || sigprocmask(SIG_SETMASK, &before, NULL) != 0)
+                _exit(1);
+            signal(SIGPIPE, SIG_DFL);
+            environ = env;
+            exit(monitor_main(argc, argv)); /* closes every fd above 2, sfd included */
+        }
+        int saved = errno;
+        int pidfd = pid > 0 ? (int)syscall(SYS_pidfd_open, pid, 0) : -1;
+        answer(0, pid > 0 ? (int32_t)pid : -saved, pidfd);
+        if (pidfd >= 0)
+            close(pidfd);
+        free(argv - 1);
+        free(env);
+        free(buf);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 2 && strcmp(argv[1], "--fork-server") == 0)
+        return fork_server();
+    return monitor_main(argc, argv);
 }

@@ -21,8 +21,11 @@ class LaunchSpec:
     env: dict[str, str]
     cwd: str
     hostname: str
-    run_dir: Path  # holds stdout, stderr, the monitor's pid file and the exit record
+    # The monitor's own directory (on a tmpfs in production): its pid and the exit record.
+    run_dir: Path
     plan: LaunchPlan
+    # Where stdout and stderr go, each file made on the job's first byte (None: run_dir).
+    output_dir: Path | None = None
     # Size of the private /tmp (tmpfs, charged to the job's memory cgroup).
     tmp_size_bytes: int = 64 * 1024 * 1024
     # Who the job runs as; None keeps root (only the monitor's own tests do that).

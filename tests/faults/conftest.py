@@ -94,13 +94,16 @@ async def agents(dsn: str, state_dir: Path, cgroup_root: str) -> AsyncIterator[A
         started.stop_all()
 
 
-async def no_jobs_left(workload: Workload, runs_dirs: list[Path], cgroup_roots: list[str]) -> None:
-    """Every attempt's monitor has ended and no job cgroup is left (the agents clean up)."""
+async def no_jobs_left(
+    workload: Workload, monitors_dirs: list[Path], cgroup_roots: list[str]
+) -> None:
+    """Every attempt's monitor has ended and no job cgroup is left (the agents clean up);
+    ``monitors_dirs``: the agents' runtime directories (``<state>/run`` by default)."""
     ids = list(workload.expected)
     with anyio.fail_after(20):
         while any(leftover_job_cgroups(root) for root in cgroup_roots) or any(
             live_monitor_pid(run_dir) is not None
-            for runs in runs_dirs
+            for runs in monitors_dirs
             if runs.is_dir()
             for run_dir in runs.iterdir()
             if int(run_dir.name.split("-")[0]) in ids

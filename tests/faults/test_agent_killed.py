@@ -40,7 +40,7 @@ async def test_sigkill_after_claim_before_start(
     await agents.start()
     result = await tally(db, workload, fault="a: SIGKILL after claim", hit=hit)
     assert_counts(result)
-    await no_jobs_left(workload, [state_dir / "runs"], [cgroup_root])
+    await no_jobs_left(workload, [state_dir / "run"], [cgroup_root])
 
 
 async def test_sigkill_while_jobs_run(
@@ -61,7 +61,7 @@ async def test_sigkill_while_jobs_run(
     await agents.start()
     result = await tally(db, workload, fault="b: SIGKILL while jobs run", hit=hit)
     assert_counts(result)
-    await no_jobs_left(workload, [state_dir / "runs"], [cgroup_root])
+    await no_jobs_left(workload, [state_dir / "run"], [cgroup_root])
 
 
 @pytest.mark.parametrize("point", ["before_record", "after_record"])
@@ -91,7 +91,7 @@ async def test_sigkill_while_a_job_exits(
     await agents.start()
     result = await tally(db, workload, fault=f"c: SIGKILL while exiting ({point})", hit=hit)
     assert_counts(result)
-    await no_jobs_left(workload, [state_dir / "runs"], [cgroup_root])
+    await no_jobs_left(workload, [state_dir / "run"], [cgroup_root])
 
 
 async def test_jobs_exit_while_the_agent_is_down(
@@ -110,7 +110,7 @@ async def test_jobs_exit_while_the_agent_is_down(
     await wait_executed(workload, ids)
     hit = await workload.hit(db)
     sigkill(agent)
-    runs = state_dir / "runs"
+    runs = state_dir / "run"
     with anyio.fail_after(20):
         while not all((run_dir_for(runs, i, 1) / "exit").exists() for i in ids):
             await anyio.sleep(0.05)
@@ -129,7 +129,7 @@ async def test_sigkill_again_while_recording_exits_found_at_start(
     await wait_executed(workload, ids)
     hit = await workload.hit(db)
     sigkill(agent)
-    runs = state_dir / "runs"
+    runs = state_dir / "run"
     with anyio.fail_after(20):
         while not all((run_dir_for(runs, i, 1) / "exit").exists() for i in ids[:6]):
             await anyio.sleep(0.05)

@@ -57,7 +57,7 @@ async def test_postgres_restarted_with_jobs_running(
     finally:
         await db.close()
     assert_counts(result)
-    await no_jobs_left(workload, [state_dir / "runs"], [cgroup_root])
+    await no_jobs_left(workload, [state_dir / "run"], [cgroup_root])
 
 
 async def test_every_agent_session_terminated_with_jobs_running(
@@ -87,7 +87,7 @@ async def test_every_agent_session_terminated_with_jobs_running(
         await anyio.sleep(0.3)
     result = await tally(db, workload, fault="f: pg_terminate_backend of all sessions", hit=hit)
     assert_counts(result)
-    await no_jobs_left(workload, [state_dir / "runs"], [cgroup_root])
+    await no_jobs_left(workload, [state_dir / "run"], [cgroup_root])
 
 
 async def test_the_answer_to_a_committed_claim_is_lost(
@@ -111,4 +111,4 @@ async def test_the_answer_to_a_committed_claim_is_lost(
         db, workload, fault="f2: claim committed, answer lost", hit=hit, timeout=20
     )
     assert_counts(result)
-    await no_jobs_left(workload, [state_dir / "runs"], [cgroup_root])
+    await no_jobs_left(workload, [state_dir / "run"], [cgroup_root])

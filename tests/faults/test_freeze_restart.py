@@ -70,7 +70,7 @@ async def test_frozen_jobs_survive_an_agent_restart_and_thaw(
     sigkill(agent)
     await agents.start()
     await anyio.sleep(3.5)  # past their work and their time limit, had they been running
-    runs = state_dir / "runs"
+    runs = state_dir / "run"
     assert not any((run_dir_for(runs, i, 1) / "exit").exists() for i in ids)
     assert {freezer_state(cgroup_root, i) for i in ids} == {"FROZEN"}
     assert set(

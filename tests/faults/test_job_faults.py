@@ -57,7 +57,7 @@ async def test_an_oom_job_among_normal_ones(
     )
     assert row is not None and "out of memory" in row["error"]
     assert row["memory_peak_bytes"] <= 32 << 20
-    await no_jobs_left(workload, [state_dir / "runs"], [cgroup_root])
+    await no_jobs_left(workload, [state_dir / "run"], [cgroup_root])
 
 
 async def test_a_fork_bomb_under_pids_max_among_normal_ones(
@@ -90,4 +90,4 @@ async def test_a_fork_bomb_under_pids_max_among_normal_ones(
         assert (await client.get("/readyz")).status_code == 200
     result = await tally(db, workload, fault="i: fork bomb under pids.max", hit=hit)
     assert_counts(result)
-    await no_jobs_left(workload, [state_dir / "runs"], [cgroup_root])
+    await no_jobs_left(workload, [state_dir / "run"], [cgroup_root])

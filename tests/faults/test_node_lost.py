@@ -76,7 +76,7 @@ async def test_killed_node_expires_requeues_and_is_fenced_when_back(
     await check_moved_on(db, workload)
     ids = list(workload.expected)
     # The first attempts still run on a's host, under their monitors, though a is gone.
-    runs_a = state_dir / "a" / "runs"
+    runs_a = state_dir / "a" / "run"
     run_dirs = [run_dir_for(runs_a, job_id, 1) for job_id in ids]
     assert all(live_monitor_pid(d) is not None for d in run_dirs)
     before = await db.fetch("SELECT * FROM scheduler.jobs WHERE id = ANY($1) ORDER BY id", ids)
@@ -99,7 +99,7 @@ async def test_killed_node_expires_requeues_and_is_fenced_when_back(
     assert_counts(result)
     await no_jobs_left(
         workload,
-        [state_dir / name / "runs" for name in "abc"],
+        [state_dir / name / "run" for name in "abc"],
         [cgroup_root, *peer_cgroup_roots],
     )
 
@@ -124,7 +124,7 @@ async def test_paused_node_expires_and_fences_itself_when_resumed(
         while a.poll() is None:
             await anyio.sleep(0.05)
     assert a.returncode == 1 and "lease" in agents.log("a").read_text()
-    runs_a = state_dir / "a" / "runs"
+    runs_a = state_dir / "a" / "run"
     with anyio.fail_after(20):
         while any(live_monitor_pid(run_dir_for(runs_a, i, 1)) is not None for i in ids):
             await anyio.sleep(0.05)
@@ -137,6 +137,6 @@ async def test_paused_node_expires_and_fences_itself_when_resumed(
     await agents.start("a", state_dir=state_dir / "a", lease=SHORT_LEASE)  # removes its cgroups
     await no_jobs_left(
         workload,
-        [state_dir / name / "runs" for name in "abc"],
+        [state_dir / name / "run" for name in "abc"],
         [cgroup_root, *peer_cgroup_roots],
     )

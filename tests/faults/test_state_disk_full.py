@@ -45,5 +45,5 @@ async def test_state_directory_on_a_full_tmpfs(
         filler.unlink()
         result = await tally(db, workload, fault="k: state directory full", hit=hit)
         assert_counts(result)
-        await no_jobs_left(workload, [state / "runs"], [cgroup_root])
+        await no_jobs_left(workload, [state / "run"], [cgroup_root])
         agents.stop_all()

@@ -51,7 +51,9 @@ async def wait_state(db: asyncpg.Connection, job_id: int, state: str, timeout: f
 
 
 def output(agent: AgentHandle, job_id: int, attempt: int = 1, name: str = "stdout") -> str:
-    return (run_dir_for(agent.settings.runs_dir, job_id, attempt) / name).read_text()
+    """What the job wrote to ``name`` (a job that wrote nothing there has no file)."""
+    path = run_dir_for(agent.settings.runs_dir, job_id, attempt) / name
+    return path.read_text() if path.exists() else ""
 
 
 async def test_job_runs_in_its_own_namespaces(db: asyncpg.Connection, agent: AgentHandle) -> None:

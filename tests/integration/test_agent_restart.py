@@ -38,6 +38,7 @@ async def test_sigkilled_agent_with_50_jobs_running_then_restarted(
             )
         ]
         runs = state_dir / "runs"
+        monitors = state_dir / "run"  # the default runtime_dir
         with anyio.fail_after(60):
             # Every job has executed its first command (the monitor is running).
             while not all(
@@ -51,7 +52,7 @@ async def test_sigkilled_agent_with_50_jobs_running_then_restarted(
         killed_at = time.monotonic()
         # The jobs live on without the agent; some of them end while it is down.
         await anyio.sleep(1.5)
-        ended_while_down = sum((run_dir_for(runs, i, 1) / "exit").exists() for i in ids)
+        ended_while_down = sum((run_dir_for(monitors, i, 1) / "exit").exists() for i in ids)
         assert 0 < ended_while_down < JOBS
         assert (
             await db.fetchval(
@@ -75,6 +76,8 @@ async def test_sigkilled_agent_with_50_jobs_running_then_restarted(
     for i in ids:
         assert (run_dir_for(runs, i, 1) / "stdout").read_text() == "started\nended\n"
         assert not run_dir_for(runs, i, 2).exists()
+        # Recorded: the monitor's pid and exit record are gone with it.
+        assert not run_dir_for(monitors, i, 1).exists()
     # Billed once: exactly one usage row per job, the final one, equal to the job's totals.
     usage = await db.fetch(
         "SELECT u.job_id, count(*) AS n, bool_and(u.final) AS final, "

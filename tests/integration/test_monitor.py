@@ -61,7 +61,7 @@ class Job:
 
     def _read(self, name: str) -> str:
         try:
-            return (self.spec.run_dir / name).read_text()
+            return ((self.spec.output_dir or self.spec.run_dir) / name).read_text()
         except FileNotFoundError:  # the monitor has not opened it yet
             return ""
 
@@ -82,6 +82,7 @@ class Job:
 
 
 class Options(TypedDict, total=False):
+    output_dir: Path
     env: dict[str, str]
     cwd: str
     hostname: str
@@ -98,6 +99,7 @@ def start(monitor: Path, tmp_path: Path, *argv: str, **options: Unpack[Options])
         cwd=options.get("cwd", "/"),
         hostname=options.get("hostname", "testjob"),
         run_dir=tmp_path / f"run-{uuid.uuid4().hex[:8]}",
+        output_dir=options.get("output_dir"),
         plan=options.get("plan", LaunchPlan()),
         tmp_size_bytes=options.get("tmp_size", 8 * 1024 * 1024),
     )
@@ -193,8 +195,9 @@ async def test_exit_code_and_record(monitor: Path, tmp_path: Path) -> None:
     assert 0 < rec.start_ns <= rec.end_ns
     assert rec.maxrss_kb > 0
     assert job.spec.run_dir.stat().st_mode & 0o777 == 0o750
-    # The reserved record named the monitor's pid until the record took its place.
-    assert {p.name for p in job.spec.run_dir.iterdir()} == {"stdout", "stderr", "exit"}
+    # The reserved record named the monitor's pid until the record took its place; the job
+    # printed nothing, so no output file was made.
+    assert {p.name for p in job.spec.run_dir.iterdir()} == {"exit"}
 
     rec, _ = await run(monitor, tmp_path, "true")
     assert (rec.kind, rec.exit_code) == ("exited", 0)
@@ -219,6 +222,41 @@ async def test_output_goes_to_files_and_stdin_is_dev_null(monitor: Path, tmp_pat
     assert rec.exit_code == 0
     assert job.stdout == "out\n/dev/null\nend\n"
     assert job.stderr == "err\n"
+
+
+async def test_output_directory_and_files_are_made_on_the_first_byte(
+    monitor: Path, tmp_path: Path
+) -> None:
+    quiet = tmp_path / "out-quiet"
+    await run(monitor, tmp_path, "true", output_dir=quiet)
+    assert not quiet.exists()
+
+    only_err = tmp_path / "out-err"
+    _, job = await run(monitor, tmp_path, "sh", "-c", "echo oops >&2", output_dir=only_err)
+    assert {p.name for p in only_err.iterdir()} == {"stderr"}
+    assert job.stderr == "oops\n"
+    assert only_err.stat().st_mode & 0o777 == 0o750
+    # The record stays in the run dir, apart from the output.
+    assert {p.name for p in job.spec.run_dir.iterdir()} == {"exit"}
+
+
+async def test_large_output_arrives_whole_and_in_order(monitor: Path, tmp_path: Path) -> None:
+    # 8 MiB through each 64 KiB pipe, interleaved with the exit: nothing may be lost.
+    script = "seq 1 1000000; seq 1 200000 >&2; echo last"
+    rec, job = await run(monitor, tmp_path, "sh", "-c", script, output_dir=tmp_path / "big")
+    assert rec.exit_code == 0
+    expected = "".join(f"{i}\n" for i in range(1, 1_000_001)) + "last\n"
+    assert job.stdout == expected
+    assert job.stderr == "".join(f"{i}\n" for i in range(1, 200_001))
+
+
+async def test_output_of_a_running_job_is_visible_before_it_ends(
+    monitor: Path, tmp_path: Path
+) -> None:
+    job = start(monitor, tmp_path, "sh", "-c", "echo early; exec sleep 30")
+    await wait_for_output(job, "early\n")
+    os.kill(await init_of(job), signal.SIGKILL)
+    await job.wait()
 
 
 async def test_missing_binary_is_a_start_error(monitor: Path, tmp_path: Path) -> None:

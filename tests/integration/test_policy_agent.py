@@ -13,7 +13,6 @@ import pytest
 from scheduler.agent.runner import run_dir_for
 from scheduler.cgroups.base import CgroupPath
 from scheduler.cgroups.detect import open_driver
-from scheduler.runtime.launcher import read_exit_record
 from tests.conftest import AgentHandle, agent_settings, start_agent
 from tests.integration.test_agent import submit, wait_final
 
@@ -30,18 +29,17 @@ async def test_a_job_failing_twice_then_succeeding_is_retried_with_backoff(
     usage = await db.fetch(
         "SELECT * FROM scheduler.usage WHERE job_id = $1 ORDER BY attempt", job_id
     )
-    # Each attempt has its own closing usage row and its own run directory and exit record.
+    # Each attempt has its own closing usage row and its own output; the monitors' records
+    # are removed once recorded.
     assert [(u["attempt"], u["final"], u["seq"]) for u in usage] == [
         (1, True, 1),
         (2, True, 2),
         (3, True, 3),
     ]
-    for attempt, code in ((1, 7), (2, 7), (3, 0)):
+    for attempt in (1, 2, 3):
         run_dir = run_dir_for(agent.settings.runs_dir, job_id, attempt)
         assert (run_dir / "stdout").read_text() == f"attempt {attempt}\n"
-        record = read_exit_record(run_dir)
-        assert record is not None
-        assert record.exit_code == code
+        assert not run_dir_for(agent.settings.monitors_dir, job_id, attempt).exists()
     # Exponential backoff with jitter: [0.5, 1] s after the first failure, [1, 2] s after the
     # second (the bounds' lower halves are certain).
     gap1 = (usage[1]["period_start"] - usage[0]["period_end"]).total_seconds()

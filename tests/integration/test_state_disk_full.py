@@ -39,7 +39,8 @@ async def test_full_state_disk_pauses_claims_and_keeps_the_running_jobs_exit(
                     (run_dir / "stdout").read_text().startswith("started")
                 ):
                     await anyio.sleep(0.05)
-            assert (run_dir / "exit.reserve").is_file()
+            monitor_dir = run_dir_for(settings.monitors_dir, running, 1)
+            assert (monitor_dir / "exit.reserve").is_file()
             filler = fill(state_dir)
             assert free_bytes(state_dir) == 0
             with anyio.fail_after(10):
@@ -56,11 +57,11 @@ async def test_full_state_disk_pauses_claims_and_keeps_the_running_jobs_exit(
                     " RETURNING id"
                 )
             )
-            # The running job ends on the full disk: its exit record is written all the same.
+            # The running job ends on the full disk: its exit record is written all the same
+            # (the exit code comes from it), and removed once recorded.
             [row] = await wait_final(db, [running], timeout=20)
-            assert row["state"] == "succeeded", row["error"]
-            assert (run_dir / "exit").read_text().startswith("kind=exited\nexit_code=0\n")
-            assert not (run_dir / "exit.reserve").exists()
+            assert (row["state"], row["exit_code"]) == ("succeeded", 0), row["error"]
+            assert not monitor_dir.exists()
             assert free_bytes(state_dir) < settings.state_min_free_bytes
             await anyio.sleep(1.0)
             assert (
