@@ -9,6 +9,7 @@ first instruction and the agent's event loop does not pay for the syscalls.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -51,9 +52,14 @@ class CgroupPath:
         """The cgroup of a job under its tenant chain (root tenant first)."""
         return cls((*tenant_chain, f"job-{job_id}"))
 
-    @property
+    @functools.cached_property
     def rel(self) -> PurePosixPath:
         return PurePosixPath(*self.parts) if self.parts else PurePosixPath(".")
+
+    @functools.cached_property
+    def rel_text(self) -> str:
+        """``rel`` as a string ("." for the root), cheaper to join than a path."""
+        return "/".join(self.parts) if self.parts else "."
 
     def parent(self) -> CgroupPath:
         return CgroupPath(self.parts[:-1])

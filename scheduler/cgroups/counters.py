@@ -69,38 +69,40 @@ CounterFiles = dict[str, Path]
 def counter_files(driver: CgroupDriver, path: CgroupPath, *, final: bool = False) -> CounterFiles:
     """The files that hold ``path``'s counters under ``driver`` (absent controllers left out);
     ``final``: only those the final read at exit needs (see FINAL_FILES)."""
-    files = _all_counter_files(driver, path)
-    if final:
-        return {name: file for name, file in files.items() if name in FINAL_FILES}
-    return files
+    return _all_counter_files(driver, path, FINAL_FILES if final else None)
 
 
-def _all_counter_files(driver: CgroupDriver, path: CgroupPath) -> CounterFiles:
+# cgroup v1: (logical counter, hierarchy, file); "unified" is the cgroup2 mirror.
+_V1_FILES = (
+    ("cpuacct.usage", "cpuacct", "cpuacct.usage"),
+    ("cpuacct.usage_user", "cpuacct", "cpuacct.usage_user"),
+    ("cpuacct.usage_sys", "cpuacct", "cpuacct.usage_sys"),
+    ("v1 cpu.stat", "cpu", "cpu.stat"),
+    ("memory.usage_in_bytes", "memory", "memory.usage_in_bytes"),
+    ("memory.max_usage_in_bytes", "memory", "memory.max_usage_in_bytes"),
+    ("memory.oom_control", "memory", "memory.oom_control"),
+    ("blkio bytes", "blkio", "blkio.throttle.io_service_bytes_recursive"),
+    ("blkio ops", "blkio", "blkio.throttle.io_serviced_recursive"),
+    ("pids.current", "pids", "pids.current"),
+    ("cpu.pressure", "unified", "cpu.pressure"),
+    ("memory.pressure", "unified", "memory.pressure"),
+    ("io.pressure", "unified", "io.pressure"),
+)
+
+
+def _all_counter_files(
+    driver: CgroupDriver, path: CgroupPath, wanted: frozenset[str] | None = None
+) -> CounterFiles:
     files: CounterFiles = {}
     if isinstance(driver, V1Driver):
-        mounted = driver.controllers
-        if "cpuacct" in mounted:
-            acct = driver.directory("cpuacct", path)
-            files["cpuacct.usage"] = acct / "cpuacct.usage"
-            files["cpuacct.usage_user"] = acct / "cpuacct.usage_user"
-            files["cpuacct.usage_sys"] = acct / "cpuacct.usage_sys"
-        if "cpu" in mounted:
-            files["v1 cpu.stat"] = driver.directory("cpu", path) / "cpu.stat"
-        if "memory" in mounted:
-            memory = driver.directory("memory", path)
-            files["memory.usage_in_bytes"] = memory / "memory.usage_in_bytes"
-            files["memory.max_usage_in_bytes"] = memory / "memory.max_usage_in_bytes"
-            files["memory.oom_control"] = memory / "memory.oom_control"
-        if "blkio" in mounted:
-            blkio = driver.directory("blkio", path)
-            files["blkio bytes"] = blkio / "blkio.throttle.io_service_bytes_recursive"
-            files["blkio ops"] = blkio / "blkio.throttle.io_serviced_recursive"
-        if "pids" in mounted:
-            files["pids.current"] = driver.directory("pids", path) / "pids.current"
-        if driver.has_unified:
-            unified = driver.directory("unified", path)
-            for resource in ("cpu", "memory", "io"):
-                files[f"{resource}.pressure"] = unified / f"{resource}.pressure"
+        present = driver.controllers | ({"unified"} if driver.has_unified else set())
+        dirs: dict[str, Path] = {}
+        for name, hierarchy, file in _V1_FILES:
+            if hierarchy not in present or (wanted is not None and name not in wanted):
+                continue
+            if hierarchy not in dirs:
+                dirs[hierarchy] = driver.directory(hierarchy, path)
+            files[name] = dirs[hierarchy] / file
         return files
     if isinstance(driver, V2Driver):
         d = driver.directory(path)
@@ -115,7 +117,8 @@ def _all_counter_files(driver: CgroupDriver, path: CgroupPath) -> CounterFiles:
             "memory.pressure",
             "io.pressure",
         ):
-            files[name] = d / name
+            if wanted is None or name in wanted:
+                files[name] = d / name
         return files
     raise TypeError(f"no counter files known for driver {driver!r}")
 

@@ -73,6 +73,10 @@ class V1Driver:
         if unified is not None:
             hierarchies[(unified, unified / self._rel_root)] = None
         self._hierarchies = tuple(hierarchies)
+        # The same as strings: a launch's plan joins them with the job's path (cheaper than
+        # pathlib, and a plan is made for every launch).
+        self._base_texts = {c: str(b) for c, b in self._bases.items()}
+        self._hierarchy_texts = tuple(str(base) for _, base in self._hierarchies)
         self._unified = unified / self._rel_root if unified is not None else None
         self._main = next(iter(self._bases.values()))
         self._memsw: bool | None = None
@@ -135,29 +139,32 @@ class V1Driver:
                     f"mounted v1 controllers: {mounted}"
                 )
 
-    def _clamp_quota(self, cpu_dir: Path, quota: int) -> int:
+    def _clamp_quota(self, cpu_dir: str, quota: int) -> int:
         """``quota`` lowered to the nearest limited ancestor's share of a CPU.
 
         v1 refuses a quota above an ancestor's with EINVAL (tg_cfs_schedulable_down in
         kernel/sched/core.c), where v2 silently applies the smaller one; clamping gives v1
         the v2 behaviour instead of a start error.
         """
-        mount = self._mounts["cpu"]
-        node = cpu_dir.parent
-        while node != mount and mount in node.parents:
-            text = fs.read_optional(node / "cpu.cfs_quota_us")
+        below_mount = f"{self._mounts['cpu']}/"
+        node = cpu_dir.rpartition("/")[0]
+        while node.startswith(below_mount):
+            text = fs.read_optional(f"{node}/cpu.cfs_quota_us")
             parent_quota = int(text) if text else -1
             if parent_quota > 0:
-                period = int(fs.read_file(node / "cpu.cfs_period_us"))
+                period = int(fs.read_file(f"{node}/cpu.cfs_period_us"))
                 return min(quota, parent_quota * CFS_PERIOD_US // period)
-            node = node.parent
+            node = node.rpartition("/")[0]
         return quota
+
+    def _leaf(self, controller: str, path: CgroupPath) -> str:
+        return f"{self._base_texts[controller]}/{path.rel_text}"
 
     def _limit_writes(self, path: CgroupPath, limits: Limits) -> list[tuple[str, str]]:
         """The writes for a fresh cgroup (every file at its default): set limits only."""
         writes: list[tuple[str, str]] = []
         if limits.cpu_cores is not None or limits.weight is not None:
-            cpu = self.directory("cpu", path)
+            cpu = self._leaf("cpu", path)
             if limits.cpu_cores is not None:
                 quota = self._clamp_quota(cpu, cfs_quota_us(limits.cpu_cores))
                 writes.append((f"{cpu}/cpu.cfs_period_us", str(CFS_PERIOD_US)))
@@ -165,14 +172,14 @@ class V1Driver:
             if limits.weight is not None:
                 writes.append((f"{cpu}/cpu.shares", str(cpu_shares(limits.weight))))
         if limits.memory_bytes is not None:
-            memory = self.directory("memory", path)
+            memory = self._leaf("memory", path)
             # Lowering from unlimited: memory first, as memsw may never be below it.
             writes.append((f"{memory}/memory.limit_in_bytes", str(limits.memory_bytes)))
             if self._has_memsw():
                 # Same value for memory+swap, so swap cannot be used to escape the limit.
                 writes.append((f"{memory}/memory.memsw.limit_in_bytes", str(limits.memory_bytes)))
         if limits.pids_max is not None:
-            writes.append((f"{self.directory('pids', path)}/pids.max", str(limits.pids_max)))
+            writes.append((f"{self._leaf('pids', path)}/pids.max", str(limits.pids_max)))
         writes.extend(self._io_writes(path, limits, reset=False))
         return writes
 
@@ -229,7 +236,7 @@ class V1Driver:
         if "cpu" in self._mounts:
             cpu = self.directory("cpu", path)
             if limits.cpu_cores is not None:
-                quota = self._clamp_quota(cpu, cfs_quota_us(limits.cpu_cores))
+                quota = self._clamp_quota(str(cpu), cfs_quota_us(limits.cpu_cores))
                 fs.write_file(cpu / "cpu.cfs_period_us", str(CFS_PERIOD_US))
                 fs.write_file(cpu / "cpu.cfs_quota_us", str(quota))
             else:
@@ -252,7 +259,7 @@ class V1Driver:
         if not path.parts:
             raise CgroupError("plan() needs a job path below the root, got the root itself")
         self._check(limits)
-        leaves = tuple(str(d) for d in self.directories(path))
+        leaves = tuple(f"{base}/{path.rel_text}" for base in self._hierarchy_texts)
         return LaunchPlan(
             mkdirs=leaves,
             writes=tuple(self._limit_writes(path, limits)),
