@@ -174,23 +174,29 @@ WITH RECURSIVE chain AS (
 SELECT name, cpu_limit, memory_limit_bytes, pids_limit, weight, io_read_bps, io_write_bps
 FROM chain ORDER BY depth DESC;
 
--- name: finish_job
--- Record an attempt's end; $2 is the final state, or 'queued' for a retry at $13.
-UPDATE scheduler.jobs
-SET state = $2::text,
-    exit_code = $3,
-    signal = $4,
-    oom_killed = $5,
-    error = $6,
-    started_at = $7,
-    finished_at = CASE WHEN $2::text = 'queued' THEN NULL ELSE $8::timestamptz END,
-    cpu_seconds = $9,
-    memory_peak_bytes = $10,
-    io_read_bytes = $11,
-    io_write_bytes = $12,
-    run_at = COALESCE($13::timestamptz, run_at),
-    node = CASE WHEN $2::text = 'queued' THEN NULL ELSE node END
-WHERE id = $1 AND attempts = $14 AND state IN ('running', 'frozen');
+-- name: finish_jobs
+-- Record a batch of attempts' ends in one statement: for each, $2 is the final state, or
+-- 'queued' for a retry at $13; only the attempt still running ($14) is touched.
+UPDATE scheduler.jobs j
+SET state = r.state,
+    exit_code = r.exit_code,
+    signal = r.signal,
+    oom_killed = r.oom_killed,
+    error = r.error,
+    started_at = r.started_at,
+    finished_at = CASE WHEN r.state = 'queued' THEN NULL ELSE r.finished_at END,
+    cpu_seconds = r.cpu_seconds,
+    memory_peak_bytes = r.memory_peak_bytes,
+    io_read_bytes = r.io_read_bytes,
+    io_write_bytes = r.io_write_bytes,
+    run_at = COALESCE(r.run_at, j.run_at),
+    node = CASE WHEN r.state = 'queued' THEN NULL ELSE j.node END
+FROM unnest($1::bigint[], $2::text[], $3::integer[], $4::integer[], $5::boolean[],
+            $6::text[], $7::timestamptz[], $8::timestamptz[], $9::numeric[], $10::bigint[],
+            $11::bigint[], $12::bigint[], $13::timestamptz[], $14::integer[])
+    AS r(id, state, exit_code, signal, oom_killed, error, started_at, finished_at,
+         cpu_seconds, memory_peak_bytes, io_read_bytes, io_write_bytes, run_at, attempt)
+WHERE j.id = r.id AND j.attempts = r.attempt AND j.state IN ('running', 'frozen');
 
 -- name: release_claims
 -- Attempts this node claimed but could not start for a fault of its own (a full state disk):
@@ -206,14 +212,24 @@ WHERE j.id = r.id AND j.attempts = r.attempt AND j.state IN ('running', 'frozen'
       SELECT 1 FROM scheduler.usage u WHERE u.job_id = r.id AND u.attempt = r.attempt)
 RETURNING j.id;
 
--- name: insert_usage
--- The closing billing row of an attempt, numbered after the job's earlier rows. The unique
--- index on (job_id, attempt) WHERE final turns a repeated write into a no-op.
+-- name: insert_closing_usage
+-- The closing billing rows of a batch of attempts (one per job: a job's next attempt starts
+-- only once this one is recorded), each numbered after its job's earlier rows, in one
+-- statement. The unique index on (job_id, attempt) WHERE final turns a repeated write into a
+-- no-op.
 INSERT INTO scheduler.usage
     (job_id, seq, attempt, tenant, node, period_start, period_end, cpu_seconds,
      memory_byte_seconds, memory_peak_bytes, io_read_bytes, io_write_bytes, final)
-SELECT $1, COALESCE(max(u.seq), 0) + 1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, true
-FROM scheduler.usage u WHERE u.job_id = $1
+SELECT r.job_id,
+       COALESCE((SELECT max(u.seq) FROM scheduler.usage u WHERE u.job_id = r.job_id), 0) + 1,
+       r.attempt, r.tenant, r.node, r.period_start, r.period_end, r.cpu_seconds,
+       r.memory_byte_seconds, r.memory_peak_bytes, r.io_read_bytes, r.io_write_bytes, true
+FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::text[], $5::timestamptz[],
+            $6::timestamptz[], $7::numeric[], $8::numeric[], $9::bigint[], $10::bigint[],
+            $11::bigint[])
+    AS r(job_id, attempt, tenant, node, period_start, period_end, cpu_seconds,
+         memory_byte_seconds, memory_peak_bytes, io_read_bytes, io_write_bytes)
+ORDER BY r.tenant, r.job_id
 ON CONFLICT DO NOTHING;
 
 -- name: next_usage_seq

@@ -86,7 +86,7 @@ def test_backoff_grows_and_is_capped() -> None:
 
 
 def test_queries_and_migrations_load() -> None:
-    assert {"claim_jobs", "finish_job", "insert_usage"} <= set(QUERIES)
+    assert {"claim_jobs", "finish_jobs", "insert_closing_usage"} <= set(QUERIES)
     assert "SKIP LOCKED" in QUERIES["claim_jobs"]
     assert load_migrations()[0].version == 1
 
