@@ -13,7 +13,7 @@ from scheduler import failpoints
 from scheduler.db.pool import Conn
 from scheduler.db.queries import q
 from scheduler.policy.admission import Capacity
-from scheduler.policy.fairshare import ALLOCATION_SECONDS, HALF_LIFE_SECONDS
+from scheduler.policy.fairshare import ALLOCATION_SECONDS
 
 log = structlog.get_logger(__name__)
 
@@ -40,7 +40,6 @@ async def claim(
             want,
             capacity.cpu,
             capacity.memory_bytes,
-            HALF_LIFE_SECONDS,
             ALLOCATION_SECONDS,
             epoch,
         )

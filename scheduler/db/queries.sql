@@ -3,9 +3,9 @@
 -- name: claim_jobs
 -- Claim up to $2 runnable jobs for node $1 in one statement.
 -- Order: fair share across tenants, then priority, then age. A job's share key is its
--- tenant's recent cpu-seconds (each usage row decayed with half-life $5 seconds) plus $6
--- seconds for every core its tenant has running or would have with this job and its
--- tenant's earlier queued ones, divided by the tenant's weight: the tenant that used least
+-- tenant's recent cpu-seconds (each usage row decayed with the half-life of
+-- scheduler.fair_share_half_life()) plus $5 seconds for every core its tenant has running
+-- or would have with this job and its tenant's earlier queued ones, divided by the tenant's weight: the tenant that used least
 -- per unit of weight goes first, and one claim interleaves tenants instead of draining one.
 -- Admission: this node's free capacity ($3 cores, $4 bytes: minus the requests of its
 -- running and frozen attempts) and every limit up each job's tenant chain (max_running_jobs,
@@ -46,13 +46,12 @@ held AS (
     FROM lineage l JOIN scheduler.tenants t ON t.name = l.ancestor
     WHERE t.frozen
 ),
+-- Each tenant's decayed cpu use, kept by the usage inserts (migrations/0007_recent_cpu.sql).
 recent AS (
-    SELECT u.tenant,
-           sum(u.cpu_seconds * exp(-ln(2) * extract(epoch FROM now() - u.period_end) / $5))
+    SELECT r.tenant,
+           r.cpu_seconds * scheduler.fair_share_decay(extract(epoch FROM now() - r.as_of))
                AS used
-    FROM scheduler.usage u
-    WHERE u.period_end > now() - make_interval(secs => 10 * $5)
-    GROUP BY u.tenant
+    FROM scheduler.tenant_recent_cpu r
 ),
 running AS (SELECT tenant, sum(cpu) AS cpu FROM active GROUP BY tenant),
 -- Only the head of each tenant's queue can be claimed now (in priority, then age, order):
@@ -75,7 +74,7 @@ heads AS (
 ),
 queued AS (
     SELECT h.id, h.tenant, h.cpu, h.memory_bytes, h.priority,
-           (COALESCE(r.used, 0) + $6 * (COALESCE(run.cpu, 0) + sum(h.cpu) OVER per_tenant))
+           (COALESCE(r.used, 0) + $5 * (COALESCE(run.cpu, 0) + sum(h.cpu) OVER per_tenant))
                / t.weight AS share
     FROM heads h
     JOIN scheduler.tenants t ON t.name = h.tenant
@@ -122,12 +121,14 @@ admitted AS (
     ORDER BY a.rank
     LIMIT $2
 ),
+-- Driven by the few admitted ids (a join, not "id IN (...)": the planner turned that into a
+-- scan of every queued job, re-reading the admitted list for each; 3 ms with 300 queued).
 candidates AS (
     SELECT j.id
-    FROM scheduler.jobs j
-    WHERE j.id IN (SELECT id FROM admitted)
-      -- Re-checked on the locked row: a user may have frozen or cancelled it meanwhile.
-      AND j.state = 'queued' AND j.desired_state = 'running'
+    FROM admitted a
+    JOIN scheduler.jobs j ON j.id = a.id
+    -- Re-checked on the locked row: a user may have frozen or cancelled it meanwhile.
+    WHERE j.state = 'queued' AND j.desired_state = 'running'
     -- SKIP LOCKED: a row a user is updating right now is left for the next claim.
     FOR UPDATE OF j SKIP LOCKED
 )
@@ -136,7 +137,7 @@ SET state = 'running',
     node = $1,
     attempts = j.attempts + 1,
     -- The lease epoch this attempt runs under: a later epoch of the node fences it.
-    node_epoch = $7,
+    node_epoch = $6,
     started_at = clock_timestamp(),
     exit_code = NULL, signal = NULL, error = NULL, oom_killed = false, finished_at = NULL
 FROM candidates c

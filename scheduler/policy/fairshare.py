@@ -11,7 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 # Usage loses half its weight every HALF_LIFE_SECONDS: a tenant that was busy an hour ago
-# competes almost like a new one.
+# competes almost like a new one. The database keeps each tenant's decayed use with the same
+# half-life (scheduler.fair_share_half_life(), migrations/0007_recent_cpu.sql).
 HALF_LIFE_SECONDS = 300.0
 # A running core counts as this many cpu-seconds of usage: jobs that are running but not yet
 # billed (no usage row) still weigh on their tenant, and one claim of many jobs interleaves
