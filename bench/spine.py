@@ -8,7 +8,10 @@ cgroup root of its own. Prints the machine and the figures:
     cgroup lock kept warm while jobs arrive, runtime/warmer.py), once with the warmer off,
     and over 40 jobs each arriving after the warm window ran out;
   - throughput: 200 `true` jobs from one INSERT ... SELECT to all recorded (state and usage
-    row committed), in jobs per second.
+    row committed), in jobs per second;
+  - with the defaults, the CPU time the agent process and Postgres (every process of its
+    cluster) spent per job, one at a time and in the throughput run: steadier than wall-clock
+    figures on a shared host.
 Usage: python bench/spine.py [--jobs 200] [--idle-jobs 40]
 """
 
@@ -155,6 +158,33 @@ async def throughput(conn: asyncpg.Connection, n: int) -> float:
     return n / elapsed
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process ``pid`` (all its threads); 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cluster_cpu_seconds(pg: EmbeddedPostgres) -> float:
+    """CPU time of the postmaster and of every process it forked (backends, writers)."""
+    postmaster = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
+    total = cpu_seconds(postmaster)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        if parent == postmaster:
+            total += cpu_seconds(int(entry))
+    return total
+
+
 def make_base() -> Path:
     base = Path(tempfile.mkdtemp(prefix="sched-bench-", dir=SCRATCH))
     base.chmod(0o755)
@@ -183,12 +213,29 @@ async def main(n: int, idle_jobs: int) -> None:
         ]
         results: list[tuple[str, list[float]]] = []
         rate = 0.0
+        cpu: list[str] = []
+
+        def cpu_now() -> tuple[float, float]:
+            assert agent is not None
+            return cpu_seconds(agent.pid), cluster_cpu_seconds(pg)
+
+        def cpu_per_job(label: str, before: tuple[float, float], jobs: int) -> None:
+            (agent0, pg0), (agent1, pg1) = before, cpu_now()
+            cpu.append(
+                f"CPU per job, {label}: agent {1000 * (agent1 - agent0) / jobs:.2f} ms,"
+                f" Postgres {1000 * (pg1 - pg0) / jobs:.2f} ms"
+            )
+
         for label, extra, count, gap in phases:
             agent = start_agent(pg.dsn, base / "state", root, extra)
             await latency(conn, 20)  # warm up: monitor compiled, tenant cgroup made, caches hot
+            before = cpu_now()
             results.append((label, await latency(conn, count, gap)))
             if not extra:
+                cpu_per_job("one at a time (and this harness's queries)", before, count)
+                before = cpu_now()
                 rate = await throughput(conn, n)
+                cpu_per_job(f"{n} in one INSERT", before, n)
             agent.terminate()
             agent.wait(timeout=30)
             agent = None
@@ -198,6 +245,8 @@ async def main(n: int, idle_jobs: int) -> None:
             print(f"insert -> started latency, {label}, {len(samples)} jobs: {summary(samples)}")
         print("(target p50 < 10 ms)")
         print(f"end-to-end throughput, {n} `true` jobs: {rate:.0f} jobs/s (target >= 100)")
+        for line in cpu:
+            print(line)
     finally:
         await tear_down(agent, root, pg, base)
 

@@ -45,6 +45,9 @@ class Job:
     run_as: str | None = None
     io_read_bps: int | None = None
     io_write_bps: int | None = None
+    # The job's last billing row number when this attempt was claimed (its earlier attempts
+    # are closed by then); None when the claim did not say (recovery, an unheard claim).
+    usage_seq: int | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
@@ -71,6 +74,7 @@ class Job:
             run_as=row.get("run_as"),
             io_read_bps=row.get("io_read_bps"),
             io_write_bps=row.get("io_write_bps"),
+            usage_seq=row.get("usage_seq"),
         )
 
 

@@ -1,7 +1,10 @@
-"""One claim transaction: fail the jobs that can never run, then claim the next ones.
+"""One claim: optionally fail the jobs that can never run, then claim the next ones.
 
-Both statements run under a transaction-scoped advisory lock shared by every node, so a
-tenant's limits, summed over all nodes, are checked against every committed claim.
+The claim is one statement (``scheduler.claim_jobs``, migrations/0008_claim_function.sql)
+that takes a transaction-scoped advisory lock shared by every node, so a tenant's limits,
+summed over all nodes, are checked against every committed claim. Sent on its own it is its
+own transaction: one round trip. The unfit check runs first in the same transaction, under
+the same lock.
 """
 
 from __future__ import annotations
@@ -30,19 +33,22 @@ async def claim(
     """Claim up to ``want`` jobs for ``node`` (fair share, priority, age; within capacity),
     recording the node's lease ``epoch`` on each; with ``unfit``, first fail the queued jobs
     that can never run (the dispatcher does that once per poll interval, not per NOTIFY)."""
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(q("claim_lock"))
-        if unfit:
+    args = (
+        node,
+        want,
+        capacity.cpu,
+        capacity.memory_bytes,
+        ALLOCATION_SECONDS,
+        epoch,
+    )
+    if unfit:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(q("claim_lock"))
             await _fail_unfit(conn, node, capacity)
-        rows = await conn.fetch(
-            q("claim_jobs"),
-            node,
-            want,
-            capacity.cpu,
-            capacity.memory_bytes,
-            ALLOCATION_SECONDS,
-            epoch,
-        )
+            rows = await conn.fetch(q("claim_jobs"), *args)
+    else:
+        # The common path (every NOTIFY): one statement, no BEGIN or COMMIT of our own.
+        rows = await pool.fetch(q("claim_jobs"), *args)
     if rows:
         failpoints.hit("after_claim")  # committed; nothing started yet
     return list(rows)

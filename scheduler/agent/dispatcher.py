@@ -77,7 +77,7 @@ class Dispatcher:
         return len(self._running)
 
     def wake(self, *_: object) -> None:
-        """Ask for a claim now (NOTIFY callback, or a slot freed)."""
+        """Ask for a claim now (NOTIFY callback, or a slot of max_running freed)."""
         self._wake.set()
         if self._on_wake is not None:
             self._on_wake()
@@ -88,8 +88,16 @@ class Dispatcher:
 
     def release(self, job_id: int) -> None:
         """An adopted attempt ended."""
+        self._slot_freed(job_id)
+
+    def _slot_freed(self, job_id: int) -> None:
+        # The end of an attempt frees capacity in Postgres only once its record commits, and
+        # that commit wakes every dispatcher (scheduler_done): a claim now would find what the
+        # last one found. Only a slot of this node's own limit (max_running) is freed here.
+        full = len(self._running) >= self._max_running
         self._running.discard(job_id)
-        self.wake()
+        if full:
+            self.wake()
 
     async def listen(self, conn: asyncpg.Connection) -> None:
         """Subscribe ``conn`` to the insert notifications."""
@@ -191,5 +199,4 @@ class Dispatcher:
             log.exception("attempt_crashed", job_id=job.id, tenant=job.tenant)
             self._crashed.add(job.id)
         finally:
-            self._running.discard(job.id)
-            self.wake()
+            self._slot_freed(job.id)

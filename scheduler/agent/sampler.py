@@ -206,9 +206,10 @@ class Sampler:
         """Start metering an attempt just launched (first period starts at ``launched_ns``).
 
         A first attempt has no rows; a retried one continues the job's row numbers, which
-        are read from Postgres at its first sweep.
+        the claim returned (``usage_seq``), else are read from Postgres at its first sweep.
         """
-        mark = Mark.fresh(launched_ns) if job.attempts <= 1 else None
+        seq = 0 if job.attempts <= 1 else job.usage_seq
+        mark = Mark.fresh(launched_ns, seq) if seq is not None else None
         self._attempts[job.id] = _Attempt(job, cgroup, launched_ns, mark)
 
     def adopt(self, job: Job, cgroup: CgroupPath) -> None:

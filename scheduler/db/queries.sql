@@ -1,157 +1,16 @@
 -- Every statement the agent and the CLI send, as named blocks (loaded once by queries.py).
 
 -- name: claim_jobs
--- Claim up to $2 runnable jobs for node $1 in one statement.
--- Order: fair share across tenants, then priority, then age. A job's share key is its
--- tenant's recent cpu-seconds (each usage row decayed with the half-life of
--- scheduler.fair_share_half_life()) plus $5 seconds for every core its tenant has running
--- or would have with this job and its tenant's earlier queued ones, divided by the tenant's weight: the tenant that used least
--- per unit of weight goes first, and one claim interleaves tenants instead of draining one.
--- Admission: this node's free capacity ($3 cores, $4 bytes: minus the requests of its
--- running and frozen attempts) and every limit up each job's tenant chain (max_running_jobs,
--- cpu_limit, memory_limit_bytes, summed over all nodes). The caller holds the claim lock
--- (claim_lock), so claims of other nodes are committed and visible here.
-WITH RECURSIVE
--- (tenant, ancestor) for each tenant and each of its ancestors, itself included.
-lineage AS (
-    SELECT name AS tenant, name AS ancestor, 0 AS depth FROM scheduler.tenants
-    UNION ALL
-    SELECT l.tenant, t.parent, l.depth + 1
-    FROM lineage l JOIN scheduler.tenants t ON t.name = l.ancestor
-    WHERE t.parent IS NOT NULL AND l.depth < 32
-),
-active AS (
-    SELECT tenant, node, cpu, memory_bytes FROM scheduler.jobs
-    WHERE state IN ('running', 'frozen')
-),
-node_free AS (
-    SELECT $3::numeric - COALESCE(sum(cpu), 0) AS cpu,
-           $4::numeric - COALESCE(sum(memory_bytes), 0) AS mem
-    FROM active WHERE node = $1
-),
--- What each tenant's limits leave free after its whole subtree's active jobs (NULL: no limit).
-headroom AS (
-    SELECT t.name,
-           t.max_running_jobs - count(a.tenant) AS jobs,
-           t.cpu_limit - COALESCE(sum(a.cpu), 0) AS cpu,
-           t.memory_limit_bytes - COALESCE(sum(a.memory_bytes), 0) AS mem
-    FROM scheduler.tenants t
-    JOIN lineage l ON l.ancestor = t.name
-    LEFT JOIN active a ON a.tenant = l.tenant
-    GROUP BY t.name, t.max_running_jobs, t.cpu_limit, t.memory_limit_bytes
-),
--- A frozen tenant holds the queued jobs of its whole subtree.
-held AS (
-    SELECT DISTINCT l.tenant
-    FROM lineage l JOIN scheduler.tenants t ON t.name = l.ancestor
-    WHERE t.frozen
-),
--- Each tenant's decayed cpu use, kept by the usage inserts (migrations/0007_recent_cpu.sql).
-recent AS (
-    SELECT r.tenant,
-           r.cpu_seconds * scheduler.fair_share_decay(extract(epoch FROM now() - r.as_of))
-               AS used
-    FROM scheduler.tenant_recent_cpu r
-),
-running AS (SELECT tenant, sum(cpu) AS cpu FROM active GROUP BY tenant),
--- Only the head of each tenant's queue can be claimed now (in priority, then age, order):
--- a top-N per tenant through jobs_queued_tenant_idx keeps the cost independent of how many
--- jobs a flooding tenant has queued.
-heads AS (
-    SELECT j.*
-    FROM scheduler.tenants t
-    CROSS JOIN LATERAL (
-        SELECT j.id, j.tenant, j.cpu, j.memory_bytes, j.priority
-        FROM scheduler.jobs j
-        WHERE j.tenant = t.name AND j.state = 'queued'
-          -- A job held frozen is not started until thawed.
-          AND j.desired_state = 'running'
-          AND j.run_at <= now()
-        ORDER BY j.priority DESC, j.id
-        LIMIT $2 + 8
-    ) j
-    WHERE t.name NOT IN (SELECT tenant FROM held)
-),
-queued AS (
-    SELECT h.id, h.tenant, h.cpu, h.memory_bytes, h.priority,
-           (COALESCE(r.used, 0) + $5 * (COALESCE(run.cpu, 0) + sum(h.cpu) OVER per_tenant))
-               / t.weight AS share
-    FROM heads h
-    JOIN scheduler.tenants t ON t.name = h.tenant
-    LEFT JOIN recent r ON r.tenant = h.tenant
-    LEFT JOIN running run ON run.tenant = h.tenant
-    CROSS JOIN node_free nf
-    -- Each job on its own must fit what is free now, on the node and up its chain.
-    WHERE h.cpu <= nf.cpu AND h.memory_bytes <= nf.mem
-      AND NOT EXISTS (
-          SELECT 1 FROM lineage l JOIN headroom h2 ON h2.name = l.ancestor
-          WHERE l.tenant = h.tenant
-            AND (h2.jobs < 1 OR h.cpu > h2.cpu OR h.memory_bytes > h2.mem))
-    WINDOW per_tenant AS (PARTITION BY h.tenant ORDER BY h.priority DESC, h.id)
-),
-ordered AS (
-    SELECT q.*, row_number() OVER (ORDER BY q.share, q.priority DESC, q.id) AS rank
-    FROM queued q
-    ORDER BY rank
-    -- Enough candidates to fill a claim even when admission below skips some.
-    LIMIT 4 * $2 + 16
-),
--- Greedy admission in that order: running totals per ancestor must stay within its headroom...
-chain_totals AS (
-    SELECT o.rank, l.ancestor,
-           count(*) OVER w AS jobs, sum(o.cpu) OVER w AS cpu, sum(o.memory_bytes) OVER w AS mem
-    FROM ordered o JOIN lineage l ON l.tenant = o.tenant
-    WINDOW w AS (PARTITION BY l.ancestor ORDER BY o.rank)
-),
-chain_ok AS (
-    SELECT o.* FROM ordered o
-    WHERE NOT EXISTS (
-        SELECT 1 FROM chain_totals c JOIN headroom h ON h.name = c.ancestor
-        WHERE c.rank = o.rank AND (c.jobs > h.jobs OR c.cpu > h.cpu OR c.mem > h.mem))
-),
--- ...and the running total of the node's requests within its free capacity.
-admitted AS (
-    SELECT a.id, a.rank FROM (
-        SELECT c.id, c.rank,
-               sum(c.cpu) OVER (ORDER BY c.rank) AS cpu,
-               sum(c.memory_bytes) OVER (ORDER BY c.rank) AS mem
-        FROM chain_ok c
-    ) a CROSS JOIN node_free nf
-    WHERE a.cpu <= nf.cpu AND a.mem <= nf.mem
-    ORDER BY a.rank
-    LIMIT $2
-),
--- Driven by the few admitted ids (a join, not "id IN (...)": the planner turned that into a
--- scan of every queued job, re-reading the admitted list for each; 3 ms with 300 queued).
-candidates AS (
-    SELECT j.id
-    FROM admitted a
-    JOIN scheduler.jobs j ON j.id = a.id
-    -- Re-checked on the locked row: a user may have frozen or cancelled it meanwhile.
-    WHERE j.state = 'queued' AND j.desired_state = 'running'
-    -- SKIP LOCKED: a row a user is updating right now is left for the next claim.
-    FOR UPDATE OF j SKIP LOCKED
-)
-UPDATE scheduler.jobs j
-SET state = 'running',
-    node = $1,
-    attempts = j.attempts + 1,
-    -- The lease epoch this attempt runs under: a later epoch of the node fences it.
-    node_epoch = $6,
-    started_at = clock_timestamp(),
-    exit_code = NULL, signal = NULL, error = NULL, oom_killed = false, finished_at = NULL
-FROM candidates c
-WHERE j.id = c.id
-RETURNING j.id, j.tenant, j.name, j.argv, j.env, j.cwd, j.cpu, j.memory_bytes, j.pids_max,
-          j.timeout_seconds, j.priority, j.max_attempts, j.attempts, j.desired_state,
-          j.submitted_at, j.io_read_bps, j.io_write_bps,
-          -- runtime: the sandbox and root filesystem the job runs in
-          j.network, j.image,
-          (SELECT t.run_as FROM scheduler.tenants t WHERE t.name = j.tenant) AS run_as;
+-- Claim up to $2 runnable jobs for node $1 ($3 cores, $4 bytes of capacity; $5 the seconds a
+-- running core counts for in fair share; $6 the node's lease epoch): one statement, taking
+-- the claim lock itself, so outside a transaction it is one round trip. The claim's SQL is
+-- the function's (migrations/0008_claim_function.sql).
+SELECT * FROM scheduler.claim_jobs($1, $2, $3, $4, $5, $6);
 
 -- name: claimed_on_node
--- The attempts Postgres gives node $1 under epoch $2, with the columns claim_jobs returns:
--- after a claim whose answer was lost, the dispatcher starts those it never heard of.
+-- The attempts Postgres gives node $1 under epoch $2, with the columns claim_jobs returns
+-- (but usage_seq: their billing rows are read as after a restart): after a claim whose answer
+-- was lost, the dispatcher starts those it never heard of.
 SELECT j.id, j.tenant, j.name, j.argv, j.env, j.cwd, j.cpu, j.memory_bytes, j.pids_max,
        j.timeout_seconds, j.priority, j.max_attempts, j.attempts, j.desired_state,
        j.submitted_at, j.io_read_bps, j.io_write_bps, j.network, j.image,
@@ -316,10 +175,11 @@ SELECT * FROM scheduler.tenants WHERE name = $1;
 UPDATE scheduler.tenants SET frozen = $2 WHERE name = $1 RETURNING *;
 
 -- name: claim_lock
--- Serialises claims of all nodes (held to the end of the claim's transaction), so that
--- tenant limits summed over nodes see every committed claim. JIT is off for the claim: with
--- a long queue the planner's estimates cross jit_above_cost, and compiling the expressions
--- (about 0.5 s on a small host) costs far more than running them.
+-- The lock that serialises claims of all nodes (the key scheduler.claim_jobs takes; held to the
+-- end of the transaction), taken first by the transaction that checks for jobs that can never
+-- run and then claims. JIT is off for that check too: with a long queue the planner's
+-- estimates cross jit_above_cost, and compiling (about 0.5 s on a small host) costs far more
+-- than running it.
 SELECT pg_advisory_xact_lock(5918230770001), set_config('jit', 'off', true);
 
 -- name: unfit_jobs
@@ -387,7 +247,8 @@ WHERE j.id = f.id AND j.state = 'queued'
 RETURNING j.id, j.tenant, j.error;
 
 -- name: next_run_at
--- Seconds until the earliest delayed (run_at) or backed-off queued job becomes runnable.
+-- Seconds until the earliest delayed (run_at) or backed-off queued job becomes runnable
+-- (through jobs_queued_run_at_idx).
 SELECT extract(epoch FROM min(run_at) - now())::float8 FROM scheduler.jobs
 WHERE state = 'queued' AND desired_state = 'running' AND run_at > now();
 -- name: insert_usage_periods

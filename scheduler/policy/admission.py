@@ -1,5 +1,6 @@
-"""Admission: what one node may run at once. The arithmetic itself is in the claim statement
-(db/queries.sql: claim_jobs, fail_unfit_jobs); this module decides the node's capacity."""
+"""Admission: what one node may run at once. The arithmetic itself is in SQL (the claim,
+scheduler.claim_jobs in migrations/0008_claim_function.sql, and db/queries.sql: unfit_jobs);
+this module decides the node's capacity."""
 
 from __future__ import annotations
 

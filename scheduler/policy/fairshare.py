@@ -1,7 +1,7 @@
 """Fair share across tenants (Slurm's idea): the next job comes from the tenant that used the
-least cpu recently per unit of weight. Pure: the claim statement (db/queries.sql: claim_jobs)
-computes the same key in SQL with these constants; this module states the rule and lets it
-be tested without a database.
+least cpu recently per unit of weight. Pure: the claim (scheduler.claim_jobs, in
+migrations/0008_claim_function.sql) computes the same key in SQL with these constants; this
+module states the rule and lets it be tested without a database.
 """
 
 from __future__ import annotations

@@ -7,11 +7,13 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
+import anyio
 import asyncpg
 import pytest
 
 from scheduler.agent.claim import claim
 from scheduler.db.pool import create_pool
+from scheduler.db.queries import q
 from scheduler.policy.admission import Capacity
 
 pytestmark = pytest.mark.anyio
@@ -217,3 +219,73 @@ async def test_jobs_that_can_never_fit_fail_at_once_with_the_reason(
         "cannot ever run: asks for 2147483648 bytes of memory, tenant org allows 1073741824"
     )
     assert "tenant off allows no running jobs" in rows[never]["error"]
+
+
+async def test_the_claim_on_a_notify_is_one_statement(dsn: str, db: asyncpg.Connection) -> None:
+    await flood(db, "default", 3)
+    # Jobs that can never run are left to the check the dispatcher runs once per poll.
+    never = await db.fetchval(
+        "INSERT INTO scheduler.jobs (argv, cpu) VALUES (ARRAY['true'], 100) RETURNING id"
+    )
+    sent: list[str] = []
+    pool = await create_pool(dsn, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            conn.add_query_logger(lambda record: sent.append(record.query))
+        rows = await claim(pool, "n1", 2, BIG, 7, unfit=False)
+    finally:
+        await pool.close()
+    assert len(rows) == 2
+    assert sent == [q("claim_jobs")]  # no BEGIN, no lock of its own, no COMMIT
+    claimed = await db.fetch(
+        "SELECT node, node_epoch, attempts FROM scheduler.jobs WHERE state = 'running'"
+    )
+    assert {tuple(r) for r in claimed} == {("n1", 7, 1)}
+    assert await db.fetchval("SELECT state FROM scheduler.jobs WHERE id = $1", never) == "queued"
+
+
+async def test_the_claim_waits_for_the_lock_and_sees_the_claim_before_it(
+    db: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    await db.execute("INSERT INTO scheduler.tenants (name, max_running_jobs) VALUES ('one', 1)")
+    await flood(db, "one", 2)
+    results: list[list[asyncpg.Record]] = []
+
+    async def claim_on_n2() -> None:
+        results.append(await claim(pool, "n2", 10, BIG, unfit=False))
+
+    # A claim of node n1, not committed yet, holds the lock...
+    n1 = db.transaction()
+    await n1.start()
+    first = await db.fetch(q("claim_jobs"), "n1", 10, 64, 256 * GIB, 60.0, None)
+    assert len(first) == 1
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(claim_on_n2)
+        await anyio.sleep(0.3)
+        assert results == []  # ...so n2's claim waits for it,
+        await n1.commit()
+    assert results == [[]]  # then sees it: the tenant's one running job is taken.
+    config = await db.fetchval(
+        "SELECT proconfig FROM pg_proc WHERE oid = 'scheduler.claim_jobs'::regproc"
+    )
+    assert config == ["jit=off", "plan_cache_mode=force_generic_plan"]
+
+
+async def test_a_retried_attempt_is_claimed_with_the_jobs_last_usage_row(
+    db: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    first = await db.fetchval(
+        "INSERT INTO scheduler.jobs (argv) VALUES (ARRAY['true']) RETURNING id"
+    )
+    [row] = await claim(pool, "n1", 1, BIG, unfit=False)
+    assert (row["id"], row["attempts"], row["usage_seq"]) == (first, 1, 0)
+    await db.execute(
+        "INSERT INTO scheduler.usage (job_id, seq, attempt, tenant, node, period_start,"
+        " period_end, cpu_seconds, memory_byte_seconds, memory_peak_bytes, io_read_bytes,"
+        " io_write_bytes, final) SELECT $1, s, 1, 'default', 'n1', now(), now(), 0, 0, 0, 0, 0,"
+        " s = 3 FROM generate_series(1, 3) s",
+        first,
+    )
+    await db.execute("UPDATE scheduler.jobs SET state = 'queued', node = NULL WHERE id = $1", first)
+    [row] = await claim(pool, "n1", 1, BIG, unfit=False)
+    assert (row["id"], row["attempts"], row["usage_seq"]) == (first, 2, 3)

@@ -64,6 +64,9 @@ async def test_tenant_role_is_confined_to_its_rows(db: asyncpg.Connection, dsn: 
             await tenant.execute(
                 "UPDATE scheduler.jobs SET state = 'succeeded' WHERE id = $1", mine
             )
+        # Nor through the agent's claim, which runs with its caller's rights.
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await tenant.fetch("SELECT * FROM scheduler.claim_jobs('n1', 1, 1, 1, 1, NULL)")
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await tenant.execute("DELETE FROM scheduler.jobs")
         with pytest.raises(asyncpg.InsufficientPrivilegeError):

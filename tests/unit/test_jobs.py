@@ -87,8 +87,16 @@ def test_backoff_grows_and_is_capped() -> None:
 
 def test_queries_and_migrations_load() -> None:
     assert {"claim_jobs", "finish_jobs", "insert_closing_usage"} <= set(QUERIES)
-    assert "SKIP LOCKED" in QUERIES["claim_jobs"]
     assert load_migrations()[0].version == 1
+
+
+def test_the_claim_sql_lives_in_one_place() -> None:
+    # queries.sql only calls the function; its body (one migration) holds the statement.
+    assert "scheduler.claim_jobs(" in QUERIES["claim_jobs"]
+    assert "SKIP LOCKED" not in QUERIES["claim_jobs"]
+    defining = [m for m in load_migrations() if "FUNCTION scheduler.claim_jobs(" in m.sql]
+    assert defining
+    assert "FOR UPDATE OF j SKIP LOCKED" in defining[-1].sql
 
 
 def test_migration_files_must_be_in_sequence(tmp_path: Path) -> None:
