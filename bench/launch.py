@@ -10,7 +10,9 @@ Prints the machine and:
     records on a tmpfs, output on the state disk, as deployed), 8 in flight;
   - end to end: `scheduler serve` in a child process, one INSERT ... SELECT of `true` jobs to
     every exit and usage row committed;
-  each as jobs/s and as a ratio to the bare loop with 8 in flight (median of --repeat runs);
+  each as jobs/s and as a ratio to the bare loop with 8 in flight (median of --repeat runs),
+  every phase started once the machine is quiet (the kernel's teardown of the previous
+  phase's namespaces and cgroups done);
   - agent CPU per job: utime+stime of the agent process over the end-to-end runs / jobs;
   - agent RSS with 500 sleeping jobs.
 Usage: python bench/launch.py [--jobs 400] [--repeat 3] [--sleepers 500]
@@ -33,7 +35,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.machine import SCRATCH, describe, remove_scratch, runtime_tmpfs
+from bench.machine import SCRATCH, describe, remove_scratch, runtime_tmpfs, wait_quiet
 from bench.spine import FINAL, insert_true_jobs, start_agent, wait_finished
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits
 from scheduler.cgroups.detect import open_driver
@@ -249,14 +251,20 @@ async def main(jobs: int, repeat: int, sleepers: int) -> None:
         cpu = 0.0
         next_id = 1000
         for _ in range(repeat):
+            # Each phase starts on a quiet machine: the kernel tears the previous phase's
+            # namespaces and cgroups down after their jobs ended (see machine.wait_quiet).
+            wait_quiet()
             results["bare loop, 8 in flight"].append(bare_loop(binary, parents, jobs, INFLIGHT))
+            wait_quiet()
             results["bare loop, sequential"].append(bare_loop(binary, parents, jobs // 2, 1))
+            wait_quiet()
             results["runtime alone"].append(
                 await runtime_alone(
                     driver, fork_server, warmer, runs, monitors, "alone", jobs, next_id
                 )
             )
             next_id += jobs
+            wait_quiet()
             before = cpu_seconds(agent.pid)
             results["end to end"].append(await end_to_end(conn, jobs))
             cpu += cpu_seconds(agent.pid) - before

@@ -6,6 +6,7 @@ import os
 import platform
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 
@@ -61,3 +62,27 @@ def remove_scratch(base: Path) -> None:
         if subprocess.run(["umount", point], check=False).returncode != 0:
             subprocess.run(["umount", "-l", point], check=False)
     shutil.rmtree(base, ignore_errors=True)
+
+
+def _busy_and_total() -> tuple[int, int]:
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
+def wait_quiet(threshold: float = 0.05, window: float = 0.2, limit: float = 10.0) -> float:
+    """Wait until the machine's cpus are busy less than ``threshold`` of a ``window``
+    (at most ``limit`` seconds); the seconds waited.
+
+    The kernel finishes a job's teardown after the job (network namespaces in a workqueue,
+    cgroups after an RCU grace period): without a pause the next phase of a benchmark pays
+    for the previous phase's jobs."""
+    start = time.monotonic()
+    busy, total = _busy_and_total()
+    while time.monotonic() - start < limit:
+        time.sleep(window)
+        busy2, total2 = _busy_and_total()
+        if total2 > total and (busy2 - busy) / (total2 - total) < threshold:
+            break
+        busy, total = busy2, total2
+    return time.monotonic() - start

@@ -102,13 +102,13 @@ def make_dirs(base: Path, rel: PurePosixPath) -> None:
         make_dir(current)
 
 
-def remove_dir(path: Path, *, retry_seconds: float = RMDIR_RETRY_SECONDS) -> None:
+def remove_dir(path: Path | str, *, retry_seconds: float = RMDIR_RETRY_SECONDS) -> None:
     """rmdir a cgroup; missing is fine, EBUSY is retried briefly (see RMDIR_RETRY_SECONDS)."""
     deadline = time.monotonic() + retry_seconds
     delay = 0.001
     while True:
         try:
-            path.rmdir()
+            Path(path).rmdir()
         except FileNotFoundError:
             return
         except OSError as exc:

@@ -323,7 +323,7 @@ class V1Driver:
     def populated(self, path: CgroupPath) -> bool:
         """The mirror's cgroup.events when there is one, else any pid at or below ``path``."""
         if self._unified is not None:
-            events = fs.read_optional(self._unified / path.rel / "cgroup.events")
+            events = fs.read_optional(f"{self._unified}/{path.rel_text}/cgroup.events")
             if events is not None:
                 return parse_flat_keyed(events).get("populated", 0) == 1
         return bool(fs.pids_below(self._main / path.rel))
@@ -494,8 +494,8 @@ class V1Driver:
 
     def remove(self, path: CgroupPath) -> None:
         """rmdir ``path`` in every hierarchy (EBUSY retried briefly, missing is fine)."""
-        for directory in self.directories(path):
-            fs.remove_dir(directory)
+        for base in self._hierarchy_texts:
+            fs.remove_dir(f"{base}/{path.rel_text}")
 
     def remove_tree(self, path: CgroupPath) -> None:
         """Kill everything under ``path``, then remove it deepest-first in every hierarchy."""
