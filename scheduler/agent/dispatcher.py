@@ -141,6 +141,7 @@ class Dispatcher:
                     rows = []
                     want = -1
                 claimed = len(rows)
+                log.debug("claimed", jobs=claimed, want=want)
                 if rows and self._on_wake is not None:
                     self._on_wake()  # claimed by the safety poll: no NOTIFY said so
                 for row in rows:
