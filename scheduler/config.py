@@ -41,7 +41,6 @@ class Settings:
     node_name: str = dataclasses.field(default_factory=socket.gethostname)
     admin_token: str | None = None
     max_running: int = 256
-    launch_concurrency: int = 8
     # Keep the kernel's cgroup migration lock warm this long after the last sign of work, so
     # a launch does not wait for an RCU grace period (runtime/warmer.py); 0 turns it off.
     launch_warm_seconds: float = 2.0
@@ -82,8 +81,6 @@ class Settings:
             raise ConfigError(f"cgroup_driver must be auto, v1 or v2: got {self.cgroup_driver!r}")
         if self.max_running < 1:
             raise ConfigError(f"max_running must be at least 1: got {self.max_running}")
-        if not 1 <= self.launch_concurrency <= 64:
-            raise ConfigError(f"launch_concurrency must be in 1..64: got {self.launch_concurrency}")
         if not 0 <= self.launch_warm_seconds <= 3600:
             raise ConfigError(
                 f"launch_warm_seconds must be in [0, 3600] (0: off): got {self.launch_warm_seconds}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -256,3 +257,41 @@ async def test_jobs_outlive_a_stopped_agent_and_are_recorded_by_the_next(
         "SELECT job_id, count(*) AS n FROM scheduler.usage GROUP BY job_id ORDER BY job_id"
     )
     assert [(c["job_id"], c["n"]) for c in counts] == [(short, 1), (long, 1)]
+
+
+async def test_logs_prints_what_the_job_wrote_and_says_why_when_there_is_nothing(
+    dsn: str, db: asyncpg.Connection, agent: AgentHandle
+) -> None:
+    loud = await submit(db, ["sh", "-c", "echo out; echo err >&2"])
+    quiet = await submit(db, ["true"])
+    await wait_final(db, [loud, quiet])
+    queued = int(
+        await db.fetchval(
+            "INSERT INTO scheduler.jobs (argv, run_at) VALUES (ARRAY['true'],"
+            " now() + interval '1 hour') RETURNING id"
+        )
+    )
+    env = dict(
+        os.environ,
+        SCHEDULER_STATE_DIR=str(agent.settings.state_dir),
+        SCHEDULER_NODE_NAME=agent.settings.node_name,
+    )
+
+    async def logs(*args: str) -> tuple[int, str, str]:
+        result = await anyio.run_process(
+            [sys.executable, "-m", "scheduler.cli", "logs", *args, "--database-url", dsn],
+            env=env,
+            check=False,
+        )
+        return result.returncode, result.stdout.decode(), result.stderr.decode()
+
+    assert await logs(str(loud)) == (0, "out\n", "err\n")
+    # A job that printed nothing has no output files: nothing to print, and no error.
+    assert await logs(str(quiet)) == (0, "", "")
+    code, _, err = await logs(str(queued))
+    assert code != 0 and "has not started yet" in err
+    code, _, err = await logs(str(loud), "--attempt", "2")
+    assert code != 0 and "no attempt 2" in err
+    env["SCHEDULER_NODE_NAME"] = "elsewhere"
+    code, _, err = await logs(str(loud))
+    assert code != 0 and "ran on node 'test-node'" in err
