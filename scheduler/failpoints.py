@@ -11,8 +11,10 @@ A test facility, off unless ``SCHEDULER_FAILPOINTS`` is set (for example
 Each failpoint fires once per process. Unset, :func:`hit` is one lookup in an empty dict.
 
 The points: ``after_claim`` (a claim committed rows, no monitor started yet),
-``before_record`` (an attempt ended and its final counters were read, nothing committed) and
-``after_record`` (its end committed, its cgroup not removed yet).
+``before_record`` (an attempt ended and its final counters were read, nothing committed),
+``after_record`` (its end committed, its cgroup not removed yet) and
+``fork_server_unanswered`` (acted on by the C fork server, whatever the action: it forks the
+next monitor and dies without answering; see runtime/forkserver.py).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import structlog
 from scheduler.errors import ConfigError
 
 log = structlog.get_logger(__name__)
-POINTS = frozenset({"after_claim", "before_record", "after_record"})
+POINTS = frozenset({"after_claim", "before_record", "after_record", "fork_server_unanswered"})
 ACTIONS = frozenset({"stop", "error"})
 _armed: dict[str, str] = {}
 
@@ -52,6 +54,11 @@ def configure(environ: Mapping[str, str] | None = None) -> None:
     _armed.update(parse(environ.get("SCHEDULER_FAILPOINTS", "")))
     if _armed:
         log.warning("failpoints_armed", failpoints=dict(sorted(_armed.items())))
+
+
+def take(name: str) -> bool:
+    """Whether failpoint ``name`` is armed, disarming it (for points acted on elsewhere)."""
+    return _armed.pop(name, None) is not None
 
 
 def hit(name: str) -> None:

@@ -20,62 +20,11 @@ from scheduler.agent.runner import Runner, run_dir_for
 from scheduler.agent.tenants import TenantCgroups
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits, Usage
 from scheduler.jobs import Job, Outcome
-from scheduler.runtime.launcher import RESERVE_FILE, read_exit_record
+from scheduler.runtime.identity import live_monitor_pid
+from scheduler.runtime.launcher import read_exit_record
 from scheduler.runtime.spec import ExitRecord
 
 log = structlog.get_logger(__name__)
-
-
-def monitor_pid(run_dir: Path) -> int | None:
-    """The pid the attempt's monitor wrote at the head of its reserved exit record
-    (``monitor_pid=N``), or in ``monitor.pid`` (run directories of earlier versions)."""
-    identity = _monitor_identity(run_dir)
-    return identity[0] if identity is not None else None
-
-
-def _monitor_identity(run_dir: Path) -> tuple[int, int | None] | None:
-    """(pid, start time in clock ticks or None) of the attempt's monitor, as it wrote them."""
-    try:
-        with (run_dir / RESERVE_FILE).open("rb") as reserve:
-            head = reserve.read(128).split(b"\0", 1)[0]
-    except OSError:
-        head = b""
-    fields = dict(line.partition(b"=")[::2] for line in head.split(b"\n") if b"=" in line)
-    try:
-        if b"monitor_pid" in fields:
-            start = fields.get(b"monitor_start")
-            return int(fields[b"monitor_pid"]), int(start) if start else None
-        return int((run_dir / "monitor.pid").read_text().strip()), None
-    except (OSError, ValueError):
-        return None
-
-
-def start_ticks(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks after boot), or None if it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # Fields after the command name (which may hold spaces or parentheses); starttime is
-    # field 22 of the line, the 20th after the name.
-    return int(text.rpartition(")")[2].split()[19])
-
-
-def live_monitor_pid(run_dir: Path) -> int | None:
-    """The pid of this attempt's monitor if it is still alive (and really is that monitor)."""
-    identity = _monitor_identity(run_dir)
-    if identity is None:
-        return None
-    pid, start = identity
-    if start:
-        # A recycled pid has another start time.
-        return pid if start_ticks(pid) == start else None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    # Records of earlier versions: the run dir in the monitor's argv proves identity.
-    return pid if str(run_dir).encode() in cmdline.split(b"\0") else None
 
 
 async def recover(

@@ -21,7 +21,8 @@ from scheduler.agent.tenants import TenantCgroups
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, LaunchPlan, Limits, Usage
 from scheduler.errors import LaunchError, SchedulerError
 from scheduler.jobs import Job, decide_outcome
-from scheduler.runtime.forkserver import ForkServer
+from scheduler.runtime.forkserver import ForkServer, UnansweredLaunch
+from scheduler.runtime.identity import live_monitor_pid
 from scheduler.runtime.images import ImageStore
 from scheduler.runtime.launcher import read_exit_record, remove_run_dir, spawn, wait_monitor
 from scheduler.runtime.sandbox import SandboxPolicy
@@ -35,6 +36,8 @@ TERM_GRACE_SECONDS = 5.0
 # Once the job's init has exited, the kernel kills the rest of its pid namespace; this bounds
 # how long we wait for the cgroup to empty before killing it ourselves.
 DRAIN_SECONDS = 2.0
+# How long a launch the fork server left unanswered is looked for in its run directory.
+UNANSWERED_SECONDS = 5.0
 
 
 def job_env(job: Job) -> dict[str, str]:
@@ -77,6 +80,24 @@ def _exit_record(run_dir: Path) -> ExitRecord | None:
     except LaunchError:
         log.exception("exit_record_unreadable", run_dir=str(run_dir))
         return None
+
+
+async def _find_unanswered(run_dir: Path) -> int | ExitRecord | None:
+    """After the fork server died with a launch unanswered: the monitor it may have forked
+    (its pid, named at the head of its reserved record) or that monitor's exit record; None
+    if neither shows within UNANSWERED_SECONDS (then no monitor ran: a forked one reserves
+    its record before anything else, and records even its own start errors)."""
+    deadline = time.monotonic() + UNANSWERED_SECONDS
+    while True:
+        record = _exit_record(run_dir)
+        if record is not None:
+            return record
+        pid = live_monitor_pid(run_dir)
+        if pid is not None:
+            return pid
+        if time.monotonic() > deadline:
+            return None
+        await anyio.sleep(0.01)
 
 
 class Runner:
@@ -172,6 +193,20 @@ class Runner:
                 # posix_spawn blocks its caller until the monitor's exec (about 1-2 ms): in a
                 # worker thread, launches overlap and the event loop keeps serving.
                 pid = await anyio.to_thread.run_sync(spawn, self._monitor, spec)
+        except UnansweredLaunch as exc:
+            log.warning("launch_unanswered", error=str(exc))
+            found = await _find_unanswered(run_dir)
+            if found is None:
+                await self._start_failed(job, cgroup, f"cannot start the monitor: {exc}", start_ns)
+                return
+            if self._sampler is not None:
+                self._sampler.register(job, cgroup, launched_ns)
+            if isinstance(found, ExitRecord):
+                await self.finish(job, cgroup, found, timed_out=False)
+                return
+            log.info("launch_found", monitor_pid=found)
+            await self.supervise(job, cgroup, plan, found, run_dir)
+            return
         except (OSError, SchedulerError) as exc:
             log.exception("monitor_spawn_failed")
             await self._start_failed(job, cgroup, f"cannot start the monitor: {exc}", start_ns)

@@ -9,8 +9,9 @@ and a pidfd for it. The monitors are the server's children, not the agent's: the
 reaps them, and the agent waits on the pidfd (never on a pid that could have been reused).
 
 If the server is gone, the launch starts a new one and sends its request again, unless the
-request was delivered and only the answer is missing: then the launch fails, since the
-server may have forked before it died and an attempt must never start twice.
+request was delivered and only the answer is missing: the server may have forked before it
+died, so the launch raises UnansweredLaunch and the runner looks for that monitor in the
+attempt's run directory instead of starting another (an attempt must never start twice).
 """
 
 from __future__ import annotations
@@ -25,11 +26,19 @@ from pathlib import Path
 import anyio
 import structlog
 
+from scheduler import failpoints
 from scheduler.errors import LaunchError
 from scheduler.runtime.launcher import prepare
 from scheduler.runtime.spec import LaunchSpec
 
 log = structlog.get_logger(__name__)
+
+
+class UnansweredLaunch(LaunchError):
+    """The request reached the server, which died before answering: it may have forked the
+    monitor, which then runs without the agent knowing its pid (runner.py looks for it)."""
+
+
 _ANSWER = struct.Struct("=i")
 _LENGTH = struct.Struct("=I")
 # The server refuses longer requests (monitor.c: REQUEST_MAX).
@@ -63,11 +72,16 @@ class ForkServer:
         """Start the server process (blocking; a few milliseconds)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         devnull = os.devnull
+        env = (
+            {"SCHEDULER_FORK_SERVER_FAILPOINT": "unanswered"}
+            if failpoints.take("fork_server_unanswered")
+            else {}
+        )
         try:
             self._pid = os.posix_spawn(
                 str(self._binary),
                 [str(self._binary), "--fork-server"],
-                {},
+                env,
                 file_actions=[
                     (os.POSIX_SPAWN_DUP2, theirs.fileno(), 0),
                     (os.POSIX_SPAWN_OPEN, 1, devnull, os.O_WRONLY, 0),
@@ -114,7 +128,7 @@ class ForkServer:
             except (OSError, LaunchError) as exc:
                 # Sent, not answered: it may have forked; never launch the attempt twice.
                 self._lost(str(exc))
-                raise LaunchError(f"the fork server failed: {exc}") from exc
+                raise UnansweredLaunch(f"the fork server died before answering: {exc}") from exc
         raise AssertionError("unreachable")
 
     async def _send(self, data: bytes) -> None:

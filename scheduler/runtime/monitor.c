@@ -1168,6 +1168,10 @@ static int fork_server(void)
         return 1;
     /* The agent going away must end the server, not kill it mid-answer. */
     signal(SIGPIPE, SIG_IGN);
+    /* Fault tests (scheduler/failpoints.py: fork_server_unanswered): die once a monitor
+     * is forked, before answering, as a server killed at that moment would. */
+    const char *failpoint = getenv("SCHEDULER_FORK_SERVER_FAILPOINT");
+    int die_unanswered = failpoint && strcmp(failpoint, "unanswered") == 0;
     for (;;) {
         struct pollfd p[2] = {{0, POLLIN, 0}, {sfd, POLLIN, 0}};
         if (poll(p, 2, -1) < 0) {
@@ -1208,7 +1212,16 @@ static int fork_server(void)
             exit(monitor_main(argc, argv)); /* closes every fd above 2, sfd included */
         }
         int saved = errno;
+        if (pid > 0 && die_unanswered)
+            _exit(3);
         int pidfd = pid > 0 ? (int)syscall(SYS_pidfd_open, pid, 0) : -1;
+        if (pid > 0 && pidfd < 0) {
+            /* No pidfd, no safe wait: the monitor must not run unwatched. It has not been
+             * reaped (that happens only in this loop), so the pid is still its own. */
+            saved = errno;
+            kill(pid, SIGKILL);
+            pid = -1;
+        }
         answer(0, pid > 0 ? (int32_t)pid : -saved, pidfd);
         if (pidfd >= 0)
             close(pidfd);

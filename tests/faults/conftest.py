@@ -12,7 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from scheduler.agent.recovery import live_monitor_pid
+from scheduler.runtime.identity import live_monitor_pid
 from tests.agent_process import leftover_job_cgroups, start_serve, stop, wait_ready
 from tests.faults.counts import RESULTS, Workload, table
 

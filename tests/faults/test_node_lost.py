@@ -15,9 +15,9 @@ import asyncpg
 import pytest
 
 from scheduler.agent.fencing import job_cgroups
-from scheduler.agent.recovery import live_monitor_pid
 from scheduler.agent.runner import run_dir_for
 from scheduler.cgroups.detect import open_driver
+from scheduler.runtime.identity import live_monitor_pid
 from tests.agent_process import SHORT_LEASE, sigkill
 from tests.faults.conftest import Agents, no_jobs_left
 from tests.faults.counts import Expect, Workload, assert_counts, tally

@@ -14,10 +14,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from scheduler.agent.recovery import live_monitor_pid
 from scheduler.cgroups.base import LaunchPlan
 from scheduler.errors import LaunchError
 from scheduler.runtime.forkserver import ForkServer
+from scheduler.runtime.identity import live_monitor_pid
 from scheduler.runtime.launcher import RESERVE_FILE, monitor_binary, read_exit_record, wait_monitor
 from scheduler.runtime.spec import ExitRecord, LaunchSpec
 

@@ -19,9 +19,9 @@ from typing import TypedDict, Unpack
 import anyio
 import pytest
 
-from scheduler.agent.recovery import live_monitor_pid
 from scheduler.cgroups.base import LaunchPlan
 from scheduler.errors import LaunchError
+from scheduler.runtime.identity import live_monitor_pid
 from scheduler.runtime.launcher import (
     monitor_argv,
     monitor_binary,

@@ -11,11 +11,11 @@ import asyncpg
 import pytest
 
 from scheduler.agent.fencing import job_cgroups
-from scheduler.agent.recovery import live_monitor_pid
 from scheduler.agent.runner import run_dir_for
 from scheduler.cgroups.detect import open_driver
 from scheduler.config import Settings
 from scheduler.db.queries import q
+from scheduler.runtime.identity import live_monitor_pid
 from tests.agent_process import SHORT_LEASE
 from tests.conftest import AgentHandle, agent_settings, start_agent
 from tests.integration.test_agent import submit, wait_final, wait_state
