@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import SCRATCH, describe, remove_scratch, runtime_tmpfs, wait_quiet
 from bench.spine import FINAL, insert_true_jobs, start_agent, wait_finished
+from scheduler.agent.sampler import final_usage
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits
 from scheduler.cgroups.detect import open_driver
 from scheduler.db.embedded import EmbeddedPostgres
@@ -116,7 +117,7 @@ async def runtime_alone(
             os.close(pidfd)
         while driver.populated(path):
             await anyio.sleep(0.0005)
-        driver.read_usage(path)
+        await final_usage(driver, path, None)  # the agent's final read, settle included
         record = read_exit_record(run_dir)
         assert record is not None and record.exit_code == 0, record
         driver.remove(path)
