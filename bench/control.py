@@ -30,12 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import spine
 from bench.machine import describe, remove_scratch
-from bench.spine import FINAL, make_base, percentile
+from bench.spine import make_base, percentile
 from scheduler.cgroups.base import CgroupDriver, CgroupPath
 from scheduler.cgroups.detect import open_driver
 from scheduler.cgroups.v1 import V1Driver
 from scheduler.cgroups.v2 import V2Driver
 from scheduler.db.embedded import EmbeddedPostgres
+from scheduler.jobs import FINAL_STATES as FINAL
 
 
 def start_agent(dsn: str, state: Path, root: str) -> subprocess.Popen[str]:

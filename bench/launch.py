@@ -36,11 +36,12 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import SCRATCH, describe, remove_scratch, runtime_tmpfs, wait_quiet
-from bench.spine import FINAL, insert_true_jobs, start_agent, wait_finished
+from bench.spine import insert_true_jobs, start_agent, wait_finished
 from scheduler.agent.sampler import final_usage
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits
 from scheduler.cgroups.detect import open_driver
 from scheduler.db.embedded import EmbeddedPostgres
+from scheduler.jobs import FINAL_STATES as FINAL
 from scheduler.runtime.forkserver import ForkServer
 from scheduler.runtime.launcher import (
     monitor_binary,

@@ -36,8 +36,7 @@ from bench.machine import SCRATCH, describe, remove_scratch, runtime_tmpfs
 from scheduler.cgroups.base import CgroupPath
 from scheduler.cgroups.detect import open_driver
 from scheduler.db.embedded import EmbeddedPostgres
-
-FINAL = ("succeeded", "failed", "cancelled", "timed_out", "lost")
+from scheduler.jobs import FINAL_STATES as FINAL
 
 
 def start_agent(

@@ -103,3 +103,12 @@ def leftover_job_cgroups(cgroup_root: str, tenant: str = "default") -> list[str]
                 str(p) for p in directory.iterdir() if p.is_dir() and p.name.startswith("job-")
             ]
     return found
+
+
+async def wait_gone(path: Path, timeout: float = 10) -> None:
+    """Until ``path`` is gone, at most ``timeout`` s: the recorder removes an attempt's
+    monitor directory just after its end is committed, so a test that saw the row may look
+    a moment too early."""
+    with anyio.move_on_after(timeout):
+        while path.exists():
+            await anyio.sleep(0.02)

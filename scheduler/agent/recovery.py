@@ -20,8 +20,7 @@ from scheduler.agent.runner import Runner, run_dir_for
 from scheduler.agent.tenants import TenantCgroups
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits, Usage
 from scheduler.jobs import Job, Outcome
-from scheduler.runtime.identity import live_monitor_pid
-from scheduler.runtime.launcher import read_exit_record
+from scheduler.runtime.identity import ended_or_running
 from scheduler.runtime.spec import ExitRecord
 
 log = structlog.get_logger(__name__)
@@ -49,8 +48,15 @@ async def recover(
         run_dirs = (runner.monitor_dir(job), run_dir_for(runs_dir, job.id, job.attempts))
         chain = await tenants.chain(job.tenant)
         cgroup = CgroupPath.for_job(chain, job.id)
-        record = _first_record(run_dirs)
-        if record is not None:
+        found: ExitRecord | int | None = None
+        run_dir = run_dirs[0]
+        for candidate in run_dirs:
+            found = ended_or_running(candidate)
+            if found is not None:
+                run_dir = candidate
+                break
+        if isinstance(found, ExitRecord):
+            record = found
             log.info("recovered_exit", job_id=job.id, kind=record.kind)
             on_start(job.id)
             task_group.start_soon(
@@ -58,9 +64,8 @@ async def recover(
             )
             adopted.append(job.id)
             continue
-        found = _live_monitor(run_dirs)
         if found is not None:
-            pid, run_dir = found
+            pid = found
             plan = driver.plan(cgroup, Limits())
             log.info("adopted_job", job_id=job.id, monitor_pid=pid)
             runner.adopt_metering(job, cgroup)
@@ -89,22 +94,6 @@ async def recover(
             Completion(job, node, cgroup, outcome, usage, now, now, closing, run_dir=run_dirs[0])
         )
     return adopted
-
-
-def _first_record(run_dirs: tuple[Path, ...]) -> ExitRecord | None:
-    for run_dir in run_dirs:
-        record = read_exit_record(run_dir)
-        if record is not None:
-            return record
-    return None
-
-
-def _live_monitor(run_dirs: tuple[Path, ...]) -> tuple[int, Path] | None:
-    for run_dir in run_dirs:
-        pid = live_monitor_pid(run_dir)
-        if pid is not None:
-            return pid, run_dir
-    return None
 
 
 async def _adopted(work: Awaitable[None], job_id: int, on_done: Callable[[int], None]) -> None:

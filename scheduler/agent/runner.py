@@ -22,7 +22,7 @@ from scheduler.cgroups.base import CgroupDriver, CgroupPath, LaunchPlan, Limits,
 from scheduler.errors import LaunchError, SchedulerError
 from scheduler.jobs import Job, decide_outcome
 from scheduler.runtime.forkserver import ForkServer, UnansweredLaunch
-from scheduler.runtime.identity import live_monitor_pid
+from scheduler.runtime.identity import ended_or_running
 from scheduler.runtime.images import ImageStore
 from scheduler.runtime.launcher import read_exit_record, remove_run_dir, spawn, wait_monitor
 from scheduler.runtime.sandbox import SandboxPolicy
@@ -89,14 +89,13 @@ async def _find_unanswered(run_dir: Path) -> int | ExitRecord | None:
     its record before anything else, and records even its own start errors)."""
     deadline = time.monotonic() + UNANSWERED_SECONDS
     while True:
-        record = _exit_record(run_dir)
-        if record is not None:
-            return record
-        pid = live_monitor_pid(run_dir)
-        if pid is not None:
-            return pid
-        if time.monotonic() > deadline:
+        try:
+            found = ended_or_running(run_dir)
+        except LaunchError:
+            log.exception("exit_record_unreadable", run_dir=str(run_dir))
             return None
+        if found is not None or time.monotonic() > deadline:
+            return found
         await anyio.sleep(0.01)
 
 
@@ -112,7 +111,7 @@ class Runner:
         runs_dir: Path,
         node: str,
         completions: Outbox,
-        monitors_dir: Path | None = None,
+        monitors_dir: Path,
         fork_server: ForkServer | None = None,
         isolator: Isolator | None = None,
         attempts: Attempts | None = None,
@@ -131,7 +130,7 @@ class Runner:
         self._monitor = monitor
         self._fork_server = fork_server
         self._runs_dir = runs_dir
-        self._monitors_dir = monitors_dir if monitors_dir is not None else runs_dir.parent / "run"
+        self._monitors_dir = monitors_dir
         self._node = node
         self._completions = completions
         self._sampler = sampler

@@ -52,8 +52,19 @@ def check_state_disk(state_dir: Path, min_free_bytes: int) -> str | None:
 
 
 def check_state_disks(dirs: tuple[Path, ...], min_free_bytes: int) -> str | None:
-    """The first reason one of ``dirs`` cannot take new jobs now, or None (blocking)."""
+    """The first reason one of ``dirs`` cannot take new jobs now, or None (blocking). Each
+    filesystem is checked once (the runtime directory is inside the state directory by
+    default)."""
+    seen: set[int] = set()
     for directory in dirs:
+        try:
+            device = directory.stat().st_dev
+        except OSError:
+            device = None  # check_state_disk says why
+        if device in seen:
+            continue
+        if device is not None:
+            seen.add(device)
         reason = check_state_disk(directory, min_free_bytes)
         if reason is not None:
             return reason

@@ -111,25 +111,28 @@ class ForkServer:
         return value, pidfd
 
     async def _request(self, request: bytes) -> tuple[int, int]:
-        for retry in (False, True):
-            if self._sock is None:
-                await anyio.to_thread.run_sync(self.start)
+        try:
+            await self._deliver(request)
+        except OSError as exc:
+            # Not delivered whole: the server cannot have forked for it. Once more with a
+            # new server.
+            self._lost(str(exc))
             try:
-                await self._send(request)
-            except OSError as exc:
-                # Not delivered whole: the server cannot have forked for it. Once more
-                # with a new server.
-                self._lost(str(exc))
-                if retry:
-                    raise LaunchError(f"the fork server failed: {exc}") from exc
-                continue
-            try:
-                return await self._receive()
-            except (OSError, LaunchError) as exc:
-                # Sent, not answered: it may have forked; never launch the attempt twice.
-                self._lost(str(exc))
-                raise UnansweredLaunch(f"the fork server died before answering: {exc}") from exc
-        raise AssertionError("unreachable")
+                await self._deliver(request)
+            except OSError as again:
+                self._lost(str(again))
+                raise LaunchError(f"the fork server failed: {again}") from again
+        try:
+            return await self._receive()
+        except (OSError, LaunchError) as exc:
+            # Sent, not answered: it may have forked; never launch the attempt twice.
+            self._lost(str(exc))
+            raise UnansweredLaunch(f"the fork server died before answering: {exc}") from exc
+
+    async def _deliver(self, request: bytes) -> None:
+        if self._sock is None:
+            await anyio.to_thread.run_sync(self.start)
+        await self._send(request)
 
     async def _send(self, data: bytes) -> None:
         assert self._sock is not None

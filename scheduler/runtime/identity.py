@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scheduler.runtime.launcher import RESERVE_FILE
+from scheduler.runtime.launcher import RESERVE_FILE, read_exit_record
+from scheduler.runtime.spec import ExitRecord
 
 
 def monitor_pid(run_dir: Path) -> int | None:
@@ -64,3 +65,12 @@ def live_monitor_pid(run_dir: Path) -> int | None:
         return None
     # Records of earlier versions: the run dir in the monitor's argv proves identity.
     return pid if str(run_dir).encode() in cmdline.split(b"\0") else None
+
+
+def ended_or_running(run_dir: Path) -> ExitRecord | int | None:
+    """What became of the attempt's monitor: its exit record if it wrote one, else its pid if
+    it is still alive, else None. Raises LaunchError if the record cannot be read."""
+    record = read_exit_record(run_dir)
+    if record is not None:
+        return record
+    return live_monitor_pid(run_dir)

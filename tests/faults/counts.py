@@ -60,7 +60,7 @@ from typing import Any, Protocol
 import anyio
 import asyncpg
 
-FINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out", "lost"})
+from scheduler.jobs import FINAL_STATES as FINAL
 
 
 class Row(Protocol):

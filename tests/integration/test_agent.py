@@ -14,10 +14,10 @@ import pytest
 from scheduler.agent.runner import run_dir_for
 from scheduler.cgroups.base import CgroupPath
 from scheduler.cgroups.detect import open_driver
+from scheduler.jobs import FINAL_STATES as FINAL
 from tests.conftest import AgentHandle, agent_settings, start_agent
 
 pytestmark = pytest.mark.anyio
-FINAL = ("succeeded", "failed", "cancelled", "timed_out", "lost")
 
 
 async def submit(db: asyncpg.Connection, argv: list[str], **cols: object) -> int:

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from scheduler.agent.runner import run_dir_for
-from tests.agent_process import leftover_job_cgroups, start_serve, wait_ready
+from tests.agent_process import leftover_job_cgroups, start_serve, wait_gone, wait_ready
 from tests.integration.test_agent import wait_final
 
 pytestmark = pytest.mark.anyio
@@ -77,6 +77,7 @@ async def test_sigkilled_agent_with_50_jobs_running_then_restarted(
         assert (run_dir_for(runs, i, 1) / "stdout").read_text() == "started\nended\n"
         assert not run_dir_for(runs, i, 2).exists()
         # Recorded: the monitor's pid and exit record are gone with it.
+        await wait_gone(run_dir_for(monitors, i, 1))
         assert not run_dir_for(monitors, i, 1).exists()
     # Billed once: exactly one usage row per job, the final one, equal to the job's totals.
     usage = await db.fetch(

@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 from scheduler.agent.runner import run_dir_for
+from tests.agent_process import wait_gone
 from tests.conftest import agent_settings, start_agent
 from tests.integration.test_agent import wait_final, wait_state
 from tests.integration.test_metrics_endpoint import parse, scrape
@@ -61,6 +62,7 @@ async def test_full_state_disk_pauses_claims_and_keeps_the_running_jobs_exit(
             # (the exit code comes from it), and removed once recorded.
             [row] = await wait_final(db, [running], timeout=20)
             assert (row["state"], row["exit_code"]) == ("succeeded", 0), row["error"]
+            await wait_gone(monitor_dir)
             assert not monitor_dir.exists()
             assert free_bytes(state_dir) < settings.state_min_free_bytes
             await anyio.sleep(1.0)
