@@ -5,9 +5,10 @@ Prints the machine and:
     hierarchies + clone(pid, mnt, uts, ipc, net) + fresh /proc + exec `true` + wait + read
     counters + rmdir; 8 in flight and one at a time;
   - runtime alone: the agent's launch path without Postgres (driver plan, the fork server
-    forking a monitor with the default sandbox, wait on the pidfd, drain, final read,
-    remove; the cgroup lock warmer poked per launch, as the agent does; the monitors'
-    records on a tmpfs, output on the state disk, as deployed), 8 in flight;
+    forking a monitor with the default sandbox, wait on the pidfd, the final counters from
+    the monitor's exit record (the agent's own read if it has none), remove; the cgroup
+    lock warmer poked per launch, as the agent does; the monitors' records on a tmpfs,
+    output on the state disk, as deployed), 8 in flight;
   - end to end: `scheduler serve` in a child process, one INSERT ... SELECT of `true` jobs to
     every exit and usage row committed;
   each as jobs/s and as a ratio to the bare loop with 8 in flight (median of --repeat runs),
@@ -39,6 +40,7 @@ from bench.machine import SCRATCH, describe, remove_scratch, runtime_tmpfs, wait
 from bench.spine import insert_true_jobs, start_agent, wait_finished
 from scheduler.agent.sampler import final_usage
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits
+from scheduler.cgroups.counters import final_read, parse_sample
 from scheduler.cgroups.detect import open_driver
 from scheduler.db.embedded import EmbeddedPostgres
 from scheduler.jobs import FINAL_STATES as FINAL
@@ -109,6 +111,7 @@ async def runtime_alone(
             output_dir=runs / f"{job_id}-1",
             plan=plan,
             credentials=Credentials(65534, 65534),
+            final_read=final_read(driver, path),
         )
         # As the agent's runner does: the fork server forks the monitor.
         pid, pidfd = await fork_server.launch(spec)
@@ -116,11 +119,15 @@ async def runtime_alone(
             await wait_monitor(pid, pidfd)
         finally:
             os.close(pidfd)
-        while driver.populated(path):
-            await anyio.sleep(0.0005)
-        await final_usage(driver, path, None)  # the agent's final read, settle included
         record = read_exit_record(run_dir)
         assert record is not None and record.exit_code == 0, record
+        # As the agent: the monitor's final read, or (it could not) the agent's own.
+        if record.counters is not None:
+            parse_sample(record.counters).usage()
+        else:
+            while driver.populated(path):
+                await anyio.sleep(0.0005)
+            await final_usage(driver, path, None)
         driver.remove(path)
         remove_run_dir(run_dir)  # as the agent's recorder does once the end is committed
 

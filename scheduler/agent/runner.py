@@ -19,6 +19,7 @@ from scheduler.agent.recorder import Completion, Outbox
 from scheduler.agent.sampler import Sampler, counters_of, covering, final_usage
 from scheduler.agent.tenants import TenantCgroups
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, LaunchPlan, Limits, Usage
+from scheduler.cgroups.counters import final_read, parse_sample
 from scheduler.errors import LaunchError, SchedulerError
 from scheduler.jobs import Job, decide_outcome
 from scheduler.runtime.forkserver import ForkServer, UnansweredLaunch
@@ -79,6 +80,18 @@ def _exit_record(run_dir: Path) -> ExitRecord | None:
         return read_exit_record(run_dir)
     except LaunchError:
         log.exception("exit_record_unreadable", run_dir=str(run_dir))
+        return None
+
+
+def _recorded_usage(record: ExitRecord | None) -> Usage | None:
+    """The final counters the monitor put into ``record`` (None if it did not, or they do
+    not parse: then the agent reads the cgroup itself)."""
+    if record is None or record.counters is None:
+        return None
+    try:
+        return parse_sample(record.counters).usage()
+    except (ValueError, KeyError) as exc:
+        log.warning("exit_record_counters_unreadable", error=str(exc))
         return None
 
 
@@ -182,6 +195,7 @@ class Runner:
             host_network=isolation.host_network,
             layers=isolation.layers,
             rootfs_dir=isolation.rootfs_dir,
+            final_read=final_read(self._driver, cgroup),
         )
         launched_ns = time.time_ns()
         pidfd: int | None = None
@@ -280,13 +294,19 @@ class Runner:
         timed_out: bool,
         cancelled: bool = False,
     ) -> None:
-        """Read the counters once the cgroup is empty, decide the outcome, hand it on."""
-        await self._drain(cgroup)
+        """Take the final counters (the monitor's, or read once the cgroup is empty),
+        decide the outcome, hand it on."""
+        recorded = _recorded_usage(record)
+        if recorded is None:
+            await self._drain(cgroup)
         # Stop the sampler first: no period may be written after the closing one is computed.
         closed = await self._sampler.close(job) if self._sampler is not None else None
         mark = closed.mark if closed is not None else None
         try:
-            usage = await final_usage(self._driver, cgroup, closed.reader if closed else None)
+            if recorded is not None:
+                usage = recorded
+            else:
+                usage = await final_usage(self._driver, cgroup, closed.reader if closed else None)
         except Exception:
             log.exception("final_usage_read_failed")
             usage = Usage()

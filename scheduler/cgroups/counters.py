@@ -10,13 +10,15 @@ sampled cumulative value and the final one at exit are the same counter.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Usage
-from scheduler.cgroups.v1 import V1Driver
+from scheduler.cgroups.v1 import V1_CONTROLLERS, V1Driver
 from scheduler.cgroups.v2 import V2Driver
+from scheduler.runtime.spec import FinalRead
 
 _READ_SIZE = 4096  # every counter file read here is far smaller (io.stat: one line per disk)
 
@@ -249,6 +251,60 @@ FINAL_FILES = frozenset(
 )
 
 
+# Of FINAL_FILES and the v1 user/system split, the monitor compares these until they settle
+# (billed counters, and cpu); the rest it reads once after them (see FinalRead).
+_SETTLED = frozenset(
+    {
+        "cpuacct.usage",
+        "cpuacct.usage_user",
+        "cpuacct.usage_sys",
+        "memory.max_usage_in_bytes",
+        "blkio bytes",
+        "cpu.stat",
+        "memory.peak",
+        "io.stat",
+    }
+)
+_MONITOR_FILES = FINAL_FILES | {"cpuacct.usage_user", "cpuacct.usage_sys"}
+
+
+_Templates = tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...], str]
+_templates: weakref.WeakKeyDictionary[CgroupDriver, _Templates] = weakref.WeakKeyDictionary()
+
+
+def _final_templates(driver: CgroupDriver) -> _Templates:
+    """The files of FinalRead for the root cgroup, as (name, text before and after the
+    cgroup's relative path) templates: a launch joins strings instead of building paths."""
+    root = CgroupPath(())
+    files = _all_counter_files(driver, root, _MONITOR_FILES)
+    base = {name: str(path.parent) for name, path in files.items()}
+    counters = tuple((n, f"{base[n]}\0{p.name}") for n, p in files.items() if n in _SETTLED)
+    gauges = tuple((n, f"{base[n]}\0{p.name}") for n, p in files.items() if n not in _SETTLED)
+    if isinstance(driver, V1Driver):
+        events = driver.has_unified
+        # As V1Driver.populated: the cgroup2 mirror's events, else the first hierarchy's pids.
+        first = next(c for c in V1_CONTROLLERS if c in driver.controllers)
+        directory = driver.directory("unified" if events else first, root)
+    else:
+        assert isinstance(driver, V2Driver)
+        events, directory = True, driver.directory(root)
+    found = counters, gauges, f"{directory}\0{'cgroup.events' if events else 'cgroup.procs'}"
+    _templates[driver] = found
+    return found
+
+
+def final_read(driver: CgroupDriver, path: CgroupPath) -> FinalRead:
+    """What the monitor of a job in ``path`` reads once the job has ended (see FinalRead);
+    the texts it records parse with :func:`parse_sample`."""
+    counters, gauges, empty = _templates.get(driver) or _final_templates(driver)
+    rel = f"/{path.rel_text}/"
+    return FinalRead(
+        counters=tuple((n, t.replace("\0", rel)) for n, t in counters),
+        gauges=tuple((n, t.replace("\0", rel)) for n, t in gauges),
+        empty_check=empty.replace("\0", rel),
+    )
+
+
 def _sample(values: Values) -> Sample:
     # As read_usage: without memory.peak (v2 before 5.19) the current value is the best we have.
     if "memory_peak_bytes" not in values and "memory_current_bytes" in values:
@@ -256,8 +312,9 @@ def _sample(values: Values) -> Sample:
     return Sample(**values)  # type: ignore[arg-type]
 
 
-def parse_sample(texts: dict[str, str]) -> Sample:
-    """A :class:`Sample` from the text of each logical counter file (missing ones count 0)."""
+def parse_sample(texts: Mapping[str, str]) -> Sample:
+    """A :class:`Sample` from the text of each logical counter file (missing ones count 0);
+    ValueError (or KeyError for an unknown name) on text that is not a counter file's."""
     values: Values = {}
     for name, text in texts.items():
         PARSERS[name](text.encode(), values)

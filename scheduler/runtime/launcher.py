@@ -38,6 +38,7 @@ _KINDS: dict[str, ExitKind] = {
     "signaled": "signaled",
     "start_error": "start_error",
 }
+_COUNTER_PREFIX = "counter."
 _RECORD_KEYS = (
     "kind",
     "exit_code",
@@ -151,6 +152,12 @@ def monitor_argv(binary: Path, spec: LaunchSpec) -> list[str]:
     for path in spec.plan.procs:
         argv += ["--procs", path]
     argv += sandbox_args(spec)
+    if spec.final_read is not None:
+        for name, path in spec.final_read.counters:
+            argv += ["--counter", name, path]
+        for name, path in spec.final_read.gauges:
+            argv += ["--gauge", name, path]
+        argv += ["--empty-check", spec.final_read.empty_check]
     argv += ["--", *spec.argv]
     return [_check_text("argument", a) for a in argv]
 
@@ -233,6 +240,7 @@ def _optional_int_field(key: str, value: str) -> int | None:
 def parse_exit_record(text: str) -> ExitRecord:
     """Parse the ``key=value`` lines the monitor writes; raise LaunchError on garbage."""
     fields: dict[str, str] = {}
+    counters: dict[str, str] | None = None
     # Only "\n" ends a line: str.splitlines() would also split inside an error message at
     # characters such as U+0085 or U+2028 that a job's argv may contain.
     for line in text.split("\n"):
@@ -241,6 +249,14 @@ def parse_exit_record(text: str) -> ExitRecord:
         key, sep, value = line.partition("=")
         if not sep:
             raise LaunchError(f"bad exit record: line {line!r} has no '='")
+        if key.startswith(_COUNTER_PREFIX):
+            # A counter file's text, its newlines written as '|' (see monitor.c).
+            counters = {} if counters is None else counters
+            name = key[len(_COUNTER_PREFIX) :]
+            if name in counters:
+                raise LaunchError(f"bad exit record: duplicate key {key!r}")
+            counters[name] = value.replace("|", "\n")
+            continue
         if key in fields:
             raise LaunchError(f"bad exit record: duplicate key {key!r}")
         fields[key] = value
@@ -268,18 +284,29 @@ def parse_exit_record(text: str) -> ExitRecord:
         utime_us=_int_field("utime_us", fields["utime_us"]),
         stime_us=_int_field("stime_us", fields["stime_us"]),
         maxrss_kb=_int_field("maxrss_kb", fields["maxrss_kb"]),
+        counters=counters,
     )
 
 
 def read_exit_record(run_dir: Path) -> ExitRecord | None:
     """The exit record in ``run_dir``, or None if the monitor has not written one."""
+    path = f"{run_dir}/{EXIT_FILE}"  # read for every attempt's end: no pathlib, no io stack
     try:
-        text = (run_dir / EXIT_FILE).read_text(encoding="utf-8", errors="replace")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise LaunchError(f"cannot read {run_dir / EXIT_FILE}: {exc}") from exc
-    return parse_exit_record(text)
+        raise LaunchError(f"cannot read {path}: {exc}") from exc
+    try:
+        # The record fits its 4 KiB reservation; read on to EOF all the same.
+        chunks = [os.read(fd, 8192)]
+        while chunks[-1]:
+            chunks.append(os.read(fd, 8192))
+    except OSError as exc:
+        raise LaunchError(f"cannot read {path}: {exc}") from exc
+    finally:
+        os.close(fd)
+    return parse_exit_record(b"".join(chunks).decode("utf-8", errors="replace"))
 
 
 def remove_run_dir(run_dir: Path) -> None:

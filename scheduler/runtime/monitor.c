@@ -3,14 +3,16 @@
  *
  *   scheduler-monitor --run-dir DIR [--output-dir OUT] --hostname H --cwd C --tmp-size BYTES
  *       [--mkdir PATH]... [--write PATH VALUE]... [--procs PATH]...
- *       [--uid N --gid N] [--host-net] [--overlay-dir D --lower DIR...] -- ARGV...
+ *       [--uid N --gid N] [--host-net] [--overlay-dir D --lower DIR...]
+ *       [--counter NAME PATH]... [--gauge NAME PATH]... [--empty-check PATH] -- ARGV...
  *   scheduler-monitor --fork-server     (forks a monitor per request; see the end of the file)
  *
  * Three processes take part:
  *
  *   monitor  runs the cgroup plan, clones `init` into fresh pid/mount/uts/ipc/net
  *            namespaces, puts it into every cgroup of the plan once its namespaces are
- *            set up, then waits for it and writes DIR/exit atomically. It ignores the
+ *            set up, then waits for it and writes DIR/exit atomically, with the
+ *            job's final counters when it was asked for them (see final_counters). It ignores the
  *            usual termination signals so it outlives the agent. The job's stdout and
  *            stderr are pipes it drains into OUT/stdout and OUT/stderr, each file (and OUT)
  *            created when the first byte arrives: a job that prints nothing costs no inode
@@ -75,6 +77,14 @@ struct opts {
     const char *overlay_dir;
     const char **lowers; /* top layer first */
     int n_lowers;
+    /* The final read: counter files (compared until they settle) and gauges (read once
+     * after), each with the name the agent parses it by; the file that says the cgroup is
+     * empty (cgroup.events, or a cgroup.procs). */
+    const char **counter_names, **counter_paths;
+    int n_counters;
+    const char **gauge_names, **gauge_paths;
+    int n_gauges;
+    const char *empty_check;
     char **argv;
 };
 
@@ -168,6 +178,10 @@ static int write_atomic(const char *dir, const char *name, const char *text)
  * sees a whole record or none. -1 until reserve_record() succeeded. */
 #define RECORD_RESERVE 4096
 #define RESERVE_NAME "exit.reserve"
+/* The record's own lines take at most RECORD_BASE bytes; the final counters (if any) the
+ * rest of the reservation. */
+#define RECORD_BASE (ERR_MAX + 512)
+#define COUNTERS_MAX (RECORD_RESERVE - RECORD_BASE)
 static int reserve_fd = -1;
 
 /* This process's start time (clock ticks after boot, /proc/self/stat field 22): with the
@@ -238,12 +252,13 @@ static int write_reserved(const char *dir, const char *text)
     return close(fd);
 }
 
-/* The exit record: `key=value` lines, parsed by launcher.parse_exit_record(). */
+/* The exit record: `key=value` lines, parsed by launcher.parse_exit_record(); `counters`
+ * (lines of their own, or "") is appended as it is. */
 static int write_record(const char *dir, const char *kind, int exit_code, int sig,
                         const char *error, long long start_ns, long long end_ns,
-                        const struct rusage *ru)
+                        const struct rusage *ru, const char *counters)
 {
-    char code[16] = "", signo[16] = "", err[ERR_MAX], text[ERR_MAX + 512];
+    char code[16] = "", signo[16] = "", err[ERR_MAX], text[RECORD_RESERVE];
     if (exit_code >= 0)
         snprintf(code, sizeof code, "%d", exit_code);
     if (sig > 0)
@@ -253,13 +268,16 @@ static int write_record(const char *dir, const char *kind, int exit_code, int si
     for (char *p = err; *p; p++)
         if (*p == '\n' || *p == '\r')
             *p = ' ';
-    snprintf(text, sizeof text,
+    snprintf(text, RECORD_BASE,
              "kind=%s\nexit_code=%s\nsignal=%s\nerror=%s\nstart_ns=%lld\nend_ns=%lld\n"
              "utime_us=%lld\nstime_us=%lld\nmaxrss_kb=%ld\n",
              kind, code, signo, err, start_ns, end_ns,
              (long long)ru->ru_utime.tv_sec * 1000000LL + ru->ru_utime.tv_usec,
              (long long)ru->ru_stime.tv_sec * 1000000LL + ru->ru_stime.tv_usec,
              ru->ru_maxrss);
+    size_t used = strlen(text), extra = strlen(counters);
+    if (extra < COUNTERS_MAX) /* always, by final_counters() */
+        memcpy(text + used, counters, extra + 1);
     if (reserve_fd >= 0)
         return write_reserved(dir, text);
     return write_atomic(dir, "exit", text);
@@ -270,7 +288,7 @@ __attribute__((noreturn)) static void start_error(const char *dir)
 {
     struct rusage zero = {0};
     long long t = now_ns();
-    if (write_record(dir, "start_error", -1, 0, errbuf, t, t, &zero) != 0) {
+    if (write_record(dir, "start_error", -1, 0, errbuf, t, t, &zero, "") != 0) {
         fprintf(stderr, "scheduler-monitor: write %s/exit: %s (start error was: %s)\n", dir,
                 strerror(errno), errbuf);
         exit(1);
@@ -298,8 +316,13 @@ static int parse_args(int argc, char **argv, struct opts *o)
     o->write_values = calloc((size_t)argc, sizeof *o->write_values);
     o->procs = calloc((size_t)argc, sizeof *o->procs);
     o->lowers = calloc((size_t)argc, sizeof *o->lowers);
+    o->counter_names = calloc((size_t)argc, sizeof *o->counter_names);
+    o->counter_paths = calloc((size_t)argc, sizeof *o->counter_paths);
+    o->gauge_names = calloc((size_t)argc, sizeof *o->gauge_names);
+    o->gauge_paths = calloc((size_t)argc, sizeof *o->gauge_paths);
     o->uid = o->gid = -1;
-    if (!o->mkdirs || !o->write_paths || !o->write_values || !o->procs || !o->lowers) {
+    if (!o->mkdirs || !o->write_paths || !o->write_values || !o->procs || !o->lowers ||
+        !o->counter_names || !o->counter_paths || !o->gauge_names || !o->gauge_paths) {
         set_error("monitor: out of memory");
         return -1;
     }
@@ -314,6 +337,12 @@ static int parse_args(int argc, char **argv, struct opts *o)
         } else if (strcmp(a, "--write") == 0 && left >= 2) {
             o->write_paths[o->n_writes] = argv[++i];
             o->write_values[o->n_writes++] = argv[++i];
+        } else if (strcmp(a, "--counter") == 0 && left >= 2) {
+            o->counter_names[o->n_counters] = argv[++i];
+            o->counter_paths[o->n_counters++] = argv[++i];
+        } else if (strcmp(a, "--gauge") == 0 && left >= 2) {
+            o->gauge_names[o->n_gauges] = argv[++i];
+            o->gauge_paths[o->n_gauges++] = argv[++i];
         } else if (strcmp(a, "--host-net") == 0) {
             o->host_net = 1;
         } else if (left < 1) {
@@ -341,6 +370,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
             o->overlay_dir = argv[++i];
         } else if (strcmp(a, "--lower") == 0) {
             o->lowers[o->n_lowers++] = argv[++i];
+        } else if (strcmp(a, "--empty-check") == 0) {
+            o->empty_check = argv[++i];
         } else {
             set_error("monitor: bad argument %s", a);
             return -1;
@@ -365,6 +396,19 @@ static int parse_args(int argc, char **argv, struct opts *o)
     if (!o->overlay_dir != !o->n_lowers) {
         set_error("monitor: --overlay-dir and --lower go together");
         return -1;
+    }
+    if ((o->n_counters || o->n_gauges) && !o->empty_check) {
+        set_error("monitor: --counter and --gauge need --empty-check");
+        return -1;
+    }
+    for (int k = 0; k < o->n_counters + o->n_gauges; k++) {
+        const char *name = k < o->n_counters ? o->counter_names[k]
+                                              : o->gauge_names[k - o->n_counters];
+        /* The name becomes a record key: one line, no '='. */
+        if (!*name || strpbrk(name, "=\n")) {
+            set_error("monitor: bad counter name %s", name);
+            return -1;
+        }
     }
     char *end;
     errno = 0;
@@ -875,6 +919,128 @@ static int wait_job(const struct opts *o, int err_fd, int status_fd, struct sink
     return 0;
 }
 
+/* ---- the final read ----
+ *
+ * Once init is reaped the job's pid namespace is gone, and with it every process the job
+ * had: its cgroup is empty. Its counters are read here, where a read is a few syscalls,
+ * rather than in the agent: every --counter file, then again every SETTLE_MS until two
+ * reads agree (the kernel may still be folding the last exits in) or SETTLE_LIMIT_MS
+ * passed, then every --gauge once. They go into the exit record as "counter.NAME=TEXT"
+ * lines, the text's newlines written as '|'. A file this kernel does not have is left out
+ * (the agent counts it 0, as its own read would). Nothing is written, and the agent reads
+ * the cgroup itself, when the cgroup is not empty or gone, a file cannot be read, or the
+ * texts would not fit in the record. */
+#define SETTLE_MS 2
+#define SETTLE_LIMIT_MS 100
+
+/* The text of a small file into buf (NUL-terminated); its length, or -1. */
+static ssize_t read_small(const char *path, char *buf, size_t size)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    size_t used = 0;
+    for (;;) {
+        ssize_t n = read(fd, buf + used, size - 1 - used);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            int saved = errno;
+            close(fd);
+            errno = saved;
+            if (n < 0)
+                return -1;
+            break;
+        }
+        used += (size_t)n;
+        if (used == size - 1) { /* too long to keep whole */
+            close(fd);
+            errno = EFBIG;
+            return -1;
+        }
+    }
+    buf[used] = '\0';
+    return (ssize_t)used;
+}
+
+/* True when `path` (a cgroup.events or cgroup.procs file) says no process is left. */
+static int cgroup_empty(const char *path)
+{
+    char text[4096];
+    if (read_small(path, text, sizeof text) < 0)
+        return 0;
+    const char *base = strrchr(path, '/');
+    if (base && strcmp(base + 1, "cgroup.events") == 0)
+        return strncmp(text, "populated 0\n", 12) == 0 || strstr(text, "\npopulated 0\n");
+    return text[0] == '\0';
+}
+
+/* Append "counter.NAME=TEXT\n" for each file to out (used bytes so far); new length or -1. */
+static ssize_t append_counters(char *out, size_t size, size_t used, const char **names,
+                               const char **paths, int n)
+{
+    for (int k = 0; k < n; k++) {
+        char text[COUNTERS_MAX];
+        ssize_t len = read_small(paths[k], text, sizeof text);
+        if (len < 0) {
+            if (errno != ENOENT)
+                return -1;
+            /* No such file on this kernel, or no cgroup any more: only the first is fine. */
+            char dir[PATH_MAX];
+            struct stat st;
+            snprintf(dir, sizeof dir, "%s", paths[k]);
+            char *slash = strrchr(dir, '/');
+            if (slash)
+                *slash = '\0';
+            if (!slash || stat(dir, &st) != 0)
+                return -1;
+            continue;
+        }
+        while (len > 0 && text[len - 1] == '\n')
+            text[--len] = '\0';
+        if (strchr(text, '|'))
+            return -1;
+        for (char *p = text; *p; p++)
+            if (*p == '\n')
+                *p = '|';
+        int w = snprintf(out + used, size - used, "counter.%s=%s\n", names[k], text);
+        if (w < 0 || (size_t)w >= size - used)
+            return -1;
+        used += (size_t)w;
+    }
+    return (ssize_t)used;
+}
+
+/* The final counters' record lines into out (size COUNTERS_MAX), or "" (see above). */
+static void final_counters(const struct opts *o, char *out)
+{
+    static char again[COUNTERS_MAX];
+    out[0] = '\0';
+    if (o->n_counters + o->n_gauges == 0 || !cgroup_empty(o->empty_check))
+        return;
+    ssize_t len = append_counters(out, COUNTERS_MAX, 0, o->counter_names, o->counter_paths,
+                                  o->n_counters);
+    long long deadline = now_ns() + SETTLE_LIMIT_MS * 1000000LL;
+    while (len >= 0 && now_ns() < deadline) {
+        struct timespec pause = {0, SETTLE_MS * 1000000L};
+        while (nanosleep(&pause, &pause) != 0 && errno == EINTR)
+            ;
+        ssize_t n = append_counters(again, sizeof again, 0, o->counter_names, o->counter_paths,
+                                    o->n_counters);
+        if (n < 0 || (n == len && memcmp(again, out, (size_t)n) == 0)) {
+            len = n;
+            break;
+        }
+        memcpy(out, again, (size_t)n + 1);
+        len = n;
+    }
+    if (len >= 0)
+        len = append_counters(out, COUNTERS_MAX, (size_t)len, o->gauge_names, o->gauge_paths,
+                              o->n_gauges);
+    if (len < 0)
+        out[0] = '\0';
+}
+
 static int monitor_main(int argc, char **argv)
 {
     struct opts o;
@@ -1030,22 +1196,27 @@ static int monitor_main(int argc, char **argv)
         start_error(o.run_dir);
     }
 
+    static char counters[COUNTERS_MAX];
+    final_counters(&o, counters);
+
     int rc;
     if (msg_len > 0)
-        rc = write_record(o.run_dir, "start_error", -1, 0, msg, start_ns, end_ns, &ru);
+        rc = write_record(o.run_dir, "start_error", -1, 0, msg, start_ns, end_ns, &ru,
+                          counters);
     else if (got == (ssize_t)sizeof job_status && WIFEXITED(job_status))
         rc = write_record(o.run_dir, "exited", WEXITSTATUS(job_status), 0, NULL, start_ns,
-                          end_ns, &ru);
+                          end_ns, &ru, counters);
     else if (got == (ssize_t)sizeof job_status && WIFSIGNALED(job_status))
         rc = write_record(o.run_dir, "signaled", -1, WTERMSIG(job_status), NULL, start_ns,
-                          end_ns, &ru);
+                          end_ns, &ru, counters);
     else if (WIFSIGNALED(init_status)) /* init itself was killed (e.g. a cgroup kill) */
         rc = write_record(o.run_dir, "signaled", -1, WTERMSIG(init_status), NULL, start_ns,
-                          end_ns, &ru);
+                          end_ns, &ru, counters);
     else {
         snprintf(msg, sizeof msg, "init: exited with status %d before the job ended",
                  WIFEXITED(init_status) ? WEXITSTATUS(init_status) : -1);
-        rc = write_record(o.run_dir, "start_error", -1, 0, msg, start_ns, end_ns, &ru);
+        rc = write_record(o.run_dir, "start_error", -1, 0, msg, start_ns, end_ns, &ru,
+                          counters);
     }
     if (rc != 0) {
         fprintf(stderr, "scheduler-monitor: write %s/exit: %s\n", o.run_dir, strerror(errno));

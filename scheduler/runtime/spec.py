@@ -36,6 +36,22 @@ class LaunchSpec:
     layers: tuple[Path, ...] = ()
     # Where the attempt's writable layer, overlay work dir and mount point go.
     rootfs_dir: Path | None = None
+    # The cgroup files the monitor reads once the job has ended (None: the agent reads them).
+    final_read: FinalRead | None = None
+
+
+@dataclass(frozen=True)
+class FinalRead:
+    """What the monitor reads of the job's cgroup after the job ended, into the exit record.
+
+    ``counters`` are re-read until two reads agree, ``gauges`` read once after them; each is
+    (logical name, file) as in cgroups.counters. ``empty_check`` (a cgroup.events or a
+    cgroup.procs file) must say the cgroup is empty, or nothing is read.
+    """
+
+    counters: tuple[tuple[str, str], ...]
+    gauges: tuple[tuple[str, str], ...]
+    empty_check: str
 
 
 @dataclass(frozen=True)
@@ -63,3 +79,6 @@ class ExitRecord:
     utime_us: int
     stime_us: int
     maxrss_kb: int
+    # The final counter files' texts by logical name, read by the monitor once the cgroup
+    # was empty; None when it did not read them (the agent then reads the cgroup itself).
+    counters: dict[str, str] | None = None

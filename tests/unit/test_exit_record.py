@@ -9,7 +9,7 @@ import pytest
 from scheduler.cgroups.base import LaunchPlan
 from scheduler.errors import LaunchError
 from scheduler.runtime.launcher import monitor_argv, parse_exit_record, read_exit_record
-from scheduler.runtime.spec import ExitRecord, LaunchSpec
+from scheduler.runtime.spec import ExitRecord, FinalRead, LaunchSpec
 
 GOOD = (
     "kind=exited\n"
@@ -190,3 +190,43 @@ def test_error_with_unicode_line_separators_stays_one_field() -> None:
         "start_ns=1\nend_ns=2\nutime_us=0\nstime_us=0\nmaxrss_kb=0\n"
     )
     assert parse_exit_record(text).error == "exec: a\x85b\u2028c: No such file"
+
+
+def test_counters_in_the_record_come_back_with_their_newlines() -> None:
+    text = GOOD + (
+        "counter.cpuacct.usage=123456\n"
+        "counter.blkio bytes=8:0 Read 4096|8:0 Write 512|Total 4608\n"
+        "counter.io.stat=8:0 rbytes=1 wbytes=2 rios=3 wios=4\n"
+    )
+    rec = parse_exit_record(text)
+    assert rec.counters == {
+        "cpuacct.usage": "123456",
+        "blkio bytes": "8:0 Read 4096\n8:0 Write 512\nTotal 4608",
+        "io.stat": "8:0 rbytes=1 wbytes=2 rios=3 wios=4",
+    }
+    assert parse_exit_record(GOOD).counters is None  # the monitor did not read them
+
+
+def test_a_counter_named_twice_is_garbage() -> None:
+    with pytest.raises(LaunchError, match=r"duplicate key 'counter\.pids\.current'"):
+        parse_exit_record(GOOD + "counter.pids.current=1\ncounter.pids.current=2\n")
+
+
+def test_monitor_argv_final_read_before_the_command(tmp_path: Path) -> None:
+    read = FinalRead(
+        counters=(("cpuacct.usage", "/cg/cpuacct/a/job-7/cpuacct.usage"),),
+        gauges=(("memory.usage_in_bytes", "/cg/memory/a/job-7/memory.usage_in_bytes"),),
+        empty_check="/cg/unified/a/job-7/cgroup.events",
+    )
+    argv = monitor_argv(Path("/m"), make_spec(tmp_path, overrides={"final_read": read}))
+    sep = argv.index("--")
+    assert argv[9:sep] == [
+        "--counter",
+        "cpuacct.usage",
+        "/cg/cpuacct/a/job-7/cpuacct.usage",
+        "--gauge",
+        "memory.usage_in_bytes",
+        "/cg/memory/a/job-7/memory.usage_in_bytes",
+        "--empty-check",
+        "/cg/unified/a/job-7/cgroup.events",
+    ]
