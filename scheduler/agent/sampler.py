@@ -116,7 +116,10 @@ async def final_usage(
 def covering(usage: Usage, mark: Mark) -> Usage:
     """``usage`` with its billed counters raised to at least the mark's (identity whenever
     the kernel's counters are monotonic and the final read succeeded)."""
-    total = counters_of(usage).at_least(mark.counters)
+    counters = counters_of(usage)
+    total = counters.at_least(mark.counters)
+    if total == counters:
+        return usage  # the usual case: no copy
     return replace(
         usage,
         cpu_ns=total.cpu_ns,

@@ -159,7 +159,10 @@ def monitor_argv(binary: Path, spec: LaunchSpec) -> list[str]:
             argv += ["--gauge", name, path]
         argv += ["--empty-check", spec.final_read.empty_check]
     argv += ["--", *spec.argv]
-    return [_check_text("argument", a) for a in argv]
+    if "\0" in "".join(argv):  # one scan for the usual case; then find which
+        for a in argv:
+            _check_text("argument", a)
+    return argv
 
 
 def _overlay_path(job_id: int, path: Path) -> str:
@@ -199,8 +202,9 @@ def prepare(binary: Path, spec: LaunchSpec) -> list[str]:
     for key, value in spec.env.items():
         if not key or "=" in key:
             raise LaunchError(f"job {spec.job_id}: invalid environment variable name {key!r}")
-        _check_text("environment variable", key)
-        _check_text(f"environment variable {key}", value)
+        if "\0" in key or "\0" in value:
+            _check_text("environment variable", key)
+            _check_text(f"environment variable {key}", value)
     try:
         # Mode 0750, or less by the umask: only root reads it.
         spec.run_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
