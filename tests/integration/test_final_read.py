@@ -8,11 +8,16 @@ import os
 import shutil
 import subprocess
 import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import anyio
 import pytest
 
+from scheduler.agent.recorder import Completion, Outbox
+from scheduler.agent.runner import Runner
+from scheduler.agent.tenants import TenantCgroups
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits
 from scheduler.cgroups.counters import (
     CounterReader,
@@ -23,6 +28,7 @@ from scheduler.cgroups.counters import (
 )
 from scheduler.cgroups.detect import open_driver
 from scheduler.cgroups.v2 import V2Driver
+from scheduler.jobs import Job, JobId
 from scheduler.runtime.launcher import monitor_binary, read_exit_record, spawn, wait_monitor
 from scheduler.runtime.spec import Credentials, ExitRecord, FinalRead, LaunchSpec
 
@@ -211,3 +217,53 @@ async def test_v2_files_as_the_kernel_writes_them(
     finally:
         reader.close()
     assert parse_sample(record.counters).usage().io_read_bytes == 1040384 + 90267648
+
+
+@pytest.mark.parametrize("from_monitor", [True, False])
+async def test_the_agent_bills_the_monitors_counters_else_reads_the_cgroup(
+    driver: CgroupDriver, tmp_path: Path, from_monitor: bool
+) -> None:
+    cgroup = CgroupPath(("acme", "job-9"))
+    for leaf in driver.plan(cgroup, Limits()).mkdirs:
+        os.makedirs(leaf)
+    send, receive = anyio.create_memory_object_stream[Completion](4)
+    runner = Runner(
+        driver=driver,
+        tenants=TenantCgroups(None, driver),  # type: ignore[arg-type]  # no chain() here
+        monitor=tmp_path / "unused",
+        runs_dir=tmp_path / "runs",
+        monitors_dir=tmp_path / "monitors",
+        node="n",
+        completions=Outbox(send),
+    )
+    # Counters no cgroup of an empty job could show: which source was billed is plain.
+    counters = {"cpuacct.usage": "987654321", "memory.max_usage_in_bytes": "7340032"}
+    record = ExitRecord(
+        "exited", 0, None, None, 1_000, 2_000, 0, 0, 0, counters if from_monitor else None
+    )
+    job = Job(
+        id=JobId(9),
+        tenant="acme",
+        name="",
+        argv=("true",),
+        env={},
+        cwd="/",
+        cpu=Decimal(1),
+        memory_bytes=64 << 20,
+        pids_max=16,
+        timeout_seconds=None,
+        priority=0,
+        max_attempts=1,
+        attempts=1,
+        desired_state="running",
+        submitted_at=datetime.now(UTC),
+    )
+    with send, receive:
+        await runner.finish(job, cgroup, record, timed_out=False)
+        completion = receive.receive_nowait()
+    assert completion.outcome.state == "succeeded"
+    kernel = read_final(driver, cgroup, None).usage()
+    if from_monitor:
+        assert (completion.usage.cpu_ns, completion.usage.memory_peak_bytes) == (987654321, 7340032)
+    else:
+        assert completion.usage.cpu_ns == kernel.cpu_ns != 987654321
