@@ -287,6 +287,16 @@ async def main(jobs: int, repeat: int, sleepers: int) -> None:
         for name, rate in med.items():
             runs_text = ", ".join(f"{r:.0f}" for r in results[name])
             print(f"{ratio_line(name, rate, bare)}   [{runs_text}]")
+        # Each run against the bare loop of its own round (minutes apart at most): the host's
+        # drift between rounds cancels out of these.
+        for name in TARGETS:
+            bares = results["bare loop, 8 in flight"]
+            paired = [r / b for r, b in zip(results[name], bares, strict=True)]
+            paired_text = ", ".join(f"{p:.1%}" for p in paired)
+            print(
+                f"{name}, each run / its round's bare loop: median"
+                f" {statistics.median(paired):.1%}   [{paired_text}]"
+            )
         per_job_ms = cpu / (jobs * repeat) * 1000
         print(f"agent CPU per job (end to end): {per_job_ms:.2f} ms (target <= 1.6 ms)")
         print(f"agent RSS: {rss_idle:.0f} MiB idle, {rss:.0f} MiB with {sleepers} sleeping jobs")
