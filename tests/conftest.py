@@ -24,6 +24,7 @@ from scheduler.config import Settings
 from scheduler.db.embedded import EmbeddedPostgres
 from scheduler.db.migrate import migrate
 from scheduler.db.pool import connect
+from scheduler.runtime.launcher import monitor_binary
 
 TEMPLATE = "scheduler_template"
 # State directories and Postgres clusters of the tests. Not /tmp: jobs get a private one, so
@@ -56,6 +57,14 @@ def pytest_runtest_makereport(
 def anyio_backend() -> tuple[str, dict[str, bool]]:
     # The loop `scheduler serve` runs on (uvloop), so tests meet its limits too.
     return ("asyncio", {"use_uvloop": True})
+
+
+@pytest.fixture(scope="session")
+def monitor(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The scheduler-monitor binary, compiled once per test session."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler")
+    return monitor_binary(tmp_path_factory.mktemp("monitor-cache"))
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ from scheduler.cgroups.counters import (
 from scheduler.cgroups.detect import open_driver
 from scheduler.cgroups.v2 import V2Driver
 from scheduler.jobs import Job, JobId
-from scheduler.runtime.launcher import monitor_binary, read_exit_record, spawn, wait_monitor
+from scheduler.runtime.launcher import read_exit_record, spawn, wait_monitor
 from scheduler.runtime.spec import Credentials, ExitRecord, FinalRead, LaunchSpec
 
 pytestmark = [
@@ -42,18 +42,6 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Burns some cpu and touches 8 MiB of its private /tmp (charged to the job's memory).
 BUSY = "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; head -c 8388608 /dev/zero > /tmp/f"
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def monitor(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if shutil.which("cc") is None and shutil.which("gcc") is None:
-        pytest.skip("no C compiler")
-    return monitor_binary(tmp_path_factory.mktemp("monitor-cache"))
 
 
 @pytest.fixture

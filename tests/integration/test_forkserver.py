@@ -18,7 +18,7 @@ from scheduler.cgroups.base import LaunchPlan
 from scheduler.errors import LaunchError
 from scheduler.runtime.forkserver import ForkServer
 from scheduler.runtime.identity import live_monitor_pid
-from scheduler.runtime.launcher import RESERVE_FILE, monitor_binary, read_exit_record, wait_monitor
+from scheduler.runtime.launcher import RESERVE_FILE, read_exit_record, wait_monitor
 from scheduler.runtime.spec import ExitRecord, LaunchSpec
 
 pytestmark = [
@@ -33,11 +33,6 @@ PATH = "/usr/bin:/bin"
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def monitor(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return monitor_binary(tmp_path_factory.mktemp("forkserver-cache"))
 
 
 @pytest.fixture

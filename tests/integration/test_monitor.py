@@ -47,13 +47,6 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(scope="module")
-def monitor(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if shutil.which("cc") is None and shutil.which("gcc") is None:
-        pytest.skip("no C compiler")
-    return monitor_binary(tmp_path_factory.mktemp("monitor-cache"))
-
-
 class Job:
     def __init__(self, spec: LaunchSpec, pid: int) -> None:
         self.spec = spec
