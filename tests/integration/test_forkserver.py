@@ -91,6 +91,31 @@ async def test_a_forked_monitor_runs_the_job_with_exactly_its_environment(
     assert lines[-1] == "[]"  # an empty argument arrives as one
 
 
+def capabilities(status: str) -> dict[str, int]:
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    return {k: int(fields[k], 16) for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")}
+
+
+async def test_the_server_empties_its_bounding_set_once_and_jobs_still_end_with_none(
+    server: ForkServer, tmp_path: Path
+) -> None:
+    assert server.pid is not None
+    own = capabilities(Path(f"/proc/{server.pid}/status").read_text())
+    # Its own capabilities stay (a forked monitor mounts, clones and moves processes with
+    # them); only what an exec could grant is gone.
+    assert own["CapBnd"] == 0 and own["CapEff"] != 0
+    # Root's job (no credentials: only tests do that). Its init mounted /proc and /tmp and
+    # brought lo up with the capabilities the server kept (a failure is a start error).
+    launch = spec(tmp_path, "cat", "/proc/self/status")
+    record = await run(server, launch)
+    assert (record.kind, record.exit_code) == ("exited", 0), record
+    status = output(launch)
+    assert capabilities(status) == dict.fromkeys(
+        ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"), 0
+    )
+    assert "NoNewPrivs:\t1" in status
+
+
 async def test_start_errors_and_exit_codes_come_back_as_from_an_exec_monitor(
     server: ForkServer, tmp_path: Path
 ) -> None:
