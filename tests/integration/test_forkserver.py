@@ -99,17 +99,17 @@ def capabilities(status: str) -> dict[str, int]:
 async def test_the_server_empties_its_bounding_set_once_and_jobs_still_end_with_none(
     server: ForkServer, tmp_path: Path
 ) -> None:
-    assert server.pid is not None
-    own = capabilities(Path(f"/proc/{server.pid}/status").read_text())
-    # Its own capabilities stay (a forked monitor mounts, clones and moves processes with
-    # them); only what an exec could grant is gone.
-    assert own["CapBnd"] == 0 and own["CapEff"] != 0
     # Root's job (no credentials: only tests do that). Its init mounted /proc and /tmp and
     # brought lo up with the capabilities the server kept (a failure is a start error).
     launch = spec(tmp_path, "cat", "/proc/self/status")
     record = await run(server, launch)
     assert (record.kind, record.exit_code) == ("exited", 0), record
     status = output(launch)
+    # The server answered, so it is past its start: its own capabilities stay (a forked
+    # monitor mounts, clones and moves processes with them), what an exec could grant is gone.
+    assert server.pid is not None
+    own = capabilities(Path(f"/proc/{server.pid}/status").read_text())
+    assert own["CapBnd"] == 0 and own["CapEff"] != 0
     assert capabilities(status) == dict.fromkeys(
         ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"), 0
     )
