@@ -950,28 +950,21 @@ static int wait_job(const struct opts *o, int err_fd, int status_fd, struct sink
 #define SETTLE_MS 2
 #define SETTLE_LIMIT_MS 100
 
-/* The text of a small file into buf (NUL-terminated); its length, or -1. */
-static ssize_t read_small(const char *path, char *buf, size_t size)
+/* The whole text of an open file from offset 0 into buf (NUL-terminated); its length, or
+ * -1 (EFBIG: longer than buf). cgroupfs regenerates a file's text on every read at 0. */
+static ssize_t pread_small(int fd, char *buf, size_t size)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
     size_t used = 0;
     for (;;) {
-        ssize_t n = read(fd, buf + used, size - 1 - used);
+        ssize_t n = pread(fd, buf + used, size - 1 - used, (off_t)used);
         if (n < 0 && errno == EINTR)
             continue;
-        if (n <= 0) {
-            int saved = errno;
-            close(fd);
-            errno = saved;
-            if (n < 0)
-                return -1;
+        if (n < 0)
+            return -1;
+        if (n == 0)
             break;
-        }
         used += (size_t)n;
-        if (used == size - 1) { /* too long to keep whole */
-            close(fd);
+        if (used == size - 1) {
             errno = EFBIG;
             return -1;
         }
@@ -984,7 +977,12 @@ static ssize_t read_small(const char *path, char *buf, size_t size)
 static int cgroup_empty(const char *path)
 {
     char text[4096];
-    if (read_small(path, text, sizeof text) < 0)
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = pread_small(fd, text, sizeof text);
+    close(fd);
+    if (n < 0)
         return 0;
     const char *base = strrchr(path, '/');
     if (base && strcmp(base + 1, "cgroup.events") == 0)
@@ -992,27 +990,39 @@ static int cgroup_empty(const char *path)
     return text[0] == '\0';
 }
 
-/* Append "counter.NAME=TEXT\n" for each file to out (used bytes so far); new length or -1. */
+/* Open each file (fds[k]; -1 for one this kernel does not have); 0, or -1 when a file
+ * cannot be opened for another reason or the cgroup is gone. */
+static int open_counters(const char **paths, int n, int *fds)
+{
+    for (int k = 0; k < n; k++) {
+        fds[k] = open(paths[k], O_RDONLY | O_CLOEXEC);
+        if (fds[k] >= 0)
+            continue;
+        char dir[PATH_MAX];
+        struct stat st;
+        snprintf(dir, sizeof dir, "%s", paths[k]);
+        char *slash = strrchr(dir, '/');
+        if (slash)
+            *slash = '\0';
+        /* No such file on this kernel is fine; no cgroup any more is not. */
+        if (errno != ENOENT || !slash || stat(dir, &st) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Append "counter.NAME=TEXT\n" for each open file to out (used bytes so far); the new
+ * length, or -1. */
 static ssize_t append_counters(char *out, size_t size, size_t used, const char **names,
-                               const char **paths, int n)
+                               const int *fds, int n)
 {
     for (int k = 0; k < n; k++) {
         char text[COUNTERS_MAX];
-        ssize_t len = read_small(paths[k], text, sizeof text);
-        if (len < 0) {
-            if (errno != ENOENT)
-                return -1;
-            /* No such file on this kernel, or no cgroup any more: only the first is fine. */
-            char dir[PATH_MAX];
-            struct stat st;
-            snprintf(dir, sizeof dir, "%s", paths[k]);
-            char *slash = strrchr(dir, '/');
-            if (slash)
-                *slash = '\0';
-            if (!slash || stat(dir, &st) != 0)
-                return -1;
+        if (fds[k] < 0)
             continue;
-        }
+        ssize_t len = pread_small(fds[k], text, sizeof text);
+        if (len < 0)
+            return -1;
         while (len > 0 && text[len - 1] == '\n')
             text[--len] = '\0';
         if (strchr(text, '|'))
@@ -1028,32 +1038,41 @@ static ssize_t append_counters(char *out, size_t size, size_t used, const char *
     return (ssize_t)used;
 }
 
-/* The final counters' record lines into out (size COUNTERS_MAX), or "" (see above). */
+/* The final counters' record lines into out (size COUNTERS_MAX), or "" (see above). The
+ * files are opened once and re-read with pread: an open walks kernfs, a re-read does not. */
 static void final_counters(const struct opts *o, char *out)
 {
     static char again[COUNTERS_MAX];
+    int n = o->n_counters + o->n_gauges;
+    int fds[n > 0 ? n : 1];
+    for (int k = 0; k < n; k++)
+        fds[k] = -1;
     out[0] = '\0';
-    if (o->n_counters + o->n_gauges == 0 || !cgroup_empty(o->empty_check))
-        return;
-    ssize_t len = append_counters(out, COUNTERS_MAX, 0, o->counter_names, o->counter_paths,
-                                  o->n_counters);
+    ssize_t len = -1;
+    if (n > 0 && cgroup_empty(o->empty_check) &&
+        open_counters(o->counter_paths, o->n_counters, fds) == 0 &&
+        open_counters(o->gauge_paths, o->n_gauges, fds + o->n_counters) == 0)
+        len = append_counters(out, COUNTERS_MAX, 0, o->counter_names, fds, o->n_counters);
     long long deadline = now_ns() + SETTLE_LIMIT_MS * 1000000LL;
     while (len >= 0 && now_ns() < deadline) {
         struct timespec pause = {0, SETTLE_MS * 1000000L};
         while (nanosleep(&pause, &pause) != 0 && errno == EINTR)
             ;
-        ssize_t n = append_counters(again, sizeof again, 0, o->counter_names, o->counter_paths,
-                                    o->n_counters);
-        if (n < 0 || (n == len && memcmp(again, out, (size_t)n) == 0)) {
-            len = n;
+        ssize_t again_len =
+            append_counters(again, sizeof again, 0, o->counter_names, fds, o->n_counters);
+        int same = again_len == len && memcmp(again, out, (size_t)len) == 0;
+        len = again_len;
+        if (len >= 0 && !same)
+            memcpy(out, again, (size_t)len + 1);
+        if (same)
             break;
-        }
-        memcpy(out, again, (size_t)n + 1);
-        len = n;
     }
     if (len >= 0)
-        len = append_counters(out, COUNTERS_MAX, (size_t)len, o->gauge_names, o->gauge_paths,
-                              o->n_gauges);
+        len = append_counters(out, COUNTERS_MAX, (size_t)len, o->gauge_names,
+                              fds + o->n_counters, o->n_gauges);
+    for (int k = 0; k < n; k++)
+        if (fds[k] >= 0)
+            close(fds[k]);
     if (len < 0)
         out[0] = '\0';
 }
