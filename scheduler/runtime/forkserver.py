@@ -65,7 +65,9 @@ class ForkServer:
         self._binary = binary
         self._sock: socket.socket | None = None
         self._pid: int | None = None
-        self._lock = anyio.Lock()
+        # fast_acquire: a free lock is taken without a yield to the event loop (one loop
+        # iteration per launch); cancellation is checked all the same.
+        self._lock = anyio.Lock(fast_acquire=True)
 
     @property
     def pid(self) -> int | None:
