@@ -24,7 +24,15 @@ class RunClock:
         self._now = now
         self._used = 0.0
         self._since: float | None = now()
-        self.changed = anyio.Event()
+        self._changed: anyio.Event | None = None
+
+    @property
+    def changed(self) -> anyio.Event:
+        """Set at the next pause or resume. Made on first use: only attempts with a time limit
+        wait on it, and making an anyio.Event (a backend lookup each time) is not free."""
+        if self._changed is None:
+            self._changed = anyio.Event()
+        return self._changed
 
     @property
     def paused(self) -> bool:
@@ -50,8 +58,10 @@ class RunClock:
             self._signal()
 
     def _signal(self) -> None:
-        self.changed.set()
-        self.changed = anyio.Event()
+        # Wake whoever took the current event; the next reader of ``changed`` gets a new one.
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     async def wait_used(self, limit: float) -> None:
         """Return once the attempt has been running for ``limit`` seconds."""

@@ -13,6 +13,8 @@ closing row is always numbered after every period the sampler spooled for it.
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,6 +36,7 @@ from scheduler.db.outage import DB_ERRORS, describe, log_failure, outage_kind
 from scheduler.db.pool import Conn
 from scheduler.db.queries import q
 from scheduler.jobs import Job, Outcome, byte_seconds, cpu_seconds, retry_delay_seconds
+from scheduler.log import enabled
 from scheduler.runtime.launcher import remove_run_dir
 
 log = structlog.get_logger(__name__)
@@ -89,8 +92,11 @@ async def _release(conn: Conn, batch: list[Completion]) -> set[int]:
     return {int(r["id"]) for r in rows}
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _ts(ns: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ns // 1000)
+    return _EPOCH + timedelta(microseconds=ns // 1000)
 
 
 def _columns(rows: Iterable[tuple[object, ...]]) -> list[list[object]]:
@@ -98,37 +104,39 @@ def _columns(rows: Iterable[tuple[object, ...]]) -> list[list[object]]:
     return [list(column) for column in zip(*rows, strict=True)]
 
 
-def _finish_args(c: Completion) -> tuple[object, ...]:
+def _row_args(c: Completion) -> tuple[tuple[object, ...], tuple[object, ...]]:
+    """The arguments of ``c``'s finish_jobs row and of its closing usage row."""
     retry_at = None
     state: str = c.outcome.state
     if c.outcome.retry:
         state = "queued"
         retry_at = datetime.now(UTC) + timedelta(seconds=retry_delay_seconds(c.job.attempts))
-    return (
-        c.job.id,
+    job, usage = c.job, c.usage
+    # Computed once: the job's row and a whole-attempt usage row share them.
+    started, ended = _ts(c.start_ns), _ts(c.end_ns)
+    cpu = cpu_seconds(usage.cpu_ns)
+    finish = (
+        job.id,
         state,
         c.outcome.exit_code,
         c.outcome.signal,
         c.outcome.oom_killed,
         c.outcome.error,
-        _ts(c.start_ns),
-        _ts(c.end_ns),
-        cpu_seconds(c.usage.cpu_ns),
-        c.usage.memory_peak_bytes,
-        c.usage.io_read_bytes,
-        c.usage.io_write_bytes,
+        started,
+        ended,
+        cpu,
+        usage.memory_peak_bytes,
+        usage.io_read_bytes,
+        usage.io_write_bytes,
         retry_at,
-        c.job.attempts,
+        job.attempts,
     )
-
-
-def _usage_args(c: Completion) -> tuple[object, ...]:
-    if c.closing is not None:
-        p = c.closing
-        return (
-            c.job.id,
-            c.job.attempts,
-            c.job.tenant,
+    p = c.closing
+    if p is not None:
+        closing = (
+            job.id,
+            job.attempts,
+            job.tenant,
             c.node,
             _ts(p.start_ns),
             _ts(p.end_ns),
@@ -138,22 +146,50 @@ def _usage_args(c: Completion) -> tuple[object, ...]:
             p.io_read_bytes,
             p.io_write_bytes,
         )
-    # Timestamps are truncated to microseconds (Postgres' resolution) before computing the
-    # integral, so that the row's numbers follow from the row's own period.
+        return finish, closing
+    # The whole attempt in one row. Timestamps are truncated to microseconds (Postgres'
+    # resolution) before computing the integral, so that the row's numbers follow from the
+    # row's own period.
     start, end = c.start_ns // 1000 * 1000, c.end_ns // 1000 * 1000
-    return (
-        c.job.id,
-        c.job.attempts,
-        c.job.tenant,
+    closing = (
+        job.id,
+        job.attempts,
+        job.tenant,
         c.node,
-        _ts(start),
-        _ts(end),
-        cpu_seconds(c.usage.cpu_ns),
-        byte_seconds(c.usage.memory_peak_bytes, start, end),
-        c.usage.memory_peak_bytes,
-        c.usage.io_read_bytes,
-        c.usage.io_write_bytes,
+        started,
+        ended,
+        cpu,
+        byte_seconds(usage.memory_peak_bytes, start, end),
+        usage.memory_peak_bytes,
+        usage.io_read_bytes,
+        usage.io_write_bytes,
     )
+    return finish, closing
+
+
+def _record_args(batch: list[Completion]) -> list[list[object]]:
+    """The arguments of _RECORD for ``batch``: finish_jobs' columns, then the usage rows'."""
+    finish, closing = zip(*map(_row_args, batch), strict=True)
+    return [*_columns(finish), *_columns(closing)]
+
+
+def _renumbered(sql: str, by: int) -> str:
+    """``sql`` with its parameters $1, $2, ... renumbered from $(1 + by)."""
+    return re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + by}", sql)
+
+
+# The ends of a batch's attempts (finish_jobs, $1-$14), their closing usage rows
+# (insert_closing_usage, $15-$25) and the NOTIFY that capacity was freed, in one statement:
+# one round trip instead of BEGIN, three statements and COMMIT. The arguments are columns,
+# for unnest, and the usage rows are inserted in one order, whatever the batch's. Each
+# data-modifying WITH query runs once and to completion whether or not it is read; they
+# touch different tables, and the usage rows' numbering reads only the usage table.
+_FINISH_PARAMS = 14
+_RECORD = (
+    f"WITH finished AS (\n{q('finish_jobs').rstrip(';')}\n),\n"
+    f"closing AS (\n{_renumbered(q('insert_closing_usage'), _FINISH_PARAMS).rstrip(';')}\n)\n"
+    "SELECT pg_notify('scheduler_done', '')"
+)
 
 
 def _dispatch_latency(c: Completion) -> float | None:
@@ -237,23 +273,29 @@ class Recorder:
     async def commit(self, batch: list[Completion]) -> None:
         """Record a batch in one transaction, then remove the cgroups it covered."""
         failpoints.hit("before_record")
-        async with self._pool.acquire() as conn, conn.transaction():
-            released = await _release(conn, [c for c in batch if c.release is not None])
-            finished = [c for c in batch if c.job.id not in released]
-            if finished:
-                # One statement each (the arguments as columns, for unnest): fewer round
-                # trips, and the usage rows are inserted in one order, whatever the batch's.
-                await conn.execute(q("finish_jobs"), *_columns(map(_finish_args, finished)))
-                await conn.execute(q("insert_closing_usage"), *_columns(map(_usage_args, finished)))
-            if released:
-                await conn.execute("SELECT pg_notify('scheduler_jobs', 'queued')")
-            await conn.execute("SELECT pg_notify('scheduler_done', '')")
+        releasing = [c for c in batch if c.release is not None]
+        if not releasing:
+            # The common case: one statement, its own transaction (one round trip).
+            await self._pool.execute(_RECORD, *_record_args(batch))
+            released: set[int] = set()
+        else:
+            async with self._pool.acquire() as conn, conn.transaction():
+                released = await _release(conn, releasing)
+                if released:
+                    await conn.execute("SELECT pg_notify('scheduler_jobs', 'queued')")
+                finished = [c for c in batch if c.job.id not in released]
+                if finished:
+                    await conn.execute(_RECORD, *_record_args(finished))
+                else:
+                    await conn.execute("SELECT pg_notify('scheduler_done', '')")
         for c in batch:
             self._unrecorded.discard(c.job.id)
         failpoints.hit("after_record")
         # rmdir in every hierarchy can take a while (the kernel offlines each cgroup): off the
         # event loop, one thread hop per batch.
         await anyio.to_thread.run_sync(self._clean_up, batch)
+        # Skipped, arguments and all, where info is filtered out (one line per job).
+        info = enabled(logging.INFO)
         for c in batch:
             if c.job.id in released:
                 log.warning(
@@ -270,6 +312,8 @@ class Recorder:
                     "queued" if c.outcome.retry else c.outcome.state,
                     _dispatch_latency(c),
                 )
+            if not info:
+                continue
             log.info(
                 "job_finished",
                 job_id=c.job.id,

@@ -108,7 +108,8 @@ def remove_dir(path: Path | str, *, retry_seconds: float = RMDIR_RETRY_SECONDS) 
     delay = 0.001
     while True:
         try:
-            Path(path).rmdir()
+            # Not Path(path).rmdir(): this runs for every hierarchy of every job.
+            os.rmdir(path)  # noqa: PTH106
         except FileNotFoundError:
             return
         except OSError as exc:

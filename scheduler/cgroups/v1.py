@@ -187,6 +187,8 @@ class V1Driver:
         """blkio.throttle rules, one per device and direction ("MAJ:MIN 0" removes one)."""
         if "blkio" not in self._mounts:
             return []
+        if not reset and limits.io_read_bps is None and limits.io_write_bps is None:
+            return []  # a launch without io limits (most): no path to build
         blkio = self.directory("blkio", path)
         writes = []
         for direction, bps in (("read", limits.io_read_bps), ("write", limits.io_write_bps)):
