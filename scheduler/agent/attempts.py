@@ -95,7 +95,9 @@ class Attempt:
     # What the state column was last set to by this agent ('running' at claim).
     recorded_state: str = "running"
     # False until the controller has applied the desired state once without trusting the
-    # flags above (an adopted attempt may have been left frozen by the previous agent).
+    # flags above (an adopted attempt may have been left frozen by the previous agent). An
+    # attempt this agent launched starts verified: its cgroup is new, made unfrozen by its
+    # monitor (a frozen tenant holds it through frozen_by_tenant, not its own cgroup).
     verified: bool = False
 
     @property
@@ -110,9 +112,9 @@ class Attempts:
         self._by_id: dict[int, Attempt] = {}
         self.on_start: Callable[[Attempt], None] = lambda _attempt: None
 
-    def start(self, job: Job, cgroup: CgroupPath) -> Attempt:
-        """Register an attempt whose monitor was started."""
-        attempt = Attempt(job, cgroup)
+    def start(self, job: Job, cgroup: CgroupPath, *, adopted: bool = False) -> Attempt:
+        """Register an attempt whose monitor was started (by a previous agent: ``adopted``)."""
+        attempt = Attempt(job, cgroup, verified=not adopted)
         self._by_id[job.id] = attempt
         self.on_start(attempt)
         return attempt

@@ -71,7 +71,10 @@ async def recover(
             runner.adopt_metering(job, cgroup)
             on_start(job.id)
             task_group.start_soon(
-                _adopted, runner.supervise(job, cgroup, plan, pid, run_dir), job.id, on_done
+                _adopted,
+                runner.supervise(job, cgroup, plan, pid, run_dir, adopted=True),
+                job.id,
+                on_done,
             )
             adopted.append(job.id)
             continue

@@ -242,14 +242,16 @@ class Runner:
         run_dir: Path,
         *,
         pidfd: int | None = None,
+        adopted: bool = False,
     ) -> None:
         """Wait for the monitor (enforcing the time limit), then read the final counters.
 
         The time limit counts running time only: the attempt's clock is paused by the
         controller while the job is frozen. ``pidfd`` (the fork server's, for a monitor that
-        is not our child) is closed here.
+        is not our child) is closed here. ``adopted``: the monitor was started by a previous
+        run of the agent.
         """
-        attempt = self.attempts.start(job, cgroup)
+        attempt = self.attempts.start(job, cgroup, adopted=adopted)
         try:
             timed_out = False
             limit = float(job.timeout_seconds) if job.timeout_seconds is not None else None

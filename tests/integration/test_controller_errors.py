@@ -78,3 +78,37 @@ async def test_an_unconfirmed_freeze_leaves_the_job_running_and_says_why(
     assert attempt.cancelled
     attempts.end(job_id)
     assert await controller.reconcile({job_id}, tenants=False) == set()
+
+
+async def test_a_fresh_attempt_is_not_thawed_while_its_monitor_makes_its_cgroup(
+    db: asyncpg.Connection, pool: asyncpg.Pool, cgroup_root: str
+) -> None:
+    # A sweep that meets an attempt whose monitor has made its cgroup in one hierarchy and
+    # not yet in the freezer's: a thaw then fails for want of the file. A new attempt's
+    # cgroup is made unfrozen, so nothing is written, and no error lands on the job.
+    driver = open_driver(cgroup_root)
+    driver.ensure(CgroupPath(()), Limits())
+    job_id = await db.fetchval(
+        "INSERT INTO scheduler.jobs (argv) VALUES (ARRAY['true']) RETURNING id"
+    )
+    [row] = await claim(pool, "n1", 1, Capacity(4, 2**34))
+    job = Job.from_row(row)
+    tenants = TenantCgroups(pool, driver)
+    cgroup = CgroupPath.for_job(await tenants.chain("default"), job_id)
+    first, *rest = driver.plan(cgroup, Limits()).mkdirs
+    Path(first).mkdir()  # the monitor is part way through its mkdirs
+    attempts = Attempts()
+    controller = Controller(pool, driver, attempts, tenants, node="n1", poll_interval=1)
+    fresh = attempts.start(job, cgroup)
+    assert await controller.reconcile(None, tenants=True) == set()
+    assert await db.fetchval("SELECT error FROM scheduler.jobs WHERE id = $1", job_id) is None
+    assert fresh.verified and not fresh.frozen
+    # An adopted attempt is checked once against the kernel instead: its cgroup may have
+    # been left frozen by the agent before.
+    for leaf in rest:
+        Path(leaf).mkdir()
+    attempts.end(job_id)
+    adopted = attempts.start(job, cgroup, adopted=True)
+    assert not adopted.verified
+    assert await controller.reconcile(None, tenants=False) == set()
+    assert adopted.verified
