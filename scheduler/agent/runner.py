@@ -323,10 +323,11 @@ class Runner:
             attempts=job.attempts,
             max_attempts=job.max_attempts,
         )
-        await self._isolator.release(
-            run_dir_for(self._runs_dir, job.id, job.attempts),
-            succeeded=outcome.state == "succeeded",
-        )
+        if job.image is not None:  # only a job on an image has a writable layer to remove
+            await self._isolator.release(
+                run_dir_for(self._runs_dir, job.id, job.attempts),
+                succeeded=outcome.state == "succeeded",
+            )
         now = time.time_ns()
         start_ns = record.start_ns if record else now
         end_ns = record.end_ns if record else now
