@@ -193,7 +193,9 @@ class Sampler:
         self._stats = stats or ServiceStats()
         self._tenant_paths = tenant_paths if tenant_paths is not None else {}
         self._attempts: dict[int, _Attempt] = {}
-        self._lock = anyio.Lock()
+        # Held by a sweep from read to commit; every attempt's end takes it once (close), so
+        # a free lock is taken without a pass through the event loop.
+        self._lock = anyio.Lock(fast_acquire=True)
         self._tenant_high: dict[str, Usage] = {}
         self._pressure_high: dict[str, dict[tuple[str, str], int]] = {}
         self._spool = spool
