@@ -95,8 +95,10 @@ async def wait_finished(conn: asyncpg.Connection, ids: list[int], timeout: float
 
     Woken by the agent's ``scheduler_done`` NOTIFY (one per recorded batch), with a slow poll
     as a fallback: a tight poll of its own would take Postgres CPU from the system measured.
+    Each look reads from the lowest job not yet seen ended to the first one still going (jobs
+    end roughly in id order), not the whole range: the harness's own queries stay a few rows.
     """
-    lo, hi, n = min(ids), max(ids), len(ids)
+    lo, hi = min(ids), max(ids)
     done = anyio.Event()
 
     def on_done(*_: object) -> None:
@@ -106,15 +108,16 @@ async def wait_finished(conn: asyncpg.Connection, ids: list[int], timeout: float
     try:
         with anyio.fail_after(timeout):
             while True:
-                ended = await conn.fetchval(
-                    "SELECT count(*) FROM scheduler.jobs"
-                    " WHERE id BETWEEN $1 AND $2 AND state = ANY($3)",
+                going = await conn.fetchval(
+                    "SELECT min(id) FROM scheduler.jobs"
+                    " WHERE id BETWEEN $1 AND $2 AND state <> ALL($3)",
                     lo,
                     hi,
                     list(FINAL),
                 )
-                if ended >= n:
+                if going is None:
                     return
+                lo = going
                 with anyio.move_on_after(0.05):
                     await done.wait()
                 done = anyio.Event()
