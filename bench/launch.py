@@ -10,7 +10,8 @@ Prints the machine and:
     lock warmer poked per launch, as the agent does; the monitors' records on a tmpfs,
     output on the state disk, as deployed), 8 in flight;
   - end to end: `scheduler serve` in a child process, one INSERT ... SELECT of `true` jobs to
-    every exit and usage row committed;
+    every exit and usage row committed (each job asks for one core, the runtime alone's cpu
+    limit; the agent's admission capacity is set to its max_running cores);
   each as jobs/s and as a ratio to the bare loop with 8 in flight (median of --repeat runs),
   every phase started once the machine is quiet (the kernel's teardown of the previous
   phase's namespaces and cgroups done);
@@ -156,7 +157,9 @@ def rss_mib(pid: int) -> float:
 
 async def end_to_end(conn: asyncpg.Connection, jobs: int) -> float:
     t0 = time.perf_counter()
-    ids = await insert_true_jobs(conn, jobs)
+    # The runtime alone's cpu limit: the same CFS quota for the same `true` (0.01 cores
+    # would throttle `true` itself, about 0.2 ms of CPU per job more; see main()).
+    ids = await insert_true_jobs(conn, jobs, cpu=JOB_LIMITS.cpu_cores or 1.0)
     await wait_finished(conn, ids)
     elapsed = time.perf_counter() - t0
     final = await conn.fetchval(
@@ -240,8 +243,19 @@ async def main(jobs: int, repeat: int, sleepers: int) -> None:
         )
         await pg.start()
         state = base / "state"
+        # End-to-end jobs ask for one core each, as the runtime alone's do: the agent's
+        # admission capacity is its max_running cores, so that cores do not cap the jobs in
+        # flight at two (the node is overcommitted on purpose; `true` uses a fraction of a
+        # millisecond of its core).
+        max_running = sleepers + 50
         agent = start_agent(
-            pg.dsn, state, root, extra={"SCHEDULER_MAX_RUNNING": str(sleepers + 50)}
+            pg.dsn,
+            state,
+            root,
+            extra={
+                "SCHEDULER_MAX_RUNNING": str(max_running),
+                "SCHEDULER_NODE_CPU": str(max_running),
+            },
         )
         conn = await asyncpg.connect(pg.dsn)
         # Warm up every path once (monitor compiled, tenant cgroups made, caches hot).

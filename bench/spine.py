@@ -125,13 +125,14 @@ async def wait_finished(conn: asyncpg.Connection, ids: list[int], timeout: float
         await conn.remove_listener("scheduler_done", on_done)
 
 
-async def insert_true_jobs(conn: asyncpg.Connection, n: int) -> list[int]:
-    """``n`` trivial `true` jobs in one INSERT ... SELECT, asking for 0.01 cores each so that
-    admission does not cap them at two on two cores; their ids."""
+async def insert_true_jobs(conn: asyncpg.Connection, n: int, cpu: float = 0.01) -> list[int]:
+    """``n`` trivial `true` jobs in one INSERT ... SELECT, asking for ``cpu`` cores each (by
+    default 0.01, so that admission does not cap them at two on two cores); their ids."""
     rows = await conn.fetch(
         "INSERT INTO scheduler.jobs (argv, cpu, memory_bytes)"
-        " SELECT ARRAY['true'], 0.01, 16777216 FROM generate_series(1, $1) RETURNING id",
+        " SELECT ARRAY['true'], $2, 16777216 FROM generate_series(1, $1) RETURNING id",
         n,
+        cpu,
     )
     return [int(r["id"]) for r in rows]
 
