@@ -199,6 +199,8 @@ class Controller:
         job, cgroup = attempt.job, attempt.cgroup
         log_ = log.bind(job_id=job.id, tenant=job.tenant)
         full = full or not attempt.verified
+        if want == "running" and not attempt.frozen_self and not full:
+            return True  # as it should be: no look at the kernel (every sweep, every attempt)
         exists = await anyio.to_thread.run_sync(self._driver.exists, cgroup)
         if exists:
             attempt.verified = True

@@ -37,6 +37,21 @@ class RefusingFreeze:
         raise CgroupError(f"{path.rel} stayed FREEZING for 2.0 s; thawed it again")
 
 
+class CountingExists:
+    """The real driver, counting its ``exists`` calls."""
+
+    def __init__(self, driver: CgroupDriver) -> None:
+        self._driver = driver
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._driver, name)
+
+    def exists(self, path: CgroupPath) -> bool:
+        self.calls += 1
+        return self._driver.exists(path)
+
+
 @pytest.fixture
 async def pool(dsn: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_pool(dsn, min_size=1, max_size=4)
@@ -98,11 +113,15 @@ async def test_a_fresh_attempt_is_not_thawed_while_its_monitor_makes_its_cgroup(
     first, *rest = driver.plan(cgroup, Limits()).mkdirs
     Path(first).mkdir()  # the monitor is part way through its mkdirs
     attempts = Attempts()
-    controller = Controller(pool, driver, attempts, tenants, node="n1", poll_interval=1)
+    counting = CountingExists(driver)
+    controller = Controller(pool, counting, attempts, tenants, node="n1", poll_interval=1)  # type: ignore[arg-type]
+    await controller.reconcile(None, tenants=True)  # the tenants' first look
+    counting.calls = 0
     fresh = attempts.start(job, cgroup)
-    assert await controller.reconcile(None, tenants=True) == set()
+    assert await controller.reconcile(None, tenants=False) == set()
     assert await db.fetchval("SELECT error FROM scheduler.jobs WHERE id = $1", job_id) is None
     assert fresh.verified and not fresh.frozen
+    assert counting.calls == 0  # a sweep does not look at a running attempt's cgroup
     # An adopted attempt is checked once against the kernel instead: its cgroup may have
     # been left frozen by the agent before.
     for leaf in rest:
@@ -111,4 +130,4 @@ async def test_a_fresh_attempt_is_not_thawed_while_its_monitor_makes_its_cgroup(
     adopted = attempts.start(job, cgroup, adopted=True)
     assert not adopted.verified
     assert await controller.reconcile(None, tenants=False) == set()
-    assert adopted.verified
+    assert adopted.verified and counting.calls == 1
