@@ -59,18 +59,24 @@ async def pool(dsn: str) -> AsyncIterator[asyncpg.Pool]:
     await pool.close()
 
 
-async def test_an_unconfirmed_freeze_leaves_the_job_running_and_says_why(
-    db: asyncpg.Connection, pool: asyncpg.Pool, cgroup_root: str, state_dir: Path
-) -> None:
+async def claimed_job(
+    db: asyncpg.Connection, pool: asyncpg.Pool, cgroup_root: str
+) -> tuple[CgroupDriver, Job, TenantCgroups, CgroupPath]:
+    """One `true` job inserted and claimed by node n1; its (not yet made) cgroup's path."""
     driver = open_driver(cgroup_root)
     driver.ensure(CgroupPath(()), Limits())
-    job_id = await db.fetchval(
-        "INSERT INTO scheduler.jobs (argv) VALUES (ARRAY['true']) RETURNING id"
-    )
+    await db.execute("INSERT INTO scheduler.jobs (argv) VALUES (ARRAY['true'])")
     [row] = await claim(pool, "n1", 1, Capacity(4, 2**34))
     job = Job.from_row(row)
     tenants = TenantCgroups(pool, driver)
-    cgroup = CgroupPath.for_job(await tenants.chain("default"), job_id)
+    return driver, job, tenants, CgroupPath.for_job(await tenants.chain("default"), job.id)
+
+
+async def test_an_unconfirmed_freeze_leaves_the_job_running_and_says_why(
+    db: asyncpg.Connection, pool: asyncpg.Pool, cgroup_root: str, state_dir: Path
+) -> None:
+    driver, job, tenants, cgroup = await claimed_job(db, pool, cgroup_root)
+    job_id = job.id
     driver.ensure(cgroup, Limits())  # stands in for the job's leaf (no process needed)
     attempts = Attempts()
     refusing: CgroupDriver = RefusingFreeze(driver)  # type: ignore[assignment]
@@ -101,15 +107,8 @@ async def test_a_fresh_attempt_is_not_thawed_while_its_monitor_makes_its_cgroup(
     # A sweep that meets an attempt whose monitor has made its cgroup in one hierarchy and
     # not yet in the freezer's: a thaw then fails for want of the file. A new attempt's
     # cgroup is made unfrozen, so nothing is written, and no error lands on the job.
-    driver = open_driver(cgroup_root)
-    driver.ensure(CgroupPath(()), Limits())
-    job_id = await db.fetchval(
-        "INSERT INTO scheduler.jobs (argv) VALUES (ARRAY['true']) RETURNING id"
-    )
-    [row] = await claim(pool, "n1", 1, Capacity(4, 2**34))
-    job = Job.from_row(row)
-    tenants = TenantCgroups(pool, driver)
-    cgroup = CgroupPath.for_job(await tenants.chain("default"), job_id)
+    driver, job, tenants, cgroup = await claimed_job(db, pool, cgroup_root)
+    job_id = job.id
     first, *rest = driver.plan(cgroup, Limits()).mkdirs
     Path(first).mkdir()  # the monitor is part way through its mkdirs
     attempts = Attempts()

@@ -8,8 +8,6 @@ import os
 import shutil
 import subprocess
 import uuid
-from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 
 import anyio
@@ -28,9 +26,9 @@ from scheduler.cgroups.counters import (
 )
 from scheduler.cgroups.detect import open_driver
 from scheduler.cgroups.v2 import V2Driver
-from scheduler.jobs import Job, JobId
 from scheduler.runtime.launcher import read_exit_record, spawn, wait_monitor
 from scheduler.runtime.spec import Credentials, ExitRecord, FinalRead, LaunchSpec
+from tests import factories
 
 pytestmark = [
     pytest.mark.anyio,
@@ -229,23 +227,7 @@ async def test_the_agent_bills_the_monitors_counters_else_reads_the_cgroup(
     record = ExitRecord(
         "exited", 0, None, None, 1_000, 2_000, 0, 0, 0, counters if from_monitor else None
     )
-    job = Job(
-        id=JobId(9),
-        tenant="acme",
-        name="",
-        argv=("true",),
-        env={},
-        cwd="/",
-        cpu=Decimal(1),
-        memory_bytes=64 << 20,
-        pids_max=16,
-        timeout_seconds=None,
-        priority=0,
-        max_attempts=1,
-        attempts=1,
-        desired_state="running",
-        submitted_at=datetime.now(UTC),
-    )
+    job = factories.job(9, memory_bytes=64 << 20, pids_max=16)
     with send, receive:
         await runner.finish(job, cgroup, record, timed_out=False)
         completion = receive.receive_nowait()

@@ -4,31 +4,14 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import UTC, datetime
-from decimal import Decimal
 
 from scheduler.agent.recorder import _RECORD, Completion, _record_args
 from scheduler.cgroups.base import Usage
 from scheduler.db.queries import q
-from scheduler.jobs import Job, JobId, Outcome
+from scheduler.jobs import Outcome
+from tests.factories import job
 
-JOB = Job(
-    id=JobId(7),
-    tenant="acme",
-    name="",
-    argv=("true",),
-    env={},
-    cwd="/",
-    cpu=Decimal(1),
-    memory_bytes=1 << 28,
-    pids_max=100,
-    timeout_seconds=None,
-    priority=0,
-    max_attempts=1,
-    attempts=1,
-    desired_state="running",
-    submitted_at=datetime.now(UTC),
-)
+JOB = job()
 
 
 def _params(sql: str) -> set[int]:
