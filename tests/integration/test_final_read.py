@@ -114,7 +114,7 @@ async def test_a_killed_job_has_its_counters_recorded_too(
 async def test_nothing_is_recorded_while_the_cgroup_still_has_a_process(
     monitor: Path, driver: CgroupDriver, tmp_path: Path
 ) -> None:
-    spec, _, pid = launch(monitor, driver, tmp_path, 3, "read x < /dev/null; sleep 0.3")
+    spec, _, pid = launch(monitor, driver, tmp_path, 3, "sleep 1.5")
     # A process of the host's (not the job's) joins the job's cgroup while the job runs: the
     # job's end does not empty the cgroup, so the monitor must not take its counters as final.
     stray = subprocess.Popen(["sleep", "30"])
