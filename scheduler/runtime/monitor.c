@@ -11,9 +11,9 @@
  *
  *   monitor  runs the cgroup plan, clones `init` into fresh pid/mount/uts/ipc/net
  *            namespaces, puts it into every cgroup of the plan once its namespaces are
- *            set up, then waits for it and writes DIR/exit atomically, with the
- *            job's final counters when it was asked for them (see final_counters). It ignores the
- *            usual termination signals so it outlives the agent. The job's stdout and
+ *            set up, then waits for it and writes DIR/exit atomically, with the job's
+ *            final counters when it was asked for them (see final_counters). It ignores
+ *            the usual termination signals so it outlives the agent. The job's stdout and
  *            stderr are pipes it drains into OUT/stdout and OUT/stderr, each file (and OUT)
  *            created when the first byte arrives: a job that prints nothing costs no inode
  *            on the output disk. DIR (the reserved exit record) is meant to be a tmpfs.
