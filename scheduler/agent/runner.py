@@ -305,10 +305,11 @@ class Runner:
         closed = await self._sampler.close(job) if self._sampler is not None else None
         mark = closed.mark if closed is not None else None
         try:
-            if recorded is not None:
-                usage = recorded
-            else:
-                usage = await final_usage(self._driver, cgroup, closed.reader if closed else None)
+            usage = (
+                recorded
+                if recorded is not None
+                else await final_usage(self._driver, cgroup, closed.reader if closed else None)
+            )
         except Exception:
             log.exception("final_usage_read_failed")
             usage = Usage()

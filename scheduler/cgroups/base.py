@@ -147,6 +147,11 @@ class CgroupDriver(Protocol):
         """True while any process is in ``path`` or its descendants."""
         ...
 
+    def emptiness_file(self, path: CgroupPath) -> str:
+        """The file that tells whether ``path`` holds processes: its cgroup.events (the
+        ``populated`` line, descendants included) or, without one, its cgroup.procs."""
+        ...
+
     def read_pressure(self, path: CgroupPath, resource: str) -> Pressure:
         """PSI of ``path`` for ``resource`` ("cpu", "memory", "io"); CgroupError where the
         kernel has no pressure file for it."""

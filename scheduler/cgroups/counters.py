@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Usage
-from scheduler.cgroups.v1 import V1_CONTROLLERS, V1Driver
+from scheduler.cgroups.v1 import V1Driver
 from scheduler.cgroups.v2 import V2Driver
 from scheduler.runtime.spec import FinalRead
 
@@ -268,27 +268,22 @@ _SETTLED = frozenset(
 _MONITOR_FILES = FINAL_FILES | {"cpuacct.usage_user", "cpuacct.usage_sys"}
 
 
-_Templates = tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...], str]
-_templates: weakref.WeakKeyDictionary[CgroupDriver, _Templates] = weakref.WeakKeyDictionary()
+# Per driver: (name, directory of the root cgroup, file) for the counters and the gauges.
+_Files = tuple[tuple[str, str, str], ...]
+_templates: weakref.WeakKeyDictionary[CgroupDriver, tuple[_Files, _Files]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def _final_templates(driver: CgroupDriver) -> _Templates:
-    """The files of FinalRead for the root cgroup, as (name, text before and after the
-    cgroup's relative path) templates: a launch joins strings instead of building paths."""
-    root = CgroupPath(())
-    files = _all_counter_files(driver, root, _MONITOR_FILES)
-    base = {name: str(path.parent) for name, path in files.items()}
-    counters = tuple((n, f"{base[n]}\0{p.name}") for n, p in files.items() if n in _SETTLED)
-    gauges = tuple((n, f"{base[n]}\0{p.name}") for n, p in files.items() if n not in _SETTLED)
-    if isinstance(driver, V1Driver):
-        events = driver.has_unified
-        # As V1Driver.populated: the cgroup2 mirror's events, else the first hierarchy's pids.
-        first = next(c for c in V1_CONTROLLERS if c in driver.controllers)
-        directory = driver.directory("unified" if events else first, root)
-    else:
-        assert isinstance(driver, V2Driver)
-        events, directory = True, driver.directory(root)
-    found = counters, gauges, f"{directory}\0{'cgroup.events' if events else 'cgroup.procs'}"
+def _final_templates(driver: CgroupDriver) -> tuple[_Files, _Files]:
+    """FinalRead's files for the root cgroup, once per driver: a launch joins strings with
+    the job's relative path instead of building paths."""
+    files = _all_counter_files(driver, CgroupPath(()), _MONITOR_FILES)
+    rows = [(n, str(p.parent), p.name) for n, p in files.items()]
+    found = (
+        tuple(r for r in rows if r[0] in _SETTLED),
+        tuple(r for r in rows if r[0] not in _SETTLED),
+    )
     _templates[driver] = found
     return found
 
@@ -296,12 +291,12 @@ def _final_templates(driver: CgroupDriver) -> _Templates:
 def final_read(driver: CgroupDriver, path: CgroupPath) -> FinalRead:
     """What the monitor of a job in ``path`` reads once the job has ended (see FinalRead);
     the texts it records parse with :func:`parse_sample`."""
-    counters, gauges, empty = _templates.get(driver) or _final_templates(driver)
-    rel = f"/{path.rel_text}/"
+    counters, gauges = _templates.get(driver) or _final_templates(driver)
+    rel = path.rel_text
     return FinalRead(
-        counters=tuple((n, t.replace("\0", rel)) for n, t in counters),
-        gauges=tuple((n, t.replace("\0", rel)) for n, t in gauges),
-        empty_check=empty.replace("\0", rel),
+        counters=tuple((n, f"{base}/{rel}/{file}") for n, base, file in counters),
+        gauges=tuple((n, f"{base}/{rel}/{file}") for n, base, file in gauges),
+        empty_check=driver.emptiness_file(path),
     )
 
 

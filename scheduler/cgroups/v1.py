@@ -325,10 +325,16 @@ class V1Driver:
     def populated(self, path: CgroupPath) -> bool:
         """The mirror's cgroup.events when there is one, else any pid at or below ``path``."""
         if self._unified is not None:
-            events = fs.read_optional(f"{self._unified}/{path.rel_text}/cgroup.events")
+            events = fs.read_optional(self.emptiness_file(path))
             if events is not None:
                 return parse_flat_keyed(events).get("populated", 0) == 1
         return bool(fs.pids_below(self._main / path.rel))
+
+    def emptiness_file(self, path: CgroupPath) -> str:
+        """The cgroup2 mirror's cgroup.events, else cgroup.procs in the first hierarchy."""
+        if self._unified is not None:
+            return f"{self._unified}/{path.rel_text}/cgroup.events"
+        return f"{self._main}/{path.rel_text}/cgroup.procs"
 
     def exists(self, path: CgroupPath) -> bool:
         return (self._main / path.rel).is_dir()

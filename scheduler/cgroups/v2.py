@@ -335,6 +335,9 @@ class V2Driver:
         """cgroup.events ``populated``: 1 while any process is in ``path`` or below."""
         return self._events(path).get("populated", 0) == 1
 
+    def emptiness_file(self, path: CgroupPath) -> str:
+        return f"{self.root_dir}/{path.rel_text}/cgroup.events"
+
     def exists(self, path: CgroupPath) -> bool:
         return self.directory(path).is_dir()
 
