@@ -10,7 +10,8 @@ A test facility, off unless ``SCHEDULER_FAILPOINTS`` is set (for example
 
 Each failpoint fires once per process. Unset, :func:`hit` is one lookup in an empty dict.
 
-The points: ``after_claim`` (a claim committed rows, no monitor started yet),
+The points: ``in_claim_lock`` (inside a claim's transaction, holding the lock that serialises
+every node's claims), ``after_claim`` (a claim committed rows, no monitor started yet),
 ``before_record`` (an attempt ended and its final counters were read, nothing committed),
 ``after_record`` (its end committed, its cgroup not removed yet) and
 ``fork_server_unanswered`` (acted on by the C fork server, whatever the action: it forks the
@@ -28,7 +29,9 @@ import structlog
 from scheduler.errors import ConfigError
 
 log = structlog.get_logger(__name__)
-POINTS = frozenset({"after_claim", "before_record", "after_record", "fork_server_unanswered"})
+POINTS = frozenset(
+    {"in_claim_lock", "after_claim", "before_record", "after_record", "fork_server_unanswered"}
+)
 ACTIONS = frozenset({"stop", "error"})
 _armed: dict[str, str] = {}
 

@@ -44,6 +44,7 @@ async def claim(
     if unfit:
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute(q("claim_lock"))
+            failpoints.hit("in_claim_lock")
             await _fail_unfit(conn, node, capacity)
             rows = await conn.fetch(q("claim_jobs"), *args)
     else:

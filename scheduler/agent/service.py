@@ -124,7 +124,16 @@ async def run_agent(
     lease: NodeLease | None = None
     fork_server: ForkServer | None = None
     try:
-        pool = await create_pool(dsn, min_size=2, max_size=8)
+        # A session left idle inside a transaction for a whole lease belongs to an agent that
+        # stalled (a VM pause, SIGSTOP) and is fenced by now: Postgres ends it, and with it
+        # the claim lock it may hold, which would otherwise stop every node's claims.
+        pool = await create_pool(
+            dsn,
+            min_size=2,
+            max_size=8,
+            name=f"scheduler {settings.node_name}",
+            idle_in_transaction_seconds=settings.lease_seconds,
+        )
     except BaseException:
         if warmer is not None:
             with anyio.CancelScope(shield=True):

@@ -62,11 +62,32 @@ async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
     return conn
 
 
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 8) -> asyncpg.Pool:
-    """The agent's pool for claims, completions and queries."""
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int = 2,
+    max_size: int = 8,
+    name: str | None = None,
+    idle_in_transaction_seconds: float | None = None,
+) -> asyncpg.Pool:
+    """The agent's pool for claims, completions and queries. ``name`` is the sessions'
+    application_name (pg_stat_activity); with ``idle_in_transaction_seconds`` Postgres ends a
+    session that keeps a transaction open that long without sending anything, and with it the
+    locks it holds: a stalled agent must not keep every other node from claiming."""
+    settings: dict[str, str] = {}
+    if name is not None:
+        settings["application_name"] = name
+    if idle_in_transaction_seconds is not None:
+        ms = max(1, round(idle_in_transaction_seconds * 1000))
+        settings["idle_in_transaction_session_timeout"] = str(ms)
     try:
         pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, init=_init, reset=_reset
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=_init,
+            reset=_reset,
+            server_settings=settings,
         )
     except DB_ERRORS as exc:
         raise DatabaseError(f"cannot connect to the database ({_redact(dsn)}): {exc}") from exc

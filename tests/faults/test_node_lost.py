@@ -2,7 +2,7 @@
 requeue its jobs that have attempts left (they end on the survivors) or end the others as
 lost; when the killed agent comes back it takes a new epoch and kills its old attempts, and a
 paused one that resumes kills them and exits: neither continues, records or bills them
-(fencing)."""
+(fencing). An agent that stalls holding the claim lock does not stop the others claiming."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from scheduler.agent.fencing import job_cgroups
 from scheduler.agent.runner import run_dir_for
 from scheduler.cgroups.detect import open_driver
 from scheduler.runtime.identity import live_monitor_pid
-from tests.agent_process import SHORT_LEASE, sigkill
+from tests.agent_process import SHORT_LEASE, sigkill, wait_stopped
 from tests.faults.conftest import Agents, no_jobs_left
 from tests.faults.counts import Expect, Workload, assert_counts, tally
 
@@ -138,5 +138,51 @@ async def test_paused_node_expires_and_fences_itself_when_resumed(
     await no_jobs_left(
         workload,
         [state_dir / name / "run" for name in "abc"],
+        [cgroup_root, *peer_cgroup_roots],
+    )
+
+
+async def test_node_stalled_holding_the_claim_lock_does_not_stop_the_others(
+    db: asyncpg.Connection,
+    state_dir: Path,
+    cgroup_root: str,
+    peer_cgroup_roots: list[str],
+    workload: Workload,
+    agents: Agents,
+) -> None:
+    # a stops inside its first claim's transaction, holding the lock every node's claims take.
+    a = await agents.start(
+        "a",
+        state_dir=state_dir / "a",
+        lease=SHORT_LEASE,
+        failpoints="in_claim_lock=stop",
+        ready=False,
+    )
+    await wait_stopped(a, agents.log("a"))
+    held = await db.fetchval(
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity s USING (pid)"
+        " WHERE l.locktype = 'advisory' AND l.granted AND s.application_name = 'scheduler a'"
+    )
+    assert held == 1
+    ids = await workload.submit(db, "sleep 0.1", 6)
+    await agents.start(
+        "b", state_dir=state_dir / "b", cgroup_root=peer_cgroup_roots[0], lease=SHORT_LEASE
+    )
+    # Postgres ends a's session once it idled a lease inside its transaction; b claims then.
+    hit = {job_id: 1 for job_id in ids}  # their first attempts' claims were held up
+    result = await tally(db, workload, fault="g3: node stalled holding the claim lock", hit=hit)
+    assert_counts(result)
+    assert {r["node"] for r in await db.fetch("SELECT node FROM scheduler.jobs")} == {"b"}
+    with anyio.fail_after(20):
+        while await db.fetchval("SELECT state FROM scheduler.nodes WHERE name = 'a'") != "down":
+            await anyio.sleep(0.05)
+    a.send_signal(signal.SIGCONT)  # its transaction is gone, its lease lost: it exits
+    with anyio.fail_after(20):
+        while a.poll() is None:
+            await anyio.sleep(0.05)
+    assert a.returncode == 1 and "lease" in agents.log("a").read_text()
+    await no_jobs_left(
+        workload,
+        [state_dir / name / "run" for name in "ab"],
         [cgroup_root, *peer_cgroup_roots],
     )
