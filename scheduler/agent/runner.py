@@ -436,9 +436,14 @@ class Runner:
         if reason is None:
             return None
         run_dir = run_dir_for(self._runs_dir, job.id, job.attempts)
+        monitor_dir = self.monitor_dir(job)
+
+        def remove_both() -> None:
+            remove_run_dir(run_dir)
+            remove_run_dir(monitor_dir)
+
         try:
-            await anyio.to_thread.run_sync(remove_run_dir, run_dir)
-            await anyio.to_thread.run_sync(remove_run_dir, self.monitor_dir(job))
+            await anyio.to_thread.run_sync(remove_both)  # one thread hop for both
         except OSError:
             log.exception("run_dir_remove_failed", run_dir=str(run_dir))
             return None
