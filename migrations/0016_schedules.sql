@@ -25,8 +25,8 @@ CREATE TABLE scheduler.schedules (
     job             jsonb NOT NULL,
     enabled         boolean NOT NULL DEFAULT true,
     overlap         text NOT NULL DEFAULT 'skip',
-    -- The due time last handled (fired or skipped); the next one, planned by an agent (NULL:
-    -- not planned yet, or disabled for an error).
+    -- The due time last handled (fired or skipped); the next one, planned by an agent or the
+    -- writer (NULL: not planned yet, paused, or disabled for an error).
     last_run_at     timestamptz,
     next_run_at     timestamptz,
     last_job_id     bigint,
@@ -160,11 +160,13 @@ BEGIN
         END;
     END IF;
     IF TG_OP = 'UPDATE' THEN
-        -- A new expression or a resume is planned again from now (by the writer or an agent);
-        -- times missed while paused are not made up.
-        IF (NEW.cron IS DISTINCT FROM OLD.cron OR NEW.timezone IS DISTINCT FROM OLD.timezone
-            OR (NEW.enabled AND NOT OLD.enabled))
-           AND NEW.next_run_at IS NOT DISTINCT FROM OLD.next_run_at THEN
+        -- A paused schedule has no due time; a resumed one or a new expression is planned
+        -- again from now (by the writer, or else by an agent): times missed while paused are
+        -- not made up.
+        IF NOT NEW.enabled THEN
+            NEW.next_run_at := NULL;
+        ELSIF (NEW.cron IS DISTINCT FROM OLD.cron OR NEW.timezone IS DISTINCT FROM OLD.timezone)
+              AND NEW.next_run_at IS NOT DISTINCT FROM OLD.next_run_at THEN
             NEW.next_run_at := NULL;
         END IF;
         IF NEW.cron IS DISTINCT FROM OLD.cron OR NEW.timezone IS DISTINCT FROM OLD.timezone

@@ -16,6 +16,8 @@ from scheduler.units import parse_cores, parse_duration, parse_size
 
 Command = Callable[[Settings, argparse.Namespace], Awaitable[int]]
 EXIT_USAGE = 2
+# The parser of `schedules add`, kept to read the options written after NAME (see _reparse).
+_ADD_PARSER: list[argparse.ArgumentParser] = []
 
 
 def add_parsers(
@@ -30,7 +32,7 @@ def add_parsers(
     )
     add_common(add)
     add.add_argument("name")
-    add.add_argument("--cron", required=True, help="5 fields, e.g. '*/15 * * * *'")
+    add.add_argument("--cron", help="5 fields, e.g. '*/15 * * * *' (required)")
     add.add_argument("--timezone", default="UTC", help="IANA name, e.g. Europe/Paris")
     add.add_argument(
         "--overlap",
@@ -55,6 +57,7 @@ def add_parsers(
     add.add_argument("--io-read", type=parse_size, help="disk read bytes/s")
     add.add_argument("--io-write", type=parse_size, help="disk write bytes/s")
     add.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    _ADD_PARSER.append(add)
     listing = actions.add_parser("list", help="every schedule with its next due time")
     add_common(listing)
     listing.add_argument("--tenant")
@@ -68,6 +71,23 @@ def add_parsers(
         one.add_argument("name")
         one.add_argument("--tenant", default="default")
     return {"schedules": cmd_schedules}
+
+
+def _reparse(args: argparse.Namespace) -> None:
+    """Read options written after NAME (``add nightly --cron C -- CMD``): argparse hands all
+    that follows the first positional to the command, so the part before ``--`` is parsed
+    again as options."""
+    argv, name = list(args.argv), args.name
+    if argv and argv[0] != "--" and argv[0].startswith("-") and _ADD_PARSER:
+        cut = argv.index("--") if "--" in argv else len(argv)
+        _ADD_PARSER[0].parse_args([*argv[:cut], name, *argv[cut:]], namespace=args)
+        if args.name != name:  # a word among the options: the command without its --
+            raise UsageError(
+                "options after NAME need the command after --: "
+                "scheduler schedules add NAME --cron C [options] -- CMD..."
+            )
+    if args.cron is None:
+        raise UsageError("--cron is required, e.g. --cron '0 3 * * *'")
 
 
 def template(args: argparse.Namespace) -> dict[str, Any]:
@@ -116,6 +136,7 @@ async def cmd_schedules(settings: Settings, args: argparse.Namespace) -> int:
     request = None
     if action == "add":
         try:
+            _reparse(args)
             request = schedules.ScheduleRequest(
                 name=args.name,
                 cron=args.cron,

@@ -533,7 +533,7 @@ SELECT * FROM scheduler.schedules WHERE tenant = $1 AND name = $2;
 -- name: set_schedule_enabled
 -- Pause, or resume planned from now ($4): times missed while paused are not made up.
 UPDATE scheduler.schedules
-SET enabled = $3, next_run_at = CASE WHEN $3 AND NOT enabled THEN $4 ELSE next_run_at END
+SET enabled = $3, next_run_at = CASE WHEN NOT $3 THEN NULL WHEN enabled THEN next_run_at ELSE $4 END
 WHERE tenant = $1 AND name = $2
 RETURNING *;
 

@@ -118,7 +118,7 @@ async def test_the_store_refuses_what_croniter_refuses(db: asyncpg.Connection) -
     with pytest.raises(schedules.ScheduleExists, match="already has a schedule named 'a'"):
         await schedules.add(db, schedules.ScheduleRequest("a", "* * * * *", job), NOW)
     paused = await schedules.set_enabled(db, "default", "a", False, NOW)
-    assert not paused["enabled"] and paused["next_run_at"] == row["next_run_at"]
+    assert not paused["enabled"] and paused["next_run_at"] is None
     later = datetime(2026, 6, 1, 15, 3, tzinfo=UTC)
     resumed = await schedules.set_enabled(db, "default", "a", True, later)
     # Planned from the resume: the due times of the pause are not made up.
