@@ -80,8 +80,11 @@ def next_after(cron: str, timezone: str, moment: datetime) -> datetime:
     local = moment.astimezone(zone(timezone))
     try:
         due = croniter(cron, local).get_next(datetime)
-    except (CroniterError, ValueError, KeyError, OverflowError) as exc:
-        # croniter raises ValueError subclasses for bad fields and for expressions that
-        # never match (a bad date); KeyError/OverflowError on odd input seen in its history.
+    except CroniterError as exc:
+        # Bad fields, and expressions that never match ("failed to find next date").
         raise CronError(f"cron {cron!r} is not valid: {exc}", "cron") from exc
+    except Exception as exc:
+        # Anything else a parser of user text raises on odd input (a TypeError, an
+        # IndexError) still means: this expression cannot be used. It must not end the agent.
+        raise CronError(f"cron {cron!r} is not valid: {exc!r}", "cron") from exc
     return due.astimezone(UTC)

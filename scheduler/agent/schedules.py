@@ -95,6 +95,10 @@ class ScheduleFirer:
             except DB_ERRORS as exc:
                 log_failure(log, "schedules_failed", exc, retry_in_seconds=1.0)
                 delay = 1.0
+            except Exception:
+                # A bug met by one pass must not end the agent (and every job's supervision).
+                log.exception("schedules_pass_crashed", retry_in_seconds=1.0)
+                delay = 1.0
             with anyio.move_on_after(delay):
                 await wake.wait()
 

@@ -264,4 +264,25 @@ async def test_pause_resume_and_a_row_croniter_refuses(
         await advance(db, clock, minute(5))
         await anyio.sleep(0.5)
         assert len(await scheduled_jobs(db, "paused")) == 1
+
+        # A template the jobs' rules refuse at a due time (written past the check here, as a
+        # later migration's stricter rule would): no job, the schedule off with the reason.
+        await add_schedule(db, "stale", {"argv": ["true"]}, overlap="queue")
+        await wait_for(db, "SELECT next_run_at FROM scheduler.schedules WHERE name = 'stale'")
+        async with db.transaction():
+            await db.execute(
+                "ALTER TABLE scheduler.schedules DISABLE TRIGGER schedules_before_write"
+            )
+            await db.execute(
+                'UPDATE scheduler.schedules SET job = \'{"argv": ["true"], "pids_max": 0}\''
+                " WHERE name = 'stale'"
+            )
+            await db.execute(
+                "ALTER TABLE scheduler.schedules ENABLE TRIGGER schedules_before_write"
+            )
+        await advance(db, clock, minute(6))
+        error = await wait_for(db, "SELECT error FROM scheduler.schedules WHERE name = 'stale'")
+        assert "the job template is refused" in error and "pids_max" in error
+        assert not (await schedule(db, "stale"))["enabled"]
+        assert await scheduled_jobs(db, "stale") == []
         tg.cancel_scope.cancel()
