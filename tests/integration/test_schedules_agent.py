@@ -41,13 +41,23 @@ class ManualClock:
         return min(seconds, 0.05)
 
 
+STOPPED: dict[int, anyio.Event] = {}
+
+
+async def stop(handle: AgentHandle) -> None:
+    """Stop an agent and wait until it has ended (its loops, its lease)."""
+    handle.stop()
+    with anyio.fail_after(30):
+        await STOPPED[id(handle)].wait()
+
+
 async def start_clocked_agent(
     tg: anyio.abc.TaskGroup, settings: Settings, clock: ManualClock
 ) -> AgentHandle:
     """conftest.start_agent with the schedule loop on ``clock``."""
     assert settings.database_url is not None
     ready: list[Ready] = []
-    event = anyio.Event()
+    event, ended = anyio.Event(), anyio.Event()
     scope = anyio.CancelScope()
 
     def on_ready(r: Ready) -> None:
@@ -55,16 +65,21 @@ async def start_clocked_agent(
         event.set()
 
     async def run() -> None:
-        with scope:
-            assert settings.database_url is not None
-            await run_agent(
-                settings, settings.database_url, on_ready=on_ready, schedule_clock=clock
-            )
+        try:
+            with scope:
+                assert settings.database_url is not None
+                await run_agent(
+                    settings, settings.database_url, on_ready=on_ready, schedule_clock=clock
+                )
+        finally:
+            ended.set()
 
     tg.start_soon(partial(run))
     with anyio.fail_after(60):
         await event.wait()
-    return AgentHandle(settings, ready[0], scope)
+    handle = AgentHandle(settings, ready[0], scope)
+    STOPPED[id(handle)] = ended
+    return handle
 
 
 async def add_schedule(
@@ -139,7 +154,7 @@ async def test_every_minute_across_two_agents_a_restart_and_a_downtime(
         ) == minute(1)
         for n in range(1, 9):
             if n == 4:
-                a.stop()  # an agent stops between two due times ...
+                await stop(a)  # an agent stops between two due times ...
             if n == 6:
                 a = await start_clocked_agent(tg, settings_a, clock)  # ... and comes back
             # Nothing fires before its time: the job of minute n does not exist yet.
@@ -160,9 +175,8 @@ async def test_every_minute_across_two_agents_a_restart_and_a_downtime(
         assert row["last_run_at"] == minute(8) and row["last_job_id"] == jobs[-1]["id"]
 
         # Every agent down for five due times, then one back: the missed times fire once.
-        a.stop()
-        b.stop()
-        await anyio.sleep(0.5)
+        await stop(a)
+        await stop(b)
         clock.value = minute(14) + timedelta(seconds=20)
         await anyio.sleep(0.5)
         assert len(await scheduled_jobs(db, "tick")) == 8
