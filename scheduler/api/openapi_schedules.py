@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from scheduler.cron import MAX_CRON_LENGTH, MAX_TIMEZONE_LENGTH
+from scheduler.schedules import OVERLAPS, SCHEDULE_NAME
 
-SCHEDULE_NAME_PATTERN = "^[a-z0-9][a-z0-9_.-]{0,62}$"
+SCHEDULE_NAME_PATTERN = SCHEDULE_NAME.pattern
 _TIME = {"type": ["string", "null"], "format": "date-time"}
 
 
@@ -37,7 +38,7 @@ def schemas(job_create: dict[str, Any]) -> dict[str, Any]:
                     "maxLength": MAX_TIMEZONE_LENGTH,
                     "description": "an IANA time zone (default UTC)",
                 },
-                "overlap": {"enum": ["skip", "queue"]},
+                "overlap": {"enum": list(OVERLAPS)},
                 "enabled": {"type": "boolean"},
                 "job": template,
             },
@@ -52,7 +53,7 @@ def schemas(job_create: dict[str, Any]) -> dict[str, Any]:
                 "timezone": {"type": "string"},
                 "job": {"type": "object"},
                 "enabled": {"type": "boolean"},
-                "overlap": {"enum": ["skip", "queue"]},
+                "overlap": {"enum": list(OVERLAPS)},
                 "last_run_at": _TIME,
                 "next_run_at": _TIME,
                 "last_job_id": {"type": ["integer", "null"]},

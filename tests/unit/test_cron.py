@@ -6,7 +6,10 @@ from datetime import UTC, datetime
 
 import pytest
 
+from scheduler.api.openapi import document
 from scheduler.cron import CronError, check, next_after
+from scheduler.db.migrate import load_migrations
+from scheduler.schedules import OVERLAPS, SCHEDULE_NAME
 
 NOON = datetime(2026, 6, 1, 12, 0, 30, tzinfo=UTC)
 
@@ -62,3 +65,12 @@ def test_bad_expressions_and_zones_are_refused(
 
 def test_whitespace_is_normalised() -> None:
     assert check("  */5   *  * * * ", "UTC", NOON).cron == "*/5 * * * *"
+
+
+def test_one_schedule_name_rule_and_overlap_list_everywhere() -> None:
+    [migration] = [m for m in load_migrations() if m.name == "schedules"]
+    assert f"'{SCHEDULE_NAME.pattern}'" in migration.sql
+    assert "overlap IN (" + ", ".join(f"'{o}'" for o in OVERLAPS) + ")" in migration.sql
+    create = document()["components"]["schemas"]["ScheduleCreate"]["properties"]
+    assert create["name"]["pattern"] == SCHEDULE_NAME.pattern
+    assert create["overlap"]["enum"] == list(OVERLAPS)
