@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import asyncpg
 
-from scheduler import control_cli, failpoints, nodes_cli, store
+from scheduler import control_cli, failpoints, nodes_cli, schedules_cli, store
 from scheduler import log as logging_setup
 from scheduler.accounting import billing as billing_export
 from scheduler.accounting.export import FORMATS
@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_billing(sub)
     COMMANDS.update(control_cli.add_parsers(sub, _add_common))
     COMMANDS.update(nodes_cli.add_parsers(sub, _add_common))
+    COMMANDS.update(schedules_cli.add_parsers(sub, _add_common))
     return parser
 
 

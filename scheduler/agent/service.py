@@ -28,6 +28,7 @@ from scheduler.agent.recorder import Completion, Outbox, Recorder
 from scheduler.agent.recovery import recover
 from scheduler.agent.runner import Runner
 from scheduler.agent.sampler import Sampler
+from scheduler.agent.schedules import Clock, ScheduleFirer
 from scheduler.agent.spool import UsageSpool
 from scheduler.agent.statedisk import StateDisk
 from scheduler.agent.tenants import TenantCgroups
@@ -98,8 +99,10 @@ async def run_agent(
     *,
     on_ready: Callable[[Ready], None] | None = None,
     psql: str | None = None,
+    schedule_clock: Clock | None = None,
 ) -> None:
-    """Run the agent against ``dsn`` until cancelled. Running jobs survive its end."""
+    """Run the agent against ``dsn`` until cancelled. Running jobs survive its end.
+    ``schedule_clock`` replaces the wall clock of the schedule loop (tests)."""
     structlog.contextvars.bind_contextvars(node=settings.node_name)
     for directory in (
         settings.state_dir,
@@ -239,8 +242,11 @@ async def run_agent(
             fence=fence,
             registered_at=registered_at,
         )
+        schedules = ScheduleFirer(pool, clock=schedule_clock)
         listener = Listener(
-            dsn, [dispatcher.listen, controller.listen], [dispatcher.wake, controller.resync]
+            dsn,
+            [dispatcher.listen, controller.listen, schedules.listen],
+            [dispatcher.wake, controller.resync, schedules.wake],
         )
         await listener.connect()
         http_socket = bind(settings.http_addr)
@@ -303,6 +309,7 @@ async def run_agent(
                 tg.start_soon(dispatcher.run, tg)
                 tg.start_soon(serve_http, api, http_socket)
                 tg.start_soon(sampler.run)
+                tg.start_soon(schedules.run)
                 started = True
                 log.info(
                     "agent_ready",

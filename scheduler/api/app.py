@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from scheduler.api import billing, jobs, tenants
+from scheduler.api import billing, jobs, schedules, tenants
 from scheduler.api.context import deps
 from scheduler.api.deps import ApiDeps
 from scheduler.api.metrics import CONTENT_TYPE
@@ -78,6 +78,12 @@ def build_app(app_deps: ApiDeps) -> Starlette:
         Route("/v1/tenants/{name}/freeze", tenants.freeze_tenant, methods=["POST"]),
         Route("/v1/tenants/{name}/thaw", tenants.thaw_tenant, methods=["POST"]),
         Route("/v1/billing/export", billing.export, methods=["GET"]),
+        Route("/v1/schedules", schedules.list_schedules, methods=["GET"]),
+        Route("/v1/schedules", schedules.create_schedule, methods=["POST"]),
+        Route("/v1/schedules/{name}", schedules.get_schedule, methods=["GET"]),
+        Route("/v1/schedules/{name}", schedules.delete_schedule, methods=["DELETE"]),
+        Route("/v1/schedules/{name}/pause", schedules.pause_schedule, methods=["POST"]),
+        Route("/v1/schedules/{name}/resume", schedules.resume_schedule, methods=["POST"]),
     ]
     app = Starlette(
         routes=routes,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from scheduler.api import openapi_schedules
+
 NAME_PATTERN = "^[a-z0-9][a-z0-9_-]{0,62}$"
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
 _DECIMAL = {
@@ -187,6 +189,7 @@ def document() -> dict[str, Any]:
                         "items": {"type": "array", "items": {"$ref": "#/components/schemas/Tenant"}}
                     },
                 },
+                **openapi_schedules.schemas(JOB_CREATE),
                 "UsageList": {
                     "type": "object",
                     "required": ["job_id", "items"],
@@ -383,6 +386,7 @@ def document() -> dict[str, Any]:
                     ],
                 )
             },
+            **openapi_schedules.paths(_op, _json),
             "/healthz": {
                 "get": {
                     "summary": "The process is alive",

@@ -460,3 +460,82 @@ CROSS JOIN LATERAL (
     FROM scheduler.jobs j WHERE j.node = n.name AND j.state IN ('running', 'frozen')
 ) l
 ORDER BY n.name;
+
+-- name: unplanned_schedules
+-- Enabled schedules no agent has planned yet (new, resumed or changed through SQL).
+SELECT tenant, name, cron, timezone FROM scheduler.schedules
+WHERE enabled AND next_run_at IS NULL
+ORDER BY tenant, name
+LIMIT $1;
+
+-- name: plan_schedule
+-- The first due time of a schedule, unless its expression changed since it was read.
+UPDATE scheduler.schedules SET next_run_at = $5
+WHERE tenant = $1 AND name = $2 AND cron = $3 AND timezone = $4
+  AND enabled AND next_run_at IS NULL;
+
+-- name: disable_schedule
+-- A schedule that cannot fire (an expression croniter refuses, a template the database no
+-- longer accepts): off, with the reason ($5), unless its expression changed meanwhile.
+UPDATE scheduler.schedules SET enabled = false, next_run_at = NULL, error = $5
+WHERE tenant = $1 AND name = $2 AND cron = $3 AND timezone = $4;
+
+-- name: due_schedules
+-- The schedules due at $1, locked for this agent's transaction: another agent skips them
+-- (SKIP LOCKED), and once this one commits it finds next_run_at advanced (FOR UPDATE reads the
+-- newest row version again), so each due time fires once.
+SELECT tenant, name, cron, timezone, job, overlap, next_run_at FROM scheduler.schedules
+WHERE enabled AND next_run_at <= $1
+ORDER BY next_run_at
+LIMIT $2
+FOR UPDATE SKIP LOCKED;
+
+-- name: schedule_unfinished_job
+-- The schedule's job that has not ended yet, if any (overlap = 'skip').
+SELECT id FROM scheduler.jobs
+WHERE tenant = $1 AND schedule = $2 AND state IN ('queued', 'running', 'frozen')
+LIMIT 1;
+
+-- name: schedule_insert_job
+-- The job of one due time ($4), from the template ($3), as the jobs' own rules check it.
+SELECT scheduler.schedule_job_insert($1, $2, $3, $4);
+
+-- name: schedule_fired
+-- Due time $3 handled by job $5 (NULL: the job of that due time existed already).
+UPDATE scheduler.schedules
+SET last_run_at = $3, next_run_at = $4, last_job_id = COALESCE($5, last_job_id)
+WHERE tenant = $1 AND name = $2;
+
+-- name: schedule_skipped
+UPDATE scheduler.schedules
+SET last_run_at = $3, next_run_at = $4, skipped_runs = skipped_runs + 1, last_skipped_at = $3
+WHERE tenant = $1 AND name = $2;
+
+-- name: next_schedule_due
+SELECT min(next_run_at) FROM scheduler.schedules WHERE enabled;
+
+-- name: insert_schedule
+INSERT INTO scheduler.schedules (tenant, name, cron, timezone, job, overlap, enabled,
+                                 next_run_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+RETURNING *;
+
+-- name: list_schedules
+SELECT * FROM scheduler.schedules
+WHERE ($1::text IS NULL OR tenant = $1)
+  AND ($2::text[] IS NULL OR tenant = ANY ($2))
+ORDER BY tenant, name
+LIMIT $3;
+
+-- name: get_schedule
+SELECT * FROM scheduler.schedules WHERE tenant = $1 AND name = $2;
+
+-- name: set_schedule_enabled
+-- Pause, or resume planned from now ($4): times missed while paused are not made up.
+UPDATE scheduler.schedules
+SET enabled = $3, next_run_at = CASE WHEN NOT $3 THEN NULL WHEN enabled THEN next_run_at ELSE $4 END
+WHERE tenant = $1 AND name = $2
+RETURNING *;
+
+-- name: delete_schedule
+DELETE FROM scheduler.schedules WHERE tenant = $1 AND name = $2 RETURNING *;
