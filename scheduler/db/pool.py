@@ -39,6 +39,10 @@ def _dumps(value: object) -> str:
     return json.dumps(value, default=_json_default)
 
 
+# The session setting that marks the agent's own writes of outcome columns.
+AGENT_WRITER_SETTING = "scheduler.writer"
+
+
 async def _init(conn: asyncpg.Connection) -> None:
     for kind in ("json", "jsonb"):
         await conn.set_type_codec(kind, encoder=_dumps, decoder=json.loads, schema="pg_catalog")
@@ -69,12 +73,18 @@ async def create_pool(
     max_size: int = 8,
     name: str | None = None,
     idle_in_transaction_seconds: float | None = None,
+    agent_writer: bool = False,
 ) -> asyncpg.Pool:
     """The agent's pool for claims, completions and queries. ``name`` is the sessions'
     application_name (pg_stat_activity); with ``idle_in_transaction_seconds`` Postgres ends a
     session that keeps a transaction open that long without sending anything, and with it the
-    locks it holds: a stalled agent must not keep every other node from claiming."""
+    locks it holds: a stalled agent must not keep every other node from claiming. With
+    ``agent_writer`` the sessions may write the jobs' outcome columns (state, node, exit
+    code, totals...), which the database refuses to everyone else
+    (migrations/0010_control_plane.sql, jobs_agent_columns)."""
     settings: dict[str, str] = {}
+    if agent_writer:
+        settings[AGENT_WRITER_SETTING] = "agent"
     if name is not None:
         settings["application_name"] = name
     if idle_in_transaction_seconds is not None:

@@ -175,12 +175,12 @@ SELECT * FROM scheduler.tenants WHERE name = $1;
 UPDATE scheduler.tenants SET frozen = $2 WHERE name = $1 RETURNING *;
 
 -- name: claim_lock
--- The lock that serialises claims of all nodes (the key scheduler.claim_jobs takes; held to the
--- end of the transaction), taken first by the transaction that checks for jobs that can never
--- run and then claims. JIT is off for that check too: with a long queue the planner's
--- estimates cross jit_above_cost, and compiling (about 0.5 s on a small host) costs far more
--- than running it.
-SELECT pg_advisory_xact_lock(5918230770001), set_config('jit', 'off', true);
+-- The lock that serialises claims of all nodes (the row scheduler.claim_jobs locks; held to
+-- the end of the transaction; only the owner may lock it, so no tenant role can hold it),
+-- taken first by the transaction that checks for jobs that can never run and then claims.
+-- JIT is off for that check too: with a long queue the planner's estimates cross
+-- jit_above_cost, and compiling (about 0.5 s on a small host) costs far more than running it.
+SELECT set_config('jit', 'off', true) FROM scheduler.claim_lock FOR UPDATE;
 
 -- name: unfit_jobs
 -- Queued jobs that can never run: larger than this node ($1 node, $2 cores, $3 bytes) or than
@@ -349,8 +349,11 @@ SELECT name, parent FROM scheduler.tenants ORDER BY name;
 SELECT EXISTS (SELECT 1 FROM scheduler.tenants WHERE name = $1);
 
 -- name: node_lock
--- Serialises agents registering one node name (held to the end of the transaction).
-SELECT pg_advisory_xact_lock(hashtextextended('scheduler.nodes/' || $1, 5918230770002));
+-- Serialises agents registering one node name (held to the end of the transaction): the
+-- name's row in scheduler.node_locks, made or locked by the upsert. A row lock, not an
+-- advisory one, so that no tenant role can take it.
+INSERT INTO scheduler.node_locks (name) VALUES ($1)
+ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name;
 
 -- name: get_node
 -- The node's row, and whether its lease still runs (by the database's clock).
