@@ -24,6 +24,10 @@ from scheduler.db.queries import q
 from scheduler.jobs import cpu_seconds
 
 
+# The totals a started job carries once finished.
+TOTALS = ("cpu_seconds", "memory_peak_bytes", "io_read_bytes", "io_write_bytes")
+
+
 @dataclass(frozen=True)
 class Discrepancy:
     """One way the books do not add up, said so a person can look into it."""
@@ -40,6 +44,17 @@ def check_job(job: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list
     subject = f"job {job['id']}"
     found: list[Discrepancy] = []
     attempts = int(job["attempts"])
+    if "finished_at" in job and job["finished_at"] is None:
+        found.append(Discrepancy(subject, f"finished as {job['state']} without finished_at"))
+    if attempts > 0:
+        missing = [c for c in TOTALS if job[c] is None]
+        if missing:
+            found.append(
+                Discrepancy(
+                    subject,
+                    f"finished as {job['state']} without totals ({', '.join(missing)} unset)",
+                )
+            )
     if attempts == 0:
         if rows:
             found.append(Discrepancy(subject, f"never started but has {len(rows)} usage rows"))

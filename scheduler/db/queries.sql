@@ -315,12 +315,13 @@ FROM scheduler.rates
 ORDER BY id;
 
 -- name: check_jobs
--- Finished jobs of a window (finished_at in [$1, $2)) with their totals, for reconciliation.
+-- Finished jobs of a window (finished_at in [$1, $2)) with their totals, for reconciliation;
+-- and, in every window, finished jobs without an end time (never written so by the agent).
 SELECT id, tenant, state, attempts, cpu_seconds, memory_peak_bytes, io_read_bytes,
-       io_write_bytes
+       io_write_bytes, finished_at
 FROM scheduler.jobs
 WHERE state IN ('succeeded', 'failed', 'cancelled', 'timed_out', 'lost')
-  AND finished_at >= $1 AND finished_at < $2
+  AND ((finished_at >= $1 AND finished_at < $2) OR finished_at IS NULL)
 ORDER BY id;
 
 -- name: check_usage
