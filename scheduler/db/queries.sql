@@ -180,7 +180,9 @@ UPDATE scheduler.tenants SET frozen = $2 WHERE name = $1 RETURNING *;
 -- taken first by the transaction that checks for jobs that can never run and then claims.
 -- JIT is off for that check too: with a long queue the planner's estimates cross
 -- jit_above_cost, and compiling (about 0.5 s on a small host) costs far more than running it.
-SELECT set_config('jit', 'off', true) FROM scheduler.claim_lock FOR UPDATE;
+-- The transaction then writes outcome columns (fail_jobs) as the agent.
+SELECT set_config('jit', 'off', true), set_config('scheduler.writer', 'agent', true)
+FROM scheduler.claim_lock FOR UPDATE;
 
 -- name: unfit_jobs
 -- Queued jobs that can never run: larger than this node ($1 node, $2 cores, $3 bytes) or than

@@ -49,9 +49,7 @@ async def wait_for(db: asyncpg.Connection, query: str, *args: object, timeout: f
 
 
 @pytest.fixture
-async def two_core_agent(
-    dsn: str, state_dir: Path, cgroup_root: str
-) -> AsyncIterator[AgentHandle]:
+async def two_core_agent(dsn: str, state_dir: Path, cgroup_root: str) -> AsyncIterator[AgentHandle]:
     """An agent whose node has 2 cores: two 1-core jobs at a time."""
     async with anyio.create_task_group() as tg:
         handle = await start_agent(
@@ -118,7 +116,9 @@ async def test_id_squatting_is_refused_and_roles_are_bounded(
         )
         assert mine is not None
         for _ in range(20):
-            await db.execute("INSERT INTO scheduler.jobs (tenant, argv) VALUES ('alice', ARRAY['true'])")
+            await db.execute(
+                "INSERT INTO scheduler.jobs (tenant, argv) VALUES ('alice', ARRAY['true'])"
+            )
         assert await mallory.fetchval("SHOW statement_timeout") == "30s"
         assert await mallory.fetchval("SHOW idle_in_transaction_session_timeout") == "1min"
         second = await connect(as_role(dsn, role, password))
@@ -148,9 +148,7 @@ async def test_weighted_child_gets_its_parents_share(
         "INSERT INTO scheduler.tenants (name, parent, weight) VALUES ('alpha-kid', 'alpha', 10000)"
     )
     _, token = await create_token(db, "alpha")
-    async with httpx.AsyncClient(
-        base_url=f"http://{two_core_agent.ready.http}", timeout=30
-    ) as api:
+    async with httpx.AsyncClient(base_url=f"http://{two_core_agent.ready.http}", timeout=30) as api:
         response = await api.post(
             "/v1/tenants",
             json={"name": "alpha-pet", "parent": "alpha", "weight": 10000},
@@ -210,7 +208,9 @@ async def test_operator_hold(dsn: str, db: asyncpg.Connection, agent: AgentHandl
             assert thaw.headers["content-type"].startswith("application/problem+json")
             assert "operator" in thaw.json()["detail"]
             with pytest.raises(asyncpg.InsufficientPrivilegeError, match="operator hold"):
-                await alpha.execute("UPDATE scheduler.tenants SET frozen = false WHERE name = 'alpha'")
+                await alpha.execute(
+                    "UPDATE scheduler.tenants SET frozen = false WHERE name = 'alpha'"
+                )
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await alpha.execute(
                     "UPDATE scheduler.tenants SET operator_hold = false WHERE name = 'alpha'"
@@ -226,7 +226,9 @@ async def test_operator_hold(dsn: str, db: asyncpg.Connection, agent: AgentHandl
             # The database owner in SQL is the operator too.
             await db.execute("UPDATE scheduler.tenants SET frozen = true WHERE name = 'beta'")
             with pytest.raises(asyncpg.InsufficientPrivilegeError, match="operator hold"):
-                await beta.execute("UPDATE scheduler.tenants SET frozen = false WHERE name = 'beta'")
+                await beta.execute(
+                    "UPDATE scheduler.tenants SET frozen = false WHERE name = 'beta'"
+                )
             code, out, err = await cli(dsn, "tenants", "list")
             assert code == 0, err
             rows = {line.split()[0]: line.split()[-1] for line in out.splitlines()[1:]}
@@ -276,7 +278,10 @@ async def test_forged_state_update_is_refused(
     await wait_for(
         db, "SELECT state = 'cancelled' FROM scheduler.jobs WHERE id = $1", job_id, timeout=30
     )
-    assert await db.fetchval("SELECT cpu_seconds FROM scheduler.jobs WHERE id = $1", job_id) is not None
+    assert (
+        await db.fetchval("SELECT cpu_seconds FROM scheduler.jobs WHERE id = $1", job_id)
+        is not None
+    )
     now = datetime.now(UTC)
     _, found = await reconcile(db, start=now - timedelta(hours=1), end=now + timedelta(hours=1))
     assert found == []

@@ -15,15 +15,24 @@ from scheduler.agent.claim import claim
 from scheduler.db.pool import create_pool
 from scheduler.db.queries import q
 from scheduler.policy.admission import Capacity
+from tests.conftest import write_as_agent
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True)
+async def _writes_as_agent(db: asyncpg.Connection) -> None:
+    # These tests stage job states by hand, as only the agent may write them.
+    await write_as_agent(db)
+
+
 GIB = 1024**3
 BIG = Capacity(cpu=64, memory_bytes=256 * GIB)
 
 
 @pytest.fixture
 async def pool(dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(dsn, min_size=1, max_size=4)
+    pool = await create_pool(dsn, min_size=1, max_size=4, agent_writer=True)
     yield pool
     await pool.close()
 
@@ -228,7 +237,7 @@ async def test_the_claim_on_a_notify_is_one_statement(dsn: str, db: asyncpg.Conn
         "INSERT INTO scheduler.jobs (argv, cpu) VALUES (ARRAY['true'], 100) RETURNING id"
     )
     sent: list[str] = []
-    pool = await create_pool(dsn, min_size=1, max_size=1)
+    pool = await create_pool(dsn, min_size=1, max_size=1, agent_writer=True)
     try:
         async with pool.acquire() as conn:
             conn.add_query_logger(lambda record: sent.append(record.query))
