@@ -35,7 +35,7 @@ async def main(sizes: list[int]) -> None:
     await pg.start()
     lines = []
     try:
-        pool = await create_pool(pg.dsn, min_size=1, max_size=2)
+        pool = await create_pool(pg.dsn, min_size=1, max_size=2, agent_writer=True)
         async with pool.acquire() as conn:
             await migrate(conn)
         await pool.execute("INSERT INTO scheduler.tenants (name) VALUES ('flood'), ('small')")

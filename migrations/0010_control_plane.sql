@@ -74,20 +74,27 @@ BEGIN
 END
 $$;
 
--- A tenant role: mapped to a tenant, or the group scheduler_tenant, or a member of it
--- (directly or through other roles). pg_auth_members, not pg_has_role: a superuser "has"
--- every role, and the agent may well be one.
+-- A tenant role: the group scheduler_tenant, a member of it (directly or not), or a role
+-- mapped to a tenant. A superuser (which pg_has_role counts as a member of every role, and
+-- which the agent may be) is not one: grant-sql makes its roles NOSUPERUSER. PL/pgSQL, not
+-- SQL: the row-level security policies call this through role_tenants once per table a
+-- statement reads, and PL/pgSQL keeps its statements' plans for the session where a SQL
+-- function would be planned on every call (the claim reads ten such tables).
 CREATE FUNCTION scheduler.is_tenant_role(role name) RETURNS boolean
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $$
-    WITH RECURSIVE up AS (
-        SELECT oid FROM pg_roles WHERE rolname = role
-        UNION
-        SELECT m.roleid FROM pg_auth_members m JOIN up ON m.member = up.oid
-    )
-    SELECT role = 'scheduler_tenant'
-        OR EXISTS (SELECT 1 FROM scheduler.tenant_roles r WHERE r.role_name = role)
-        OR EXISTS (SELECT 1 FROM up JOIN pg_roles g ON g.oid = up.oid
-                   WHERE g.rolname = 'scheduler_tenant')
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE
+    super boolean;
+BEGIN
+    IF role = 'scheduler_tenant' THEN
+        RETURN true;
+    END IF;
+    SELECT r.rolsuper INTO super FROM pg_roles r WHERE r.rolname = role;
+    IF NOT FOUND OR super THEN
+        RETURN false;
+    END IF;
+    RETURN pg_has_role(role, 'scheduler_tenant', 'MEMBER')
+        OR EXISTS (SELECT 1 FROM scheduler.tenant_roles r WHERE r.role_name = role);
+END
 $$;
 
 -- The caller acts as a tenant: a tenant SQL role, or the HTTP API serving a tenant token
