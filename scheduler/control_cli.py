@@ -142,9 +142,7 @@ async def cmd_tenants(settings: Settings, args: argparse.Namespace) -> int:
 async def _sql_access(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
     """``scheduler tenants grant-sql|revoke-sql NAME``."""
     if args.tenant_action == "grant-sql":
-        role, password = await grant_sql(
-            conn, args.name, connection_limit=args.connection_limit
-        )
+        role, password = await grant_sql(conn, args.name, connection_limit=args.connection_limit)
         data = {"tenant": args.name, "role": role, "password": password}
         human = f"role {role} (password {password}) sees only tenant {args.name}'s rows"
     else:

@@ -23,7 +23,6 @@ from scheduler.cgroups.base import CgroupDriver, CgroupPath
 from scheduler.db.queries import q
 from scheduler.jobs import cpu_seconds
 
-
 # The totals a started job carries once finished.
 TOTALS = ("cpu_seconds", "memory_peak_bytes", "io_read_bytes", "io_write_bytes")
 

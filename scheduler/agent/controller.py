@@ -3,8 +3,9 @@
 Every change of a job's desired_state and every tenant change NOTIFYs ``scheduler_control``
 (``node:<name>`` of the node running the job, or ``tenants``: any role may LISTEN, so the
 payload names no job and no tenant); the agent's LISTEN connection wakes this loop within
-milliseconds, and a notice for this node has every attempt's desired state read again. NOTIFY is not durable, so the loop also reconciles everything at start-up and
-every ``poll_interval``. The state column follows the kernel: it says 'frozen' only after the
+milliseconds, and a notice for this node has every attempt's desired state read again.
+NOTIFY is not durable, so the loop also reconciles everything at start-up and every
+``poll_interval``. The state column follows the kernel: it says 'frozen' only after the
 freezer confirmed it, and 'running' after a thaw.
 """
 

@@ -7,14 +7,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from scheduler import store
-from scheduler.api.bodies import TENANT_FIELDS, parse_json, validate
 from scheduler.api.auth import Principal
+from scheduler.api.bodies import TENANT_FIELDS, parse_json, validate
 from scheduler.api.context import caller, deps
 from scheduler.api.problems import Problem
+from scheduler.db.pool import Conn
 from scheduler.store import TENANT_NAME
 
 
-async def act_as(conn: asyncpg.Connection, who: Principal) -> None:
+async def act_as(conn: Conn, who: Principal) -> None:
     """Tell the database, for this transaction, that a tenant token makes the request: it
     then treats the request as the tenant's (operator holds, a child's limits), not the
     operator's, although the API's session is the agent's (migrations/0010)."""

@@ -103,6 +103,22 @@ async def test_weights_split_a_claim_in_their_ratio(
     assert Counter(r["tenant"] for r in rows) == {"light": 2, "heavy": 6}
 
 
+async def test_a_subtree_shares_its_parents_part_whatever_its_childrens_weights(
+    db: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    # alpha and beta 1:1 at the root; alpha's children 1:3, one of them with a weight far
+    # above beta's. The same split as scheduler.policy.fairshare.order.
+    await tenants(db, ("alpha", 100), ("beta", 100))
+    await db.execute(
+        "INSERT INTO scheduler.tenants (name, parent, weight)"
+        " VALUES ('a1', 'alpha', 1000), ('a3', 'alpha', 3000)"
+    )
+    for tenant in ("beta", "a1", "a3"):
+        await flood(db, tenant, 20, cpu="0.5")
+    rows = await claim(pool, "n1", 64, Capacity(cpu=8, memory_bytes=256 * GIB))
+    assert Counter(r["tenant"] for r in rows) == {"beta": 8, "a1": 2, "a3": 6}
+
+
 async def test_recent_usage_decides_who_goes_first(
     db: asyncpg.Connection, pool: asyncpg.Pool
 ) -> None:
