@@ -18,6 +18,7 @@ import pytest
 
 from scheduler.accounting.reconcile import reconcile
 from scheduler.api.auth import create_token
+from scheduler.db.migrate import MIGRATION_LOCK_KEY, migrate
 from scheduler.db.pool import connect
 from scheduler.errors import DatabaseError
 from scheduler.sqlaccess import grant_sql
@@ -347,4 +348,36 @@ async def test_tenant_role_sees_no_other_tenant(
     record(
         "tenant role reads prices, role_tenants of others, LISTEN scheduler_control",
         f"own and global prices only; role_tenants(other): denied; heard {sorted(set(heard))}",
+    )
+
+
+async def test_tenant_role_holding_the_migration_and_node_keys_does_not_stop_an_agent(
+    dsn: str, db: asyncpg.Connection, state_dir: Path, cgroup_root: str
+) -> None:
+    await db.execute("INSERT INTO scheduler.tenants (name) VALUES ('mallory')")
+    mallory = await tenant_role(db, dsn, "mallory")
+    try:
+        # The keys serve and node registration took before migration 0010.
+        await mallory.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        await mallory.execute(
+            "SELECT pg_advisory_lock(hashtextextended('scheduler.nodes/test-node', $1))",
+            5918230770002,
+        )
+        with anyio.fail_after(20):
+            assert await migrate(db) == []
+        async with anyio.create_task_group() as tg:
+            handle = await start_agent(tg, agent_settings(dsn, state_dir, cgroup_root))
+            job_id = await db.fetchval(
+                "INSERT INTO scheduler.jobs (argv) VALUES (ARRAY['true']) RETURNING id"
+            )
+            await wait_for(
+                db, "SELECT state = 'succeeded' FROM scheduler.jobs WHERE id = $1", job_id
+            )
+            handle.stop()
+            tg.cancel_scope.cancel()
+    finally:
+        await mallory.close()
+    record(
+        "tenant role holds the migration and node-registration keys",
+        "migrate and agent start went on; a job ran",
     )
