@@ -66,14 +66,8 @@ async def test_claim_lock_cannot_be_held_by_a_tenant_role(
     await db.execute("INSERT INTO scheduler.tenants (name) VALUES ('mallory')")
     mallory = await tenant_role(db, dsn, "mallory")
     try:
-        # The old key, and the new lock itself: neither stops the claims.
+        # The claim's old key (held for the session): the claims go on.
         await mallory.execute("SELECT pg_advisory_lock($1)", OLD_CLAIM_KEY)
-        async with mallory.transaction():
-            with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                await mallory.execute("SELECT 1 FROM scheduler.claim_lock FOR UPDATE")
-        async with mallory.transaction():
-            with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                await mallory.execute("LOCK TABLE scheduler.jobs IN EXCLUSIVE MODE")
         started = time.monotonic()
         job_id = await db.fetchval(
             "INSERT INTO scheduler.jobs (argv) VALUES (ARRAY['true']) RETURNING id"
@@ -85,6 +79,13 @@ async def test_claim_lock_cannot_be_held_by_a_tenant_role(
             timeout=30,
         )
         took = time.monotonic() - started
+        # Nor can the role take the lock the claims take now, or lock the jobs table.
+        async with mallory.transaction():
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await mallory.execute("SELECT 1 FROM scheduler.claim_lock FOR UPDATE")
+        async with mallory.transaction():
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await mallory.execute("LOCK TABLE scheduler.jobs IN EXCLUSIVE MODE")
     finally:
         await mallory.close()
     record(
@@ -97,7 +98,7 @@ async def test_id_squatting_is_refused_and_roles_are_bounded(
     dsn: str, db: asyncpg.Connection
 ) -> None:
     await db.execute("INSERT INTO scheduler.tenants (name) VALUES ('mallory'), ('alice')")
-    role, password = await grant_sql(db, "mallory", connection_limit=2)
+    role, password = await grant_sql(db, "mallory")
     mallory = await connect(as_role(dsn, role, password))
     try:
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
@@ -122,6 +123,9 @@ async def test_id_squatting_is_refused_and_roles_are_bounded(
             )
         assert await mallory.fetchval("SHOW statement_timeout") == "30s"
         assert await mallory.fetchval("SHOW idle_in_transaction_session_timeout") == "1min"
+        # The default limit is 8 sessions; grant-sql --connection-limit sets another.
+        assert await db.fetchval("SELECT rolconnlimit FROM pg_roles WHERE rolname = $1", role) == 8
+        role, password = await grant_sql(db, "mallory", connection_limit=2)
         second = await connect(as_role(dsn, role, password))
         try:
             with pytest.raises(DatabaseError, match="too many connections"):
@@ -148,22 +152,6 @@ async def test_weighted_child_gets_its_parents_share(
     await db.execute(
         "INSERT INTO scheduler.tenants (name, parent, weight) VALUES ('alpha-kid', 'alpha', 10000)"
     )
-    _, token = await create_token(db, "alpha")
-    async with httpx.AsyncClient(base_url=f"http://{two_core_agent.ready.http}", timeout=30) as api:
-        response = await api.post(
-            "/v1/tenants",
-            json={"name": "alpha-pet", "parent": "alpha", "weight": 10000},
-            headers={"Authorization": f"Bearer {token}"},
-        )
-        assert response.status_code == 422, response.text
-        assert response.headers["content-type"].startswith("application/problem+json")
-        assert "weight" in response.json()["detail"]
-        response = await api.post(
-            "/v1/tenants",
-            json={"name": "alpha-pet", "parent": "alpha", "weight": 50},
-            headers={"Authorization": f"Bearer {token}"},
-        )
-        assert response.status_code == 201, response.text
     # beta's jobs first in the queue, then the child's: one transaction, one first claim.
     async with db.transaction():
         for tenant in ("beta", "alpha-kid"):
@@ -183,6 +171,23 @@ async def test_weighted_child_gets_its_parents_share(
     )
     kid = sum(1 for r in first if r["tenant"] == "alpha-kid")
     assert 6 <= kid <= 10, [r["tenant"] for r in first]
+    # Nor can alpha's token give a child more weight than alpha has.
+    _, token = await create_token(db, "alpha")
+    async with httpx.AsyncClient(base_url=f"http://{two_core_agent.ready.http}", timeout=30) as api:
+        response = await api.post(
+            "/v1/tenants",
+            json={"name": "alpha-pet", "parent": "alpha", "weight": 10000},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert response.status_code == 422, response.text
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert "weight" in response.json()["detail"]
+        response = await api.post(
+            "/v1/tenants",
+            json={"name": "alpha-pet", "parent": "alpha", "weight": 50},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert response.status_code == 201, response.text
     record(
         "child tenant with weight 10000 against another tenant",
         f"first 16 starts: {kid} child, {16 - kid} other (parents' weights 1:1);"
