@@ -56,13 +56,21 @@ async def _reset(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
-async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
-    """One connection (LISTEN, CLI); raises DatabaseError naming the target on failure."""
+async def _init_agent(conn: asyncpg.Connection) -> None:
+    await _init(conn)
+    # A SET, not a startup parameter: a pooler such as PgBouncer refuses unknown startup
+    # parameters. The pool's reset keeps session settings.
+    await conn.execute(f"SET {AGENT_WRITER_SETTING} = 'agent'")
+
+
+async def connect(dsn: str, *, agent_writer: bool = False, **kwargs: Any) -> asyncpg.Connection:
+    """One connection (LISTEN, CLI); raises DatabaseError naming the target on failure. With
+    ``agent_writer`` it may write the jobs' outcome columns, as :func:`create_pool`'s."""
     try:
         conn: asyncpg.Connection = await asyncpg.connect(dsn, **kwargs)
     except DB_ERRORS as exc:
         raise DatabaseError(f"cannot connect to the database ({_redact(dsn)}): {exc}") from exc
-    await _init(conn)
+    await (_init_agent if agent_writer else _init)(conn)
     return conn
 
 
@@ -83,8 +91,6 @@ async def create_pool(
     code, totals...), which the database refuses to everyone else
     (migrations/0010_control_plane.sql, jobs_agent_columns)."""
     settings: dict[str, str] = {}
-    if agent_writer:
-        settings[AGENT_WRITER_SETTING] = "agent"
     if name is not None:
         settings["application_name"] = name
     if idle_in_transaction_seconds is not None:
@@ -95,7 +101,7 @@ async def create_pool(
             dsn,
             min_size=min_size,
             max_size=max_size,
-            init=_init,
+            init=_init_agent if agent_writer else _init,
             reset=_reset,
             server_settings=settings,
         )
