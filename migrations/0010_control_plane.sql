@@ -451,35 +451,43 @@ BEGIN
                t.weight::float8 / sum(t.weight) OVER (PARTITION BY t.parent) AS part
         FROM scheduler.tenants t JOIN busy b ON b.name = t.name
     ),
-    -- Each busy tenant's share: the product of its parts up the chain; and its subtree's use.
+    -- Each busy tenant's share (the product of its parts up the chain) and its subtree's
+    -- use. Keys are float8: they only order jobs, and numeric arithmetic on the shares'
+    -- long fractions made the claim several times slower with a few hundred tenants.
     subtree AS (
-        SELECT l.ancestor AS name,
-               (SELECT exp(sum(ln(p.part)))
-                FROM lineage l2 JOIN part p ON p.name = l2.ancestor
-                WHERE l2.tenant = l.ancestor)::numeric AS share,
-               COALESCE(sum(o.used), 0) AS used
-        FROM lineage l JOIN busy b ON b.name = l.ancestor
-        LEFT JOIN own o ON o.tenant = l.tenant
-        GROUP BY l.ancestor
+        SELECT sh.name, sh.share, COALESCE(u.used, 0) AS used
+        FROM (SELECT l.tenant AS name, exp(sum(ln(p.part))) AS share
+              FROM lineage l JOIN part p ON p.name = l.ancestor
+              WHERE l.tenant IN (SELECT b.name FROM busy b)
+              GROUP BY l.tenant) sh
+        LEFT JOIN (SELECT l.ancestor, sum(o.used)::float8 AS used
+                   FROM own o JOIN lineage l ON l.tenant = o.tenant
+                   GROUP BY l.ancestor) u ON u.ancestor = sh.name
     ),
     tenant_keyed AS (
-        SELECT f.*, (s.used + allocation_seconds * f.ahead) / s.share AS tenant_key
+        SELECT f.*,
+               (s.used + allocation_seconds::float8 * f.ahead::float8) / s.share AS tenant_key
         FROM fit f JOIN subtree s ON s.name = f.tenant
     ),
-    -- Per subtree the job belongs to: that subtree's key for it.
+    -- Per subtree the job belongs to: that subtree's key for it. A tenant without children
+    -- is its own subtree, whose key is the tenant key: only ancestors, and tenants with
+    -- children, are computed here (none at all when every tenant is a root).
     level_keys AS (
         SELECT k.id,
-               (s.used + allocation_seconds
-                   * sum(k.cpu) OVER (PARTITION BY l.ancestor ORDER BY k.tenant_key, k.id))
+               (s.used + allocation_seconds::float8
+                   * sum(k.cpu::float8) OVER (PARTITION BY l.ancestor ORDER BY k.tenant_key, k.id))
                / s.share AS key
         FROM tenant_keyed k
         JOIN lineage l ON l.tenant = k.tenant
         JOIN subtree s ON s.name = l.ancestor
+        WHERE l.depth > 0
+           OR l.ancestor IN (SELECT c.parent FROM scheduler.tenants c WHERE c.parent IS NOT NULL)
     ),
     queued AS (
-        SELECT k.id, k.tenant, k.cpu, k.memory_bytes, k.priority, m.share
+        SELECT k.id, k.tenant, k.cpu, k.memory_bytes, k.priority,
+               greatest(k.tenant_key, m.key) AS share
         FROM tenant_keyed k
-        JOIN (SELECT lk.id, max(lk.key) AS share FROM level_keys lk GROUP BY lk.id) m
+        LEFT JOIN (SELECT lk.id, max(lk.key) AS key FROM level_keys lk GROUP BY lk.id) m
             ON m.id = k.id
     ),
     ordered AS (
