@@ -466,3 +466,17 @@ CROSS JOIN LATERAL (
     FROM scheduler.jobs j WHERE j.node = n.name AND j.state IN ('running', 'frozen')
 ) l
 ORDER BY n.name;
+
+-- name: end_tenant_blockers
+-- Tenant sessions (scheduler.is_tenant_role) that have blocked a session named $1 (this
+-- agent's) for more than $2 seconds, ended (agent/blockers.py).
+SELECT x.pid, x.role, pg_terminate_backend(x.pid) AS ended
+FROM (
+    SELECT DISTINCT b.pid, s.usename::text AS role
+    FROM pg_stat_activity a
+    CROSS JOIN LATERAL unnest(pg_blocking_pids(a.pid)) AS b (pid)
+    JOIN pg_stat_activity s ON s.pid = b.pid
+    WHERE a.application_name = $1 AND a.wait_event_type = 'Lock'
+      AND a.query_start < clock_timestamp() - make_interval(secs => $2)
+      AND scheduler.is_tenant_role(s.usename)
+) x;

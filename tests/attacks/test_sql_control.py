@@ -386,3 +386,59 @@ async def test_tenant_role_holding_the_migration_and_node_keys_does_not_stop_an_
         "tenant role holds the migration and node-registration keys",
         "migrate and agent start went on; a job ran",
     )
+
+
+async def test_tenant_row_lock_does_not_hold_up_other_tenants_completions(
+    dsn: str, db: asyncpg.Connection, state_dir: Path, cgroup_root: str
+) -> None:
+    await db.execute("INSERT INTO scheduler.tenants (name) VALUES ('mallory'), ('alice')")
+    mallory = await tenant_role(db, dsn, "mallory")
+    async with anyio.create_task_group() as tg:
+        handle = await start_agent(
+            tg, agent_settings(dsn, state_dir, cgroup_root, heartbeat_seconds=0.5)
+        )
+        try:
+            mine = await mallory.fetchval(
+                "INSERT INTO scheduler.jobs (tenant, argv, cpu) VALUES"
+                " ('mallory', ARRAY['sleep', '1'], 0.1) RETURNING id"
+            )
+            theirs = await db.fetchval(
+                "INSERT INTO scheduler.jobs (tenant, argv, cpu) VALUES"
+                " ('alice', ARRAY['sleep', '2'], 0.1) RETURNING id"
+            )
+            await wait_for(
+                db,
+                "SELECT bool_and(state = 'running') FROM scheduler.jobs WHERE id = ANY($1)",
+                [mine, theirs],
+            )
+            # Its own running job's row, locked with every timeout of its session off.
+            await mallory.execute(
+                "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0;"
+                f" BEGIN; SELECT 1 FROM scheduler.jobs WHERE id = {int(mine)} FOR UPDATE"
+            )
+            started = time.monotonic()
+            await wait_for(
+                db,
+                "SELECT state = 'succeeded' FROM scheduler.jobs WHERE id = $1",
+                theirs,
+                timeout=30,
+            )
+            took = time.monotonic() - started
+            await wait_for(db, "SELECT state = 'succeeded' FROM scheduler.jobs WHERE id = $1", mine)
+            assert mallory.is_closed() or await _terminated(mallory)
+        finally:
+            handle.stop()
+            tg.cancel_scope.cancel()
+            mallory.terminate()
+    record(
+        "tenant role locks its own running job's row, timeouts off",
+        f"its session was ended; the other tenant's end was recorded after {took:.1f} s",
+    )
+
+
+async def _terminated(conn: asyncpg.Connection) -> bool:
+    try:
+        await conn.fetchval("SELECT 1")
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError):
+        return True
+    return False
