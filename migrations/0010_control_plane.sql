@@ -1,7 +1,8 @@
 -- The control plane against a hostile tenant (issue 15): what a tenant's SQL role (from
 -- `scheduler tenants grant-sql`) or a tenant token can no longer do to the others, and the
--- columns only the agent writes. Replaces scheduler.claim_jobs (0008) and
--- scheduler.role_tenants (0003).
+-- columns only the agent writes. Replaces (CREATE OR REPLACE) scheduler.claim_jobs (0008),
+-- scheduler.role_tenants (0003), scheduler.jobs_before_update and scheduler.tenants_notify
+-- (0001).
 
 ------------------------------------------------------------------------------------------
 -- Claims are serialised by a row lock tenants cannot take.
@@ -99,9 +100,10 @@ $$;
 
 -- The caller acts as a tenant: a tenant SQL role, or the HTTP API serving a tenant token
 -- (it sets scheduler.acting_tenant for the transaction). Anyone else is the operator.
--- Setting scheduler.acting_tenant oneself only ever takes rights away.
+-- Setting scheduler.acting_tenant oneself only ever takes rights away. SECURITY INVOKER, so
+-- that current_user is the caller's effective role (SET ROLE to a tenant role counts).
 CREATE FUNCTION scheduler.caller_is_tenant() RETURNS boolean
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
     SELECT scheduler.is_tenant_role(session_user) OR scheduler.is_tenant_role(current_user)
         OR COALESCE(current_setting('scheduler.acting_tenant', true), '') <> ''
 $$;
@@ -138,7 +140,8 @@ BEGIN
         NEW.operator_hold := false;
     ELSIF NOT tenant_caller THEN
         -- The operator freezing (even a tenant the tenant froze itself) makes it a hold,
-        -- unless the same statement says otherwise.
+        -- unless the statement changes operator_hold itself (SET operator_hold = false on a
+        -- held tenant turns the hold into a plain freeze).
         NEW.operator_hold := CASE WHEN NEW.operator_hold IS DISTINCT FROM OLD.operator_hold
                                   THEN NEW.operator_hold ELSE true END;
     END IF;
