@@ -4,7 +4,7 @@
 -- Claim up to $2 runnable jobs for node $1 ($3 cores, $4 bytes of capacity; $5 the seconds a
 -- running core counts for in fair share; $6 the node's lease epoch): one statement, taking
 -- the claim lock itself, so outside a transaction it is one round trip. The claim's SQL is
--- the function's (migrations/0008_claim_function.sql).
+-- the function's (migrations/0008_claim_function.sql, replaced in 0010_control_plane.sql).
 SELECT * FROM scheduler.claim_jobs($1, $2, $3, $4, $5, $6);
 
 -- name: claimed_on_node

@@ -1,8 +1,8 @@
 """Fair share across tenants (Slurm's idea), hierarchical: the next job comes from the subtree
 that used the least cpu recently for its share, a subtree's share being its weight among its
 siblings times its parent's share. Pure: the claim (scheduler.claim_jobs, in
-migrations/0008_claim_function.sql) computes the same key in SQL with these constants; this
-module states the rule and lets it be tested without a database.
+migrations/0010_control_plane.sql, first made in 0008) computes the same key in SQL with these
+constants; this module states the rule and lets it be tested without a database.
 """
 
 from __future__ import annotations
