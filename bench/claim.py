@@ -4,7 +4,8 @@ agent, no jobs started).
 For each queue size, two tenants (one flooding, one with a single job at a time) and 30
 claims of one job each, both ways the dispatcher claims: on a NOTIFY (the claim statement
 alone) and on its poll (in one transaction with the check for jobs that can never run);
-prints p50 and max in milliseconds, as the caller sees them (round trips included).
+prints p50 and max in milliseconds, as the caller sees them (round trips included). Then
+claims of 1 and 64 with 200 tenants in a two-level tree (hierarchical fair share).
 Usage: python bench/claim.py [--sizes 1,1000,10000]
 """
 
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import anyio
+import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -26,7 +28,9 @@ from scheduler.agent.claim import claim
 from scheduler.db.embedded import EmbeddedPostgres
 from scheduler.db.migrate import migrate
 from scheduler.db.pool import create_pool
+from scheduler.db.queries import q
 from scheduler.policy.admission import Capacity
+from scheduler.policy.fairshare import ALLOCATION_SECONDS
 
 
 async def main(sizes: list[int]) -> None:
@@ -35,7 +39,7 @@ async def main(sizes: list[int]) -> None:
     await pg.start()
     lines = []
     try:
-        pool = await create_pool(pg.dsn, min_size=1, max_size=2)
+        pool = await create_pool(pg.dsn, min_size=1, max_size=2, agent_writer=True)
         async with pool.acquire() as conn:
             await migrate(conn)
         await pool.execute("INSERT INTO scheduler.tenants (name) VALUES ('flood'), ('small')")
@@ -68,6 +72,7 @@ async def main(sizes: list[int]) -> None:
                     f" p50 {statistics.median(times[unfit]):.2f} ms,"
                     f" max {max(times[unfit]):.2f} ms"
                 )
+        lines += await tenant_tree(pool)
         await pool.close()
     finally:
         await pg.stop()
@@ -75,6 +80,56 @@ async def main(sizes: list[int]) -> None:
     print(describe())
     for line in lines:
         print(line)
+
+
+async def tenant_tree(pool: asyncpg.Pool, parents: int = 20, children: int = 10) -> list[str]:
+    """Claims where the hierarchical fair share has work: ``parents`` root tenants with
+    ``children`` each (weights 10..10*children), 10 jobs queued per child; each claim is
+    rolled back, so every one sees the same queue."""
+    await pool.execute("DELETE FROM scheduler.jobs WHERE state = 'queued'")
+    await pool.execute(
+        "INSERT INTO scheduler.tenants (name, weight)"
+        " SELECT 'p' || i, 100 FROM generate_series(1, $1) i",
+        parents,
+    )
+    await pool.execute(
+        "INSERT INTO scheduler.tenants (name, parent, weight)"
+        " SELECT 'p' || i || '-c' || k, 'p' || i, 10 * k"
+        " FROM generate_series(1, $1) i, generate_series(1, $2) k",
+        parents,
+        children,
+    )
+    await pool.execute(
+        "INSERT INTO scheduler.jobs (tenant, argv, cpu) SELECT t.name, ARRAY['true'], 0.01"
+        " FROM scheduler.tenants t, generate_series(1, 10) WHERE t.parent IS NOT NULL"
+    )
+    await pool.execute("ANALYZE")
+    lines = []
+    capacity = Capacity(64, 2**40)
+    for want in (1, 64):
+        times = []
+        async with pool.acquire() as conn:
+            for _ in range(30):
+                tr = conn.transaction()
+                await tr.start()
+                t0 = time.perf_counter()
+                await conn.fetch(
+                    q("claim_jobs"),
+                    "n1",
+                    want,
+                    capacity.cpu,
+                    capacity.memory_bytes,
+                    ALLOCATION_SECONDS,
+                    None,
+                )
+                times.append((time.perf_counter() - t0) * 1000)
+                await tr.rollback()
+        lines.append(
+            f"claim of {want} with {parents * children} tenants under {parents} parents,"
+            f" {parents * children * 10} queued: p50 {statistics.median(times):.2f} ms,"
+            f" max {max(times):.2f} ms"
+        )
+    return lines
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from scheduler import store
 from scheduler.config import Settings
 from scheduler.db.pool import connect_settings
 from scheduler.jobs import DesiredState
-from scheduler.sqlaccess import SqlAccessError, grant_sql, revoke_sql
+from scheduler.sqlaccess import CONNECTION_LIMIT, SqlAccessError, grant_sql, revoke_sql
 from scheduler.units import format_bytes, parse_cores, parse_size
 
 Command = Callable[[Settings, argparse.Namespace], Awaitable[int]]
@@ -81,6 +81,12 @@ def add_parsers(
     )
     add_common(grant)
     grant.add_argument("name")
+    grant.add_argument(
+        "--connection-limit",
+        type=int,
+        default=CONNECTION_LIMIT,
+        help=f"sessions the role may hold at once (default {CONNECTION_LIMIT})",
+    )
     revoke = actions.add_parser("revoke-sql", help="drop the tenant's Postgres role")
     add_common(revoke)
     revoke.add_argument("name")
@@ -136,7 +142,7 @@ async def cmd_tenants(settings: Settings, args: argparse.Namespace) -> int:
 async def _sql_access(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
     """``scheduler tenants grant-sql|revoke-sql NAME``."""
     if args.tenant_action == "grant-sql":
-        role, password = await grant_sql(conn, args.name)
+        role, password = await grant_sql(conn, args.name, connection_limit=args.connection_limit)
         data = {"tenant": args.name, "role": role, "password": password}
         human = f"role {role} (password {password}) sees only tenant {args.name}'s rows"
     else:
@@ -162,8 +168,15 @@ def _describe_tenant(row: Any) -> str:
     if row["memory_limit_bytes"] is not None:
         parts.append(f"memory={format_bytes(row['memory_limit_bytes'])}")
     if row["frozen"]:
-        parts.append("FROZEN")
+        parts.append("FROZEN (operator hold)" if row.get("operator_hold") else "FROZEN")
     return " ".join(parts)
+
+
+def _frozen_column(row: Any) -> str:
+    """yes, no, or "hold" for an operator's freeze that only the operator lifts."""
+    if not row["frozen"]:
+        return "no"
+    return "hold" if row.get("operator_hold") else "yes"
 
 
 def _print_tenants(args: argparse.Namespace, rows: list[Any]) -> None:
@@ -180,5 +193,5 @@ def _print_tenants(args: argparse.Namespace, rows: list[Any]) -> None:
             f"{'-' if r['cpu_limit'] is None else str(r['cpu_limit']):>6} "
             f"{format_bytes(r['memory_limit_bytes']):>9} "
             f"{'-' if r['max_running_jobs'] is None else r['max_running_jobs']:>6} "
-            f"{r['active_jobs']:>6} {r['queued_jobs']:>6} {'yes' if r['frozen'] else 'no'}"
+            f"{r['active_jobs']:>6} {r['queued_jobs']:>6} {_frozen_column(r)}"
         )

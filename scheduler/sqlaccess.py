@@ -10,6 +10,13 @@ from scheduler.db.pool import Conn
 from scheduler.errors import SchedulerError
 
 ROLE_PREFIX = "tenant_"
+# What one tenant's role may take of the database: sessions at once, and how long a
+# statement or an idle transaction (which may hold row locks on the tenant's own jobs, which
+# the agent then waits for) may last. Role defaults: a session may change its timeouts
+# (Postgres lets any role SET them); the connection limit it cannot.
+CONNECTION_LIMIT = 8
+STATEMENT_TIMEOUT = "30s"
+IDLE_IN_TRANSACTION_TIMEOUT = "60s"
 
 
 class SqlAccessError(SchedulerError):
@@ -27,12 +34,18 @@ def role_name(tenant: str) -> str:
     return name
 
 
-async def grant_sql(conn: Conn, tenant: str) -> tuple[str, str]:
+async def grant_sql(
+    conn: Conn, tenant: str, *, connection_limit: int = CONNECTION_LIMIT
+) -> tuple[str, str]:
     """Create (or reset the password of) ``tenant``'s login role; return role and password.
 
     The role is a member of ``scheduler_tenant`` (what tenants may do at all) and is mapped to
-    its tenant in ``scheduler.tenant_roles``, which the row-level security policies read.
+    its tenant in ``scheduler.tenant_roles``, which the row-level security policies read. It
+    may hold ``connection_limit`` sessions, with a statement timeout and an idle-in-transaction
+    timeout by default.
     """
+    if not 1 <= connection_limit <= 10_000:
+        raise SqlAccessError(f"connection_limit must be in [1, 10000]: got {connection_limit}")
     role = role_name(tenant)
     password = secrets.token_urlsafe(24)
     quoted = '"' + role.replace('"', '""') + '"'
@@ -45,7 +58,15 @@ async def grant_sql(conn: Conn, tenant: str) -> tuple[str, str]:
         # above (tenant names are [a-z0-9_-]) and the password is quoted as a literal.
         literal = await conn.fetchval("SELECT quote_literal($1)", password)
         try:
-            await conn.execute(f"{verb} ROLE {quoted} LOGIN PASSWORD {literal}")
+            await conn.execute(
+                f"{verb} ROLE {quoted} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION"
+                f" NOBYPASSRLS CONNECTION LIMIT {int(connection_limit)} PASSWORD {literal}"
+            )
+            await conn.execute(f"ALTER ROLE {quoted} SET statement_timeout = '{STATEMENT_TIMEOUT}'")
+            await conn.execute(
+                f"ALTER ROLE {quoted} SET idle_in_transaction_session_timeout"
+                f" = '{IDLE_IN_TRANSACTION_TIMEOUT}'"
+            )
             await conn.execute(f"GRANT scheduler_tenant TO {quoted}")
         except asyncpg.PostgresError as exc:
             raise SqlAccessError(f"cannot create role {role}: {exc}") from exc

@@ -144,6 +144,12 @@ async def private_postgres() -> AsyncIterator[EmbeddedPostgres]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+async def write_as_agent(conn: asyncpg.Connection) -> None:
+    """Let ``conn`` write the jobs' outcome columns (state, node, totals...) as the agent
+    does: tests that stage a job's state by hand (migrations/0010, jobs_agent_columns)."""
+    await conn.execute("SET scheduler.writer = 'agent'")
+
+
 @pytest.fixture
 async def db(dsn: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await connect(dsn)

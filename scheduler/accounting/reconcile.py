@@ -23,6 +23,9 @@ from scheduler.cgroups.base import CgroupDriver, CgroupPath
 from scheduler.db.queries import q
 from scheduler.jobs import cpu_seconds
 
+# The totals a started job carries once finished.
+TOTALS = ("cpu_seconds", "memory_peak_bytes", "io_read_bytes", "io_write_bytes")
+
 
 @dataclass(frozen=True)
 class Discrepancy:
@@ -40,6 +43,18 @@ def check_job(job: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list
     subject = f"job {job['id']}"
     found: list[Discrepancy] = []
     attempts = int(job["attempts"])
+    # A finished job lacking these was not written so by the agent (a forced UPDATE).
+    state = job.get("state", "a final state")
+    if "finished_at" in job and job["finished_at"] is None:
+        found.append(Discrepancy(subject, f"finished as {state} without finished_at"))
+    if attempts > 0:
+        missing = [c for c in TOTALS if job.get(c) is None]
+        if missing:
+            found.append(
+                Discrepancy(
+                    subject, f"finished as {state} without totals ({', '.join(missing)} unset)"
+                )
+            )
     if attempts == 0:
         if rows:
             found.append(Discrepancy(subject, f"never started but has {len(rows)} usage rows"))

@@ -1,7 +1,9 @@
 """One claim: optionally fail the jobs that can never run, then claim the next ones.
 
-The claim is one statement (``scheduler.claim_jobs``, migrations/0008_claim_function.sql)
-that takes a transaction-scoped advisory lock shared by every node, so a tenant's limits,
+The claim is one statement (``scheduler.claim_jobs``, migrations/0008_claim_function.sql,
+replaced in 0010_control_plane.sql) that locks the one row of ``scheduler.claim_lock`` (held
+to the end of the transaction, shared by every node; only the owner may lock it, unlike an
+advisory key, which any tenant role could hold), so a tenant's limits,
 summed over all nodes, are checked against every committed claim. Sent on its own it is its
 own transaction: one round trip. The unfit check runs first in the same transaction, under
 the same lock.

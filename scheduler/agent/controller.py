@@ -1,14 +1,17 @@
 """Reconciles what users ask (jobs.desired_state, tenants.frozen and limits) with the kernel.
 
 Every change of a job's desired_state and every tenant change NOTIFYs ``scheduler_control``
-(job id, or ``tenant:<name>``); the agent's LISTEN connection wakes this loop within
-milliseconds. NOTIFY is not durable, so the loop also reconciles everything at start-up and
-every ``poll_interval``. The state column follows the kernel: it says 'frozen' only after the
+(``node:<name>`` of the node running the job, or ``tenants``: any role may LISTEN, so the
+payload names no job and no tenant); the agent's LISTEN connection wakes this loop within
+milliseconds, and a notice for this node has every attempt's desired state read again.
+NOTIFY is not durable, so the loop also reconciles everything at start-up and every
+``poll_interval``. The state column follows the kernel: it says 'frozen' only after the
 freezer confirmed it, and 'running' after a thaw.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +32,9 @@ log = structlog.get_logger(__name__)
 RETRY_SECONDS = 0.02
 # Job ids notified before their attempt was registered (claimed, monitor not started yet).
 UNKNOWN_IDS_MAX = 10_000
+# A notice for this node this recent also has an attempt that starts now looked at again (it
+# may be the one whose desired state changed between its claim and its start).
+NODE_NOTICE_SECONDS = 5.0
 
 
 class Controller:
@@ -54,6 +60,8 @@ class Controller:
         self._pending: set[int] = set()
         self._unknown: set[int] = set()
         self._tenants_dirty = True
+        self._node_dirty = False
+        self._node_notice_at = -NODE_NOTICE_SECONDS
         # Full: re-apply every desired state without trusting what this agent believes it
         # applied (start-up, after a database error). Sweep: look at every attempt and tenant
         # (the poll: a NOTIFY may have been lost), acting only where the flags differ.
@@ -74,10 +82,16 @@ class Controller:
         self._wake.set()
 
     def notified(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
-        """NOTIFY callback: a job id, or ``tenant:<name>``."""
+        """NOTIFY callback: ``node:<name>``, ``tenants`` (or, from before migration 0010, a
+        job id or ``tenant:<name>``)."""
         payload = str(payload)
-        if payload.startswith("tenant:"):
+        if payload.startswith("tenant"):
             self._tenants_dirty = True
+        elif payload.startswith("node:"):
+            if payload[5:] != self._node:
+                return
+            self._node_dirty = True
+            self._node_notice_at = time.monotonic()
         else:
             try:
                 job_id = int(payload)
@@ -95,7 +109,8 @@ class Controller:
         # A request that arrived between the claim and the monitor's start, or a tenant that
         # is frozen: look again now that the attempt is known.
         frozen_tenant = any(self._tenant_frozen.get(t) for t in attempt.cgroup.parts[:-1])
-        if attempt.job.id in self._unknown or frozen_tenant:
+        noticed = time.monotonic() - self._node_notice_at < NODE_NOTICE_SECONDS
+        if attempt.job.id in self._unknown or frozen_tenant or noticed:
             self._unknown.discard(attempt.job.id)
             self._pending.add(attempt.job.id)
             self._wake.set()
@@ -107,11 +122,12 @@ class Controller:
             full, self._full = self._full, False
             sweep, self._sweep = self._sweep, False
             tenants_dirty, self._tenants_dirty = self._tenants_dirty, False
+            node_dirty, self._node_dirty = self._node_dirty, False
             pending, self._pending = self._pending, set()
             retry: set[int] = set()
             try:
                 retry = await self.reconcile(
-                    None if full or sweep else pending,
+                    None if full or sweep or node_dirty else pending,
                     tenants=full or sweep or tenants_dirty,
                     full=full,
                 )

@@ -14,6 +14,7 @@ import anyio
 import asyncpg
 import structlog
 
+from scheduler.agent.blockers import end_tenant_blockers
 from scheduler.agent.lease import NodeLease
 from scheduler.db.outage import DB_ERRORS
 from scheduler.db.queries import q
@@ -71,6 +72,7 @@ class Heartbeat:
                 )
             self.deadline = sent + self._lease_seconds
             await self.expire_others()
+            await end_tenant_blockers(self._pool, self._lease.name)
 
     async def expire_others(self) -> list[asyncpg.Record]:
         """Mark down nodes whose lease expired by more than the grace; end their attempts."""

@@ -136,6 +136,7 @@ async def run_agent(
             max_size=8,
             name=f"scheduler {settings.node_name}",
             idle_in_transaction_seconds=settings.lease_seconds,
+            agent_writer=True,
         )
     except BaseException:
         if warmer is not None:

@@ -7,10 +7,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from scheduler import store
+from scheduler.api.auth import Principal
 from scheduler.api.bodies import TENANT_FIELDS, parse_json, validate
 from scheduler.api.context import caller, deps
 from scheduler.api.problems import Problem
+from scheduler.db.pool import Conn
 from scheduler.store import TENANT_NAME
+
+
+async def act_as(conn: Conn, who: Principal) -> None:
+    """Tell the database, for this transaction, that a tenant token makes the request: it
+    then treats the request as the tenant's (operator holds, a child's limits), not the
+    operator's, although the API's session is the agent's (migrations/0010)."""
+    if not who.is_admin:
+        await conn.execute("SELECT set_config('scheduler.acting_tenant', $1, true)", who.name)
 
 
 async def list_tenants(request: Request) -> Response:
@@ -34,11 +44,15 @@ async def create_tenant(request: Request) -> Response:
             )
         columns = list(values)
         try:
-            row = await conn.fetchrow(
-                f"INSERT INTO scheduler.tenants ({', '.join(columns)})"
-                f" VALUES ({', '.join(f'${i}' for i in range(1, len(columns) + 1))}) RETURNING *",
-                *values.values(),
-            )
+            async with conn.transaction():
+                # The database checks a tenant's child against its parent (weight, limits).
+                await act_as(conn, who)
+                row = await conn.fetchrow(
+                    f"INSERT INTO scheduler.tenants ({', '.join(columns)})"
+                    f" VALUES ({', '.join(f'${i}' for i in range(1, len(columns) + 1))})"
+                    " RETURNING *",
+                    *values.values(),
+                )
         except asyncpg.UniqueViolationError as exc:
             raise Problem(409, f"tenant {values['name']!r} already exists") from exc
         except asyncpg.ForeignKeyViolationError as exc:
@@ -61,9 +75,17 @@ async def _set_frozen(request: Request, frozen: bool) -> Response:
         who = await caller(request, conn)
         if not who.sees(name):
             raise Problem(404, f"no tenant named {name!r}")
-        row = await conn.fetchrow(
-            "UPDATE scheduler.tenants SET frozen = $2 WHERE name = $1 RETURNING *", name, frozen
-        )
+        try:
+            async with conn.transaction():
+                # A tenant's thaw of an operator hold is refused by the database.
+                await act_as(conn, who)
+                row = await conn.fetchrow(
+                    "UPDATE scheduler.tenants SET frozen = $2 WHERE name = $1 RETURNING *",
+                    name,
+                    frozen,
+                )
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise Problem(403, str(exc)) from exc
     if row is None:
         raise Problem(404, f"no tenant named {name!r}")
     return JSONResponse(store.record_to_dict(row))

@@ -1,6 +1,7 @@
 """Schema migrations: numbered plain SQL files applied in one transaction under a lock.
 
-Two agents starting at once both call :func:`migrate`; the transaction-scoped advisory lock
+Two agents starting at once both call :func:`migrate`; a transaction-scoped lock (on the
+migrations table once it exists, which no tenant role can take; an advisory lock before)
 makes the second wait for the first and then find nothing left to do.
 """
 
@@ -80,7 +81,16 @@ async def migrate(conn: Conn, directory: Path | None = None) -> list[int]:
     migrations = load_migrations(directory)
     try:
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
+            # Once the schema exists, tenant roles may exist too, and any role can hold an
+            # advisory key: an agent would then wait for a tenant to start. The table lock
+            # (self-conflicting) needs privileges on a table only the owner has. A new
+            # database has no tenant roles yet: the advisory lock serialises its creation.
+            if await conn.fetchval("SELECT to_regclass('scheduler.schema_migrations') IS NOT NULL"):
+                await conn.execute(
+                    "LOCK TABLE scheduler.schema_migrations IN SHARE ROW EXCLUSIVE MODE"
+                )
+            else:
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
             await conn.execute(
                 """
                 CREATE SCHEMA IF NOT EXISTS scheduler;

@@ -39,6 +39,10 @@ def _dumps(value: object) -> str:
     return json.dumps(value, default=_json_default)
 
 
+# The session setting that marks the agent's own writes of outcome columns.
+AGENT_WRITER_SETTING = "scheduler.writer"
+
+
 async def _init(conn: asyncpg.Connection) -> None:
     for kind in ("json", "jsonb"):
         await conn.set_type_codec(kind, encoder=_dumps, decoder=json.loads, schema="pg_catalog")
@@ -52,13 +56,21 @@ async def _reset(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
-async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
-    """One connection (LISTEN, CLI); raises DatabaseError naming the target on failure."""
+async def _init_agent(conn: asyncpg.Connection) -> None:
+    await _init(conn)
+    # A SET, not a startup parameter: a pooler such as PgBouncer refuses unknown startup
+    # parameters. The pool's reset keeps session settings.
+    await conn.execute(f"SET {AGENT_WRITER_SETTING} = 'agent'")
+
+
+async def connect(dsn: str, *, agent_writer: bool = False, **kwargs: Any) -> asyncpg.Connection:
+    """One connection (LISTEN, CLI); raises DatabaseError naming the target on failure. With
+    ``agent_writer`` it may write the jobs' outcome columns, as :func:`create_pool`'s."""
     try:
         conn: asyncpg.Connection = await asyncpg.connect(dsn, **kwargs)
     except DB_ERRORS as exc:
         raise DatabaseError(f"cannot connect to the database ({_redact(dsn)}): {exc}") from exc
-    await _init(conn)
+    await (_init_agent if agent_writer else _init)(conn)
     return conn
 
 
@@ -69,11 +81,15 @@ async def create_pool(
     max_size: int = 8,
     name: str | None = None,
     idle_in_transaction_seconds: float | None = None,
+    agent_writer: bool = False,
 ) -> asyncpg.Pool:
     """The agent's pool for claims, completions and queries. ``name`` is the sessions'
     application_name (pg_stat_activity); with ``idle_in_transaction_seconds`` Postgres ends a
     session that keeps a transaction open that long without sending anything, and with it the
-    locks it holds: a stalled agent must not keep every other node from claiming."""
+    locks it holds: a stalled agent must not keep every other node from claiming. With
+    ``agent_writer`` the sessions may write the jobs' outcome columns (state, node, exit
+    code, totals...), which the database refuses to everyone else
+    (migrations/0010_control_plane.sql, jobs_agent_columns)."""
     settings: dict[str, str] = {}
     if name is not None:
         settings["application_name"] = name
@@ -85,7 +101,7 @@ async def create_pool(
             dsn,
             min_size=min_size,
             max_size=max_size,
-            init=_init,
+            init=_init_agent if agent_writer else _init,
             reset=_reset,
             server_settings=settings,
         )

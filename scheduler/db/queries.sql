@@ -4,7 +4,7 @@
 -- Claim up to $2 runnable jobs for node $1 ($3 cores, $4 bytes of capacity; $5 the seconds a
 -- running core counts for in fair share; $6 the node's lease epoch): one statement, taking
 -- the claim lock itself, so outside a transaction it is one round trip. The claim's SQL is
--- the function's (migrations/0008_claim_function.sql).
+-- the function's (migrations/0008_claim_function.sql, replaced in 0010_control_plane.sql).
 SELECT * FROM scheduler.claim_jobs($1, $2, $3, $4, $5, $6);
 
 -- name: claimed_on_node
@@ -175,12 +175,14 @@ SELECT * FROM scheduler.tenants WHERE name = $1;
 UPDATE scheduler.tenants SET frozen = $2 WHERE name = $1 RETURNING *;
 
 -- name: claim_lock
--- The lock that serialises claims of all nodes (the key scheduler.claim_jobs takes; held to the
--- end of the transaction), taken first by the transaction that checks for jobs that can never
--- run and then claims. JIT is off for that check too: with a long queue the planner's
--- estimates cross jit_above_cost, and compiling (about 0.5 s on a small host) costs far more
--- than running it.
-SELECT pg_advisory_xact_lock(5918230770001), set_config('jit', 'off', true);
+-- The lock that serialises claims of all nodes (the row scheduler.claim_jobs locks; held to
+-- the end of the transaction; only the owner may lock it, so no tenant role can hold it),
+-- taken first by the transaction that checks for jobs that can never run and then claims.
+-- JIT is off for that check too: with a long queue the planner's estimates cross
+-- jit_above_cost, and compiling (about 0.5 s on a small host) costs far more than running it.
+-- The transaction then writes outcome columns (fail_jobs) as the agent.
+SELECT set_config('jit', 'off', true), set_config('scheduler.writer', 'agent', true)
+FROM scheduler.claim_lock FOR UPDATE;
 
 -- name: unfit_jobs
 -- Queued jobs that can never run: larger than this node ($1 node, $2 cores, $3 bytes) or than
@@ -315,12 +317,13 @@ FROM scheduler.rates
 ORDER BY id;
 
 -- name: check_jobs
--- Finished jobs of a window (finished_at in [$1, $2)) with their totals, for reconciliation.
+-- Finished jobs of a window (finished_at in [$1, $2)) with their totals, for reconciliation;
+-- and, in every window, finished jobs without an end time (never written so by the agent).
 SELECT id, tenant, state, attempts, cpu_seconds, memory_peak_bytes, io_read_bytes,
-       io_write_bytes
+       io_write_bytes, finished_at
 FROM scheduler.jobs
 WHERE state IN ('succeeded', 'failed', 'cancelled', 'timed_out', 'lost')
-  AND finished_at >= $1 AND finished_at < $2
+  AND ((finished_at >= $1 AND finished_at < $2) OR finished_at IS NULL)
 ORDER BY id;
 
 -- name: check_usage
@@ -349,8 +352,11 @@ SELECT name, parent FROM scheduler.tenants ORDER BY name;
 SELECT EXISTS (SELECT 1 FROM scheduler.tenants WHERE name = $1);
 
 -- name: node_lock
--- Serialises agents registering one node name (held to the end of the transaction).
-SELECT pg_advisory_xact_lock(hashtextextended('scheduler.nodes/' || $1, 5918230770002));
+-- Serialises agents registering one node name (held to the end of the transaction): the
+-- name's row in scheduler.node_locks, made or locked by the upsert. A row lock, not an
+-- advisory one, so that no tenant role can take it.
+INSERT INTO scheduler.node_locks (name) VALUES ($1)
+ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name;
 
 -- name: get_node
 -- The node's row, and whether its lease still runs (by the database's clock).
@@ -539,3 +545,16 @@ RETURNING *;
 
 -- name: delete_schedule
 DELETE FROM scheduler.schedules WHERE tenant = $1 AND name = $2 RETURNING *;
+-- name: end_tenant_blockers
+-- Tenant sessions (scheduler.is_tenant_role) that have blocked a session named $1 (this
+-- agent's) for more than $2 seconds, ended (agent/blockers.py).
+SELECT x.pid, x.role, pg_terminate_backend(x.pid) AS ended
+FROM (
+    SELECT DISTINCT b.pid, s.usename::text AS role
+    FROM pg_stat_activity a
+    CROSS JOIN LATERAL unnest(pg_blocking_pids(a.pid)) AS b (pid)
+    JOIN pg_stat_activity s ON s.pid = b.pid
+    WHERE a.application_name = $1 AND a.wait_event_type = 'Lock'
+      AND a.query_start < clock_timestamp() - make_interval(secs => $2)
+      AND scheduler.is_tenant_role(s.usename)
+) x;

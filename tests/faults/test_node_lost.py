@@ -159,9 +159,12 @@ async def test_node_stalled_holding_the_claim_lock_does_not_stop_the_others(
         ready=False,
     )
     await wait_stopped(a, agents.log("a"))
+    # The claim lock is scheduler.claim_lock's row, locked FOR UPDATE (migrations/0010): a's
+    # session holds the table's row-share lock while its transaction holds the row.
     held = await db.fetchval(
         "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity s USING (pid)"
-        " WHERE l.locktype = 'advisory' AND l.granted AND s.application_name = 'scheduler a'"
+        " WHERE l.locktype = 'relation' AND l.relation = 'scheduler.claim_lock'::regclass"
+        " AND l.mode = 'RowShareLock' AND l.granted AND s.application_name = 'scheduler a'"
     )
     assert held == 1
     ids = await workload.submit(db, "sleep 0.1", 6)

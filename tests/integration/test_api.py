@@ -205,6 +205,9 @@ async def test_auth_matrix(api: httpx.AsyncClient, db: asyncpg.Connection) -> No
     a = {"Authorization": f"Bearer {token_a}"}
     b = {"Authorization": f"Bearer {token_b}"}
     await db.execute("UPDATE scheduler.tenants SET frozen = true")  # hold every job queued
+    # Not as an operator hold, so that a tenant can thaw itself below (operator holds:
+    # tests/attacks/test_sql_control.py).
+    await db.execute("UPDATE scheduler.tenants SET operator_hold = false")
 
     job_a = (await api.post("/v1/jobs", headers=a, json={"argv": ["true"]})).json()
     assert job_a["tenant"] == "team-a"

@@ -16,10 +16,18 @@ import anyio
 import asyncpg
 import pytest
 
-from tests.conftest import agent_settings, start_agent
+from tests.conftest import agent_settings, start_agent, write_as_agent
 from tests.integration.test_agent import submit, wait_final
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True)
+async def _writes_as_agent(db: asyncpg.Connection) -> None:
+    # These tests stage job states by hand, as only the agent may write them.
+    await write_as_agent(db)
+
+
 FAST = {"sample_interval": 0.2, "sample_interval_floor": 0.1}
 GIB = 1024**3
 

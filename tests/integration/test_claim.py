@@ -15,15 +15,24 @@ from scheduler.agent.claim import claim
 from scheduler.db.pool import create_pool
 from scheduler.db.queries import q
 from scheduler.policy.admission import Capacity
+from tests.conftest import write_as_agent
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True)
+async def _writes_as_agent(db: asyncpg.Connection) -> None:
+    # These tests stage job states by hand, as only the agent may write them.
+    await write_as_agent(db)
+
+
 GIB = 1024**3
 BIG = Capacity(cpu=64, memory_bytes=256 * GIB)
 
 
 @pytest.fixture
 async def pool(dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(dsn, min_size=1, max_size=4)
+    pool = await create_pool(dsn, min_size=1, max_size=4, agent_writer=True)
     yield pool
     await pool.close()
 
@@ -92,6 +101,22 @@ async def test_weights_split_a_claim_in_their_ratio(
     await flood(db, "heavy", 50, cpu="0.5")
     rows = await claim(pool, "n1", 64, Capacity(cpu=4, memory_bytes=256 * GIB))
     assert Counter(r["tenant"] for r in rows) == {"light": 2, "heavy": 6}
+
+
+async def test_a_subtree_shares_its_parents_part_whatever_its_childrens_weights(
+    db: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    # alpha and beta 1:1 at the root; alpha's children 1:3, one of them with a weight far
+    # above beta's. The same split as scheduler.policy.fairshare.order.
+    await tenants(db, ("alpha", 100), ("beta", 100))
+    await db.execute(
+        "INSERT INTO scheduler.tenants (name, parent, weight)"
+        " VALUES ('a1', 'alpha', 1000), ('a3', 'alpha', 3000)"
+    )
+    for tenant in ("beta", "a1", "a3"):
+        await flood(db, tenant, 20, cpu="0.5")
+    rows = await claim(pool, "n1", 64, Capacity(cpu=8, memory_bytes=256 * GIB))
+    assert Counter(r["tenant"] for r in rows) == {"beta": 8, "a1": 2, "a3": 6}
 
 
 async def test_recent_usage_decides_who_goes_first(
@@ -228,7 +253,7 @@ async def test_the_claim_on_a_notify_is_one_statement(dsn: str, db: asyncpg.Conn
         "INSERT INTO scheduler.jobs (argv, cpu) VALUES (ARRAY['true'], 100) RETURNING id"
     )
     sent: list[str] = []
-    pool = await create_pool(dsn, min_size=1, max_size=1)
+    pool = await create_pool(dsn, min_size=1, max_size=1, agent_writer=True)
     try:
         async with pool.acquire() as conn:
             conn.add_query_logger(lambda record: sent.append(record.query))

@@ -333,7 +333,8 @@ async def test_cli_tenants(dsn: str, db: asyncpg.Connection) -> None:
     code, out, err = await cli(dsn, "tenants", "list")
     assert code == 0, err
     lines = {line.split()[0]: line for line in out.splitlines()[1:]}
-    assert lines["acme"].endswith("yes")
+    # The CLI is the operator: its freeze is an operator hold.
+    assert lines["acme"].endswith("hold")
     assert lines["team"].split()[1] == "acme"
     code, out, err = await cli(dsn, "tenants", "thaw", "acme", "--json")
     assert code == 0, err

@@ -54,7 +54,7 @@ class CountingExists:
 
 @pytest.fixture
 async def pool(dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(dsn, min_size=1, max_size=4)
+    pool = await create_pool(dsn, min_size=1, max_size=4, agent_writer=True)
     yield pool
     await pool.close()
 

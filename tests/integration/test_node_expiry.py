@@ -17,10 +17,18 @@ from scheduler.config import Settings
 from scheduler.db.queries import q
 from scheduler.runtime.identity import live_monitor_pid
 from tests.agent_process import SHORT_LEASE
-from tests.conftest import AgentHandle, agent_settings, start_agent
+from tests.conftest import AgentHandle, agent_settings, start_agent, write_as_agent
 from tests.integration.test_agent import submit, wait_final, wait_state
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True)
+async def _writes_as_agent(db: asyncpg.Connection) -> None:
+    # These tests stage job states by hand, as only the agent may write them.
+    await write_as_agent(db)
+
+
 # The first attempt outlives the test unless it is killed; a retry ends at once.
 ARGV = ["sh", "-c", 'if [ "$SCHEDULER_ATTEMPT" = 1 ]; then exec sleep 120; fi; echo retried']
 

@@ -7,8 +7,15 @@ import asyncpg
 import pytest
 
 from scheduler.db.queries import q
+from tests.conftest import write_as_agent
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True)
+async def _writes_as_agent(db: asyncpg.Connection) -> None:
+    # These tests stage job states by hand, as only the agent may write them.
+    await write_as_agent(db)
 
 
 async def claimed(db: asyncpg.Connection) -> int:

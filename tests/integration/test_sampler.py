@@ -24,8 +24,17 @@ from scheduler.cgroups.detect import open_driver
 from scheduler.cgroups.v2 import V2Driver
 from scheduler.db.pool import create_pool
 from scheduler.jobs import Job
+from tests.conftest import write_as_agent
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True)
+async def _writes_as_agent(db: asyncpg.Connection) -> None:
+    # These tests stage job states by hand, as only the agent may write them.
+    await write_as_agent(db)
+
+
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
@@ -71,7 +80,7 @@ async def test_retries_and_unknown_outcomes_never_bill_twice(
         row["id"],
     )
     job = Job.from_row(await db.fetchrow("SELECT * FROM scheduler.jobs WHERE id = $1", row["id"]))
-    pool = await create_pool(dsn, min_size=1, max_size=2)
+    pool = await create_pool(dsn, min_size=1, max_size=2, agent_writer=True)
     try:
         sampler = Sampler(pool, driver, node="n", interval=1)
         batches: list[list[tuple[_Attempt, Period]]] = []
@@ -139,7 +148,7 @@ async def test_v2_sweeps_bill_the_deltas_of_captured_counters(
         job_id,
     )
     job = Job.from_row(await db.fetchrow("SELECT * FROM scheduler.jobs WHERE id = $1", job_id))
-    pool = await create_pool(dsn, min_size=1, max_size=2)
+    pool = await create_pool(dsn, min_size=1, max_size=2, agent_writer=True)
     try:
         sampler = Sampler(pool, driver, node="n", interval=1)
         sampler.register(job, cgroup, time.time_ns() - 1_000_000_000)

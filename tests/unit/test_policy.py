@@ -54,3 +54,31 @@ def test_capacity_is_detected_or_configured() -> None:
     assert detect_capacity(3.5, 1024) == Capacity(3.5, 1024)
     with pytest.raises(ConfigError, match="cpu capacity"):
         Capacity(0, 1)
+
+
+def test_a_childs_weight_cannot_take_more_than_its_parents_share() -> None:
+    # alpha's only child asks for weight 10000 against beta's 100: it still gets alpha's half.
+    jobs = [Queued(i, "beta", 1.0) for i in range(1, 9)]
+    jobs += [Queued(i, "alpha-kid", 1.0) for i in range(9, 17)]
+    weights = {"alpha": 100, "beta": 100, "alpha-kid": 10000}
+    ordered = order(jobs, weights=weights, parents={"alpha-kid": "alpha"})
+    first = [j.tenant for j in ordered[:8]]
+    assert first.count("alpha-kid") == 4
+    # Flat, the same weights hand the child everything first.
+    flat = order(jobs, weights=weights)
+    assert [j.tenant for j in flat[:8]] == ["alpha-kid"] * 8
+
+
+def test_a_subtree_is_split_among_its_children_by_their_weights() -> None:
+    # alpha (100) and beta (100) at the root; alpha's children 1:3. Over 16 slots: beta 8,
+    # alpha's children 2 and 6.
+    jobs = [
+        Queued(i, t, 1.0)
+        for t in ("beta", "a1", "a3")
+        for i in range(len(t) * 100, len(t) * 100 + 20)
+    ]
+    jobs = [Queued(n, j.tenant, 1.0) for n, j in enumerate(jobs, start=1)]
+    weights = {"alpha": 100, "beta": 100, "a1": 1, "a3": 3}
+    ordered = order(jobs, weights=weights, parents={"a1": "alpha", "a3": "alpha"})
+    first = [j.tenant for j in ordered[:16]]
+    assert (first.count("beta"), first.count("a1"), first.count("a3")) == (8, 2, 6)

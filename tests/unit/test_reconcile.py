@@ -105,3 +105,12 @@ def test_tenant_tree() -> None:
     tenants = [("default", None), ("acme", None), ("team", "acme"), ("sub", "team")]
     assert subtree(tenants, "acme") == {"acme", "team", "sub"}
     assert tenant_chains(tenants)["sub"] == ("acme", "team", "sub")
+
+
+def test_a_final_job_without_totals_or_end_is_reported() -> None:
+    # What a forced `UPDATE scheduler.jobs SET state = 'cancelled'` leaves behind.
+    forged = job(state="cancelled", cpu_seconds=None, memory_peak_bytes=None, finished_at=None)
+    problems = [d.problem for d in check_job(forged, [])]
+    assert "finished as cancelled without finished_at" in problems
+    assert "finished as cancelled without totals (cpu_seconds, memory_peak_bytes unset)" in problems
+    assert not check_job(job(finished_at=T0), [row(1, 0, 1, "0.3", final=True, read=10)])
