@@ -90,11 +90,21 @@ BEGIN
            string_agg(format('r.%I', k), ', ' ORDER BY k)
         INTO columns, picked
         FROM jsonb_object_keys(template) k;
-    EXECUTE format(
-        'INSERT INTO scheduler.jobs (tenant, schedule, schedule_due, %s) '
-        'SELECT $1, $2, $3, %s FROM jsonb_populate_record(NULL::scheduler.jobs, $4) r '
-        'RETURNING id', columns, picked)
-        INTO new_id USING s_tenant, s_name, due, template;
+    -- The add-time trial names only the columns a tenant may insert (its role is granted
+    -- INSERT on those alone); the agent's fire also sets the schedule and its due time.
+    IF s_name IS NULL THEN
+        EXECUTE format(
+            'INSERT INTO scheduler.jobs (tenant, %s) '
+            'SELECT $1, %s FROM jsonb_populate_record(NULL::scheduler.jobs, $2) r '
+            'RETURNING id', columns, picked)
+            INTO new_id USING s_tenant, template;
+    ELSE
+        EXECUTE format(
+            'INSERT INTO scheduler.jobs (tenant, schedule, schedule_due, %s) '
+            'SELECT $1, $2, $3, %s FROM jsonb_populate_record(NULL::scheduler.jobs, $4) r '
+            'RETURNING id', columns, picked)
+            INTO new_id USING s_tenant, s_name, due, template;
+    END IF;
     RETURN new_id;
 END;
 $$;
