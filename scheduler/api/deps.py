@@ -11,7 +11,10 @@ import asyncpg
 
 @dataclass(frozen=True)
 class ApiDeps:
-    """The app's dependencies: a pool, the admin token, where logs live, and health checks."""
+    """The app's dependencies: a pool, the admin token, where logs live, and health checks.
+
+    ``pool`` is the API's own, bounded pool: requests never take a connection that the
+    agent's heartbeat, claims or recording need."""
 
     pool: asyncpg.Pool
     admin_token: str | None
@@ -21,3 +24,7 @@ class ApiDeps:
     readiness: Callable[[], Awaitable[list[str]]]
     # Renders the Prometheus exposition (None: an empty one).
     metrics: Callable[[], Awaitable[bytes]] | None = None
+    # When set, /metrics requires it as a bearer token (SCHEDULER_METRICS_TOKEN).
+    metrics_token: str | None = None
+    # A request body must arrive within this many seconds of the handler reading it.
+    body_seconds: float = 30.0

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio
 import asyncpg
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from scheduler import store
-from scheduler.api.bodies import job_request, parse_json, request_hash
+from scheduler.api import logs
+from scheduler.api.auth import bearer
+from scheduler.api.bodies import JOB_FIELDS, parse_json, request_hash, validate
 from scheduler.api.context import caller, deps
 from scheduler.api.problems import Problem
+from scheduler.api.reading import read_body
 from scheduler.errors import ControlRefused, JobNotFound
 from scheduler.jobs import FINAL_STATES, DesiredState
+from scheduler.store import JobRequest
 
 STATES = ("queued", "running", "frozen", "succeeded", "failed", "cancelled", "timed_out", "lost")
 MAX_LIMIT = 500
@@ -45,11 +47,13 @@ async def _visible_job(request: Request, conn: Any) -> asyncpg.Record:
 
 
 async def create_job(request: Request) -> Response:
+    bearer(request.headers.get("authorization"))  # no header: 401 before reading anything
+    # The body is read and checked before a database connection is taken (reading.py).
+    values = validate(parse_json(await read_body(request)), JOB_FIELDS, ("argv",))
     async with deps(request).pool.acquire() as conn:
         who = await caller(request, conn)
-        body = parse_json(await request.body())
         # A tenant's token submits for its own tenant unless the body names a child tenant.
-        job = job_request(body, "default" if who.is_admin else who.name)
+        job = JobRequest(**{"tenant": "default" if who.is_admin else who.name, **values})
         if not who.sees(job.tenant):
             raise Problem(403, f"this token may not submit jobs for tenant {job.tenant!r}")
         key = request.headers.get("idempotency-key")
@@ -148,7 +152,7 @@ async def job_usage(request: Request) -> Response:
 
 
 async def job_logs(request: Request) -> Response:
-    """The job's output; with follow=true, streamed until the job ends."""
+    """The job's output streamed from disk (tail, Range); with follow=true, until it ends."""
     stream = request.query_params.get("stream", "stdout")
     if stream not in ("stdout", "stderr"):
         raise Problem(400, f"stream must be stdout or stderr: got {stream!r}")
@@ -163,26 +167,16 @@ async def job_logs(request: Request) -> Response:
     if row["node"] is not None and row["node"] != app_deps.node:
         raise Problem(404, f"job {row['id']} ran on node {row['node']!r}: ask that node's API")
     path = app_deps.runs_dir / f"{row['id']}-{row['attempts']}" / stream
-    if follow == "false" or row["state"] in FINAL_STATES:
-        data = await anyio.Path(path).read_bytes() if await anyio.Path(path).exists() else b""
-        return Response(data, media_type="text/plain")
-    return StreamingResponse(_follow(request, row["id"], path), media_type="text/plain")
+    job_id = row["id"]
 
-
-async def _follow(request: Request, job_id: int, path: Any) -> AsyncIterator[bytes]:
-    offset = 0
-    while True:
-        chunk = b""
-        if await anyio.Path(path).exists():
-            async with await anyio.open_file(path, "rb") as f:
-                await f.seek(offset)
-                chunk = await f.read()
-        if chunk:
-            offset += len(chunk)
-            yield chunk
-            continue
-        async with deps(request).pool.acquire() as conn:
+    async def finished() -> bool:
+        async with app_deps.pool.acquire() as conn:
             state = await conn.fetchval("SELECT state FROM scheduler.jobs WHERE id = $1", job_id)
-        if state in FINAL_STATES:
-            return
-        await anyio.sleep(0.25)
+        return state in FINAL_STATES
+
+    return await logs.respond(
+        request,
+        path,
+        follow=follow == "true" and row["state"] not in FINAL_STATES,
+        finished=finished,
+    )
