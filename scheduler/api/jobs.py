@@ -19,7 +19,7 @@ from scheduler.api.problems import Problem
 from scheduler.api.reading import read_body
 from scheduler.errors import ControlRefused, JobNotFound
 from scheduler.jobs import FINAL_STATES, DesiredState
-from scheduler.store import JobRequest
+from scheduler.store import TENANT_NAME, JobRequest
 
 STATES = ("queued", "running", "frozen", "succeeded", "failed", "cancelled", "timed_out", "lost")
 MAX_LIMIT = 500
@@ -86,7 +86,7 @@ def _cursor(text: str | None) -> int | None:
         value = int(base64.urlsafe_b64decode(text.encode() + b"==").decode())
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
         raise Problem(400, "cursor is not one this server returned") from exc
-    if value < 1:
+    if not 1 <= value <= MAX_JOB_ID:
         raise Problem(400, "cursor is not one this server returned")
     return value
 
@@ -100,6 +100,8 @@ async def list_jobs(request: Request) -> Response:
     tenant, state = params.get("tenant"), params.get("state")
     if state is not None and state not in STATES:
         raise Problem(400, f"state must be one of {', '.join(STATES)}: got {state!r}")
+    if tenant is not None and not TENANT_NAME.match(tenant):
+        raise Problem(400, f"tenant must be a tenant name: got {tenant[:70]!r}")
     raw_limit = params.get("limit", "50")
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
         raise Problem(400, f"limit must be an integer in [1, {MAX_LIMIT}]: got {raw_limit!r}")

@@ -123,7 +123,8 @@ class GuardedProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._timer: asyncio.TimerHandle | None = None
         self._in_head = True
-        self._head_bytes = 0
+        self._oversized = False
+        self._head_bytes = self._head_size = 0
 
     def _arm(self, seconds: float, phase: str) -> None:
         self._disarm()
@@ -161,10 +162,13 @@ class GuardedProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        # Two counts: the bytes received while a head is incomplete (a head that never ends),
+        # and the parsed head's own size (a large head that arrived in one read).
         if self._in_head:
             self._head_bytes += len(data)
         super().data_received(data)
-        if self._in_head and self._head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
+        oversized = self._oversized or (self._in_head and self._head_bytes > MAX_HEAD_BYTES)
+        if oversized and not self.transport.is_closing():
             self._disarm()
             self.transport.write(_HEAD_TOO_LARGE)
             self.transport.close()
@@ -173,16 +177,33 @@ class GuardedProtocol(HttpToolsProtocol):
         super().on_message_begin()
         type(self).guard.busy(self)
         self._in_head = True
-        self._head_bytes = 0
+        self._head_bytes = self._head_size = 0
         self._arm(type(self).guard.limits.header_seconds, "head")
+
+    def on_url(self, url: bytes) -> None:
+        self._head_size += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        if self._head_size > MAX_HEAD_BYTES:
+            self._oversized = True  # answered 431 by data_received; the app never sees it
+            return
         super().on_headers_complete()
         # A second later than the app's own 408, which answers where the body is read.
         self._arm(type(self).guard.limits.body_seconds + 1.0, "body")
 
+    def on_body(self, body: bytes) -> None:
+        if not self._oversized:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self._oversized:
+            return
         super().on_message_complete()
         self._disarm()
 
