@@ -179,6 +179,7 @@ async def job_logs(request: Request) -> Response:
     return await logs.respond(
         request,
         path,
-        follow=follow == "true" and row["state"] not in FINAL_STATES,
+        follow=follow == "true",
+        running=row["state"] not in FINAL_STATES,
         finished=finished,
     )

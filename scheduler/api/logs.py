@@ -124,9 +124,11 @@ async def respond(
     path: Path,
     *,
     follow: bool,
+    running: bool,
     finished: Callable[[], Awaitable[bool]],
 ) -> Response:
-    """The response for ``path`` (which may not exist yet: empty output)."""
+    """The response for ``path`` (which may not exist yet: empty output). ``follow`` is what
+    the client asked; it streams on only while the job is ``running`` (not final)."""
     tail = _tail(request)
     range_header = request.headers.get("range")
     if tail is not None and range_header is not None:
@@ -135,7 +137,7 @@ async def respond(
         raise Problem(400, "a Range header cannot be combined with follow=true; use tail")
     size = await anyio.to_thread.run_sync(_size, path)
     start = 0 if tail is None else max(0, size - tail)
-    if follow:
+    if follow and running:
         return StreamingResponse(_follow(path, start, finished), media_type=MEDIA)
     headers = {"Accept-Ranges": "bytes"}
     status = 200
