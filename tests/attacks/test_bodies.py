@@ -158,3 +158,24 @@ async def test_a_client_gone_mid_body_is_a_debug_line(served: Served) -> None:
     assert "Traceback" not in text and "http_request_failed" not in text, text[-3000:]
     assert served.alive()
     record("client disconnects mid-body (x3)", "one debug line each, no error, no traceback")
+
+
+METRICS_TOKEN = "scrape-only-token-0123456789"
+
+
+async def test_metrics_require_their_token_when_one_is_set(served: Served) -> None:
+    await served.start(metrics_token=METRICS_TOKEN)
+    async with httpx.AsyncClient(base_url=served.url, timeout=30) as client:
+        anonymous = is_problem(await client.get("/metrics"), 401)
+        assert "Authorization" in anonymous["detail"]
+        wrong = await client.get("/metrics", headers={"Authorization": "Bearer not-the-token"})
+        assert wrong.headers["www-authenticate"].startswith("Bearer")
+        is_problem(wrong, 401)
+        # Not the admin's token either: a scraper holds the metrics token only.
+        is_problem(await client.get("/metrics", headers=ADMIN), 401)
+        ok = await client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+        assert ok.status_code == 200
+        assert "scheduler_queue_depth" in ok.text
+        # The rest of the unauthenticated surface is unchanged.
+        assert (await client.get("/healthz")).status_code == 200
+    record("anonymous GET /metrics (metrics_token set)", "401 problem+json; 200 with the token")
