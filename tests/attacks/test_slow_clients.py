@@ -111,9 +111,9 @@ async def test_slow_bodies_and_idle_sockets_do_not_starve_the_agent(
                     await client.post("/v1/jobs", headers=ADMIN, json={"argv": ["true"]})
                 ).json()
                 while time.monotonic() < deadline:
+                    assert served.alive(), served.log.read_text()[-3000:]
                     latencies.append(await _healthz_ms(served.port))
                     peak_fds = max(peak_fds, served.fds())
-                    assert served.alive(), served.log.read_text()[-3000:]
                     await anyio.sleep(0.25)
                 started = await wait_state(client, queued["id"], {"succeeded"})
                 stop.set()
