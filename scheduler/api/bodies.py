@@ -142,6 +142,16 @@ def _env(v: Any) -> dict[str, str]:
 def _labels(v: Any) -> dict[str, Any]:
     if not isinstance(v, dict):
         raise FieldError("expected an object")
+    # Postgres's jsonb refuses the NUL character (\u0000) in any string, key or value.
+    stack: list[Any] = [v]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str) and "\0" in item:
+            raise FieldError("no string (key or value) may hold NUL (\\u0000)")
+        if isinstance(item, dict):
+            stack.extend([*item.keys(), *item.values()])
+        elif isinstance(item, list):
+            stack.extend(item)
     return dict(v)
 
 
