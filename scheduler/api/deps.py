@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
+
+from scheduler.api.budget import BodyBudget
 
 
 @dataclass(frozen=True)
@@ -28,3 +30,5 @@ class ApiDeps:
     metrics_token: str | None = None
     # A request body must arrive within this many seconds of the handler reading it.
     body_seconds: float = 30.0
+    # What all bodies being read at once may hold (reading.py).
+    body_budget: BodyBudget = field(default_factory=BodyBudget)

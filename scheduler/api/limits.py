@@ -12,8 +12,10 @@ httptools protocol with timers and a shared count) closes a connection that:
 - is idle between requests longer than ``keepalive_seconds`` (uvicorn's own timer).
 
 At most ``max_connections`` connections are open. One more arriving closes the connection
-that has been idle (no request in flight) the longest, so a flood of idle sockets never
-keeps a real request (a health check) out; when none is idle, the new one is refused.
+that has been waiting on its client the longest (idle, or still sending a request's head or
+body: nothing of the agent's is in progress on it), so a flood of idle or slow sockets never
+keeps a real request (a health check) out. Only when every connection has a request being
+answered is the new one refused.
 """
 
 from __future__ import annotations
@@ -62,43 +64,46 @@ class HttpLimits:
 
 @dataclass
 class Connections:
-    """Every open connection of one server, the idle ones in the order they became idle."""
+    """Every open connection of one server; ``waiting``: those waiting on their client (no
+    request being answered), in the order they started waiting."""
 
     limits: HttpLimits
     open: set[GuardedProtocol] = field(default_factory=set)
-    idle: OrderedDict[GuardedProtocol, None] = field(default_factory=OrderedDict)
+    waiting: OrderedDict[GuardedProtocol, None] = field(default_factory=OrderedDict)
     evicted: int = 0
     refused: int = 0
     timed_out: int = 0
     _logged_at: float = 0.0
 
     def opened(self, conn: GuardedProtocol) -> bool:
-        """Count ``conn`` in; False if it must be refused (the limit, nothing idle)."""
+        """Count ``conn`` in; False if it must be refused (the limit, none waiting)."""
         self.open.add(conn)
-        self.idle[conn] = None
+        self.waiting[conn] = None
         if len(self.open) <= self.limits.max_connections:
             return True
-        oldest = next((c for c in self.idle if c is not conn), None)
+        oldest = next((c for c in self.waiting if c is not conn), None)
         if oldest is None:
             self.refused += 1
             self._note("http_connection_refused")
             return False
         self.evicted += 1
-        self._note("http_idle_connection_evicted")
+        self._note("http_waiting_connection_evicted")
         oldest.close_now()
         return True
 
     def busy(self, conn: GuardedProtocol) -> None:
-        self.idle.pop(conn, None)
+        """A request of ``conn`` arrived whole: it is being answered."""
+        self.waiting.pop(conn, None)
 
     def rested(self, conn: GuardedProtocol) -> None:
+        """``conn`` was answered: it waits on its client again (the newest to wait)."""
         if conn in self.open:
-            self.idle[conn] = None
-            self.idle.move_to_end(conn)
+            self.waiting[conn] = None
+            self.waiting.move_to_end(conn)
 
     def closed(self, conn: GuardedProtocol) -> None:
         self.open.discard(conn)
-        self.idle.pop(conn, None)
+        self.waiting.pop(conn, None)
 
     def _note(self, event: str) -> None:
         # One warning per LOG_EVERY_SECONDS under a flood, with the totals so far.
@@ -175,7 +180,6 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        type(self).guard.busy(self)
         self._in_head = True
         self._head_bytes = self._head_size = 0
         self._arm(type(self).guard.limits.header_seconds, "head")
@@ -206,6 +210,7 @@ class GuardedProtocol(HttpToolsProtocol):
             return
         super().on_message_complete()
         self._disarm()
+        type(self).guard.busy(self)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

@@ -214,6 +214,7 @@ def document() -> dict[str, Any]:
                         403: "the token may not submit for that tenant",
                         408: "the body did not arrive within http_body_timeout_seconds",
                         413: "body too large",
+                        503: "too many bodies being received at once (Retry-After)",
                         422: "a field is wrong or unknown, the tenant does not exist, or the "
                         "Idempotency-Key was used with another body",
                     },
@@ -344,6 +345,7 @@ def document() -> dict[str, Any]:
                         408: "the body did not arrive within http_body_timeout_seconds",
                         409: "the tenant exists",
                         413: "body too large",
+                        503: "too many bodies being received at once (Retry-After)",
                         422: "a field is wrong or the parent does not exist",
                     },
                     requestBody={

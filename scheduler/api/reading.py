@@ -13,11 +13,9 @@ import anyio
 from starlette.requests import Request
 
 from scheduler.api.bodies import MAX_BODY_BYTES
+from scheduler.api.budget import CLOSE
 from scheduler.api.context import deps
 from scheduler.api.problems import Problem
-
-# The connection is closed after these answers: the rest of the body is never read.
-CLOSE = {"Connection": "close"}
 
 
 def too_large(detail: str) -> Problem:
@@ -47,14 +45,20 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     if length is not None and length > limit:
         raise too_large(f"the body is {length} bytes; at most {limit} are accepted")
     seconds = deps(request).body_seconds
+    budget = deps(request).body_budget
     chunks: list[bytes] = []
     received = 0
-    with anyio.move_on_after(seconds) as scope:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit:
-                raise too_large(f"the body is larger than {limit} bytes")
-            chunks.append(chunk)
+    try:
+        with anyio.move_on_after(seconds) as scope:
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > limit:
+                    raise too_large(f"the body is larger than {limit} bytes")
+                budget.take(len(chunk))
+                chunks.append(chunk)
+    finally:
+        # Given back once read: parsing follows at once, and the bytes go with the request.
+        budget.give(sum(map(len, chunks)))
     if scope.cancelled_caught:
         raise Problem(408, f"the body was not received within {seconds:g} s", headers=CLOSE)
     return b"".join(chunks)

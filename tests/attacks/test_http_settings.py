@@ -102,7 +102,7 @@ async def test_connection_cap_keeps_the_newest_and_the_busy(served: Served) -> N
     finally:
         for s in socks:
             s.close()
-    assert "http_idle_connection_evicted" in served.log.read_text()
+    assert "http_waiting_connection_evicted" in served.log.read_text()
 
 
 async def test_api_and_lease_have_connections_of_their_own(

@@ -33,18 +33,25 @@ ATTACK_SECONDS = 3 * SHORT_LEASE["lease_seconds"]  # several leases long
 
 
 async def _slow_body(port: int, token: str, stop: anyio.Event, sent: list[int]) -> None:
-    """POST /v1/jobs announcing 100,000 bytes and sending one every 0.5 s."""
+    """POST /v1/jobs announcing 100,000 bytes and sending one every 0.5 s; a persistent
+    attacker, it reconnects when the agent closes the connection (the flood of idle sockets
+    makes it evict the connections waiting on their clients longest, these among them)."""
     head = (
         f"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n"
         "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
     ).encode()
-    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
-        await stream.send(head)
-        while not stop.is_set():
-            await stream.send(b" ")
-            sent[0] += 1
-            with anyio.move_on_after(0.5):
-                await stop.wait()
+    while not stop.is_set():
+        try:
+            async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+                await stream.send(head)
+                while not stop.is_set():
+                    await stream.send(b" ")
+                    sent[0] += 1
+                    with anyio.move_on_after(0.5):
+                        await stop.wait()
+        except (anyio.BrokenResourceError, OSError):
+            sent[1] += 1
+            await anyio.sleep(0.1)
 
 
 def _open_idle(port: int, count: int) -> list[socket.socket]:
@@ -97,7 +104,7 @@ async def test_slow_bodies_and_idle_sockets_do_not_starve_the_agent(
         await wait_state(client, victim["id"], {"running"})
 
         stop = anyio.Event()
-        sent = [0]
+        sent = [0, 0]  # bytes sent, reconnections
         idle: list[socket.socket] = []
         latencies: list[float] = []
         peak_fds = 0
@@ -105,6 +112,9 @@ async def test_slow_bodies_and_idle_sockets_do_not_starve_the_agent(
             async with anyio.create_task_group() as tg:
                 for _ in range(SLOW_BODIES):
                     tg.start_soon(_slow_body, served.port, token, stop, sent)
+                with anyio.fail_after(30):
+                    while sent[0] < SLOW_BODIES:  # every slow body under way first
+                        await anyio.sleep(0.05)
                 idle = _open_idle(served.port, IDLE_SOCKETS)
                 deadline = time.monotonic() + ATTACK_SECONDS
                 queued = (
@@ -141,5 +151,6 @@ async def test_slow_bodies_and_idle_sockets_do_not_starve_the_agent(
     record(
         f"{SLOW_BODIES} slow bodies + {IDLE_SOCKETS} idle sockets, jobs running",
         f"lease kept (epoch {epoch}), queued job ran, /healthz median {median:.0f} ms"
-        f" (max {max(latencies):.0f}), agent fds <= {peak_fds}",
+        f" (max {max(latencies):.0f}), agent fds <= {peak_fds}; slow bodies reconnected"
+        f" {sent[1]} times",
     )
