@@ -185,3 +185,54 @@ async def test_metrics_require_their_token_when_one_is_set(served: Served) -> No
         # The rest of the unauthenticated surface is unchanged.
         assert (await client.get("/healthz")).status_code == 200
     record("anonymous GET /metrics (metrics_token set)", "401 problem+json; 200 with the token")
+
+
+HOLDERS = 150
+
+
+async def test_many_bodies_at_once_share_a_bounded_budget(served: Served) -> None:
+    await served.start()
+    async with httpx.AsyncClient(base_url=served.url) as client:
+        assert (await client.get("/healthz")).status_code == 200
+    before = max(served.status_kib("VmHWM"), served.status_kib("VmRSS"))
+    size = MIB - 64  # under the per-body limit: only the shared budget can refuse them
+    body = b" " * (size - 1)  # all but the last byte: each body stays unfinished
+    answers: list[bytes] = []
+    done = anyio.Event()
+    stop = anyio.Event()
+
+    async def hold() -> None:
+        async with await anyio.connect_tcp("127.0.0.1", served.port) as stream:
+            answer = b""
+            try:
+                await stream.send(_head(served.port, f"Content-Length: {size}\r\n") + body)
+                with anyio.move_on_after(5):
+                    while b"\r\n\r\n" not in answer:
+                        answer += await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                pass
+            answers.append(answer)
+            if len(answers) == HOLDERS:
+                done.set()
+            await stop.wait()
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(HOLDERS):
+            tg.start_soon(hold)
+        with anyio.fail_after(120):
+            await done.wait()
+        grown = served.status_kib("VmHWM") - before
+        stop.set()
+    refused = [a for a in answers if a.startswith(b"HTTP/1.1 503 ")]
+    held = [a for a in answers if not a]
+    assert len(refused) + len(held) == HOLDERS, [a[:40] for a in answers]
+    assert refused and all(b"retry-after: 1" in a.lower() for a in refused)
+    assert len(held) <= 64
+    assert grown < 110 * 1024, f"peak RSS grew by {grown} KiB"
+    async with httpx.AsyncClient(base_url=served.url) as client:
+        r = await client.post("/v1/jobs", headers=ADMIN, json={"argv": ["true"]})
+        assert r.status_code == 201, r.text  # the budget was given back
+    record(
+        f"{HOLDERS} bodies of ~1 MiB held unfinished at once",
+        f"{len(held)} held, {len(refused)} got 503 Retry-After; peak RSS +{grown // 1024} MiB",
+    )
