@@ -24,7 +24,7 @@ from starlette.responses import Response, StreamingResponse
 
 from scheduler.api.problems import Problem
 
-CHUNK = 64 * 1024
+CHUNK = 256 * 1024
 MAX_OFFSET = 2**63 - 1
 MEDIA = "text/plain"
 _RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
