@@ -103,7 +103,10 @@ async def list_jobs(request: Request) -> Response:
     if tenant is not None and not TENANT_NAME.match(tenant):
         raise Problem(400, f"tenant must be a tenant name: got {tenant[:70]!r}")
     raw_limit = params.get("limit", "50")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+    # ASCII digits only: "²" is a digit to str.isdigit() and a ValueError to int().
+    if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 4) or not (
+        1 <= int(raw_limit) <= MAX_LIMIT
+    ):
         raise Problem(400, f"limit must be an integer in [1, {MAX_LIMIT}]: got {raw_limit!r}")
     limit = int(raw_limit)
     before = _cursor(params.get("cursor"))

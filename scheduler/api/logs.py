@@ -27,14 +27,14 @@ from scheduler.api.problems import Problem
 CHUNK = 256 * 1024
 MAX_OFFSET = 2**63 - 1
 MEDIA = "text/plain"
-_RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
+_RANGE = re.compile(r"bytes=([0-9]{0,19})-([0-9]{0,19})")
 
 
 def _tail(request: Request) -> int | None:
     raw = request.query_params.get("tail")
     if raw is None:
         return None
-    if not raw.isdigit() or len(raw) > 19 or int(raw) > MAX_OFFSET:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or int(raw) > MAX_OFFSET:
         raise Problem(400, f"tail must be a byte count in [0, {MAX_OFFSET}]: got {raw[:40]!r}")
     return int(raw)
 

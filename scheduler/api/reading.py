@@ -28,7 +28,7 @@ def announced_length(request: Request) -> int | None:
     if raw is None:
         return None
     text = raw.strip()
-    if not text.isdigit() or len(text) > 19:
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
         raise Problem(400, f"Content-Length must be a decimal byte count: got {raw[:40]!r}")
     return int(text)
 

@@ -110,6 +110,8 @@ HOSTILE: list[tuple[str, str, bytes | None, dict[str, str], int]] = [
     ("GET", "/v1/jobs?tenant=%00", None, {}, 400),
     ("GET", "/v1/jobs?cursor=OTk5OTk5OTk5OTk5OTk5OTk5OTk5", None, {}, 400),
     ("GET", "/v1/jobs/1/logs?tail=-1", None, {}, 404),
+    ("GET", "/v1/jobs?limit=%C2%B2", None, {}, 400),  # "²": a digit to isdigit(), not to int()
+    ("GET", "/v1/jobs?limit=" + "9" * 5000, None, {}, 400),
     ("GET", "/v1/jobs/99999999999999999999999", None, {}, 404),
     ("POST", "/v1/jobs", b"{}", {"Idempotency-Key": "k" * 300}, 422),
 ]
@@ -136,7 +138,7 @@ async def test_no_client_input_makes_a_500(served: Served) -> None:
     log = served.log.read_text()
     assert "Traceback" not in log and "http_request_failed" not in log, log[-3000:]
     record(
-        'JSON string "\\ud800" (and 13 other hostile inputs)',
+        'JSON string "\\ud800" (and 15 other hostile inputs)',
         "400/404/422/431 problem+json, no 500, no traceback",
     )
 
