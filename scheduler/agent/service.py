@@ -34,6 +34,7 @@ from scheduler.agent.spool import UsageSpool
 from scheduler.agent.statedisk import StateDisk
 from scheduler.agent.tenants import TenantCgroups
 from scheduler.api.app import build_app
+from scheduler.api.dbwait import ApiPool
 from scheduler.api.deps import ApiDeps
 from scheduler.api.limits import HttpLimits
 from scheduler.api.metrics import metrics_renderer
@@ -281,7 +282,7 @@ async def run_agent(
 
         api = build_app(
             ApiDeps(
-                pool=api_pool,
+                pool=ApiPool(api_pool),
                 admin_token=settings.admin_token,
                 runs_dir=settings.runs_dir,
                 node=settings.node_name,

@@ -6,9 +6,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import asyncpg
-
 from scheduler.api.budget import BodyBudget
+from scheduler.api.dbwait import ApiPool
 
 
 @dataclass(frozen=True)
@@ -16,9 +15,9 @@ class ApiDeps:
     """The app's dependencies: a pool, the admin token, where logs live, and health checks.
 
     ``pool`` is the API's own, bounded pool: requests never take a connection that the
-    agent's heartbeat, claims or recording need."""
+    agent's heartbeat, claims or recording need, and wait a bounded time for one."""
 
-    pool: asyncpg.Pool
+    pool: ApiPool
     admin_token: str | None
     runs_dir: Path
     node: str

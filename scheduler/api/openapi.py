@@ -32,6 +32,7 @@ def _op(
 ) -> dict[str, Any]:
     responses: dict[str, Any] = dict(ok)
     responses["401"] = _problem("missing, unknown or revoked bearer token")
+    responses["503"] = _problem("the API's database connections stayed busy (Retry-After)")
     for status, text in errors.items():
         responses[str(status)] = _problem(text)
     return {"summary": summary, "security": [{"bearer": []}], "responses": responses, **extra}
@@ -214,7 +215,7 @@ def document() -> dict[str, Any]:
                         403: "the token may not submit for that tenant",
                         408: "the body did not arrive within http_body_timeout_seconds",
                         413: "body too large",
-                        503: "too many bodies being received at once (Retry-After)",
+                        503: "too many bodies at once, or no free API database connection",
                         422: "a field is wrong or unknown, the tenant does not exist, or the "
                         "Idempotency-Key was used with another body",
                     },
@@ -345,7 +346,7 @@ def document() -> dict[str, Any]:
                         408: "the body did not arrive within http_body_timeout_seconds",
                         409: "the tenant exists",
                         413: "body too large",
-                        503: "too many bodies being received at once (Retry-After)",
+                        503: "too many bodies at once, or no free API database connection",
                         422: "a field is wrong or the parent does not exist",
                     },
                     requestBody={
