@@ -75,6 +75,16 @@ class Settings:
     # many bytes; below this much free space in the state directory no job is started.
     spool_max_bytes: int = 64 * 1024 * 1024
     state_min_free_bytes: int = 16 * 1024 * 1024
+    # The HTTP API's own limits (api/limits.py): its database connections (a pool apart from
+    # the agent's), open connections (lowered to half the descriptor limit if above it), and
+    # how long a client may take to send a request head, a body, or stay idle between requests.
+    api_db_connections: int = 4
+    http_max_connections: int = 1000
+    http_header_timeout_seconds: float = 10.0
+    http_body_timeout_seconds: float = 30.0
+    http_keepalive_timeout_seconds: float = 5.0
+    # When set, /metrics answers only requests bearing it (Authorization: Bearer <token>).
+    metrics_token: str | None = None
 
     def __post_init__(self) -> None:
         if self.cgroup_driver not in ("auto", "v1", "v2"):
@@ -126,6 +136,7 @@ class Settings:
         if self.runtime_dir is not None and not self.runtime_dir.is_absolute():
             raise ConfigError(f"runtime_dir must be an absolute path: got {self.runtime_dir}")
         _check_runtime(self)
+        _check_http(self)
 
     @property
     def runs_dir(self) -> Path:
@@ -176,6 +187,33 @@ def _check_lease(settings: Settings) -> None:
     if not 0 <= settings.lease_grace_seconds <= 3600:
         raise ConfigError(
             f"lease_grace_seconds must be in [0, 3600] s: got {settings.lease_grace_seconds}"
+        )
+
+
+def _check_http(settings: Settings) -> None:
+    if not 1 <= settings.api_db_connections <= 100:
+        raise ConfigError(
+            f"api_db_connections must be in [1, 100]: got {settings.api_db_connections}"
+        )
+    if not 1 <= settings.http_max_connections <= 1_000_000:
+        raise ConfigError(
+            f"http_max_connections must be in [1, 1000000]: got {settings.http_max_connections}"
+        )
+    for name, low in (
+        ("http_header_timeout_seconds", 0.1),
+        ("http_body_timeout_seconds", 0.1),
+        ("http_keepalive_timeout_seconds", 1.0),
+    ):
+        value = getattr(settings, name)
+        if not low <= value <= 3600:
+            raise ConfigError(f"{name} must be in [{low:g}, 3600] s: got {value}")
+    token = settings.metrics_token
+    if token is not None and (
+        len(token) < 16 or not token.isascii() or not token.isprintable() or " " in token
+    ):
+        raise ConfigError(
+            "metrics_token must be at least 16 printable ASCII characters without spaces"
+            " (it is sent as 'Authorization: Bearer <token>')"
         )
 
 

@@ -11,11 +11,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 import anyio
+import asyncpg
 import structlog
 
 from scheduler.accounting.metrics import ServiceStats
 from scheduler.agent.attempts import Attempts
 from scheduler.agent.controller import Controller
+from scheduler.agent.descriptors import http_connection_cap, raise_nofile_limit
 from scheduler.agent.dispatcher import Dispatcher
 from scheduler.agent.fencing import fence_stale, kill_all
 from scheduler.agent.health import Health
@@ -33,7 +35,9 @@ from scheduler.agent.spool import UsageSpool
 from scheduler.agent.statedisk import StateDisk
 from scheduler.agent.tenants import TenantCgroups
 from scheduler.api.app import build_app
+from scheduler.api.dbwait import ApiPool
 from scheduler.api.deps import ApiDeps
+from scheduler.api.limits import HttpLimits
 from scheduler.api.metrics import metrics_renderer
 from scheduler.api.server import bind, bound_address
 from scheduler.api.server import serve as serve_http
@@ -143,7 +147,27 @@ async def run_agent(
             with anyio.CancelScope(shield=True):
                 await warmer.aclose()
         raise
+    # The heartbeat's own connection and the API's own pool: no client, however many or slow,
+    # and no burst of the agent's own work can keep the lease from being renewed.
+    lease_pool: asyncpg.Pool | None = None
+    api_pool: asyncpg.Pool | None = None
     try:
+        lease_pool = await create_pool(
+            dsn,
+            min_size=1,
+            max_size=1,
+            name=f"scheduler {settings.node_name} lease",
+            idle_in_transaction_seconds=settings.lease_seconds,
+            # expire_nodes ends the attempts of nodes found dead: outcome columns.
+            agent_writer=True,
+        )
+        api_pool = await create_pool(
+            dsn,
+            min_size=1,
+            max_size=settings.api_db_connections,
+            name=f"scheduler {settings.node_name} api",
+            idle_in_transaction_seconds=settings.lease_seconds,
+        )
         async with pool.acquire() as conn:
             await migrate(conn)
         capacity = detect_capacity(settings.node_cpu, settings.node_memory_bytes)
@@ -235,7 +259,7 @@ async def run_agent(
             log.error("node_fenced", reason=reason, killed=killed)
 
         heartbeat = Heartbeat(
-            pool,
+            lease_pool,
             lease,
             lease_seconds=settings.lease_seconds,
             interval=settings.heartbeat_seconds,
@@ -251,15 +275,23 @@ async def run_agent(
         )
         await listener.connect()
         http_socket = bind(settings.http_addr)
+        http_limits = HttpLimits(
+            max_connections=http_connection_cap(
+                settings.http_max_connections, raise_nofile_limit()
+            ),
+            header_seconds=settings.http_header_timeout_seconds,
+            body_seconds=settings.http_body_timeout_seconds,
+            keepalive_seconds=settings.http_keepalive_timeout_seconds,
+        )
         started = False
 
         async def ready_reasons() -> list[str]:
-            reasons = [*await readiness(pool, settings, driver), *health.reasons()]
+            reasons = [*await readiness(api_pool, settings, driver), *health.reasons()]
             return reasons if started else ["the agent is still starting", *reasons]
 
         api = build_app(
             ApiDeps(
-                pool=pool,
+                pool=ApiPool(api_pool),
                 admin_token=settings.admin_token,
                 runs_dir=settings.runs_dir,
                 node=settings.node_name,
@@ -267,6 +299,8 @@ async def run_agent(
                 metrics=metrics_renderer(
                     lambda: sampler.snapshot, stats, job_limit=settings.metrics_jobs
                 ),
+                metrics_token=settings.metrics_token,
+                body_seconds=settings.http_body_timeout_seconds,
             )
         )
         with send, receive, _first_scheduler_error():
@@ -308,7 +342,7 @@ async def run_agent(
                 # After recovery: the controller's first, full pass sees the adopted attempts.
                 tg.start_soon(controller.run)
                 tg.start_soon(dispatcher.run, tg)
-                tg.start_soon(serve_http, api, http_socket)
+                tg.start_soon(serve_http, api, http_socket, http_limits)
                 tg.start_soon(sampler.run)
                 tg.start_soon(schedules.run)
                 started = True
@@ -341,12 +375,18 @@ async def run_agent(
                         await release(pool, lease)
                 if listener is not None:
                     await listener.close()
+                for extra in (api_pool, lease_pool):
+                    if extra is not None:
+                        await extra.close()
                 await pool.close()
                 closed = True
             if not closed:
                 log.warning("database_connections_terminated", after_seconds=CLOSE_SECONDS)
                 if listener is not None:
                     listener.terminate()
+                for extra in (api_pool, lease_pool):
+                    if extra is not None:
+                        extra.terminate()
                 pool.terminate()
             if warmer is not None:
                 await warmer.aclose()

@@ -11,6 +11,7 @@ The condition ends by itself once a check passes again.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -18,11 +19,13 @@ from pathlib import Path
 import anyio
 import structlog
 
-from scheduler.agent.health import Health
+from scheduler.agent.health import Condition, Health
 
 log = structlog.get_logger(__name__)
 PROBE_NAME = ".write-probe"
 PROBE_BYTES = 4096
+# How a reason caused by the descriptor table, not the disk, begins.
+OUT_OF_DESCRIPTORS = "out of file descriptors (not a disk problem)"
 
 
 def check_state_disk(state_dir: Path, min_free_bytes: int) -> str | None:
@@ -45,6 +48,9 @@ def check_state_disk(state_dir: Path, min_free_bytes: int) -> str | None:
         finally:
             os.close(fd)
     except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            # Not the disk: the agent (or the host) is out of file descriptors.
+            return f"{OUT_OF_DESCRIPTORS}: opening {probe}: {exc}"
         return f"state directory full or not writable: writing {probe}: {exc}"
     finally:
         probe.unlink(missing_ok=True)
@@ -92,17 +98,22 @@ class StateDisk:
 
     def blocked(self) -> str | None:
         """Why no job may be started now (None: go ahead)."""
-        return self._health.reason("state_disk")
+        return self._health.reason("state_disk") or self._health.reason("descriptors")
 
     async def check(self) -> str | None:
-        """Check now and update the condition; the reason, if any."""
+        """Check now and update the conditions; the reason, if any. A full descriptor table
+        also stops launches (a launch opens files) but is its own condition: the disk is fine."""
         reason = await anyio.to_thread.run_sync(check_state_disks, self._state_dirs, self._min_free)
+        failing: Condition | None = None
         if reason is not None:
-            self._health.fail("state_disk", reason)
-        elif self._health.reason("state_disk") is not None:
-            self._health.ok("state_disk")
-            if self._on_ok is not None:
-                self._on_ok()
+            failing = "descriptors" if reason.startswith(OUT_OF_DESCRIPTORS) else "state_disk"
+            self._health.fail(failing, reason)
+        was_blocked = self.blocked() is not None
+        for condition in ("state_disk", "descriptors"):
+            if condition != failing:
+                self._health.ok(condition)
+        if reason is None and was_blocked and self._on_ok is not None:
+            self._on_ok()
         return reason
 
     async def run(self) -> None:

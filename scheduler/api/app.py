@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hmac
+
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from scheduler.api import billing, jobs, schedules, tenants
+from scheduler.api.auth import CHALLENGE, bearer
 from scheduler.api.context import deps
 from scheduler.api.deps import ApiDeps
 from scheduler.api.metrics import CONTENT_TYPE
@@ -31,6 +35,12 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
+    token = deps(request).metrics_token
+    if token is not None:
+        # Only this token: the admin's and tenants' tokens are not for a scraper to hold.
+        given = bearer(request.headers.get("authorization"))
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise Problem(401, "wrong metrics token (SCHEDULER_METRICS_TOKEN)", headers=CHALLENGE)
     render = deps(request).metrics
     body = await render() if render is not None else b""
     return Response(body, media_type=CONTENT_TYPE)
@@ -51,14 +61,37 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     )
 
 
+async def _gone(request: Request, exc: Exception) -> Response:
+    # The client closed its connection mid-body: nobody is left to answer, nothing failed.
+    log.debug("http_client_disconnected", path=request.url.path, method=request.method)
+    return Response(status_code=400)
+
+
 async def _crash(request: Request, exc: Exception) -> Response:
     log.exception("http_request_failed", path=request.url.path, method=request.method)
+    exc.__dict__["scheduler_logged"] = True
     return problem_response(
         500, "the server failed on this request; it has been logged", instance=request.url.path
     )
 
 
-def build_app(app_deps: ApiDeps) -> Starlette:
+class _LoggedOnce:
+    """Starlette re-raises an error after answering it with a 500 (so the server logs it a
+    second time, traceback and all): this outermost layer drops what ``_crash`` logged, and
+    logs what failed after the response had started (a broken stream) once."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except Exception as exc:
+            if not exc.__dict__.get("scheduler_logged"):
+                log.exception("http_request_failed", path=scope.get("path"))
+
+
+def build_app(app_deps: ApiDeps) -> ASGIApp:
     """The ASGI app; every error is application/problem+json."""
     routes = [
         Route("/healthz", healthz),
@@ -87,7 +120,12 @@ def build_app(app_deps: ApiDeps) -> Starlette:
     ]
     app = Starlette(
         routes=routes,
-        exception_handlers={Problem: handle_problem, HTTPException: _http_error, Exception: _crash},
+        exception_handlers={
+            Problem: handle_problem,
+            HTTPException: _http_error,
+            ClientDisconnect: _gone,
+            Exception: _crash,
+        },
     )
     app.state.deps = app_deps
-    return app
+    return _LoggedOnce(app)

@@ -20,14 +20,54 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# Exponents past this are refused: turning 1e999999999 into an int or a float for storage
+# would take the CPU for minutes, or become an infinity Postgres refuses.
+MAX_EXPONENT = 1000
+# JSON nested deeper than this is refused (json.loads would recurse until RecursionError).
+MAX_DEPTH = 64
+
+
+def _decimal(text: str) -> Decimal:
+    value = Decimal(text)
+    if value.is_finite() and value and abs(value.adjusted()) > MAX_EXPONENT:
+        raise ValueError(f"number {text[:40]} has an exponent beyond +-{MAX_EXPONENT}")
+    return value
+
+
+def _unstorable(value: Any) -> str | None:
+    """Why ``value`` cannot be stored although json parsed it: nesting deeper than MAX_DEPTH,
+    or a string (key or value) holding an unpaired surrogate such as "\\ud800", which no
+    UTF-8 text (nor Postgres) can hold. Iterative: no recursion on hostile input."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                shown = item.encode("utf-8", "backslashreplace").decode()[:60]
+                return f"a string holds an unpaired UTF-16 surrogate escape ({shown!r})"
+        elif isinstance(item, dict | list):
+            if depth >= MAX_DEPTH:
+                return f"nested deeper than {MAX_DEPTH} levels"
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return None
+
+
 def parse_json(raw: bytes) -> Any:
-    """Parse a body; numbers with a fraction become exact Decimals. 400 on malformed JSON."""
+    """Parse a body; numbers with a fraction become exact Decimals. 400 on malformed JSON,
+    on text that is not UTF-8 (a lone surrogate escape), on absurd exponents or nesting."""
     if len(raw) > MAX_BODY_BYTES:
         raise Problem(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
     try:
-        return json.loads(raw, parse_float=Decimal, parse_constant=_no_constants)
-    except (ValueError, UnicodeDecodeError) as exc:
+        value = json.loads(raw, parse_float=_decimal, parse_constant=_no_constants)
+    except (ValueError, UnicodeDecodeError, ArithmeticError, RecursionError) as exc:
         raise Problem(400, f"the body is not valid JSON: {exc}") from exc
+    why = _unstorable(value)
+    if why is not None:
+        raise Problem(400, f"the body is not valid JSON text: {why}")
+    return value
 
 
 class FieldError(ValueError):
@@ -102,6 +142,16 @@ def _env(v: Any) -> dict[str, str]:
 def _labels(v: Any) -> dict[str, Any]:
     if not isinstance(v, dict):
         raise FieldError("expected an object")
+    # Postgres's jsonb refuses the NUL character (\u0000) in any string, key or value.
+    stack: list[Any] = [v]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str) and "\0" in item:
+            raise FieldError("no string (key or value) may hold NUL (\\u0000)")
+        if isinstance(item, dict):
+            stack.extend([*item.keys(), *item.values()])
+        elif isinstance(item, list):
+            stack.extend(item)
     return dict(v)
 
 

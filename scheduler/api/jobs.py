@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio
 import asyncpg
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from scheduler import store
-from scheduler.api.bodies import job_request, parse_json, request_hash
+from scheduler.api import logs
+from scheduler.api.auth import bearer
+from scheduler.api.bodies import JOB_FIELDS, parse_json, request_hash, validate
 from scheduler.api.context import caller, deps
 from scheduler.api.problems import Problem
+from scheduler.api.reading import read_body
 from scheduler.errors import ControlRefused, JobNotFound
 from scheduler.jobs import FINAL_STATES, DesiredState
+from scheduler.store import TENANT_NAME, JobRequest
 
 STATES = ("queued", "running", "frozen", "succeeded", "failed", "cancelled", "timed_out", "lost")
 MAX_LIMIT = 500
@@ -45,11 +47,13 @@ async def _visible_job(request: Request, conn: Any) -> asyncpg.Record:
 
 
 async def create_job(request: Request) -> Response:
+    bearer(request.headers.get("authorization"))  # no header: 401 before reading anything
+    # The body is read and checked before a database connection is taken (reading.py).
+    values = validate(parse_json(await read_body(request)), JOB_FIELDS, ("argv",))
     async with deps(request).pool.acquire() as conn:
         who = await caller(request, conn)
-        body = parse_json(await request.body())
         # A tenant's token submits for its own tenant unless the body names a child tenant.
-        job = job_request(body, "default" if who.is_admin else who.name)
+        job = JobRequest(**{"tenant": "default" if who.is_admin else who.name, **values})
         if not who.sees(job.tenant):
             raise Problem(403, f"this token may not submit jobs for tenant {job.tenant!r}")
         key = request.headers.get("idempotency-key")
@@ -82,7 +86,7 @@ def _cursor(text: str | None) -> int | None:
         value = int(base64.urlsafe_b64decode(text.encode() + b"==").decode())
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
         raise Problem(400, "cursor is not one this server returned") from exc
-    if value < 1:
+    if not 1 <= value <= MAX_JOB_ID:
         raise Problem(400, "cursor is not one this server returned")
     return value
 
@@ -96,8 +100,13 @@ async def list_jobs(request: Request) -> Response:
     tenant, state = params.get("tenant"), params.get("state")
     if state is not None and state not in STATES:
         raise Problem(400, f"state must be one of {', '.join(STATES)}: got {state!r}")
+    if tenant is not None and not TENANT_NAME.match(tenant):
+        raise Problem(400, f"tenant must be a tenant name: got {tenant[:70]!r}")
     raw_limit = params.get("limit", "50")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+    # ASCII digits only: "²" is a digit to str.isdigit() and a ValueError to int().
+    if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 4) or not (
+        1 <= int(raw_limit) <= MAX_LIMIT
+    ):
         raise Problem(400, f"limit must be an integer in [1, {MAX_LIMIT}]: got {raw_limit!r}")
     limit = int(raw_limit)
     before = _cursor(params.get("cursor"))
@@ -148,7 +157,7 @@ async def job_usage(request: Request) -> Response:
 
 
 async def job_logs(request: Request) -> Response:
-    """The job's output; with follow=true, streamed until the job ends."""
+    """The job's output streamed from disk (tail, Range); with follow=true, until it ends."""
     stream = request.query_params.get("stream", "stdout")
     if stream not in ("stdout", "stderr"):
         raise Problem(400, f"stream must be stdout or stderr: got {stream!r}")
@@ -163,26 +172,17 @@ async def job_logs(request: Request) -> Response:
     if row["node"] is not None and row["node"] != app_deps.node:
         raise Problem(404, f"job {row['id']} ran on node {row['node']!r}: ask that node's API")
     path = app_deps.runs_dir / f"{row['id']}-{row['attempts']}" / stream
-    if follow == "false" or row["state"] in FINAL_STATES:
-        data = await anyio.Path(path).read_bytes() if await anyio.Path(path).exists() else b""
-        return Response(data, media_type="text/plain")
-    return StreamingResponse(_follow(request, row["id"], path), media_type="text/plain")
+    job_id = row["id"]
 
-
-async def _follow(request: Request, job_id: int, path: Any) -> AsyncIterator[bytes]:
-    offset = 0
-    while True:
-        chunk = b""
-        if await anyio.Path(path).exists():
-            async with await anyio.open_file(path, "rb") as f:
-                await f.seek(offset)
-                chunk = await f.read()
-        if chunk:
-            offset += len(chunk)
-            yield chunk
-            continue
-        async with deps(request).pool.acquire() as conn:
+    async def finished() -> bool:
+        async with app_deps.pool.acquire() as conn:
             state = await conn.fetchval("SELECT state FROM scheduler.jobs WHERE id = $1", job_id)
-        if state in FINAL_STATES:
-            return
-        await anyio.sleep(0.25)
+        return state in FINAL_STATES
+
+    return await logs.respond(
+        request,
+        path,
+        follow=follow == "true",
+        running=row["state"] not in FINAL_STATES,
+        finished=finished,
+    )

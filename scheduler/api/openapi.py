@@ -34,6 +34,7 @@ def _op(
 ) -> dict[str, Any]:
     responses: dict[str, Any] = dict(ok)
     responses["401"] = _problem("missing, unknown or revoked bearer token")
+    responses["503"] = _problem("the API's database connections stayed busy (Retry-After)")
     for status, text in errors.items():
         responses[str(status)] = _problem(text)
     return {"summary": summary, "security": [{"bearer": []}], "responses": responses, **extra}
@@ -215,7 +216,9 @@ def document() -> dict[str, Any]:
                     {
                         400: "malformed JSON or Idempotency-Key",
                         403: "the token may not submit for that tenant",
+                        408: "the body did not arrive within http_body_timeout_seconds",
                         413: "body too large",
+                        503: "too many bodies at once, or no free API database connection",
                         422: "a field is wrong or unknown, the tenant does not exist, or the "
                         "Idempotency-Key was used with another body",
                     },
@@ -294,18 +297,44 @@ def document() -> dict[str, Any]:
             },
             "/v1/jobs/{job_id}/logs": {
                 "get": _op(
-                    "A job's output",
+                    "A job's output, streamed from disk",
                     {
                         "200": {
-                            "description": "stdout or stderr; streamed with follow=true",
+                            "description": "stdout or stderr (its last `tail` bytes); with"
+                            " follow=true, streamed until the job ends",
                             "content": {"text/plain": {"schema": {"type": "string"}}},
-                        }
+                        },
+                        "206": {
+                            "description": "the one byte range the Range header asked for",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
                     },
-                    {400: "bad stream or follow", 404: "no such job, or it ran on another node"},
+                    {
+                        400: "bad stream, follow or tail; tail with Range; follow with Range",
+                        404: "no such job, or it ran on another node",
+                        416: "the range starts past the end of the output",
+                    },
                     parameters=[
                         *_JOB_ID,
                         {"name": "stream", "in": "query", "schema": {"enum": ["stdout", "stderr"]}},
                         {"name": "follow", "in": "query", "schema": {"enum": ["true", "false"]}},
+                        {
+                            "name": "tail",
+                            "in": "query",
+                            "description": "only the last this many bytes",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 0,
+                                "maximum": 9223372036854775807,
+                            },
+                        },
+                        {
+                            "name": "Range",
+                            "in": "header",
+                            "required": False,
+                            "description": "one range: bytes=A-B, bytes=A- or bytes=-N",
+                            "schema": {"type": "string"},
+                        },
                     ],
                 )
             },
@@ -317,8 +346,10 @@ def document() -> dict[str, Any]:
                     {
                         400: "malformed JSON",
                         403: "a tenant token may only create children",
+                        408: "the body did not arrive within http_body_timeout_seconds",
                         409: "the tenant exists",
                         413: "body too large",
+                        503: "too many bodies at once, or no free API database connection",
                         422: "a field is wrong or the parent does not exist",
                     },
                     requestBody={
@@ -404,9 +435,10 @@ def document() -> dict[str, Any]:
             },
             "/metrics": {
                 "get": {
-                    "summary": "Prometheus metrics",
+                    "summary": "Prometheus metrics (bearer token when metrics_token is set)",
                     "responses": {
-                        "200": {"description": "text exposition", "content": {"text/plain": {}}}
+                        "200": {"description": "text exposition", "content": {"text/plain": {}}},
+                        "401": _problem("metrics_token is set and was not sent"),
                     },
                 }
             },

@@ -1,4 +1,5 @@
-"""Serving the API with uvicorn inside the agent's task group."""
+"""Serving the API with uvicorn inside the agent's task group, within the limits of
+:mod:`scheduler.api.limits` (timeouts, a connection cap, a bound on request heads)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from collections.abc import Iterator
 
 import anyio
 import uvicorn
-from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
+from scheduler.api.limits import Connections, HttpLimits, protocol_for
 from scheduler.errors import ConfigError
 
 
@@ -58,10 +60,17 @@ def bound_address(sock: socket.socket) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def serve(app: Starlette, sock: socket.socket) -> None:
+async def serve(app: ASGIApp, sock: socket.socket, limits: HttpLimits | None = None) -> None:
     """Serve until cancelled, then shut down gracefully (open requests finish)."""
+    limits = limits or HttpLimits()
     config = uvicorn.Config(
-        app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=2
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=2,
+        timeout_keep_alive=max(1, round(limits.keepalive_seconds)),
+        http=protocol_for(Connections(limits)),
     )
     server = _Server(config)
     stopped = anyio.Event()

@@ -7,10 +7,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from scheduler import store
-from scheduler.api.auth import Principal
+from scheduler.api.auth import Principal, bearer
 from scheduler.api.bodies import TENANT_FIELDS, parse_json, validate
 from scheduler.api.context import caller, deps
 from scheduler.api.problems import Problem
+from scheduler.api.reading import read_body
 from scheduler.db.pool import Conn
 from scheduler.store import TENANT_NAME
 
@@ -31,9 +32,11 @@ async def list_tenants(request: Request) -> Response:
 
 
 async def create_tenant(request: Request) -> Response:
+    bearer(request.headers.get("authorization"))  # no header: 401 before reading anything
+    # The body is read and checked before a database connection is taken (reading.py).
+    values = validate(parse_json(await read_body(request)), TENANT_FIELDS, ("name",))
     async with deps(request).pool.acquire() as conn:
         who = await caller(request, conn)
-        values = validate(parse_json(await request.body()), TENANT_FIELDS, ("name",))
         parent = values.get("parent")
         # Admins create anywhere; a tenant may create children inside its own subtree.
         if not who.is_admin and (parent is None or not who.sees(parent)):
