@@ -97,7 +97,10 @@ async def test_slow_bodies_and_idle_sockets_do_not_starve_the_agent(
     await db.execute("INSERT INTO scheduler.tenants (name) VALUES ('mallory')")
     _, token = await create_token(db, "mallory")
     epoch = await db.fetchval("SELECT epoch FROM scheduler.nodes WHERE name = 'attack-node'")
-    async with httpx.AsyncClient(base_url=served.url, timeout=30) as client:
+    # A new connection per request: the cap closes the connection idle longest, which a kept-
+    # alive one of the test's own client would be, and a request racing that close fails.
+    no_keepalive = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=served.url, timeout=30, limits=no_keepalive) as client:
         victim = (
             await client.post("/v1/jobs", headers=ADMIN, json={"argv": ["sleep", "120"]})
         ).json()
