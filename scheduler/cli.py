@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from scheduler.config import Settings
 
 EXIT_USAGE = 2
+# Commands whose code paths log (structlog). The others (jobs, show, submit, ...) log nothing,
+# and skip importing structlog: it is most of their start-up.
+LOGGING_COMMANDS = frozenset({"serve", "migrate", "billing", "images", "tenants", "tokens"})
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -326,10 +329,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     import anyio
 
-    from scheduler import log as logging_setup
-
     settings = settings_from(args)
-    logging_setup.configure(settings.log_level, settings.log_format)
+    if args.command in LOGGING_COMMANDS:
+        from scheduler import log as logging_setup
+
+        logging_setup.configure(settings.log_level, settings.log_format)
     handler = COMMANDS[args.command]
     # uvloop (when installed) roughly halves the agent's event loop cost per request and per
     # job; a one-shot command does not need it.
