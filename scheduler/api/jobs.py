@@ -159,7 +159,13 @@ async def job_logs(request: Request) -> Response:
     async with app_deps.pool.acquire() as conn:
         row = await _visible_job(request, conn)
     if row["attempts"] == 0:
-        return Response(b"", media_type="text/plain")
+        if follow == "false" or row["state"] in FINAL_STATES:
+            return Response(b"", media_type="text/plain")
+        # Following a queued job waits for it to start: a client that submits and follows
+        # at once must not get an empty answer because it asked too early.
+        return StreamingResponse(
+            _follow_queued(request, row["id"], stream), media_type="text/plain"
+        )
     if row["node"] is not None and row["node"] != app_deps.node:
         raise Problem(404, f"job {row['id']} ran on node {row['node']!r}: ask that node's API")
     path = app_deps.runs_dir / f"{row['id']}-{row['attempts']}" / stream
@@ -167,6 +173,25 @@ async def job_logs(request: Request) -> Response:
         data = await anyio.Path(path).read_bytes() if await anyio.Path(path).exists() else b""
         return Response(data, media_type="text/plain")
     return StreamingResponse(_follow(request, row["id"], path), media_type="text/plain")
+
+
+async def _follow_queued(request: Request, job_id: int, stream: str) -> AsyncIterator[bytes]:
+    app_deps = deps(request)
+    while True:
+        async with app_deps.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT state, attempts, node FROM scheduler.jobs WHERE id = $1", job_id
+            )
+        if row is None or (row["attempts"] == 0 and row["state"] in FINAL_STATES):
+            return
+        if row["attempts"] > 0:
+            break
+        await anyio.sleep(0.25)
+    if row["node"] is not None and row["node"] != app_deps.node:
+        return  # another node runs it: its output is there (a plain GET says so)
+    path = app_deps.runs_dir / f"{job_id}-{row['attempts']}" / stream
+    async for chunk in _follow(request, job_id, path):
+        yield chunk
 
 
 async def _follow(request: Request, job_id: int, path: Any) -> AsyncIterator[bytes]:
