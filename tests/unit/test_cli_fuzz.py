@@ -1,0 +1,36 @@
+"""Every sub-command fed random and hostile arguments (hypothesis), without a database: the
+command must refuse in one line (exit 2) or fail to connect in one line (exit 1), never show
+a traceback. tests/integration/test_cli_database.py runs the same against a real database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from tests.cli_fuzz import check_no_traceback, command_lines, run_main, tmp_paths
+
+NOWHERE = "postgresql://nobody@/none?host=/nonexistent-socket-dir"
+BASE = Path("/var/tmp/scheduler-cli-fuzz")
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SCHEDULER_DATABASE_URL", NOWHERE)
+    monkeypatch.setenv("SCHEDULER_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("SCHEDULER_DEBUG", raising=False)
+
+
+BASE.mkdir(exist_ok=True)
+PATHS = tmp_paths(BASE)
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(argv=command_lines(PATHS))
+def test_no_command_line_shows_a_traceback(argv: list[str]) -> None:
+    check_no_traceback(argv, run_main)
