@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from scheduler.api import billing, jobs, tenants
+from scheduler.api import billing, jobs, status, tenants
 from scheduler.api.context import deps
 from scheduler.api.deps import ApiDeps
 from scheduler.api.metrics import CONTENT_TYPE
@@ -78,6 +78,7 @@ def build_app(app_deps: ApiDeps) -> Starlette:
         Route("/v1/tenants/{name}/freeze", tenants.freeze_tenant, methods=["POST"]),
         Route("/v1/tenants/{name}/thaw", tenants.thaw_tenant, methods=["POST"]),
         Route("/v1/billing/export", billing.export, methods=["GET"]),
+        *status.routes(),  # the status page for browsers: /, /jobs/ID, /login
     ]
     app = Starlette(
         routes=routes,
