@@ -138,3 +138,13 @@ async def test_http_follow_of_a_queued_job_waits_for_its_output(agent: AgentHand
         r = await api.post("/v1/jobs", headers=headers, json={"argv": ["sh", "-c", "echo soon"]})
         followed = await api.get(f"/v1/jobs/{r.json()['id']}/logs?follow=true", headers=headers)
         assert followed.text == "soon\n"
+
+
+async def test_http_unknown_tenant_is_a_plain_422(agent: AgentHandle) -> None:
+    headers = {"Authorization": "Bearer test-admin-token"}
+    async with httpx.AsyncClient(base_url=f"http://{agent.ready.http}", timeout=60) as api:
+        r = await api.post("/v1/jobs", headers=headers, json={"argv": ["true"], "tenant": "nobody"})
+        assert r.status_code == 422
+        detail = r.json()["detail"]
+        assert "unknown tenant 'nobody'" in detail
+        assert "HINT" not in detail and "INSERT" not in detail and "\n" not in detail
