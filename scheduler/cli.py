@@ -540,12 +540,14 @@ async def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
     from scheduler import store
     from scheduler.cli_follow import follow, output_files
 
+    if args.follow and args.json:
+        raise UsageError("--follow streams the output as it comes; --json prints it once: give one")
     conn = await _connect(settings)
     try:
         row = await store.get(conn, args.id)
-        if args.follow and not args.json:
-            final = await follow(conn, settings, args.id, attempt=args.attempt)
-            return 0 if final is not None else 1
+        if args.follow:
+            await follow(conn, settings, args.id, attempt=args.attempt)
+            return 0
     finally:
         await conn.close()
     files = output_files(settings, row, args.attempt)

@@ -60,6 +60,7 @@ def run(argv: list[str]) -> tuple[int, str, str]:
         (["billing", "export", "--last", "30d", "--from", "2026-01-01"], "not both"),
         (["tenants", "add", "acme", "--weight", "0"], "expected [1, 10000]"),
         (["nosuch"], "invalid choice"),
+        (["logs", "1", "--follow", "--json"], "give one"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv: list[str], says: str) -> None:
