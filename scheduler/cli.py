@@ -180,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument(
         "--quiet", "-q", action="store_true", help="with --wait: do not stream the output"
     )
-    submit.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    submit.add_argument(
+        "argv", nargs=argparse.REMAINDER, metavar="-- CMD...", help="the command, after --"
+    )
 
     jobs = sub.add_parser("jobs", help="list jobs, newest first")
     _add_common(jobs)

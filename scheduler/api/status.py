@@ -14,6 +14,7 @@ forbid scripts, frames and foreign form targets by Content-Security-Policy.
 from __future__ import annotations
 
 import html
+import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -357,7 +358,11 @@ async def job_page(request: Request) -> Response:
             job_id,
             USAGE_LIMIT,
         )
-    fields = table(["column", "value"], ([e(k), e(v)] for k, v in row.items()), "")
+    fields = table(
+        ["column", "value"],
+        ([e(k), e(json.dumps(v) if isinstance(v, dict | list) else v)] for k, v in row.items()),
+        "",
+    )
     logs = await _log_tail(app_deps.runs_dir, app_deps.node, row)
     usage_rows = table(
         [
