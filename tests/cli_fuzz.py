@@ -58,6 +58,8 @@ HOSTILE = [
 SKIP_COMMANDS = {("serve",), ("completion",)}
 # Options that block by design until a job ends (no agent runs in these tests).
 BLOCKING = {"--wait", "--follow"}
+# Arguments that name files the command reads or writes.
+FILE_DESTS = {"paths", "output", "config"}
 GLOBAL = {"--config", "--database-url", "--state-dir", "--json", "--help", "--version"}
 
 
@@ -101,10 +103,14 @@ def command_lines(
         and leaf.path not in skip
     ]
     leaf = draw(st.sampled_from(all_leaves))
-    value = values(paths)
+    any_value = values(paths)
+    # A file argument is only ever one of ``paths``: a random "/" or "." given to `images add`
+    # would copy the whole host (or the repository) into an image.
+    file_value = st.sampled_from(paths)
     options: list[list[str]] = []
     positionals: list[str] = []
     for action in leaf.parser._actions:
+        value = file_value if action.dest in FILE_DESTS else any_value
         if action.option_strings:
             flag = action.option_strings[-1]
             if flag in BLOCKING or flag in GLOBAL or not draw(st.booleans()):
@@ -114,7 +120,7 @@ def command_lines(
             else:
                 options.append([flag, draw(value)])
         elif action.dest == "argv":
-            positionals += ["--", *draw(st.lists(value, min_size=0, max_size=3))]
+            positionals += ["--", *draw(st.lists(any_value, min_size=0, max_size=3))]
         elif action.nargs in ("+", "*"):
             positionals += draw(st.lists(value, min_size=1, max_size=2))
         else:

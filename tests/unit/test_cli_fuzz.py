@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from tests.cli_fuzz import check_no_traceback, command_lines, run_main, tmp_paths
+from scheduler.cli import build_parser
+from tests.cli_fuzz import (
+    FILE_DESTS,
+    check_no_traceback,
+    command_lines,
+    leaves,
+    run_main,
+    tmp_paths,
+)
 
 NOWHERE = "postgresql://nobody@/none?host=/nonexistent-socket-dir"
 BASE = Path("/var/tmp/scheduler-cli-fuzz")
@@ -34,3 +42,14 @@ PATHS = tmp_paths(BASE)
 @given(argv=command_lines(PATHS))
 def test_no_command_line_shows_a_traceback(argv: list[str]) -> None:
     check_no_traceback(argv, run_main)
+
+
+def test_every_file_argument_is_fuzzed_with_safe_paths_only() -> None:
+    # A new Path-typed option must be added to FILE_DESTS, or the fuzz could hand it "/".
+    typed = {
+        action.dest
+        for leaf in leaves(build_parser())
+        for action in leaf.parser._actions
+        if action.type is Path
+    }
+    assert typed <= FILE_DESTS, typed - FILE_DESTS
