@@ -56,7 +56,7 @@ async def _http_address(log: Path) -> str:
 async def test_the_tour_runs_as_written(state_dir: Path, cgroup_root: str) -> None:
     state_dir.chmod(0o755)  # the embedded Postgres runs as its own user below it
     log = state_dir.parent / f"{state_dir.name}.serve.log"
-    proc = start_serve("", state_dir, cgroup_root, log, node=NODE, sample_interval=1)
+    proc = start_serve("", state_dir, cgroup_root, log, node=NODE)  # the defaults of a user
     try:
         with anyio.fail_after(120):
             while "admin token" not in log.read_text():
