@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 
 import anyio
 import httpx
@@ -135,7 +136,11 @@ async def test_http_follow_of_a_queued_job_waits_for_its_output(agent: AgentHand
             tg.start_soon(release)
             body = await api.get(f"/v1/jobs/{job}/logs?follow=true", headers=headers)
         assert body.status_code == 200 and body.text == ""
-        r = await api.post("/v1/jobs", headers=headers, json={"argv": ["sh", "-c", "echo soon"]})
+        # A job that starts in 2 s: the follow asked while it is queued waits for its output.
+        soon = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+        r = await api.post(
+            "/v1/jobs", headers=headers, json={"argv": ["sh", "-c", "echo soon"], "run_at": soon}
+        )
         followed = await api.get(f"/v1/jobs/{r.json()['id']}/logs?follow=true", headers=headers)
         assert followed.text == "soon\n"
 
