@@ -1,5 +1,6 @@
 """Shell completion for bash and zsh, generated from the parser itself so it cannot drift:
-``eval "$(scheduler completion bash)"`` (zsh: ``scheduler completion zsh``)."""
+``eval "$(scheduler completion bash)"``; zsh, after compinit:
+``source <(scheduler completion zsh)`` (a native compdef function)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,22 @@ _scheduler() {{
 }}
 complete -F _scheduler scheduler"""
     if shell == "zsh":
-        # zsh runs bash completion functions through its bashcompinit layer.
-        return "autoload -U +X bashcompinit && bashcompinit\n" + bash
+        # zsh's own completion system: $words is 1-based, compadd filters by the prefix.
+        return f"""_scheduler_words() {{
+    case "$1" in
+{cases}
+    esac
+}}
+_scheduler() {{
+    local path="" word i
+    for ((i = 2; i < CURRENT; i++)); do
+        word=${{words[i]}}
+        [[ $word == -- ]] && return 0
+        case " $(_scheduler_words "$path") " in
+            *" $word "*) [[ $word == -* ]] || path="$path $word" ;;
+        esac
+    done
+    compadd -- ${{=$(_scheduler_words "$path")}}
+}}
+compdef _scheduler scheduler"""
     return bash

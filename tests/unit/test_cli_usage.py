@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import io
 import os
+import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -211,7 +212,37 @@ def test_bash_completion_completes_commands_actions_and_options(tmp_path: Path) 
     assert set(complete("tenants", "")) >= {"add", "list", "freeze", "thaw"}
     assert "--max-attempts" in complete("submit", "--max")
     assert complete("jobs", "--state", "") != []  # after an option: the command's words
-    assert "autoload -U +X bashcompinit" in script(build_parser(), "zsh")
+
+
+ZSH_DRIVER = """
+zmodload zsh/zpty
+zpty z 'zsh -f -i'
+zpty -w z 'PS1="> "; autoload -U compinit; compinit -u; source {script}'
+sleep 1
+zpty -w -n z '{line}'$'\\t'
+sleep 2
+all=""
+while zpty -r -t z chunk; do all+=$chunk; done
+print -r -- "$all"
+"""
+
+
+@pytest.mark.parametrize(
+    ("line", "completed"),
+    [("scheduler su", "scheduler submit"), ("scheduler submit --max-a", "--max-attempts")],
+)
+def test_zsh_completion_in_a_real_zsh(tmp_path: Path, line: str, completed: str) -> None:
+    # An interactive zsh on a pseudo-terminal (zsh/zpty) with its completion system: TAB.
+    if shutil.which("zsh") is None:
+        pytest.skip("no zsh (make system-deps installs it)")
+    completion = tmp_path / "scheduler.zsh"
+    completion.write_text(script(build_parser(), "zsh"))
+    driver = tmp_path / "drive.zsh"
+    driver.write_text(ZSH_DRIVER.format(script=completion, line=line))
+    done = subprocess.run(
+        ["zsh", "-f", str(driver)], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert completed in done.stdout, done.stdout[-500:]
 
 
 def test_jobs_does_not_import_the_agent_or_the_web_stack() -> None:
