@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from scheduler.cli import build_parser
+from scheduler.cli_output import escape
 from tests.cli_fuzz import (
     FILE_DESTS,
     check_no_traceback,
@@ -53,3 +55,14 @@ def test_every_file_argument_is_fuzzed_with_safe_paths_only() -> None:
         if action.type is Path
     }
     assert typed <= FILE_DESTS, typed - FILE_DESTS
+
+
+@given(text=st.text())
+def test_escaped_text_holds_no_terminal_controls(text: str) -> None:
+    shown = escape(text)
+    for ch in shown:
+        code = ord(ch)
+        assert code >= 0x20 and code != 0x7F and not 0x80 <= code < 0xA0, repr(shown)
+        assert not 0xD800 <= code < 0xE000 and ch not in "\u202a\u202b\u202c\u202d\u202e"
+        assert not 0x2066 <= code <= 0x2069
+    shown.encode("utf-8")  # printable on any UTF-8 terminal: no lone surrogates
