@@ -66,6 +66,13 @@ class Browser:
         self._buffer = b""
         self._next_id = 0
         self.events: list[dict[str, Any]] = []
+        try:
+            self._attach()
+        except BaseException:
+            self.close()
+            raise
+
+    def _attach(self) -> None:
         target = self.call("Target.createTarget", {"url": "about:blank"}, session=False)
         attached = self.call(
             "Target.attachToTarget",
