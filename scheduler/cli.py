@@ -5,75 +5,167 @@ from :mod:`scheduler.control_cli`, cancel, freeze, thaw and tenants; from
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anyio
-import asyncpg
-
-from scheduler import control_cli, failpoints, nodes_cli, schedules_cli, store
-from scheduler import log as logging_setup
-from scheduler.accounting import billing as billing_export
-from scheduler.accounting.export import FORMATS
-from scheduler.accounting.reconcile import reconcile
-from scheduler.agent.service import print_ready, serve
-from scheduler.api.auth import create_token, revoke_token
-from scheduler.cgroups.detect import open_driver
-from scheduler.config import Settings, load_settings
-from scheduler.db.migrate import migrate
-from scheduler.db.pool import connect_settings
+from scheduler import control_cli, nodes_cli, schedules_cli
+from scheduler.cli_args import (
+    INT4_MAX,
+    CliParser,
+    UsageError,
+    add_global,
+    bounded_int,
+    check_text,
+    job_id,
+    key_values,
+    label,
+    last_window,
+    one_line,
+    run_at,
+)
+from scheduler.cli_output import escape, job_exit_code, table
 from scheduler.errors import SchedulerError
-from scheduler.runtime.images import ImageStore
 from scheduler.units import format_bytes, parse_cores, parse_duration, parse_size
 
+# Only what every command needs is imported above: the agent, the web stack, accounting and
+# images are imported by the commands that use them, so `scheduler jobs` starts fast
+# (bench/cli_startup.py measures it).
+if TYPE_CHECKING:
+    import asyncpg
+
+    from scheduler.config import Settings
+
 EXIT_USAGE = 2
+# Commands whose code paths log (structlog). The others (jobs, show, submit, ...) log nothing,
+# and skip importing structlog: it is most of their start-up.
+LOGGING_COMMANDS = frozenset({"serve", "migrate", "billing", "images", "tenants", "tokens"})
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="TOML file with settings")
-    parser.add_argument("--database-url", help="Postgres URL (default: the embedded server)")
-    parser.add_argument("--state-dir", help="state directory (runs, logs, embedded Postgres)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    add_global(parser, top=False)
+
+
+JOB_STATES = (
+    "queued",
+    "running",
+    "frozen",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "timed_out",
+    "lost",
+)
+# Formats of `billing export` (scheduler.accounting.export.FORMATS; a test keeps them equal).
+EXPORT_FORMATS = ("csv", "json", "focus")
+
+
+class _Version(argparse.Action):
+    """--version, read from the installed package's metadata only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("scheduler")
+        except PackageNotFoundError:
+            found = "unknown (not installed)"
+        print(f"scheduler {found}")
+        parser.exit()
+
+
+def _instant(text: str) -> Any:
+    from scheduler.accounting.billing import parse_instant
+
+    return parse_instant(text)
+
+
+_instant.__name__ = "instant"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="scheduler", description="Run tenants' jobs as isolated, accounted processes."
+    parser = CliParser(
+        prog="scheduler",
+        description="Run tenants' jobs as isolated, accounted processes.",
+        epilog="Global options may come before or after the command. Exit codes: 0 success, "
+        "1 failure, 2 bad usage; submit --wait: the job's own exit code, 128+N for signal N, "
+        "125 could not start, 126 not executable, 127 command not found.",
     )
+    parser.add_argument("--version", action=_Version)
+    add_global(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the node agent (embedded Postgres if no URL)")
     _add_common(serve)
     serve.add_argument("--cgroup-root", help="cgroup directory name under each hierarchy")
-    serve.add_argument("--cgroup-driver", choices=["auto", "v1", "v2"])
+    serve.add_argument(
+        "--cgroup-driver", choices=["auto", "v1", "v2"], help="cgroup version to use (auto)"
+    )
     serve.add_argument("--node-name", help="this node's name (default: host name)")
-    serve.add_argument("--max-running", type=int, help="attempts run at once on this node")
+    serve.add_argument(
+        "--max-running", type=bounded_int(1, 100_000), help="attempts run at once on this node"
+    )
     serve.add_argument("--poll-interval", type=float, help="safety poll period in seconds")
-    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    serve.add_argument("--log-format", choices=["console", "json"])
+    serve.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="log threshold"
+    )
+    serve.add_argument("--log-format", choices=["console", "json"], help="log line format")
 
     migrate = sub.add_parser("migrate", help="apply pending database migrations")
     _add_common(migrate)
 
     submit = sub.add_parser("submit", help="submit a job: scheduler submit [options] -- CMD...")
     _add_common(submit)
-    submit.add_argument("--tenant", default="default")
-    submit.add_argument("--name", default="")
-    submit.add_argument("--cpu", type=parse_cores, default=None, help="cores, e.g. 0.5")
-    submit.add_argument("--memory", type=parse_size, default=None, help="e.g. 256M, 1G")
-    submit.add_argument("--pids", type=int, default=None, help="max processes")
-    submit.add_argument("--timeout", type=parse_duration, default=None, help="e.g. 30s, 5m")
-    submit.add_argument("--priority", type=int, default=0)
-    submit.add_argument("--max-attempts", type=int, default=1)
-    submit.add_argument("--cwd", default="/")
-    submit.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument("--tenant", default="default", help="the tenant the job bills to")
+    submit.add_argument("--name", default="", help="a name for people (shown by jobs, show)")
+    submit.add_argument(
+        "--cpu", type=parse_cores, default=None, help="cores, e.g. 0.5 (default: 1)"
+    )
+    submit.add_argument(
+        "--memory",
+        type=parse_size,
+        default=None,
+        help="memory limit, e.g. 256M, 1G (default: 512M)",
+    )
+    submit.add_argument(
+        "--pids", type=bounded_int(1, INT4_MAX), default=None, help="max processes (default: 1024)"
+    )
+    submit.add_argument(
+        "--timeout", type=parse_duration, default=None, help="time limit, e.g. 30s, 5m, 1h30m"
+    )
+    submit.add_argument(
+        "--priority", type=bounded_int(-1000, 1000), default=0, help="higher runs first"
+    )
+    submit.add_argument(
+        "--max-attempts",
+        type=bounded_int(1, 100),
+        default=1,
+        help="attempts before the job fails (a lost node retries)",
+    )
+    submit.add_argument("--cwd", default="/", help="absolute working directory of the job")
+    submit.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable"
+    )
+    submit.add_argument(
+        "--label",
+        action="append",
+        type=label,
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label (repeatable), e.g. --label team=ml",
+    )
+    submit.add_argument(
+        "--run-at",
+        type=run_at,
+        default=None,
+        metavar="TIME",
+        help="not before this time: ISO 8601 (UTC unless it has an offset) or +10m from now",
+    )
     submit.add_argument("--image", help="run on this image's layers (scheduler images list)")
     submit.add_argument(
         "--network", action="store_true", help="keep the host's network (if the node allows it)"
@@ -81,32 +173,47 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--io-read", type=parse_size, default=None, help="disk read bytes/s")
     submit.add_argument("--io-write", type=parse_size, default=None, help="disk write bytes/s")
     submit.add_argument(
-        "--wait", action="store_true", help="wait for the end and exit with the job's exit code"
+        "--wait",
+        action="store_true",
+        help="stream the job's output, wait for its end and exit with its exit code",
     )
-    submit.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    submit.add_argument(
+        "--quiet", "-q", action="store_true", help="with --wait: do not stream the output"
+    )
+    submit.add_argument(
+        "argv", nargs=argparse.REMAINDER, metavar="-- CMD...", help="the command, after --"
+    )
 
     jobs = sub.add_parser("jobs", help="list jobs, newest first")
     _add_common(jobs)
-    jobs.add_argument("--tenant")
-    jobs.add_argument("--state")
-    jobs.add_argument("--limit", type=int, default=50)
+    jobs.add_argument("--tenant", help="only this tenant's jobs")
+    jobs.add_argument("--state", choices=JOB_STATES, help="only jobs in this state")
+    jobs.add_argument(
+        "--limit", type=bounded_int(1, 10_000), default=50, help="at most this many jobs"
+    )
 
     show = sub.add_parser("show", help="show one job")
     _add_common(show)
-    show.add_argument("id", type=int)
+    show.add_argument("id", type=job_id, help="the job's id")
 
     logs = sub.add_parser("logs", help="print a job's stdout and stderr")
     _add_common(logs)
-    logs.add_argument("id", type=int)
-    logs.add_argument("--attempt", type=int, help="default: the latest")
+    logs.add_argument("id", type=job_id, help="the job's id")
+    logs.add_argument(
+        "--attempt", type=bounded_int(1, 100), help="which attempt (default: the latest)"
+    )
+    logs.add_argument(
+        "--follow", "-f", action="store_true", help="keep printing until the job ends"
+    )
 
     images = sub.add_parser("images", help="manage this node's images (layered root filesystems)")
+    _add_common(images)
     images_sub = images.add_subparsers(dest="images_command", required=True, metavar="ACTION")
     images_add = images_sub.add_parser(
         "add", help="build an image: scheduler images add NAME PATH... (bottom layer first)"
     )
     _add_common(images_add)
-    images_add.add_argument("name")
+    images_add.add_argument("name", help="the image's name ([a-z0-9][a-z0-9_-]*)")
     images_add.add_argument(
         "paths",
         nargs="+",
@@ -120,19 +227,21 @@ def build_parser() -> argparse.ArgumentParser:
     COMMANDS.update(control_cli.add_parsers(sub, _add_common))
     COMMANDS.update(nodes_cli.add_parsers(sub, _add_common))
     COMMANDS.update(schedules_cli.add_parsers(sub, _add_common))
+    completion = sub.add_parser("completion", help="print a bash or zsh completion script")
+    completion.add_argument("shell", choices=["bash", "zsh"], help="the shell to complete for")
     return parser
 
 
-def _add_access_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_access_commands(sub: Any) -> None:
     tokens = sub.add_parser("tokens", help="API bearer tokens for tenants")
     token_sub = tokens.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = token_sub.add_parser("create", help="print a new token for a tenant")
     _add_common(create)
-    create.add_argument("--tenant", required=True)
-    create.add_argument("--description", default="")
+    create.add_argument("--tenant", required=True, help="the tenant the token speaks for")
+    create.add_argument("--description", default="", help="a note on what the token is for")
     revoke = token_sub.add_parser("revoke", help="revoke a token by id")
     _add_common(revoke)
-    revoke.add_argument("id", type=int)
+    revoke.add_argument("id", type=bounded_int(1, 2**63 - 1), help="the token's id")
 
 
 def _add_billing(sub: Any) -> None:
@@ -142,10 +251,16 @@ def _add_billing(sub: Any) -> None:
         "export", help="priced usage of [--from, --to) as csv, json or FOCUS 1.2 csv"
     )
     _add_common(export)
-    instant = billing_export.parse_instant
-    export.add_argument("--from", dest="start", type=instant, required=True, help="UTC, inclusive")
-    export.add_argument("--to", dest="end", type=instant, required=True, help="UTC, exclusive")
-    export.add_argument("--format", choices=FORMATS, help="default: csv (json with --json)")
+    instant = _instant
+    export.add_argument("--from", dest="start", type=instant, help="UTC, inclusive")
+    export.add_argument("--to", dest="end", type=instant, help="UTC, exclusive (default: now)")
+    export.add_argument(
+        "--last",
+        type=last_window,
+        metavar="DURATION",
+        help="instead of --from: the window ending now (or at --to), e.g. 30d, 12h",
+    )
+    export.add_argument("--format", choices=EXPORT_FORMATS, help="default: csv (json with --json)")
     export.add_argument("--tenant", help="only this tenant's usage")
     export.add_argument("--output", type=Path, help="write to this file instead of stdout")
     check = actions.add_parser(
@@ -162,6 +277,8 @@ def _add_billing(sub: Any) -> None:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
+    from scheduler.config import load_settings
+
     flags = {
         k: getattr(args, k, None)
         for k in (
@@ -180,38 +297,121 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one command; every refusal is one line on stderr (exit 1, or 2 for bad usage)."""
+    raw = list(sys.argv[1:] if argv is None else argv)
     try:
-        settings = settings_from(args)
-        logging_setup.configure(settings.log_level, settings.log_format)
-        handler = COMMANDS[args.command]
-        # uvloop (when installed) roughly halves the event loop's cost per request and per job.
-        return anyio.run(handler, settings, args, backend_options={"use_uvloop": _has_uvloop()})
-    except SchedulerError as exc:
+        check_text(raw)
+    except UsageError as exc:
         print(f"scheduler: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    parser = build_parser()
+    args = parser.parse_args(raw)
+    if args.command == "completion":
+        from scheduler.cli_complete import script
+
+        print(script(parser, args.shell))
+        return 0
+    try:
+        return _run(args)
+    except UsageError as exc:
+        print(f"scheduler {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    except SchedulerError as exc:
+        print(f"scheduler: error: {one_line(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `scheduler jobs | head`: the reader left; nothing more to say.
+        _quiet_stdout()
+        return 141
+    except Exception as exc:  # the last line of defence: no traceback reaches a user
+        return _unexpected(exc)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import anyio
+
+    settings = settings_from(args)
+    if args.command in LOGGING_COMMANDS:
+        from scheduler import log as logging_setup
+
+        logging_setup.configure(settings.log_level, settings.log_format)
+    handler = COMMANDS[args.command]
+    # uvloop (when installed) roughly halves the agent's event loop cost per request and per
+    # job; a one-shot command does not need it.
+    options = {"use_uvloop": _has_uvloop()} if args.command == "serve" else {}
+    return anyio.run(handler, settings, args, backend_options=options)
+
+
+def _unexpected(exc: Exception) -> int:
+    """One line for an error nobody anticipated; the traceback only with SCHEDULER_DEBUG=1.
+    Database errors are translated by the constraint they hit (scheduler.db.refusals)."""
+    import asyncpg
+
+    from scheduler.db.refusals import refusal
+
+    if os.environ.get("SCHEDULER_DEBUG"):
+        raise exc
+    if isinstance(exc, asyncpg.PostgresError):
+        print(f"scheduler: error: the database refused: {one_line(refusal(exc))}", file=sys.stderr)
+        return 1
+    if isinstance(exc, OSError):
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"scheduler: error:{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(
+        f"scheduler: error: unexpected {type(exc).__name__}: {one_line(str(exc))} "
+        "(SCHEDULER_DEBUG=1 shows the traceback)",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _quiet_stdout() -> None:
+    # Python flushes stdout at exit and would report the broken pipe again.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def _has_uvloop() -> bool:
+    import importlib.util
+
     return importlib.util.find_spec("uvloop") is not None
 
 
+async def _connect(settings: Settings) -> asyncpg.Connection:
+    from scheduler.db.pool import connect_settings
+
+    return await connect_settings(settings)
+
+
 async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler import failpoints
+    from scheduler.agent.service import print_ready, serve
+    from scheduler.cli_admin import with_admin_token
+
     if os.geteuid() != 0:
         print(
             "scheduler: warning: not root; creating cgroups and namespaces will likely fail",
             file=sys.stderr,
         )
     failpoints.configure()
-    await serve(settings, on_ready=print_ready)
+    settings, note = with_admin_token(settings)
+
+    def ready(r: Any) -> None:
+        print_ready(r)
+        if note:
+            print(note, flush=True)
+
+    await serve(settings, on_ready=ready)
     return 0
 
 
 async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    conn = await connect_settings(settings)
+    from scheduler.db.migrate import migrate
+
+    conn = await _connect(settings)
     try:
         applied = await migrate(conn)
     finally:
@@ -225,21 +425,20 @@ async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from scheduler import store
+
     argv = list(args.argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
-        print(
-            "scheduler: error: no command given: scheduler submit [options] -- CMD...",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+        raise UsageError("no command given: scheduler submit [options] -- CMD...")
     env: dict[str, str] = {}
     for item in args.env:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            print(f"scheduler: error: --env {item!r}: expected KEY=VALUE", file=sys.stderr)
-            return EXIT_USAGE
+            raise UsageError(f"--env {item!r}: expected KEY=VALUE")
         env[key] = value
     request = store.JobRequest(
         argv=argv,
@@ -250,6 +449,8 @@ async def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
         priority=args.priority,
         max_attempts=args.max_attempts,
         timeout_seconds=args.timeout,
+        labels=dict(key_values(args.label, "--label")),
+        run_at=args.run_at,
         image=args.image,
         network=args.network,
         io_read_bps=args.io_read,
@@ -264,7 +465,7 @@ async def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
         overrides["pids_max"] = args.pids
     if overrides:
         request = replace(request, **overrides)
-    conn = await connect_settings(settings)
+    conn = await _connect(settings)
     try:
         row = await store.submit(conn, request)
         if not args.wait:
@@ -272,17 +473,22 @@ async def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         if not args.json:
             print(row["id"], file=sys.stderr)
-        final = await store.wait(conn, row["id"])
+        if args.quiet or args.json:
+            final = await store.wait(conn, row["id"])
+        else:
+            from scheduler.cli_follow import follow
+
+            final = await follow(conn, settings, row["id"], attempt=None)
     finally:
         await conn.close()
-    _out(args, store.record_to_dict(final), _describe(final))
-    if final["exit_code"] is not None:
-        return int(final["exit_code"])
-    return 128 + int(final["signal"]) if final["signal"] else 1
+    _out(args, store.record_to_dict(final), escape(_describe(final)), human_to=sys.stderr)
+    return job_exit_code(final)
 
 
 async def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
-    conn = await connect_settings(settings)
+    from scheduler import store
+
+    conn = await _connect(settings)
     try:
         rows = await store.list_jobs(conn, tenant=args.tenant, state=args.state, limit=args.limit)
     finally:
@@ -291,22 +497,35 @@ async def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
         print(store.dumps([store.record_to_dict(r) for r in rows]))
         return 0
     print(
-        f"{'ID':>8}  {'TENANT':<12} {'STATE':<10} {'EXIT':>4}  {'CPU_S':>10}  "
-        f"{'MEM_PEAK':>9}  COMMAND"
-    )
-    for r in rows:
-        exit_text = "-" if r["exit_code"] is None else str(r["exit_code"])
-        cpu_s = "-" if r["cpu_seconds"] is None else f"{r['cpu_seconds']:.6f}"
-        print(
-            f"{r['id']:>8}  {r['tenant']:<12} {r['state']:<10} {exit_text:>4}  "
-            f"{cpu_s:>10}  {format_bytes(r['memory_peak_bytes']):>9}  "
-            f"{' '.join(r['argv'])[:60]}"
+        table(
+            ["ID", "TENANT", "NAME", "STATE", "EXIT", "CPU_S", "MEM_PEAK", "COMMAND"],
+            [
+                [
+                    str(r["id"]),
+                    escape(r["tenant"]),
+                    escape(r["name"]) or "-",
+                    r["state"],
+                    "-" if r["exit_code"] is None else str(r["exit_code"]),
+                    "-" if r["cpu_seconds"] is None else f"{r['cpu_seconds']:.3f}",
+                    format_bytes(r["memory_peak_bytes"]),
+                    escape(" ".join(r["argv"])),
+                ]
+                for r in rows
+            ],
+            right=("ID", "EXIT", "CPU_S", "MEM_PEAK"),
         )
+    )
+    if not rows:
+        print("scheduler: no jobs match", file=sys.stderr)
     return 0
 
 
 async def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
-    conn = await connect_settings(settings)
+    import json
+
+    from scheduler import store
+
+    conn = await _connect(settings)
     try:
         row = await store.get(conn, args.id)
     finally:
@@ -315,39 +534,46 @@ async def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
         print(store.dumps(store.record_to_dict(row)))
         return 0
     for key, value in store.record_to_dict(row).items():
-        print(f"{key:>18}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+        text = json.dumps(value) if isinstance(value, dict | list) else str(value)
+        print(f"{key:>18}: {escape(text)}")
     return 0
 
 
 async def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
-    conn = await connect_settings(settings)
+    from scheduler import store
+    from scheduler.cli_follow import follow, output_files
+
+    if args.follow and args.json:
+        raise UsageError("--follow streams the output as it comes; --json prints it once: give one")
+    conn = await _connect(settings)
     try:
         row = await store.get(conn, args.id)
+        if args.follow:
+            await follow(conn, settings, args.id, attempt=args.attempt)
+            return 0
     finally:
         await conn.close()
-    if row["attempts"] == 0:
-        raise SchedulerError(f"job {args.id} has not started yet: no output")
-    attempt = row["attempts"] if args.attempt is None else args.attempt
-    if not 1 <= attempt <= row["attempts"]:
-        raise SchedulerError(
-            f"job {args.id} has no attempt {attempt} (it has had {row['attempts']})"
-        )
-    if attempt == row["attempts"] and row["node"] not in (None, settings.node_name):
-        raise SchedulerError(
-            f"job {args.id} attempt {attempt} ran on node {row['node']!r}: its output is there"
-        )
-    # The monitor makes the directory and each file on the job's first byte: a job that
-    # printed nothing has none.
-    run_dir = settings.runs_dir / f"{args.id}-{attempt}"
+    files = output_files(settings, row, args.attempt)
+    if args.json:
+        data = {
+            "id": args.id,
+            "attempt": files.attempt,
+            "stdout": files.read("stdout"),
+            "stderr": files.read("stderr"),
+        }
+        print(store.dumps(data))
+        return 0
     for name, stream in (("stdout", sys.stdout), ("stderr", sys.stderr)):
-        path = run_dir / name
-        if path.exists():
-            stream.write(path.read_text(errors="replace"))
-            stream.flush()
+        stream.write(files.read(name))
+        stream.flush()
     return 0
 
 
 async def cmd_images(settings: Settings, args: argparse.Namespace) -> int:
+    import anyio
+
+    from scheduler.runtime.images import ImageStore
+
     images = ImageStore(settings.images_dir)
     if args.images_command == "add":
         info = await anyio.to_thread.run_sync(images.add, args.name, list(args.paths))
@@ -358,19 +584,26 @@ async def cmd_images(settings: Settings, args: argparse.Namespace) -> int:
         {"name": i.name, "layers": i.layers, "size_bytes": i.size_bytes, "sources": i.sources}
         for i in found
     ]
-    human = "\n".join(f"{i.name}\t{i.layers} layer(s)\t{format_bytes(i.size_bytes)}" for i in found)
+    human = "\n".join(
+        f"{escape(i.name)}\t{i.layers} layer(s)\t{format_bytes(i.size_bytes)}" for i in found
+    )
     _out(args, data if args.images_command == "list" else data[0], human or "no images")
     return 0
 
 
 async def cmd_billing(settings: Settings, args: argparse.Namespace) -> int:
+    from scheduler.accounting import billing as billing_export
+
     if args.billing_command == "export":
+        _export_window(args)
         billing_export.check_window(args.start, args.end)  # before connecting: fail fast
-    conn = await connect_settings(settings)
+        if args.output is not None and not args.output.parent.is_dir():
+            raise UsageError(f"--output {args.output}: directory {args.output.parent} not found")
+    conn = await _connect(settings)
     try:
         if args.billing_command == "export":
             fmt = args.format or ("json" if args.json else "csv")
-            text = await billing_export.export(
+            text, found = await billing_export.export_counted(
                 conn, start=args.start, end=args.end, fmt=fmt, tenant=args.tenant
             )
         else:
@@ -381,10 +614,35 @@ async def cmd_billing(settings: Settings, args: argparse.Namespace) -> int:
         args.output.write_text(text)
     else:
         sys.stdout.write(text)
+    window = f"[{args.start.isoformat()}, {args.end.isoformat()})"
+    if not found:
+        who = f" of tenant {escape(args.tenant)}" if args.tenant else ""
+        print(f"scheduler: no usage{who} in {window}: the export has no rows", file=sys.stderr)
     return 0
 
 
+def _export_window(args: argparse.Namespace) -> None:
+    """--from/--to or --last: [start, end) in UTC."""
+    from datetime import UTC, datetime
+
+    if args.last is not None and args.start is not None:
+        raise UsageError("give --from or --last, not both")
+    if args.last is None and args.start is None:
+        raise UsageError("give the window: --from DATE [--to DATE] or --last 30d")
+    if args.end is None:
+        args.end = datetime.now(UTC)
+    if args.last is not None:
+        args.start = args.end - args.last
+
+
 async def _billing_check(settings: Settings, args: argparse.Namespace, conn: Any) -> int:
+    from datetime import UTC, datetime
+
+    from scheduler import store
+    from scheduler.accounting import billing as billing_export
+    from scheduler.accounting.reconcile import reconcile
+    from scheduler.cgroups.detect import open_driver
+
     start = args.start or datetime(1970, 1, 1, tzinfo=UTC)
     end = args.end or datetime(9999, 1, 1, tzinfo=UTC)
     billing_export.check_window(start, end)
@@ -401,7 +659,7 @@ async def _billing_check(settings: Settings, args: argparse.Namespace, conn: Any
         print(store.dumps({"jobs_checked": checked, "discrepancies": [str(d) for d in found]}))
     else:
         for discrepancy in found:
-            print(discrepancy)
+            print(escape(str(discrepancy)))
         verdict = f"{len(found)} discrepancies" if found else "the books add up"
         print(f"checked {checked} finished jobs: {verdict}", file=sys.stderr)
     return 1 if found else 0
@@ -418,18 +676,27 @@ def _describe(row: Any) -> str:
     return text
 
 
-def _out(args: argparse.Namespace, data: Any, human: str) -> None:
-    print(store.dumps(data) if args.json else human)
+def _out(args: argparse.Namespace, data: Any, human: str, human_to: Any = None) -> None:
+    from scheduler import store
+
+    if args.json:
+        print(store.dumps(data))
+    else:
+        print(human, file=human_to or sys.stdout)
 
 
 async def cmd_tokens(settings: Settings, args: argparse.Namespace) -> int:
-    conn = await connect_settings(settings)
+    import asyncpg
+
+    from scheduler.api.auth import create_token, revoke_token
+
+    conn = await _connect(settings)
     try:
         if args.action == "create":
             try:
                 token_id, token = await create_token(conn, args.tenant, args.description)
             except asyncpg.ForeignKeyViolationError as exc:
-                raise SchedulerError(f"unknown tenant {args.tenant!r}") from exc
+                raise SchedulerError(f"unknown tenant {escape(args.tenant)!r}") from exc
             _out(args, {"id": token_id, "tenant": args.tenant, "token": token}, token)
             return 0
         if not await revoke_token(conn, args.id):

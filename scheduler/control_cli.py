@@ -10,6 +10,8 @@ from typing import Any
 import asyncpg
 
 from scheduler import store
+from scheduler.cli_args import INT4_MAX, bounded_int, job_id
+from scheduler.cli_output import cell, escape, table
 from scheduler.config import Settings
 from scheduler.db.pool import connect_settings
 from scheduler.jobs import DesiredState
@@ -37,7 +39,7 @@ def add_parsers(
     for verb, desired in _DESIRED.items():
         parser = sub.add_parser(verb, help=f"set a job's desired_state to {desired}")
         add_common(parser)
-        parser.add_argument("id", type=int)
+        parser.add_argument("id", type=job_id, help="the job's id")
     tenants = sub.add_parser("tenants", help="list, add, set, freeze or thaw tenants")
     add_common(tenants)
     actions = tenants.add_subparsers(dest="tenant_action", required=True, metavar="ACTION")
@@ -46,18 +48,45 @@ def add_parsers(
     for action in ("add", "set"):
         parser = actions.add_parser(action, help=f"{action} a tenant ('none' clears a limit)")
         add_common(parser)
-        parser.add_argument("name")
+        parser.add_argument("name", help="the tenant's name ([a-z0-9][a-z0-9_-]{0,62})")
         unset = argparse.SUPPRESS
-        parser.add_argument("--parent", type=_optional(str), default=unset)
-        parser.add_argument("--cpu", dest="cpu_limit", type=_optional(parse_cores), default=unset)
         parser.add_argument(
-            "--memory", dest="memory_limit_bytes", type=_optional(parse_size), default=unset
+            "--parent", type=_optional(str), default=unset, help="parent tenant (none: a root)"
         )
-        parser.add_argument("--pids", dest="pids_limit", type=_optional(int), default=unset)
         parser.add_argument(
-            "--max-running", dest="max_running_jobs", type=_optional(int), default=unset
+            "--cpu",
+            dest="cpu_limit",
+            type=_optional(parse_cores),
+            default=unset,
+            help="cores for the whole subtree, e.g. 2 (default: unlimited)",
         )
-        parser.add_argument("--weight", type=int, default=unset)
+        parser.add_argument(
+            "--memory",
+            dest="memory_limit_bytes",
+            type=_optional(parse_size),
+            default=unset,
+            help="memory for the whole subtree, e.g. 4G (default: unlimited)",
+        )
+        parser.add_argument(
+            "--pids",
+            dest="pids_limit",
+            type=_optional(bounded_int(1, INT4_MAX)),
+            default=unset,
+            help="processes for the whole subtree (default: unlimited)",
+        )
+        parser.add_argument(
+            "--max-running",
+            dest="max_running_jobs",
+            type=_optional(bounded_int(0, INT4_MAX)),
+            default=unset,
+            help="jobs running at once (default: unlimited)",
+        )
+        parser.add_argument(
+            "--weight",
+            type=bounded_int(1, 10000),
+            default=unset,
+            help="fair-share weight in [1, 10000] (default: 100)",
+        )
         parser.add_argument(
             "--io-read",
             dest="io_read_bps",
@@ -75,12 +104,12 @@ def add_parsers(
     for action in ("freeze", "thaw"):
         parser = actions.add_parser(action, help=f"{action} a tenant and its subtree")
         add_common(parser)
-        parser.add_argument("name")
+        parser.add_argument("name", help="the tenant's name")
     grant = actions.add_parser(
         "grant-sql", help="create a Postgres role that sees only this tenant's rows (RLS)"
     )
     add_common(grant)
-    grant.add_argument("name")
+    grant.add_argument("name", help="the tenant's name")
     grant.add_argument(
         "--connection-limit",
         type=int,
@@ -89,7 +118,7 @@ def add_parsers(
     )
     revoke = actions.add_parser("revoke-sql", help="drop the tenant's Postgres role")
     add_common(revoke)
-    revoke.add_argument("name")
+    revoke.add_argument("name", help="the tenant's name")
     handlers: dict[str, Command] = dict.fromkeys(_DESIRED, cmd_desired)
     handlers["tenants"] = cmd_tenants
     return handlers
@@ -154,9 +183,9 @@ async def _sql_access(conn: asyncpg.Connection, args: argparse.Namespace) -> int
 
 
 def _describe_tenant(row: Any) -> str:
-    parts = [f"tenant {row['name']}"]
+    parts = [f"tenant {escape(row['name'])}"]
     if row["parent"]:
-        parts.append(f"parent={row['parent']}")
+        parts.append(f"parent={escape(row['parent'])}")
     parts.append(f"weight={row['weight']}")
     for key, label in (
         ("cpu_limit", "cpu"),
@@ -183,15 +212,26 @@ def _print_tenants(args: argparse.Namespace, rows: list[Any]) -> None:
     if args.json:
         print(store.dumps([store.record_to_dict(r) for r in rows]))
         return
+    # One (header, cell) pair per column: a new column is one more pair.
+    columns = [
+        [
+            ("NAME", escape(r["name"])),
+            ("PARENT", cell(r["parent"])),
+            ("WEIGHT", str(r["weight"])),
+            ("CPU", cell(r["cpu_limit"])),
+            ("MEMORY", format_bytes(r["memory_limit_bytes"])),
+            ("MAXRUN", cell(r["max_running_jobs"])),
+            ("ACTIVE", str(r["active_jobs"])),
+            ("QUEUED", str(r["queued_jobs"])),
+            ("FROZEN", _frozen_column(r)),
+        ]
+        for r in rows
+    ]
+    headers = [h for h, _ in columns[0]] if columns else ["NAME", "WEIGHT", "FROZEN"]
     print(
-        f"{'NAME':<16} {'PARENT':<12} {'WEIGHT':>6} {'CPU':>6} {'MEMORY':>9} "
-        f"{'MAXRUN':>6} {'ACTIVE':>6} {'QUEUED':>6} FROZEN"
-    )
-    for r in rows:
-        print(
-            f"{r['name']:<16} {r['parent'] or '-':<12} {r['weight']:>6} "
-            f"{'-' if r['cpu_limit'] is None else str(r['cpu_limit']):>6} "
-            f"{format_bytes(r['memory_limit_bytes']):>9} "
-            f"{'-' if r['max_running_jobs'] is None else r['max_running_jobs']:>6} "
-            f"{r['active_jobs']:>6} {r['queued_jobs']:>6} {_frozen_column(r)}"
+        table(
+            headers,
+            [[c for _, c in row] for row in columns],
+            right=("WEIGHT", "CPU", "MEMORY", "MAXRUN", "ACTIVE", "QUEUED"),
         )
+    )

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from scheduler import store
+from scheduler.cli_output import escape, table
 from scheduler.config import Settings
 from scheduler.db.pool import connect_settings
 from scheduler.db.queries import q
@@ -34,15 +35,33 @@ async def cmd_nodes(settings: Settings, args: argparse.Namespace) -> int:
         print(store.dumps([store.record_to_dict(r) for r in rows]))
         return 0
     print(
-        f"{'NODE':<20} {'STATE':<5} {'EPOCH':>5} {'LEASE_S':>7}  {'JOBS':>4} "
-        f"{'CPU (USED/CAP)':>15} {'MEMORY (USED/CAP)':>21}  DRIVER VERSION"
-    )
-    for r in rows:
-        lease = f"{r['lease_left_seconds']:.1f}" if r["state"] == "up" else "-"
-        cpu = f"{r['cpu_requested']:g}/{r['cpu']:g}"
-        memory = f"{format_bytes(r['memory_requested'])}/{format_bytes(r['memory_bytes'])}"
-        print(
-            f"{r['name']:<20} {r['state']:<5} {r['epoch']:>5} {lease:>7}  {r['jobs']:>4} "
-            f"{cpu:>15} {memory:>21}  {r['cgroup_driver']:<6} {r['version']}"
+        table(
+            [
+                "NODE",
+                "STATE",
+                "EPOCH",
+                "LEASE_S",
+                "JOBS",
+                "CPU (USED/CAP)",
+                "MEMORY (USED/CAP)",
+                "DRIVER",
+                "VERSION",
+            ],
+            [
+                [
+                    escape(r["name"]),
+                    r["state"],
+                    str(r["epoch"]),
+                    f"{r['lease_left_seconds']:.1f}" if r["state"] == "up" else "-",
+                    str(r["jobs"]),
+                    f"{r['cpu_requested']:g}/{r['cpu']:g}",
+                    f"{format_bytes(r['memory_requested'])}/{format_bytes(r['memory_bytes'])}",
+                    escape(r["cgroup_driver"]),
+                    escape(str(r["version"])),
+                ]
+                for r in rows
+            ],
+            right=("EPOCH", "LEASE_S", "JOBS", "CPU (USED/CAP)", "MEMORY (USED/CAP)"),
         )
+    )
     return 0

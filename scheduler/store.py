@@ -14,6 +14,7 @@ import asyncpg
 
 from scheduler.db.pool import Conn
 from scheduler.db.queries import q
+from scheduler.db.refusals import refusal
 from scheduler.errors import ControlRefused, JobNotFound, SchedulerError, TenantNotFound
 from scheduler.jobs import FINAL_STATES, DesiredState
 
@@ -85,8 +86,8 @@ async def submit(conn: Conn, request: JobRequest) -> asyncpg.Record:
             request.io_read_bps,
             request.io_write_bps,
         )
-    except asyncpg.IntegrityConstraintViolationError as exc:
-        raise SubmitRefused(str(exc), getattr(exc, "column_name", None)) from exc
+    except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
+        raise SubmitRefused(refusal(exc), getattr(exc, "column_name", None)) from exc
     assert row is not None
     return row
 
@@ -211,7 +212,7 @@ async def set_desired_state(conn: Conn, job_id: int, desired: DesiredState) -> a
     try:
         updated = await conn.fetchrow(q("set_desired_state"), job_id, desired)
     except asyncpg.IntegrityConstraintViolationError as exc:
-        raise ControlRefused(str(exc)) from exc
+        raise ControlRefused(refusal(exc)) from exc
     if updated is None:
         raise JobNotFound(f"no job with id {job_id}")
     return updated
@@ -248,7 +249,7 @@ async def add_tenant(conn: Conn, name: str, **fields: Any) -> asyncpg.Record:
             *fields.values(),
         )
     except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
-        raise ControlRefused(str(exc)) from exc
+        raise ControlRefused(refusal(exc)) from exc
     assert row is not None
     return row
 
@@ -266,7 +267,7 @@ async def set_tenant(conn: Conn, name: str, **fields: Any) -> asyncpg.Record:
             *fields.values(),
         )
     except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
-        raise ControlRefused(str(exc)) from exc
+        raise ControlRefused(refusal(exc)) from exc
     if row is None:
         raise TenantNotFound(f"no tenant named {name!r}")
     return row

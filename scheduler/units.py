@@ -13,6 +13,9 @@ class UnitError(argparse.ArgumentTypeError, ValueError):
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
+# 1h30m, 2d12h, 1m30s: whole-unit parts from the largest unit down, as systemd and Go write.
+_COMPOUND = re.compile(r"^\s*((?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+)\s*$", re.IGNORECASE)
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", re.IGNORECASE)
 _POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
 _SECONDS = {
     "ms": Decimal("0.001"),
@@ -38,11 +41,20 @@ def parse_size(text: str) -> int:
 
 
 def parse_duration(text: str) -> Decimal:
-    """Seconds from '30', '30s', '1.5m', '2h', '250ms'."""
+    """Seconds from '30', '30s', '1.5m', '2h', '250ms', '1h30m'."""
     match = _DURATION.match(text)
-    if not match:
-        raise UnitError(f"{text!r} is not a duration: use seconds or a number with ms, s, m, h, d")
-    return Decimal(match.group(1)) * _SECONDS[(match.group(2) or "s").lower()]
+    if match:
+        return Decimal(match.group(1)) * _SECONDS[(match.group(2) or "s").lower()]
+    compound = _COMPOUND.match(text)
+    if compound:
+        parts = [(Decimal(n), u.lower()) for n, u in _PART.findall(compound.group(1))]
+        order = [_SECONDS[u] for _, u in parts]
+        if order == sorted(order, reverse=True) and len(set(order)) == len(order):
+            return sum((n * _SECONDS[u] for n, u in parts), Decimal(0))
+    raise UnitError(
+        f"{text!r} is not a duration: use seconds or a number with ms, s, m, h, d "
+        "(e.g. 30s, 5m, 1h30m)"
+    )
 
 
 def parse_cores(text: str) -> Decimal:

@@ -72,6 +72,19 @@ async def export(
     tenant: str | None = None,
 ) -> str:
     """The billing export of [start, end) in ``fmt`` (csv, json or focus)."""
+    text, _ = await export_counted(conn, start=start, end=end, fmt=fmt, tenant=tenant)
+    return text
+
+
+async def export_counted(
+    conn: Conn,
+    *,
+    start: datetime,
+    end: datetime,
+    fmt: str,
+    tenant: str | None = None,
+) -> tuple[str, int]:
+    """:func:`export` and the number of usage rows it priced (0: the window found nothing)."""
     check_window(start, end)
     chosen = check_format(fmt)
     # One snapshot for rows and rates: a rate inserted meanwhile cannot half-apply.
@@ -96,4 +109,4 @@ async def export(
         for r in records
     ]
     lines = price(rows, rates, start=start, end=end)
-    return render(lines, chosen, start=start, end=end, tenant=tenant)
+    return render(lines, chosen, start=start, end=end, tenant=tenant), len(rows)

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from scheduler.api import billing, jobs, schedules, tenants
+from scheduler.api import billing, jobs, schedules, status, tenants
 from scheduler.api.auth import CHALLENGE, bearer
 from scheduler.api.context import deps
 from scheduler.api.deps import ApiDeps
@@ -117,6 +117,7 @@ def build_app(app_deps: ApiDeps) -> ASGIApp:
         Route("/v1/schedules/{name}", schedules.delete_schedule, methods=["DELETE"]),
         Route("/v1/schedules/{name}/pause", schedules.pause_schedule, methods=["POST"]),
         Route("/v1/schedules/{name}/resume", schedules.resume_schedule, methods=["POST"]),
+        *status.routes(),  # the status page for browsers: /, /jobs/ID, /login
     ]
     app = Starlette(
         routes=routes,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import anyio
 import asyncpg
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from scheduler import store
 from scheduler.api import logs
@@ -167,11 +169,6 @@ async def job_logs(request: Request) -> Response:
     app_deps = deps(request)
     async with app_deps.pool.acquire() as conn:
         row = await _visible_job(request, conn)
-    if row["attempts"] == 0:
-        return Response(b"", media_type="text/plain")
-    if row["node"] is not None and row["node"] != app_deps.node:
-        raise Problem(404, f"job {row['id']} ran on node {row['node']!r}: ask that node's API")
-    path = app_deps.runs_dir / f"{row['id']}-{row['attempts']}" / stream
     job_id = row["id"]
 
     async def finished() -> bool:
@@ -179,6 +176,17 @@ async def job_logs(request: Request) -> Response:
             state = await conn.fetchval("SELECT state FROM scheduler.jobs WHERE id = $1", job_id)
         return state in FINAL_STATES
 
+    if row["attempts"] == 0:
+        if follow == "false" or row["state"] in FINAL_STATES:
+            return Response(b"", media_type="text/plain")
+        # Following a queued job waits for it to start: a client that submits and follows
+        # at once must not get an empty answer because it asked too early.
+        return StreamingResponse(
+            _follow_queued(request, job_id, stream, finished), media_type="text/plain"
+        )
+    if row["node"] is not None and row["node"] != app_deps.node:
+        raise Problem(404, f"job {row['id']} ran on node {row['node']!r}: ask that node's API")
+    path = app_deps.runs_dir / f"{row['id']}-{row['attempts']}" / stream
     return await logs.respond(
         request,
         path,
@@ -186,3 +194,24 @@ async def job_logs(request: Request) -> Response:
         running=row["state"] not in FINAL_STATES,
         finished=finished,
     )
+
+
+async def _follow_queued(
+    request: Request, job_id: int, stream: str, finished: Callable[[], Awaitable[bool]]
+) -> AsyncIterator[bytes]:
+    app_deps = deps(request)
+    while True:
+        async with app_deps.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT state, attempts, node FROM scheduler.jobs WHERE id = $1", job_id
+            )
+        if row is None or (row["attempts"] == 0 and row["state"] in FINAL_STATES):
+            return
+        if row["attempts"] > 0:
+            break
+        await anyio.sleep(0.25)
+    if row["node"] is not None and row["node"] != app_deps.node:
+        return  # another node runs it: its output is there (a plain GET says so)
+    path = app_deps.runs_dir / f"{job_id}-{row['attempts']}" / stream
+    async for chunk in logs.follow_file(path, 0, finished):
+        yield chunk

@@ -101,7 +101,7 @@ async def _chunks(path: Path, start: int, end: int | None) -> AsyncIterator[byte
             yield data
 
 
-async def _follow(
+async def follow_file(
     path: Path, start: int, finished: Callable[[], Awaitable[bool]]
 ) -> AsyncIterator[bytes]:
     """From ``start`` on, as the file grows, until ``finished()`` and nothing more is left."""
@@ -138,7 +138,7 @@ async def respond(
     size = await anyio.to_thread.run_sync(_size, path)
     start = 0 if tail is None else max(0, size - tail)
     if follow and running:
-        return StreamingResponse(_follow(path, start, finished), media_type=MEDIA)
+        return StreamingResponse(follow_file(path, start, finished), media_type=MEDIA)
     headers = {"Accept-Ranges": "bytes"}
     status = 200
     window = parse_range(range_header, size)

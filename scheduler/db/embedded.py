@@ -44,16 +44,28 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from urllib.parse import quote
 
 import anyio
 import anyio.to_thread
 import asyncpg
-import structlog
 
 from scheduler.errors import EmbeddedPostgresError
 
-log = structlog.get_logger(__name__)
+
+class _Log:
+    """structlog's logger, imported on first use: every CLI command computes the embedded
+    server's URL from this module, and importing structlog (with rich, when installed) would
+    double `scheduler jobs`' start-up (bench/cli_startup.py)."""
+
+    def __getattr__(self, name: str) -> Any:
+        import structlog  # noqa: PLC0415
+
+        return getattr(structlog.get_logger(__name__), name)
+
+
+log = _Log()
 
 __all__ = [
     "FALLBACK_USER",
