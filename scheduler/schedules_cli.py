@@ -31,7 +31,7 @@ def add_parsers(
         help="add a schedule: scheduler schedules add NAME --cron '0 3 * * *' [options] -- CMD...",
     )
     add_common(add)
-    add.add_argument("name")
+    add.add_argument("name", help="the schedule's name, unique in its tenant")
     add.add_argument("--cron", help="5 fields, e.g. '*/15 * * * *' (required)")
     add.add_argument("--timezone", default="UTC", help="IANA name, e.g. Europe/Paris")
     add.add_argument(
@@ -41,26 +41,30 @@ def add_parsers(
         help="skip: no new job while the last one runs (default); queue: fire anyway",
     )
     add.add_argument("--paused", action="store_true", help="add it disabled")
-    add.add_argument("--tenant", default="default")
+    add.add_argument("--tenant", default="default", help="the tenant whose jobs it makes")
     # The job's fields, as for `scheduler submit` (absent: the database's defaults).
     add.add_argument("--job-name", help="the jobs' name (default: the schedule's)")
     add.add_argument("--cpu", type=parse_cores, help="cores, e.g. 0.5")
     add.add_argument("--memory", type=parse_size, help="e.g. 256M, 1G")
     add.add_argument("--pids", type=int, help="max processes")
     add.add_argument("--timeout", type=parse_duration, help="e.g. 30s, 5m")
-    add.add_argument("--priority", type=int)
-    add.add_argument("--max-attempts", type=int)
-    add.add_argument("--cwd")
-    add.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
+    add.add_argument("--priority", type=int, help="the jobs' priority (higher first)")
+    add.add_argument("--max-attempts", type=int, help="attempts per job, retries included")
+    add.add_argument("--cwd", help="the jobs' working directory")
+    add.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE", help="an environment variable"
+    )
     add.add_argument("--image", help="run on this image's layers")
     add.add_argument("--network", action="store_true", help="keep the host's network")
     add.add_argument("--io-read", type=parse_size, help="disk read bytes/s")
     add.add_argument("--io-write", type=parse_size, help="disk write bytes/s")
-    add.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    add.add_argument(
+        "argv", nargs=argparse.REMAINDER, metavar="-- CMD...", help="the command each job runs"
+    )
     _ADD_PARSER.append(add)
     listing = actions.add_parser("list", help="every schedule with its next due time")
     add_common(listing)
-    listing.add_argument("--tenant")
+    listing.add_argument("--tenant", help="only this tenant's schedules")
     for action, text in (
         ("pause", "stop firing (the due times while paused are not made up)"),
         ("resume", "fire again, from the next due time after now"),
@@ -68,8 +72,8 @@ def add_parsers(
     ):
         one = actions.add_parser(action, help=text)
         add_common(one)
-        one.add_argument("name")
-        one.add_argument("--tenant", default="default")
+        one.add_argument("name", help="the schedule's name")
+        one.add_argument("--tenant", default="default", help="the schedule's tenant")
     return {"schedules": cmd_schedules}
 
 
