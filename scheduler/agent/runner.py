@@ -18,9 +18,10 @@ from scheduler.agent.isolation import Isolator
 from scheduler.agent.recorder import Completion, Outbox
 from scheduler.agent.sampler import Sampler, counters_of, covering, final_usage
 from scheduler.agent.tenants import TenantCgroups
+from scheduler.agent.unkillable import KILL_RETRY_FIRST_SECONDS, KILL_RETRY_MAX_SECONDS, Unkillable
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, LaunchPlan, Limits, Usage
 from scheduler.cgroups.counters import final_read, parse_sample
-from scheduler.errors import LaunchError, SchedulerError
+from scheduler.errors import LaunchError, ProcessesSurvive, SchedulerError
 from scheduler.jobs import Job, decide_outcome
 from scheduler.runtime.forkserver import ForkServer, UnansweredLaunch
 from scheduler.runtime.identity import ended_or_running
@@ -131,6 +132,7 @@ class Runner:
         term_grace: float = TERM_GRACE_SECONDS,
         sampler: Sampler | None = None,
         node_fault: Callable[[], Awaitable[str | None]] | None = None,
+        unkillable: Unkillable | None = None,
     ) -> None:
         self._isolator = isolator or Isolator(
             SandboxPolicy(), ImageStore(runs_dir.parent / "images")
@@ -147,6 +149,7 @@ class Runner:
         self._node = node
         self._completions = completions
         self._sampler = sampler
+        self.unkillable = unkillable if unkillable is not None else Unkillable()
         # Why this node cannot start jobs now (a fresh check of its state disk), if it cannot:
         # an attempt that failed to start then goes back to the queue (see _released).
         self.node_fault = node_fault
@@ -273,7 +276,7 @@ class Runner:
                 _signal_all(plan, signal.SIGTERM)
                 with anyio.move_on_after(self._term_grace):
                     await wait_monitor(pid, pidfd)
-                await anyio.to_thread.run_sync(self._driver.kill, cgroup)
+                await self.kill_until_empty(job, cgroup)
                 await wait_monitor(pid, pidfd)
             await self.finish(
                 job,
@@ -300,7 +303,7 @@ class Runner:
         decide the outcome, hand it on."""
         recorded = _recorded_usage(record)
         if recorded is None:
-            await self._drain(cgroup)
+            await self._drain(job, cgroup)
         # Stop the sampler first: no period may be written after the closing one is computed.
         closed = await self._sampler.close(job) if self._sampler is not None else None
         mark = closed.mark if closed is not None else None
@@ -385,17 +388,41 @@ class Runner:
         if self._sampler is not None:
             self._sampler.adopt(job, cgroup)
 
-    async def _drain(self, cgroup: CgroupPath) -> None:
+    async def _drain(self, job: Job, cgroup: CgroupPath) -> None:
         """Wait until no process is left in the cgroup; kill stragglers after a bound."""
         deadline = time.monotonic() + DRAIN_SECONDS
         delay = 0.0005
         while self._driver.populated(cgroup):
             if time.monotonic() > deadline:
                 log.warning("job_cgroup_not_empty_killing")
-                self._driver.kill(cgroup)
+                await self.kill_until_empty(job, cgroup)
                 deadline = time.monotonic() + DRAIN_SECONDS
             await anyio.sleep(delay)
             delay = min(delay * 2, 0.05)
+
+    async def kill_until_empty(self, job: Job, cgroup: CgroupPath) -> None:
+        """Kill the attempt's cgroup until it is empty, however long its processes resist.
+
+        A process stuck in the kernel (throttled writeback, a hung mount) acts on SIGKILL
+        only when it leaves it: the attempt then stays running (its processes still hold
+        their share of the node), the kill is retried with backoff, and the registry makes
+        it visible; the end is recorded by the caller once the cgroup is empty."""
+        delay = KILL_RETRY_FIRST_SECONDS
+        try:
+            while True:
+                try:
+                    await anyio.to_thread.run_sync(self._driver.kill, cgroup)
+                except ProcessesSurvive as exc:
+                    await self.unkillable.survived(job, exc.pids, str(exc))
+                    if self._sampler is not None:
+                        self._sampler.quiet(job.id)
+                else:
+                    return
+                await anyio.sleep(delay)
+                delay = min(delay * 2, KILL_RETRY_MAX_SECONDS)
+        finally:
+            # The sampler stays quiet for the job until its end closes the metering.
+            self.unkillable.ended(job)
 
     async def _start_failed(
         self, job: Job, cgroup: CgroupPath | None, error: str, start_ns: int

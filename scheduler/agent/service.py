@@ -31,6 +31,7 @@ from scheduler.agent.sampler import Sampler
 from scheduler.agent.spool import UsageSpool
 from scheduler.agent.statedisk import StateDisk
 from scheduler.agent.tenants import TenantCgroups
+from scheduler.agent.unkillable import Unkillable
 from scheduler.api.app import build_app
 from scheduler.api.deps import ApiDeps
 from scheduler.api.metrics import metrics_renderer
@@ -196,6 +197,7 @@ async def run_agent(
             attempts=Attempts(),
             term_grace=settings.term_grace_seconds,
             sampler=sampler,
+            unkillable=Unkillable(pool, stats=stats, health=health),
         )
         controller = Controller(
             pool,
