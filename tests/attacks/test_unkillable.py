@@ -101,6 +101,7 @@ async def test_processes_that_survive_sigkill_keep_the_job_running_until_gone(
             assert ready.status_code == 503
             assert f"job(s) {job_id} survive SIGKILL" in ready.text
             row = await db.fetchrow("SELECT state, error FROM scheduler.jobs WHERE id = $1", job_id)
+            assert row is not None
             assert row["state"] == "running"  # its processes still hold the node
             assert "survive SIGKILL" in row["error"]
             # A few retries and sweeps while stuck: the job stays running and visible.
@@ -143,6 +144,7 @@ async def test_processes_that_survive_sigkill_keep_the_job_running_until_gone(
     totals = await db.fetchrow(
         "SELECT cpu_seconds, io_write_bytes FROM scheduler.jobs WHERE id = $1", job_id
     )
+    assert totals is not None
     assert totals["cpu_seconds"] == sum(r["cpu_seconds"] for r in rows)
     assert totals["io_write_bytes"] == sum(r["io_write_bytes"] for r in rows)
     record(
