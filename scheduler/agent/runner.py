@@ -287,6 +287,7 @@ class Runner:
             )
         finally:
             self.attempts.end(job.id)
+            self.unkillable.ended(job)  # a cancel's kill may have found it stuck
             if pidfd is not None:
                 os.close(pidfd)
 
@@ -414,8 +415,6 @@ class Runner:
                     await anyio.to_thread.run_sync(self._driver.kill, cgroup)
                 except ProcessesSurvive as exc:
                     await self.unkillable.survived(job, exc.pids, str(exc))
-                    if self._sampler is not None:
-                        self._sampler.quiet(job.id)
                 else:
                     return
                 await anyio.sleep(delay)

@@ -184,6 +184,7 @@ async def run_agent(
             # Launches then exec the monitor each time: slower, the same otherwise.
             log.warning("fork_server_unavailable", error=str(exc))
             fork_server = None
+        unkillable = Unkillable(pool, stats=stats, health=health, quiet=sampler.quiet)
         runner = Runner(
             driver=driver,
             tenants=tenants,
@@ -197,7 +198,7 @@ async def run_agent(
             attempts=Attempts(),
             term_grace=settings.term_grace_seconds,
             sampler=sampler,
-            unkillable=Unkillable(pool, stats=stats, health=health),
+            unkillable=unkillable,
         )
         controller = Controller(
             pool,
@@ -206,6 +207,7 @@ async def run_agent(
             tenants,
             node=settings.node_name,
             poll_interval=settings.poll_interval,
+            unkillable=unkillable,
         )
         dispatcher = Dispatcher(
             pool,

@@ -11,6 +11,7 @@ zero-valued usage rows for these attempts (a stuck process uses nothing most of 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -49,8 +50,11 @@ class Unkillable:
         *,
         stats: ServiceStats | None = None,
         health: Health | None = None,
+        quiet: Callable[[int], None] | None = None,
     ) -> None:
         self._pool = pool
+        # The sampler's: no zero-valued usage rows for a stuck attempt.
+        self._quiet = quiet
         self._stats = stats
         self._health = health
         self._stuck: dict[int, Stuck] = {}
@@ -76,6 +80,8 @@ class Unkillable:
                 error=error,
             )
             self._publish()
+            if self._quiet is not None:
+                self._quiet(job.id)
         else:
             stuck.tries += 1
             stuck.pids = len(pids)

@@ -66,9 +66,11 @@ async def get(base: str, path: str) -> httpx.Response:
         return await client.get(path)
 
 
+@pytest.mark.parametrize("end", ["timed_out", "cancelled"])
 async def test_processes_that_survive_sigkill_keep_the_job_running_until_gone(
-    dsn: str, db: asyncpg.Connection, state_dir: Path, cgroup_root: str
+    dsn: str, db: asyncpg.Connection, state_dir: Path, cgroup_root: str, end: str
 ) -> None:
+    # timed_out: the runner's kill at the time limit; cancelled: the controller's.
     icebox = FREEZER / f"{cgroup_root}-icebox"
     settings = agent_settings(
         dsn,
@@ -83,12 +85,17 @@ async def test_processes_that_survive_sigkill_keep_the_job_running_until_gone(
             agent = await start_agent(tg, settings)
             http = agent.ready.http
             assert http is not None
-            job_id = await submit(db, ["sleep", "600"], timeout_seconds=Decimal("3"))
+            limit = Decimal("3") if end == "timed_out" else None
+            job_id = await submit(db, ["sleep", "600"], timeout_seconds=limit)
             await wait_state(db, job_id, "running")
             with anyio.fail_after(20):
                 while len(pids := job_pids(cgroup_root, job_id)) < 2:  # init and sleep
                     await anyio.sleep(0.02)
             await freeze_into(icebox, pids)
+            if end == "cancelled":
+                await db.execute(
+                    "UPDATE scheduler.jobs SET desired_state = 'cancelled' WHERE id = $1", job_id
+                )
 
             # The time limit passes, SIGTERM and SIGKILL stay pending: the job is stuck.
             with anyio.fail_after(60):
@@ -114,7 +121,7 @@ async def test_processes_that_survive_sigkill_keep_the_job_running_until_gone(
 
             thaw_and_remove(icebox)
             (final,) = await wait_final(db, [job_id], timeout=60)
-            assert final["state"] == "timed_out"
+            assert final["state"] == end
             metrics = parse((await get(http, "/metrics")).text)
             assert metrics[("scheduler_unkillable_jobs", ())] == 0
             assert (await get(http, "/readyz")).json() == {"status": "ready"}
@@ -148,7 +155,7 @@ async def test_processes_that_survive_sigkill_keep_the_job_running_until_gone(
     assert totals["cpu_seconds"] == sum(r["cpu_seconds"] for r in rows)
     assert totals["io_write_bytes"] == sum(r["io_write_bytes"] for r in rows)
     record(
-        "job processes survive SIGKILL (v1-frozen, 10+ s)",
-        f"job {job_id} kept running with the kill retried, visible (metric, /readyz, error);"
-        f" ended timed_out once empty, {len(rows)} usage rows, none zero, one final",
+        f"job processes survive SIGKILL ({end.replace('_', ' ')}, v1-frozen)",
+        f"kept running with the kill retried, visible (metric, /readyz, error);"
+        f" ended {end} once empty, {len(rows)} usage rows, none zero, one final",
     )
