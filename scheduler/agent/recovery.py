@@ -22,7 +22,8 @@ from scheduler.agent.tenants import TenantCgroups
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits, Usage
 from scheduler.errors import ProcessesSurvive
 from scheduler.jobs import Job, Outcome
-from scheduler.runtime.identity import ended_or_running
+from scheduler.runtime.identity import ended_or_running, live_monitor_pid, reserved_identity
+from scheduler.runtime.records import mismatch
 from scheduler.runtime.spec import ExitRecord
 
 log = structlog.get_logger(__name__)
@@ -56,7 +57,7 @@ async def recover(
         found: ExitRecord | int | None = None
         run_dir = run_dirs[0]
         for candidate in run_dirs:
-            found = ended_or_running(candidate)
+            found = _ours(job, candidate, runner)
             if found is not None:
                 run_dir = candidate
                 break
@@ -97,6 +98,37 @@ async def recover(
                 continue
         await record_lost(job, cgroup, run_dirs[0])
     return adopted
+
+
+def _ours(job: Job, run_dir: Path, runner: Runner) -> ExitRecord | int | None:
+    """What ``run_dir`` holds of ``job``'s attempt (see ended_or_running): a record or a
+    live monitor of another attempt (a state directory that outlived its database) is
+    ignored, with one log line."""
+    found = ended_or_running(run_dir)
+    expected = runner.identity(job)
+    if found is None or expected is None:
+        return found
+    owner = found.identity if isinstance(found, ExitRecord) else reserved_identity(run_dir)
+    why = mismatch(expected, owner)
+    if why is None:
+        return found
+    log.warning(
+        "runtime_record_ignored",
+        job_id=job.id,
+        attempt=job.attempts,
+        run_dir=str(run_dir),
+        record="exit" if isinstance(found, ExitRecord) else "monitor",
+        found=owner,
+        expected=expected.token,
+        reason=why,
+    )
+    if not isinstance(found, ExitRecord):
+        return None
+    # A foreign exit record may sit beside this attempt's own live monitor (its reservation).
+    pid = live_monitor_pid(run_dir)
+    if pid is None or mismatch(expected, reserved_identity(run_dir)) is not None:
+        return None
+    return pid
 
 
 async def _lost_once_empty(

@@ -27,6 +27,7 @@ from scheduler.runtime.forkserver import ForkServer, UnansweredLaunch
 from scheduler.runtime.identity import ended_or_running
 from scheduler.runtime.images import ImageStore
 from scheduler.runtime.launcher import read_exit_record, remove_run_dir, spawn, wait_monitor
+from scheduler.runtime.records import AttemptIdentity, clear_leftovers
 from scheduler.runtime.sandbox import SandboxPolicy
 from scheduler.runtime.spec import ExitRecord, LaunchSpec
 
@@ -133,6 +134,8 @@ class Runner:
         sampler: Sampler | None = None,
         node_fault: Callable[[], Awaitable[str | None]] | None = None,
         unkillable: Unkillable | None = None,
+        database: str | None = None,
+        epoch: int | None = None,
     ) -> None:
         self._isolator = isolator or Isolator(
             SandboxPolicy(), ImageStore(runs_dir.parent / "images")
@@ -150,6 +153,9 @@ class Runner:
         self._completions = completions
         self._sampler = sampler
         self.unkillable = unkillable if unkillable is not None else Unkillable()
+        # Who this agent's attempts are (runtime/records.py); None: records carry no identity.
+        self._database = database
+        self._epoch = epoch
         # Why this node cannot start jobs now (a fresh check of its state disk), if it cannot:
         # an attempt that failed to start then goes back to the queue (see _released).
         self.node_fault = node_fault
@@ -178,6 +184,16 @@ class Runner:
         )
         run_dir = self.monitor_dir(job)
         output_dir = run_dir_for(self._runs_dir, job.id, job.attempts)
+        identity = self.identity(job)
+        # Two stats per launch (a thread hop costs more): another attempt's leftovers (a
+        # reset database reissues ids) are looked at in a thread.
+        if identity is not None and (
+            os.path.lexists(run_dir) or os.path.lexists(output_dir)  # noqa: ASYNC240
+        ):
+            refused = await self._clear_leftovers(run_dir, output_dir, identity)
+            if refused is not None:
+                await self._start_failed(job, None, refused, start_ns, keep=True)
+                return
         try:
             isolation = self._isolator.for_job(job, output_dir)
         except SchedulerError as exc:
@@ -199,6 +215,7 @@ class Runner:
             layers=isolation.layers,
             rootfs_dir=isolation.rootfs_dir,
             final_read=final_read(self._driver, cgroup),
+            identity=identity.token if identity is not None else None,
         )
         launched_ns = time.time_ns()
         pidfd: int | None = None
@@ -231,6 +248,34 @@ class Runner:
         if self._sampler is not None:
             self._sampler.register(job, cgroup, launched_ns)
         await self.supervise(job, cgroup, plan, pid, run_dir, pidfd=pidfd)
+
+    async def _clear_leftovers(
+        self, run_dir: Path, output_dir: Path, identity: AttemptIdentity
+    ) -> str | None:
+        """Clear another attempt's records from this attempt's directories; why the launch
+        is refused instead, if it is (logged loudly)."""
+        try:
+            found = await anyio.to_thread.run_sync(clear_leftovers, run_dir, output_dir, identity)
+        except (OSError, LaunchError) as exc:
+            refused = f"not launched: {exc}"
+        else:
+            log.warning(
+                "stale_run_dir_cleared",
+                run_dir=str(run_dir),
+                output_dir=str(output_dir),
+                found=found,
+                attempt_identity=identity.token,
+            )
+            return None
+        log.error("run_dir_refused", run_dir=str(run_dir), error=refused)
+        return refused
+
+    def identity(self, job: Job) -> AttemptIdentity | None:
+        """Whose records ``job``'s current attempt writes (None when this runner was made
+        without the database's identity: then they carry none)."""
+        if self._database is None or self._epoch is None:
+            return None
+        return AttemptIdentity.of(self._database, self._epoch, job)
 
     def monitor_dir(self, job: Job) -> Path:
         """Where the monitor of ``job``'s current attempt keeps its pid and exit record."""
@@ -424,9 +469,10 @@ class Runner:
             self.unkillable.ended(job)
 
     async def _start_failed(
-        self, job: Job, cgroup: CgroupPath | None, error: str, start_ns: int
+        self, job: Job, cgroup: CgroupPath | None, error: str, start_ns: int, *, keep: bool = False
     ) -> None:
-        """Record an attempt that never reached the monitor as failed, with the reason."""
+        """Record an attempt that never reached the monitor as failed, with the reason.
+        ``keep``: its directories hold another attempt's records, which stay."""
         record = ExitRecord("start_error", None, None, error, start_ns, time.time_ns(), 0, 0, 0)
         outcome = decide_outcome(
             record,
@@ -448,7 +494,7 @@ class Runner:
                 record.end_ns,
                 None,
                 release,
-                self.monitor_dir(job),
+                None if keep else self.monitor_dir(job),
             )
         )
 

@@ -185,6 +185,8 @@ async def run_agent(
             log.warning("fork_server_unavailable", error=str(exc))
             fork_server = None
         unkillable = Unkillable(pool, stats=stats, health=health, quiet=sampler.quiet)
+        # Written into every runtime record of this agent's attempts (runtime/records.py).
+        database = str(await pool.fetchval(q("database_identity")))
         runner = Runner(
             driver=driver,
             tenants=tenants,
@@ -199,6 +201,8 @@ async def run_agent(
             term_grace=settings.term_grace_seconds,
             sampler=sampler,
             unkillable=unkillable,
+            database=database,
+            epoch=lease.epoch,
         )
         controller = Controller(
             pool,

@@ -460,3 +460,10 @@ CROSS JOIN LATERAL (
     FROM scheduler.jobs j WHERE j.node = n.name AND j.state IN ('running', 'frozen')
 ) l
 ORDER BY n.name;
+
+-- name: database_identity
+-- Who this database is, for the runtime records of its attempts (migration 0011): its
+-- random id and its oid (a copy or restore into a new database gets a new one).
+SELECT i.id::text || '.' || d.oid::text
+FROM scheduler.instance i, pg_database d
+WHERE d.datname = current_database();

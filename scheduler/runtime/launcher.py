@@ -132,8 +132,11 @@ def monitor_argv(binary: Path, spec: LaunchSpec) -> list[str]:
         raise LaunchError(f"job {spec.job_id}: empty command")
     if spec.tmp_size_bytes <= 0:
         raise LaunchError(f"job {spec.job_id}: tmp size must be positive")
+    # First: a start error in the flags after it still carries whose record it is.
+    identity = ["--identity", spec.identity] if spec.identity is not None else []
     argv = [
         str(binary),
+        *identity,
         "--run-dir",
         str(spec.run_dir),
         "--hostname",
@@ -289,6 +292,8 @@ def parse_exit_record(text: str) -> ExitRecord:
         stime_us=_int_field("stime_us", fields["stime_us"]),
         maxrss_kb=_int_field("maxrss_kb", fields["maxrss_kb"]),
         counters=counters,
+        # Absent from records of earlier versions (and of launches that gave none).
+        identity=fields.get("identity") or None,
     )
 
 
