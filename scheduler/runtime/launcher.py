@@ -132,13 +132,14 @@ def monitor_argv(binary: Path, spec: LaunchSpec) -> list[str]:
         raise LaunchError(f"job {spec.job_id}: empty command")
     if spec.tmp_size_bytes <= 0:
         raise LaunchError(f"job {spec.job_id}: tmp size must be positive")
-    # First: a start error in the flags after it still carries whose record it is.
+    # Early (after the run dir, where a start error goes): a start error in a later flag
+    # still carries whose record it is.
     identity = ["--identity", spec.identity] if spec.identity is not None else []
     argv = [
         str(binary),
-        *identity,
         "--run-dir",
         str(spec.run_dir),
+        *identity,
         "--hostname",
         spec.hostname,
         "--cwd",
