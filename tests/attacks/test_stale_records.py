@@ -92,10 +92,9 @@ async def test_a_reset_database_never_gets_an_earlier_jobs_exit(
             assert new == [1, 2, 3]
             await wait_state(db, 3, "running")
             await wait_final(db, [1, 2])
-            # The launch cleared the earlier attempt's records (no monitor of it was alive).
-            cleared = {e["run_dir"] for e in log_events(log, "stale_run_dir_cleared")}
-            assert str(run_dir_for(monitors, 3, 1)) in cleared
             await wait_for(run_dir_for(monitors, 3, 1) / "exit.reserve")
+            # The launch cleared the earlier attempt's records (no monitor of it was alive).
+            assert not (run_dir_for(monitors, 3, 1) / "exit").exists()
             with anyio.fail_after(20):
                 while not (run_dir_for(runs, 3, 1) / "stdout").exists():
                     await anyio.sleep(0.02)
@@ -107,6 +106,8 @@ async def test_a_reset_database_never_gets_an_earlier_jobs_exit(
             await wait_ready(agent, log, 3)
             (job3,) = await wait_final(db, [3], timeout=60)
             assert (job3["state"], job3["exit_code"]) == ("failed", 7)
+            cleared = {e["run_dir"] for e in log_events(log, "stale_run_dir_cleared")}
+            assert str(run_dir_for(monitors, 3, 1)) in cleared
             ignored = [e for e in log_events(log, "runtime_record_ignored") if e["job_id"] == 3]
             assert len(ignored) == 1
             assert ignored[0]["reason"] == "it belongs to another database"
@@ -121,7 +122,7 @@ async def test_a_reset_database_never_gets_an_earlier_jobs_exit(
             await admin.execute(f"DROP DATABASE IF EXISTS {new_name} WITH (FORCE)")
         finally:
             await admin.close()
-        pass  # log kept
+        log.unlink(missing_ok=True)
     record(
         "stale exit record of a reset database's job 3",
         "cleared at the new job 3's launch; a copy planted before recovery was ignored"
