@@ -164,6 +164,18 @@ class Runner:
         """Run one claimed attempt to its end and hand its completion to the recorder."""
         structlog.contextvars.bind_contextvars(job_id=job.id, tenant=job.tenant)
         start_ns = time.time_ns()
+        run_dir = self.monitor_dir(job)
+        output_dir = run_dir_for(self._runs_dir, job.id, job.attempts)
+        identity = self.identity(job)
+        # Two stats per launch (a thread hop costs more): another attempt's leftovers (a
+        # reset database reissues ids) are looked at in a thread.
+        if identity is not None and (
+            os.path.lexists(run_dir) or os.path.lexists(output_dir)  # noqa: ASYNC240
+        ):
+            refused = await self._clear_leftovers(run_dir, output_dir, identity)
+            if refused is not None:
+                await self._start_failed(job, None, refused, start_ns, keep=True)
+                return
         try:
             chain = await self._tenants.chain(job.tenant)
         except Exception as exc:
@@ -182,18 +194,6 @@ class Runner:
                 io_devices=self._tenants.io_devices,
             ),
         )
-        run_dir = self.monitor_dir(job)
-        output_dir = run_dir_for(self._runs_dir, job.id, job.attempts)
-        identity = self.identity(job)
-        # Two stats per launch (a thread hop costs more): another attempt's leftovers (a
-        # reset database reissues ids) are looked at in a thread.
-        if identity is not None and (
-            os.path.lexists(run_dir) or os.path.lexists(output_dir)  # noqa: ASYNC240
-        ):
-            refused = await self._clear_leftovers(run_dir, output_dir, identity)
-            if refused is not None:
-                await self._start_failed(job, None, refused, start_ns, keep=True)
-                return
         try:
             isolation = self._isolator.for_job(job, output_dir)
         except SchedulerError as exc:
