@@ -8,6 +8,7 @@ write no zero-valued usage rows, and end once the processes are gone, billed exa
 
 from __future__ import annotations
 
+import re
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -17,6 +18,8 @@ import asyncpg
 import httpx
 import pytest
 
+from scheduler.agent.runner import run_dir_for
+from tests.agent_process import sigkill, start_serve, stop, wait_ready
 from tests.attacks.outcomes import record
 from tests.conftest import agent_settings, start_agent
 from tests.integration.test_agent import submit, wait_final, wait_state
@@ -161,4 +164,57 @@ async def test_processes_that_survive_sigkill_keep_the_job_running_until_gone(
         f"job processes survive SIGKILL ({end.replace('_', ' ')}, v1-frozen)",
         f"kept running with the kill retried, visible (metric, /readyz, error);"
         f" ended {end} once empty, {len(rows)} usage rows, none zero, one final",
+    )
+
+
+async def test_a_restart_finds_processes_that_survive_sigkill_without_their_monitor(
+    db: asyncpg.Connection, dsn: str, state_dir: Path, cgroup_root: str
+) -> None:
+    """At start-up, an attempt with neither a monitor nor a record whose processes resist
+    the kill: the agent must still start, keep the job running and visible while they do,
+    and record it lost, billed once, when they are gone."""
+    icebox = FREEZER / f"{cgroup_root}-icebox"
+    log = state_dir.parent / f"{state_dir.name}.log"
+    agent = start_serve(dsn, state_dir, cgroup_root, log)
+    try:
+        await wait_ready(agent, log, 1)
+        job_id = await submit(db, ["sleep", "600"], cpu=Decimal("0.1"))
+        await wait_state(db, job_id, "running")
+        with anyio.fail_after(20):
+            while len(pids := job_pids(cgroup_root, job_id)) < 2:
+                await anyio.sleep(0.02)
+        await freeze_into(icebox, pids)
+        sigkill(agent)
+        # The record is lost (its monitor, left alone, can no longer write it).
+        (run_dir_for(state_dir / "run", job_id, 1) / "exit.reserve").unlink()
+        agent = start_serve(dsn, state_dir, cgroup_root, log)
+        await wait_ready(agent, log, 2)
+        http = re.findall(r"HTTP API on http://([^/]+)/v1", log.read_text())[-1]
+        with anyio.fail_after(60):
+            while (
+                parse((await get(http, "/metrics")).text).get(("scheduler_unkillable_jobs", ()))
+                != 1
+            ):
+                await anyio.sleep(0.2)
+        row = await db.fetchrow("SELECT state, error FROM scheduler.jobs WHERE id = $1", job_id)
+        assert row is not None
+        assert row["state"] == "running"
+        assert "survive SIGKILL" in row["error"]
+        thaw_and_remove(icebox)
+        (final,) = await wait_final(db, [job_id], timeout=60)
+        assert final["state"] == "lost"
+        assert (
+            await db.fetchval(
+                "SELECT count(*) FROM scheduler.usage WHERE job_id = $1 AND final", job_id
+            )
+            == 1
+        )
+        assert parse((await get(http, "/metrics")).text)[("scheduler_unkillable_jobs", ())] == 0
+    finally:
+        stop(agent)
+        thaw_and_remove(icebox)
+        log.unlink(missing_ok=True)
+    record(
+        "processes survive SIGKILL, monitor and record gone, agent restarted",
+        "agent started; job kept running and visible until empty, then lost, one final row",
     )
