@@ -34,6 +34,15 @@ class CgroupError(SchedulerError):
     """A cgroup operation failed."""
 
 
+class ProcessesSurvive(CgroupError):
+    """Processes are still in a cgroup after its kill's time (e.g. stuck in the kernel, in
+    throttled writeback): the kill was sent and may still take, so it is worth retrying."""
+
+    def __init__(self, message: str, pids: list[int]) -> None:
+        super().__init__(message)
+        self.pids = pids
+
+
 class LaunchError(SchedulerError):
     """A job could not be launched."""
 

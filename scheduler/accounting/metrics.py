@@ -94,6 +94,8 @@ class ServiceStats:
     spooled_rows: int = 0
     # Conditions keeping the agent from all of its work (agent/health.py), 1 while they hold.
     conditions: dict[str, int] = field(default_factory=dict)
+    # Attempts whose processes survive SIGKILL now (agent/unkillable.py).
+    unkillable_jobs: int = 0
 
     def attempt_finished(self, tenant: str, state: str, dispatch_latency: float | None) -> None:
         """Count a recorded attempt (and its dispatch latency, when it has one)."""
@@ -111,6 +113,7 @@ class ServiceStats:
             self.spool_bytes,
             self.spooled_rows,
             dict(self.conditions),
+            self.unkillable_jobs,
         )
 
 
@@ -292,7 +295,12 @@ class SnapshotCollector(Collector):
         )
         for condition, value in sorted(stats.conditions.items()):
             degraded.add_metric([condition], float(value))
-        yield from (spool_rows, spool_bytes, spooled, degraded)
+        unkillable = GaugeMetricFamily(
+            "scheduler_unkillable_jobs",
+            "Running attempts whose processes survive SIGKILL (the kill is being retried).",
+        )
+        unkillable.add_metric([], float(stats.unkillable_jobs))
+        yield from (spool_rows, spool_bytes, spooled, degraded, unkillable)
         for name, doc, hist in (
             (
                 "scheduler_dispatch_latency_seconds",

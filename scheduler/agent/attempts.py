@@ -99,6 +99,10 @@ class Attempt:
     # attempt this agent launched starts verified: its cgroup is new, made unfrozen by its
     # monitor (a frozen tenant holds it through frozen_by_tenant, not its own cgroup).
     verified: bool = False
+    # A cancel's kill left processes behind: not tried again before kill_after (monotonic),
+    # the wait doubling each time (agent/unkillable.py).
+    kill_after: float = 0.0
+    kill_delay: float = 0.0
 
     @property
     def frozen(self) -> bool:

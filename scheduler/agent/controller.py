@@ -21,10 +21,11 @@ import structlog
 
 from scheduler.agent.attempts import Attempt, Attempts
 from scheduler.agent.tenants import TenantCgroups, tenant_limits
+from scheduler.agent.unkillable import KILL_RETRY_FIRST_SECONDS, KILL_RETRY_MAX_SECONDS, Unkillable
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits
 from scheduler.db.outage import DB_ERRORS, log_failure
 from scheduler.db.queries import q
-from scheduler.errors import CgroupError
+from scheduler.errors import CgroupError, ProcessesSurvive
 
 log = structlog.get_logger(__name__)
 # An action that could not be applied yet (the job's cgroup is still being created by its
@@ -49,8 +50,10 @@ class Controller:
         *,
         node: str,
         poll_interval: float,
+        unkillable: Unkillable | None = None,
     ) -> None:
         self._pool = pool
+        self._unkillable = unkillable
         self._driver = driver
         self._attempts = attempts
         self._tenants = tenants
@@ -225,7 +228,7 @@ class Controller:
                 log_.info("job_cancelling")
             attempt.cancelled = True
             if exists:
-                await self._call(self._driver.kill, cgroup, what="kill", job_id=job.id)
+                await self._cancel_kill(attempt)
             # Asked again until the runner has seen the end: a job whose monitor had not yet
             # put it into its cgroup is killed on the next round.
             return False
@@ -278,6 +281,23 @@ class Controller:
                 attempt.recorded_state = state
         if changes:
             await self._pool.executemany(q("set_job_state"), changes)
+
+    async def _cancel_kill(self, attempt: Attempt) -> None:
+        """Kill a cancelled attempt's cgroup; processes that survive it are retried with
+        backoff (a kill blocks a worker thread for its whole timeout) and made visible."""
+        if time.monotonic() < attempt.kill_after:
+            return
+        try:
+            await anyio.to_thread.run_sync(self._driver.kill, attempt.cgroup)
+        except ProcessesSurvive as exc:
+            attempt.kill_delay = min(
+                max(attempt.kill_delay * 2, KILL_RETRY_FIRST_SECONDS), KILL_RETRY_MAX_SECONDS
+            )
+            attempt.kill_after = time.monotonic() + attempt.kill_delay
+            if self._unkillable is not None:
+                await self._unkillable.survived(attempt.job, exc.pids, str(exc))
+        except CgroupError as exc:
+            log.warning("kill_failed", error=str(exc), job_id=attempt.job.id)
 
     async def _call(self, action: Callable[..., None], *args: Any, what: str, **ids: Any) -> bool:
         """Run a blocking driver call off the loop; a refusal is logged, never fatal."""

@@ -17,6 +17,7 @@ import structlog
 
 from scheduler.agent.attempts import Attempts
 from scheduler.cgroups.base import CgroupDriver, CgroupPath
+from scheduler.errors import ProcessesSurvive
 
 log = structlog.get_logger(__name__)
 _JOB = re.compile(r"^job-(\d+)$")
@@ -41,7 +42,12 @@ def job_cgroups(
 
 async def _kill_and_remove(driver: CgroupDriver, cgroup: CgroupPath) -> bool:
     if driver.populated(cgroup):
-        driver.kill(cgroup)
+        try:
+            driver.kill(cgroup)
+        except ProcessesSurvive as exc:
+            # Stuck in the kernel: left for the next start (the agent must still start).
+            log.warning("stale_attempt_unkillable", cgroup=str(cgroup), error=str(exc))
+            return False
     deadline = time.monotonic() + DRAIN_SECONDS
     while driver.populated(cgroup):
         if time.monotonic() > deadline:

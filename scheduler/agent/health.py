@@ -14,13 +14,15 @@ from scheduler.accounting.metrics import ServiceStats
 
 log = structlog.get_logger(__name__)
 
-Condition = Literal["state_disk", "descriptors", "usage", "completions"]
+Condition = Literal["state_disk", "descriptors", "usage", "completions", "unkillable"]
 # (event when the condition starts, event when it ends): the names operators grep for.
 EVENTS: dict[Condition, tuple[str, str]] = {
     "state_disk": ("state_disk_full", "state_disk_ok"),
     "descriptors": ("file_descriptors_exhausted", "file_descriptors_ok"),
     "usage": ("usage_writes_failing", "usage_writes_ok"),
     "completions": ("record_writes_failing", "record_writes_ok"),
+    # Logged per job by agent/unkillable.py; the condition itself is for /readyz.
+    "unkillable": ("unkillable_jobs", "unkillable_jobs_gone"),
 }
 
 

@@ -18,14 +18,16 @@ from scheduler.agent.isolation import Isolator
 from scheduler.agent.recorder import Completion, Outbox
 from scheduler.agent.sampler import Sampler, counters_of, covering, final_usage
 from scheduler.agent.tenants import TenantCgroups
+from scheduler.agent.unkillable import KILL_RETRY_FIRST_SECONDS, KILL_RETRY_MAX_SECONDS, Unkillable
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, LaunchPlan, Limits, Usage
 from scheduler.cgroups.counters import final_read, parse_sample
-from scheduler.errors import LaunchError, SchedulerError
+from scheduler.errors import LaunchError, ProcessesSurvive, SchedulerError
 from scheduler.jobs import Job, decide_outcome
 from scheduler.runtime.forkserver import ForkServer, UnansweredLaunch
 from scheduler.runtime.identity import ended_or_running
 from scheduler.runtime.images import ImageStore
 from scheduler.runtime.launcher import read_exit_record, remove_run_dir, spawn, wait_monitor
+from scheduler.runtime.records import AttemptIdentity, clear_leftovers
 from scheduler.runtime.sandbox import SandboxPolicy
 from scheduler.runtime.spec import ExitRecord, LaunchSpec
 
@@ -131,6 +133,9 @@ class Runner:
         term_grace: float = TERM_GRACE_SECONDS,
         sampler: Sampler | None = None,
         node_fault: Callable[[], Awaitable[str | None]] | None = None,
+        unkillable: Unkillable | None = None,
+        database: str | None = None,
+        epoch: int | None = None,
     ) -> None:
         self._isolator = isolator or Isolator(
             SandboxPolicy(), ImageStore(runs_dir.parent / "images")
@@ -147,6 +152,10 @@ class Runner:
         self._node = node
         self._completions = completions
         self._sampler = sampler
+        self.unkillable = unkillable if unkillable is not None else Unkillable()
+        # Who this agent's attempts are (runtime/records.py); None: records carry no identity.
+        self._database = database
+        self._epoch = epoch
         # Why this node cannot start jobs now (a fresh check of its state disk), if it cannot:
         # an attempt that failed to start then goes back to the queue (see _released).
         self.node_fault = node_fault
@@ -155,6 +164,18 @@ class Runner:
         """Run one claimed attempt to its end and hand its completion to the recorder."""
         structlog.contextvars.bind_contextvars(job_id=job.id, tenant=job.tenant)
         start_ns = time.time_ns()
+        run_dir = self.monitor_dir(job)
+        output_dir = run_dir_for(self._runs_dir, job.id, job.attempts)
+        identity = self.identity(job)
+        # Two stats per launch (a thread hop costs more): another attempt's leftovers (a
+        # reset database reissues ids) are looked at in a thread.
+        if identity is not None and (
+            os.path.lexists(run_dir) or os.path.lexists(output_dir)  # noqa: ASYNC240
+        ):
+            refused = await self._clear_leftovers(run_dir, output_dir, identity)
+            if refused is not None:
+                await self._start_failed(job, None, refused, start_ns, keep=True)
+                return
         try:
             chain = await self._tenants.chain(job.tenant)
         except Exception as exc:
@@ -173,8 +194,6 @@ class Runner:
                 io_devices=self._tenants.io_devices,
             ),
         )
-        run_dir = self.monitor_dir(job)
-        output_dir = run_dir_for(self._runs_dir, job.id, job.attempts)
         try:
             isolation = self._isolator.for_job(job, output_dir)
         except SchedulerError as exc:
@@ -196,6 +215,7 @@ class Runner:
             layers=isolation.layers,
             rootfs_dir=isolation.rootfs_dir,
             final_read=final_read(self._driver, cgroup),
+            identity=identity.token if identity is not None else None,
         )
         launched_ns = time.time_ns()
         pidfd: int | None = None
@@ -228,6 +248,34 @@ class Runner:
         if self._sampler is not None:
             self._sampler.register(job, cgroup, launched_ns)
         await self.supervise(job, cgroup, plan, pid, run_dir, pidfd=pidfd)
+
+    async def _clear_leftovers(
+        self, run_dir: Path, output_dir: Path, identity: AttemptIdentity
+    ) -> str | None:
+        """Clear another attempt's records from this attempt's directories; why the launch
+        is refused instead, if it is (logged loudly)."""
+        try:
+            found = await anyio.to_thread.run_sync(clear_leftovers, run_dir, output_dir, identity)
+        except (OSError, LaunchError) as exc:
+            refused = f"not launched: {exc}"
+        else:
+            log.warning(
+                "stale_run_dir_cleared",
+                run_dir=str(run_dir),
+                output_dir=str(output_dir),
+                found=found,
+                attempt_identity=identity.token,
+            )
+            return None
+        log.error("run_dir_refused", run_dir=str(run_dir), error=refused)
+        return refused
+
+    def identity(self, job: Job) -> AttemptIdentity | None:
+        """Whose records ``job``'s current attempt writes (None when this runner was made
+        without the database's identity: then they carry none)."""
+        if self._database is None or self._epoch is None:
+            return None
+        return AttemptIdentity.of(self._database, self._epoch, job)
 
     def monitor_dir(self, job: Job) -> Path:
         """Where the monitor of ``job``'s current attempt keeps its pid and exit record."""
@@ -273,7 +321,7 @@ class Runner:
                 _signal_all(plan, signal.SIGTERM)
                 with anyio.move_on_after(self._term_grace):
                     await wait_monitor(pid, pidfd)
-                await anyio.to_thread.run_sync(self._driver.kill, cgroup)
+                await self.kill_until_empty(job, cgroup)
                 await wait_monitor(pid, pidfd)
             await self.finish(
                 job,
@@ -284,6 +332,7 @@ class Runner:
             )
         finally:
             self.attempts.end(job.id)
+            self.unkillable.ended(job)  # a cancel's kill may have found it stuck
             if pidfd is not None:
                 os.close(pidfd)
 
@@ -300,7 +349,7 @@ class Runner:
         decide the outcome, hand it on."""
         recorded = _recorded_usage(record)
         if recorded is None:
-            await self._drain(cgroup)
+            await self._drain(job, cgroup)
         # Stop the sampler first: no period may be written after the closing one is computed.
         closed = await self._sampler.close(job) if self._sampler is not None else None
         mark = closed.mark if closed is not None else None
@@ -385,22 +434,45 @@ class Runner:
         if self._sampler is not None:
             self._sampler.adopt(job, cgroup)
 
-    async def _drain(self, cgroup: CgroupPath) -> None:
+    async def _drain(self, job: Job, cgroup: CgroupPath) -> None:
         """Wait until no process is left in the cgroup; kill stragglers after a bound."""
         deadline = time.monotonic() + DRAIN_SECONDS
         delay = 0.0005
         while self._driver.populated(cgroup):
             if time.monotonic() > deadline:
                 log.warning("job_cgroup_not_empty_killing")
-                self._driver.kill(cgroup)
+                await self.kill_until_empty(job, cgroup)
                 deadline = time.monotonic() + DRAIN_SECONDS
             await anyio.sleep(delay)
             delay = min(delay * 2, 0.05)
 
+    async def kill_until_empty(self, job: Job, cgroup: CgroupPath) -> None:
+        """Kill the attempt's cgroup until it is empty, however long its processes resist.
+
+        A process stuck in the kernel (throttled writeback, a hung mount) acts on SIGKILL
+        only when it leaves it: the attempt then stays running (its processes still hold
+        their share of the node), the kill is retried with backoff, and the registry makes
+        it visible; the end is recorded by the caller once the cgroup is empty."""
+        delay = KILL_RETRY_FIRST_SECONDS
+        try:
+            while True:
+                try:
+                    await anyio.to_thread.run_sync(self._driver.kill, cgroup)
+                except ProcessesSurvive as exc:
+                    await self.unkillable.survived(job, exc.pids, str(exc))
+                else:
+                    return
+                await anyio.sleep(delay)
+                delay = min(delay * 2, KILL_RETRY_MAX_SECONDS)
+        finally:
+            # The sampler stays quiet for the job until its end closes the metering.
+            self.unkillable.ended(job)
+
     async def _start_failed(
-        self, job: Job, cgroup: CgroupPath | None, error: str, start_ns: int
+        self, job: Job, cgroup: CgroupPath | None, error: str, start_ns: int, *, keep: bool = False
     ) -> None:
-        """Record an attempt that never reached the monitor as failed, with the reason."""
+        """Record an attempt that never reached the monitor as failed, with the reason.
+        ``keep``: its directories hold another attempt's records, which stay."""
         record = ExitRecord("start_error", None, None, error, start_ns, time.time_ns(), 0, 0, 0)
         outcome = decide_outcome(
             record,
@@ -422,7 +494,7 @@ class Runner:
                 record.end_ns,
                 None,
                 release,
-                self.monitor_dir(job),
+                None if keep else self.monitor_dir(job),
             )
         )
 

@@ -153,6 +153,12 @@ def mark_from_row(row: asyncpg.Record, launched_ns: int | None) -> Mark:
     )
 
 
+def _uses_nothing(period: Period) -> bool:
+    return not (
+        period.cpu_ns or period.memory_byte_seconds or period.io_read_bytes or period.io_write_bytes
+    )
+
+
 @dataclass(frozen=True)
 class Closed:
     """An attempt the sampler no longer meters."""
@@ -193,6 +199,8 @@ class Sampler:
         self._stats = stats or ServiceStats()
         self._tenant_paths = tenant_paths if tenant_paths is not None else {}
         self._attempts: dict[int, _Attempt] = {}
+        # Attempts whose processes survive the kill: no usage row while they use nothing.
+        self._quiet: set[int] = set()
         # Held by a sweep from read to commit; every attempt's end takes it once (close), so
         # a free lock is taken without a pass through the event loop.
         self._lock = anyio.Lock(fast_acquire=True)
@@ -216,6 +224,12 @@ class Sampler:
         seq = 0 if job.attempts <= 1 else job.usage_seq
         mark = Mark.fresh(launched_ns, seq) if seq is not None else None
         self._attempts[job.id] = _Attempt(job, cgroup, launched_ns, mark)
+
+    def quiet(self, job_id: int) -> None:
+        """Write no zero-valued rows for ``job_id`` from now on (processes that outlive the
+        kill sit in the kernel; the period is written once it uses something, or by the
+        closing row). Until the attempt's metering is closed."""
+        self._quiet.add(job_id)
 
     def adopt(self, job: Job, cgroup: CgroupPath) -> None:
         """Resume metering an attempt a previous agent started, from its committed rows."""
@@ -312,6 +326,8 @@ class Sampler:
                     counters=counters_of(sample),
                     memory_bytes=sample.memory_current_bytes,
                 )
+                if a.job.id in self._quiet and _uses_nothing(period):
+                    continue  # the mark stays: the next row covers this time too
                 periods.append((a, period, after))
             await self._store(periods)
         await self._publish(attempts)
@@ -477,6 +493,7 @@ class Sampler:
 
     def forget(self, job_id: int) -> None:
         """Drop a finished job's series from the snapshot at once (not at the next sweep)."""
+        self._quiet.discard(job_id)
         jobs = tuple(j for j in self.snapshot.jobs if j.job_id != job_id)
         if len(jobs) != len(self.snapshot.jobs):
             self.snapshot = replace(self.snapshot, jobs=jobs)

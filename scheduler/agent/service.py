@@ -34,6 +34,7 @@ from scheduler.agent.schedules import Clock, ScheduleFirer
 from scheduler.agent.spool import UsageSpool
 from scheduler.agent.statedisk import StateDisk
 from scheduler.agent.tenants import TenantCgroups
+from scheduler.agent.unkillable import Unkillable
 from scheduler.api.app import build_app
 from scheduler.api.dbwait import ApiPool
 from scheduler.api.deps import ApiDeps
@@ -211,6 +212,9 @@ async def run_agent(
             # Launches then exec the monitor each time: slower, the same otherwise.
             log.warning("fork_server_unavailable", error=str(exc))
             fork_server = None
+        unkillable = Unkillable(pool, stats=stats, health=health, quiet=sampler.quiet)
+        # Written into every runtime record of this agent's attempts (runtime/records.py).
+        database = str(await pool.fetchval(q("database_identity")))
         runner = Runner(
             driver=driver,
             tenants=tenants,
@@ -224,6 +228,9 @@ async def run_agent(
             attempts=Attempts(),
             term_grace=settings.term_grace_seconds,
             sampler=sampler,
+            unkillable=unkillable,
+            database=database,
+            epoch=lease.epoch,
         )
         controller = Controller(
             pool,
@@ -232,6 +239,7 @@ async def run_agent(
             tenants,
             node=settings.node_name,
             poll_interval=settings.poll_interval,
+            unkillable=unkillable,
         )
         dispatcher = Dispatcher(
             pool,

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
 from scheduler.cgroups.parse import parse_pids
-from scheduler.errors import CgroupError
+from scheduler.errors import CgroupError, ProcessesSurvive
 
 # Larger than any counter file we read (memory.stat is ~1.5 KiB, io.stat grows per device).
 _READ_SIZE = 64 * 1024
@@ -221,6 +221,7 @@ def kill_until_empty(
             left = list_pids()
             if not left:
                 return
-            raise CgroupError(
-                f"{len(left)} processes in {where} survived SIGKILL for {timeout} s: {left[:10]}"
+            raise ProcessesSurvive(
+                f"{len(left)} processes in {where} survived SIGKILL for {timeout} s: {left[:10]}",
+                left,
             )

@@ -40,7 +40,7 @@ from scheduler.cgroups.parse import (
     parse_io_stat,
     parse_pressure,
 )
-from scheduler.errors import CgroupError
+from scheduler.errors import CgroupError, ProcessesSurvive
 
 CPU_PERIOD_US = 100_000
 # The kernel rejects quotas under 1 ms (min_cfs_quota_period in kernel/sched/core.c).
@@ -413,7 +413,9 @@ class V2Driver:
             # passes cgroup_exit(), so "populated" drops a little later.
             if fs.wait_until(lambda: not self.populated(path), self.kill_timeout):
                 return
-            raise CgroupError(f"{d} still has processes {self.kill_timeout} s after cgroup.kill")
+            raise ProcessesSurvive(
+                f"{d} still has processes {self.kill_timeout} s after cgroup.kill", fs.pids_below(d)
+            )
         froze = False
 
         def freeze() -> bool:

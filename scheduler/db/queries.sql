@@ -558,3 +558,9 @@ FROM (
       AND a.query_start < clock_timestamp() - make_interval(secs => $2)
       AND scheduler.is_tenant_role(s.usename)
 ) x;
+-- name: database_identity
+-- Who this database is, for the runtime records of its attempts (migration 0011): its
+-- random id and its oid (a copy or restore into a new database gets a new one).
+SELECT i.id::text || '.' || d.oid::text
+FROM scheduler.instance i, pg_database d
+WHERE d.datname = current_database();

@@ -22,14 +22,27 @@ def monitor_pid(run_dir: Path) -> int | None:
     return identity[0] if identity is not None else None
 
 
-def _monitor_identity(run_dir: Path) -> tuple[int, int | None] | None:
-    """(pid, start time in clock ticks or None) of the attempt's monitor, as it wrote them."""
+def _reserve_head(run_dir: Path) -> dict[bytes, bytes]:
+    """The ``key=value`` lines at the head of the reserved record (zeros follow them)."""
     try:
         with (run_dir / RESERVE_FILE).open("rb") as reserve:
-            head = reserve.read(128).split(b"\0", 1)[0]
+            # pid, start time and identity (at most 200 bytes, see monitor.c)
+            head = reserve.read(512).split(b"\0", 1)[0]
     except OSError:
         head = b""
-    fields = dict(line.partition(b"=")[::2] for line in head.split(b"\n") if b"=" in line)
+    return dict(line.partition(b"=")[::2] for line in head.split(b"\n") if b"=" in line)
+
+
+def reserved_identity(run_dir: Path) -> str | None:
+    """The attempt identity the monitor wrote into its reservation (runtime/records.py);
+    None if there is none (no reservation, or one of an earlier version)."""
+    value = _reserve_head(run_dir).get(b"identity")
+    return value.decode("ascii", errors="replace") if value else None
+
+
+def _monitor_identity(run_dir: Path) -> tuple[int, int | None] | None:
+    """(pid, start time in clock ticks or None) of the attempt's monitor, as it wrote them."""
+    fields = _reserve_head(run_dir)
     try:
         if b"monitor_pid" in fields:
             start = fields.get(b"monitor_start")

@@ -132,10 +132,14 @@ def monitor_argv(binary: Path, spec: LaunchSpec) -> list[str]:
         raise LaunchError(f"job {spec.job_id}: empty command")
     if spec.tmp_size_bytes <= 0:
         raise LaunchError(f"job {spec.job_id}: tmp size must be positive")
+    # Early (after the run dir, where a start error goes): a start error in a later flag
+    # still carries whose record it is.
+    identity = ["--identity", spec.identity] if spec.identity is not None else []
     argv = [
         str(binary),
         "--run-dir",
         str(spec.run_dir),
+        *identity,
         "--hostname",
         spec.hostname,
         "--cwd",
@@ -289,6 +293,8 @@ def parse_exit_record(text: str) -> ExitRecord:
         stime_us=_int_field("stime_us", fields["stime_us"]),
         maxrss_kb=_int_field("maxrss_kb", fields["maxrss_kb"]),
         counters=counters,
+        # Absent from records of earlier versions (and of launches that gave none).
+        identity=fields.get("identity") or None,
     )
 
 

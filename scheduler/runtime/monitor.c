@@ -184,6 +184,38 @@ static int write_atomic(const char *dir, const char *name, const char *text)
 #define COUNTERS_MAX (RECORD_RESERVE - RECORD_BASE)
 static int reserve_fd = -1;
 
+/* Whose record this is ("--identity": the database, node epoch, job, attempt, as the agent
+ * spells it): written as an "identity=" line into the reservation and the exit record, so
+ * that a record left by another attempt with the same directory name (a reset database
+ * issues ids again) is never taken for this one's. NULL: none given (no line written). */
+#define IDENTITY_MAX 200
+static const char *record_identity;
+
+/* Keep `text` as the identity; -1 (with errbuf set) if it is not 1..IDENTITY_MAX bytes of
+ * [A-Za-z0-9:._-] (it becomes the value of a record line). */
+static int set_identity(const char *text)
+{
+    static const char allowed[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                  "0123456789:._-";
+    size_t len = strlen(text);
+    if (len == 0 || len > IDENTITY_MAX || strspn(text, allowed) != len) {
+        set_error("monitor: bad --identity %.64s", text);
+        return -1;
+    }
+    record_identity = text;
+    return 0;
+}
+
+/* The identity's record line ("identity=...\n"), or "" when there is none. */
+static const char *identity_line(void)
+{
+    static char line[IDENTITY_MAX + 16];
+    if (!record_identity)
+        return "";
+    snprintf(line, sizeof line, "identity=%s\n", record_identity);
+    return line;
+}
+
 /* This process's start time (clock ticks after boot, /proc/self/stat field 22): with the
  * pid, it names the monitor for good (a recycled pid has another start time), also when
  * a fork server made it and its command line is the server's. 0 if unreadable. */
@@ -210,8 +242,8 @@ static int reserve_record(const char *dir)
     static char block[RECORD_RESERVE];
     if (join(path, sizeof path, dir, RESERVE_NAME) != 0)
         return -1;
-    snprintf(block, sizeof block, "monitor_pid=%d\nmonitor_start=%llu\n", (int)getpid(),
-             start_ticks());
+    snprintf(block, sizeof block, "monitor_pid=%d\nmonitor_start=%llu\n%s", (int)getpid(),
+             start_ticks(), identity_line());
     /* Written whole into a file created empty: a reader sees the line or nothing. */
     int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
     if (fd < 0)
@@ -270,11 +302,11 @@ static int write_record(const char *dir, const char *kind, int exit_code, int si
             *p = ' ';
     snprintf(text, RECORD_BASE,
              "kind=%s\nexit_code=%s\nsignal=%s\nerror=%s\nstart_ns=%lld\nend_ns=%lld\n"
-             "utime_us=%lld\nstime_us=%lld\nmaxrss_kb=%ld\n",
+             "utime_us=%lld\nstime_us=%lld\nmaxrss_kb=%ld\n%s",
              kind, code, signo, err, start_ns, end_ns,
              (long long)ru->ru_utime.tv_sec * 1000000LL + ru->ru_utime.tv_usec,
              (long long)ru->ru_stime.tv_sec * 1000000LL + ru->ru_stime.tv_usec,
-             ru->ru_maxrss);
+             ru->ru_maxrss, identity_line());
     size_t used = strlen(text), extra = strlen(counters);
     if (extra < COUNTERS_MAX) /* always, by final_counters() */
         memcpy(text + used, counters, extra + 1);
@@ -372,6 +404,9 @@ static int parse_args(int argc, char **argv, struct opts *o)
             o->lowers[o->n_lowers++] = argv[++i];
         } else if (strcmp(a, "--empty-check") == 0) {
             o->empty_check = argv[++i];
+        } else if (strcmp(a, "--identity") == 0) {
+            if (set_identity(argv[++i]) != 0)
+                return -1;
         } else {
             set_error("monitor: bad argument %s", a);
             return -1;

@@ -38,6 +38,8 @@ class LaunchSpec:
     rootfs_dir: Path | None = None
     # The cgroup files the monitor reads once the job has ended (None: the agent reads them).
     final_read: FinalRead | None = None
+    # Whose attempt this is (runtime/records.py), written into its records by the monitor.
+    identity: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,3 +84,6 @@ class ExitRecord:
     # The final counter files' texts by logical name, read by the monitor once the cgroup
     # was empty; None when it did not read them (the agent then reads the cgroup itself).
     counters: dict[str, str] | None = None
+    # The identity of the attempt that wrote it (runtime/records.py); None in records of
+    # earlier versions.
+    identity: str | None = None

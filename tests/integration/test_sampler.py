@@ -187,3 +187,44 @@ async def test_v2_sweeps_bill_the_deltas_of_captured_counters(
         / 1_000_000
     )
     assert rows[1]["memory_byte_seconds"] == 187035648 * seconds
+
+
+async def test_a_quiet_attempt_gets_no_zero_valued_rows(
+    dsn: str, db: asyncpg.Connection, cgroup_root: str
+) -> None:
+    """An attempt whose processes survive the kill (agent/unkillable.py) is quiet: a period in
+    which it used nothing writes no row, and the next row covers that time, without a gap."""
+    driver = open_driver(cgroup_root)
+    driver.ensure(CgroupPath(()), Limits())
+    driver.ensure(CgroupPath(("default",)), Limits())
+    cgroup = CgroupPath(("default", "job-1"))
+    for d in driver.plan(cgroup, Limits()).mkdirs:
+        os.makedirs(d, exist_ok=True)  # an empty cgroup: every period's usage is zero
+    row = await db.fetchrow(
+        "INSERT INTO scheduler.jobs (argv) VALUES (ARRAY['sleep', '30']) RETURNING *"
+    )
+    assert row is not None
+    await db.execute(
+        "UPDATE scheduler.jobs SET state = 'running', attempts = 1, node = 'n', "
+        "started_at = now() WHERE id = $1",
+        row["id"],
+    )
+    job = Job.from_row(await db.fetchrow("SELECT * FROM scheduler.jobs WHERE id = $1", row["id"]))
+    pool = await create_pool(dsn, min_size=1, max_size=2)
+    try:
+        sampler = Sampler(pool, driver, node="n", interval=1)
+        sampler.register(job, cgroup, time.time_ns())
+        assert await sampler.sweep() == 1  # not quiet: a zero row, as before
+        sampler.quiet(job.id)
+        mark = sampler._attempts[job.id].mark
+        assert await sampler.sweep() == 0
+        assert await sampler.sweep() == 0
+        assert sampler._attempts[job.id].mark == mark  # the time stays for the next row
+        closed = await sampler.close(job)
+        assert closed.mark == mark
+        if closed.reader is not None:
+            closed.reader.close()
+        assert await db.fetchval("SELECT count(*) FROM scheduler.usage") == 1
+        assert job.id not in sampler._quiet  # closing forgot it
+    finally:
+        await pool.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -230,3 +231,28 @@ def test_monitor_argv_final_read_before_the_command(tmp_path: Path) -> None:
         "--empty-check",
         "/cg/unified/a/job-7/cgroup.events",
     ]
+
+
+def test_identity_is_optional_and_kept() -> None:
+    # Records of earlier versions have no identity line; this version's have one.
+    assert parse_exit_record(GOOD).identity is None
+    token = "0b5e7c2a-8d4e-4f7b-9a51-3c0d2e6f1a90.16384:2:3:1:1765000000123456"
+    assert parse_exit_record(GOOD + f"identity={token}\n").identity == token
+
+
+def test_identity_goes_right_after_the_run_dir() -> None:
+    spec = LaunchSpec(
+        job_id=3,
+        attempt=1,
+        argv=("true",),
+        env={},
+        cwd="/",
+        hostname="h",
+        run_dir=Path("/run/x/3-1"),
+        plan=LaunchPlan(),
+        identity="db.1:2:3:1:5",
+    )
+    argv = monitor_argv(Path("/bin/monitor"), spec)
+    assert argv[1:5] == ["--run-dir", "/run/x/3-1", "--identity", "db.1:2:3:1:5"]
+    no_identity = monitor_argv(Path("/bin/monitor"), dataclasses.replace(spec, identity=None))
+    assert "--identity" not in no_identity

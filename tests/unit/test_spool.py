@@ -102,7 +102,13 @@ def test_conditions_are_published_and_listed() -> None:
     health.fail("usage", "usage rows are spooled on disk: x")
     health.fail("state_disk", "state directory full: y")
     assert health.reasons() == ["state directory full: y", "usage rows are spooled on disk: x"]
-    assert stats.conditions == {"state_disk": 1, "descriptors": 0, "usage": 1, "completions": 0}
+    assert stats.conditions == {
+        "state_disk": 1,
+        "descriptors": 0,
+        "usage": 1,
+        "completions": 0,
+        "unkillable": 0,
+    }
     health.ok("state_disk")
     health.ok("state_disk")
     assert health.reason("state_disk") is None and stats.conditions["state_disk"] == 0
