@@ -16,7 +16,7 @@ from scheduler.accounting import periods
 from scheduler.agent.attempts import Attempts
 from scheduler.agent.isolation import Isolator
 from scheduler.agent.recorder import Completion, Outbox
-from scheduler.agent.sampler import Sampler, counters_of, covering, final_usage
+from scheduler.agent.sampler import Closed, Sampler, counters_of, covering, final_usage
 from scheduler.agent.tenants import TenantCgroups
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, LaunchPlan, Limits, Usage
 from scheduler.cgroups.counters import final_read, parse_sample
@@ -110,6 +110,26 @@ async def _find_unanswered(run_dir: Path) -> int | ExitRecord | None:
         if found is not None or time.monotonic() > deadline:
             return found
         await anyio.sleep(0.01)
+
+
+def closing_peak(driver: CgroupDriver, usage: Usage, closed: Closed | None) -> int | None:
+    """The highest memory of an attempt's closing period, None where the kernel cannot say.
+
+    The sampler's kept-open peak file was reset at its last sweep: read through it, it tells
+    the closing period's peak (on v2 the reset is seen through that open file only, so the
+    monitor's final read shows the lifetime peak). On v1 the reset is the cgroup's own, so
+    the final read tells it too; on v2 without a resettable peak it is unknown.
+    """
+    pending = closed.peak if closed is not None else 0
+    reader = closed.reader if closed is not None else None
+    if reader is not None and reader.resets_peak:
+        try:
+            return max(pending, reader.read().memory_peak_bytes)
+        except OSError:
+            pass  # the cgroup is gone: the final read's value is all there is
+    if driver.name == "v1":
+        return max(pending, usage.memory_peak_bytes)
+    return None
 
 
 class Runner:
@@ -304,12 +324,14 @@ class Runner:
         # Stop the sampler first: no period may be written after the closing one is computed.
         closed = await self._sampler.close(job) if self._sampler is not None else None
         mark = closed.mark if closed is not None else None
+        peak: int | None = None
         try:
             usage = (
                 recorded
                 if recorded is not None
                 else await final_usage(self._driver, cgroup, closed.reader if closed else None)
             )
+            peak = closing_peak(self._driver, usage, closed)
         except Exception:
             log.exception("final_usage_read_failed")
             usage = Usage()
@@ -333,7 +355,7 @@ class Runner:
         start_ns = record.start_ns if record else now
         end_ns = record.end_ns if record else now
         end_ns = max(start_ns, end_ns)
-        usage, closing = self.closing_row(mark, usage, start_ns, end_ns)
+        usage, closing = self.closing_row(mark, usage, start_ns, end_ns, peak)
         release = None
         if record is None or record.kind == "start_error":
             release = await self._released(job)
@@ -354,11 +376,16 @@ class Runner:
 
     @staticmethod
     def closing_row(
-        mark: periods.Mark | None, usage: Usage, exec_ns: int, end_ns: int
+        mark: periods.Mark | None,
+        usage: Usage,
+        exec_ns: int,
+        end_ns: int,
+        period_peak: int | None = None,
     ) -> tuple[Usage, periods.Period | None]:
         """The totals to record and the closing usage row (the final counters minus what the
         sampler already billed). The totals never fall below what the rows already billed (a
-        failed final read reads zeros), so that the rows always sum to them."""
+        failed final read reads zeros), so that the rows always sum to them.
+        ``period_peak``: the memory peak since the last row (see :func:`closing_peak`)."""
         if mark is None:
             return usage, None
         usage = covering(usage, mark)
@@ -368,6 +395,7 @@ class Runner:
             end_ns=end_ns,
             counters=counters_of(usage),
             memory_bytes=usage.memory_current_bytes,
+            period_peak=period_peak,
         )
         return usage, closing
 

@@ -12,6 +12,11 @@ statement, and publishes a snapshot for Prometheus. Exactness rests on three rul
   from the rows already in Postgres before it is used again, and only once no spooled row
   waits (the spool would otherwise hold rows the reload does not see).
 
+Sample times are not predictable: each sweep comes a random 50-150% of ``sample_interval``
+after the previous one (drawn from the OS's entropy), so a tenant cannot time its memory
+around them; and each sweep resets the kernel's memory peak of every job it read, so that a
+period is billed at no less than the job's highest memory in it (accounting/periods.py).
+
 When the database is away or full, a sweep's rows go to the usage spool (agent/spool.py) and
 the marks advance as if committed; while spooled rows wait, new rows go behind them. When the
 spool is at its bound, the marks stay where they are: the next row that can be stored covers
@@ -21,6 +26,7 @@ all the periods in between (counters are cumulative), so nothing is dropped.
 from __future__ import annotations
 
 import contextlib
+import secrets
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -57,6 +63,7 @@ STATEMENT_TIMEOUT = 30.0
 # PSI files read for each tenant's cgroup at every sweep.
 PSI_RESOURCES = ("cpu", "memory", "io")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_RANDOM = secrets.SystemRandom()
 
 
 def to_datetime(ns: int) -> datetime:
@@ -155,10 +162,15 @@ def mark_from_row(row: asyncpg.Record, launched_ns: int | None) -> Mark:
 
 @dataclass(frozen=True)
 class Closed:
-    """An attempt the sampler no longer meters."""
+    """An attempt the sampler no longer meters.
+
+    ``peak``: the highest memory the sampler read since the mark (0: none), which the
+    closing period covers too when a sweep's rows were not kept.
+    """
 
     mark: Mark
     reader: CounterReader | None
+    peak: int = 0
 
 
 @dataclass
@@ -169,6 +181,9 @@ class _Attempt:
     mark: Mark | None  # None: reload from Postgres before use
     reader: CounterReader | None = None
     last: Sample | None = None
+    # The highest memory.peak read since the mark (the kernel's mark is reset at each read,
+    # so a period whose row was not kept still bills its peak in the next one).
+    peak: int = 0
 
 
 class Sampler:
@@ -232,10 +247,11 @@ class Sampler:
             attempt = self._attempts.pop(job.id, None)
             self.forget(job.id)
             reader = attempt.reader if attempt is not None else None
+            peak = attempt.peak if attempt is not None else 0
             if attempt is not None and attempt.mark is not None:
-                return Closed(attempt.mark, reader)
+                return Closed(attempt.mark, reader, peak)
         try:
-            return Closed(await self._mark_from_db(job, attempt), reader)
+            return Closed(await self._mark_from_db(job, attempt), reader, peak)
         except BaseException:
             if reader is not None:
                 reader.close()
@@ -267,14 +283,20 @@ class Sampler:
         )
         return {int(r["job_id"]): mark_from_row(r, launched.get(int(r["job_id"]))) for r in rows}
 
+    def next_gap(self) -> float:
+        """Seconds to the next sweep: a uniform 50-150% of the interval, from the OS's
+        entropy (a tenant who saw every earlier sample time cannot tell the next one)."""
+        return self._interval * (0.5 + _RANDOM.random())
+
     async def run(self) -> None:
-        """Sweep every ``interval`` seconds, on a fixed grid (a slow sweep skips no period)."""
+        """Sweep about every ``interval`` seconds at unpredictable times (a slow sweep skips
+        no period: the next is due from when the last was due, not from when it ended)."""
         next_at = time.monotonic()
         while True:
-            next_at += self._interval
+            next_at += self.next_gap()
             await anyio.sleep(max(0.0, next_at - time.monotonic()))
             if time.monotonic() - next_at > self._interval:
-                next_at = time.monotonic()  # fell far behind (suspended host): restart the grid
+                next_at = time.monotonic()  # fell far behind (suspended host): start afresh
             try:
                 await self.sweep()
             except Exception:  # one bad sweep must not stop metering; the next one retries
@@ -304,13 +326,17 @@ class Sampler:
                 if sample is not None and sample.oom_kills > before:
                     await self._oom_seen(a)
                 a.last = sample or a.last
-                if sample is None or a.mark is None:
+                if sample is None:
+                    continue
+                a.peak = max(a.peak, sample.memory_peak_bytes)
+                if a.mark is None:
                     continue
                 period, after = advance(
                     a.mark,
                     at_ns=at_ns,
                     counters=counters_of(sample),
                     memory_bytes=sample.memory_current_bytes,
+                    period_peak=a.peak if a.reader is not None and a.reader.resets_peak else None,
                 )
                 periods.append((a, period, after))
             await self._store(periods)
@@ -335,8 +361,10 @@ class Sampler:
         for a in attempts:
             try:
                 if a.reader is None:
-                    a.reader = CounterReader(counter_files(self._driver, a.cgroup))
+                    a.reader = CounterReader(counter_files(self._driver, a.cgroup), reset_peak=True)
                 samples.append(a.reader.read())
+                # Right after the read: the next read tells the next period's peak alone.
+                a.reader.reset_peak()
             except OSError:
                 # Not created yet by the monitor, or removed: nothing to bill this sweep.
                 samples.append(None)
@@ -357,7 +385,7 @@ class Sampler:
             # Behind the rows already waiting: never straight to Postgres, never out of order.
             if await self._to_spool(rows):
                 for a, _, after in periods:
-                    a.mark = after
+                    a.mark, a.peak = after, 0
             return
         try:
             await self._write([(a, p) for a, p, _ in periods])
@@ -368,7 +396,7 @@ class Sampler:
                 # Spooled rows may have committed too (a timeout): their replay is a no-op.
                 if await self._to_spool(rows):
                     for a, _, after in periods:
-                        a.mark = after
+                        a.mark, a.peak = after, 0
                     return
             else:
                 log.exception("usage_write_failed", rows=len(rows), error=describe(exc))
@@ -377,7 +405,7 @@ class Sampler:
                 a.mark = None
         else:
             for a, _, after in periods:
-                a.mark = after
+                a.mark, a.peak = after, 0
             self._health.ok("usage")
 
     async def _write(self, rows: list[tuple[_Attempt, Period]]) -> None:

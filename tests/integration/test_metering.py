@@ -1,0 +1,90 @@
+"""Metering that cannot be dodged: a job that times its memory around the sampler's sweeps is
+billed like its honest twin (the kernel's peak is reset at every sweep, and sweeps come at
+unpredictable times)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import anyio
+import asyncpg
+import pytest
+
+from tests.conftest import agent_settings, start_agent
+from tests.integration.test_agent import submit, wait_final, wait_state
+
+pytestmark = pytest.mark.anyio
+
+INTERVAL = 1.0
+FAST = {"sample_interval": INTERVAL, "sample_interval_floor": 0.1}
+MIB = 1 << 20
+PYTHON = "/usr/bin/python3"
+
+# The evasion: hold 300 MiB, but release it from 0.1 s before each sweep the tenant expects
+# (from its own rows' period ends) to 0.05 s after it, as the job of issue 16 did. Both jobs
+# end at the same instant (END), so that they are billed over the same time.
+EVADER = """
+import os, time
+interval, phase, end = float(os.environ["INTERVAL"]), float(os.environ["PHASE"]), float(os.environ["END"])
+block = b"x" * (300 << 20)
+while time.time() < end:
+    now = time.time()
+    nxt = now - (now - phase) % interval + interval
+    time.sleep(max(0.0, min(end, nxt - 0.1) - time.time()))
+    block = None
+    time.sleep(max(0.0, min(end, nxt + 0.05) - time.time()))
+    if time.time() < end:
+        block = b"x" * (300 << 20)
+"""
+HONEST = """
+import os, time
+block = b"x" * (300 << 20)
+time.sleep(max(0.0, float(os.environ["END"]) - time.time()))
+"""
+
+
+async def test_memory_released_around_sweeps_is_billed_like_memory_held(
+    dsn: str, db: asyncpg.Connection, state_dir: Path, cgroup_root: str
+) -> None:
+    settings = agent_settings(dsn, state_dir, cgroup_root, **FAST)
+    async with anyio.create_task_group() as tg:
+        agent = await start_agent(tg, settings)
+        # The tenant learns when sweeps happen, as any tenant can: its own rows' period ends.
+        probe = await submit(db, ["sleep", "5"])
+        await wait_final(db, [probe])
+        ends = await db.fetch(
+            "SELECT extract(epoch FROM period_end)::float8 AS t FROM scheduler.usage "
+            "WHERE job_id = $1 AND NOT final ORDER BY seq",
+            probe,
+        )
+        assert len(ends) >= 3
+        phase = statistics.median(float(r["t"]) % INTERVAL for r in ends)
+        end = time.time() + 7
+        env = {"INTERVAL": str(INTERVAL), "PHASE": str(phase), "END": str(end)}
+        common = {"memory_bytes": 1024 * MIB}
+        evader = await submit(db, [PYTHON, "-c", EVADER], env=env, **common)
+        honest = await submit(db, [PYTHON, "-c", HONEST], env=env, **common)
+        await wait_state(db, honest, "running")
+        rows = await wait_final(db, [evader, honest], timeout=60)
+        assert [r["state"] for r in rows] == ["succeeded", "succeeded"]
+        # Billed memory: byte-seconds over each job's billed time (the jobs' lives differ by
+        # their start and exit latencies).
+        billed = {
+            int(r["job_id"]): Decimal(r["billed"]) / Decimal(r["seconds"])
+            for r in await db.fetch(
+                "SELECT job_id, sum(memory_byte_seconds) AS billed, "
+                "extract(epoch FROM sum(period_end - period_start)) AS seconds "
+                "FROM scheduler.usage WHERE job_id = ANY($1) GROUP BY job_id",
+                [evader, honest],
+            )
+        }
+        periods = await db.fetchval(
+            "SELECT count(*) FROM scheduler.usage WHERE job_id = $1", evader
+        )
+        assert periods >= 4, "the evader ran over several sampling periods"
+        assert billed[honest] >= 250 * MIB
+        assert abs(billed[evader] - billed[honest]) <= Decimal("0.05") * billed[honest], billed
+        agent.stop()
