@@ -298,8 +298,11 @@ SELECT tenant, state, count(*) AS n FROM scheduler.jobs GROUP BY tenant, state;
 
 -- name: billing_usage
 -- The rows a billing window holds: a row belongs to the window in which its period ends.
+-- With what the job reserved (cores, memory) and the row's wall time in exact seconds.
 SELECT u.job_id, j.name AS job_name, u.tenant, u.period_end, u.cpu_seconds,
-       u.memory_byte_seconds, u.io_read_bytes, u.io_write_bytes
+       u.memory_byte_seconds, u.io_read_bytes, u.io_write_bytes,
+       j.cpu AS cpu_reserved, j.memory_bytes AS memory_reserved_bytes,
+       extract(epoch FROM u.period_end - u.period_start) AS wall_seconds
 FROM scheduler.usage u
 JOIN scheduler.jobs j ON j.id = u.job_id
 WHERE u.period_end >= $1 AND u.period_end < $2

@@ -4,8 +4,12 @@ unpredictable times)."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import statistics
 import time
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -15,12 +19,14 @@ import pytest
 
 from tests.conftest import agent_settings, start_agent
 from tests.integration.test_agent import submit, wait_final, wait_state
+from tests.integration.test_billing import cli
 
 pytestmark = pytest.mark.anyio
 
 INTERVAL = 1.0
 FAST = {"sample_interval": INTERVAL, "sample_interval_floor": 0.1}
 MIB = 1 << 20
+GIB = 1 << 30
 PYTHON = "/usr/bin/python3"
 
 # The evasion: hold 300 MiB, but release it from 0.1 s before each sweep the tenant expects
@@ -88,3 +94,65 @@ async def test_memory_released_around_sweeps_is_billed_like_memory_held(
         assert billed[honest] >= 250 * MIB
         assert abs(billed[evader] - billed[honest]) <= Decimal("0.05") * billed[honest], billed
         agent.stop()
+
+
+async def test_exports_price_reservations_beside_usage_where_a_rate_says_so(
+    dsn: str, db: asyncpg.Connection, state_dir: Path, cgroup_root: str
+) -> None:
+    """Request-based billing: requested cores and memory x wall time, on its own lines."""
+    await db.execute("INSERT INTO scheduler.tenants (name) VALUES ('acme')")
+    async with anyio.create_task_group() as tg:
+        await start_agent(tg, agent_settings(dsn, state_dir, cgroup_root, **FAST))
+        ids = [
+            await submit(db, ["sleep", "1.2"], tenant="acme", cpu=Decimal("2"), memory_bytes=GIB),
+            await submit(db, ["true"], tenant="acme", cpu=Decimal("0.5"), memory_bytes=GIB // 2),
+        ]
+        await wait_final(db, ids)
+        tg.cancel_scope.cancel()
+    await db.execute(
+        """INSERT INTO scheduler.rates (resource, price) VALUES
+           ('cpu_second', 0.0001), ('memory_gib_hour', 0.005), ('io_gib', 0.02),
+           ('cpu_core_second_reserved', 0.00001), ('memory_gib_hour_reserved', 0.001)"""
+    )
+    start = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
+    window = ["--from", start.isoformat(), "--to", (start + timedelta(hours=2)).isoformat()]
+    out = {}
+    for fmt in ("csv", "json", "focus"):
+        done = cli("billing", "export", "--database-url", dsn, *window, "--format", fmt)
+        assert done.returncode == 0, done.stderr
+        out[fmt] = done.stdout
+    wall = {
+        int(r["job_id"]): Decimal(r["wall"])
+        for r in await db.fetch(
+            "SELECT job_id, extract(epoch FROM sum(period_end - period_start)) AS wall "
+            "FROM scheduler.usage WHERE job_id = ANY($1) GROUP BY job_id",
+            ids,
+        )
+    }
+    assert wall[ids[0]] >= Decimal("1.2")
+    lines = json.loads(out["json"])["lines"]
+    for job_id, cores, memory in ((ids[0], 2, GIB), (ids[1], Decimal("0.5"), GIB // 2)):
+        mine = {ln["resource"]: ln for ln in lines if ln["job_id"] == str(job_id)}
+        assert (
+            Decimal(mine["cpu_core_second_reserved"]["consumed_quantity"]) == cores * wall[job_id]
+        )
+        assert Decimal(mine["memory_gib_hour_reserved"]["consumed_quantity"]) == (
+            memory * wall[job_id]
+        )
+        assert "cpu_second" in mine  # usage lines stay beside them
+    table = list(csv.DictReader(io.StringIO(out["csv"])))
+    assert {r["resource"] for r in table} >= {"cpu_core_second_reserved", "cpu_second"}
+    focus = list(csv.DictReader(io.StringIO(out["focus"])))
+    reserved = [r for r in focus if r["SkuId"] == "memory_gib_hour_reserved"]
+    assert reserved and all(r["PricingUnit"] == "GiB-Hours" for r in reserved)
+    memory_lines = [r for r in focus if r["SkuId"] == "memory_gib_hour"]
+    assert memory_lines and "peak" in memory_lines[0]["ChargeDescription"]
+    assert "estimate" in memory_lines[0]["ChargeDescription"]
+    # Without a reservation rate, no reservation line (and no error): billing by choice.
+    await db.execute("DELETE FROM scheduler.rates WHERE resource LIKE '%reserved'")
+    done = cli("billing", "export", "--database-url", dsn, *window, "--format", "json")
+    assert done.returncode == 0, done.stderr
+    assert not [ln for ln in json.loads(done.stdout)["lines"] if "reserved" in ln["resource"]]
+    # An unknown resource is still refused by the database.
+    with pytest.raises(asyncpg.CheckViolationError):
+        await db.execute("INSERT INTO scheduler.rates (resource, price) VALUES ('gpu_hour', 1)")
