@@ -82,6 +82,7 @@ async def recover(
             # Processes without a monitor cannot be supervised or billed to the end: stop them.
             driver.kill(cgroup)
         usage = driver.read_usage(cgroup) if driver.exists(cgroup) else Usage()
+        usage, _ = runner.with_output(job, usage)  # its stdout/stderr are its writes too
         now = time.time_ns()
         outcome = Outcome(
             "lost",

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -26,6 +27,7 @@ from scheduler.runtime.forkserver import ForkServer, UnansweredLaunch
 from scheduler.runtime.identity import ended_or_running
 from scheduler.runtime.images import ImageStore
 from scheduler.runtime.launcher import read_exit_record, remove_run_dir, spawn, wait_monitor
+from scheduler.runtime.output import OutputMeter
 from scheduler.runtime.sandbox import SandboxPolicy
 from scheduler.runtime.spec import ExitRecord, LaunchSpec
 
@@ -151,6 +153,8 @@ class Runner:
         term_grace: float = TERM_GRACE_SECONDS,
         sampler: Sampler | None = None,
         node_fault: Callable[[], Awaitable[str | None]] | None = None,
+        output_limit_bytes: int | None = None,
+        output_reserve_bytes: int | None = None,
     ) -> None:
         self._isolator = isolator or Isolator(
             SandboxPolicy(), ImageStore(runs_dir.parent / "images")
@@ -167,6 +171,10 @@ class Runner:
         self._node = node
         self._completions = completions
         self._sampler = sampler
+        # The node's output limit (default and ceiling) and the free space job output leaves
+        # on the state disk (runtime/output.py).
+        self._output_limit = output_limit_bytes
+        self._output_reserve = output_reserve_bytes
         # Why this node cannot start jobs now (a fresh check of its state disk), if it cannot:
         # an attempt that failed to start then goes back to the queue (see _released).
         self.node_fault = node_fault
@@ -216,7 +224,11 @@ class Runner:
             layers=isolation.layers,
             rootfs_dir=isolation.rootfs_dir,
             final_read=final_read(self._driver, cgroup),
+            output_limit_bytes=self.output_limit(job),
+            output_bps=job.io_write_bps,
+            output_reserve_bytes=self._output_reserve,
         )
+        output = OutputMeter(output_dir, spec.output_limit_bytes)
         launched_ns = time.time_ns()
         pidfd: int | None = None
         try:
@@ -233,7 +245,7 @@ class Runner:
                 await self._start_failed(job, cgroup, f"cannot start the monitor: {exc}", start_ns)
                 return
             if self._sampler is not None:
-                self._sampler.register(job, cgroup, launched_ns)
+                self._sampler.register(job, cgroup, launched_ns, output)
             if isinstance(found, ExitRecord):
                 await self.finish(job, cgroup, found, timed_out=False)
                 return
@@ -246,8 +258,34 @@ class Runner:
             return
         log.debug("job_started", monitor_pid=pid, run_dir=str(run_dir))
         if self._sampler is not None:
-            self._sampler.register(job, cgroup, launched_ns)
+            self._sampler.register(job, cgroup, launched_ns, output)
         await self.supervise(job, cgroup, plan, pid, run_dir, pidfd=pidfd)
+
+    def output_limit(self, job: Job) -> int | None:
+        """The job's output limit: the smallest of the node's, its tenant chain's and its own
+        (None: none applies). The tenant's chain is loaded (``tenants.chain``) by then."""
+        tenant = self._tenants.output_limit(job.tenant)
+        values = [v for v in (self._output_limit, tenant, job.output_limit_bytes) if v is not None]
+        return min(values) if values else None
+
+    def output_meter(self, job: Job) -> OutputMeter:
+        """The kept output of ``job``'s current attempt."""
+        directory = run_dir_for(self._runs_dir, job.id, job.attempts)
+        return OutputMeter(directory, self.output_limit(job))
+
+    def with_output(self, job: Job, usage: Usage) -> tuple[Usage, str | None]:
+        """``usage`` with the attempt's kept output added to its written bytes, and why the
+        rest of its output was dropped (None: nothing was)."""
+        try:
+            end = self.output_meter(job).end()
+        except OSError:
+            log.exception("job_output_unreadable")
+            return usage, None
+        if end.dropped is not None:
+            log.warning("job_output_truncated", reason=end.dropped, kept_bytes=end.kept_bytes)
+        if not end.kept_bytes:
+            return usage, end.dropped
+        return replace(usage, io_write_bytes=usage.io_write_bytes + end.kept_bytes), end.dropped
 
     def monitor_dir(self, job: Job) -> Path:
         """Where the monitor of ``job``'s current attempt keeps its pid and exit record."""
@@ -325,6 +363,7 @@ class Runner:
         closed = await self._sampler.close(job) if self._sampler is not None else None
         mark = closed.mark if closed is not None else None
         peak: int | None = None
+        dropped: str | None = None
         try:
             usage = (
                 recorded
@@ -332,6 +371,7 @@ class Runner:
                 else await final_usage(self._driver, cgroup, closed.reader if closed else None)
             )
             peak = closing_peak(self._driver, usage, closed)
+            usage, dropped = self.with_output(job, usage)
         except Exception:
             log.exception("final_usage_read_failed")
             usage = Usage()
@@ -346,6 +386,11 @@ class Runner:
             attempts=job.attempts,
             max_attempts=job.max_attempts,
         )
+        if dropped is not None:
+            note = f"output truncated: {dropped}; the rest of stdout/stderr was dropped"
+            outcome = replace(
+                outcome, error=note if outcome.error is None else f"{outcome.error}; {note}"
+            )
         if job.image is not None:  # only a job on an image has a writable layer to remove
             await self._isolator.release(
                 run_dir_for(self._runs_dir, job.id, job.attempts),
@@ -411,7 +456,7 @@ class Runner:
     def adopt_metering(self, job: Job, cgroup: CgroupPath) -> None:
         """Resume sampling an attempt adopted at start-up, from its committed rows."""
         if self._sampler is not None:
-            self._sampler.adopt(job, cgroup)
+            self._sampler.adopt(job, cgroup, self.output_meter(job))
 
     async def _drain(self, cgroup: CgroupPath) -> None:
         """Wait until no process is left in the cgroup; kill stragglers after a bound."""

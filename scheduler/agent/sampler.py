@@ -53,6 +53,7 @@ from scheduler.db.outage import DB_ERRORS, describe, log_failure, outage_kind
 from scheduler.db.queries import q
 from scheduler.errors import CgroupError
 from scheduler.jobs import Job
+from scheduler.runtime.output import OutputMeter
 
 log = structlog.get_logger(__name__)
 # A statement that timed out (TimeoutError, one of DB_ERRORS) may still have committed: it
@@ -181,6 +182,8 @@ class _Attempt:
     mark: Mark | None  # None: reload from Postgres before use
     reader: CounterReader | None = None
     last: Sample | None = None
+    # The job's kept stdout/stderr, billed as io_write_bytes beside the block counters.
+    output: OutputMeter | None = None
     # The highest memory.peak read since the mark (the kernel's mark is reset at each read,
     # so a period whose row was not kept still bills its peak in the next one).
     peak: int = 0
@@ -222,7 +225,13 @@ class Sampler:
     def running(self) -> int:
         return len(self._attempts)
 
-    def register(self, job: Job, cgroup: CgroupPath, launched_ns: int) -> None:
+    def register(
+        self,
+        job: Job,
+        cgroup: CgroupPath,
+        launched_ns: int,
+        output: OutputMeter | None = None,
+    ) -> None:
         """Start metering an attempt just launched (first period starts at ``launched_ns``).
 
         A first attempt has no rows; a retried one continues the job's row numbers, which
@@ -230,11 +239,11 @@ class Sampler:
         """
         seq = 0 if job.attempts <= 1 else job.usage_seq
         mark = Mark.fresh(launched_ns, seq) if seq is not None else None
-        self._attempts[job.id] = _Attempt(job, cgroup, launched_ns, mark)
+        self._attempts[job.id] = _Attempt(job, cgroup, launched_ns, mark, output=output)
 
-    def adopt(self, job: Job, cgroup: CgroupPath) -> None:
+    def adopt(self, job: Job, cgroup: CgroupPath, output: OutputMeter | None = None) -> None:
         """Resume metering an attempt a previous agent started, from its committed rows."""
-        self._attempts[job.id] = _Attempt(job, cgroup, None, None)
+        self._attempts[job.id] = _Attempt(job, cgroup, None, None, output=output)
 
     async def close(self, job: Job) -> Closed:
         """Stop metering ``job``'s attempt: where its closing row must start, and its
@@ -246,6 +255,8 @@ class Sampler:
         async with self._lock:
             attempt = self._attempts.pop(job.id, None)
             self.forget(job.id)
+            if attempt is not None and attempt.output is not None:
+                attempt.output.close()
             reader = attempt.reader if attempt is not None else None
             peak = attempt.peak if attempt is not None else 0
             if attempt is not None and attempt.mark is not None:
@@ -362,9 +373,14 @@ class Sampler:
             try:
                 if a.reader is None:
                     a.reader = CounterReader(counter_files(self._driver, a.cgroup), reset_peak=True)
-                samples.append(a.reader.read())
+                sample = a.reader.read()
                 # Right after the read: the next read tells the next period's peak alone.
                 a.reader.reset_peak()
+                if a.output is not None:
+                    kept = a.output.kept()
+                    if kept:
+                        sample = replace(sample, io_write_bytes=sample.io_write_bytes + kept)
+                samples.append(sample)
             except OSError:
                 # Not created yet by the monitor, or removed: nothing to bill this sweep.
                 samples.append(None)

@@ -196,6 +196,8 @@ async def run_agent(
             attempts=Attempts(),
             term_grace=settings.term_grace_seconds,
             sampler=sampler,
+            output_limit_bytes=settings.output_limit_bytes,
+            output_reserve_bytes=settings.state_min_free_bytes,
         )
         controller = Controller(
             pool,

@@ -4,8 +4,12 @@
 -- Claim up to $2 runnable jobs for node $1 ($3 cores, $4 bytes of capacity; $5 the seconds a
 -- running core counts for in fair share; $6 the node's lease epoch): one statement, taking
 -- the claim lock itself, so outside a transaction it is one round trip. The claim's SQL is
--- the function's (migrations/0008_claim_function.sql).
-SELECT * FROM scheduler.claim_jobs($1, $2, $3, $4, $5, $6);
+-- the function's (migrations/0008_claim_function.sql). The job's output limit (migration
+-- 0012) is read beside it, from the statement's snapshot (the claim does not change it).
+SELECT c.*,
+       (SELECT j.output_limit_bytes FROM scheduler.jobs j WHERE j.id = c.id)
+           AS output_limit_bytes
+FROM scheduler.claim_jobs($1, $2, $3, $4, $5, $6) c;
 
 -- name: claimed_on_node
 -- The attempts Postgres gives node $1 under epoch $2, with the columns claim_jobs returns
@@ -14,7 +18,8 @@ SELECT * FROM scheduler.claim_jobs($1, $2, $3, $4, $5, $6);
 SELECT j.id, j.tenant, j.name, j.argv, j.env, j.cwd, j.cpu, j.memory_bytes, j.pids_max,
        j.timeout_seconds, j.priority, j.max_attempts, j.attempts, j.desired_state,
        j.submitted_at, j.io_read_bps, j.io_write_bps, j.network, j.image,
-       (SELECT t.run_as FROM scheduler.tenants t WHERE t.name = j.tenant) AS run_as
+       (SELECT t.run_as FROM scheduler.tenants t WHERE t.name = j.tenant) AS run_as,
+       j.output_limit_bytes
 FROM scheduler.jobs j
 WHERE j.node = $1 AND j.node_epoch IS NOT DISTINCT FROM $2 AND j.state IN ('running', 'frozen')
 ORDER BY j.id;
@@ -23,15 +28,16 @@ ORDER BY j.id;
 -- The tenant and its ancestors, root first, with their limits.
 WITH RECURSIVE chain AS (
     SELECT name, parent, cpu_limit, memory_limit_bytes, pids_limit, weight, io_read_bps,
-           io_write_bps, 0 AS depth
+           io_write_bps, output_limit_bytes, 0 AS depth
     FROM scheduler.tenants WHERE name = $1
     UNION ALL
     SELECT t.name, t.parent, t.cpu_limit, t.memory_limit_bytes, t.pids_limit, t.weight,
-           t.io_read_bps, t.io_write_bps, c.depth + 1
+           t.io_read_bps, t.io_write_bps, t.output_limit_bytes, c.depth + 1
     FROM scheduler.tenants t JOIN chain c ON t.name = c.parent
     WHERE c.depth < 32
 )
-SELECT name, cpu_limit, memory_limit_bytes, pids_limit, weight, io_read_bps, io_write_bps
+SELECT name, cpu_limit, memory_limit_bytes, pids_limit, weight, io_read_bps, io_write_bps,
+       output_limit_bytes
 FROM chain ORDER BY depth DESC;
 
 -- name: finish_jobs
@@ -121,7 +127,8 @@ LIMIT $4;
 -- name: active_on_node
 -- Attempts this node had started when it last stopped: re-adopted or recorded at start-up.
 SELECT id, tenant, name, argv, env, cwd, cpu, memory_bytes, pids_max, timeout_seconds,
-       priority, max_attempts, attempts, desired_state, submitted_at, io_read_bps, io_write_bps
+       priority, max_attempts, attempts, desired_state, submitted_at, io_read_bps, io_write_bps,
+       output_limit_bytes
 FROM scheduler.jobs
 WHERE node = $1 AND state IN ('running', 'frozen')
 ORDER BY id;

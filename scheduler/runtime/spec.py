@@ -38,6 +38,11 @@ class LaunchSpec:
     rootfs_dir: Path | None = None
     # The cgroup files the monitor reads once the job has ended (None: the agent reads them).
     final_read: FinalRead | None = None
+    # The output policy (runtime/output.py): most job bytes kept of stdout and stderr, their
+    # rate to disk (the job's io_write_bps), and the free space the output disk keeps.
+    output_limit_bytes: int | None = None
+    output_bps: int | None = None
+    output_reserve_bytes: int | None = None
 
 
 @dataclass(frozen=True)

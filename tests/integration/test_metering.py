@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import agent_settings, start_agent
 from tests.integration.test_agent import submit, wait_final, wait_state
 from tests.integration.test_billing import cli
+from tests.integration.test_metrics_endpoint import parse, scrape
 
 pytestmark = pytest.mark.anyio
 
@@ -156,3 +157,100 @@ async def test_exports_price_reservations_beside_usage_where_a_rate_says_so(
     # An unknown resource is still refused by the database.
     with pytest.raises(asyncpg.CheckViolationError):
         await db.execute("INSERT INTO scheduler.rates (resource, price) VALUES ('gpu_hour', 1)")
+
+
+LIMIT = 4 * MIB
+BPS = 1_000_000
+
+
+async def test_stdout_is_the_jobs_io_throttled_and_capped(
+    dsn: str, db: asyncpg.Connection, state_dir: Path, cgroup_root: str
+) -> None:
+    """2 GB to stdout at io_write_bps 1 MB/s with a 4 MiB output limit (the issue's 64 MiB
+    would take a minute at that rate; 4 MiB proves the same): the output stops at the limit
+    after ~4 s, the job's io_write_bytes counts what was kept, the state disk holds no more."""
+    settings = agent_settings(dsn, state_dir, cgroup_root, **FAST)
+    async with anyio.create_task_group() as tg:
+        agent = await start_agent(tg, settings)
+        job = await submit(
+            db,
+            ["head", "-c", "2G", "/dev/zero"],
+            io_write_bps=BPS,
+            output_limit_bytes=LIMIT,
+        )
+        await wait_state(db, job, "running")
+        began = time.monotonic()
+        stdout = settings.runs_dir / f"{job}-1" / "stdout"
+        reached = None
+        live_write = 0.0
+        with anyio.fail_after(60):
+            while (await db.fetchval("SELECT state FROM scheduler.jobs WHERE id = $1", job)) in (
+                "running",
+                "queued",
+            ):
+                size = stdout.stat().st_size if stdout.exists() else 0
+                if reached is None and size >= LIMIT:
+                    reached = time.monotonic() - began
+                if reached is None:
+                    metrics = parse((await scrape(agent)).text)
+                    key = (
+                        "scheduler_job_io_bytes_total",
+                        (("direction", "write"), ("job_id", str(job)), ("tenant", "default")),
+                    )
+                    live_write = max(live_write, metrics.get(key, 0.0))
+                await anyio.sleep(0.1)
+        (row,) = await wait_final(db, [job])
+        agent.stop()
+    assert row["state"] == "succeeded", row["error"]
+    assert f"output limit of {LIMIT} bytes reached" in row["error"]
+    # Throttled: 4 MiB at 1 MB/s (less one 125 kB burst) takes ~4 s, not milliseconds.
+    assert reached is not None and reached >= 3.0, reached
+    # The job's kept output is its I/O: in the live metrics while it ran, and in the bill.
+    assert 0 < live_write <= LIMIT
+    assert row["io_write_bytes"] == LIMIT
+    billed = await db.fetchval(
+        "SELECT sum(io_write_bytes) FROM scheduler.usage WHERE job_id = $1", job
+    )
+    assert billed == LIMIT
+    assert await db.fetchval(
+        "SELECT count(*) > 1 FROM scheduler.usage WHERE job_id = $1 AND io_write_bytes > 0", job
+    ), "sampled while it ran, not only at the end"
+    # On disk: the first LIMIT bytes, then the marker line; nothing else of the 2 GB.
+    data = stdout.read_bytes()
+    assert data[:LIMIT] == bytes(LIMIT)
+    marker = data[LIMIT:]
+    assert marker.startswith(b"\n[scheduler: output dropped from here: output limit")
+    assert marker.endswith(b"]\n") and len(marker) < 200
+    on_disk = sum(p.stat().st_blocks * 512 for p in stdout.parent.iterdir())
+    assert on_disk <= LIMIT + 16384
+
+
+async def test_output_limit_defaults_come_from_the_tenant_and_the_node(
+    dsn: str, db: asyncpg.Connection, state_dir: Path, cgroup_root: str
+) -> None:
+    """A tenant's limit applies to its jobs; the node's is the ceiling a job cannot raise."""
+    await db.execute(
+        "INSERT INTO scheduler.tenants (name, output_limit_bytes) VALUES ('acme', 1000), ('zeta', NULL)"
+    )
+    with pytest.raises(asyncpg.CheckViolationError):
+        await submit(db, ["true"], output_limit_bytes=-1)
+    settings = agent_settings(dsn, state_dir, cgroup_root, output_limit_bytes=3000, **FAST)
+    script = "head -c 3000 /dev/zero; head -c 5000 /dev/zero >&2"
+    async with anyio.create_task_group() as tg:
+        await start_agent(tg, settings)
+        ids = [
+            await submit(db, ["sh", "-c", script], tenant="acme"),
+            await submit(db, ["sh", "-c", script], tenant="zeta", output_limit_bytes=10**9),
+            await submit(db, ["sh", "-c", "echo small"], tenant="zeta"),
+        ]
+        rows = await wait_final(db, ids)
+        tg.cancel_scope.cancel()
+    acme, zeta, small = rows
+    assert (acme["io_write_bytes"], zeta["io_write_bytes"]) == (1000, 3000)
+    assert "output limit of 1000 bytes" in acme["error"]
+    assert "output limit of 3000 bytes" in zeta["error"]
+    assert (small["io_write_bytes"], small["error"]) == (6, None)
+    # stdout filled the limit: stderr kept nothing but the marker.
+    zeta_dir = settings.runs_dir / f"{zeta['id']}-1"
+    assert (zeta_dir / "stdout").read_bytes() == bytes(3000)
+    assert (zeta_dir / "stderr").read_bytes().startswith(b"\n[scheduler: output dropped")
