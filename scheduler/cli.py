@@ -22,7 +22,7 @@ from scheduler import control_cli, failpoints, nodes_cli, store
 from scheduler import log as logging_setup
 from scheduler.accounting import billing as billing_export
 from scheduler.accounting.export import FORMATS
-from scheduler.accounting.reconcile import reconcile
+from scheduler.accounting.reconcile import check_metrics, fetch_metrics, reconcile
 from scheduler.agent.service import print_ready, serve
 from scheduler.api.auth import create_token, revoke_token
 from scheduler.cgroups.detect import open_driver
@@ -157,6 +157,14 @@ def _add_billing(sub: Any) -> None:
     check.add_argument("--node-name", help="this node's name (default: host name)")
     check.add_argument(
         "--no-cgroups", action="store_true", help="skip the tenant cgroup check (other hosts)"
+    )
+    check.add_argument(
+        "--metrics-url",
+        help="the node's agent /metrics, whose tenant counters must match the bill "
+        "(default: http://HTTP_ADDR/metrics)",
+    )
+    check.add_argument(
+        "--no-metrics", action="store_true", help="skip comparing /metrics with the bill"
     )
 
 
@@ -396,6 +404,14 @@ async def _billing_check(settings: Settings, args: argparse.Namespace, conn: Any
     checked, found = await reconcile(
         conn, start=start, end=end, node=settings.node_name, driver=driver
     )
+    if not args.no_metrics:
+        url = args.metrics_url or f"http://{settings.http_addr}/metrics"
+        try:
+            text = await anyio.to_thread.run_sync(fetch_metrics, url)
+        except (OSError, ValueError) as exc:
+            print(f"scheduler: note: /metrics not checked ({url}): {exc}", file=sys.stderr)
+        else:
+            found.extend(await check_metrics(conn, settings.node_name, text))
     if args.json:
         print(store.dumps({"jobs_checked": checked, "discrepancies": [str(d) for d in found]}))
     else:

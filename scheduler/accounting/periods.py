@@ -143,6 +143,9 @@ def advance(
     """
     end = max(truncate_us(at_ns), mark.end_ns)  # a wall clock stepping back cannot invert a row
     total = counters.at_least(mark.counters)
+    if period_peak is not None and period_peak > total.memory_peak_bytes:
+        # Reads whose rows were not kept (reset since) count in the attempt's peak too.
+        total = replace(total, memory_peak_bytes=period_peak)
     peak = known_peak(period_peak, mark, total)
     period = Period(
         seq=mark.seq + 1,

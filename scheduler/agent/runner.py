@@ -434,6 +434,8 @@ class Runner:
         if mark is None:
             return usage, None
         usage = covering(usage, mark)
+        if period_peak is not None and period_peak > usage.memory_peak_bytes:
+            usage = replace(usage, memory_peak_bytes=period_peak)  # reads not kept in a row
         closing = periods.close(
             mark,
             exec_ns=exec_ns,

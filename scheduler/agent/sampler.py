@@ -36,6 +36,7 @@ import anyio
 import asyncpg
 import structlog
 
+from scheduler.accounting.ledger import user_share
 from scheduler.accounting.metrics import (
     JobSeries,
     ServiceStats,
@@ -390,6 +391,14 @@ class Sampler:
     def _spooling(self) -> bool:
         return self._spool is not None and self._spool.pending
 
+    def _count(self, periods: list[tuple[_Attempt, Period, Mark]]) -> None:
+        """Count kept rows in the tenants' billed totals (the /metrics tenant counters)."""
+        ledger = self._stats.billed
+        for a, p, _ in periods:
+            last = a.last
+            share = user_share(last.cpu_user_ns, last.cpu_system_ns) if last else Decimal(1)
+            ledger.add(a.job.tenant, p.cpu_seconds, p.io_read_bytes, p.io_write_bytes, share)
+
     async def _store(self, periods: list[tuple[_Attempt, Period, Mark]]) -> None:
         """Commit a sweep's rows, or spool them; move the marks only past rows kept."""
         rows = [self._row(a, p) for a, p, _ in periods]
@@ -402,6 +411,7 @@ class Sampler:
             if await self._to_spool(rows):
                 for a, _, after in periods:
                     a.mark, a.peak = after, 0
+                self._count(periods)
             return
         try:
             await self._write([(a, p) for a, p, _ in periods])
@@ -413,6 +423,7 @@ class Sampler:
                 if await self._to_spool(rows):
                     for a, _, after in periods:
                         a.mark, a.peak = after, 0
+                    self._count(periods)
                     return
             else:
                 log.exception("usage_write_failed", rows=len(rows), error=describe(exc))
@@ -422,6 +433,7 @@ class Sampler:
         else:
             for a, _, after in periods:
                 a.mark, a.peak = after, 0
+            self._count(periods)
             self._health.ok("usage")
 
     async def _write(self, rows: list[tuple[_Attempt, Period]]) -> None:

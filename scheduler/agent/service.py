@@ -15,6 +15,7 @@ import structlog
 
 from scheduler.accounting.metrics import ServiceStats
 from scheduler.agent.attempts import Attempts
+from scheduler.agent.billed import load_billed
 from scheduler.agent.controller import Controller
 from scheduler.agent.dispatcher import Dispatcher
 from scheduler.agent.fencing import fence_stale, kill_all
@@ -42,7 +43,7 @@ from scheduler.cgroups.devices import io_devices
 from scheduler.config import Settings
 from scheduler.db.embedded import EmbeddedPostgres
 from scheduler.db.migrate import migrate
-from scheduler.db.outage import DB_ERRORS, describe
+from scheduler.db.outage import DB_ERRORS, describe, log_failure
 from scheduler.db.pool import create_pool
 from scheduler.db.queries import q
 from scheduler.errors import LaunchError, SchedulerError
@@ -166,6 +167,11 @@ async def run_agent(
                 await spool.replay(pool)
         except DB_ERRORS as exc:
             health.fail("usage", f"usage rows are spooled on disk: {describe(exc)}")
+        # Before any row of this run is counted (recovery records ended attempts below).
+        try:
+            await load_billed(pool, driver, settings.node_name, stats.billed)
+        except DB_ERRORS as exc:  # the counters start at zero: a reset, which Prometheus takes
+            log_failure(log, "billed_totals_load_failed", exc)
         sampler = Sampler(
             pool,
             driver,

@@ -470,3 +470,12 @@ CROSS JOIN LATERAL (
     FROM scheduler.jobs j WHERE j.node = n.name AND j.state IN ('running', 'frozen')
 ) l
 ORDER BY n.name;
+
+-- name: node_billed_totals
+-- What node $1 billed each tenant, all time: where the tenant counters on /metrics start
+-- when the agent does (accounting/ledger.py).
+SELECT tenant, sum(cpu_seconds) AS cpu_seconds, sum(io_read_bytes) AS io_read_bytes,
+       sum(io_write_bytes) AS io_write_bytes
+FROM scheduler.usage
+WHERE node = $1
+GROUP BY tenant;

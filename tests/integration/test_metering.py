@@ -254,3 +254,87 @@ async def test_output_limit_defaults_come_from_the_tenant_and_the_node(
     zeta_dir = settings.runs_dir / f"{zeta['id']}-1"
     assert (zeta_dir / "stdout").read_bytes() == bytes(3000)
     assert (zeta_dir / "stderr").read_bytes().startswith(b"\n[scheduler: output dropped")
+
+
+def tenant_cpu(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for (name, labels), value in metrics.items():
+        if name == "scheduler_tenant_cpu_seconds_total":
+            tenant = dict(labels)["tenant"]
+            out[tenant] = out.get(tenant, 0.0) + value
+    return out
+
+
+async def billed_cpu(db: asyncpg.Connection) -> dict[str, float]:
+    rows = await db.fetch(
+        "SELECT tenant, sum(cpu_seconds) AS cpu FROM scheduler.usage "
+        "WHERE node = 'test-node' GROUP BY tenant"
+    )
+    return {str(r["tenant"]): float(r["cpu"]) for r in rows}
+
+
+async def test_tenant_counters_are_the_bill_short_jobs_restarts_and_modes(
+    dsn: str, db: asyncpg.Connection, state_dir: Path, cgroup_root: str
+) -> None:
+    """Three 0.2 s jobs that end between two sweeps appear; a job spending most of its cpu
+    in the kernel splits into modes that add up to its bill (v1's tick-based user/system do
+    not); a restarted agent shows every tenant at once; `billing check` compares them."""
+    await db.execute("INSERT INTO scheduler.tenants (name) VALUES ('brief'), ('sys')")
+    # Sweeps 2.5-7.5 s apart: every job here ends before the first one.
+    settings = agent_settings(dsn, state_dir, cgroup_root, sample_interval=5.0)
+    burn = "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done"  # about 0.2 s
+    kernel = ["dd", "if=/dev/zero", "of=/dev/null", "bs=1", "count=1500000"]
+    async with anyio.create_task_group() as tg:
+        agent = await start_agent(tg, settings)
+        ids = [await submit(db, ["sh", "-c", burn], tenant="brief") for _ in range(3)]
+        ids.append(await submit(db, kernel, tenant="sys"))
+        rows = await wait_final(db, ids, timeout=60)
+        assert {r["state"] for r in rows} == {"succeeded"}
+        assert all(r["cpu_seconds"] > Decimal("0.02") for r in rows[:3])
+        assert await db.fetchval(
+            "SELECT bool_and(final) FROM scheduler.usage WHERE job_id = ANY($1)", ids
+        ), "every job ended before the first sweep"
+        metrics = parse((await scrape(agent)).text)
+        bill = await billed_cpu(db)
+        counted = tenant_cpu(metrics)
+        for tenant in ("brief", "sys"):
+            assert counted[tenant] == pytest.approx(bill[tenant], rel=0.01), tenant
+        system = metrics[
+            ("scheduler_tenant_cpu_seconds_total", (("mode", "system"), ("tenant", "sys")))
+        ]
+        assert 0 < system < counted["sys"]
+        # `billing check` against this agent's /metrics: the books and the counters agree.
+        check = [
+            "billing",
+            "check",
+            "--database-url",
+            dsn,
+            "--node-name",
+            "test-node",
+            "--no-cgroups",
+            "--metrics-url",
+            f"http://{agent.ready.http}/metrics",
+        ]
+        ok = await anyio.to_thread.run_sync(lambda: cli(*check))
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        agent.stop()
+    async with anyio.create_task_group() as tg:
+        again = await start_agent(tg, settings)
+        # Before any job or sweep of the new agent: every tenant, at what it was billed.
+        after = tenant_cpu(parse((await scrape(again)).text))
+        for tenant in ("brief", "sys"):
+            assert after[tenant] == pytest.approx(bill[tenant], rel=0.01), tenant
+        assert after["brief"] >= counted["brief"] * 0.999999  # no reset
+        # A bill the counters never saw (a forged row) is reported.
+        await db.execute(
+            """INSERT INTO scheduler.usage (job_id, seq, attempt, tenant, node, period_start,
+                   period_end, cpu_seconds, memory_byte_seconds, memory_peak_bytes,
+                   io_read_bytes, io_write_bytes)
+               VALUES ($1, 1000, 1, 'brief', 'test-node', now(), now(), 5, 0, 0, 0, 0)""",
+            ids[0],
+        )
+        check[-1] = f"http://{again.ready.http}/metrics"
+        bad = await anyio.to_thread.run_sync(lambda: cli(*check))
+        assert bad.returncode == 1
+        assert "tenant brief: /metrics counts" in bad.stdout
+        again.stop()
