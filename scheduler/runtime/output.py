@@ -13,6 +13,7 @@ and read at the end (the sizes less the marker lines).
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,20 +45,34 @@ class OutputMeter:
         self.directory = directory
         self.limit = limit
         self._fds: dict[str, int] = {}
+        # The directory's mtime when a stream's file was last looked for: a file is made in
+        # it (so its mtime moves) on the stream's first byte; until then, no failed opens.
+        self._looked: int | None = None
 
     def kept(self) -> int:
         """Bytes of the job's output on disk now (capped at the limit: never the markers)."""
+        if len(self._fds) < len(STREAMS):
+            self._open_new()
         total = 0
-        for name in STREAMS:
-            fd = self._fds.get(name)
-            if fd is None:
-                try:
-                    fd = os.open(self.directory / name, os.O_RDONLY | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    continue  # made on the stream's first byte
-                self._fds[name] = fd
+        for fd in self._fds.values():
             total += os.fstat(fd).st_size
         return total if self.limit is None else min(total, self.limit)
+
+    def _open_new(self) -> None:
+        """Open the stream files made since the last look (cheap when none was)."""
+        try:
+            mtime = self.directory.stat().st_mtime_ns
+        except FileNotFoundError:
+            return  # made with the first byte of either stream
+        if mtime == self._looked and time.time_ns() - mtime > 1_000_000_000:
+            return  # (a file made within the mtime's resolution of the last look: look again)
+        self._looked = mtime
+        for name in STREAMS:
+            if name not in self._fds:
+                try:
+                    self._fds[name] = os.open(self.directory / name, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    continue
 
     def end(self) -> OutputEnd:
         """The attempt's output once the monitor is done with it (sizes less the markers)."""
