@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--io-read", type=parse_size, default=None, help="disk read bytes/s")
     submit.add_argument("--io-write", type=parse_size, default=None, help="disk write bytes/s")
     submit.add_argument(
+        "--output-limit",
+        type=parse_size,
+        default=None,
+        help="most bytes of stdout+stderr kept (default: the tenant's, else the node's)",
+    )
+    submit.add_argument(
         "--wait", action="store_true", help="wait for the end and exit with the job's exit code"
     )
     submit.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD...")
@@ -261,6 +267,7 @@ async def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
         network=args.network,
         io_read_bps=args.io_read,
         io_write_bps=args.io_write,
+        output_limit_bytes=args.output_limit,
     )
     overrides: dict[str, Any] = {}
     if args.cpu is not None:

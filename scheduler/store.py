@@ -47,6 +47,8 @@ class JobRequest:
     network: bool = False
     io_read_bps: int | None = None
     io_write_bps: int | None = None
+    # Most bytes of stdout+stderr kept (None: the tenant's, else the node's; never above them).
+    output_limit_bytes: int | None = None
 
 
 def record_to_dict(row: asyncpg.Record) -> dict[str, Any]:
@@ -84,6 +86,7 @@ async def submit(conn: Conn, request: JobRequest) -> asyncpg.Record:
             request.network,
             request.io_read_bps,
             request.io_write_bps,
+            request.output_limit_bytes,
         )
     except asyncpg.IntegrityConstraintViolationError as exc:
         raise SubmitRefused(str(exc), getattr(exc, "column_name", None)) from exc
@@ -195,6 +198,7 @@ TENANT_FIELDS = (
     "weight",
     "io_read_bps",
     "io_write_bps",
+    "output_limit_bytes",
 )
 
 

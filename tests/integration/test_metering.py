@@ -15,14 +15,18 @@ from pathlib import Path
 
 import anyio
 import asyncpg
+import httpx
 import pytest
 
-from tests.conftest import agent_settings, start_agent
+from tests.conftest import AgentHandle, agent_settings, start_agent
 from tests.integration.test_agent import submit, wait_final, wait_state
+from tests.integration.test_api import ADMIN, api, is_problem
+from tests.integration.test_api import wait_final as wait_api_final
 from tests.integration.test_billing import cli
 from tests.integration.test_metrics_endpoint import parse, scrape
 
 pytestmark = pytest.mark.anyio
+__all__ = ["api"]  # the HTTP client fixture of test_api
 
 INTERVAL = 1.0
 FAST = {"sample_interval": INTERVAL, "sample_interval_floor": 0.1}
@@ -338,3 +342,29 @@ async def test_tenant_counters_are_the_bill_short_jobs_restarts_and_modes(
         assert bad.returncode == 1
         assert "tenant brief: /metrics counts" in bad.stdout
         again.stop()
+
+
+async def test_output_limit_over_http_and_the_cli(
+    dsn: str, api: httpx.AsyncClient, agent: AgentHandle
+) -> None:
+    """The job column through the HTTP API (checked like every field) and `submit`."""
+    made = await api.post(
+        "/v1/jobs",
+        headers=ADMIN,
+        json={"argv": ["sh", "-c", "head -c 100 /dev/zero"], "output_limit_bytes": 10},
+    )
+    assert made.status_code == 201, made.text
+    assert made.json()["output_limit_bytes"] == 10
+    job = await wait_api_final(api, made.json()["id"])
+    assert (job["io_write_bytes"], job["state"]) == (10, "succeeded")
+    assert "output limit of 10 bytes reached" in str(job["error"])
+    bad = await api.post(
+        "/v1/jobs", headers=ADMIN, json={"argv": ["true"], "output_limit_bytes": -1}
+    )
+    assert "output_limit_bytes" in str(is_problem(bad, 422)["detail"])
+    done = await anyio.to_thread.run_sync(
+        lambda: cli(
+            "submit", "--database-url", dsn, "--output-limit", "1K", "--wait", "--", "echo", "hi"
+        )
+    )
+    assert done.returncode == 0, done.stderr
