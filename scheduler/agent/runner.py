@@ -363,7 +363,6 @@ class Runner:
         closed = await self._sampler.close(job) if self._sampler is not None else None
         mark = closed.mark if closed is not None else None
         peak: int | None = None
-        dropped: str | None = None
         try:
             usage = (
                 recorded
@@ -371,13 +370,13 @@ class Runner:
                 else await final_usage(self._driver, cgroup, closed.reader if closed else None)
             )
             peak = closing_peak(self._driver, usage, closed)
-            usage, dropped = self.with_output(job, usage)
         except Exception:
             log.exception("final_usage_read_failed")
             usage = Usage()
         finally:
             if closed is not None and closed.reader is not None:
                 closed.reader.close()
+        usage, dropped = self.with_output(job, usage)
         outcome = decide_outcome(
             record,
             usage,

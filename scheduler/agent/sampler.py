@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -185,6 +185,9 @@ class _Attempt:
     last: Sample | None = None
     # The job's kept stdout/stderr, billed as io_write_bytes beside the block counters.
     output: OutputMeter | None = None
+    # What of this attempt's rows the tenants' billed totals count (None: whatever its rows
+    # in Postgres say, when first loaded: an adopted attempt's are in the agent's baseline).
+    counted: Counters | None = field(default_factory=Counters)
     # The highest memory.peak read since the mark (the kernel's mark is reset at each read,
     # so a period whose row was not kept still bills its peak in the next one).
     peak: int = 0
@@ -244,7 +247,7 @@ class Sampler:
 
     def adopt(self, job: Job, cgroup: CgroupPath, output: OutputMeter | None = None) -> None:
         """Resume metering an attempt a previous agent started, from its committed rows."""
-        self._attempts[job.id] = _Attempt(job, cgroup, None, None, output=output)
+        self._attempts[job.id] = _Attempt(job, cgroup, None, None, output=output, counted=None)
 
     async def close(self, job: Job) -> Closed:
         """Stop metering ``job``'s attempt: where its closing row must start, and its
@@ -263,7 +266,10 @@ class Sampler:
             if attempt is not None and attempt.mark is not None:
                 return Closed(attempt.mark, reader, peak)
         try:
-            return Closed(await self._mark_from_db(job, attempt), reader, peak)
+            mark = await self._mark_from_db(job, attempt)
+            if attempt is not None:
+                self._settle(attempt, mark)
+            return Closed(mark, reader, peak)
         except BaseException:
             if reader is not None:
                 reader.close()
@@ -331,6 +337,8 @@ class Sampler:
                     marks = {}
                 for a in stale:
                     a.mark = marks.get(a.job.id)
+                    if a.mark is not None:
+                        self._settle(a, a.mark)
             at_ns, samples = await anyio.to_thread.run_sync(self._read_all, attempts)
             periods: list[tuple[_Attempt, Period, Mark]] = []
             for a, sample in zip(attempts, samples, strict=True):
@@ -394,10 +402,31 @@ class Sampler:
     def _count(self, periods: list[tuple[_Attempt, Period, Mark]]) -> None:
         """Count kept rows in the tenants' billed totals (the /metrics tenant counters)."""
         ledger = self._stats.billed
-        for a, p, _ in periods:
+        for a, p, after in periods:
             last = a.last
             share = user_share(last.cpu_user_ns, last.cpu_system_ns) if last else Decimal(1)
             ledger.add(a.job.tenant, p.cpu_seconds, p.io_read_bytes, p.io_write_bytes, share)
+            a.counted = after.counters
+
+    def _settle(self, a: _Attempt, mark: Mark) -> None:
+        """A mark reloaded from Postgres: count the rows it has that the totals do not (a
+        write whose outcome was unknown had committed after all)."""
+        counted, a.counted = a.counted, mark.counters
+        if counted is None:
+            return
+        cpu = mark.counters.cpu_ns - counted.cpu_ns
+        read = mark.counters.io_read_bytes - counted.io_read_bytes
+        write = mark.counters.io_write_bytes - counted.io_write_bytes
+        if cpu > 0 or read > 0 or write > 0:
+            last = a.last
+            share = user_share(last.cpu_user_ns, last.cpu_system_ns) if last else Decimal(1)
+            self._stats.billed.add(
+                a.job.tenant,
+                Decimal(max(cpu, 0)) / NS_PER_SECOND,
+                max(read, 0),
+                max(write, 0),
+                share,
+            )
 
     async def _store(self, periods: list[tuple[_Attempt, Period, Mark]]) -> None:
         """Commit a sweep's rows, or spool them; move the marks only past rows kept."""
