@@ -78,7 +78,11 @@ class OutputMeter:
         """The attempt's output once the monitor is done with it (sizes less the markers)."""
         kept = 0
         dropped: str | None = None
-        for name in STREAMS:
+        try:
+            present = [p.name for p in self.directory.iterdir() if p.name in STREAMS]
+        except FileNotFoundError:
+            return OutputEnd(0, None)  # the job wrote nothing (one failed call, not two)
+        for name in present:
             try:
                 with open(self.directory / name, "rb") as f:
                     size = os.fstat(f.fileno()).st_size
