@@ -173,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--io-read", type=parse_size, default=None, help="disk read bytes/s")
     submit.add_argument("--io-write", type=parse_size, default=None, help="disk write bytes/s")
     submit.add_argument(
+        "--output-limit",
+        type=parse_size,
+        default=None,
+        help="most bytes of stdout+stderr kept (default: the tenant's, else the node's)",
+    )
+    submit.add_argument(
         "--wait",
         action="store_true",
         help="stream the job's output, wait for its end and exit with its exit code",
@@ -273,6 +279,14 @@ def _add_billing(sub: Any) -> None:
     check.add_argument("--node-name", help="this node's name (default: host name)")
     check.add_argument(
         "--no-cgroups", action="store_true", help="skip the tenant cgroup check (other hosts)"
+    )
+    check.add_argument(
+        "--metrics-url",
+        help="the node's agent /metrics, whose tenant counters must match the bill "
+        "(default: http://HTTP_ADDR/metrics)",
+    )
+    check.add_argument(
+        "--no-metrics", action="store_true", help="skip comparing /metrics with the bill"
     )
 
 
@@ -455,6 +469,7 @@ async def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
         network=args.network,
         io_read_bps=args.io_read,
         io_write_bps=args.io_write,
+        output_limit_bytes=args.output_limit,
     )
     overrides: dict[str, Any] = {}
     if args.cpu is not None:
@@ -638,9 +653,11 @@ def _export_window(args: argparse.Namespace) -> None:
 async def _billing_check(settings: Settings, args: argparse.Namespace, conn: Any) -> int:
     from datetime import UTC, datetime
 
+    import anyio
+
     from scheduler import store
     from scheduler.accounting import billing as billing_export
-    from scheduler.accounting.reconcile import reconcile
+    from scheduler.accounting.reconcile import check_metrics, fetch_metrics, reconcile
     from scheduler.cgroups.detect import open_driver
 
     start = args.start or datetime(1970, 1, 1, tzinfo=UTC)
@@ -655,6 +672,14 @@ async def _billing_check(settings: Settings, args: argparse.Namespace, conn: Any
     checked, found = await reconcile(
         conn, start=start, end=end, node=settings.node_name, driver=driver
     )
+    if not args.no_metrics:
+        url = args.metrics_url or f"http://{settings.http_addr}/metrics"
+        try:
+            text = await anyio.to_thread.run_sync(fetch_metrics, url)
+        except (OSError, ValueError) as exc:
+            print(f"scheduler: note: /metrics not checked ({url}): {exc}", file=sys.stderr)
+        else:
+            found.extend(await check_metrics(conn, settings.node_name, text))
     if args.json:
         print(store.dumps({"jobs_checked": checked, "discrepancies": [str(d) for d in found]}))
     else:

@@ -85,6 +85,10 @@ class Settings:
     http_keepalive_timeout_seconds: float = 5.0
     # When set, /metrics answers only requests bearing it (Authorization: Bearer <token>).
     metrics_token: str | None = None
+    # Most bytes of a job's stdout and stderr (together) kept in the state directory: the
+    # default and the ceiling of jobs' and tenants' output_limit_bytes. Job output also stops
+    # being kept while the state directory has less than state_min_free_bytes free.
+    output_limit_bytes: int = 1024 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.cgroup_driver not in ("auto", "v1", "v2"):
@@ -132,6 +136,10 @@ class Settings:
         if not 0 <= self.state_min_free_bytes <= 2**40:
             raise ConfigError(
                 f"state_min_free_bytes must be in [0, 1 TiB]: got {self.state_min_free_bytes}"
+            )
+        if not 0 <= self.output_limit_bytes <= 2**50:
+            raise ConfigError(
+                f"output_limit_bytes must be in [0, 1 PiB]: got {self.output_limit_bytes}"
             )
         if self.runtime_dir is not None and not self.runtime_dir.is_absolute():
             raise ConfigError(f"runtime_dir must be an absolute path: got {self.runtime_dir}")

@@ -45,6 +45,8 @@ class Job:
     run_as: str | None = None
     io_read_bps: int | None = None
     io_write_bps: int | None = None
+    # Most bytes of stdout+stderr kept (migration 0012); None: the tenant's or node's.
+    output_limit_bytes: int | None = None
     # The job's last billing row number when this attempt was claimed (its earlier attempts
     # are closed by then); None when the claim did not say (recovery, an unheard claim).
     usage_seq: int | None = None
@@ -74,6 +76,7 @@ class Job:
             run_as=row.get("run_as"),
             io_read_bps=row.get("io_read_bps"),
             io_write_bps=row.get("io_write_bps"),
+            output_limit_bytes=row.get("output_limit_bytes"),
             usage_seq=row.get("usage_seq"),
         )
 

@@ -48,6 +48,8 @@ class JobRequest:
     network: bool = False
     io_read_bps: int | None = None
     io_write_bps: int | None = None
+    # Most bytes of stdout+stderr kept (None: the tenant's, else the node's; never above them).
+    output_limit_bytes: int | None = None
 
 
 def record_to_dict(row: asyncpg.Record) -> dict[str, Any]:
@@ -85,6 +87,7 @@ async def submit(conn: Conn, request: JobRequest) -> asyncpg.Record:
             request.network,
             request.io_read_bps,
             request.io_write_bps,
+            request.output_limit_bytes,
         )
     except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
         raise SubmitRefused(refusal(exc), getattr(exc, "column_name", None)) from exc
@@ -196,6 +199,7 @@ TENANT_FIELDS = (
     "weight",
     "io_read_bps",
     "io_write_bps",
+    "output_limit_bytes",
 )
 
 

@@ -105,6 +105,9 @@ async def export_counted(
             memory_byte_seconds=r["memory_byte_seconds"],
             io_read_bytes=int(r["io_read_bytes"]),
             io_write_bytes=int(r["io_write_bytes"]),
+            cpu_reserved=r["cpu_reserved"],
+            memory_reserved_bytes=int(r["memory_reserved_bytes"]),
+            wall_seconds=r["wall_seconds"],
         )
         for r in records
     ]

@@ -1,7 +1,10 @@
 """Billing export: usage rows and rates in, priced lines out as CSV, JSON or FOCUS. Pure.
 
 Lines are per tenant, job, resource, rate and UTC hour (of the rows' period ends), clipped to
-the billing period. Quantities are summed exactly before they are priced, costs are rounded
+the billing period. Usage lines price what the job used (cpu and io exactly as the kernel
+counted them; memory per period at no less than its peak, see accounting/periods.py);
+reservation lines, where a rate for them exists, what it reserved (requested cores and memory
+times the rows' wall time). Quantities are summed exactly before they are priced, costs are rounded
 once per line (see rates.MONEY_PLACES), and every output is sorted and formatted the same
 way every time: the same export run twice is byte-identical.
 """
@@ -18,10 +21,12 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from scheduler.accounting.rates import (
+    RESERVED,
     RESOURCES,
     Rate,
     cost,
     display_quantity,
+    find,
     pricing_quantity,
     resolve,
 )
@@ -30,12 +35,34 @@ Format = Literal["csv", "json", "focus"]
 FORMATS: tuple[Format, ...] = ("csv", "json", "focus")
 HOUR = timedelta(hours=1)
 RESOURCE_ORDER: dict[str, int] = {name: i for i, name in enumerate(RESOURCES)}
-CONSUMED_UNITS = {"cpu_second": "CPU-Seconds", "memory_gib_hour": "Byte-Seconds", "io_gib": "Bytes"}
-PRICING_UNITS = {"cpu_second": "CPU-Seconds", "memory_gib_hour": "GiB-Hours", "io_gib": "GiB"}
+CONSUMED_UNITS = {
+    "cpu_second": "CPU-Seconds",
+    "memory_gib_hour": "Byte-Seconds",
+    "io_gib": "Bytes",
+    "cpu_core_second_reserved": "Core-Seconds",
+    "memory_gib_hour_reserved": "Byte-Seconds",
+}
+PRICING_UNITS = {
+    "cpu_second": "CPU-Seconds",
+    "memory_gib_hour": "GiB-Hours",
+    "io_gib": "GiB",
+    "cpu_core_second_reserved": "Core-Seconds",
+    "memory_gib_hour_reserved": "GiB-Hours",
+}
+# What each line measures, and how exactly (the FOCUS ChargeDescription).
 DESCRIPTIONS = {
-    "cpu_second": "CPU time used by the job",
-    "memory_gib_hour": "Memory held by the job over time",
-    "io_gib": "Block I/O read and written by the job",
+    "cpu_second": "CPU time used by the job, exactly as the kernel counted it",
+    "memory_gib_hour": (
+        "Memory held by the job over time: each sampling period billed at the larger of its "
+        "peak (the kernel's high-water mark, reset every period) times its length and the "
+        "average of its end samples times its length (an estimate bounded below by the peak)"
+    ),
+    "io_gib": (
+        "Block I/O read and written by the job, exactly as the kernel counted it, plus the "
+        "bytes of stdout and stderr kept"
+    ),
+    "cpu_core_second_reserved": "CPU cores the job requested, times its wall time",
+    "memory_gib_hour_reserved": "Memory the job requested, times its wall time",
 }
 
 
@@ -51,6 +78,11 @@ class UsageRow:
     memory_byte_seconds: Decimal
     io_read_bytes: int
     io_write_bytes: int
+    # What the job reserved (its requested cores and memory) and the row's wall time, for the
+    # reservation resources.
+    cpu_reserved: Decimal = Decimal(0)
+    memory_reserved_bytes: int = 0
+    wall_seconds: Decimal = Decimal(0)
 
     def base_quantity(self, resource: str) -> Decimal:
         """The row's quantity of ``resource`` in base units (seconds, byte-seconds, bytes)."""
@@ -58,6 +90,10 @@ class UsageRow:
             return self.cpu_seconds
         if resource == "memory_gib_hour":
             return self.memory_byte_seconds
+        if resource == "cpu_core_second_reserved":
+            return self.cpu_reserved * self.wall_seconds
+        if resource == "memory_gib_hour_reserved":
+            return self.memory_reserved_bytes * self.wall_seconds
         return Decimal(self.io_read_bytes + self.io_write_bytes)
 
 
@@ -99,7 +135,13 @@ def price(
             base = row.base_quantity(resource)
             if not base:
                 continue  # nothing used, nothing to price (and no rate needed)
-            rate = resolve(rates, resource, row.tenant, row.period_end)
+            if resource in RESERVED:
+                found = find(rates, resource, row.tenant, row.period_end)
+                if found is None:
+                    continue  # reservations are billed only where a rate says so
+                rate = found
+            else:
+                rate = resolve(rates, resource, row.tenant, row.period_end)
             by_id[rate.id] = rate
             key = (hour, row.tenant, row.job_id, resource, rate.id)
             sums[key] = sums.get(key, Decimal(0)) + base
@@ -171,7 +213,13 @@ def _plain(line: Line) -> dict[str, str]:
     }
 
 
-SKU_METERS = {"cpu_second": "CPU", "memory_gib_hour": "Memory", "io_gib": "Block I/O"}
+SKU_METERS = {
+    "cpu_second": "CPU",
+    "memory_gib_hour": "Memory",
+    "io_gib": "Block I/O",
+    "cpu_core_second_reserved": "CPU Reserved",
+    "memory_gib_hour_reserved": "Memory Reserved",
+}
 
 
 def _focus(line: Line, start: datetime, end: datetime, account: str) -> dict[str, str]:

@@ -23,6 +23,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from scheduler.accounting.ledger import TenantLedger
 from scheduler.cgroups.base import Usage
 from scheduler.cgroups.counters import Sample
 from scheduler.cgroups.parse import Pressure
@@ -96,6 +97,8 @@ class ServiceStats:
     conditions: dict[str, int] = field(default_factory=dict)
     # Attempts whose processes survive SIGKILL now (agent/unkillable.py).
     unkillable_jobs: int = 0
+    # The tenants' billed totals on this node: their cpu and io counters (accounting/ledger.py).
+    billed: TenantLedger = field(default_factory=TenantLedger)
 
     def attempt_finished(self, tenant: str, state: str, dispatch_latency: float | None) -> None:
         """Count a recorded attempt (and its dispatch latency, when it has one)."""
@@ -114,6 +117,7 @@ class ServiceStats:
             self.spooled_rows,
             dict(self.conditions),
             self.unkillable_jobs,
+            self.billed.copy(),
         )
 
 
@@ -190,7 +194,8 @@ class SnapshotCollector(Collector):
         snap = self._snapshot
         cpu = CounterMetricFamily(
             "scheduler_tenant_cpu_seconds",
-            "CPU time used by the tenant's cgroup (exited jobs included), by mode.",
+            "CPU time billed to the tenant's jobs on this node (every job, summed from its "
+            "usage rows; the sum over mode is exact, the user/system split an estimate).",
             labels=["tenant", "mode"],
         )
         memory = GaugeMetricFamily(
@@ -200,16 +205,19 @@ class SnapshotCollector(Collector):
         )
         io = CounterMetricFamily(
             "scheduler_tenant_io_bytes",
-            "Block I/O bytes of the tenant's cgroup, by direction.",
+            "I/O bytes billed to the tenant's jobs on this node (block I/O, and written "
+            "stdout/stderr kept), by direction.",
             labels=["tenant", "direction"],
         )
+        billed = self._stats.billed.tenants
+        for tenant in sorted(billed):
+            totals = billed[tenant]
+            cpu.add_metric([tenant, "user"], float(totals.cpu_user))
+            cpu.add_metric([tenant, "system"], float(totals.cpu_system))
+            io.add_metric([tenant, "read"], float(totals.io_read_bytes))
+            io.add_metric([tenant, "write"], float(totals.io_write_bytes))
         for tenant in sorted(snap.tenants):
-            usage = snap.tenants[tenant]
-            cpu.add_metric([tenant, "user"], seconds(usage.cpu_user_ns))
-            cpu.add_metric([tenant, "system"], seconds(usage.cpu_system_ns))
-            memory.add_metric([tenant], float(usage.memory_current_bytes))
-            io.add_metric([tenant, "read"], float(usage.io_read_bytes))
-            io.add_metric([tenant, "write"], float(usage.io_write_bytes))
+            memory.add_metric([tenant], float(snap.tenants[tenant].memory_current_bytes))
         jobs = GaugeMetricFamily(
             "scheduler_tenant_jobs", "Jobs of the tenant by state.", labels=["tenant", "state"]
         )

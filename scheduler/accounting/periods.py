@@ -6,6 +6,15 @@ one :class:`Period` (the deltas) and the next mark; the closing row at exit is t
 counters minus the last mark. Deltas of monotonic counters telescope, so the rows of an
 attempt sum to the kernel's counters at exit exactly, however many sweeps there were.
 
+Memory is billed per period at ``max(peak in period x length, trapezoid of the two end
+samples)``: the sampler resets the kernel's peak at every period boundary (see
+cgroups/counters.py), so the peak in a period is what the job held at its highest in it, and
+releasing memory around a sample cannot lower the bill. Where the kernel cannot reset it
+(cgroup v2 before Linux 6.12) the peak of a period is known only when the job's lifetime peak
+rose in it; otherwise the trapezoid alone is billed (an estimate). A row's
+``memory_peak_bytes`` is its period's peak (the lifetime peak where the period's is unknown),
+so the highest of an attempt's rows is the attempt's peak.
+
 Times are nanoseconds truncated to microseconds (Postgres' resolution) before any integral is
 taken, so that each row's numbers follow from the row's own period as stored. No I/O here.
 """
@@ -95,19 +104,56 @@ def trapezoid(start_bytes: int | None, end_bytes: int, start_ns: int, end_ns: in
     return Decimal((first + end_bytes) * max(0, end_ns - start_ns)) / (2 * NS_PER_SECOND)
 
 
+def held(peak_bytes: int | None, start_ns: int, end_ns: int) -> Decimal:
+    """Byte-seconds of holding ``peak_bytes`` over [start, end] (0 when the peak is unknown)."""
+    if peak_bytes is None:
+        return Decimal(0)
+    return Decimal(peak_bytes) * Decimal(max(0, end_ns - start_ns)) / NS_PER_SECOND
+
+
+def known_peak(period_peak: int | None, mark: Mark, total: Counters) -> int | None:
+    """The peak of the period since ``mark``: the kernel's (reset at the mark) when it has
+    one, else the lifetime peak if it rose in the period (it was reached in it), else None."""
+    if period_peak is not None:
+        return period_peak
+    if total.memory_peak_bytes > mark.counters.memory_peak_bytes:
+        return total.memory_peak_bytes
+    return None
+
+
+def memory_bill(
+    start_bytes: int | None, end_bytes: int, peak: int | None, start_ns: int, end_ns: int
+) -> Decimal:
+    """A period's billed byte-seconds: max(peak x length, the trapezoid estimate)."""
+    return max(trapezoid(start_bytes, end_bytes, start_ns, end_ns), held(peak, start_ns, end_ns))
+
+
 def advance(
-    mark: Mark, *, at_ns: int, counters: Counters, memory_bytes: int
+    mark: Mark,
+    *,
+    at_ns: int,
+    counters: Counters,
+    memory_bytes: int,
+    period_peak: int | None = None,
 ) -> tuple[Period, Mark]:
-    """The period from ``mark`` to a sample taken at ``at_ns``, and the mark after it."""
+    """The period from ``mark`` to a sample taken at ``at_ns``, and the mark after it.
+
+    ``period_peak``: the highest memory of the period (the kernel's peak, reset at the
+    mark), None where the kernel cannot tell it.
+    """
     end = max(truncate_us(at_ns), mark.end_ns)  # a wall clock stepping back cannot invert a row
     total = counters.at_least(mark.counters)
+    if period_peak is not None and period_peak > total.memory_peak_bytes:
+        # Reads whose rows were not kept (reset since) count in the attempt's peak too.
+        total = replace(total, memory_peak_bytes=period_peak)
+    peak = known_peak(period_peak, mark, total)
     period = Period(
         seq=mark.seq + 1,
         start_ns=mark.end_ns,
         end_ns=end,
         cpu_ns=total.cpu_ns - mark.counters.cpu_ns,
-        memory_byte_seconds=trapezoid(mark.memory_bytes, memory_bytes, mark.end_ns, end),
-        memory_peak_bytes=total.memory_peak_bytes,
+        memory_byte_seconds=memory_bill(mark.memory_bytes, memory_bytes, peak, mark.end_ns, end),
+        memory_peak_bytes=total.memory_peak_bytes if peak is None else peak,
         io_read_bytes=total.io_read_bytes - mark.counters.io_read_bytes,
         io_write_bytes=total.io_write_bytes - mark.counters.io_write_bytes,
     )
@@ -123,31 +169,39 @@ def advance(
 
 
 def close(
-    mark: Mark, *, exec_ns: int, end_ns: int, counters: Counters, memory_bytes: int
+    mark: Mark,
+    *,
+    exec_ns: int,
+    end_ns: int,
+    counters: Counters,
+    memory_bytes: int,
+    period_peak: int | None = None,
 ) -> Period:
     """The closing row of an attempt: from the last period's end to the job's end.
 
-    With no earlier row the period is the job's own run (exec to reaping) and, lacking any
-    sample inside it, memory is billed at its peak for the whole period (an upper bound; such
-    jobs are shorter than one sampling period). A sweep may have sampled the cgroup after the
-    last process ended but before the agent reaped it: the closing row is then empty in time.
+    With no earlier row the period is the job's own run (exec to reaping) and its peak is
+    the attempt's: memory is billed at that peak for the whole period (the rule of every
+    period, with no sample inside). A sweep may have sampled the cgroup after the last
+    process ended but before the agent reaped it: the closing row is then empty in time.
     """
     total = counters.at_least(mark.counters)
     if mark.rows == 0:
         start = truncate_us(exec_ns)
         end = max(truncate_us(end_ns), start)
-        byte_seconds = Decimal(total.memory_peak_bytes) * Decimal(end - start) / NS_PER_SECOND
+        peak: int | None = max(total.memory_peak_bytes, period_peak or 0)
+        byte_seconds = held(peak, start, end)
     else:
         start = mark.end_ns
         end = max(truncate_us(end_ns), start)
-        byte_seconds = trapezoid(mark.memory_bytes, memory_bytes, start, end)
+        peak = known_peak(period_peak, mark, total)
+        byte_seconds = memory_bill(mark.memory_bytes, memory_bytes, peak, start, end)
     return Period(
         seq=0,
         start_ns=start,
         end_ns=end,
         cpu_ns=total.cpu_ns - mark.counters.cpu_ns,
         memory_byte_seconds=byte_seconds,
-        memory_peak_bytes=total.memory_peak_bytes,
+        memory_peak_bytes=total.memory_peak_bytes if peak is None else peak,
         io_read_bytes=total.io_read_bytes - mark.counters.io_read_bytes,
         io_write_bytes=total.io_write_bytes - mark.counters.io_write_bytes,
     )

@@ -1,7 +1,9 @@
 """Prices: which rate applies to a quantity, and what it costs. Pure; exact decimals.
 
-A rate prices one resource (``cpu_second``, ``memory_gib_hour``, ``io_gib``) for one tenant
-or for all (tenant NULL), in one currency, over a validity interval [valid_from, valid_to).
+A rate prices one resource (``cpu_second``, ``memory_gib_hour``, ``io_gib``: what a job used;
+``cpu_core_second_reserved``, ``memory_gib_hour_reserved``: what it reserved, its requested
+cores and memory times wall time, as clouds bill instances) for one tenant or for all
+(tenant NULL), in one currency, over a validity interval [valid_from, valid_to).
 For a usage row, the rate is the one valid when the row's period ends; a tenant's own rate
 beats the default; among equals the latest ``valid_from`` wins, then the highest id, so that
 overlapping rows still resolve the same way every time.
@@ -16,8 +18,23 @@ from typing import Literal
 
 from scheduler.errors import SchedulerError
 
-Resource = Literal["cpu_second", "memory_gib_hour", "io_gib"]
-RESOURCES: tuple[Resource, ...] = ("cpu_second", "memory_gib_hour", "io_gib")
+Resource = Literal[
+    "cpu_second",
+    "memory_gib_hour",
+    "io_gib",
+    "cpu_core_second_reserved",
+    "memory_gib_hour_reserved",
+]
+RESOURCES: tuple[Resource, ...] = (
+    "cpu_second",
+    "memory_gib_hour",
+    "io_gib",
+    "cpu_core_second_reserved",
+    "memory_gib_hour_reserved",
+)
+# Priced only where a rate for them exists (request-based billing is the operator's choice);
+# the usage resources need a rate wherever they were used.
+RESERVED: frozenset[str] = frozenset({"cpu_core_second_reserved", "memory_gib_hour_reserved"})
 GIB = 1024**3
 SECONDS_PER_HOUR = 3600
 # Costs are rounded once, per line, half to even, to this many decimal places (far below a
@@ -62,6 +79,14 @@ class Rate:
 
 def resolve(rates: list[Rate], resource: str, tenant: str, at: datetime) -> Rate:
     """The rate for ``resource`` used by ``tenant`` at ``at``; MissingRate if none."""
+    best = find(rates, resource, tenant, at)
+    if best is None:
+        raise MissingRate(resource, tenant, at)
+    return best
+
+
+def find(rates: list[Rate], resource: str, tenant: str, at: datetime) -> Rate | None:
+    """The rate for ``resource`` used by ``tenant`` at ``at``, or None."""
     best: Rate | None = None
     best_key: tuple[int, datetime | None, int] | None = None
     for rate in rates:
@@ -72,8 +97,6 @@ def resolve(rates: list[Rate], resource: str, tenant: str, at: datetime) -> Rate
         key = (1 if rate.tenant is not None else 0, rate.valid_from, rate.id)
         if best_key is None or _later(key, best_key):
             best, best_key = rate, key
-    if best is None:
-        raise MissingRate(resource, tenant, at)
     return best
 
 
@@ -93,14 +116,15 @@ def _later(a: tuple[int, datetime | None, int], b: tuple[int, datetime | None, i
 def pricing_quantity(resource: str, base: Decimal) -> Decimal:
     """The exact quantity in the rate's unit from a base quantity.
 
-    cpu_second: cpu seconds; memory_gib_hour: byte-seconds; io_gib: bytes. The result may
-    need more digits than the default context (1/3600 does not terminate): 60 are used.
+    cpu_second: cpu seconds; memory_gib_hour: byte-seconds; io_gib: bytes;
+    cpu_core_second_reserved: core-seconds; memory_gib_hour_reserved: byte-seconds. The result
+    may need more digits than the default context (1/3600 does not terminate): 60 are used.
     """
     with localcontext() as ctx:
         ctx.prec = 60
-        if resource == "cpu_second":
+        if resource in ("cpu_second", "cpu_core_second_reserved"):
             return base
-        if resource == "memory_gib_hour":
+        if resource in ("memory_gib_hour", "memory_gib_hour_reserved"):
             return base / (GIB * SECONDS_PER_HOUR)
         if resource == "io_gib":
             return base / GIB

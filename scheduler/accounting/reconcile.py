@@ -5,12 +5,16 @@ closing row, last among its rows; an attempt's periods are contiguous; and the l
 attempt's rows sum to the job's totals (cpu, io) with their highest peak equal to the job's.
 Per tenant on this node: the cpu its cgroup counted since boot is at least what was billed on
 this node since boot, and exceeds it by no more than the usage of the jobs still running.
+Per tenant with nothing running on this node: the agent's /metrics cpu counter (summed over
+mode) is within 1% of everything this node billed it (accounting/ledger.py).
 The checks are pure functions; :func:`reconcile` gathers the facts.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
+import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+from prometheus_client.parser import text_string_to_metric_families
 
 from scheduler.cgroups.base import CgroupDriver, CgroupPath
 from scheduler.db.queries import q
@@ -128,6 +133,79 @@ def check_tenant(
             )
         ]
     return []
+
+
+# How far a tenant's /metrics cpu counter may be from its bill (float rendering, nothing else).
+COUNTER_TOLERANCE = Decimal("0.01")
+
+
+def tenant_counters(exposition: str) -> dict[str, Decimal]:
+    """scheduler_tenant_cpu_seconds_total summed over mode, per tenant, from /metrics text."""
+    out: dict[str, Decimal] = {}
+    for family in text_string_to_metric_families(exposition):
+        if family.name != "scheduler_tenant_cpu_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name == "scheduler_tenant_cpu_seconds_total":
+                tenant = sample.labels.get("tenant", "")
+                out[tenant] = out.get(tenant, Decimal(0)) + Decimal(repr(sample.value))
+    return out
+
+
+def check_counters(
+    counters: Mapping[str, Decimal], billed: Mapping[str, Decimal], busy: set[str]
+) -> list[Discrepancy]:
+    """The tenants' /metrics cpu counters against what this node billed them (seconds);
+    tenants with a job running here (``busy``) are not quiet and are left out."""
+    found: list[Discrepancy] = []
+    for tenant in sorted(set(counters) | set(billed)):
+        if tenant in busy:
+            continue
+        counter, bill = counters.get(tenant), billed.get(tenant, Decimal(0))
+        if counter is None:
+            if bill > 0:
+                found.append(
+                    Discrepancy(
+                        f"tenant {tenant}",
+                        f"billed {bill} cpu seconds on this node, but /metrics has no "
+                        "scheduler_tenant_cpu_seconds_total for it",
+                    )
+                )
+            continue
+        if abs(counter - bill) > max(bill * COUNTER_TOLERANCE, Decimal("0.000001")):
+            found.append(
+                Discrepancy(
+                    f"tenant {tenant}",
+                    f"/metrics counts {counter} cpu seconds, its bill on this node is {bill} "
+                    f"(more than {COUNTER_TOLERANCE:%} apart)",
+                )
+            )
+    return found
+
+
+def fetch_metrics(url: str, timeout: float = 10.0) -> str:
+    """The /metrics text at ``url`` (blocking), with SCHEDULER_METRICS_TOKEN as a bearer
+    token when it is set; OSError (or ValueError for a bad URL) when it cannot be read."""
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    request = urllib.request.Request(url)  # noqa: S310 (scheme checked above)
+    token = os.environ.get("SCHEDULER_METRICS_TOKEN")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        body: bytes = response.read(64 * 1024 * 1024)
+    return body.decode()
+
+
+async def check_metrics(conn: asyncpg.Connection, node: str, exposition: str) -> list[Discrepancy]:
+    """The agent's tenant counters (``exposition``: its /metrics text) against the bill."""
+    running = await conn.fetch(q("check_node_running"), node)
+    billed = {
+        str(r["tenant"]): Decimal(r["cpu_seconds"])
+        for r in await conn.fetch(q("node_billed_totals"), node)
+    }
+    busy = {str(r["tenant"]) for r in running}
+    return check_counters(tenant_counters(exposition), billed, busy)
 
 
 def boot_time(stat_path: str = "/proc/stat") -> datetime:

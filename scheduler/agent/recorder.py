@@ -26,6 +26,7 @@ import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from scheduler import failpoints
+from scheduler.accounting.ledger import user_share
 from scheduler.accounting.metrics import ServiceStats
 from scheduler.accounting.periods import Period
 from scheduler.agent.health import Health
@@ -195,6 +196,18 @@ _RECORD = (
 )
 
 
+def _count(stats: ServiceStats, recorded: list[Completion]) -> None:
+    """Count the closing rows just committed in the tenants' billed totals (/metrics)."""
+    for c in recorded:
+        u, p = c.usage, c.closing
+        share = user_share(u.cpu_user_ns, u.cpu_system_ns)
+        if p is not None:
+            stats.billed.add(c.job.tenant, p.cpu_seconds, p.io_read_bytes, p.io_write_bytes, share)
+        else:
+            cpu = cpu_seconds(u.cpu_ns)
+            stats.billed.add(c.job.tenant, cpu, u.io_read_bytes, u.io_write_bytes, share)
+
+
 def _dispatch_latency(c: Completion) -> float | None:
     """Insert commit -> exec of a first attempt that reached its process, in seconds."""
     if c.job.attempts != 1 or c.cgroup is None or c.outcome.state == "lost":
@@ -293,6 +306,8 @@ class Recorder:
                     await conn.execute("SELECT pg_notify('scheduler_done', '')")
         for c in batch:
             self._unrecorded.discard(c.job.id)
+        if self._stats is not None:
+            _count(self._stats, [c for c in batch if c.job.id not in released])
         failpoints.hit("after_record")
         # rmdir in every hierarchy can take a while (the kernel offlines each cgroup): off the
         # event loop, one thread hop per batch.

@@ -153,6 +153,7 @@ async def _record_lost(
     send_lost: Callable[[Completion], Awaitable[None]],
 ) -> None:
     usage = driver.read_usage(cgroup) if driver.exists(cgroup) else Usage()
+    usage, _ = runner.with_output(job, usage)  # its stdout/stderr are its writes too
     now = time.time_ns()
     outcome = Outcome(
         "lost",

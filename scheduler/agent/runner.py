@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -16,7 +17,7 @@ from scheduler.accounting import periods
 from scheduler.agent.attempts import Attempts
 from scheduler.agent.isolation import Isolator
 from scheduler.agent.recorder import Completion, Outbox
-from scheduler.agent.sampler import Sampler, counters_of, covering, final_usage
+from scheduler.agent.sampler import Closed, Sampler, counters_of, covering, final_usage
 from scheduler.agent.tenants import TenantCgroups
 from scheduler.agent.unkillable import KILL_RETRY_FIRST_SECONDS, KILL_RETRY_MAX_SECONDS, Unkillable
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, LaunchPlan, Limits, Usage
@@ -27,6 +28,7 @@ from scheduler.runtime.forkserver import ForkServer, UnansweredLaunch
 from scheduler.runtime.identity import ended_or_running
 from scheduler.runtime.images import ImageStore
 from scheduler.runtime.launcher import read_exit_record, remove_run_dir, spawn, wait_monitor
+from scheduler.runtime.output import OutputMeter
 from scheduler.runtime.records import AttemptIdentity, clear_leftovers
 from scheduler.runtime.sandbox import SandboxPolicy
 from scheduler.runtime.spec import ExitRecord, LaunchSpec
@@ -114,6 +116,26 @@ async def _find_unanswered(run_dir: Path) -> int | ExitRecord | None:
         await anyio.sleep(0.01)
 
 
+def closing_peak(driver: CgroupDriver, usage: Usage, closed: Closed | None) -> int | None:
+    """The highest memory of an attempt's closing period, None where the kernel cannot say.
+
+    The sampler's kept-open peak file was reset at its last sweep: read through it, it tells
+    the closing period's peak (on v2 the reset is seen through that open file only, so the
+    monitor's final read shows the lifetime peak). On v1 the reset is the cgroup's own, so
+    the final read tells it too; on v2 without a resettable peak it is unknown.
+    """
+    pending = closed.peak if closed is not None else 0
+    reader = closed.reader if closed is not None else None
+    if reader is not None and reader.resets_peak:
+        try:
+            return max(pending, reader.read().memory_peak_bytes)
+        except OSError:
+            pass  # the cgroup is gone: the final read's value is all there is
+    if driver.name == "v1":
+        return max(pending, usage.memory_peak_bytes)
+    return None
+
+
 class Runner:
     """Starts attempts and turns their ends into completions for the recorder."""
 
@@ -136,6 +158,8 @@ class Runner:
         unkillable: Unkillable | None = None,
         database: str | None = None,
         epoch: int | None = None,
+        output_limit_bytes: int | None = None,
+        output_reserve_bytes: int | None = None,
     ) -> None:
         self._isolator = isolator or Isolator(
             SandboxPolicy(), ImageStore(runs_dir.parent / "images")
@@ -156,6 +180,10 @@ class Runner:
         # Who this agent's attempts are (runtime/records.py); None: records carry no identity.
         self._database = database
         self._epoch = epoch
+        # The node's output limit (default and ceiling) and the free space job output leaves
+        # on the state disk (runtime/output.py).
+        self._output_limit = output_limit_bytes
+        self._output_reserve = output_reserve_bytes
         # Why this node cannot start jobs now (a fresh check of its state disk), if it cannot:
         # an attempt that failed to start then goes back to the queue (see _released).
         self.node_fault = node_fault
@@ -216,7 +244,11 @@ class Runner:
             rootfs_dir=isolation.rootfs_dir,
             final_read=final_read(self._driver, cgroup),
             identity=identity.token if identity is not None else None,
+            output_limit_bytes=self.output_limit(job),
+            output_bps=job.io_write_bps,
+            output_reserve_bytes=self._output_reserve,
         )
+        output = OutputMeter(output_dir, spec.output_limit_bytes)
         launched_ns = time.time_ns()
         pidfd: int | None = None
         try:
@@ -233,7 +265,7 @@ class Runner:
                 await self._start_failed(job, cgroup, f"cannot start the monitor: {exc}", start_ns)
                 return
             if self._sampler is not None:
-                self._sampler.register(job, cgroup, launched_ns)
+                self._sampler.register(job, cgroup, launched_ns, output)
             if isinstance(found, ExitRecord):
                 await self.finish(job, cgroup, found, timed_out=False)
                 return
@@ -246,7 +278,7 @@ class Runner:
             return
         log.debug("job_started", monitor_pid=pid, run_dir=str(run_dir))
         if self._sampler is not None:
-            self._sampler.register(job, cgroup, launched_ns)
+            self._sampler.register(job, cgroup, launched_ns, output)
         await self.supervise(job, cgroup, plan, pid, run_dir, pidfd=pidfd)
 
     async def _clear_leftovers(
@@ -276,6 +308,32 @@ class Runner:
         if self._database is None or self._epoch is None:
             return None
         return AttemptIdentity.of(self._database, self._epoch, job)
+
+    def output_limit(self, job: Job) -> int | None:
+        """The job's output limit: the smallest of the node's, its tenant chain's and its own
+        (None: none applies). The tenant's chain is loaded (``tenants.chain``) by then."""
+        tenant = self._tenants.output_limit(job.tenant)
+        values = [v for v in (self._output_limit, tenant, job.output_limit_bytes) if v is not None]
+        return min(values) if values else None
+
+    def output_meter(self, job: Job) -> OutputMeter:
+        """The kept output of ``job``'s current attempt."""
+        directory = run_dir_for(self._runs_dir, job.id, job.attempts)
+        return OutputMeter(directory, self.output_limit(job))
+
+    def with_output(self, job: Job, usage: Usage) -> tuple[Usage, str | None]:
+        """``usage`` with the attempt's kept output added to its written bytes, and why the
+        rest of its output was dropped (None: nothing was)."""
+        try:
+            end = self.output_meter(job).end()
+        except OSError:
+            log.exception("job_output_unreadable")
+            return usage, None
+        if end.dropped is not None:
+            log.warning("job_output_truncated", reason=end.dropped, kept_bytes=end.kept_bytes)
+        if not end.kept_bytes:
+            return usage, end.dropped
+        return replace(usage, io_write_bytes=usage.io_write_bytes + end.kept_bytes), end.dropped
 
     def monitor_dir(self, job: Job) -> Path:
         """Where the monitor of ``job``'s current attempt keeps its pid and exit record."""
@@ -353,18 +411,21 @@ class Runner:
         # Stop the sampler first: no period may be written after the closing one is computed.
         closed = await self._sampler.close(job) if self._sampler is not None else None
         mark = closed.mark if closed is not None else None
+        peak: int | None = None
         try:
             usage = (
                 recorded
                 if recorded is not None
                 else await final_usage(self._driver, cgroup, closed.reader if closed else None)
             )
+            peak = closing_peak(self._driver, usage, closed)
         except Exception:
             log.exception("final_usage_read_failed")
             usage = Usage()
         finally:
             if closed is not None and closed.reader is not None:
                 closed.reader.close()
+        usage, dropped = self.with_output(job, usage)
         outcome = decide_outcome(
             record,
             usage,
@@ -373,6 +434,11 @@ class Runner:
             attempts=job.attempts,
             max_attempts=job.max_attempts,
         )
+        if dropped is not None:
+            note = f"output truncated: {dropped}; the rest of stdout/stderr was dropped"
+            outcome = replace(
+                outcome, error=note if outcome.error is None else f"{outcome.error}; {note}"
+            )
         if job.image is not None:  # only a job on an image has a writable layer to remove
             await self._isolator.release(
                 run_dir_for(self._runs_dir, job.id, job.attempts),
@@ -382,7 +448,7 @@ class Runner:
         start_ns = record.start_ns if record else now
         end_ns = record.end_ns if record else now
         end_ns = max(start_ns, end_ns)
-        usage, closing = self.closing_row(mark, usage, start_ns, end_ns)
+        usage, closing = self.closing_row(mark, usage, start_ns, end_ns, peak)
         release = None
         if record is None or record.kind == "start_error":
             release = await self._released(job)
@@ -403,20 +469,28 @@ class Runner:
 
     @staticmethod
     def closing_row(
-        mark: periods.Mark | None, usage: Usage, exec_ns: int, end_ns: int
+        mark: periods.Mark | None,
+        usage: Usage,
+        exec_ns: int,
+        end_ns: int,
+        period_peak: int | None = None,
     ) -> tuple[Usage, periods.Period | None]:
         """The totals to record and the closing usage row (the final counters minus what the
         sampler already billed). The totals never fall below what the rows already billed (a
-        failed final read reads zeros), so that the rows always sum to them."""
+        failed final read reads zeros), so that the rows always sum to them.
+        ``period_peak``: the memory peak since the last row (see :func:`closing_peak`)."""
         if mark is None:
             return usage, None
         usage = covering(usage, mark)
+        if period_peak is not None and period_peak > usage.memory_peak_bytes:
+            usage = replace(usage, memory_peak_bytes=period_peak)  # reads not kept in a row
         closing = periods.close(
             mark,
             exec_ns=exec_ns,
             end_ns=end_ns,
             counters=counters_of(usage),
             memory_bytes=usage.memory_current_bytes,
+            period_peak=period_peak,
         )
         return usage, closing
 
@@ -432,7 +506,7 @@ class Runner:
     def adopt_metering(self, job: Job, cgroup: CgroupPath) -> None:
         """Resume sampling an attempt adopted at start-up, from its committed rows."""
         if self._sampler is not None:
-            self._sampler.adopt(job, cgroup)
+            self._sampler.adopt(job, cgroup, self.output_meter(job))
 
     async def _drain(self, job: Job, cgroup: CgroupPath) -> None:
         """Wait until no process is left in the cgroup; kill stragglers after a bound."""

@@ -12,6 +12,11 @@ statement, and publishes a snapshot for Prometheus. Exactness rests on three rul
   from the rows already in Postgres before it is used again, and only once no spooled row
   waits (the spool would otherwise hold rows the reload does not see).
 
+Sample times are not predictable: each sweep comes a random 50-150% of ``sample_interval``
+after the previous one (drawn from the OS's entropy), so a tenant cannot time its memory
+around them; and each sweep resets the kernel's memory peak of every job it read, so that a
+period is billed at no less than the job's highest memory in it (accounting/periods.py).
+
 When the database is away or full, a sweep's rows go to the usage spool (agent/spool.py) and
 the marks advance as if committed; while spooled rows wait, new rows go behind them. When the
 spool is at its bound, the marks stay where they are: the next row that can be stored covers
@@ -21,8 +26,9 @@ all the periods in between (counters are cumulative), so nothing is dropped.
 from __future__ import annotations
 
 import contextlib
+import secrets
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -30,6 +36,7 @@ import anyio
 import asyncpg
 import structlog
 
+from scheduler.accounting.ledger import user_share
 from scheduler.accounting.metrics import (
     JobSeries,
     ServiceStats,
@@ -47,6 +54,7 @@ from scheduler.db.outage import DB_ERRORS, describe, log_failure, outage_kind
 from scheduler.db.queries import q
 from scheduler.errors import CgroupError
 from scheduler.jobs import Job
+from scheduler.runtime.output import OutputMeter
 
 log = structlog.get_logger(__name__)
 # A statement that timed out (TimeoutError, one of DB_ERRORS) may still have committed: it
@@ -57,6 +65,7 @@ STATEMENT_TIMEOUT = 30.0
 # PSI files read for each tenant's cgroup at every sweep.
 PSI_RESOURCES = ("cpu", "memory", "io")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_RANDOM = secrets.SystemRandom()
 
 
 def to_datetime(ns: int) -> datetime:
@@ -161,10 +170,15 @@ def _uses_nothing(period: Period) -> bool:
 
 @dataclass(frozen=True)
 class Closed:
-    """An attempt the sampler no longer meters."""
+    """An attempt the sampler no longer meters.
+
+    ``peak``: the highest memory the sampler read since the mark (0: none), which the
+    closing period covers too when a sweep's rows were not kept.
+    """
 
     mark: Mark
     reader: CounterReader | None
+    peak: int = 0
 
 
 @dataclass
@@ -175,6 +189,14 @@ class _Attempt:
     mark: Mark | None  # None: reload from Postgres before use
     reader: CounterReader | None = None
     last: Sample | None = None
+    # The job's kept stdout/stderr, billed as io_write_bytes beside the block counters.
+    output: OutputMeter | None = None
+    # What of this attempt's rows the tenants' billed totals count (None: whatever its rows
+    # in Postgres say, when first loaded: an adopted attempt's are in the agent's baseline).
+    counted: Counters | None = field(default_factory=Counters)
+    # The highest memory.peak read since the mark (the kernel's mark is reset at each read,
+    # so a period whose row was not kept still bills its peak in the next one).
+    peak: int = 0
 
 
 class Sampler:
@@ -215,7 +237,13 @@ class Sampler:
     def running(self) -> int:
         return len(self._attempts)
 
-    def register(self, job: Job, cgroup: CgroupPath, launched_ns: int) -> None:
+    def register(
+        self,
+        job: Job,
+        cgroup: CgroupPath,
+        launched_ns: int,
+        output: OutputMeter | None = None,
+    ) -> None:
         """Start metering an attempt just launched (first period starts at ``launched_ns``).
 
         A first attempt has no rows; a retried one continues the job's row numbers, which
@@ -223,7 +251,7 @@ class Sampler:
         """
         seq = 0 if job.attempts <= 1 else job.usage_seq
         mark = Mark.fresh(launched_ns, seq) if seq is not None else None
-        self._attempts[job.id] = _Attempt(job, cgroup, launched_ns, mark)
+        self._attempts[job.id] = _Attempt(job, cgroup, launched_ns, mark, output=output)
 
     def quiet(self, job_id: int) -> None:
         """Write no zero-valued rows for ``job_id`` from now on (processes that outlive the
@@ -231,9 +259,9 @@ class Sampler:
         closing row). Until the attempt's metering is closed."""
         self._quiet.add(job_id)
 
-    def adopt(self, job: Job, cgroup: CgroupPath) -> None:
+    def adopt(self, job: Job, cgroup: CgroupPath, output: OutputMeter | None = None) -> None:
         """Resume metering an attempt a previous agent started, from its committed rows."""
-        self._attempts[job.id] = _Attempt(job, cgroup, None, None)
+        self._attempts[job.id] = _Attempt(job, cgroup, None, None, output=output, counted=None)
 
     async def close(self, job: Job) -> Closed:
         """Stop metering ``job``'s attempt: where its closing row must start, and its
@@ -245,11 +273,17 @@ class Sampler:
         async with self._lock:
             attempt = self._attempts.pop(job.id, None)
             self.forget(job.id)
+            if attempt is not None and attempt.output is not None:
+                attempt.output.close()
             reader = attempt.reader if attempt is not None else None
+            peak = attempt.peak if attempt is not None else 0
             if attempt is not None and attempt.mark is not None:
-                return Closed(attempt.mark, reader)
+                return Closed(attempt.mark, reader, peak)
         try:
-            return Closed(await self._mark_from_db(job, attempt), reader)
+            mark = await self._mark_from_db(job, attempt)
+            if attempt is not None:
+                self._settle(attempt, mark)
+            return Closed(mark, reader, peak)
         except BaseException:
             if reader is not None:
                 reader.close()
@@ -281,14 +315,20 @@ class Sampler:
         )
         return {int(r["job_id"]): mark_from_row(r, launched.get(int(r["job_id"]))) for r in rows}
 
+    def next_gap(self) -> float:
+        """Seconds to the next sweep: a uniform 50-150% of the interval, from the OS's
+        entropy (a tenant who saw every earlier sample time cannot tell the next one)."""
+        return self._interval * (0.5 + _RANDOM.random())
+
     async def run(self) -> None:
-        """Sweep every ``interval`` seconds, on a fixed grid (a slow sweep skips no period)."""
+        """Sweep about every ``interval`` seconds at unpredictable times (a slow sweep skips
+        no period: the next is due from when the last was due, not from when it ended)."""
         next_at = time.monotonic()
         while True:
-            next_at += self._interval
+            next_at += self.next_gap()
             await anyio.sleep(max(0.0, next_at - time.monotonic()))
             if time.monotonic() - next_at > self._interval:
-                next_at = time.monotonic()  # fell far behind (suspended host): restart the grid
+                next_at = time.monotonic()  # fell far behind (suspended host): start afresh
             try:
                 await self.sweep()
             except Exception:  # one bad sweep must not stop metering; the next one retries
@@ -311,6 +351,8 @@ class Sampler:
                     marks = {}
                 for a in stale:
                     a.mark = marks.get(a.job.id)
+                    if a.mark is not None:
+                        self._settle(a, a.mark)
             at_ns, samples = await anyio.to_thread.run_sync(self._read_all, attempts)
             periods: list[tuple[_Attempt, Period, Mark]] = []
             for a, sample in zip(attempts, samples, strict=True):
@@ -318,13 +360,17 @@ class Sampler:
                 if sample is not None and sample.oom_kills > before:
                     await self._oom_seen(a)
                 a.last = sample or a.last
-                if sample is None or a.mark is None:
+                if sample is None:
+                    continue
+                a.peak = max(a.peak, sample.memory_peak_bytes)
+                if a.mark is None:
                     continue
                 period, after = advance(
                     a.mark,
                     at_ns=at_ns,
                     counters=counters_of(sample),
                     memory_bytes=sample.memory_current_bytes,
+                    period_peak=a.peak if a.reader is not None and a.reader.resets_peak else None,
                 )
                 if a.job.id in self._quiet and _uses_nothing(period):
                     continue  # the mark stays: the next row covers this time too
@@ -351,8 +397,15 @@ class Sampler:
         for a in attempts:
             try:
                 if a.reader is None:
-                    a.reader = CounterReader(counter_files(self._driver, a.cgroup))
-                samples.append(a.reader.read())
+                    a.reader = CounterReader(counter_files(self._driver, a.cgroup), reset_peak=True)
+                sample = a.reader.read()
+                # Right after the read: the next read tells the next period's peak alone.
+                a.reader.reset_peak()
+                if a.output is not None:
+                    kept = a.output.kept()
+                    if kept:
+                        sample = replace(sample, io_write_bytes=sample.io_write_bytes + kept)
+                samples.append(sample)
             except OSError:
                 # Not created yet by the monitor, or removed: nothing to bill this sweep.
                 samples.append(None)
@@ -361,6 +414,35 @@ class Sampler:
     @property
     def _spooling(self) -> bool:
         return self._spool is not None and self._spool.pending
+
+    def _count(self, periods: list[tuple[_Attempt, Period, Mark]]) -> None:
+        """Count kept rows in the tenants' billed totals (the /metrics tenant counters)."""
+        ledger = self._stats.billed
+        for a, p, after in periods:
+            last = a.last
+            share = user_share(last.cpu_user_ns, last.cpu_system_ns) if last else Decimal(1)
+            ledger.add(a.job.tenant, p.cpu_seconds, p.io_read_bytes, p.io_write_bytes, share)
+            a.counted = after.counters
+
+    def _settle(self, a: _Attempt, mark: Mark) -> None:
+        """A mark reloaded from Postgres: count the rows it has that the totals do not (a
+        write whose outcome was unknown had committed after all)."""
+        counted, a.counted = a.counted, mark.counters
+        if counted is None:
+            return
+        cpu = mark.counters.cpu_ns - counted.cpu_ns
+        read = mark.counters.io_read_bytes - counted.io_read_bytes
+        write = mark.counters.io_write_bytes - counted.io_write_bytes
+        if cpu > 0 or read > 0 or write > 0:
+            last = a.last
+            share = user_share(last.cpu_user_ns, last.cpu_system_ns) if last else Decimal(1)
+            self._stats.billed.add(
+                a.job.tenant,
+                Decimal(max(cpu, 0)) / NS_PER_SECOND,
+                max(read, 0),
+                max(write, 0),
+                share,
+            )
 
     async def _store(self, periods: list[tuple[_Attempt, Period, Mark]]) -> None:
         """Commit a sweep's rows, or spool them; move the marks only past rows kept."""
@@ -373,7 +455,8 @@ class Sampler:
             # Behind the rows already waiting: never straight to Postgres, never out of order.
             if await self._to_spool(rows):
                 for a, _, after in periods:
-                    a.mark = after
+                    a.mark, a.peak = after, 0
+                self._count(periods)
             return
         try:
             await self._write([(a, p) for a, p, _ in periods])
@@ -384,7 +467,8 @@ class Sampler:
                 # Spooled rows may have committed too (a timeout): their replay is a no-op.
                 if await self._to_spool(rows):
                     for a, _, after in periods:
-                        a.mark = after
+                        a.mark, a.peak = after, 0
+                    self._count(periods)
                     return
             else:
                 log.exception("usage_write_failed", rows=len(rows), error=describe(exc))
@@ -393,7 +477,8 @@ class Sampler:
                 a.mark = None
         else:
             for a, _, after in periods:
-                a.mark = after
+                a.mark, a.peak = after, 0
+            self._count(periods)
             self._health.ok("usage")
 
     async def _write(self, rows: list[tuple[_Attempt, Period]]) -> None:

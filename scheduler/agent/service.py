@@ -16,6 +16,7 @@ import structlog
 
 from scheduler.accounting.metrics import ServiceStats
 from scheduler.agent.attempts import Attempts
+from scheduler.agent.billed import load_billed
 from scheduler.agent.controller import Controller
 from scheduler.agent.descriptors import http_connection_cap, raise_nofile_limit
 from scheduler.agent.dispatcher import Dispatcher
@@ -48,7 +49,7 @@ from scheduler.cgroups.devices import io_devices
 from scheduler.config import Settings
 from scheduler.db.embedded import EmbeddedPostgres
 from scheduler.db.migrate import migrate
-from scheduler.db.outage import DB_ERRORS, describe
+from scheduler.db.outage import DB_ERRORS, describe, log_failure
 from scheduler.db.pool import create_pool
 from scheduler.db.queries import q
 from scheduler.errors import LaunchError, SchedulerError
@@ -195,6 +196,11 @@ async def run_agent(
                 await spool.replay(pool)
         except DB_ERRORS as exc:
             health.fail("usage", f"usage rows are spooled on disk: {describe(exc)}")
+        # Before any row of this run is counted (recovery records ended attempts below).
+        try:
+            await load_billed(pool, driver, settings.node_name, stats.billed)
+        except DB_ERRORS as exc:  # the counters start at zero: a reset, which Prometheus takes
+            log_failure(log, "billed_totals_load_failed", exc)
         sampler = Sampler(
             pool,
             driver,
@@ -231,6 +237,8 @@ async def run_agent(
             unkillable=unkillable,
             database=database,
             epoch=lease.epoch,
+            output_limit_bytes=settings.output_limit_bytes,
+            output_reserve_bytes=settings.state_min_free_bytes,
         )
         controller = Controller(
             pool,

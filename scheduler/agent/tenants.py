@@ -39,6 +39,8 @@ class TenantCgroups:
         self._pool = pool
         self._driver = driver
         self._paths: dict[str, tuple[str, ...]] = {}
+        # The smallest output_limit_bytes along each tenant's chain (None: none set).
+        self._output_limits: dict[str, int | None] = {}
         self._lock = anyio.Lock()
 
     async def chain(self, tenant: str) -> tuple[str, ...]:
@@ -54,11 +56,17 @@ class TenantCgroups:
             if not rows:
                 raise LookupError(f"unknown tenant {tenant!r}")
             names = tuple(str(r["name"]) for r in rows)
+            limits = [int(v) for r in rows if (v := r.get("output_limit_bytes")) is not None]
+            self._output_limits[tenant] = min(limits) if limits else None
             for depth, row in enumerate(rows, start=1):
                 self._driver.ensure(CgroupPath(names[:depth]), tenant_limits(row, self.io_devices))
             self._paths[tenant] = names
             log.info("tenant_cgroup_ready", tenant=tenant, path="/".join(names))
             return names
+
+    def output_limit(self, tenant: str) -> int | None:
+        """The smallest output_limit_bytes of the tenant and its ancestors (after ``chain``)."""
+        return self._output_limits.get(tenant)
 
     @property
     def paths(self) -> dict[str, tuple[str, ...]]:

@@ -202,6 +202,7 @@ JOB_FIELDS: dict[str, Callable[[Any], Any]] = {
     "network": _bool,
     "io_read_bps": _optional(_int(1, 1 << 50)),
     "io_write_bps": _optional(_int(1, 1 << 50)),
+    "output_limit_bytes": _optional(_int(0, 1 << 50)),
 }
 TENANT_FIELDS: dict[str, Callable[[Any], Any]] = {
     "name": JOB_FIELDS["tenant"],
@@ -213,6 +214,7 @@ TENANT_FIELDS: dict[str, Callable[[Any], Any]] = {
     "weight": _int(1, 10000),
     "io_read_bps": _optional(_int(1, 1 << 50)),
     "io_write_bps": _optional(_int(1, 1 << 50)),
+    "output_limit_bytes": _optional(_int(0, 1 << 50)),
 }
 
 
@@ -250,5 +252,9 @@ def job_request(body: Any, default_tenant: str) -> JobRequest:
 
 def request_hash(request: JobRequest) -> str:
     """A digest of what was asked, independent of key order and number formatting."""
-    canonical = json.dumps(request.__dict__, sort_keys=True, default=str, separators=(",", ":"))
+    fields = dict(request.__dict__)
+    if fields.get("output_limit_bytes") is None:
+        # Added later: left out when unset, so keys stored before it keep their digests.
+        fields.pop("output_limit_bytes", None)
+    canonical = json.dumps(fields, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()

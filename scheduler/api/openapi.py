@@ -79,6 +79,11 @@ JOB_CREATE = {
         "network": {"type": "boolean"},
         "io_read_bps": {"type": ["integer", "null"], "minimum": 1, "maximum": 1125899906842624},
         "io_write_bps": {"type": ["integer", "null"], "minimum": 1, "maximum": 1125899906842624},
+        "output_limit_bytes": {
+            "type": ["integer", "null"],
+            "minimum": 0,
+            "maximum": 1125899906842624,
+        },
     },
 }
 TENANT_CREATE = {
@@ -99,6 +104,11 @@ TENANT_CREATE = {
         "weight": {"type": "integer", "minimum": 1, "maximum": 10000},
         "io_read_bps": {"type": ["integer", "null"], "minimum": 1, "maximum": 1125899906842624},
         "io_write_bps": {"type": ["integer", "null"], "minimum": 1, "maximum": 1125899906842624},
+        "output_limit_bytes": {
+            "type": ["integer", "null"],
+            "minimum": 0,
+            "maximum": 1125899906842624,
+        },
     },
 }
 JOB = {
@@ -134,6 +144,7 @@ JOB = {
         "memory_peak_bytes": {"type": ["integer", "null"]},
         "io_read_bytes": {"type": ["integer", "null"]},
         "io_write_bytes": {"type": ["integer", "null"]},
+        "output_limit_bytes": {"type": ["integer", "null"]},
     },
 }
 

@@ -9,6 +9,7 @@ sampled cumulative value and the final one at exit are the same counter.
 
 from __future__ import annotations
 
+import errno
 import os
 import weakref
 from collections.abc import Callable, Mapping
@@ -316,15 +317,28 @@ def parse_sample(texts: Mapping[str, str]) -> Sample:
     return _sample(values)
 
 
+# The memory high-water mark of a cgroup, which the sampler resets at every period boundary
+# so that the next read tells the peak of that period alone (see accounting/periods.py).
+# v1: a write to memory.max_usage_in_bytes resets the cgroup's mark to its current usage
+# (for every reader). v2: since Linux 6.12 a write to an open memory.peak resets the mark
+# seen through that open file only; before 6.12 the file cannot be opened for writing.
+PEAK_FILES = frozenset({"memory.max_usage_in_bytes", "memory.peak"})
+# The kernel ignores what is written (any non-empty text resets).
+_PEAK_RESET = b"0"
+
+
 class CounterReader:
     """One cgroup's counter files, opened once and re-read with pread.
 
     Files that do not exist (a controller not mounted, a kernel without memory.peak or PSI)
     are left out for good. ``read`` raises ``OSError`` when the cgroup itself has gone.
+    ``reset_peak``: the peak file is opened for writing too, so that :meth:`reset_peak` can
+    restart its high-water mark (``resets_peak`` says whether the kernel allowed it).
     """
 
-    def __init__(self, files: CounterFiles) -> None:
+    def __init__(self, files: CounterFiles, *, reset_peak: bool = False) -> None:
         self._files: list[tuple[int, Parser]] = []
+        self._peak_fd: int | None = None
         groups: dict[Path, list[tuple[str, Path]]] = {}
         for name, path in files.items():
             groups.setdefault(path.parent, []).append((name, path))
@@ -338,11 +352,11 @@ class CounterReader:
                 try:
                     for name, path in members:
                         try:
-                            fd = os.open(
-                                path.name if dir_fd is not None else path,
-                                os.O_RDONLY | os.O_CLOEXEC,
-                                dir_fd=dir_fd,
-                            )
+                            where = path.name if dir_fd is not None else path
+                            if reset_peak and name in PEAK_FILES:
+                                fd = self._open_peak(where, dir_fd)
+                            else:
+                                fd = os.open(where, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
                         except FileNotFoundError:
                             if dir_fd is None and not directory.is_dir():
                                 raise  # the cgroup is not there (yet, or any more)
@@ -354,6 +368,37 @@ class CounterReader:
         except BaseException:
             self.close()
             raise
+
+    def _open_peak(self, where: str | Path, dir_fd: int | None) -> int:
+        """The peak file, read-write when the kernel lets its mark be reset (else read-only:
+        cgroup v2 before 6.12 has no write handler and refuses the open with EACCES)."""
+        try:
+            fd = os.open(where, os.O_RDWR | os.O_CLOEXEC, dir_fd=dir_fd)
+        except FileNotFoundError:
+            raise
+        except OSError:
+            return os.open(where, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+        self._peak_fd = fd
+        return fd
+
+    @property
+    def resets_peak(self) -> bool:
+        """True when :meth:`reset_peak` restarts the cgroup's memory high-water mark."""
+        return self._peak_fd is not None
+
+    def reset_peak(self) -> None:
+        """Restart the memory high-water mark at the current usage (no-op if unsupported).
+
+        A kernel that refuses the write (EINVAL, EACCES) is not asked again."""
+        fd = self._peak_fd
+        if fd is None:
+            return
+        try:
+            os.pwrite(fd, _PEAK_RESET, 0)
+        except OSError as exc:
+            if exc.errno in (errno.ENODEV, errno.ENOENT):
+                raise  # the cgroup is gone: as a read would say
+            self._peak_fd = None
 
     def read(self) -> Sample:
         """Re-read every kept-open file and parse the values."""

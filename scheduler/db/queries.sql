@@ -5,7 +5,12 @@
 -- running core counts for in fair share; $6 the node's lease epoch): one statement, taking
 -- the claim lock itself, so outside a transaction it is one round trip. The claim's SQL is
 -- the function's (migrations/0008_claim_function.sql, replaced in 0010_control_plane.sql).
-SELECT * FROM scheduler.claim_jobs($1, $2, $3, $4, $5, $6);
+-- The job's output limit (migration
+-- 0012) is read beside it, from the statement's snapshot (the claim does not change it).
+SELECT c.*,
+       (SELECT j.output_limit_bytes FROM scheduler.jobs j WHERE j.id = c.id)
+           AS output_limit_bytes
+FROM scheduler.claim_jobs($1, $2, $3, $4, $5, $6) c;
 
 -- name: claimed_on_node
 -- The attempts Postgres gives node $1 under epoch $2, with the columns claim_jobs returns
@@ -14,7 +19,8 @@ SELECT * FROM scheduler.claim_jobs($1, $2, $3, $4, $5, $6);
 SELECT j.id, j.tenant, j.name, j.argv, j.env, j.cwd, j.cpu, j.memory_bytes, j.pids_max,
        j.timeout_seconds, j.priority, j.max_attempts, j.attempts, j.desired_state,
        j.submitted_at, j.io_read_bps, j.io_write_bps, j.network, j.image,
-       (SELECT t.run_as FROM scheduler.tenants t WHERE t.name = j.tenant) AS run_as
+       (SELECT t.run_as FROM scheduler.tenants t WHERE t.name = j.tenant) AS run_as,
+       j.output_limit_bytes
 FROM scheduler.jobs j
 WHERE j.node = $1 AND j.node_epoch IS NOT DISTINCT FROM $2 AND j.state IN ('running', 'frozen')
 ORDER BY j.id;
@@ -23,15 +29,16 @@ ORDER BY j.id;
 -- The tenant and its ancestors, root first, with their limits.
 WITH RECURSIVE chain AS (
     SELECT name, parent, cpu_limit, memory_limit_bytes, pids_limit, weight, io_read_bps,
-           io_write_bps, 0 AS depth
+           io_write_bps, output_limit_bytes, 0 AS depth
     FROM scheduler.tenants WHERE name = $1
     UNION ALL
     SELECT t.name, t.parent, t.cpu_limit, t.memory_limit_bytes, t.pids_limit, t.weight,
-           t.io_read_bps, t.io_write_bps, c.depth + 1
+           t.io_read_bps, t.io_write_bps, t.output_limit_bytes, c.depth + 1
     FROM scheduler.tenants t JOIN chain c ON t.name = c.parent
     WHERE c.depth < 32
 )
-SELECT name, cpu_limit, memory_limit_bytes, pids_limit, weight, io_read_bps, io_write_bps
+SELECT name, cpu_limit, memory_limit_bytes, pids_limit, weight, io_read_bps, io_write_bps,
+       output_limit_bytes
 FROM chain ORDER BY depth DESC;
 
 -- name: finish_jobs
@@ -101,9 +108,9 @@ SELECT count(*) FROM scheduler.jobs WHERE node = $1 AND state IN ('running', 'fr
 -- name: insert_job
 INSERT INTO scheduler.jobs (tenant, name, argv, env, cwd, cpu, memory_bytes, pids_max,
                             timeout_seconds, priority, max_attempts, labels, run_at,
-                            image, network, io_read_bps, io_write_bps)
+                            image, network, io_read_bps, io_write_bps, output_limit_bytes)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, COALESCE($13, now()),
-        $14, $15, $16, $17)
+        $14, $15, $16, $17, $18)
 RETURNING *;
 
 -- name: get_job
@@ -121,7 +128,8 @@ LIMIT $4;
 -- name: active_on_node
 -- Attempts this node had started when it last stopped: re-adopted or recorded at start-up.
 SELECT id, tenant, name, argv, env, cwd, cpu, memory_bytes, pids_max, timeout_seconds,
-       priority, max_attempts, attempts, desired_state, submitted_at, io_read_bps, io_write_bps
+       priority, max_attempts, attempts, desired_state, submitted_at, io_read_bps, io_write_bps,
+       output_limit_bytes
 FROM scheduler.jobs
 WHERE node = $1 AND state IN ('running', 'frozen')
 ORDER BY id;
@@ -300,8 +308,11 @@ SELECT tenant, state, count(*) AS n FROM scheduler.jobs GROUP BY tenant, state;
 
 -- name: billing_usage
 -- The rows a billing window holds: a row belongs to the window in which its period ends.
+-- With what the job reserved (cores, memory) and the row's wall time in exact seconds.
 SELECT u.job_id, j.name AS job_name, u.tenant, u.period_end, u.cpu_seconds,
-       u.memory_byte_seconds, u.io_read_bytes, u.io_write_bytes
+       u.memory_byte_seconds, u.io_read_bytes, u.io_write_bytes,
+       j.cpu AS cpu_reserved, j.memory_bytes AS memory_reserved_bytes,
+       extract(epoch FROM u.period_end - u.period_start) AS wall_seconds
 FROM scheduler.usage u
 JOIN scheduler.jobs j ON j.id = u.job_id
 WHERE u.period_end >= $1 AND u.period_end < $2
@@ -564,3 +575,12 @@ FROM (
 SELECT i.id::text || '.' || d.oid::text
 FROM scheduler.instance i, pg_database d
 WHERE d.datname = current_database();
+
+-- name: node_billed_totals
+-- What node $1 billed each tenant, all time: where the tenant counters on /metrics start
+-- when the agent does (accounting/ledger.py).
+SELECT tenant, sum(cpu_seconds) AS cpu_seconds, sum(io_read_bytes) AS io_read_bytes,
+       sum(io_write_bytes) AS io_write_bytes
+FROM scheduler.usage
+WHERE node = $1
+GROUP BY tenant;

@@ -126,6 +126,21 @@ def _check_text(what: str, value: str) -> str:
     return value
 
 
+def output_args(spec: LaunchSpec) -> list[str]:
+    """The monitor's output policy flags for ``spec`` (none when it has no policy)."""
+    out: list[str] = []
+    for flag, value in (
+        ("--output-limit", spec.output_limit_bytes),
+        ("--output-bps", spec.output_bps),
+        ("--output-reserve", spec.output_reserve_bytes),
+    ):
+        if value is not None:
+            if value < 0:
+                raise LaunchError(f"job {spec.job_id}: {flag} must not be negative: {value}")
+            out += [flag, str(value)]
+    return out
+
+
 def monitor_argv(binary: Path, spec: LaunchSpec) -> list[str]:
     """The monitor's command line for ``spec`` (pure)."""
     if not spec.argv:
@@ -162,6 +177,7 @@ def monitor_argv(binary: Path, spec: LaunchSpec) -> list[str]:
         for name, path in spec.final_read.gauges:
             argv += ["--gauge", name, path]
         argv += ["--empty-check", spec.final_read.empty_check]
+    argv += output_args(spec)
     argv += ["--", *spec.argv]
     if "\0" in "".join(argv):  # one scan for the usual case; then find which
         for a in argv:

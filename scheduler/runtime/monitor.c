@@ -4,7 +4,8 @@
  *   scheduler-monitor --run-dir DIR [--output-dir OUT] --hostname H --cwd C --tmp-size BYTES
  *       [--mkdir PATH]... [--write PATH VALUE]... [--procs PATH]...
  *       [--uid N --gid N] [--host-net] [--overlay-dir D --lower DIR...]
- *       [--counter NAME PATH]... [--gauge NAME PATH]... [--empty-check PATH] -- ARGV...
+ *       [--counter NAME PATH]... [--gauge NAME PATH]... [--empty-check PATH]
+ *       [--output-limit BYTES] [--output-bps BYTES] [--output-reserve BYTES] -- ARGV...
  *   scheduler-monitor --fork-server     (forks a monitor per request; see the end of the file)
  *
  * Three processes take part:
@@ -56,6 +57,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -329,6 +331,50 @@ __attribute__((noreturn)) static void start_error(const char *dir)
 }
 
 /* A uid or gid: decimal, below 2^32-1 ((uid_t)-1 means "unchanged" to the kernel). */
+/* ---- output policy: options ----
+ *
+ * The job's stdout and stderr are its I/O: the agent bills the bytes kept, and asks the
+ * monitor to keep at most --output-limit of them (both streams together), to move them to
+ * disk at no more than --output-bps bytes per second (the job's io_write_bps: a job writing
+ * faster blocks on its full pipe), and to stop keeping them while the output filesystem has
+ * less than --output-reserve bytes free. Past the limit (or the reserve) the rest of a stream
+ * is read and dropped after one marker line, "\n[scheduler: output dropped from here: WHY]\n",
+ * which is what the agent looks for (see runtime/output.py). */
+struct output_policy {
+    long long limit;   /* most job bytes kept; -1: no limit */
+    long long bps;     /* bytes per second to disk; 0: not throttled */
+    long long reserve; /* free bytes the output filesystem keeps; 0: not checked */
+    long long kept;    /* job bytes written to the files so far */
+    double tokens;     /* the throttle's bucket, in bytes */
+    long long refill_ns;
+    int full;          /* nothing more is kept */
+    char why[160];
+    int devnull;       /* where dropped bytes are spliced (-1: read and discarded) */
+};
+static struct output_policy outp = {.limit = -1, .devnull = -1};
+
+static int is_output_option(const char *flag)
+{
+    return strcmp(flag, "--output-limit") == 0 || strcmp(flag, "--output-bps") == 0 ||
+           strcmp(flag, "--output-reserve") == 0;
+}
+
+static int set_output_option(const char *flag, const char *text)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(text, &end, 10);
+    if (errno != 0 || end == text || *end != '\0' || v < 0)
+        return -1;
+    if (strcmp(flag, "--output-limit") == 0)
+        outp.limit = v;
+    else if (strcmp(flag, "--output-bps") == 0)
+        outp.bps = v;
+    else
+        outp.reserve = v;
+    return 0;
+}
+
 static long parse_id(const char *text)
 {
     char *end;
@@ -407,6 +453,11 @@ static int parse_args(int argc, char **argv, struct opts *o)
         } else if (strcmp(a, "--identity") == 0) {
             if (set_identity(argv[++i]) != 0)
                 return -1;
+        } else if (is_output_option(a)) {
+            if (set_output_option(a, argv[++i]) != 0) {
+                set_error("monitor: bad %s %s", a, argv[i]);
+                return -1;
+            }
         } else {
             set_error("monitor: bad argument %s", a);
             return -1;
@@ -820,6 +871,7 @@ struct sink {
     int copy;      /* splice is not supported by the output filesystem: read + write */
     int broken;    /* the file could not be made or written: the rest is discarded */
     const char *name;
+    int dropped;   /* the output policy's marker line is written: the rest is discarded */
 };
 
 /* OUT/<name>, made (with OUT) on the first byte. Not O_APPEND: splice refuses such files. */
@@ -883,6 +935,165 @@ static void drain_sink(const struct opts *o, struct sink *s, short revents)
     }
 }
 
+/* ---- output policy: draining ---- */
+
+static int output_active(void)
+{
+    return outp.limit >= 0 || outp.bps > 0 || outp.reserve > 0;
+}
+
+/* Bytes the sinks may move to disk now: what the throttle's bucket holds (refilled at
+ * --output-bps, at most 1/8 s worth or 64 KiB), never past the limit, at most 1 MiB. */
+static size_t output_allow(void)
+{
+    long long room = 1 << 20;
+    if (outp.limit >= 0 && outp.limit - outp.kept < room)
+        room = outp.limit - outp.kept;
+    if (outp.bps > 0) {
+        long long now = now_ns();
+        double burst = outp.bps / 8.0 > 65536.0 ? outp.bps / 8.0 : 65536.0;
+        if (outp.refill_ns == 0)
+            outp.tokens = burst;
+        else
+            outp.tokens += (double)(now - outp.refill_ns) * (double)outp.bps / 1e9;
+        if (outp.tokens > burst)
+            outp.tokens = burst;
+        outp.refill_ns = now;
+        if ((long long)outp.tokens < room)
+            room = (long long)outp.tokens;
+    }
+    return room > 0 ? (size_t)room : 0;
+}
+
+/* -1 when the sinks may be drained now; else the milliseconds until the throttle's bucket
+ * holds a useful amount again (4 KiB), during which the pipes are not polled: the job blocks
+ * on its full pipe, which is the throttle. */
+static int output_wait_ms(void)
+{
+    if (outp.bps <= 0 || outp.full || (outp.limit >= 0 && outp.kept >= outp.limit))
+        return -1;
+    output_allow();
+    if (outp.tokens >= 4096.0)
+        return -1;
+    return (int)((4096.0 - outp.tokens) * 1000.0 / (double)outp.bps) + 1;
+}
+
+/* init is gone: nothing can write into the pipes any more, so what they hold is drained
+ * unthrottled (within OUTPUT_CLOSE_MS, whatever the job's rate). */
+static void output_job_ended(void)
+{
+    outp.bps = 0;
+}
+
+/* From now on nothing more is kept, for the reason given. */
+static void output_stop(const char *why)
+{
+    if (!outp.full)
+        snprintf(outp.why, sizeof outp.why, "%s", why);
+    outp.full = 1;
+    if (outp.devnull < 0)
+        outp.devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+}
+
+/* True when the output filesystem has less free space than --output-reserve. */
+static int output_disk_low(int fd)
+{
+    struct statvfs st;
+    if (outp.reserve <= 0 || fstatvfs(fd, &st) != 0)
+        return 0;
+    return (long long)st.f_bavail * (long long)st.f_frsize < outp.reserve;
+}
+
+/* drain_sink under the output policy: bytes go to the file within the limit and the
+ * throttle; past the limit (or the reserve) the marker line is written once per stream and
+ * the rest is dropped. */
+static void drain_limited(const struct opts *o, struct sink *s, short revents)
+{
+    static char chunk[65536];
+    (void)revents;
+    for (;;) {
+        ssize_t n;
+        if (!outp.full && s->file_fd >= 0 && output_disk_low(s->file_fd))
+            output_stop("the state disk is nearly full");
+        if (!outp.full && outp.limit >= 0 && outp.kept >= outp.limit) {
+            char why[96];
+            snprintf(why, sizeof why, "output limit of %lld bytes reached", outp.limit);
+            output_stop(why);
+        }
+        if (outp.full || s->broken) {
+            if (outp.full && !s->dropped && !s->broken) {
+                /* Only a stream that has bytes to drop gets the marker. */
+                n = read(s->pipe_fd, chunk, sizeof chunk);
+                if (n < 0 && (errno == EINTR))
+                    continue;
+                if (n < 0 && errno == EAGAIN)
+                    return;
+                if (n > 0) {
+                    char marker[256];
+                    int len = snprintf(marker, sizeof marker,
+                                       "\n[scheduler: output dropped from here: %s]\n", outp.why);
+                    if ((s->file_fd >= 0 || open_sink(o, s) == 0) &&
+                        write_all(s->file_fd, marker, (size_t)len) == 0)
+                        s->dropped = 1;
+                    else
+                        s->broken = 1;
+                    continue;
+                }
+            } else if (outp.devnull >= 0) {
+                n = splice(s->pipe_fd, NULL, outp.devnull, NULL, 1 << 20, SPLICE_F_NONBLOCK);
+                if (n < 0 && (errno == EINVAL || errno == ENOSYS)) {
+                    close(outp.devnull);
+                    outp.devnull = -1;
+                    continue;
+                }
+            } else {
+                n = read(s->pipe_fd, chunk, sizeof chunk);
+            }
+        } else {
+            size_t allow = output_allow();
+            if (allow == 0) {
+                if (outp.limit >= 0 && outp.kept >= outp.limit)
+                    continue; /* stops above */
+                return;       /* throttled: wait_job polls again when the bucket refills */
+            }
+            if (s->file_fd >= 0 && !s->copy) {
+                n = splice(s->pipe_fd, NULL, s->file_fd, NULL, allow,
+                           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+                if (n < 0 && (errno == EINVAL || errno == ENOSYS)) {
+                    s->copy = 1;
+                    continue;
+                }
+            } else {
+                n = read(s->pipe_fd, chunk, allow < sizeof chunk ? allow : sizeof chunk);
+                if (n > 0 && s->file_fd < 0 && open_sink(o, s) != 0)
+                    n = -1;
+                else if (n > 0 && write_all(s->file_fd, chunk, (size_t)n) != 0)
+                    n = -1;
+            }
+            if (n > 0) {
+                outp.kept += n;
+                if (outp.bps > 0)
+                    outp.tokens -= (double)n;
+            }
+        }
+        if (n > 0)
+            continue;
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            return;
+        if (n < 0 && !s->broken) {
+            fprintf(stderr, "scheduler-monitor: write %s/%s: %s\n", o->output_dir, s->name,
+                    strerror(errno));
+            s->broken = 1;
+            continue;
+        }
+        close(s->pipe_fd);
+        s->pipe_fd = -1;
+        return;
+    }
+}
+
 /* What wait_job() saw. */
 struct waits {
     char *msg; /* ERR_MAX bytes: the start error, if any */
@@ -912,19 +1123,22 @@ static int wait_job(const struct opts *o, int err_fd, int status_fd, struct sink
             i_err = n, p[n++] = (struct pollfd){err_fd, POLLIN, 0};
         if (status_open)
             i_status = n, p[n++] = (struct pollfd){status_fd, POLLIN, 0};
+        int throttle_ms = output_wait_ms();
         for (int k = 0; k < 2; k++)
-            if (sinks[k].pipe_fd >= 0)
+            if (sinks[k].pipe_fd >= 0 && throttle_ms < 0)
                 i_sink[k] = n, p[n++] = (struct pollfd){sinks[k].pipe_fd, POLLIN, 0};
-        if (n == 0)
+        if (n == 0 && throttle_ms < 0)
             break;
-        int timeout = -1;
+        int timeout = throttle_ms;
         if (!err_open && !status_open) {
+            output_job_ended();
             long long now = now_ns();
             if (deadline_ns == 0)
                 deadline_ns = now + OUTPUT_CLOSE_MS * 1000000LL;
             if (now >= deadline_ns)
                 break;
-            timeout = (int)((deadline_ns - now) / 1000000LL) + 1;
+            int left = (int)((deadline_ns - now) / 1000000LL) + 1;
+            timeout = timeout >= 0 && timeout < left ? timeout : left;
         }
         int ready = poll(p, (nfds_t)n, timeout);
         if (ready < 0) {
@@ -956,7 +1170,8 @@ static int wait_job(const struct opts *o, int err_fd, int status_fd, struct sink
         }
         for (int k = 0; k < 2; k++)
             if (i_sink[k] >= 0 && p[i_sink[k]].revents)
-                drain_sink(o, &sinks[k], p[i_sink[k]].revents);
+                (output_active() ? drain_limited : drain_sink)(o, &sinks[k],
+                                                                p[i_sink[k]].revents);
     }
     for (int k = 0; k < 2; k++) {
         if (sinks[k].pipe_fd >= 0) {

@@ -40,6 +40,11 @@ class LaunchSpec:
     final_read: FinalRead | None = None
     # Whose attempt this is (runtime/records.py), written into its records by the monitor.
     identity: str | None = None
+    # The output policy (runtime/output.py): most job bytes kept of stdout and stderr, their
+    # rate to disk (the job's io_write_bps), and the free space the output disk keeps.
+    output_limit_bytes: int | None = None
+    output_bps: int | None = None
+    output_reserve_bytes: int | None = None
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from scheduler.cgroups.base import CgroupPath
 from scheduler.cgroups.counters import CounterReader, Sample, counter_files, parse_sample
 from scheduler.cgroups.v1 import V1Driver
 from scheduler.cgroups.v2 import V2Driver
+from scheduler.runtime.output import OutputEnd, OutputMeter
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -97,3 +98,19 @@ def test_a_missing_cgroup_is_an_os_error_and_leaks_nothing(tmp_path: Path) -> No
 def test_parse_sample_with_nothing_counts_zero() -> None:
     assert parse_sample({}) == Sample()
     assert parse_sample({"memory.current": "5\n"}).memory_peak_bytes == 5
+
+
+def test_output_meter_counts_kept_bytes_not_markers(tmp_path: Path) -> None:
+    """The kept output of an attempt: sampled sizes capped at the limit, and at the end the
+    sizes less the monitor's marker lines, with the reason they give."""
+    meter = OutputMeter(tmp_path / "out", limit=10)
+    assert meter.kept() == 0  # no directory yet: nothing written
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "stdout").write_bytes(b"0123456")
+    assert meter.kept() == 7
+    marker = b"\n[scheduler: output dropped from here: output limit of 10 bytes reached]\n"
+    (tmp_path / "out" / "stderr").write_bytes(b"abc" + marker)
+    assert meter.kept() == 10  # stderr made since the last look; the marker never counts
+    assert meter.end() == OutputEnd(10, "output limit of 10 bytes reached")
+    meter.close()
+    assert OutputMeter(tmp_path / "none", None).end() == OutputEnd(0, None)

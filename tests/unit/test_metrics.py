@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from decimal import Decimal
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -53,14 +54,16 @@ def test_exposition_has_the_contract_names_and_labels() -> None:
     stats.attempt_finished("acme", "failed", None)
     stats.database_errors = 2
     stats.sample_duration.observe(0.003)
+    # The tenant counters are the bill's (accounting/ledger.py), not the cgroup's.
+    stats.billed.add("acme", Decimal("1.75"), 10, 20, Decimal("0.8"))
     text = render_metrics(snapshot(), stats, job_limit=10).decode()
     got = samples(text)
     assert (
-        got[("scheduler_tenant_cpu_seconds_total", (("mode", "user"), ("tenant", "acme")))] == 1.5
+        got[("scheduler_tenant_cpu_seconds_total", (("mode", "user"), ("tenant", "acme")))] == 1.4
     )
     assert (
         got[("scheduler_tenant_cpu_seconds_total", (("mode", "system"), ("tenant", "acme")))]
-        == 0.25
+        == 0.35
     )
     assert got[("scheduler_tenant_memory_bytes", (("tenant", "acme"),))] == 4096
     assert (

@@ -107,7 +107,18 @@ def test_close_after_rows_starts_at_the_last_period_end() -> None:
     )
     assert (closing.start_ns, closing.end_ns) == (10 * S, 11 * S)
     assert (closing.cpu_ns, closing.io_write_bytes, closing.memory_peak_bytes) == (300, 0, 8192)
-    assert closing.memory_byte_seconds == 1000
+    # The lifetime peak rose in the closing period, so it was reached in it: 8192 B for 1 s
+    # beats the trapezoid's (2000 + 0) / 2.
+    assert closing.memory_byte_seconds == 8192
+    # With a peak that did not rise and is not known, the trapezoid alone is billed.
+    flat = close(
+        mark,
+        exec_ns=S,
+        end_ns=11 * S,
+        counters=Counters(cpu_ns=800, io_write_bytes=8, memory_peak_bytes=4096),
+        memory_bytes=0,
+    )
+    assert flat.memory_byte_seconds == 1000
     # The exit happened before the last sweep's instant: an empty closing period.
     late = close(mark, exec_ns=S, end_ns=9 * S, counters=Counters(cpu_ns=500), memory_bytes=0)
     assert late.start_ns == late.end_ns == 10 * S
@@ -179,3 +190,50 @@ def test_totals_cover_what_the_rows_already_billed() -> None:
     closing = close(mark, exec_ns=0, end_ns=2 * S, counters=counters_of(usage), memory_bytes=0)
     assert closing.cpu_ns == 0
     assert covering(Usage(cpu_ns=7), mark).cpu_ns == 7
+
+
+def test_a_period_bills_its_peak_however_memory_moved_around_the_samples() -> None:
+    """The evasion: 300 MiB held between samples, released at each one. The trapezoid of
+    the samples sees nothing; the kernel's peak, reset at every sample, sees it all."""
+    mib = 1 << 20
+    mark = Mark.fresh(0)
+    billed = Decimal(0)
+    for k in range(1, 11):
+        period, mark = advance(
+            mark,
+            at_ns=k * S,
+            counters=Counters(memory_peak_bytes=300 * mib),
+            memory_bytes=mib,  # what the sample sees: memory released just before it
+            period_peak=300 * mib,
+        )
+        assert period.memory_peak_bytes == 300 * mib
+        billed += period.memory_byte_seconds
+    assert billed == 300 * mib * 10
+    # The same samples without the period's peak (a kernel that cannot reset it): the peak
+    # is known in the first period only (the lifetime peak rose there); after, the estimate.
+    mark = Mark.fresh(0)
+    rows = []
+    for k in range(1, 4):
+        period, mark = advance(
+            mark, at_ns=k * S, counters=Counters(memory_peak_bytes=300 * mib), memory_bytes=mib
+        )
+        rows.append(period.memory_byte_seconds)
+    assert rows == [Decimal(300 * mib), Decimal(mib), Decimal(mib)]
+
+
+def test_a_short_job_is_billed_at_its_peak_and_a_known_closing_peak_counts() -> None:
+    mark = Mark.fresh(0)
+    only = close(
+        mark, exec_ns=0, end_ns=S // 2, counters=Counters(memory_peak_bytes=4000), memory_bytes=0
+    )
+    assert only.memory_byte_seconds == 2000
+    mark = Mark(seq=1, rows=1, end_ns=S, counters=Counters(memory_peak_bytes=9000), memory_bytes=0)
+    closing = close(
+        mark,
+        exec_ns=0,
+        end_ns=3 * S,
+        counters=Counters(memory_peak_bytes=9000),
+        memory_bytes=0,
+        period_peak=5000,
+    )
+    assert (closing.memory_byte_seconds, closing.memory_peak_bytes) == (Decimal(10000), 5000)

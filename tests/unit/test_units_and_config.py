@@ -82,3 +82,11 @@ def test_unknown_key_in_file(tmp_path: Path) -> None:
     config.write_text("colour = 'blue'\n")
     with pytest.raises(ConfigError, match="unknown setting 'colour'"):
         load_settings({}, environ={}, config_file=config)
+
+
+def test_output_limit_setting() -> None:
+    assert load_settings({}, environ={}).output_limit_bytes == 1 << 30
+    env = {"SCHEDULER_OUTPUT_LIMIT_BYTES": "4096"}
+    assert load_settings({}, environ=env).output_limit_bytes == 4096
+    with pytest.raises(ConfigError, match=r"output_limit_bytes must be in \[0, 1 PiB\]"):
+        load_settings({}, environ={"SCHEDULER_OUTPUT_LIMIT_BYTES": "-1"})
