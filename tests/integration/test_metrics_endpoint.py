@@ -120,8 +120,12 @@ async def test_per_job_series_can_be_switched_off(
         agent = await start_agent(tg, settings)
         job = await submit(db, ["sleep", "30"], timeout_seconds=Decimal("1"))
         await wait_state(db, job, "running")
-        await anyio.sleep(0.5)
-        text = (await scrape(agent)).text
+        # The tenant's gauge comes with the first sweep after the start (slow on a busy host).
+        with anyio.fail_after(15):
+            while 'scheduler_tenant_memory_bytes{tenant="default"}' not in (
+                text := (await scrape(agent)).text
+            ):
+                await anyio.sleep(0.2)
         await wait_final(db, [job])
         tg.cancel_scope.cancel()
     assert "scheduler_job_" not in text
