@@ -22,6 +22,7 @@ from scheduler.cgroups.base import CgroupDriver, CgroupPath, LaunchPlan, Limits,
 from scheduler.cgroups.counters import final_read, parse_sample
 from scheduler.errors import LaunchError, SchedulerError
 from scheduler.jobs import Job, decide_outcome
+from scheduler.runtime.cgroupview import CgroupView
 from scheduler.runtime.forkserver import ForkServer, UnansweredLaunch
 from scheduler.runtime.identity import ended_or_running
 from scheduler.runtime.images import ImageStore
@@ -147,6 +148,7 @@ class Runner:
         self._node = node
         self._completions = completions
         self._sampler = sampler
+        self._cgroup_view = CgroupView()
         # Why this node cannot start jobs now (a fresh check of its state disk), if it cannot:
         # an attempt that failed to start then goes back to the queue (see _released).
         self.node_fault = node_fault
@@ -176,11 +178,12 @@ class Runner:
         run_dir = self.monitor_dir(job)
         output_dir = run_dir_for(self._runs_dir, job.id, job.attempts)
         try:
-            isolation = self._isolator.for_job(job, output_dir)
+            isolation = self._isolator.for_job(job, output_dir, self._tenants.identity(job.tenant))
         except SchedulerError as exc:
             log.warning("job_isolation_refused", error=str(exc))
             await self._start_failed(job, None, str(exc), start_ns)
             return
+        view, view_links = self._cgroup_view.entries(plan.dirs)
         spec = LaunchSpec(
             job_id=job.id,
             attempt=job.attempts,
@@ -196,6 +199,9 @@ class Runner:
             layers=isolation.layers,
             rootfs_dir=isolation.rootfs_dir,
             final_read=final_read(self._driver, cgroup),
+            cgroup_view=view,
+            cgroup_links=view_links,
+            seccomp=isolation.seccomp,
         )
         launched_ns = time.time_ns()
         pidfd: int | None = None

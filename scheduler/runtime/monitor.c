@@ -40,6 +40,7 @@
 #include <grp.h>
 #include <limits.h>
 #include <linux/capability.h>
+#include <linux/keyctl.h>
 #include <net/if.h>
 #include <sched.h>
 #include <signal.h>
@@ -86,7 +87,20 @@ struct opts {
     int n_gauges;
     const char *empty_check;
     char **argv;
+    /* Isolation (see "---- isolation ----"): the job's view of /sys/fs/cgroup (each entry
+     * NAME bound to the job's own cgroup DIR, or a symlink NAME -> TARGET), and whether the
+     * default seccomp filter is left out (--no-seccomp, a trusted tenant). */
+    const char **view_names, **view_dirs;
+    int n_views;
+    const char **link_names, **link_targets;
+    int n_links;
+    int no_seccomp;
 };
+
+static int isolation_arg(struct opts *o, int argc, char **argv, int i);
+static void private_mounts(const struct opts *o, const char *root, int shm, int err_fd);
+static void cgroup_view(const struct opts *o, int err_fd);
+static void confine_job(const struct opts *o, int err_fd);
 
 /* The one start error of this run (monitor side), filled by set_error(). */
 static char errbuf[ERR_MAX];
@@ -331,6 +345,13 @@ static int parse_args(int argc, char **argv, struct opts *o)
     for (i = 1; i < argc; i++) {
         const char *a = argv[i];
         int left = argc - i - 1; /* values available after the flag */
+        int taken = isolation_arg(o, argc, argv, i);
+        if (taken < 0)
+            return -1;
+        if (taken > 0) {
+            i += taken - 1;
+            continue;
+        }
         if (strcmp(a, "--") == 0) {
             i++;
             break;
@@ -539,6 +560,7 @@ __attribute__((noreturn)) static void job_main(const struct opts *o, int out_fd,
     /* After the switch, so the job's own permissions decide whether it may enter cwd. */
     if (chdir(o->cwd) != 0)
         child_fail(err_fd, "cwd: %s: %s", o->cwd, strerror(errno));
+    confine_job(o, err_fd);
     execvp(o->argv[0], o->argv);
     child_fail(err_fd, "exec: %s: %s", o->argv[0], strerror(errno));
 }
@@ -585,9 +607,7 @@ static void setup_dev(const char *root, int err_fd)
             child_fail(err_fd, "mount: bind %s: %s", host, strerror(errno));
     }
     path_in(path, dev, "shm", err_fd);
-    ensure_dir(path, 01777, err_fd);
-    if (mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") != 0)
-        child_fail(err_fd, "mount: %s: %s", path, strerror(errno));
+    ensure_dir(path, 01777, err_fd); /* its tmpfs: private_mounts() */
     static const char *links[][2] = {{"/proc/self/fd", "fd"},
                                      {"/proc/self/fd/0", "stdin"},
                                      {"/proc/self/fd/1", "stdout"},
@@ -633,6 +653,7 @@ static void enter_overlay_root(const struct opts *o, int err_fd)
     ensure_dir(path, 01777, err_fd);
     mount_tmp(o, path, err_fd);
     setup_dev(root, err_fd);
+    private_mounts(o, root, 1, err_fd);
     /* pivot_root(".", "."): the old root ends up stacked under the new one, and the
      * lazy unmount takes it (and every host mount below it) away. */
     if (chdir(root) != 0)
@@ -643,6 +664,291 @@ static void enter_overlay_root(const struct opts *o, int err_fd)
         child_fail(err_fd, "rootfs: detach the old root: %s", strerror(errno));
     if (chdir("/") != 0)
         child_fail(err_fd, "rootfs: chdir /: %s", strerror(errno));
+}
+
+/* ---- isolation ----
+ *
+ * What keeps one tenant's job away from another's, beyond the namespaces and the user:
+ *   - private_mounts: its own /dev/shm and /var/tmp (tmpfs, nosuid,nodev, sized like /tmp,
+ *     their pages charged to the job's memory cgroup, gone with its mount namespace);
+ *   - cgroup_view: /sys/fs/cgroup shows the job's own cgroups only (each hierarchy's
+ *     mount point bound to the job's directory in it, over an empty tmpfs);
+ *   - confine_job: a new session keyring, then the default seccomp filter, just before
+ *     exec (docs/operations.md, "Tenant isolation", says what it blocks and why).
+ */
+
+/* --cgroup-view NAME DIR, --cgroup-link NAME TARGET, --no-seccomp: how many argv entries
+ * the flag at argv[i] takes (0: not an isolation flag, -1: malformed). */
+static int isolation_arg(struct opts *o, int argc, char **argv, int i)
+{
+    const char *a = argv[i];
+    int left = argc - i - 1;
+    if (strcmp(a, "--no-seccomp") == 0) {
+        o->no_seccomp = 1;
+        return 1;
+    }
+    int view = strcmp(a, "--cgroup-view") == 0, link = strcmp(a, "--cgroup-link") == 0;
+    if (!view && !link)
+        return 0;
+    if (left < 2) {
+        set_error("monitor: %s needs NAME and a path", a);
+        return -1;
+    }
+    if (!o->view_names) {
+        o->view_names = calloc((size_t)argc, sizeof *o->view_names);
+        o->view_dirs = calloc((size_t)argc, sizeof *o->view_dirs);
+        o->link_names = calloc((size_t)argc, sizeof *o->link_names);
+        o->link_targets = calloc((size_t)argc, sizeof *o->link_targets);
+        if (!o->view_names || !o->view_dirs || !o->link_names || !o->link_targets) {
+            set_error("monitor: out of memory");
+            return -1;
+        }
+    }
+    const char *name = argv[i + 1];
+    /* One entry right under /sys/fs/cgroup ("." is the mount point itself, a v2 host). */
+    if (!*name || strchr(name, '/') || strcmp(name, "..") == 0 ||
+        (link && strcmp(name, ".") == 0)) {
+        set_error("monitor: bad %s name %s", a, name);
+        return -1;
+    }
+    if (view) {
+        o->view_names[o->n_views] = name;
+        o->view_dirs[o->n_views++] = argv[i + 2];
+    } else {
+        o->link_names[o->n_links] = name;
+        o->link_targets[o->n_links++] = argv[i + 2];
+    }
+    return 3;
+}
+
+/* tmpfs of the job's own on ROOT/dev/shm (when `shm`) and ROOT/var/tmp (when the root has
+ * one): nothing writable stays shared with another job. Sized like /tmp; each is bounded
+ * by the job's memory limit as well, since tmpfs pages are charged to the writer's cgroup. */
+static void private_mounts(const struct opts *o, const char *root, int shm, int err_fd)
+{
+    char data[64], path[PATH_MAX];
+    struct stat st;
+    snprintf(data, sizeof data, "size=%llu,mode=1777", o->tmp_size);
+    path_in(path, root, "var/tmp", err_fd);
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode) &&
+        mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, data) != 0)
+        child_fail(err_fd, "mount: %s: %s", path, strerror(errno));
+    if (!shm)
+        return;
+    path_in(path, root, "dev/shm", err_fd);
+    if (mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, data) != 0)
+        child_fail(err_fd, "mount: %s: %s", path, strerror(errno));
+}
+
+#define CGROUP_VIEW "/sys/fs/cgroup"
+
+/* The job's /sys/fs/cgroup: its own cgroup in each hierarchy and nothing above or beside
+ * it (other tenants' cgroups and usage stay out of sight). Done before the monitor moves
+ * init into the job's cgroups, so the job is not billed for it. */
+static void cgroup_view(const struct opts *o, int err_fd)
+{
+    const unsigned long flags = MS_BIND | MS_NOSUID | MS_NODEV | MS_NOEXEC;
+    if (o->n_views == 1 && strcmp(o->view_names[0], ".") == 0) {
+        /* A v2 host: the one hierarchy is mounted at /sys/fs/cgroup itself. */
+        if (mount(o->view_dirs[0], CGROUP_VIEW, NULL, flags, NULL) != 0)
+            child_fail(err_fd, "cgroup view: bind %s: %s", o->view_dirs[0], strerror(errno));
+        return;
+    }
+    if (o->n_views == 0)
+        return;
+    /* The job's directories are held open: the tmpfs below hides their paths. */
+    int fds[o->n_views];
+    for (int k = 0; k < o->n_views; k++) {
+        fds[k] = open(o->view_dirs[k], O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (fds[k] < 0)
+            child_fail(err_fd, "cgroup view: %s: %s", o->view_dirs[k], strerror(errno));
+    }
+    if (mount("tmpfs", CGROUP_VIEW, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+              "size=4k,nr_inodes=64,mode=755") != 0)
+        child_fail(err_fd, "cgroup view: mount %s: %s", CGROUP_VIEW, strerror(errno));
+    char path[PATH_MAX], source[64];
+    for (int k = 0; k < o->n_views; k++) {
+        path_in(path, CGROUP_VIEW, o->view_names[k], err_fd);
+        snprintf(source, sizeof source, "/proc/self/fd/%d", fds[k]);
+        if (mkdir(path, 0555) != 0 || mount(source, path, NULL, flags, NULL) != 0)
+            child_fail(err_fd, "cgroup view: bind %s: %s", o->view_dirs[k], strerror(errno));
+        close(fds[k]);
+    }
+    for (int k = 0; k < o->n_links; k++) {
+        path_in(path, CGROUP_VIEW, o->link_names[k], err_fd);
+        if (symlink(o->link_targets[k], path) != 0)
+            child_fail(err_fd, "cgroup view: symlink %s: %s", path, strerror(errno));
+    }
+}
+
+/* ---- the default seccomp filter ----
+ *
+ * Built by hand (classic BPF) rather than with libseccomp: the monitor is compiled on each
+ * node at run time and linked statically, and the rule set is a short deny list; a library
+ * would be one more build dependency on every node for some forty comparisons. It is
+ * modelled on the default profile container runtimes ship, as a deny list: every syscall is
+ * allowed except those below, which fail with EPERM (ENOSYS for clone3, whose flags a
+ * filter cannot read, so that the C library falls back to clone, which it can check).
+ * A syscall of another ABI (i386 through int 0x80, x32) kills the process: the numbers
+ * below are x86_64's, and another table would slip past them. */
+#if defined(__x86_64__)
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+
+#define FILTER_MAX 160
+/* Jump targets past the program's end (the return instructions appended last). */
+enum { TO_ALLOW = 1000, TO_EPERM, TO_ENOSYS, TO_KILL };
+
+struct filter {
+    struct sock_filter ins[FILTER_MAX];
+    int n;
+};
+
+/* One instruction; jt/jf are a count of instructions to skip, or a TO_* target. */
+static void emit(struct filter *f, uint16_t code, uint32_t k, unsigned jt, unsigned jf)
+{
+    if (f->n < FILTER_MAX)
+        f->ins[f->n] = (struct sock_filter){code, (uint8_t)(jt >= TO_ALLOW ? 0 : jt),
+                                            (uint8_t)(jf >= TO_ALLOW ? 0 : jf), k};
+    /* The TO_* targets are resolved by build_filter() once the returns are placed; until
+     * then they ride in the code's bits 8-13 (classic BPF codes fit in the low 8). */
+    if (f->n < FILTER_MAX && (jt >= TO_ALLOW || jf >= TO_ALLOW))
+        f->ins[f->n].code |= (uint16_t)(((jt >= TO_ALLOW ? jt - TO_ALLOW + 1 : 0) << 8) |
+                                        ((jf >= TO_ALLOW ? jf - TO_ALLOW + 1 : 0) << 11));
+    f->n++;
+}
+
+#define ARG_LO(i) (offsetof(struct seccomp_data, args) + 8 * (i))
+
+static void load(struct filter *f, uint32_t offset)
+{
+    emit(f, BPF_LD | BPF_W | BPF_ABS, offset, 0, 0);
+}
+
+/* Syscalls refused outright: module loading, kexec, reboot, swap, clocks, accounting,
+ * quotas, the mount family, handles that bypass path checks, kernel introspection and
+ * tracing (bpf, perf_event_open, syslog, lookup_dcookie), namespace entry (setns), raw io
+ * ports, userfaultfd (a tool of kernel exploits), io_uring (its own syscall path, not seen
+ * by this filter), request_key (runs a helper as root on a miss), chroot, and obsolete
+ * calls. */
+static const uint32_t denied[] = {
+    __NR_acct, __NR_bpf, __NR_clock_adjtime, __NR_clock_settime, __NR_settimeofday,
+    __NR_create_module, __NR_delete_module, __NR_init_module, __NR_finit_module,
+    __NR_get_kernel_syms, __NR_query_module, __NR_kexec_load, __NR_kexec_file_load,
+    __NR_reboot, __NR_swapon, __NR_swapoff, __NR_mount, __NR_umount2, __NR_pivot_root,
+    __NR_fsopen, __NR_fsconfig, __NR_fsmount, __NR_fspick, __NR_move_mount, __NR_open_tree,
+    __NR_mount_setattr, __NR_open_by_handle_at, __NR_perf_event_open, __NR_quotactl,
+    __NR_quotactl_fd, __NR_setns, __NR_userfaultfd, __NR_uselib, __NR_ustat, __NR_sysfs,
+    __NR__sysctl, __NR_iopl, __NR_ioperm, __NR_syslog, __NR_lookup_dcookie,
+    __NR_nfsservctl, __NR_vhangup, __NR_fanotify_init, __NR_io_uring_setup,
+    __NR_io_uring_enter, __NR_io_uring_register, __NR_chroot, __NR_request_key};
+
+/* Namespace flags: a new user namespace would hand the job every capability inside it
+ * (then mount, and the kernel surface only root reaches); the others need privileges the
+ * job does not have, and are refused the same way for a clear EPERM. */
+#define NS_FLAGS                                                                         \
+    (CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER |         \
+     CLONE_NEWPID | CLONE_NEWNET)
+#ifndef CLONE_NEWTIME
+#define CLONE_NEWTIME 0x00000080
+#endif
+
+/* Key serials of the per-uid keyrings (KEY_SPEC_USER_KEYRING, _USER_SESSION_KEYRING): a
+ * key put there would outlive the job and reach the tenant's later jobs. */
+#define USER_KEYRING 0xfffffffcu
+#define USER_SESSION_KEYRING 0xfffffffbu
+
+/* The program: arch check, then the deny list, then the calls refused by argument. */
+static int build_filter(struct filter *f)
+{
+    f->n = 0;
+    load(f, offsetof(struct seccomp_data, arch));
+    emit(f, BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 0, TO_KILL);
+    load(f, offsetof(struct seccomp_data, nr));
+    emit(f, BPF_JMP | BPF_JGE | BPF_K, 0x40000000u /* __X32_SYSCALL_BIT */, TO_KILL, 0);
+    for (size_t i = 0; i < sizeof denied / sizeof denied[0]; i++)
+        emit(f, BPF_JMP | BPF_JEQ | BPF_K, denied[i], TO_EPERM, 0);
+    emit(f, BPF_JMP | BPF_JEQ | BPF_K, __NR_clone3, TO_ENOSYS, 0);
+    /* clone(flags, ...) and unshare(flags): no namespace flag. */
+    emit(f, BPF_JMP | BPF_JEQ | BPF_K, __NR_clone, 0, 2);
+    load(f, ARG_LO(0));
+    emit(f, BPF_JMP | BPF_JSET | BPF_K, NS_FLAGS, TO_EPERM, TO_ALLOW);
+    emit(f, BPF_JMP | BPF_JEQ | BPF_K, __NR_unshare, 0, 2);
+    load(f, ARG_LO(0));
+    emit(f, BPF_JMP | BPF_JSET | BPF_K, NS_FLAGS | CLONE_NEWTIME, TO_EPERM, TO_ALLOW);
+    /* add_key(type, desc, payload, plen, keyring): not into a per-uid keyring. */
+    emit(f, BPF_JMP | BPF_JEQ | BPF_K, __NR_add_key, 0, 3);
+    load(f, ARG_LO(4));
+    emit(f, BPF_JMP | BPF_JEQ | BPF_K, USER_KEYRING, TO_EPERM, 0);
+    emit(f, BPF_JMP | BPF_JEQ | BPF_K, USER_SESSION_KEYRING, TO_EPERM, TO_ALLOW);
+    /* keyctl(op, ...): the job keeps its session keyring. It may not join or create another
+     * session (by name: another job's), hand its session to its parent, change where
+     * request_key puts keys, or link or move a key into a per-uid keyring. */
+    emit(f, BPF_JMP | BPF_JEQ | BPF_K, __NR_keyctl, 0, 12);
+    load(f, ARG_LO(0));
+    emit(f, BPF_JMP | BPF_JEQ | BPF_K, KEYCTL_JOIN_SESSION_KEYRING, TO_EPERM, 0);
+    emit(f, BPF_JMP | BPF_JEQ | BPF_K, KEYCTL_SESSION_TO_PARENT, TO_EPERM, 0);
+    emit(f, BPF_JMP | BPF_JEQ | BPF_K, KEYCTL_SET_REQKEY_KEYRING, TO_EPERM, 0);
+    emit(f, BPF_JMP | BPF_JEQ | BPF_K, KEYCTL_LINK, 0, 3);
+    load(f, ARG_LO(2));
+    emit(f, BPF_JMP | BPF_JEQ | BPF_K, USER_KEYRING, TO_EPERM, 0);
+    emit(f, BPF_JMP | BPF_JEQ | BPF_K, USER_SESSION_KEYRING, TO_EPERM, TO_ALLOW);
+    emit(f, BPF_JMP | BPF_JEQ | BPF_K, KEYCTL_MOVE, 0, TO_ALLOW);
+    load(f, ARG_LO(3));
+    emit(f, BPF_JMP | BPF_JEQ | BPF_K, USER_KEYRING, TO_EPERM, 0);
+    emit(f, BPF_JMP | BPF_JEQ | BPF_K, USER_SESSION_KEYRING, TO_EPERM, TO_ALLOW);
+    if (f->n + 4 > FILTER_MAX)
+        return -1;
+    /* The returns, in TO_* order, and the jumps to them. */
+    int base = f->n;
+    emit(f, BPF_RET | BPF_K, SECCOMP_RET_ALLOW, 0, 0);
+    emit(f, BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA), 0, 0);
+    emit(f, BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA), 0, 0);
+    emit(f, BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS, 0, 0);
+    for (int i = 0; i < base; i++) {
+        struct sock_filter *ins = &f->ins[i];
+        int jt = (ins->code >> 8) & 7, jf = (ins->code >> 11) & 7;
+        ins->code &= 0xff;
+        if (jt && base + jt - 1 - (i + 1) > 255)
+            return -1;
+        if (jf && base + jf - 1 - (i + 1) > 255)
+            return -1;
+        if (jt)
+            ins->jt = (uint8_t)(base + jt - 1 - (i + 1));
+        if (jf)
+            ins->jf = (uint8_t)(base + jf - 1 - (i + 1));
+    }
+    return 0;
+}
+
+static void apply_seccomp(int err_fd)
+{
+    static struct filter f;
+    if (build_filter(&f) != 0)
+        child_fail(err_fd, "seccomp: the filter does not fit (%d instructions)", f.n);
+    struct sock_fprog prog = {(unsigned short)f.n, f.ins};
+    /* no_new_privs is set (drop_privileges), so this needs no privilege. */
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0)
+        child_fail(err_fd, "seccomp: install the filter: %s", strerror(errno));
+}
+#else
+static void apply_seccomp(int err_fd)
+{
+    child_fail(err_fd, "seccomp: the default filter is written for x86_64 only; on this "
+                       "architecture only trusted tenants' jobs (no filter) can run");
+}
+#endif
+
+/* Last steps before exec, as the job's user: a session keyring of its own (keys of earlier
+ * jobs, in the session the agent had, are out of reach), then the filter. */
+static void confine_job(const struct opts *o, int err_fd)
+{
+    if (syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, NULL) < 0 && errno != ENOSYS)
+        child_fail(err_fd, "keyring: new session: %s", strerror(errno));
+    if (!o->no_seccomp)
+        apply_seccomp(err_fd);
 }
 
 __attribute__((noreturn)) static void init_main(const struct opts *o, int ready_fd, int sync_fd,
@@ -669,6 +975,8 @@ __attribute__((noreturn)) static void init_main(const struct opts *o, int ready_
         if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
             child_fail(err_fd, "mount: /proc: %s", strerror(errno));
         mount_tmp(o, "/tmp", err_fd);
+        private_mounts(o, "", 1, err_fd);
+        cgroup_view(o, err_fd);
     }
     if (sethostname(o->hostname, strlen(o->hostname)) != 0)
         child_fail(err_fd, "hostname: %s: %s", o->hostname, strerror(errno));
