@@ -172,7 +172,7 @@ def _print_tenants(args: argparse.Namespace, rows: list[Any]) -> None:
         return
     print(
         f"{'NAME':<16} {'PARENT':<12} {'WEIGHT':>6} {'CPU':>6} {'MEMORY':>9} "
-        f"{'MAXRUN':>6} {'ACTIVE':>6} {'QUEUED':>6} FROZEN"
+        f"{'MAXRUN':>6} {'ACTIVE':>6} {'QUEUED':>6} {'UID':>10} FROZEN"
     )
     for r in rows:
         print(
@@ -180,5 +180,6 @@ def _print_tenants(args: argparse.Namespace, rows: list[Any]) -> None:
             f"{'-' if r['cpu_limit'] is None else str(r['cpu_limit']):>6} "
             f"{format_bytes(r['memory_limit_bytes']):>9} "
             f"{'-' if r['max_running_jobs'] is None else r['max_running_jobs']:>6} "
-            f"{r['active_jobs']:>6} {r['queued_jobs']:>6} {'yes' if r['frozen'] else 'no'}"
+            f"{r['active_jobs']:>6} {r['queued_jobs']:>6} {r.get('uid') or '-':>10} "
+            f"{'yes' if r['frozen'] else 'no'}"
         )
