@@ -125,7 +125,9 @@ BEGIN
         RAISE EXCEPTION 'run_as is set by the operator only'
             USING ERRCODE = 'insufficient_privilege', COLUMN = 'run_as';
     END IF;
-    IF NEW.run_as !~ '^[0-9]' THEN
+    -- Names are the agent's to resolve; malformed values are left to tenant_run_as_format
+    -- (CHECK constraints run after BEFORE triggers).
+    IF NEW.run_as !~ '^[1-9][0-9]{0,9}(:[1-9][0-9]{0,9})?$' THEN
         RETURN NEW;
     END IF;
     SELECT * INTO r FROM scheduler.isolation WHERE singleton;

@@ -82,7 +82,9 @@ async def test_each_tenant_runs_as_its_own_uid_from_the_range(
         r["name"]: (r["uid"], r["gid"])
         for r in await db.fetch("SELECT name, uid, gid FROM scheduler.tenants")
     }
-    first, last = await db.fetchrow("SELECT uid_first, uid_last FROM scheduler.isolation")
+    span = await db.fetchrow("SELECT uid_first, uid_last FROM scheduler.isolation")
+    assert span is not None
+    first, last = span["uid_first"], span["uid_last"]
     assert len({uid for uid, _ in ids.values()}) == len(ids)
     assert all(first <= uid <= last and gid == uid for uid, gid in ids.values())
     seen = {}
