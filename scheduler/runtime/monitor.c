@@ -797,26 +797,33 @@ static void cgroup_view(const struct opts *o, int err_fd)
 #include <linux/seccomp.h>
 #include <stddef.h>
 
-#define FILTER_MAX 160
-/* Jump targets past the program's end (the return instructions appended last). */
-enum { TO_ALLOW = 1000, TO_EPERM, TO_ENOSYS, TO_KILL };
+#define FILTER_MAX 200
+/* Symbolic jump targets: the returns (appended last) and the by-argument blocks. */
+enum {
+    TO_ALLOW = 1000, TO_EPERM, TO_ENOSYS, TO_KILL, /* returns, in this order */
+    TO_CLONE, TO_UNSHARE, TO_ADD_KEY, TO_KEYCTL,    /* blocks */
+    TO_END
+};
 
 struct filter {
     struct sock_filter ins[FILTER_MAX];
     int n;
+    int at[TO_END - TO_ALLOW]; /* where each target starts */
 };
 
 /* One instruction; jt/jf are a count of instructions to skip, or a TO_* target. */
 static void emit(struct filter *f, uint16_t code, uint32_t k, unsigned jt, unsigned jf)
 {
-    if (f->n < FILTER_MAX)
-        f->ins[f->n] = (struct sock_filter){code, (uint8_t)(jt >= TO_ALLOW ? 0 : jt),
-                                            (uint8_t)(jf >= TO_ALLOW ? 0 : jf), k};
-    /* The TO_* targets are resolved by build_filter() once the returns are placed; until
-     * then they ride in the code's bits 8-13 (classic BPF codes fit in the low 8). */
-    if (f->n < FILTER_MAX && (jt >= TO_ALLOW || jf >= TO_ALLOW))
-        f->ins[f->n].code |= (uint16_t)(((jt >= TO_ALLOW ? jt - TO_ALLOW + 1 : 0) << 8) |
-                                        ((jf >= TO_ALLOW ? jf - TO_ALLOW + 1 : 0) << 11));
+    if (f->n >= FILTER_MAX) {
+        f->n++;
+        return;
+    }
+    f->ins[f->n] = (struct sock_filter){code, (uint8_t)(jt >= TO_ALLOW ? 0 : jt),
+                                        (uint8_t)(jf >= TO_ALLOW ? 0 : jf), k};
+    /* TO_* targets are resolved by build_filter() once every target is placed; until then
+     * they ride in the code's bits 8-15 (classic BPF codes fit in the low 8). */
+    f->ins[f->n].code |= (uint16_t)(((jt >= TO_ALLOW ? jt - TO_ALLOW + 1 : 0) << 8) |
+                                    ((jf >= TO_ALLOW ? jf - TO_ALLOW + 1 : 0) << 12));
     f->n++;
 }
 
@@ -832,18 +839,33 @@ static void load(struct filter *f, uint32_t offset)
  * tracing (bpf, perf_event_open, syslog, lookup_dcookie), namespace entry (setns), raw io
  * ports, userfaultfd (a tool of kernel exploits), io_uring (its own syscall path, not seen
  * by this filter), request_key (runs a helper as root on a miss), chroot, and obsolete
- * calls. */
-static const uint32_t denied[] = {
-    __NR_acct, __NR_bpf, __NR_clock_adjtime, __NR_clock_settime, __NR_settimeofday,
-    __NR_create_module, __NR_delete_module, __NR_init_module, __NR_finit_module,
-    __NR_get_kernel_syms, __NR_query_module, __NR_kexec_load, __NR_kexec_file_load,
-    __NR_reboot, __NR_swapon, __NR_swapoff, __NR_mount, __NR_umount2, __NR_pivot_root,
-    __NR_fsopen, __NR_fsconfig, __NR_fsmount, __NR_fspick, __NR_move_mount, __NR_open_tree,
-    __NR_mount_setattr, __NR_open_by_handle_at, __NR_perf_event_open, __NR_quotactl,
-    __NR_quotactl_fd, __NR_setns, __NR_userfaultfd, __NR_uselib, __NR_ustat, __NR_sysfs,
-    __NR__sysctl, __NR_iopl, __NR_ioperm, __NR_syslog, __NR_lookup_dcookie,
-    __NR_nfsservctl, __NR_vhangup, __NR_fanotify_init, __NR_io_uring_setup,
-    __NR_io_uring_enter, __NR_io_uring_register, __NR_chroot, __NR_request_key};
+ * calls. Then the calls decided by their arguments or answered otherwise. */
+static const struct rule {
+    uint32_t nr;
+    unsigned to;
+} rules[] = {
+    {__NR_acct, TO_EPERM}, {__NR_bpf, TO_EPERM}, {__NR_clock_adjtime, TO_EPERM},
+    {__NR_clock_settime, TO_EPERM}, {__NR_settimeofday, TO_EPERM},
+    {__NR_create_module, TO_EPERM}, {__NR_delete_module, TO_EPERM},
+    {__NR_init_module, TO_EPERM}, {__NR_finit_module, TO_EPERM},
+    {__NR_get_kernel_syms, TO_EPERM}, {__NR_query_module, TO_EPERM},
+    {__NR_kexec_load, TO_EPERM}, {__NR_kexec_file_load, TO_EPERM}, {__NR_reboot, TO_EPERM},
+    {__NR_swapon, TO_EPERM}, {__NR_swapoff, TO_EPERM}, {__NR_mount, TO_EPERM},
+    {__NR_umount2, TO_EPERM}, {__NR_pivot_root, TO_EPERM}, {__NR_fsopen, TO_EPERM},
+    {__NR_fsconfig, TO_EPERM}, {__NR_fsmount, TO_EPERM}, {__NR_fspick, TO_EPERM},
+    {__NR_move_mount, TO_EPERM}, {__NR_open_tree, TO_EPERM}, {__NR_mount_setattr, TO_EPERM},
+    {__NR_open_by_handle_at, TO_EPERM}, {__NR_perf_event_open, TO_EPERM},
+    {__NR_quotactl, TO_EPERM}, {__NR_quotactl_fd, TO_EPERM}, {__NR_setns, TO_EPERM},
+    {__NR_userfaultfd, TO_EPERM}, {__NR_uselib, TO_EPERM}, {__NR_ustat, TO_EPERM},
+    {__NR_sysfs, TO_EPERM}, {__NR__sysctl, TO_EPERM}, {__NR_iopl, TO_EPERM},
+    {__NR_ioperm, TO_EPERM}, {__NR_syslog, TO_EPERM}, {__NR_lookup_dcookie, TO_EPERM},
+    {__NR_nfsservctl, TO_EPERM}, {__NR_vhangup, TO_EPERM}, {__NR_fanotify_init, TO_EPERM},
+    {__NR_io_uring_setup, TO_EPERM}, {__NR_io_uring_enter, TO_EPERM},
+    {__NR_io_uring_register, TO_EPERM}, {__NR_chroot, TO_EPERM},
+    {__NR_request_key, TO_EPERM}, {__NR_clone3, TO_ENOSYS}, {__NR_clone, TO_CLONE},
+    {__NR_unshare, TO_UNSHARE}, {__NR_add_key, TO_ADD_KEY}, {__NR_keyctl, TO_KEYCTL},
+};
+#define N_RULES (sizeof rules / sizeof rules[0])
 
 /* Namespace flags: a new user namespace would hand the job every capability inside it
  * (then mount, and the kernel surface only root reaches); the others need privileges the
@@ -860,33 +882,61 @@ static const uint32_t denied[] = {
 #define USER_KEYRING 0xfffffffcu
 #define USER_SESSION_KEYRING 0xfffffffbu
 
-/* The program: arch check, then the deny list, then the calls refused by argument. */
+/* A binary search over the sorted rules[lo, hi): the kernel runs the program for every
+ * syscall number when the filter is installed (to cache the ones always allowed), so a
+ * short path (some 8 comparisons, not 50) is what keeps the install cheap. */
+static void emit_search(struct filter *f, const struct rule *sorted, int lo, int hi)
+{
+    if (hi - lo <= 3) {
+        for (int i = lo; i < hi; i++)
+            emit(f, BPF_JMP | BPF_JEQ | BPF_K, sorted[i].nr, sorted[i].to, 0);
+        emit(f, BPF_JMP | BPF_JA, 0, TO_ALLOW, TO_ALLOW); /* resolved into k below */
+        return;
+    }
+    int mid = lo + (hi - lo) / 2, at = f->n;
+    emit(f, BPF_JMP | BPF_JGE | BPF_K, sorted[mid].nr, 0, 0);
+    emit_search(f, sorted, lo, mid);
+    if (f->n - at - 1 > 255)
+        f->n = FILTER_MAX + 1; /* cannot be expressed: build_filter() fails */
+    else if (at < FILTER_MAX)
+        f->ins[at].jt = (uint8_t)(f->n - at - 1);
+    emit_search(f, sorted, mid, hi);
+}
+
+static int by_nr(const void *a, const void *b)
+{
+    uint32_t x = ((const struct rule *)a)->nr, y = ((const struct rule *)b)->nr;
+    return x < y ? -1 : x > y;
+}
+
+/* The program: arch check, the search, the by-argument blocks, the returns. */
 static int build_filter(struct filter *f)
 {
+    struct rule sorted[N_RULES];
+    memcpy(sorted, rules, sizeof sorted);
+    qsort(sorted, N_RULES, sizeof sorted[0], by_nr);
     f->n = 0;
     load(f, offsetof(struct seccomp_data, arch));
     emit(f, BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 0, TO_KILL);
     load(f, offsetof(struct seccomp_data, nr));
     emit(f, BPF_JMP | BPF_JGE | BPF_K, 0x40000000u /* __X32_SYSCALL_BIT */, TO_KILL, 0);
-    for (size_t i = 0; i < sizeof denied / sizeof denied[0]; i++)
-        emit(f, BPF_JMP | BPF_JEQ | BPF_K, denied[i], TO_EPERM, 0);
-    emit(f, BPF_JMP | BPF_JEQ | BPF_K, __NR_clone3, TO_ENOSYS, 0);
+    emit_search(f, sorted, 0, (int)N_RULES);
     /* clone(flags, ...) and unshare(flags): no namespace flag. */
-    emit(f, BPF_JMP | BPF_JEQ | BPF_K, __NR_clone, 0, 2);
+    f->at[TO_CLONE - TO_ALLOW] = f->n;
     load(f, ARG_LO(0));
     emit(f, BPF_JMP | BPF_JSET | BPF_K, NS_FLAGS, TO_EPERM, TO_ALLOW);
-    emit(f, BPF_JMP | BPF_JEQ | BPF_K, __NR_unshare, 0, 2);
+    f->at[TO_UNSHARE - TO_ALLOW] = f->n;
     load(f, ARG_LO(0));
     emit(f, BPF_JMP | BPF_JSET | BPF_K, NS_FLAGS | CLONE_NEWTIME, TO_EPERM, TO_ALLOW);
     /* add_key(type, desc, payload, plen, keyring): not into a per-uid keyring. */
-    emit(f, BPF_JMP | BPF_JEQ | BPF_K, __NR_add_key, 0, 3);
+    f->at[TO_ADD_KEY - TO_ALLOW] = f->n;
     load(f, ARG_LO(4));
     emit(f, BPF_JMP | BPF_JEQ | BPF_K, USER_KEYRING, TO_EPERM, 0);
     emit(f, BPF_JMP | BPF_JEQ | BPF_K, USER_SESSION_KEYRING, TO_EPERM, TO_ALLOW);
     /* keyctl(op, ...): the job keeps its session keyring. It may not join or create another
      * session (by name: another job's), hand its session to its parent, change where
      * request_key puts keys, or link or move a key into a per-uid keyring. */
-    emit(f, BPF_JMP | BPF_JEQ | BPF_K, __NR_keyctl, 0, 12);
+    f->at[TO_KEYCTL - TO_ALLOW] = f->n;
     load(f, ARG_LO(0));
     emit(f, BPF_JMP | BPF_JEQ | BPF_K, KEYCTL_JOIN_SESSION_KEYRING, TO_EPERM, 0);
     emit(f, BPF_JMP | BPF_JEQ | BPF_K, KEYCTL_SESSION_TO_PARENT, TO_EPERM, 0);
@@ -899,26 +949,37 @@ static int build_filter(struct filter *f)
     load(f, ARG_LO(3));
     emit(f, BPF_JMP | BPF_JEQ | BPF_K, USER_KEYRING, TO_EPERM, 0);
     emit(f, BPF_JMP | BPF_JEQ | BPF_K, USER_SESSION_KEYRING, TO_EPERM, TO_ALLOW);
-    if (f->n + 4 > FILTER_MAX)
-        return -1;
-    /* The returns, in TO_* order, and the jumps to them. */
-    int base = f->n;
+    /* The returns, in TO_* order. */
+    int returns = f->n;
     emit(f, BPF_RET | BPF_K, SECCOMP_RET_ALLOW, 0, 0);
     emit(f, BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA), 0, 0);
     emit(f, BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA), 0, 0);
     emit(f, BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS, 0, 0);
-    for (int i = 0; i < base; i++) {
+    if (f->n > FILTER_MAX)
+        return -1;
+    for (int t = 0; t < TO_CLONE - TO_ALLOW; t++)
+        f->at[t] = returns + t;
+    for (int i = 0; i < returns; i++) {
         struct sock_filter *ins = &f->ins[i];
-        int jt = (ins->code >> 8) & 7, jf = (ins->code >> 11) & 7;
+        int jt = (ins->code >> 8) & 15, jf = (ins->code >> 12) & 15;
         ins->code &= 0xff;
-        if (jt && base + jt - 1 - (i + 1) > 255)
-            return -1;
-        if (jf && base + jf - 1 - (i + 1) > 255)
-            return -1;
-        if (jt)
-            ins->jt = (uint8_t)(base + jt - 1 - (i + 1));
-        if (jf)
-            ins->jf = (uint8_t)(base + jf - 1 - (i + 1));
+        if (BPF_OP(ins->code) == BPF_JA && BPF_CLASS(ins->code) == BPF_JMP) {
+            ins->k = (uint32_t)(f->at[jt - 1] - (i + 1)); /* forward: the targets follow */
+            ins->jt = ins->jf = 0;
+            continue;
+        }
+        for (int side = 0; side < 2; side++) {
+            int target = side ? jf : jt, distance;
+            if (!target)
+                continue;
+            distance = f->at[target - 1] - (i + 1);
+            if (distance < 0 || distance > 255)
+                return -1;
+            if (side)
+                ins->jf = (uint8_t)distance;
+            else
+                ins->jt = (uint8_t)distance;
+        }
     }
     return 0;
 }
