@@ -6,10 +6,10 @@ Prints the machine and:
     counters + rmdir; 8 in flight and one at a time;
   - runtime alone: the agent's launch path without Postgres (driver plan, the fork server
     forking a monitor with the default sandbox: a tenant uid, private /tmp, /var/tmp and
-    /dev/shm, the job's own /sys/fs/cgroup, the seccomp filter; wait on the pidfd, the final counters from
-    the monitor's exit record (the agent's own read if it has none), remove; the cgroup
-    lock warmer poked per launch, as the agent does; the monitors' records on a tmpfs,
-    output on the state disk, as deployed), 8 in flight;
+    /dev/shm, the job's own /sys/fs/cgroup, the seccomp filter; wait on the pidfd, the final
+    counters from the monitor's exit record (the agent's own read if it has none), remove;
+    the cgroup lock warmer poked per launch, as the agent does; the monitors' records on a
+    tmpfs, output on the state disk, as deployed), 8 in flight;
   - end to end: `scheduler serve` in a child process, one INSERT ... SELECT of `true` jobs to
     every exit and usage row committed (each job asks for one core, the runtime alone's cpu
     limit; the agent's admission capacity is set to its max_running cores);
