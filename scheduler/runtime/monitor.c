@@ -721,18 +721,26 @@ static int isolation_arg(struct opts *o, int argc, char **argv, int i)
     return 3;
 }
 
-/* tmpfs of the job's own on ROOT/dev/shm (when `shm`) and ROOT/var/tmp (when the root has
- * one): nothing writable stays shared with another job. Sized like /tmp; each is bounded
- * by the job's memory limit as well, since tmpfs pages are charged to the writer's cgroup. */
+/* tmpfs of the job's own on ROOT/dev/shm (when `shm`), ROOT/var/tmp (when the root has
+ * one) and the other directories every user may write on common hosts (when they are):
+ * nothing writable stays shared with another job. A symlink is left alone (it leads to one
+ * of these, or into the root the job cannot write). Sized like /tmp; each is bounded by the
+ * job's memory limit as well, since tmpfs pages are charged to the writer's cgroup. */
 static void private_mounts(const struct opts *o, const char *root, int shm, int err_fd)
 {
+    static const char *shared[] = {"var/tmp", "run/lock", "var/lock", "var/crash"};
     char data[64], path[PATH_MAX];
     struct stat st;
     snprintf(data, sizeof data, "size=%llu,mode=1777", o->tmp_size);
-    path_in(path, root, "var/tmp", err_fd);
-    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode) &&
-        mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, data) != 0)
-        child_fail(err_fd, "mount: %s: %s", path, strerror(errno));
+    for (size_t i = 0; i < sizeof shared / sizeof shared[0]; i++) {
+        path_in(path, root, shared[i], err_fd);
+        if (lstat(path, &st) != 0 || !S_ISDIR(st.st_mode))
+            continue;
+        if (i > 0 && !(st.st_mode & S_IWOTH)) /* /var/tmp always; the others if shared */
+            continue;
+        if (mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, data) != 0)
+            child_fail(err_fd, "mount: %s: %s", path, strerror(errno));
+    }
     if (!shm)
         return;
     path_in(path, root, "dev/shm", err_fd);

@@ -112,7 +112,8 @@ async def test_shm_var_tmp_and_tmp_files_are_invisible_to_another_tenant(
     db: asyncpg.Connection, isolated: AgentHandle
 ) -> None:
     name = f"secret-{uuid.uuid4().hex[:8]}"
-    dirs = ("/dev/shm", "/var/tmp", "/tmp")
+    # /run/lock: the one other directory every user may write on this host.
+    dirs = ("/dev/shm", "/var/tmp", "/tmp", "/run/lock")
     writer = (
         "import os, time\n"
         f"for d in {dirs!r}:\n"
