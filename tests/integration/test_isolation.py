@@ -61,9 +61,14 @@ async def isolated(
         tg.cancel_scope.cancel()
 
 
-async def wait_output(agent: AgentHandle, job_id: int, text: str, timeout: float = 30) -> str:
+async def wait_output(
+    db: asyncpg.Connection, agent: AgentHandle, job_id: int, text: str, timeout: float = 30
+) -> str:
+    """The job's output once it holds ``text``; fails at once if the job ended without it."""
     with anyio.fail_after(timeout):
         while text not in (found := output(agent, job_id)):
+            state = await db.fetchval("SELECT state FROM scheduler.jobs WHERE id = $1", job_id)
+            assert state in ("queued", "running"), (state, output(agent, job_id, name="stderr"))
             await anyio.sleep(0.05)
     return found
 
@@ -125,21 +130,27 @@ async def test_shm_var_tmp_and_tmp_files_are_invisible_to_another_tenant(
         "time.sleep(60)\n"
     )
     alpha = await submit(db, [PYTHON, "-c", writer], tenant="alpha")
-    text = await wait_output(isolated, alpha, "ready")
-    for options in text.split("\n", 1)[0].split()[1:]:
-        assert {"nosuid", "nodev"} <= set(options.split(",")), options
-    reader = (
-        "import os\n"
-        f"for d in {dirs!r}:\n"
-        f"    print(d, os.path.exists(d + '/{name}'), sorted(os.listdir(d)))\n"
-    )
-    lines = (await run_one(db, isolated, "beta", reader)).splitlines()
-    assert lines == [f"{d} False []" for d in dirs]
-    # Nothing of alpha's reached the host either, and its mounts go with it.
-    for d in ("/dev/shm", "/var/tmp"):
-        assert not (Path(d) / name).exists()
-    await db.execute("UPDATE scheduler.jobs SET desired_state = 'cancelled' WHERE id = $1", alpha)
-    await wait_final(db, [alpha])
+    try:
+        text = await wait_output(db, isolated, alpha, "ready")
+        for options in text.split("\n", 1)[0].split()[1:]:
+            assert {"nosuid", "nodev"} <= set(options.split(",")), options
+        reader = (
+            "import os\n"
+            f"for d in {dirs!r}:\n"
+            f"    print(d, os.path.exists(d + '/{name}'), sorted(os.listdir(d)))\n"
+        )
+        lines = (await run_one(db, isolated, "beta", reader)).splitlines()
+        assert lines == [f"{d} False []" for d in dirs]
+        # Nothing of alpha's reached the host either, and its mounts go with it.
+        for d in dirs:
+            assert not (Path(d) / name).exists()
+    finally:
+        await db.execute(
+            "UPDATE scheduler.jobs SET desired_state = 'cancelled' WHERE id = $1", alpha
+        )
+        await wait_final(db, [alpha])
+        for d in dirs:  # what a sandbox without private directories would leave
+            (Path(d) / name).unlink(missing_ok=True)
 
 
 KEYS = r"""
@@ -202,18 +213,22 @@ async def test_one_tenants_inotify_quota_does_not_touch_another(
         "time.sleep(60)\n"
     )
     alpha = await submit(db, [PYTHON, "-c", hog], tenant="alpha")
-    held = (await wait_output(isolated, alpha, "held")).split()
-    assert int(held[2]) == 24  # EMFILE: alpha's uid is at its quota
-    assert 0 < int(held[1]) <= limit
-    beta = await run_one(
-        db,
-        isolated,
-        "beta",
-        INOTIFY + "fd = libc.inotify_init1(0); print(fd >= 0, ctypes.get_errno())\n",
-    )
-    assert beta.split() == ["True", "0"]
-    await db.execute("UPDATE scheduler.jobs SET desired_state = 'cancelled' WHERE id = $1", alpha)
-    await wait_final(db, [alpha])
+    try:
+        held = (await wait_output(db, isolated, alpha, "held")).split()
+        assert int(held[2]) == 24  # EMFILE: alpha's uid is at its quota
+        assert 0 < int(held[1]) <= limit
+        beta = await run_one(
+            db,
+            isolated,
+            "beta",
+            INOTIFY + "fd = libc.inotify_init1(0); print(fd >= 0, ctypes.get_errno())\n",
+        )
+        assert beta.split() == ["True", "0"]
+    finally:
+        await db.execute(
+            "UPDATE scheduler.jobs SET desired_state = 'cancelled' WHERE id = $1", alpha
+        )
+        await wait_final(db, [alpha])
 
 
 async def test_sys_fs_cgroup_shows_only_the_jobs_own_cgroup(
@@ -327,3 +342,21 @@ def test_monitor_binds_a_v2_hosts_cgroup_at_the_view_root(monitor: Path, tmp_pat
         assert procs.strip()
     finally:
         leaf.rmdir()
+
+
+async def test_memory_a_job_left_in_dev_shm_is_not_charged_after_it_ended(
+    db: asyncpg.Connection, isolated: AgentHandle, cgroup_root: str
+) -> None:
+    name = f"left-{uuid.uuid4().hex[:8]}"
+    fill = f"dd if=/dev/zero of=/dev/shm/{name} bs=1M count=48 2>&1"
+    try:
+        job_id = await submit(db, ["sh", "-c", fill], tenant="alpha", memory_bytes=256 << 20)
+        [row] = await wait_final(db, [job_id], timeout=60)
+        assert row["state"] == "succeeded", output(isolated, job_id)
+        usage = Path(f"/sys/fs/cgroup/memory/{cgroup_root}/alpha/memory.usage_in_bytes")
+        # Its /dev/shm went with it: nothing stays charged to the tenant, unbilled.
+        with anyio.fail_after(20):
+            while int(usage.read_text()) > 24 << 20:
+                await anyio.sleep(0.1)
+    finally:
+        Path(f"/dev/shm/{name}").unlink(missing_ok=True)
