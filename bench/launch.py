@@ -105,7 +105,7 @@ async def runtime_alone(
         plan = driver.plan(path, JOB_LIMITS)
         run_dir = monitors / f"{job_id}-1"
         # The agent's sandbox: a tenant uid, its own /sys/fs/cgroup, the seccomp filter.
-        view, view_links = cgroup_view.entries(plan.dirs)
+        view, view_hide = cgroup_view.entries(plan.dirs)
         spec = LaunchSpec(
             job_id=job_id,
             attempt=1,
@@ -119,7 +119,7 @@ async def runtime_alone(
             credentials=Credentials(200000, 200000),
             final_read=final_read(driver, path),
             cgroup_view=view,
-            cgroup_links=view_links,
+            cgroup_hide=view_hide,
         )
         # As the agent's runner does: the fork server forks the monitor.
         pid, pidfd = await fork_server.launch(spec)

@@ -183,7 +183,7 @@ class Runner:
             log.warning("job_isolation_refused", error=str(exc))
             await self._start_failed(job, None, str(exc), start_ns)
             return
-        view, view_links = self._cgroup_view.entries(plan.dirs)
+        view, view_hide = self._cgroup_view.entries(plan.dirs)
         spec = LaunchSpec(
             job_id=job.id,
             attempt=job.attempts,
@@ -200,7 +200,7 @@ class Runner:
             rootfs_dir=isolation.rootfs_dir,
             final_read=final_read(self._driver, cgroup),
             cgroup_view=view,
-            cgroup_links=view_links,
+            cgroup_hide=view_hide,
             seccomp=isolation.seccomp,
         )
         launched_ns = time.time_ns()

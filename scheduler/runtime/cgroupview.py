@@ -1,39 +1,40 @@
 """The job's view of /sys/fs/cgroup: its own cgroup in each hierarchy, nothing else.
 
-The monitor covers /sys/fs/cgroup with an empty tmpfs in the job's mount namespace and binds
-the job's directory of each hierarchy where that hierarchy is mounted (on a v2 host, where
-the one hierarchy is /sys/fs/cgroup itself, it binds the job's directory there). This module
-says what to bind: pure rules over the plan's directories plus a cached look at the host's
-mount points and symlinks (``cpu -> cpu,cpuacct``), so a launch costs no syscall here.
+In the job's mount namespace the monitor binds the job's directory of each hierarchy over
+that hierarchy's mount point under /sys/fs/cgroup (on a v2 host, where the one hierarchy is
+/sys/fs/cgroup itself, over /sys/fs/cgroup) and detaches the hierarchies the job is not in
+(cpuset, devices, named ones). This module says what to bind and what to detach: pure rules
+over the plan's directories plus a cached look at the host's mount table, so a launch costs
+no syscall here.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 VIEW_ROOT = "/sys/fs/cgroup"
+MOUNTINFO = "/proc/self/mountinfo"
 
 Binds = tuple[tuple[str, str], ...]
 
 
 class CgroupView:
-    """Turns a launch plan's cgroup directories into the monitor's --cgroup-view/-link."""
+    """Turns a launch plan's cgroup directories into the monitor's --cgroup-view/-hide."""
 
     def __init__(
         self,
         root: str = VIEW_ROOT,
         *,
         is_mount: Callable[[str], bool] = os.path.ismount,
-        list_links: Callable[[str], dict[str, str]] | None = None,
+        cgroup_mounts: Callable[[str], frozenset[str]] | None = None,
     ) -> None:
         self._root = root
         self._prefix = root + "/"
         self._is_mount = is_mount
-        self._list_links = list_links or _host_links
+        self._list_mounts = cgroup_mounts or _host_cgroup_mounts
         self._mounts: dict[str, bool] = {}
-        self._links: dict[str, str] | None = None
+        self._cgroup_mounts: frozenset[str] | None = None
 
     def _mounted(self, name: str) -> bool:
         known = self._mounts.get(name)
@@ -41,9 +42,11 @@ class CgroupView:
             known = self._mounts[name] = self._is_mount(f"{self._prefix}{name}")
         return known
 
-    def entries(self, dirs: tuple[str, ...]) -> tuple[Binds, Binds]:
-        """(binds, links) for a job whose cgroup directories are ``dirs``; both empty when
-        none of them is under the view root (then the monitor leaves the host's view)."""
+    def entries(self, dirs: tuple[str, ...]) -> tuple[Binds, tuple[str, ...]]:
+        """(binds, hides) for a job whose cgroup directories are ``dirs``: (mount point name
+        under the root, the job's directory) to bind, and the names of the other cgroup
+        mounts there to detach; both empty when none of ``dirs`` is under the root (then the
+        monitor leaves the host's view)."""
         binds: list[tuple[str, str]] = []
         for directory in dirs:
             if not directory.startswith(self._prefix):
@@ -55,23 +58,28 @@ class CgroupView:
                 return ((".", directory),), ()
         if not binds:
             return (), ()
-        if self._links is None:
-            self._links = self._list_links(self._root)
+        if self._cgroup_mounts is None:
+            self._cgroup_mounts = self._list_mounts(self._root)
         bound = {name for name, _ in binds}
-        links = tuple((n, t) for n, t in sorted(self._links.items()) if t in bound)
-        return tuple(binds), links
+        return tuple(binds), tuple(sorted(self._cgroup_mounts - bound))
 
 
-def _host_links(root: str) -> dict[str, str]:
-    """The symlinks right under ``root`` whose target is a sibling (``cpu -> cpu,cpuacct``)."""
-    links: dict[str, str] = {}
+def _host_cgroup_mounts(root: str, mountinfo: str = MOUNTINFO) -> frozenset[str]:
+    """Names of the cgroup (v1 and v2) mount points right under ``root``."""
+    names: set[str] = set()
     try:
-        with os.scandir(root) as entries:
-            for entry in entries:
-                if entry.is_symlink():
-                    target = str(Path(entry.path).readlink())
-                    if "/" not in target:
-                        links[entry.name] = target
+        with open(mountinfo) as f:
+            lines = f.read().splitlines()
     except OSError:
-        return {}
-    return links
+        return frozenset()
+    for line in lines:
+        fields, _, tail = line.partition(" - ")
+        parts = fields.split()
+        kind = tail.split(" ", 1)[0]
+        if len(parts) < 5 or kind not in ("cgroup", "cgroup2"):
+            continue
+        # Mount points escape spaces and the like as octal (\040); cgroup ones have none.
+        parent, _, name = parts[4].rpartition("/")
+        if parent == root and name:
+            names.add(name)
+    return frozenset(names)

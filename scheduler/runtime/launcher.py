@@ -186,8 +186,8 @@ def sandbox_args(spec: LaunchSpec) -> list[str]:
         args.append("--no-seccomp")
     for name, directory in spec.cgroup_view:
         args += ["--cgroup-view", name, directory]
-    for name, target in spec.cgroup_links:
-        args += ["--cgroup-link", name, target]
+    for name in spec.cgroup_hide:
+        args += ["--cgroup-hide", name]
     if bool(spec.layers) != (spec.rootfs_dir is not None):
         raise LaunchError(f"job {spec.job_id}: an image needs both layers and a rootfs dir")
     if spec.rootfs_dir is not None:

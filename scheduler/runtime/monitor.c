@@ -87,13 +87,13 @@ struct opts {
     int n_gauges;
     const char *empty_check;
     char **argv;
-    /* Isolation (see "---- isolation ----"): the job's view of /sys/fs/cgroup (each entry
-     * NAME bound to the job's own cgroup DIR, or a symlink NAME -> TARGET), and whether the
+    /* Isolation (see "---- isolation ----"): the job's view of /sys/fs/cgroup (each mount
+     * point NAME under it bound to the job's own cgroup DIR, or detached), and whether the
      * default seccomp filter is left out (--no-seccomp, a trusted tenant). */
     const char **view_names, **view_dirs;
     int n_views;
-    const char **link_names, **link_targets;
-    int n_links;
+    const char **hide_names;
+    int n_hides;
     int no_seccomp;
 };
 
@@ -672,13 +672,13 @@ static void enter_overlay_root(const struct opts *o, int err_fd)
  *   - private_mounts: its own /dev/shm and /var/tmp (tmpfs, nosuid,nodev, sized like /tmp,
  *     their pages charged to the job's memory cgroup, gone with its mount namespace);
  *   - cgroup_view: /sys/fs/cgroup shows the job's own cgroups only (each hierarchy's
- *     mount point bound to the job's directory in it, over an empty tmpfs);
+ *     mount point bound to the job's directory in it, the others detached);
  *   - confine_job: a new session keyring, then the default seccomp filter, just before
  *     exec (docs/operations.md, "Tenant isolation", says what it blocks and why).
  */
 
-/* --cgroup-view NAME DIR, --cgroup-link NAME TARGET, --no-seccomp: how many argv entries
- * the flag at argv[i] takes (0: not an isolation flag, -1: malformed). */
+/* --cgroup-view NAME DIR, --cgroup-hide NAME, --no-seccomp: how many argv entries the flag
+ * at argv[i] takes (0: not an isolation flag, -1: malformed). */
 static int isolation_arg(struct opts *o, int argc, char **argv, int i)
 {
     const char *a = argv[i];
@@ -687,37 +687,35 @@ static int isolation_arg(struct opts *o, int argc, char **argv, int i)
         o->no_seccomp = 1;
         return 1;
     }
-    int view = strcmp(a, "--cgroup-view") == 0, link = strcmp(a, "--cgroup-link") == 0;
-    if (!view && !link)
+    int view = strcmp(a, "--cgroup-view") == 0, hide = strcmp(a, "--cgroup-hide") == 0;
+    if (!view && !hide)
         return 0;
-    if (left < 2) {
-        set_error("monitor: %s needs NAME and a path", a);
+    if (left < 1 + view) {
+        set_error("monitor: %s needs %s", a, view ? "NAME and DIR" : "NAME");
         return -1;
     }
     if (!o->view_names) {
         o->view_names = calloc((size_t)argc, sizeof *o->view_names);
         o->view_dirs = calloc((size_t)argc, sizeof *o->view_dirs);
-        o->link_names = calloc((size_t)argc, sizeof *o->link_names);
-        o->link_targets = calloc((size_t)argc, sizeof *o->link_targets);
-        if (!o->view_names || !o->view_dirs || !o->link_names || !o->link_targets) {
+        o->hide_names = calloc((size_t)argc, sizeof *o->hide_names);
+        if (!o->view_names || !o->view_dirs || !o->hide_names) {
             set_error("monitor: out of memory");
             return -1;
         }
     }
     const char *name = argv[i + 1];
-    /* One entry right under /sys/fs/cgroup ("." is the mount point itself, a v2 host). */
+    /* A mount point right under /sys/fs/cgroup ("." is that mount itself, a v2 host). */
     if (!*name || strchr(name, '/') || strcmp(name, "..") == 0 ||
-        (link && strcmp(name, ".") == 0)) {
+        (hide && strcmp(name, ".") == 0)) {
         set_error("monitor: bad %s name %s", a, name);
         return -1;
     }
-    if (view) {
-        o->view_names[o->n_views] = name;
-        o->view_dirs[o->n_views++] = argv[i + 2];
-    } else {
-        o->link_names[o->n_links] = name;
-        o->link_targets[o->n_links++] = argv[i + 2];
+    if (hide) {
+        o->hide_names[o->n_hides++] = name;
+        return 2;
     }
+    o->view_names[o->n_views] = name;
+    o->view_dirs[o->n_views++] = argv[i + 2];
     return 3;
 }
 
@@ -750,42 +748,28 @@ static void private_mounts(const struct opts *o, const char *root, int shm, int 
 
 #define CGROUP_VIEW "/sys/fs/cgroup"
 
-/* The job's /sys/fs/cgroup: its own cgroup in each hierarchy and nothing above or beside
- * it (other tenants' cgroups and usage stay out of sight). Done before the monitor moves
- * init into the job's cgroups, so the job is not billed for it. */
+/* The job's /sys/fs/cgroup: its own cgroup in each hierarchy it is in, bound over that
+ * hierarchy's mount point, and the hierarchies it is not in detached (--cgroup-hide): no
+ * other tenant's cgroups or usage, and nothing of the tree above its own. Binding over the
+ * mount points (rather than a fresh tmpfs with a directory per hierarchy) costs half: a
+ * lookup in cgroupfs is what a bind pays most for. Done before the monitor moves init into
+ * the job's cgroups, so the job is not billed for it. */
 static void cgroup_view(const struct opts *o, int err_fd)
 {
     const unsigned long flags = MS_BIND | MS_NOSUID | MS_NODEV | MS_NOEXEC;
-    if (o->n_views == 1 && strcmp(o->view_names[0], ".") == 0) {
-        /* A v2 host: the one hierarchy is mounted at /sys/fs/cgroup itself. */
-        if (mount(o->view_dirs[0], CGROUP_VIEW, NULL, flags, NULL) != 0)
-            child_fail(err_fd, "cgroup view: bind %s: %s", o->view_dirs[0], strerror(errno));
-        return;
-    }
-    if (o->n_views == 0)
-        return;
-    /* The job's directories are held open: the tmpfs below hides their paths. */
-    int fds[o->n_views];
+    char path[PATH_MAX];
     for (int k = 0; k < o->n_views; k++) {
-        fds[k] = open(o->view_dirs[k], O_PATH | O_DIRECTORY | O_CLOEXEC);
-        if (fds[k] < 0)
-            child_fail(err_fd, "cgroup view: %s: %s", o->view_dirs[k], strerror(errno));
-    }
-    if (mount("tmpfs", CGROUP_VIEW, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-              "size=4k,nr_inodes=64,mode=755") != 0)
-        child_fail(err_fd, "cgroup view: mount %s: %s", CGROUP_VIEW, strerror(errno));
-    char path[PATH_MAX], source[64];
-    for (int k = 0; k < o->n_views; k++) {
-        path_in(path, CGROUP_VIEW, o->view_names[k], err_fd);
-        snprintf(source, sizeof source, "/proc/self/fd/%d", fds[k]);
-        if (mkdir(path, 0555) != 0 || mount(source, path, NULL, flags, NULL) != 0)
+        if (strcmp(o->view_names[k], ".") == 0)
+            snprintf(path, sizeof path, "%s", CGROUP_VIEW); /* v2: the one hierarchy */
+        else
+            path_in(path, CGROUP_VIEW, o->view_names[k], err_fd);
+        if (mount(o->view_dirs[k], path, NULL, flags, NULL) != 0)
             child_fail(err_fd, "cgroup view: bind %s: %s", o->view_dirs[k], strerror(errno));
-        close(fds[k]);
     }
-    for (int k = 0; k < o->n_links; k++) {
-        path_in(path, CGROUP_VIEW, o->link_names[k], err_fd);
-        if (symlink(o->link_targets[k], path) != 0)
-            child_fail(err_fd, "cgroup view: symlink %s: %s", path, strerror(errno));
+    for (int k = 0; k < o->n_hides; k++) {
+        path_in(path, CGROUP_VIEW, o->hide_names[k], err_fd);
+        if (umount2(path, MNT_DETACH) != 0 && errno != EINVAL && errno != ENOENT)
+            child_fail(err_fd, "cgroup view: detach %s: %s", path, strerror(errno));
     }
 }
 

@@ -38,10 +38,11 @@ class LaunchSpec:
     rootfs_dir: Path | None = None
     # The cgroup files the monitor reads once the job has ended (None: the agent reads them).
     final_read: FinalRead | None = None
-    # The job's /sys/fs/cgroup (see runtime/cgroupview.py): (name under it, the job's cgroup
-    # directory) to bind, and (name, target) symlinks; empty: the host's view is left.
+    # The job's /sys/fs/cgroup (see runtime/cgroupview.py): (mount point name under it, the
+    # job's cgroup directory) to bind, and the names of other cgroup mounts to detach;
+    # empty: the host's view is left.
     cgroup_view: tuple[tuple[str, str], ...] = ()
-    cgroup_links: tuple[tuple[str, str], ...] = ()
+    cgroup_hide: tuple[str, ...] = ()
     # The default seccomp filter applies (False only for the node's trusted tenants).
     seccomp: bool = True
 

@@ -11,7 +11,7 @@ from scheduler.agent.tenants import node_pids_cap, tenant_limits
 from scheduler.cgroups.base import LaunchPlan
 from scheduler.config import Settings
 from scheduler.errors import ConfigError, SandboxError
-from scheduler.runtime.cgroupview import CgroupView
+from scheduler.runtime.cgroupview import CgroupView, _host_cgroup_mounts
 from scheduler.runtime.launcher import sandbox_args
 from scheduler.runtime.sandbox import TenantIdentity, tenant_credentials
 from scheduler.runtime.spec import Credentials, LaunchSpec
@@ -60,24 +60,24 @@ def test_cgroup_view_binds_each_hierarchy_at_its_mount_point() -> None:
     mounts = {"/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/unified"}
     view = CgroupView(
         is_mount=mounts.__contains__,
-        list_links=lambda _: {"cpu": "cpu,cpuacct", "cpuacct": "cpu,cpuacct", "net_cls": "x"},
+        cgroup_mounts=lambda _: frozenset({"memory", "cpu,cpuacct", "unified", "cpuset"}),
     )
     dirs = (
         "/sys/fs/cgroup/memory/sched/alpha/job-1",
         "/sys/fs/cgroup/cpu,cpuacct/sched/alpha/job-1",
         "/sys/fs/cgroup/unified/sched/alpha/job-1",
     )
-    binds, links = view.entries(dirs)
+    binds, hides = view.entries(dirs)
     assert binds == (
         ("memory", dirs[0]),
         ("cpu,cpuacct", dirs[1]),
         ("unified", dirs[2]),
     )
-    assert links == (("cpu", "cpu,cpuacct"), ("cpuacct", "cpu,cpuacct"))
+    assert hides == ("cpuset",)
 
 
 def test_cgroup_view_on_a_v2_host_binds_the_root_and_elsewhere_nothing() -> None:
-    v2 = CgroupView(is_mount=lambda p: p == "/sys/fs/cgroup/", list_links=lambda _: {})
+    v2 = CgroupView(is_mount=lambda p: p == "/sys/fs/cgroup/", cgroup_mounts=lambda _: frozenset())
     leaf = "/sys/fs/cgroup/sched/alpha/job-1"
     assert v2.entries((leaf,)) == (((".", leaf),), ())
     assert v2.entries(("/srv/cgroup/sched/alpha/job-1",)) == ((), ())
@@ -117,16 +117,32 @@ def test_monitor_flags_for_the_view_and_the_filter(tmp_path: Path) -> None:
         plan=LaunchPlan(),
         credentials=Credentials(200001, 200001),
         cgroup_view=(("memory", "/sys/fs/cgroup/memory/a/job-1"),),
-        cgroup_links=(("cpu", "cpu,cpuacct"),),
+        cgroup_hide=("cpuset",),
         seccomp=False,
     )
     args = sandbox_args(spec)
     assert "--no-seccomp" in args
-    assert args[-6:] == [
+    assert args[-5:] == [
         "--cgroup-view",
         "memory",
         "/sys/fs/cgroup/memory/a/job-1",
-        "--cgroup-link",
-        "cpu",
-        "cpu,cpuacct",
+        "--cgroup-hide",
+        "cpuset",
     ]
+
+
+def test_the_cgroup_mounts_under_the_view_root_are_read_from_mountinfo(tmp_path: Path) -> None:
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(
+        "25 1 0:23 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n"
+        "26 25 0:24 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n"
+        "27 25 0:25 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n"
+        "28 25 0:26 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd\n"
+        "29 1 0:27 / /srv/cgroup/memory rw - cgroup cgroup rw,memory\n"
+        "30 25 0:28 / /sys/fs/cgroup/odd rw - tmpfs tmpfs rw\n"
+    )
+    assert _host_cgroup_mounts("/sys/fs/cgroup", str(mountinfo)) == {
+        "unified",
+        "cpu,cpuacct",
+        "systemd",
+    }
