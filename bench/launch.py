@@ -5,10 +5,11 @@ Prints the machine and:
     hierarchies + clone(pid, mnt, uts, ipc, net) + fresh /proc + exec `true` + wait + read
     counters + rmdir; 8 in flight and one at a time;
   - runtime alone: the agent's launch path without Postgres (driver plan, the fork server
-    forking a monitor with the default sandbox, wait on the pidfd, the final counters from
-    the monitor's exit record (the agent's own read if it has none), remove; the cgroup
-    lock warmer poked per launch, as the agent does; the monitors' records on a tmpfs,
-    output on the state disk, as deployed), 8 in flight;
+    forking a monitor with the default sandbox: a tenant uid, private /tmp, /var/tmp and
+    /dev/shm, the job's own /sys/fs/cgroup, the seccomp filter; wait on the pidfd, the final
+    counters from the monitor's exit record (the agent's own read if it has none), remove;
+    the cgroup lock warmer poked per launch, as the agent does; the monitors' records on a
+    tmpfs, output on the state disk, as deployed), 8 in flight;
   - end to end: `scheduler serve` in a child process, one INSERT ... SELECT of `true` jobs to
     every exit and usage row committed (each job asks for one core, the runtime alone's cpu
     limit; the agent's admission capacity is set to its max_running cores);
@@ -45,6 +46,7 @@ from scheduler.cgroups.counters import final_read, parse_sample
 from scheduler.cgroups.detect import open_driver
 from scheduler.db.embedded import EmbeddedPostgres
 from scheduler.jobs import FINAL_STATES as FINAL
+from scheduler.runtime.cgroupview import CgroupView
 from scheduler.runtime.forkserver import ForkServer
 from scheduler.runtime.launcher import (
     monitor_binary,
@@ -95,12 +97,15 @@ async def runtime_alone(
     first_id: int,
 ) -> float:
     ids = iter(range(first_id, first_id + jobs))
+    cgroup_view = CgroupView()
 
     async def one(job_id: int) -> None:
         warmer.poke()  # as the dispatcher does on every claim
         path = CgroupPath.for_job((tenant,), job_id)
         plan = driver.plan(path, JOB_LIMITS)
         run_dir = monitors / f"{job_id}-1"
+        # The agent's sandbox: a tenant uid, its own /sys/fs/cgroup, the seccomp filter.
+        view, view_hide = cgroup_view.entries(plan.dirs)
         spec = LaunchSpec(
             job_id=job_id,
             attempt=1,
@@ -111,8 +116,10 @@ async def runtime_alone(
             run_dir=run_dir,
             output_dir=runs / f"{job_id}-1",
             plan=plan,
-            credentials=Credentials(65534, 65534),
+            credentials=Credentials(200000, 200000),
             final_read=final_read(driver, path),
+            cgroup_view=view,
+            cgroup_hide=view_hide,
         )
         # As the agent's runner does: the fork server forks the monitor.
         pid, pidfd = await fork_server.launch(spec)

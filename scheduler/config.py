@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Mapping
@@ -17,6 +18,9 @@ from typing import Any
 
 from scheduler.errors import ConfigError, SandboxError
 from scheduler.runtime.sandbox import SandboxPolicy
+
+# Same rule as scheduler.tenants.name.
+TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
 def _default_state_dir() -> Path:
@@ -58,6 +62,11 @@ class Settings:
     run_as: str = "nobody"
     allow_network: bool = False
     keep_upper: str = "never"
+    # Tenant isolation (docs/operations.md): tenants (comma-separated names) whose jobs run
+    # without the default seccomp filter, and the most pids one tenant's subtree may hold on
+    # this node (0: a quarter of the kernel's pid_max).
+    trusted_tenants: str = ""
+    max_pids: int = 0
     # Control and policy: the grace between SIGTERM and SIGKILL at a job's time limit, and
     # this node's capacity for admission (0: detected from the host).
     term_grace_seconds: float = 5.0
@@ -128,6 +137,13 @@ class Settings:
         if not self.node_name or "/" in self.node_name or len(self.node_name) > 253:
             raise ConfigError(f"node_name {self.node_name!r} is not a valid node name")
         _check_lease(self)
+        if not 0 <= self.max_pids <= 4_194_304:
+            raise ConfigError(
+                f"max_pids must be in [0, 4194304] (0: pid_max / 4): got {self.max_pids}"
+            )
+        for name in self.trusted_tenant_names:
+            if not TENANT_NAME.match(name):
+                raise ConfigError(f"trusted_tenants: {name!r} is not a tenant name")
         if not 4096 <= self.spool_max_bytes <= 2**40:
             raise ConfigError(
                 f"spool_max_bytes must be in [4 KiB, 1 TiB] (4096..{2**40}): got"
@@ -145,6 +161,11 @@ class Settings:
             raise ConfigError(f"runtime_dir must be an absolute path: got {self.runtime_dir}")
         _check_runtime(self)
         _check_http(self)
+
+    @property
+    def trusted_tenant_names(self) -> frozenset[str]:
+        """``trusted_tenants`` as a set of names."""
+        return frozenset(n.strip() for n in self.trusted_tenants.split(",") if n.strip())
 
     @property
     def runs_dir(self) -> Path:

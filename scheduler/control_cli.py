@@ -223,6 +223,7 @@ def _print_tenants(args: argparse.Namespace, rows: list[Any]) -> None:
             ("MAXRUN", cell(r["max_running_jobs"])),
             ("ACTIVE", str(r["active_jobs"])),
             ("QUEUED", str(r["queued_jobs"])),
+            ("UID", cell(r.get("uid"))),
             ("FROZEN", _frozen_column(r)),
         ]
         for r in rows
@@ -232,6 +233,6 @@ def _print_tenants(args: argparse.Namespace, rows: list[Any]) -> None:
         table(
             headers,
             [[c for _, c in row] for row in columns],
-            right=("WEIGHT", "CPU", "MEMORY", "MAXRUN", "ACTIVE", "QUEUED"),
+            right=("WEIGHT", "CPU", "MEMORY", "MAXRUN", "ACTIVE", "QUEUED", "UID"),
         )
     )

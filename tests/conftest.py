@@ -27,9 +27,11 @@ from scheduler.db.pool import connect
 from scheduler.runtime.launcher import monitor_binary
 
 TEMPLATE = "scheduler_template"
-# State directories and Postgres clusters of the tests. Not /tmp: jobs get a private one, so
-# a path the test shares with its jobs must be elsewhere.
-SCRATCH = "/var/tmp"
+# State directories and Postgres clusters of the tests, and files tests share with their
+# jobs. Not /tmp, /var/tmp or /dev/shm: every job gets private ones, so a path the test
+# shares with its jobs must be elsewhere (on disk, traversable by every tenant's uid).
+SCRATCH = "/var/lib/scheduler-tests"
+os.makedirs(SCRATCH, mode=0o755, exist_ok=True)
 
 
 def with_database(dsn: str, database: str) -> str:

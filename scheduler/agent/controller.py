@@ -191,7 +191,7 @@ class Controller:
                 self._tenant_frozen.pop(name, None)
                 self._tenant_limits.pop(name, None)
                 continue
-            limits = tenant_limits(row, self._tenants.io_devices)
+            limits = tenant_limits(row, self._tenants.io_devices, self._tenants.pids_cap)
             if self._tenant_limits.get(name) != limits and await self._call(
                 self._driver.ensure, path, limits, what="tenant_limits", tenant=name
             ):

@@ -7,6 +7,7 @@ layer back here when the attempt ended (kept or removed by the node's policy).
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,14 @@ from scheduler.config import Settings
 from scheduler.errors import ConfigError, SandboxError
 from scheduler.jobs import Job
 from scheduler.runtime.images import ImageStore
-from scheduler.runtime.sandbox import SandboxPolicy, host_network, keep_rootfs, resolve_run_as
+from scheduler.runtime.sandbox import (
+    SandboxPolicy,
+    TenantIdentity,
+    host_network,
+    keep_rootfs,
+    resolve_run_as,
+    tenant_credentials,
+)
 from scheduler.runtime.spec import Credentials
 
 log = structlog.get_logger(__name__)
@@ -35,6 +43,8 @@ class Isolation:
     host_network: bool
     layers: tuple[Path, ...]
     rootfs_dir: Path | None
+    # The default seccomp filter applies (not for the node's trusted tenants).
+    seccomp: bool = True
 
 
 class Isolator:
@@ -56,14 +66,36 @@ class Isolator:
             self._users[run_as] = credentials
         return credentials
 
-    def for_job(self, job: Job, run_dir: Path) -> Isolation:
-        """The attempt's isolation; raises a SchedulerError the job's error can carry."""
-        credentials = self._credentials(job.run_as or self.policy.default_run_as)
+    def for_job(self, job: Job, run_dir: Path, identity: TenantIdentity | None = None) -> Isolation:
+        """The attempt's isolation; raises a SchedulerError the job's error can carry.
+
+        A tenant with an ``identity`` (every tenant since migration 0009) runs as its own
+        uid/gid, or as the operator's checked ``run_as``; the node's run_as is the fallback
+        for rows without one."""
+        if identity is None:
+            credentials = self._credentials(job.run_as or self.policy.default_run_as)
+        else:
+            credentials = self._tenant_credentials(job.tenant, identity, job.run_as)
         network = host_network(job.network, allowed=self.policy.allow_network)
+        seccomp = job.tenant not in self.policy.trusted_tenants
         if job.image is None:
-            return Isolation(credentials, network, (), None)
+            return Isolation(credentials, network, (), None, seccomp)
         layers = self.images.layers(job.image)
-        return Isolation(credentials, network, layers, run_dir / ROOTFS_DIR)
+        return Isolation(credentials, network, layers, run_dir / ROOTFS_DIR, seccomp)
+
+    def _tenant_credentials(
+        self, tenant: str, identity: TenantIdentity, run_as: str | None
+    ) -> Credentials:
+        key = f"{tenant}\0{identity.uid}\0{run_as}"
+        credentials = self._users.get(key)
+        if credentials is None:
+            credentials = tenant_credentials(
+                tenant, identity, run_as, agent_ids=(os.geteuid(), os.getegid())
+            )
+            if run_as is None:
+                _check_unclaimed(tenant, credentials.uid)
+            self._users[key] = credentials
+        return credentials
 
     async def release(self, run_dir: Path, *, succeeded: bool) -> None:
         """After the attempt: remove its writable layer unless the policy keeps it."""
@@ -75,6 +107,19 @@ class Isolator:
         # The overlay went away with the job's mount namespace; this is a plain directory.
         await anyio.to_thread.run_sync(shutil.rmtree, rootfs, True)
         log.debug("rootfs_removed", path=rootfs)
+
+
+def _check_unclaimed(tenant: str, uid: int) -> None:
+    """Refuse a tenant uid that a host account has: its files and processes would be the
+    tenant's (the range in scheduler.isolation must stay clear of /etc/passwd)."""
+    try:
+        account = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return
+    raise SandboxError(
+        f"tenant {tenant}: its uid {uid} belongs to the host account {account!r}; move the "
+        "tenant id range (scheduler.isolation) clear of the host's accounts"
+    )
 
 
 def _rootfs_left(run_dir: Path) -> str | None:
@@ -90,6 +135,7 @@ def isolator_for(settings: Settings) -> Isolator:
         default_run_as=settings.run_as,
         allow_network=settings.allow_network,
         keep_upper=settings.keep_upper,  # type: ignore[arg-type]  # validated by Settings
+        trusted_tenants=settings.trusted_tenant_names,
     )
     isolator = Isolator(policy, ImageStore(settings.images_dir))
     try:

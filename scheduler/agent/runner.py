@@ -24,6 +24,7 @@ from scheduler.cgroups.base import CgroupDriver, CgroupPath, LaunchPlan, Limits,
 from scheduler.cgroups.counters import final_read, parse_sample
 from scheduler.errors import LaunchError, ProcessesSurvive, SchedulerError
 from scheduler.jobs import Job, decide_outcome
+from scheduler.runtime.cgroupview import CgroupView
 from scheduler.runtime.forkserver import ForkServer, UnansweredLaunch
 from scheduler.runtime.identity import ended_or_running
 from scheduler.runtime.images import ImageStore
@@ -184,6 +185,7 @@ class Runner:
         # on the state disk (runtime/output.py).
         self._output_limit = output_limit_bytes
         self._output_reserve = output_reserve_bytes
+        self._cgroup_view = CgroupView()
         # Why this node cannot start jobs now (a fresh check of its state disk), if it cannot:
         # an attempt that failed to start then goes back to the queue (see _released).
         self.node_fault = node_fault
@@ -223,11 +225,12 @@ class Runner:
             ),
         )
         try:
-            isolation = self._isolator.for_job(job, output_dir)
+            isolation = self._isolator.for_job(job, output_dir, self._tenants.identity(job.tenant))
         except SchedulerError as exc:
             log.warning("job_isolation_refused", error=str(exc))
             await self._start_failed(job, None, str(exc), start_ns)
             return
+        view, view_hide = self._cgroup_view.entries(plan.dirs)
         spec = LaunchSpec(
             job_id=job.id,
             attempt=job.attempts,
@@ -247,6 +250,9 @@ class Runner:
             output_limit_bytes=self.output_limit(job),
             output_bps=job.io_write_bps,
             output_reserve_bytes=self._output_reserve,
+            cgroup_view=view,
+            cgroup_hide=view_hide,
+            seccomp=isolation.seccomp,
         )
         output = OutputMeter(output_dir, spec.output_limit_bytes)
         launched_ns = time.time_ns()

@@ -34,7 +34,7 @@ from scheduler.agent.sampler import Sampler
 from scheduler.agent.schedules import Clock, ScheduleFirer
 from scheduler.agent.spool import UsageSpool
 from scheduler.agent.statedisk import StateDisk
-from scheduler.agent.tenants import TenantCgroups
+from scheduler.agent.tenants import TenantCgroups, node_pids_cap
 from scheduler.agent.unkillable import Unkillable
 from scheduler.api.app import build_app
 from scheduler.api.dbwait import ApiPool
@@ -183,7 +183,12 @@ async def run_agent(
         )
         send, receive = anyio.create_memory_object_stream[Completion](4096)
         outbox = Outbox(send)
-        tenants = TenantCgroups(pool, driver, io_devices(settings.io_devices, settings.state_dir))
+        tenants = TenantCgroups(
+            pool,
+            driver,
+            io_devices(settings.io_devices, settings.state_dir),
+            pids_cap=node_pids_cap(settings.max_pids),
+        )
         stats = ServiceStats()
         health = Health(stats)
         spool = UsageSpool(settings.spool_dir, settings.spool_max_bytes, stats=stats, health=health)

@@ -37,9 +37,10 @@ WITH RECURSIVE chain AS (
     FROM scheduler.tenants t JOIN chain c ON t.name = c.parent
     WHERE c.depth < 32
 )
-SELECT name, cpu_limit, memory_limit_bytes, pids_limit, weight, io_read_bps, io_write_bps,
-       output_limit_bytes
-FROM chain ORDER BY depth DESC;
+SELECT c.name, c.cpu_limit, c.memory_limit_bytes, c.pids_limit, c.weight, c.io_read_bps,
+       c.io_write_bps, c.output_limit_bytes, t.uid, t.gid,
+       (SELECT i.uid_first FROM scheduler.isolation i) AS uid_first
+FROM chain c JOIN scheduler.tenants t ON t.name = c.name ORDER BY c.depth DESC;
 
 -- name: finish_jobs
 -- Record a batch of attempts' ends in one statement: for each, $2 is the final state, or

@@ -202,6 +202,12 @@ def sandbox_args(spec: LaunchSpec) -> list[str]:
         args += ["--uid", str(spec.credentials.uid), "--gid", str(spec.credentials.gid)]
     if spec.host_network:
         args.append("--host-net")
+    if not spec.seccomp:
+        args.append("--no-seccomp")
+    for name, directory in spec.cgroup_view:
+        args += ["--cgroup-view", name, directory]
+    for name in spec.cgroup_hide:
+        args += ["--cgroup-hide", name]
     if bool(spec.layers) != (spec.rootfs_dir is not None):
         raise LaunchError(f"job {spec.job_id}: an image needs both layers and a rootfs dir")
     if spec.rootfs_dir is not None:

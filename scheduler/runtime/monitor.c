@@ -41,6 +41,7 @@
 #include <grp.h>
 #include <limits.h>
 #include <linux/capability.h>
+#include <linux/keyctl.h>
 #include <net/if.h>
 #include <sched.h>
 #include <signal.h>
@@ -88,7 +89,20 @@ struct opts {
     int n_gauges;
     const char *empty_check;
     char **argv;
+    /* Isolation (see "---- isolation ----"): the job's view of /sys/fs/cgroup (each mount
+     * point NAME under it bound to the job's own cgroup DIR, or detached), and whether the
+     * default seccomp filter is left out (--no-seccomp, a trusted tenant). */
+    const char **view_names, **view_dirs;
+    int n_views;
+    const char **hide_names;
+    int n_hides;
+    int no_seccomp;
 };
+
+static int isolation_arg(struct opts *o, int argc, char **argv, int i);
+static void private_mounts(const struct opts *o, const char *root, int shm, int err_fd);
+static void cgroup_view(const struct opts *o, int err_fd);
+static void confine_job(const struct opts *o, int err_fd);
 
 /* The one start error of this run (monitor side), filled by set_error(). */
 static char errbuf[ERR_MAX];
@@ -409,6 +423,13 @@ static int parse_args(int argc, char **argv, struct opts *o)
     for (i = 1; i < argc; i++) {
         const char *a = argv[i];
         int left = argc - i - 1; /* values available after the flag */
+        int taken = isolation_arg(o, argc, argv, i);
+        if (taken < 0)
+            return -1;
+        if (taken > 0) {
+            i += taken - 1;
+            continue;
+        }
         if (strcmp(a, "--") == 0) {
             i++;
             break;
@@ -625,6 +646,7 @@ __attribute__((noreturn)) static void job_main(const struct opts *o, int out_fd,
     /* After the switch, so the job's own permissions decide whether it may enter cwd. */
     if (chdir(o->cwd) != 0)
         child_fail(err_fd, "cwd: %s: %s", o->cwd, strerror(errno));
+    confine_job(o, err_fd);
     execvp(o->argv[0], o->argv);
     child_fail(err_fd, "exec: %s: %s", o->argv[0], strerror(errno));
 }
@@ -671,9 +693,7 @@ static void setup_dev(const char *root, int err_fd)
             child_fail(err_fd, "mount: bind %s: %s", host, strerror(errno));
     }
     path_in(path, dev, "shm", err_fd);
-    ensure_dir(path, 01777, err_fd);
-    if (mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") != 0)
-        child_fail(err_fd, "mount: %s: %s", path, strerror(errno));
+    ensure_dir(path, 01777, err_fd); /* its tmpfs: private_mounts() */
     static const char *links[][2] = {{"/proc/self/fd", "fd"},
                                      {"/proc/self/fd/0", "stdin"},
                                      {"/proc/self/fd/1", "stdout"},
@@ -719,6 +739,7 @@ static void enter_overlay_root(const struct opts *o, int err_fd)
     ensure_dir(path, 01777, err_fd);
     mount_tmp(o, path, err_fd);
     setup_dev(root, err_fd);
+    private_mounts(o, root, 1, err_fd);
     /* pivot_root(".", "."): the old root ends up stacked under the new one, and the
      * lazy unmount takes it (and every host mount below it) away. */
     if (chdir(root) != 0)
@@ -729,6 +750,344 @@ static void enter_overlay_root(const struct opts *o, int err_fd)
         child_fail(err_fd, "rootfs: detach the old root: %s", strerror(errno));
     if (chdir("/") != 0)
         child_fail(err_fd, "rootfs: chdir /: %s", strerror(errno));
+}
+
+/* ---- isolation ----
+ *
+ * What keeps one tenant's job away from another's, beyond the namespaces and the user:
+ *   - private_mounts: its own /dev/shm and /var/tmp (tmpfs, nosuid,nodev, sized like /tmp,
+ *     their pages charged to the job's memory cgroup, gone with its mount namespace);
+ *   - cgroup_view: /sys/fs/cgroup shows the job's own cgroups only (each hierarchy's
+ *     mount point bound to the job's directory in it, the others detached);
+ *   - confine_job: a new session keyring, then the default seccomp filter, just before
+ *     exec (docs/operations.md, "Tenant isolation", says what it blocks and why).
+ */
+
+/* --cgroup-view NAME DIR, --cgroup-hide NAME, --no-seccomp: how many argv entries the flag
+ * at argv[i] takes (0: not an isolation flag, -1: malformed). */
+static int isolation_arg(struct opts *o, int argc, char **argv, int i)
+{
+    const char *a = argv[i];
+    int left = argc - i - 1;
+    if (strcmp(a, "--no-seccomp") == 0) {
+        o->no_seccomp = 1;
+        return 1;
+    }
+    int view = strcmp(a, "--cgroup-view") == 0, hide = strcmp(a, "--cgroup-hide") == 0;
+    if (!view && !hide)
+        return 0;
+    if (left < 1 + view) {
+        set_error("monitor: %s needs %s", a, view ? "NAME and DIR" : "NAME");
+        return -1;
+    }
+    if (!o->view_names) {
+        o->view_names = calloc((size_t)argc, sizeof *o->view_names);
+        o->view_dirs = calloc((size_t)argc, sizeof *o->view_dirs);
+        o->hide_names = calloc((size_t)argc, sizeof *o->hide_names);
+        if (!o->view_names || !o->view_dirs || !o->hide_names) {
+            set_error("monitor: out of memory");
+            return -1;
+        }
+    }
+    const char *name = argv[i + 1];
+    /* A mount point right under /sys/fs/cgroup ("." is that mount itself, a v2 host). */
+    if (!*name || strchr(name, '/') || strcmp(name, "..") == 0 ||
+        (hide && strcmp(name, ".") == 0)) {
+        set_error("monitor: bad %s name %s", a, name);
+        return -1;
+    }
+    if (hide) {
+        o->hide_names[o->n_hides++] = name;
+        return 2;
+    }
+    o->view_names[o->n_views] = name;
+    o->view_dirs[o->n_views++] = argv[i + 2];
+    return 3;
+}
+
+/* tmpfs of the job's own on ROOT/dev/shm (when `shm`), ROOT/var/tmp (when the root has
+ * one) and the other directories every user may write on common hosts (when they are):
+ * nothing writable stays shared with another job. A symlink is left alone (it leads to one
+ * of these, or into the root the job cannot write). Sized like /tmp; each is bounded by the
+ * job's memory limit as well, since tmpfs pages are charged to the writer's cgroup. */
+static void private_mounts(const struct opts *o, const char *root, int shm, int err_fd)
+{
+    static const char *shared[] = {"var/tmp", "run/lock", "var/lock", "var/crash"};
+    char data[64], path[PATH_MAX];
+    struct stat st;
+    snprintf(data, sizeof data, "size=%llu,mode=1777", o->tmp_size);
+    for (size_t i = 0; i < sizeof shared / sizeof shared[0]; i++) {
+        path_in(path, root, shared[i], err_fd);
+        if (lstat(path, &st) != 0 || !S_ISDIR(st.st_mode))
+            continue;
+        if (i > 0 && !(st.st_mode & S_IWOTH)) /* /var/tmp always; the others if shared */
+            continue;
+        if (mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, data) != 0)
+            child_fail(err_fd, "mount: %s: %s", path, strerror(errno));
+    }
+    if (!shm)
+        return;
+    path_in(path, root, "dev/shm", err_fd);
+    if (mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, data) != 0)
+        child_fail(err_fd, "mount: %s: %s", path, strerror(errno));
+}
+
+#define CGROUP_VIEW "/sys/fs/cgroup"
+
+/* The job's /sys/fs/cgroup: its own cgroup in each hierarchy it is in, bound over that
+ * hierarchy's mount point, and the hierarchies it is not in detached (--cgroup-hide): no
+ * other tenant's cgroups or usage, and nothing of the tree above its own. Binding over the
+ * mount points (rather than a fresh tmpfs with a directory per hierarchy) costs half: a
+ * lookup in cgroupfs is what a bind pays most for. Done before the monitor moves init into
+ * the job's cgroups, so the job is not billed for it. */
+static void cgroup_view(const struct opts *o, int err_fd)
+{
+    const unsigned long flags = MS_BIND | MS_NOSUID | MS_NODEV | MS_NOEXEC;
+    char path[PATH_MAX];
+    for (int k = 0; k < o->n_views; k++) {
+        if (strcmp(o->view_names[k], ".") == 0)
+            snprintf(path, sizeof path, "%s", CGROUP_VIEW); /* v2: the one hierarchy */
+        else
+            path_in(path, CGROUP_VIEW, o->view_names[k], err_fd);
+        if (mount(o->view_dirs[k], path, NULL, flags, NULL) != 0)
+            child_fail(err_fd, "cgroup view: bind %s: %s", o->view_dirs[k], strerror(errno));
+    }
+    for (int k = 0; k < o->n_hides; k++) {
+        path_in(path, CGROUP_VIEW, o->hide_names[k], err_fd);
+        if (umount2(path, MNT_DETACH) != 0 && errno != EINVAL && errno != ENOENT)
+            child_fail(err_fd, "cgroup view: detach %s: %s", path, strerror(errno));
+    }
+}
+
+/* ---- the default seccomp filter ----
+ *
+ * Built by hand (classic BPF) rather than with libseccomp: the monitor is compiled on each
+ * node at run time and linked statically, and the rule set is a short deny list; a library
+ * would be one more build dependency on every node for some forty comparisons. It is
+ * modelled on the default profile container runtimes ship, as a deny list: every syscall is
+ * allowed except those below, which fail with EPERM (ENOSYS for clone3, whose flags a
+ * filter cannot read, so that the C library falls back to clone, which it can check).
+ * A syscall of another ABI (i386 through int 0x80, x32) kills the process: the numbers
+ * below are x86_64's, and another table would slip past them. */
+#if defined(__x86_64__)
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+
+#define FILTER_MAX 200
+/* Symbolic jump targets: the returns (appended last) and the by-argument blocks. */
+enum {
+    TO_ALLOW = 1000, TO_EPERM, TO_ENOSYS, TO_KILL, /* returns, in this order */
+    TO_CLONE, TO_UNSHARE, TO_ADD_KEY, TO_KEYCTL,    /* blocks */
+    TO_END
+};
+
+struct filter {
+    struct sock_filter ins[FILTER_MAX];
+    int n;
+    int at[TO_END - TO_ALLOW]; /* where each target starts */
+};
+
+/* One instruction; jt/jf are a count of instructions to skip, or a TO_* target. */
+static void emit(struct filter *f, uint16_t code, uint32_t k, unsigned jt, unsigned jf)
+{
+    if (f->n >= FILTER_MAX) {
+        f->n++;
+        return;
+    }
+    f->ins[f->n] = (struct sock_filter){code, (uint8_t)(jt >= TO_ALLOW ? 0 : jt),
+                                        (uint8_t)(jf >= TO_ALLOW ? 0 : jf), k};
+    /* TO_* targets are resolved by build_filter() once every target is placed; until then
+     * they ride in the code's bits 8-15 (classic BPF codes fit in the low 8). */
+    f->ins[f->n].code |= (uint16_t)(((jt >= TO_ALLOW ? jt - TO_ALLOW + 1 : 0) << 8) |
+                                    ((jf >= TO_ALLOW ? jf - TO_ALLOW + 1 : 0) << 12));
+    f->n++;
+}
+
+#define ARG_LO(i) (offsetof(struct seccomp_data, args) + 8 * (i))
+
+static void load(struct filter *f, uint32_t offset)
+{
+    emit(f, BPF_LD | BPF_W | BPF_ABS, offset, 0, 0);
+}
+
+/* Syscalls refused outright: module loading, kexec, reboot, swap, clocks, accounting,
+ * quotas, the mount family, handles that bypass path checks, kernel introspection and
+ * tracing (bpf, perf_event_open, syslog, lookup_dcookie), namespace entry (setns), raw io
+ * ports, userfaultfd (a tool of kernel exploits), io_uring (its own syscall path, not seen
+ * by this filter), request_key (runs a helper as root on a miss), chroot, and obsolete
+ * calls. Then the calls decided by their arguments or answered otherwise. */
+static const struct rule {
+    uint32_t nr;
+    unsigned to;
+} rules[] = {
+    {__NR_acct, TO_EPERM}, {__NR_bpf, TO_EPERM}, {__NR_clock_adjtime, TO_EPERM},
+    {__NR_clock_settime, TO_EPERM}, {__NR_settimeofday, TO_EPERM},
+    {__NR_create_module, TO_EPERM}, {__NR_delete_module, TO_EPERM},
+    {__NR_init_module, TO_EPERM}, {__NR_finit_module, TO_EPERM},
+    {__NR_get_kernel_syms, TO_EPERM}, {__NR_query_module, TO_EPERM},
+    {__NR_kexec_load, TO_EPERM}, {__NR_kexec_file_load, TO_EPERM}, {__NR_reboot, TO_EPERM},
+    {__NR_swapon, TO_EPERM}, {__NR_swapoff, TO_EPERM}, {__NR_mount, TO_EPERM},
+    {__NR_umount2, TO_EPERM}, {__NR_pivot_root, TO_EPERM}, {__NR_fsopen, TO_EPERM},
+    {__NR_fsconfig, TO_EPERM}, {__NR_fsmount, TO_EPERM}, {__NR_fspick, TO_EPERM},
+    {__NR_move_mount, TO_EPERM}, {__NR_open_tree, TO_EPERM}, {__NR_mount_setattr, TO_EPERM},
+    {__NR_open_by_handle_at, TO_EPERM}, {__NR_perf_event_open, TO_EPERM},
+    {__NR_quotactl, TO_EPERM}, {__NR_quotactl_fd, TO_EPERM}, {__NR_setns, TO_EPERM},
+    {__NR_userfaultfd, TO_EPERM}, {__NR_uselib, TO_EPERM}, {__NR_ustat, TO_EPERM},
+    {__NR_sysfs, TO_EPERM}, {__NR__sysctl, TO_EPERM}, {__NR_iopl, TO_EPERM},
+    {__NR_ioperm, TO_EPERM}, {__NR_syslog, TO_EPERM}, {__NR_lookup_dcookie, TO_EPERM},
+    {__NR_nfsservctl, TO_EPERM}, {__NR_vhangup, TO_EPERM}, {__NR_fanotify_init, TO_EPERM},
+    {__NR_io_uring_setup, TO_EPERM}, {__NR_io_uring_enter, TO_EPERM},
+    {__NR_io_uring_register, TO_EPERM}, {__NR_chroot, TO_EPERM},
+    {__NR_request_key, TO_EPERM}, {__NR_clone3, TO_ENOSYS}, {__NR_clone, TO_CLONE},
+    {__NR_unshare, TO_UNSHARE}, {__NR_add_key, TO_ADD_KEY}, {__NR_keyctl, TO_KEYCTL},
+};
+#define N_RULES (sizeof rules / sizeof rules[0])
+
+/* Namespace flags: a new user namespace would hand the job every capability inside it
+ * (then mount, and the kernel surface only root reaches); the others need privileges the
+ * job does not have, and are refused the same way for a clear EPERM. */
+#define NS_FLAGS                                                                         \
+    (CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER |         \
+     CLONE_NEWPID | CLONE_NEWNET)
+#ifndef CLONE_NEWTIME
+#define CLONE_NEWTIME 0x00000080
+#endif
+
+/* Key serials of the per-uid keyrings (KEY_SPEC_USER_KEYRING, _USER_SESSION_KEYRING): a
+ * key put there would outlive the job and reach the tenant's later jobs. */
+#define USER_KEYRING 0xfffffffcu
+#define USER_SESSION_KEYRING 0xfffffffbu
+
+/* A binary search over the sorted rules[lo, hi): the kernel runs the program for every
+ * syscall number when the filter is installed (to cache the ones always allowed), so a
+ * short path (some 8 comparisons, not 50) is what keeps the install cheap. */
+static void emit_search(struct filter *f, const struct rule *sorted, int lo, int hi)
+{
+    if (hi - lo <= 3) {
+        for (int i = lo; i < hi; i++)
+            emit(f, BPF_JMP | BPF_JEQ | BPF_K, sorted[i].nr, sorted[i].to, 0);
+        emit(f, BPF_JMP | BPF_JA, 0, TO_ALLOW, TO_ALLOW); /* resolved into k below */
+        return;
+    }
+    int mid = lo + (hi - lo) / 2, at = f->n;
+    emit(f, BPF_JMP | BPF_JGE | BPF_K, sorted[mid].nr, 0, 0);
+    emit_search(f, sorted, lo, mid);
+    if (f->n - at - 1 > 255)
+        f->n = FILTER_MAX + 1; /* cannot be expressed: build_filter() fails */
+    else if (at < FILTER_MAX)
+        f->ins[at].jt = (uint8_t)(f->n - at - 1);
+    emit_search(f, sorted, mid, hi);
+}
+
+static int by_nr(const void *a, const void *b)
+{
+    uint32_t x = ((const struct rule *)a)->nr, y = ((const struct rule *)b)->nr;
+    return x < y ? -1 : x > y;
+}
+
+/* The program: arch check, the search, the by-argument blocks, the returns. */
+static int build_filter(struct filter *f)
+{
+    struct rule sorted[N_RULES];
+    memcpy(sorted, rules, sizeof sorted);
+    qsort(sorted, N_RULES, sizeof sorted[0], by_nr);
+    f->n = 0;
+    load(f, offsetof(struct seccomp_data, arch));
+    emit(f, BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 0, TO_KILL);
+    load(f, offsetof(struct seccomp_data, nr));
+    emit(f, BPF_JMP | BPF_JGE | BPF_K, 0x40000000u /* __X32_SYSCALL_BIT */, TO_KILL, 0);
+    emit_search(f, sorted, 0, (int)N_RULES);
+    /* clone(flags, ...) and unshare(flags): no namespace flag. */
+    f->at[TO_CLONE - TO_ALLOW] = f->n;
+    load(f, ARG_LO(0));
+    emit(f, BPF_JMP | BPF_JSET | BPF_K, NS_FLAGS, TO_EPERM, TO_ALLOW);
+    f->at[TO_UNSHARE - TO_ALLOW] = f->n;
+    load(f, ARG_LO(0));
+    emit(f, BPF_JMP | BPF_JSET | BPF_K, NS_FLAGS | CLONE_NEWTIME, TO_EPERM, TO_ALLOW);
+    /* add_key(type, desc, payload, plen, keyring): not into a per-uid keyring. */
+    f->at[TO_ADD_KEY - TO_ALLOW] = f->n;
+    load(f, ARG_LO(4));
+    emit(f, BPF_JMP | BPF_JEQ | BPF_K, USER_KEYRING, TO_EPERM, 0);
+    emit(f, BPF_JMP | BPF_JEQ | BPF_K, USER_SESSION_KEYRING, TO_EPERM, TO_ALLOW);
+    /* keyctl(op, ...): the job keeps its session keyring. It may not join or create another
+     * session (by name: another job's), hand its session to its parent, change where
+     * request_key puts keys, or link or move a key into a per-uid keyring. */
+    f->at[TO_KEYCTL - TO_ALLOW] = f->n;
+    load(f, ARG_LO(0));
+    emit(f, BPF_JMP | BPF_JEQ | BPF_K, KEYCTL_JOIN_SESSION_KEYRING, TO_EPERM, 0);
+    emit(f, BPF_JMP | BPF_JEQ | BPF_K, KEYCTL_SESSION_TO_PARENT, TO_EPERM, 0);
+    emit(f, BPF_JMP | BPF_JEQ | BPF_K, KEYCTL_SET_REQKEY_KEYRING, TO_EPERM, 0);
+    emit(f, BPF_JMP | BPF_JEQ | BPF_K, KEYCTL_LINK, 0, 3);
+    load(f, ARG_LO(2));
+    emit(f, BPF_JMP | BPF_JEQ | BPF_K, USER_KEYRING, TO_EPERM, 0);
+    emit(f, BPF_JMP | BPF_JEQ | BPF_K, USER_SESSION_KEYRING, TO_EPERM, TO_ALLOW);
+    emit(f, BPF_JMP | BPF_JEQ | BPF_K, KEYCTL_MOVE, 0, TO_ALLOW);
+    load(f, ARG_LO(3));
+    emit(f, BPF_JMP | BPF_JEQ | BPF_K, USER_KEYRING, TO_EPERM, 0);
+    emit(f, BPF_JMP | BPF_JEQ | BPF_K, USER_SESSION_KEYRING, TO_EPERM, TO_ALLOW);
+    /* The returns, in TO_* order. */
+    int returns = f->n;
+    emit(f, BPF_RET | BPF_K, SECCOMP_RET_ALLOW, 0, 0);
+    emit(f, BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA), 0, 0);
+    emit(f, BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA), 0, 0);
+    emit(f, BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS, 0, 0);
+    if (f->n > FILTER_MAX)
+        return -1;
+    for (int t = 0; t < TO_CLONE - TO_ALLOW; t++)
+        f->at[t] = returns + t;
+    for (int i = 0; i < returns; i++) {
+        struct sock_filter *ins = &f->ins[i];
+        int jt = (ins->code >> 8) & 15, jf = (ins->code >> 12) & 15;
+        ins->code &= 0xff;
+        if (BPF_OP(ins->code) == BPF_JA && BPF_CLASS(ins->code) == BPF_JMP) {
+            ins->k = (uint32_t)(f->at[jt - 1] - (i + 1)); /* forward: the targets follow */
+            ins->jt = ins->jf = 0;
+            continue;
+        }
+        for (int side = 0; side < 2; side++) {
+            int target = side ? jf : jt, distance;
+            if (!target)
+                continue;
+            distance = f->at[target - 1] - (i + 1);
+            if (distance < 0 || distance > 255)
+                return -1;
+            if (side)
+                ins->jf = (uint8_t)distance;
+            else
+                ins->jt = (uint8_t)distance;
+        }
+    }
+    return 0;
+}
+
+static void apply_seccomp(int err_fd)
+{
+    static struct filter f;
+    if (build_filter(&f) != 0)
+        child_fail(err_fd, "seccomp: the filter does not fit (%d instructions)", f.n);
+    struct sock_fprog prog = {(unsigned short)f.n, f.ins};
+    /* no_new_privs is set (drop_privileges), so this needs no privilege. */
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0)
+        child_fail(err_fd, "seccomp: install the filter: %s", strerror(errno));
+}
+#else
+static void apply_seccomp(int err_fd)
+{
+    child_fail(err_fd, "seccomp: the default filter is written for x86_64 only; on this "
+                       "architecture only trusted tenants' jobs (no filter) can run");
+}
+#endif
+
+/* Last steps before exec, as the job's user: a session keyring of its own (keys of earlier
+ * jobs, in the session the agent had, are out of reach), then the filter. */
+static void confine_job(const struct opts *o, int err_fd)
+{
+    if (syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, NULL) < 0 && errno != ENOSYS)
+        child_fail(err_fd, "keyring: new session: %s", strerror(errno));
+    if (!o->no_seccomp)
+        apply_seccomp(err_fd);
 }
 
 __attribute__((noreturn)) static void init_main(const struct opts *o, int ready_fd, int sync_fd,
@@ -755,6 +1114,8 @@ __attribute__((noreturn)) static void init_main(const struct opts *o, int ready_
         if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
             child_fail(err_fd, "mount: /proc: %s", strerror(errno));
         mount_tmp(o, "/tmp", err_fd);
+        private_mounts(o, "", 1, err_fd);
+        cgroup_view(o, err_fd);
     }
     if (sethostname(o->hostname, strlen(o->hostname)) != 0)
         child_fail(err_fd, "hostname: %s: %s", o->hostname, strerror(errno));

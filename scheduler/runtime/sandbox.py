@@ -71,6 +71,68 @@ def resolve_run_as(
     return Credentials(uid=uid, gid=gid)
 
 
+# Ids below this are the host's system accounts (Debian's and most distributions' SYS_UID_MAX
+# is 999).
+SYSTEM_ID_LIMIT = 1000
+# Accounts Postgres runs as (scheduler.db.embedded makes "scheduler-pg" when "postgres" is
+# missing): a job running as one of them reaches the database's socket as its superuser.
+DATABASE_ACCOUNTS = ("postgres", "scheduler-pg")
+
+
+@dataclass(frozen=True)
+class TenantIdentity:
+    """A tenant's own uid/gid (allocated by the database) and the start of their range."""
+
+    uid: int
+    gid: int
+    range_first: int
+
+
+def _account_ids(names: tuple[str, ...], lookup: UserLookup) -> set[int]:
+    ids: set[int] = set()
+    for name in names:
+        try:
+            ids.update(lookup(name))
+        except KeyError:
+            continue
+    return ids
+
+
+def tenant_credentials(
+    tenant: str,
+    identity: TenantIdentity,
+    run_as: str | None,
+    *,
+    agent_ids: tuple[int, int],
+    lookup: UserLookup = _passwd_lookup,
+    gid_of: Callable[[int], int] = _passwd_gid,
+) -> Credentials:
+    """Who a tenant's job runs as: the tenant's own ids, or the operator's ``run_as``, which is
+    refused for root, system ids (below 1000 or below the tenant range, except the tenant's
+    own), and the ids of the database server and of the agent (``agent_ids``)."""
+    if run_as is None:
+        return Credentials(uid=identity.uid, gid=identity.gid)
+    credentials = resolve_run_as(run_as, lookup, gid_of)
+    own = {identity.uid, identity.gid}
+    floor = max(SYSTEM_ID_LIMIT, identity.range_first)
+    database = _account_ids(DATABASE_ACCOUNTS, lookup)
+    for kind, value in (("uid", credentials.uid), ("gid", credentials.gid)):
+        if value in own:
+            continue
+        if value in database:
+            raise SandboxError(
+                f"tenant {tenant}: run_as {run_as!r} is the database server's {kind} {value}"
+            )
+        if value in agent_ids:
+            raise SandboxError(f"tenant {tenant}: run_as {run_as!r} is the agent's {kind} {value}")
+        if value < floor:
+            raise SandboxError(
+                f"tenant {tenant}: run_as {run_as!r} has the system {kind} {value} "
+                f"(below {floor}: system accounts and ids below the tenant range are refused)"
+            )
+    return credentials
+
+
 def host_network(asked: bool, *, allowed: bool) -> bool:
     """Whether the job shares the host's network; refuses a request the node does not allow."""
     if asked and not allowed:
@@ -93,6 +155,8 @@ class SandboxPolicy:
     default_run_as: str = DEFAULT_RUN_AS
     allow_network: bool = False
     keep_upper: KeepUpper = "never"
+    # Tenants whose jobs run without the default seccomp filter (the operator trusts them).
+    trusted_tenants: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         check_run_as(self.default_run_as)

@@ -45,6 +45,13 @@ class LaunchSpec:
     output_limit_bytes: int | None = None
     output_bps: int | None = None
     output_reserve_bytes: int | None = None
+    # The job's /sys/fs/cgroup (see runtime/cgroupview.py): (mount point name under it, the
+    # job's cgroup directory) to bind, and the names of other cgroup mounts to detach;
+    # empty: the host's view is left.
+    cgroup_view: tuple[tuple[str, str], ...] = ()
+    cgroup_hide: tuple[str, ...] = ()
+    # The default seccomp filter applies (False only for the node's trusted tenants).
+    seccomp: bool = True
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import pytest
 
 from scheduler.runtime.identity import live_monitor_pid
 from tests.agent_process import leftover_job_cgroups, start_serve, stop, wait_ready
+from tests.conftest import SCRATCH
 from tests.faults.counts import RESULTS, Workload, table
 
 # Every fault test's agents: short sampling periods, so that jobs of a second or two are
@@ -25,7 +26,7 @@ FAST = {"sample_interval": 0.2, "sample_interval_floor": 0.05, "poll_interval": 
 def state_dir() -> Iterator[Path]:
     """The agent's state directory, outside /tmp: jobs see a private /tmp, and they must
     reach the executions directory inside it (see :class:`Workload`)."""
-    path = Path(tempfile.mkdtemp(prefix="sched-fault-", dir="/var/tmp"))
+    path = Path(tempfile.mkdtemp(prefix="sched-fault-", dir=SCRATCH))
     yield path
     if os.environ.get("SCHEDULER_KEEP_FAULT_STATE"):
         print(f"fault state kept in {path}")

@@ -2,8 +2,9 @@
 
 A fault test submits its jobs through a :class:`Workload`: every job's command first appends
 its attempt number to ``<base>/executions/<job id>`` (``base`` is the test's state directory
-unless it says otherwise; only user nobody, the jobs' user, can write there; outside /tmp,
-since jobs get a private one), so real executions are
+unless it says otherwise; the jobs' users, one per tenant, can create files there but not
+list it; outside /tmp, /var/tmp and /dev/shm, since jobs get private ones), so real
+executions are
 counted by the kernel's own file appends, not by the agent's word. The test then injects its
 fault, snapshots which attempts it hit (:meth:`Workload.hit`), and :func:`tally` waits until
 every job ended (or the deadline passed) and counts.
@@ -38,7 +39,7 @@ for billing, and every other count 0. Results are kept in :data:`RESULTS` for th
 fault suite prints at the end of the run. A new fault is a few lines around the fault itself;
 for a state directory on a tiny tmpfs that fills up, the executions go elsewhere:
 
-    workload = Workload(Path(tempfile.mkdtemp(dir="/var/tmp")))   # not on the full tmpfs
+    workload = Workload(Path(tempfile.mkdtemp(dir=SCRATCH)))   # tests.conftest; not the full tmpfs
     ids = await workload.submit(db, "sleep 1", 12)
     ...fill the tmpfs while they run...
     hit = await workload.hit(db)
@@ -48,8 +49,6 @@ for a state directory on a tiny tmpfs that fills up, the executions go elsewhere
 from __future__ import annotations
 
 import itertools
-import os
-import pwd
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -105,10 +104,11 @@ class Workload:
     def __init__(self, base: Path) -> None:
         """Executions are recorded in ``base/executions`` (``base`` outside /tmp)."""
         self.directory = base / "executions"
-        self.directory.mkdir(mode=0o700)
-        nobody = pwd.getpwnam("nobody")
-        os.chown(self.directory, nobody.pw_uid, nobody.pw_gid)
-        # The jobs' user must reach the directory; nothing else of base is readable to it.
+        self.directory.mkdir()
+        # Each tenant's jobs run as the tenant's own uid: any of them may add a file (sticky,
+        # so none can remove another's), none may list them; nothing else of base is
+        # readable to them.
+        self.directory.chmod(0o1733)
         base.chmod(0o711)
         self.expected: dict[int, Expect] = {}
 

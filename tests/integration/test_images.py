@@ -22,7 +22,7 @@ from scheduler.agent.isolation import ROOTFS_DIR
 from scheduler.agent.runner import run_dir_for
 from scheduler.errors import ImageError, ImageNotFound
 from scheduler.runtime.images import ImageStore
-from tests.conftest import AgentHandle, agent_settings, start_agent
+from tests.conftest import SCRATCH, AgentHandle, agent_settings, start_agent
 from tests.integration.test_agent import output, submit, wait_final
 
 pytestmark = pytest.mark.anyio
@@ -86,7 +86,7 @@ def tree_digest(path: Path) -> dict[str, str]:
 @pytest.fixture
 def sources() -> Iterator[tuple[Path, Path]]:
     """A base directory and a tarball layer over it (outside the jobs' private /tmp)."""
-    base = Path(tempfile.mkdtemp(prefix="sched-image-", dir="/var/tmp"))
+    base = Path(tempfile.mkdtemp(prefix="sched-image-", dir=SCRATCH))
     build_tiny_root(base / "root")
     layer = base / "top.tar"
     layer.write_bytes(
@@ -123,6 +123,7 @@ async def test_two_jobs_on_one_image_share_layers_not_writes(
     a = await submit(db, ["sh", "-c", script.format(me="a")], image="tiny")
     b = await submit(db, ["sh", "-c", script.format(me="b")], image="tiny")
     rows = {r["id"]: r for r in await wait_final(db, [a, b])}
+    own = await db.fetchval("SELECT uid FROM scheduler.tenants WHERE name = 'default'")
     for job_id, me in ((a, "a"), (b, "b")):
         assert rows[job_id]["state"] == "succeeded", rows[job_id]["error"]
         lines = output(agent, job_id).split("\n")
@@ -131,7 +132,7 @@ async def test_two_jobs_on_one_image_share_layers_not_writes(
         assert lines[3:5] == [me, "hello"]
         devices = ["fd", "full", "null", "random", "shm", "stderr", "stdin", "stdout", "tty"]
         assert lines[5:16] == [*devices, "urandom", "zero"]
-        assert lines[16:] == ["no-host-root", "65534", ""]
+        assert lines[16:] == ["no-host-root", str(own), ""]
         # The writable layer is removed after the attempt (keep_upper = never).
         assert not (run_dir_for(agent.settings.runs_dir, job_id, 1) / ROOTFS_DIR).exists()
     assert tree_digest(images.path("tiny")) == before

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +15,7 @@ from scheduler.cgroups.base import CgroupPath, Limits
 from scheduler.cgroups.detect import detect_layout, open_driver
 from scheduler.cgroups.devices import disk_of
 from scheduler.cgroups.v1 import V1Driver
-from tests.conftest import AgentHandle
+from tests.conftest import SCRATCH, AgentHandle
 from tests.integration.test_agent import output, submit, wait_final
 
 MB = 1_000_000
@@ -59,14 +61,17 @@ def test_tenant_and_job_io_limits_become_blkio_throttle_rules(v1: V1Driver) -> N
 async def test_a_job_io_write_limit_is_enforced_by_the_kernel(
     db: asyncpg.Connection, agent: AgentHandle
 ) -> None:
-    # Direct writes to a host disk (the job's /tmp is a private tmpfs): 6 MiB at 2 MiB/s.
-    target = Path("/var/tmp") / f"sched-io-{uuid.uuid4().hex[:8]}"
+    # Direct writes to a host disk (the job's /tmp and /var/tmp are private tmpfs): 6 MiB at
+    # 2 MiB/s, in a directory the tenant's uid may write.
+    shared = Path(tempfile.mkdtemp(prefix="sched-io-", dir=SCRATCH))
+    shared.chmod(0o1777)
+    target = shared / "data"
     script = f"dd if=/dev/zero of={target} bs=1M count=6 oflag=direct 2>&1; rm -f {target}"
     try:
         limited = await submit(db, ["sh", "-c", script], io_write_bps=2 * 1024 * 1024)
         [row] = await wait_final(db, [limited], timeout=60)
     finally:
-        target.unlink(missing_ok=True)
+        shutil.rmtree(shared, ignore_errors=True)
     assert row["state"] == "succeeded", output(agent, limited)
     assert (row["finished_at"] - row["started_at"]).total_seconds() >= 1.5
     assert row["io_write_bytes"] >= 6 * 1024 * 1024

@@ -17,7 +17,7 @@ import anyio
 import asyncpg
 import pytest
 
-from tests.conftest import AgentHandle, agent_settings, start_agent
+from tests.conftest import SCRATCH, AgentHandle, agent_settings, start_agent
 from tests.integration.test_agent import output, submit, wait_final
 
 pytestmark = pytest.mark.anyio
@@ -36,7 +36,7 @@ int main(void) {
 @pytest.fixture
 def host_dir() -> Iterator[Path]:
     """A directory the job can see: outside /tmp, which is private to each job."""
-    path = Path(tempfile.mkdtemp(prefix="sched-sandbox-", dir="/var/tmp"))
+    path = Path(tempfile.mkdtemp(prefix="sched-sandbox-", dir=SCRATCH))
     path.chmod(0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)
@@ -51,14 +51,15 @@ def status_fields(text: str) -> dict[str, str]:
     return fields
 
 
-async def test_job_runs_as_nobody_with_no_capabilities(
+async def test_job_runs_as_its_tenants_uid_with_no_capabilities(
     db: asyncpg.Connection, agent: AgentHandle
 ) -> None:
     job_id = await submit(db, ["sh", "-c", "id -u; id -g; id -G; cat /proc/self/status"])
     [row] = await wait_final(db, [job_id])
     assert row["state"] == "succeeded", row["error"]
     uid, gid, groups, status = output(agent, job_id).split("\n", 3)
-    assert (uid, gid, groups) == ("65534", "65534", "65534")
+    own = await db.fetchval("SELECT uid FROM scheduler.tenants WHERE name = 'default'")
+    assert (uid, gid, groups) == (str(own), str(own), str(own))
     fields = status_fields(status)
     for key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
         assert int(fields[key], 16) == 0, key
@@ -87,7 +88,8 @@ async def test_setuid_root_binary_gives_nothing_back(
     su_id = await submit(db, ["sh", "-c", "su -c 'id -u' root < /dev/null; echo rc=$?"])
     rows = {r["id"]: r for r in await wait_final(db, [job_id, su_id])}
     assert rows[job_id]["state"] == "succeeded", rows[job_id]["error"]
-    assert output(agent, job_id) == "uid=65534 euid=65534\nsetuid0=refused\n"
+    own = await db.fetchval("SELECT uid FROM scheduler.tenants WHERE name = 'default'")
+    assert output(agent, job_id) == f"uid={own} euid={own}\nsetuid0=refused\n"
     su_out = output(agent, su_id)
     assert "rc=0" not in su_out
     assert "\n0\n" not in f"\n{su_out}"
@@ -127,7 +129,8 @@ async def test_job_is_in_its_cgroup_before_its_first_instruction(
 ) -> None:
     # The shell's first action: its own view of its cgroups, then the members of its leaf
     # (the kernel lists only members of the reader's pid namespace: init 1, sh 2, cat 3).
-    leaf = f"/sys/fs/cgroup/pids/{cgroup_root}/default/job-$SCHEDULER_JOB_ID/cgroup.procs"
+    # (/sys/fs/cgroup/pids in the job's view is its own leaf.)
+    leaf = "/sys/fs/cgroup/pids/cgroup.procs"
     job_id = await submit(db, ["sh", "-c", f"cat /proc/self/cgroup {leaf}"])
     [row] = await wait_final(db, [job_id])
     assert row["state"] == "succeeded", row["error"]
@@ -199,14 +202,14 @@ async def test_network_asked_but_not_allowed_is_a_clear_error(
 
 async def test_tenant_run_as(db: asyncpg.Connection, agent: AgentHandle) -> None:
     await db.execute(
-        "INSERT INTO scheduler.tenants (name, run_as) VALUES ('ids', '4321:8765'), "
+        "INSERT INTO scheduler.tenants (name, run_as) VALUES ('ids', '400321:400765'), "
         "('ghost', 'no_such_user_here')"
     )
     ok = await submit(db, ["sh", "-c", "id -u; id -G"], tenant="ids")
     ghost = await submit(db, ["true"], tenant="ghost")
     rows = {r["id"]: r for r in await wait_final(db, [ok, ghost])}
     assert rows[ok]["state"] == "succeeded", rows[ok]["error"]
-    assert output(agent, ok) == "4321\n8765\n"
+    assert output(agent, ok) == "400321\n400765\n"
     assert rows[ghost]["state"] == "failed"
     assert "no_such_user_here" in rows[ghost]["error"]
     assert "does not exist" in rows[ghost]["error"]
