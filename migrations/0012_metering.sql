@@ -23,3 +23,15 @@ COMMENT ON COLUMN scheduler.jobs.output_limit_bytes IS
     'Most bytes of stdout+stderr kept (NULL: tenant, then node default; never above them).';
 COMMENT ON COLUMN scheduler.tenants.output_limit_bytes IS
     'Default and ceiling of output_limit_bytes for the jobs of this tenant and its subtree.';
+
+-- A tenant role may lower its own job's output limit (the agent keeps the smallest of the
+-- job's, the tenant chain's and the node's), so the column is one it may insert (0010 grants
+-- INSERT column by column); and a schedule's template may carry it like any job field.
+GRANT INSERT (output_limit_bytes) ON scheduler.jobs TO scheduler_tenant;
+
+CREATE OR REPLACE FUNCTION scheduler.schedule_job_fields() RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT ARRAY['argv', 'cpu', 'cwd', 'env', 'image', 'io_read_bps', 'io_write_bps', 'labels',
+                 'max_attempts', 'memory_bytes', 'name', 'network', 'output_limit_bytes',
+                 'pids_max', 'priority', 'timeout_seconds']
+$$;
