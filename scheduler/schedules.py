@@ -10,14 +10,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from scheduler import cron
 from scheduler.db.pool import Conn
 from scheduler.db.queries import q
 from scheduler.errors import SchedulerError
+
+# croniter is imported by the functions that parse (the CLI's start-up does not pay for it).
+if TYPE_CHECKING:
+    from scheduler import cron
 
 OVERLAPS = ("skip", "queue")
 # The database's rule too (schedules_before_write): names travel in URLs and job rows.
@@ -56,6 +59,8 @@ class ScheduleRequest:
 
 def check(request: ScheduleRequest, now: datetime | None = None) -> cron.CronSpec:
     """What can be checked without the database; the database checks the rest."""
+    from scheduler import cron  # noqa: PLC0415 (croniter: only when parsing)
+
     if not SCHEDULE_NAME.match(request.name):
         raise ScheduleRefused(
             f"schedule name {request.name!r} is not valid: expected [a-z0-9][a-z0-9_.-]{{0,62}}",
@@ -125,6 +130,8 @@ async def set_enabled(
     conn: Conn, tenant: str, name: str, enabled: bool, now: datetime | None = None
 ) -> asyncpg.Record:
     """Pause, or resume from ``now``: due times missed while paused are not made up."""
+    from scheduler import cron  # noqa: PLC0415 (croniter: only when parsing)
+
     row = await get(conn, tenant, name)
     first = None
     if enabled:
