@@ -95,21 +95,23 @@ async def export_counted(
             )
         rates = [rate_from_row(r) for r in await conn.fetch(q("billing_rates"))]
         records = await conn.fetch(q("billing_usage"), start, end, tenant)
-    rows = [
-        UsageRow(
-            job_id=int(r["job_id"]),
-            job_name=r["job_name"],
-            tenant=r["tenant"],
-            period_end=r["period_end"],
-            cpu_seconds=r["cpu_seconds"],
-            memory_byte_seconds=r["memory_byte_seconds"],
-            io_read_bytes=int(r["io_read_bytes"]),
-            io_write_bytes=int(r["io_write_bytes"]),
-            cpu_reserved=r["cpu_reserved"],
-            memory_reserved_bytes=int(r["memory_reserved_bytes"]),
-            wall_seconds=r["wall_seconds"],
-        )
-        for r in records
-    ]
+    rows = [usage_row(r) for r in records]
     lines = price(rows, rates, start=start, end=end)
     return render(lines, chosen, start=start, end=end, tenant=tenant), len(rows)
+
+
+def usage_row(r: asyncpg.Record) -> UsageRow:
+    """A row of the ``billing_usage`` query as the export prices it."""
+    return UsageRow(
+        job_id=int(r["job_id"]),
+        job_name=r["job_name"],
+        tenant=r["tenant"],
+        period_end=r["period_end"],
+        cpu_seconds=r["cpu_seconds"],
+        memory_byte_seconds=r["memory_byte_seconds"],
+        io_read_bytes=int(r["io_read_bytes"]),
+        io_write_bytes=int(r["io_write_bytes"]),
+        cpu_reserved=r["cpu_reserved"],
+        memory_reserved_bytes=int(r["memory_reserved_bytes"]),
+        wall_seconds=r["wall_seconds"],
+    )

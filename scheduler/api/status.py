@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from scheduler.accounting.billing import rate_from_row
+from scheduler.accounting.billing import rate_from_row, usage_row
 from scheduler.accounting.export import UsageRow, price
 from scheduler.accounting.rates import MissingRate
 from scheduler.api.auth import Principal, authenticate
@@ -306,18 +306,7 @@ async def _spend_this_month(conn: Any, who: Principal) -> dict[str, str]:
     rows: dict[str, list[UsageRow]] = defaultdict(list)
     for r in await conn.fetch(q("billing_usage"), start, now, None):
         if who.sees(r["tenant"]):
-            rows[r["tenant"]].append(
-                UsageRow(
-                    job_id=int(r["job_id"]),
-                    job_name=r["job_name"],
-                    tenant=r["tenant"],
-                    period_end=r["period_end"],
-                    cpu_seconds=r["cpu_seconds"],
-                    memory_byte_seconds=r["memory_byte_seconds"],
-                    io_read_bytes=int(r["io_read_bytes"]),
-                    io_write_bytes=int(r["io_write_bytes"]),
-                )
-            )
+            rows[r["tenant"]].append(usage_row(r))
     spend: dict[str, str] = {}
     for tenant, usage in rows.items():
         try:
