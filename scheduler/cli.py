@@ -9,7 +9,7 @@ import importlib.util
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +26,7 @@ from scheduler.accounting.reconcile import reconcile
 from scheduler.agent.service import print_ready, serve
 from scheduler.api.auth import create_token, revoke_token
 from scheduler.cgroups.detect import open_driver
-from scheduler.config import Settings, load_settings
+from scheduler.config import UNIT_ENV_FILE, Settings, load_settings, read_environment_file
 from scheduler.db.migrate import migrate
 from scheduler.db.pool import connect_settings
 from scheduler.errors import SchedulerError
@@ -158,6 +158,12 @@ def _add_billing(sub: Any) -> None:
     check.add_argument(
         "--no-cgroups", action="store_true", help="skip the tenant cgroup check (other hosts)"
     )
+    check.add_argument(
+        "--env-file",
+        type=Path,
+        help="the agent unit's EnvironmentFile, whose SCHEDULER_* settings apply where no "
+        f"flag or environment variable sets them (default {UNIT_ENV_FILE}, when it exists)",
+    )
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -175,7 +181,21 @@ def settings_from(args: argparse.Namespace) -> Settings:
             "log_format",
         )
     }
-    return load_settings(flags, config_file=args.config)
+    return load_settings(flags, environ=_environment(args), config_file=args.config)
+
+
+def _environment(args: argparse.Namespace) -> Mapping[str, str]:
+    """The process environment, over the unit's environment file for the commands that
+    compare against this node's kernel (`billing check`): run from a shell, they would
+    otherwise look at another cgroup root than the agent's."""
+    if not hasattr(args, "env_file"):
+        return os.environ
+    path = args.env_file
+    if path is None:
+        if not UNIT_ENV_FILE.exists():
+            return os.environ
+        path = UNIT_ENV_FILE
+    return {**read_environment_file(path), **os.environ}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -392,9 +412,16 @@ async def _billing_check(settings: Settings, args: argparse.Namespace, conn: Any
         try:
             driver = open_driver(settings.cgroup_root)
         except SchedulerError as exc:
-            print(f"scheduler: note: tenant cgroups not checked: {exc}", file=sys.stderr)
+            raise SchedulerError(
+                f"cannot check the tenants' cgroups: {exc} (--no-cgroups skips them)"
+            ) from exc
     checked, found = await reconcile(
-        conn, start=start, end=end, node=settings.node_name, driver=driver
+        conn,
+        start=start,
+        end=end,
+        node=settings.node_name,
+        driver=driver,
+        cgroup_root=settings.cgroup_root,
     )
     if args.json:
         print(store.dumps({"jobs_checked": checked, "discrepancies": [str(d) for d in found]}))
