@@ -15,7 +15,7 @@ from scheduler.agent.runner import run_dir_for
 from scheduler.cgroups.base import CgroupPath
 from scheduler.cgroups.detect import open_driver
 from scheduler.jobs import FINAL_STATES as FINAL
-from tests.conftest import AgentHandle, agent_settings, start_agent
+from tests.conftest import AgentHandle, agent_settings, slow, start_agent
 
 pytestmark = pytest.mark.anyio
 
@@ -34,7 +34,7 @@ async def submit(db: asyncpg.Connection, argv: list[str], **cols: object) -> int
 async def wait_final(
     db: asyncpg.Connection, ids: list[int], timeout: float = 30
 ) -> list[asyncpg.Record]:
-    with anyio.fail_after(timeout):
+    with anyio.fail_after(slow(timeout)):
         while True:
             rows = await db.fetch(
                 "SELECT * FROM scheduler.jobs WHERE id = ANY($1) ORDER BY id", ids
@@ -46,7 +46,7 @@ async def wait_final(
 
 
 async def wait_state(db: asyncpg.Connection, job_id: int, state: str, timeout: float = 20) -> None:
-    with anyio.fail_after(timeout):
+    with anyio.fail_after(slow(timeout)):
         while await db.fetchval("SELECT state FROM scheduler.jobs WHERE id = $1", job_id) != state:
             await anyio.sleep(0.02)
 
