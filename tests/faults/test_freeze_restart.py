@@ -13,6 +13,7 @@ import pytest
 
 from scheduler.agent.runner import run_dir_for
 from tests.agent_process import sigkill
+from tests.conftest import slow
 from tests.faults.conftest import Agents, no_jobs_left
 from tests.faults.counts import Workload, assert_counts, tally
 
@@ -42,7 +43,7 @@ async def steer(db: asyncpg.Connection, how: str, ids: list[int], *, frozen: boo
 
 
 async def wait_states(db: asyncpg.Connection, ids: list[int], state: str) -> None:
-    with anyio.fail_after(20):
+    with anyio.fail_after(slow(20)):
         while await db.fetchval(
             "SELECT count(*) FROM scheduler.jobs WHERE id = ANY($1) AND state <> $2", ids, state
         ):
@@ -61,7 +62,7 @@ async def test_frozen_jobs_survive_an_agent_restart_and_thaw(
     agent = await agents.start()
     # 1.5 s of work each under a 3 s time limit: frozen time must not use the limit up.
     ids = await workload.submit(db, "sleep 1.5", 10, timeout_seconds=3)
-    with anyio.fail_after(30):
+    with anyio.fail_after(slow(30)):
         while not set(ids) <= set(workload.executions()):
             await anyio.sleep(0.02)
     await steer(db, how, ids, frozen=True)

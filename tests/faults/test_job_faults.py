@@ -12,6 +12,7 @@ import asyncpg
 import httpx
 import pytest
 
+from tests.conftest import slow
 from tests.faults.conftest import Agents, no_jobs_left
 from tests.faults.counts import Expect, Workload, assert_counts, tally
 
@@ -25,7 +26,7 @@ PIDS_MAX = 16
 
 
 async def wait_executed(workload: Workload, ids: list[int]) -> None:
-    with anyio.fail_after(30):
+    with anyio.fail_after(slow(30)):
         while not set(ids) <= set(workload.executions()):
             await anyio.sleep(0.02)
 
@@ -76,7 +77,7 @@ async def test_a_fork_bomb_under_pids_max_among_normal_ones(
     await wait_executed(workload, [bomb])
     # The bomb pushes against pids.max: refused forks are counted, it never gets past it.
     events = job_file(cgroup_root, bomb, "pids.events")
-    with anyio.fail_after(10):
+    with anyio.fail_after(slow(10)):
         while int(events.read_text().split()[-1]) == 0:
             await anyio.sleep(0.05)
     assert int(job_file(cgroup_root, bomb, "pids.current").read_text()) <= PIDS_MAX

@@ -13,6 +13,7 @@ import pytest
 
 from scheduler.agent.runner import run_dir_for
 from tests.agent_process import leftover_job_cgroups, start_serve, wait_gone, wait_ready
+from tests.conftest import slow
 from tests.integration.test_agent import wait_final
 
 pytestmark = pytest.mark.anyio
@@ -39,7 +40,7 @@ async def test_sigkilled_agent_with_50_jobs_running_then_restarted(
         ]
         runs = state_dir / "runs"
         monitors = state_dir / "run"  # the default runtime_dir
-        with anyio.fail_after(60):
+        with anyio.fail_after(slow(60)):
             # Every job has executed its first command (the monitor is running).
             while not all(
                 (run_dir_for(runs, i, 1) / "stdout").is_file()
@@ -67,7 +68,7 @@ async def test_sigkilled_agent_with_50_jobs_running_then_restarted(
         if agent.poll() is None:
             agent.send_signal(signal.SIGTERM)
             agent.wait(timeout=30)
-    assert time.monotonic() - killed_at < 60
+    assert time.monotonic() - killed_at < slow(60)
     assert [r["state"] for r in rows] == ["succeeded"] * JOBS, [
         (r["id"], r["state"], r["error"]) for r in rows if r["state"] != "succeeded"
     ]
@@ -90,7 +91,7 @@ async def test_sigkilled_agent_with_50_jobs_running_then_restarted(
     assert len(usage) == JOBS
     assert all(u["n"] == 1 and u["final"] and u["cpu_matches"] for u in usage)
     # No cgroup left behind (the recorder removes each after its commit).
-    with anyio.fail_after(10):
+    with anyio.fail_after(slow(10)):
         while leftover := leftover_job_cgroups(cgroup_root):
             await anyio.sleep(0.05)
     assert leftover == []

@@ -29,6 +29,7 @@ from scheduler.cgroups.v2 import V2Driver
 from scheduler.runtime.launcher import read_exit_record, spawn, wait_monitor
 from scheduler.runtime.spec import Credentials, ExitRecord, FinalRead, LaunchSpec
 from tests import factories
+from tests.conftest import slow
 
 pytestmark = [
     pytest.mark.anyio,
@@ -75,7 +76,7 @@ def launch(
 
 
 async def ended(spec: LaunchSpec, pid: int) -> ExitRecord:
-    with anyio.fail_after(30):
+    with anyio.fail_after(slow(30)):
         await wait_monitor(pid)
     record = read_exit_record(spec.run_dir)
     assert record is not None
@@ -119,7 +120,7 @@ async def test_nothing_is_recorded_while_the_cgroup_still_has_a_process(
     # job's end does not empty the cgroup, so the monitor must not take its counters as final.
     stray = subprocess.Popen(["sleep", "30"])
     try:
-        with anyio.fail_after(10):
+        with anyio.fail_after(slow(10)):
             while not all(os.path.exists(p) for p in spec.plan.procs):
                 await anyio.sleep(0.01)
         for procs in spec.plan.procs:

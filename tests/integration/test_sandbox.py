@@ -17,6 +17,7 @@ import anyio
 import asyncpg
 import pytest
 
+from tests import cgroup_files
 from tests.conftest import AgentHandle, agent_settings, start_agent
 from tests.integration.test_agent import output, submit, wait_final
 
@@ -96,15 +97,14 @@ async def test_setuid_root_binary_gives_nothing_back(
 async def test_job_cannot_write_outside_its_own_cgroup(
     db: asyncpg.Connection, agent: AgentHandle, cgroup_root: str
 ) -> None:
-    base = Path("/sys/fs/cgroup")
-    tenant = f"{cgroup_root}/default"
+    tenant = (cgroup_root, "default")
     targets = [
-        base / "pids" / tenant / "pids.max",  # the tenant's limit
-        base / "pids" / tenant / "cgroup.procs",  # move itself up to the tenant
-        base / "pids" / cgroup_root / "cgroup.procs",  # the scheduler's root
-        base / "pids" / "cgroup.procs",  # the host's root: out of every limit
-        base / "memory" / tenant / "memory.limit_in_bytes",
-        base / "unified" / tenant / "cgroup.freeze",
+        cgroup_files.pids_max_file(*tenant),  # the tenant's limit
+        cgroup_files.procs(*tenant),  # move itself up to the tenant
+        cgroup_files.procs(cgroup_root),  # the scheduler's root
+        cgroup_files.procs(),  # the host's root: out of every limit
+        cgroup_files.memory_limit_file(*tenant),
+        cgroup_files.freeze_file(*tenant),
     ]
     await wait_final(db, [await submit(db, ["true"])])  # the tenant's cgroup now exists
     before = {t: t.read_text() for t in targets if "procs" not in t.name}
