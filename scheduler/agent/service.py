@@ -405,7 +405,13 @@ async def _stop_on_signal(scope: anyio.CancelScope) -> None:
             return
 
 
-def print_ready(ready: Ready, out: Callable[[str], object] = print) -> None:
+def _print_now(text: str) -> None:
+    # Flushed: under systemd stdout is a pipe to the journal, block-buffered otherwise, and
+    # the ready line would show only once kilobytes of other output followed it.
+    print(text, flush=True)
+
+
+def print_ready(ready: Ready, out: Callable[[str], object] = _print_now) -> None:
     """Tell a person where the agent is and how to reach its database."""
     out(f"scheduler: node {ready.node} ready (cgroup driver {ready.driver}, pid {os.getpid()})")
     if ready.http:
