@@ -106,6 +106,8 @@ def installed(dsn: str, state_dir: Path) -> Iterator[Path]:
     try:
         yield MOUNT / shipped_root()
     finally:
+        # Shown with a failure's report: what the agent and systemd said.
+        print(run("journalctl", "-b", "-u", "scheduler*", "-n", "80", "--no-pager", check=False))
         run("systemctl", "stop", *UNITS, check=False)
         open_driver(shipped_root()).remove_tree(CgroupPath(()))
         for directory in walk_deepest_first(HOLDER_CGROUP):
@@ -161,8 +163,9 @@ async def test_jobs_outlive_two_restarts_a_stop_and_a_kill_of_the_unit_and_are_b
             io_read_bps=4 * MIB,
             io_write_bps=2 * MIB,
         )
-        frozen = await submit(db, ["sh", "-c", wait])
-        plain = await submit(db, ["sh", "-c", wait])
+        # Half a core each: the VM's two cores admit all three at once.
+        frozen = await submit(db, ["sh", "-c", wait], cpu=Decimal("0.5"))
+        plain = await submit(db, ["sh", "-c", wait], cpu=Decimal("0.5"))
         ids = [limited, frozen, plain]
         for job in ids:
             await wait_state(db, job, "running", timeout=60)
