@@ -43,6 +43,8 @@ def start_serve(
         "SCHEDULER_POLL_INTERVAL": "0.5",
         "SCHEDULER_LOG_FORMAT": "json",
         "SCHEDULER_HTTP_ADDR": "127.0.0.1:0",
+        # As agent_settings(): short jobs get one usage row even under emulation.
+        "SCHEDULER_SAMPLE_INTERVAL": str(slow(10.0)),
         **{f"SCHEDULER_{name.upper()}": str(value) for name, value in settings.items()},
         **(env or {}),
     }
