@@ -121,10 +121,13 @@ def installed(dsn: str, state_dir: Path) -> Iterator[Path]:
 
 
 def events(leaf: Path) -> dict[str, int]:
-    return {
-        k: int(v)
-        for k, v in (ln.split() for ln in (leaf / "cgroup.events").read_text().splitlines())
-    }
+    """cgroup.events of ``leaf``; empty while the cgroup does not exist yet (the agent marks
+    a job running at its claim, and its monitor makes the cgroup a moment later)."""
+    try:
+        text = (leaf / "cgroup.events").read_text()
+    except FileNotFoundError:
+        return {}
+    return {k: int(v) for k, v in (line.split() for line in text.splitlines())}
 
 
 def wait_events(leaf: Path, key: str, value: int) -> None:
