@@ -12,6 +12,7 @@ import asyncpg
 import httpx
 import pytest
 
+from scheduler.cgroups.detect import detect_layout
 from tests.conftest import slow
 from tests.faults.conftest import Agents, no_jobs_left
 from tests.faults.counts import Expect, Workload, assert_counts, tally
@@ -32,9 +33,11 @@ async def wait_executed(workload: Workload, ids: list[int]) -> None:
 
 
 def job_file(cgroup_root: str, job_id: int, name: str) -> Path:
-    """A cgroup file of the job's leaf, in whichever hierarchy has it."""
-    for hierarchy in Path("/sys/fs/cgroup").iterdir():
-        path = hierarchy / cgroup_root / "default" / f"job-{job_id}" / name
+    """A cgroup file of the job's leaf, in whichever hierarchy has it (on a pure v2 host
+    the one tree is the cgroup2 mount itself)."""
+    layout = detect_layout()
+    for mount in sorted({*layout.v1.values(), *([layout.unified] if layout.unified else [])}):
+        path = Path(mount) / cgroup_root / "default" / f"job-{job_id}" / name
         if path.exists():
             return path
     raise FileNotFoundError(name)
