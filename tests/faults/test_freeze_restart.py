@@ -60,8 +60,10 @@ async def test_frozen_jobs_survive_an_agent_restart_and_thaw(
     how: str,
 ) -> None:
     agent = await agents.start()
-    # 1.5 s of work each under a 3 s time limit: frozen time must not use the limit up.
-    ids = await workload.submit(db, "sleep 1.5", 10, timeout_seconds=3)
+    # 1.5 s of work each under a 3 s time limit (scaled under emulation, where starting the
+    # work takes seconds too): frozen time must not use the limit up.
+    limit = slow(3)
+    ids = await workload.submit(db, "sleep 1.5", 10, timeout_seconds=limit)
     with anyio.fail_after(slow(30)):
         while not set(ids) <= set(workload.executions()):
             await anyio.sleep(0.02)
@@ -70,7 +72,7 @@ async def test_frozen_jobs_survive_an_agent_restart_and_thaw(
     hit = await workload.hit(db)
     sigkill(agent)
     await agents.start()
-    await anyio.sleep(3.5)  # past their work and their time limit, had they been running
+    await anyio.sleep(limit + 0.5)  # past their work and their time limit, had they run
     runs = state_dir / "run"
     assert not any((run_dir_for(runs, i, 1) / "exit").exists() for i in ids)
     assert {freezer_state(cgroup_root, i) for i in ids} == {"FROZEN"}
