@@ -195,7 +195,8 @@ def _environment(args: argparse.Namespace) -> Mapping[str, str]:
         if not UNIT_ENV_FILE.exists():
             return os.environ
         path = UNIT_ENV_FILE
-    return {**read_environment_file(path), **os.environ}
+    # An empty variable counts as unset (as load_settings reads it), so the file's value holds.
+    return {**read_environment_file(path), **{k: v for k, v in os.environ.items() if v}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
