@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup system-deps serve test lint unit bench bench-peers bench-peers-deps clean
+.PHONY: setup system-deps serve test test-v2 lint unit bench bench-peers bench-peers-deps clean
 
 # System Postgres server binaries are used when present; otherwise pgserver (PyPI) brings them.
 $(VENV)/.installed: pyproject.toml
@@ -28,6 +28,11 @@ lint: setup
 
 test: system-deps lint
 	$(BIN)/pytest
+
+# The suites on a pure cgroup v2 host with systemd (a Debian 12 VM under qemu; built once into
+# /var/cache/scheduler-v2vm). SUITES=core|systemd|full or pytest arguments; see scripts/v2vm/run.
+test-v2:
+	bash scripts/v2vm/run
 
 unit: setup
 	$(BIN)/pytest tests/unit

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -251,6 +251,8 @@ def _add_access_commands(sub: Any) -> None:
 
 
 def _add_billing(sub: Any) -> None:
+    from scheduler.config import UNIT_ENV_FILE
+
     billing = sub.add_parser("billing", help="priced usage exports and reconciliation")
     actions = billing.add_subparsers(dest="billing_command", required=True, metavar="ACTION")
     export = actions.add_parser(
@@ -288,6 +290,12 @@ def _add_billing(sub: Any) -> None:
     check.add_argument(
         "--no-metrics", action="store_true", help="skip comparing /metrics with the bill"
     )
+    check.add_argument(
+        "--env-file",
+        type=Path,
+        help="the agent unit's EnvironmentFile, whose SCHEDULER_* settings apply where no "
+        f"flag or environment variable sets them (default {UNIT_ENV_FILE}, when it exists)",
+    )
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -307,7 +315,24 @@ def settings_from(args: argparse.Namespace) -> Settings:
             "log_format",
         )
     }
-    return load_settings(flags, config_file=args.config)
+    return load_settings(flags, environ=_environment(args), config_file=args.config)
+
+
+def _environment(args: argparse.Namespace) -> Mapping[str, str]:
+    """The process environment, over the unit's environment file for the commands that
+    compare against this node's kernel (`billing check`): run from a shell, they would
+    otherwise look at another cgroup root than the agent's."""
+    if not hasattr(args, "env_file"):
+        return os.environ
+    path = args.env_file
+    from scheduler.config import UNIT_ENV_FILE, read_environment_file
+
+    if path is None:
+        if not UNIT_ENV_FILE.exists():
+            return os.environ
+        path = UNIT_ENV_FILE
+    # An empty variable counts as unset (as load_settings reads it), so the file's value holds.
+    return {**read_environment_file(path), **{k: v for k, v in os.environ.items() if v}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -668,9 +693,16 @@ async def _billing_check(settings: Settings, args: argparse.Namespace, conn: Any
         try:
             driver = open_driver(settings.cgroup_root)
         except SchedulerError as exc:
-            print(f"scheduler: note: tenant cgroups not checked: {exc}", file=sys.stderr)
+            raise SchedulerError(
+                f"cannot check the tenants' cgroups: {exc} (--no-cgroups skips them)"
+            ) from exc
     checked, found = await reconcile(
-        conn, start=start, end=end, node=settings.node_name, driver=driver
+        conn,
+        start=start,
+        end=end,
+        node=settings.node_name,
+        driver=driver,
+        cgroup_root=settings.cgroup_root,
     )
     if not args.no_metrics:
         url = args.metrics_url or f"http://{settings.http_addr}/metrics"

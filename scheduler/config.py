@@ -282,6 +282,35 @@ def _convert(name: str, value: Any, source: str) -> Any:
         raise ConfigError(f"{source}: {name}: {exc}") from exc
 
 
+# The systemd unit's EnvironmentFile (deploy/systemd/scheduler.service).
+UNIT_ENV_FILE = Path("/etc/scheduler/scheduler.env")
+
+
+def read_environment_file(path: Path) -> dict[str, str]:
+    """The SCHEDULER_* assignments of a systemd EnvironmentFile: ``KEY=VALUE`` lines, ``#``
+    comments, a value optionally in matching quotes. Other keys are ignored; a line that is
+    no assignment is an error (the unit would not start with it either)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read environment file {path}: {exc}") from exc
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key.replace("_", "").isalnum():
+            raise ConfigError(f"{path}:{number}: not a KEY=VALUE line")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        if key.startswith("SCHEDULER_"):
+            values[key] = value
+    return values
+
+
 def load_settings(
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,

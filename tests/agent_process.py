@@ -11,6 +11,9 @@ from pathlib import Path
 
 import anyio
 
+from scheduler.cgroups.detect import detect_layout
+from tests.conftest import slow
+
 # 4 s: a loaded 2-core host may stall an event loop for a second; expiry still comes fast.
 SHORT_LEASE: dict[str, float] = {
     "lease_seconds": 4.0,
@@ -40,6 +43,8 @@ def start_serve(
         "SCHEDULER_POLL_INTERVAL": "0.5",
         "SCHEDULER_LOG_FORMAT": "json",
         "SCHEDULER_HTTP_ADDR": "127.0.0.1:0",
+        # As agent_settings(): short jobs get one usage row even under emulation.
+        "SCHEDULER_SAMPLE_INTERVAL": str(slow(10.0)),
         **{f"SCHEDULER_{name.upper()}": str(value) for name, value in settings.items()},
         **(env or {}),
     }
@@ -56,7 +61,7 @@ async def wait_ready(
     proc: subprocess.Popen[bytes], log: Path, count: int, node: str = "restart-node"
 ) -> None:
     """Until the log shows the ``count``-th 'ready' line of ``node`` (one per start)."""
-    with anyio.fail_after(60):
+    with anyio.fail_after(slow(60)):
         while log.read_text().count(f"scheduler: node {node} ready") < count:
             assert proc.poll() is None, log.read_text()
             await anyio.sleep(0.05)
@@ -70,7 +75,7 @@ def process_state(pid: int) -> str:
 
 async def wait_stopped(proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
     """Until the agent stopped itself at a failpoint (SIGSTOP)."""
-    with anyio.fail_after(timeout):
+    with anyio.fail_after(slow(timeout)):
         while process_state(proc.pid) != "T":
             assert proc.poll() is None, log.read_text()
             await anyio.sleep(0.01)
@@ -94,10 +99,14 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def leftover_job_cgroups(cgroup_root: str, tenant: str = "default") -> list[str]:
-    """Job cgroups still under ``cgroup_root``'s tenant, in any hierarchy."""
+    """Job cgroups still under ``cgroup_root``'s tenant, in every hierarchy this host mounts:
+    each v1 controller's and the cgroup2 one (on a pure v2 host, /sys/fs/cgroup itself)."""
+    layout = detect_layout()
+    mounts = {*layout.v1.values(), *([layout.unified] if layout.unified else [])}
+    assert mounts, "no cgroup hierarchy mounted: nothing could be checked"
     found = []
-    for hierarchy in Path("/sys/fs/cgroup").iterdir():
-        directory = hierarchy / cgroup_root / tenant
+    for mount in sorted(mounts):
+        directory = Path(mount) / cgroup_root / tenant
         if directory.is_dir():
             found += [
                 str(p) for p in directory.iterdir() if p.is_dir() and p.name.startswith("job-")
@@ -109,6 +118,6 @@ async def wait_gone(path: Path, timeout: float = 10) -> None:
     """Until ``path`` is gone, at most ``timeout`` s: the recorder removes an attempt's
     monitor directory just after its end is committed, so a test that saw the row may look
     a moment too early."""
-    with anyio.move_on_after(timeout):
+    with anyio.move_on_after(slow(timeout)):
         while path.exists():
             await anyio.sleep(0.02)

@@ -4,7 +4,12 @@ Per finished job (of a window): its rows are numbered 1..n; each attempt has exa
 closing row, last among its rows; an attempt's periods are contiguous; and the last
 attempt's rows sum to the job's totals (cpu, io) with their highest peak equal to the job's.
 Per tenant on this node: the cpu its cgroup counted since boot is at least what was billed on
-this node since boot, and exceeds it by no more than the usage of the jobs still running.
+this node since boot, and exceeds it by no more than the usage of the jobs still running plus
+the counters' rounding: cgroup v2 counts cpu in whole microseconds per cgroup, so each job
+cgroup (its own count truncated) and the tenant's (the exact sum truncated once) differ by
+less than one microsecond per job cgroup. That allowance is computed and named in the
+report, never a fixed slack. A missing cgroup root, or no cgroup for a tenant billed on this
+node since boot, is a discrepancy: a check that cannot see the kernel's side proves nothing.
 Per tenant with nothing running on this node: the agent's /metrics cpu counter (summed over
 mode) is within 1% of everything this node billed it (accounting/ledger.py).
 The checks are pure functions; :func:`reconcile` gathers the facts.
@@ -112,9 +117,14 @@ def check_job(job: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list
 
 
 def check_tenant(
-    tenant: str, kernel: Decimal, billed: Decimal, running: Decimal
+    tenant: str,
+    kernel: Decimal,
+    billed: Decimal,
+    running: Decimal,
+    rounding: Decimal = Decimal(0),
 ) -> list[Discrepancy]:
-    """The tenant's cgroup cpu against what was billed (all in seconds)."""
+    """The tenant's cgroup cpu against what was billed (all in seconds); ``rounding`` is what
+    the per-cgroup truncation of the counters can add to the kernel's side."""
     subject = f"tenant {tenant}"
     if kernel < billed:
         return [
@@ -124,12 +134,13 @@ def check_tenant(
                 f"({kernel})",
             )
         ]
-    if kernel - billed > running:
+    if kernel - billed > running + rounding:
         return [
             Discrepancy(
                 subject,
                 f"its cgroup counted {kernel} cpu seconds, {kernel - billed} more than billed "
-                f"({billed}); running jobs account for at most {running}",
+                f"({billed}); running jobs account for at most {running}, the counters' "
+                f"rounding for at most {rounding}",
             )
         ]
     return []
@@ -252,6 +263,7 @@ async def reconcile(
     end: datetime,
     node: str | None = None,
     driver: CgroupDriver | None = None,
+    cgroup_root: str = "",
 ) -> tuple[int, list[Discrepancy]]:
     """(jobs checked, discrepancies) for jobs finished in [start, end), plus, with ``driver``,
     the tenants' cgroups on ``node``."""
@@ -264,7 +276,7 @@ async def reconcile(
     for job in jobs:
         found.extend(check_job(dict(job.items()), by_job.get(job["id"], [])))
     if driver is not None and node is not None:
-        found.extend(await _check_tenants(conn, node, driver))
+        found.extend(await _check_tenants(conn, node, driver, cgroup_root or repr(driver)))
     return len(jobs), found
 
 
@@ -272,13 +284,26 @@ async def _check_tenants(
     conn: asyncpg.Connection,
     node: str,
     driver: CgroupDriver,
+    root: str,
 ) -> list[Discrepancy]:
     # Order matters: running jobs, then billed rows, then the kernel (which only grows).
+    if not driver.exists(CgroupPath(())):
+        return [
+            Discrepancy(
+                f"cgroup root {root!r} ({driver.name})",
+                "not found on this host: the tenants' cpu cannot be checked (give the agent's "
+                "--cgroup-root or SCHEDULER_CGROUP_ROOT, or --no-cgroups on a host without "
+                "jobs)",
+            )
+        ]
     running = await conn.fetch(q("check_node_running"), node)
-    billed = {
-        r["tenant"]: r["cpu_seconds"]
-        for r in await conn.fetch(q("check_node_billed"), node, boot_time())
-    }
+    billed_rows = await conn.fetch(q("check_node_billed"), node, boot_time())
+    billed = {r["tenant"]: r["cpu_seconds"] for r in billed_rows}
+    attempts = {r["tenant"]: int(r["attempts"]) for r in billed_rows}
+    running_count: dict[str, int] = {}
+    for job in running:
+        running_count[job["tenant"]] = running_count.get(job["tenant"], 0) + 1
+    unit = Decimal(driver.cpu_resolution_ns) / Decimal(1_000_000_000)
     tenants = [(r["name"], r["parent"]) for r in await conn.fetch(q("check_tenants"))]
     chains = tenant_chains(tenants)
     chain = chains.get
@@ -295,16 +320,29 @@ async def _check_tenants(
     found: list[Discrepancy] = []
     for tenant, _ in tenants:
         path = chain(tenant)
-        if path is None or not driver.exists(CgroupPath(path)):
-            continue  # no cgroup on this node: nothing ran here since boot
-        kernel = cpu_seconds(driver.read_usage(CgroupPath(path)).cpu_ns)
         members = subtree(tenants, tenant)
+        billed_here = sum((billed.get(t, Decimal(0)) for t in members), start=Decimal(0))
+        if path is None or not driver.exists(CgroupPath(path)):
+            if billed_here > 0:
+                found.append(
+                    Discrepancy(
+                        f"tenant {tenant}",
+                        f"billed {billed_here} cpu seconds on this node since boot, but its "
+                        f"cgroup {'/'.join(path or (tenant,))} under {root!r} is gone",
+                    )
+                )
+            continue  # no cgroup and nothing billed: nothing ran here since boot
+        kernel = cpu_seconds(driver.read_usage(CgroupPath(path)).cpu_ns)
+        # Each job cgroup's count is truncated (and so is the running jobs' read): the
+        # tenant's single truncation of the exact sum exceeds them by < 1 unit per cgroup.
+        cgroups = sum(attempts.get(t, 0) + running_count.get(t, 0) for t in members)
         found.extend(
             check_tenant(
                 tenant,
                 kernel,
-                sum((billed.get(t, Decimal(0)) for t in members), start=Decimal(0)),
+                billed_here,
                 sum((running_cpu.get(t, Decimal(0)) for t in members), start=Decimal(0)),
+                unit * cgroups,
             )
         )
     return found

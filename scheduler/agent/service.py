@@ -46,13 +46,14 @@ from scheduler.api.server import serve as serve_http
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits
 from scheduler.cgroups.detect import open_driver
 from scheduler.cgroups.devices import io_devices
+from scheduler.cgroups.v2 import REQUIRED_CONTROLLERS, V2Driver
 from scheduler.config import Settings
 from scheduler.db.embedded import EmbeddedPostgres
 from scheduler.db.migrate import migrate
 from scheduler.db.outage import DB_ERRORS, describe, log_failure
 from scheduler.db.pool import create_pool
 from scheduler.db.queries import q
-from scheduler.errors import LaunchError, SchedulerError
+from scheduler.errors import CgroupError, LaunchError, SchedulerError
 from scheduler.jobs import Job
 from scheduler.policy.admission import detect_capacity
 from scheduler.runtime.forkserver import ForkServer
@@ -96,7 +97,29 @@ def build_driver(settings: Settings) -> CgroupDriver:
     prefer = None if settings.cgroup_driver == "auto" else settings.cgroup_driver
     driver = open_driver(settings.cgroup_root, prefer=prefer)  # type: ignore[arg-type]
     driver.ensure(CgroupPath(()), Limits())
+    if isinstance(driver, V2Driver):
+        check_v2_controllers(driver, explicit=prefer == "v2")
     return driver
+
+
+def check_v2_controllers(driver: V2Driver, *, explicit: bool) -> None:
+    """Refuse to start when the root lacks a controller every job needs (the agent would say
+    ready, then fail each job); say at start which features are off otherwise. With
+    ``cgroup_driver = "v2"`` chosen explicitly (a hybrid host's controller-less cgroup2
+    mount) the agent runs without them, said in the log."""
+    missing = driver.missing_controllers()
+    if not missing:
+        return
+    required = tuple(c for c in missing if c in REQUIRED_CONTROLLERS)
+    if required and not explicit:
+        raise CgroupError(driver.remedy(missing))
+    log.warning(
+        "cgroup_controllers_missing",
+        cgroup=str(driver.root_dir),
+        missing=" ".join(missing),
+        effect="jobs asking for limits of these controllers fail",
+        remedy=driver.remedy(missing),
+    )
 
 
 async def run_agent(
@@ -451,7 +474,13 @@ async def _stop_on_signal(scope: anyio.CancelScope) -> None:
             return
 
 
-def print_ready(ready: Ready, out: Callable[[str], object] = print) -> None:
+def _print_now(text: str) -> None:
+    # Flushed: under systemd stdout is a pipe to the journal, block-buffered otherwise, and
+    # the ready line would show only once kilobytes of other output followed it.
+    print(text, flush=True)
+
+
+def print_ready(ready: Ready, out: Callable[[str], object] = _print_now) -> None:
     """Tell a person where the agent is and how to reach its database."""
     out(f"scheduler: node {ready.node} ready (cgroup driver {ready.driver}, pid {os.getpid()})")
     if ready.http:

@@ -130,6 +130,9 @@ class CgroupDriver(Protocol):
     """Create, limit, observe, freeze, kill and remove cgroups under one root."""
 
     name: DriverName
+    # The unit of the cpu counters read_usage() returns, in ns: v2's usage_usec truncates
+    # each cgroup's count to a microsecond, v1's cpuacct.usage is exact.
+    cpu_resolution_ns: int
 
     def ensure(self, path: CgroupPath, limits: Limits) -> None:
         """Create ``path`` (and its parents) in every hierarchy and write its limits."""

@@ -59,6 +59,7 @@ class V1Driver:
     """cgroup v1: ``mounts`` maps controllers to mount points, ``root`` is relative to each."""
 
     name: DriverName = "v1"
+    cpu_resolution_ns: int = 1
     freeze_timeout: float = 2.0
     kill_timeout: float = 5.0
 

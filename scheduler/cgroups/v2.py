@@ -4,21 +4,28 @@ v2 forbids processes in a cgroup whose children have controllers enabled ("no in
 processes"), so tenants are inner nodes that only ever hold job leaves, and the scheduler's
 root must not hold the agent itself.
 
-Delegation: under systemd (``Delegate=yes``) the agent's own cgroup, say
-``/system.slice/scheduler.service``, is handed to it with its controllers available but not
-enabled for children, and the agent (and the embedded Postgres it started) sits in it. A
-root inside it (``system.slice/scheduler.service/jobs``) gets controllers only once that
-cgroup enables them, which v2 refuses while processes sit there. So when the root's parent
-is the agent's own cgroup (or below it: delegated to us) and does not enable what it offers,
-the driver moves the processes there into a ``supervisor`` leaf and enables them, as
-systemd's own ``DelegateSubgroup=`` would. A parent outside the agent's cgroup is never
-touched: its owner decides what it enables.
+Delegation: a cgroup handed to the agent may enable controllers for its children. The
+agent's own cgroup (from /proc/self/cgroup) counts as handed to it, and so does any cgroup
+systemd delegated (``Delegate=yes``), which systemd marks with the ``trusted.delegate``
+extended attribute (systemd 252 and newer; ``user.delegate`` too on later ones). Between such
+a cgroup and the root, the driver enables what the cgroup offers; processes sitting there
+(v2 allows none in a cgroup that enables controllers) are moved into a ``supervisor`` leaf,
+as systemd's own ``DelegateSubgroup=`` (>= 254) would place them.
+
+One case is refused instead: the agent's own process in a systemd unit's delegated cgroup.
+Enabling controllers there works once, but systemd (< 254, or without
+``DelegateSubgroup=``) starts the unit's next main process in that very cgroup, which v2 then
+refuses (status 219/CGROUP): the unit could never restart while a job runs. The shipped units
+(deploy/systemd) keep the jobs in ``scheduler-jobs.service`` instead, a unit that only holds
+the delegated cgroup and never restarts with the agent. A parent outside any delegation is
+never touched: its owner decides what it enables, and the driver names the remedy.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import os
 from pathlib import Path
 
 import structlog
@@ -47,9 +54,27 @@ CPU_PERIOD_US = 100_000
 MIN_CPU_QUOTA_US = 1_000
 # Enabled in every inner node when the parent offers them; cpuset, hugetlb... are left alone.
 MANAGED_CONTROLLERS = ("cpu", "memory", "pids", "io")
-# The leaf the agent's own processes move to when their cgroup must enable controllers.
+# Without these the agent cannot run any job (every tenant has a cpu weight; memory and pids
+# are the sandbox's own limits): it refuses to start rather than fail every job. io is
+# optional: without it only jobs asking for io limits fail, which the start-up log says.
+REQUIRED_CONTROLLERS = ("cpu", "memory", "pids")
+# The leaf a delegated cgroup's processes move to when it must enable controllers.
 SUPERVISOR_LEAF = "supervisor"
+# The extended attributes systemd sets on a cgroup it delegated (Delegate=yes).
+DELEGATE_XATTRS = ("trusted.delegate", "user.delegate")
 log = structlog.get_logger(__name__)
+
+
+def has_delegate_xattr(cgroup: Path) -> bool:
+    """True if systemd marked ``cgroup`` as delegated (reading trusted.* needs root; an
+    unreadable or absent attribute counts as not delegated)."""
+    for name in DELEGATE_XATTRS:
+        try:
+            if os.getxattr(cgroup, name).strip(b"\0") == b"1":
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def io_max_value(device: str, read_bps: int | None, write_bps: int | None) -> str:
@@ -94,6 +119,7 @@ class V2Driver:
     """cgroup v2 on one cgroup2 mount; ``root`` is relative to ``mount``."""
 
     name: DriverName = "v2"
+    cpu_resolution_ns: int = 1000
     freeze_timeout: float = 2.0
     kill_timeout: float = 5.0
 
@@ -213,21 +239,43 @@ class V2Driver:
             self._write_io_weight(target, limits.weight)
 
     def _delegated(self, directory: Path) -> bool:
-        """True if ``directory`` is the agent's own cgroup or below it."""
+        """True if ``directory`` is handed to the agent: its own cgroup or below it, or a
+        cgroup systemd delegated (the xattr) or below one."""
         own = self.own_cgroup
-        return own is not None and (directory == own or own in directory.parents)
+        if own is not None and (directory == own or own in directory.parents):
+            return True
+        return self._systemd_delegated_top(directory) is not None
+
+    def _systemd_delegated_top(self, directory: Path) -> Path | None:
+        """The highest cgroup at or above ``directory`` (below the mount) that systemd marked
+        as delegated, None if there is none."""
+        top = None
+        for level in (directory, *directory.parents):
+            if level == self.mount or self.mount not in level.parents:
+                break
+            if has_delegate_xattr(level):
+                top = level
+        return top
 
     def _take_delegation(self) -> None:
-        """Make every delegated cgroup above the root (the agent's own one and those between
-        it and the root) enable what it offers of our controllers (see the module's
-        docstring); cgroups outside the agent's own are left to their owners."""
-        own, parent = self.own_cgroup, self.root_dir.parent
-        # An agent in the host's top cgroup was delegated nothing: the top is not ours.
-        if own is None or own == self.mount or not self._delegated(parent):
+        """Make every delegated cgroup above the root (see the module's docstring) enable what
+        it offers of our controllers; cgroups outside a delegation are left to their owners."""
+        parent = self.root_dir.parent
+        if parent == self.mount or not self._delegated(parent):
             return
-        level = own
+        top = self._systemd_delegated_top(parent)
+        own = self.own_cgroup
+        # Our own cgroup is the delegation unless systemd's sits above it (then the levels
+        # above ours are the unit's, holding no processes of ours).
+        ours = own is not None and (parent == own or own in parent.parents)
+        if ours and (top is None or top == own or (own is not None and own in top.parents)):
+            top = own
+        # An agent in the host's top cgroup was delegated nothing: the top is not ours.
+        if top is None or top == self.mount:
+            return
+        level = top
         self._enable_for_children(level)
-        for part in parent.relative_to(own).parts:
+        for part in parent.relative_to(top).parts:
             level = level / part
             fs.make_dir(level)
             self._enable_for_children(level)
@@ -246,6 +294,18 @@ class V2Driver:
                 raise
         else:
             return
+        if (
+            has_delegate_xattr(cgroup)
+            and str(os.getpid()) in fs.read_file(cgroup / "cgroup.procs").split()
+        ):
+            raise CgroupError(
+                f"the cgroup root {self.root_dir} is inside {cgroup}, the cgroup systemd "
+                "starts this unit's main process in: with controllers enabled there the unit "
+                "could not restart while a job runs (status 219/CGROUP). Point "
+                "SCHEDULER_CGROUP_ROOT at system.slice/scheduler-jobs.service/jobs (the "
+                "holder unit in deploy/systemd), or on systemd >= 254 add "
+                f"DelegateSubgroup={SUPERVISOR_LEAF} to the unit"
+            )
         leaf = cgroup / SUPERVISOR_LEAF
         if leaf == self.root_dir or leaf in self.root_dir.parents:
             raise CgroupError(
@@ -262,6 +322,29 @@ class V2Driver:
             moved_to=str(leaf),
             processes=moved,
         )
+
+    def missing_controllers(self) -> tuple[str, ...]:
+        """Managed controllers the root does not offer (after ensure() of the root)."""
+        offered = self.controllers()
+        return tuple(c for c in MANAGED_CONTROLLERS if c not in offered)
+
+    def remedy(self, missing: tuple[str, ...]) -> str:
+        """What an operator does to get ``missing`` controllers to the root."""
+        parent = self.root_dir.parent
+        enabled = fs.read_optional(parent / "cgroup.subtree_control") or ""
+        plus = " ".join(f"+{c}" for c in missing)
+        text = (
+            f"cgroup controller(s) {', '.join(missing)} not available in {self.root_dir}: "
+            f"its parent {parent} enables only '{enabled.strip() or 'nothing'}' for its "
+            f"children and is not delegated to the agent. Enable them there "
+            f"(echo '{plus}' > {parent}/cgroup.subtree_control"
+        )
+        if parent == self.mount:
+            text += (
+                "; on a systemd host durably: systemctl set-property system.slice "
+                "CPUWeight=100 IOWeight=100"
+            )
+        return text + "), or run the agent under deploy/systemd (docs/operations.md)"
 
     @staticmethod
     def _move_processes(source: Path, target: Path) -> int:

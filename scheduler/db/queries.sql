@@ -351,8 +351,9 @@ ORDER BY job_id, seq;
 SELECT id, tenant FROM scheduler.jobs WHERE node = $1 AND state IN ('running', 'frozen');
 
 -- name: check_node_billed
--- CPU billed on node $1 per tenant for periods since $2 (the host's boot: older cgroups are gone).
-SELECT tenant, sum(cpu_seconds) AS cpu_seconds
+-- CPU billed on node $1 per tenant for periods since $2 (the host's boot: older cgroups are gone),
+-- and how many attempts (each its own cgroup, its counter truncated on its own) it came from.
+SELECT tenant, sum(cpu_seconds) AS cpu_seconds, count(DISTINCT (job_id, attempt)) AS attempts
 FROM scheduler.usage
 WHERE node = $1 AND period_start >= $2
 GROUP BY tenant;

@@ -25,7 +25,8 @@ from tests.conftest import agent_settings, start_agent
 from tests.integration.test_agent import submit, wait_final, wait_state
 from tests.integration.test_metrics_endpoint import parse
 
-pytestmark = pytest.mark.anyio
+# The frozen v1 freezer cgroup is what holds SIGKILL back: a v1 (or hybrid) host only.
+pytestmark = [pytest.mark.anyio, pytest.mark.v1_host]
 UNIFIED = Path("/sys/fs/cgroup/unified")
 FREEZER = Path("/sys/fs/cgroup/freezer")
 

@@ -13,6 +13,7 @@ import pytest
 
 from scheduler.agent.runner import run_dir_for
 from tests.agent_process import sigkill, wait_stopped
+from tests.conftest import slow
 from tests.faults.conftest import Agents, no_jobs_left
 from tests.faults.counts import Expect, Workload, assert_counts, tally
 
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.anyio
 
 async def wait_executed(workload: Workload, ids: list[int]) -> None:
     """Until every job's command has started (its first line ran)."""
-    with anyio.fail_after(30):
+    with anyio.fail_after(slow(30)):
         while not set(ids) <= set(workload.executions()):
             await anyio.sleep(0.02)
 
@@ -50,7 +51,7 @@ async def test_sigkill_while_jobs_run(
     ids = await workload.submit(db, "sleep 3", 12)
     await wait_executed(workload, ids)
     # Sampled before the kill: the restarted agent must continue these rows, not redo them.
-    with anyio.fail_after(20):
+    with anyio.fail_after(slow(20)):
         while await db.fetchval(
             "SELECT count(DISTINCT job_id) FROM scheduler.usage WHERE job_id = ANY($1)", ids
         ) < len(ids):
@@ -111,7 +112,7 @@ async def test_jobs_exit_while_the_agent_is_down(
     hit = await workload.hit(db)
     sigkill(agent)
     runs = state_dir / "run"
-    with anyio.fail_after(20):
+    with anyio.fail_after(slow(20)):
         while not all((run_dir_for(runs, i, 1) / "exit").exists() for i in ids):
             await anyio.sleep(0.05)
     await agents.start()
@@ -130,7 +131,7 @@ async def test_sigkill_again_while_recording_exits_found_at_start(
     hit = await workload.hit(db)
     sigkill(agent)
     runs = state_dir / "run"
-    with anyio.fail_after(20):
+    with anyio.fail_after(slow(20)):
         while not all((run_dir_for(runs, i, 1) / "exit").exists() for i in ids[:6]):
             await anyio.sleep(0.05)
     # The restart finds the exits and stops before their record commits; killed again.

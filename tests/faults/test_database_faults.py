@@ -12,6 +12,7 @@ import pytest
 
 from scheduler.db.embedded import EmbeddedPostgres
 from scheduler.db.pool import connect
+from tests.conftest import slow
 from tests.faults.conftest import Agents, no_jobs_left
 from tests.faults.counts import Workload, assert_counts, tally
 
@@ -22,7 +23,7 @@ STAGGERED = "sleep $(( SCHEDULER_JOB_ID % 3 + 1 ))"
 
 async def wait_sampled(db: asyncpg.Connection, workload: Workload, ids: list[int]) -> None:
     """Until every job has run and has periodic billing rows (the sampler is at work)."""
-    with anyio.fail_after(30):
+    with anyio.fail_after(slow(30)):
         while not set(ids) <= set(workload.executions()) or await db.fetchval(
             "SELECT count(DISTINCT job_id) FROM scheduler.usage WHERE job_id = ANY($1)", ids
         ) < len(ids):
@@ -75,7 +76,7 @@ async def test_every_agent_session_terminated_with_jobs_running(
     await anyio.sleep(0.05)
     hit = await workload.hit(db)
     for _ in range(4):  # again, once the agent is back, while sweeps and records go on
-        with anyio.fail_after(10):
+        with anyio.fail_after(slow(10)):
             while not (
                 await db.fetchval(
                     "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))"
@@ -102,7 +103,7 @@ async def test_the_answer_to_a_committed_claim_is_lost(
     await agents.start(failpoints="after_claim=error")
     ids = await workload.submit(db, "sleep 0.5", 12)
     log = agents.log("fault-node")
-    with anyio.fail_after(20):
+    with anyio.fail_after(slow(20)):
         while '"failpoint_hit"' not in log.read_text():
             await anyio.sleep(0.02)
     hit = await workload.hit(db)

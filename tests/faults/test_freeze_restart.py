@@ -13,6 +13,7 @@ import pytest
 
 from scheduler.agent.runner import run_dir_for
 from tests.agent_process import sigkill
+from tests.conftest import slow
 from tests.faults.conftest import Agents, no_jobs_left
 from tests.faults.counts import Workload, assert_counts, tally
 
@@ -42,7 +43,7 @@ async def steer(db: asyncpg.Connection, how: str, ids: list[int], *, frozen: boo
 
 
 async def wait_states(db: asyncpg.Connection, ids: list[int], state: str) -> None:
-    with anyio.fail_after(20):
+    with anyio.fail_after(slow(20)):
         while await db.fetchval(
             "SELECT count(*) FROM scheduler.jobs WHERE id = ANY($1) AND state <> $2", ids, state
         ):
@@ -59,9 +60,11 @@ async def test_frozen_jobs_survive_an_agent_restart_and_thaw(
     how: str,
 ) -> None:
     agent = await agents.start()
-    # 1.5 s of work each under a 3 s time limit: frozen time must not use the limit up.
-    ids = await workload.submit(db, "sleep 1.5", 10, timeout_seconds=3)
-    with anyio.fail_after(30):
+    # 1.5 s of work each under a 3 s time limit (scaled under emulation, where starting the
+    # work takes seconds too): frozen time must not use the limit up.
+    limit = slow(3)
+    ids = await workload.submit(db, "sleep 1.5", 10, timeout_seconds=limit)
+    with anyio.fail_after(slow(30)):
         while not set(ids) <= set(workload.executions()):
             await anyio.sleep(0.02)
     await steer(db, how, ids, frozen=True)
@@ -69,7 +72,7 @@ async def test_frozen_jobs_survive_an_agent_restart_and_thaw(
     hit = await workload.hit(db)
     sigkill(agent)
     await agents.start()
-    await anyio.sleep(3.5)  # past their work and their time limit, had they been running
+    await anyio.sleep(limit + 0.5)  # past their work and their time limit, had they run
     runs = state_dir / "run"
     assert not any((run_dir_for(runs, i, 1) / "exit").exists() for i in ids)
     assert {freezer_state(cgroup_root, i) for i in ids} == {"FROZEN"}

@@ -12,6 +12,8 @@ import asyncpg
 import httpx
 import pytest
 
+from scheduler.cgroups.detect import detect_layout
+from tests.conftest import slow
 from tests.faults.conftest import Agents, no_jobs_left
 from tests.faults.counts import Expect, Workload, assert_counts, tally
 
@@ -25,15 +27,17 @@ PIDS_MAX = 16
 
 
 async def wait_executed(workload: Workload, ids: list[int]) -> None:
-    with anyio.fail_after(30):
+    with anyio.fail_after(slow(30)):
         while not set(ids) <= set(workload.executions()):
             await anyio.sleep(0.02)
 
 
 def job_file(cgroup_root: str, job_id: int, name: str) -> Path:
-    """A cgroup file of the job's leaf, in whichever hierarchy has it."""
-    for hierarchy in Path("/sys/fs/cgroup").iterdir():
-        path = hierarchy / cgroup_root / "default" / f"job-{job_id}" / name
+    """A cgroup file of the job's leaf, in whichever hierarchy has it (on a pure v2 host
+    the one tree is the cgroup2 mount itself)."""
+    layout = detect_layout()
+    for mount in sorted({*layout.v1.values(), *([layout.unified] if layout.unified else [])}):
+        path = Path(mount) / cgroup_root / "default" / f"job-{job_id}" / name
         if path.exists():
             return path
     raise FileNotFoundError(name)
@@ -76,7 +80,7 @@ async def test_a_fork_bomb_under_pids_max_among_normal_ones(
     await wait_executed(workload, [bomb])
     # The bomb pushes against pids.max: refused forks are counted, it never gets past it.
     events = job_file(cgroup_root, bomb, "pids.events")
-    with anyio.fail_after(10):
+    with anyio.fail_after(slow(10)):
         while int(events.read_text().split()[-1]) == 0:
             await anyio.sleep(0.05)
     assert int(job_file(cgroup_root, bomb, "pids.current").read_text()) <= PIDS_MAX

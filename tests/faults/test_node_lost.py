@@ -19,6 +19,7 @@ from scheduler.agent.runner import run_dir_for
 from scheduler.cgroups.detect import open_driver
 from scheduler.runtime.identity import live_monitor_pid
 from tests.agent_process import SHORT_LEASE, sigkill, wait_stopped
+from tests.conftest import slow
 from tests.faults.conftest import Agents, no_jobs_left
 from tests.faults.counts import Expect, Workload, assert_counts, tally
 
@@ -41,7 +42,7 @@ async def lose_node_a(
     )
     lost = await workload.submit(db, FIRST_ATTEMPT_HANGS, 4, Expect("lost"), max_attempts=1)
     ids = requeued + lost
-    with anyio.fail_after(30):
+    with anyio.fail_after(slow(30)):
         while not set(ids) <= set(workload.executions()) or await db.fetchval(
             "SELECT count(DISTINCT job_id) FROM scheduler.usage WHERE job_id = ANY($1)", ids
         ) < len(ids):
@@ -86,7 +87,7 @@ async def test_killed_node_expires_requeues_and_is_fenced_when_back(
     assert await db.fetchval("SELECT epoch FROM scheduler.nodes WHERE name = 'a'") == 2
     # Killed and removed before it said ready: no attempt of epoch 1 is continued.
     assert list(job_cgroups(open_driver(cgroup_root))) == []
-    with anyio.fail_after(20):
+    with anyio.fail_after(slow(20)):
         while any(live_monitor_pid(d) is not None for d in run_dirs):
             await anyio.sleep(0.05)
     await anyio.sleep(1.0)  # an agent that wrongly took them back would have recorded them
@@ -120,12 +121,12 @@ async def test_paused_node_expires_and_fences_itself_when_resumed(
     billed = await db.fetch("SELECT * FROM scheduler.usage ORDER BY job_id, seq")
     a.send_signal(signal.SIGCONT)
     # It finds its lease lost: kills its attempts and exits, writing nothing for them.
-    with anyio.fail_after(20):
+    with anyio.fail_after(slow(20)):
         while a.poll() is None:
             await anyio.sleep(0.05)
     assert a.returncode == 1 and "lease" in agents.log("a").read_text()
     runs_a = state_dir / "a" / "run"
-    with anyio.fail_after(20):
+    with anyio.fail_after(slow(20)):
         while any(live_monitor_pid(run_dir_for(runs_a, i, 1)) is not None for i in ids):
             await anyio.sleep(0.05)
     assert await db.fetch("SELECT * FROM scheduler.jobs WHERE id = ANY($1) ORDER BY id", ids) == (
@@ -177,11 +178,11 @@ async def test_node_stalled_holding_the_claim_lock_does_not_stop_the_others(
     assert_counts(result)
     nodes = await db.fetch("SELECT DISTINCT node FROM scheduler.jobs WHERE id = ANY($1)", ids)
     assert [r["node"] for r in nodes] == ["b"]
-    with anyio.fail_after(20):
+    with anyio.fail_after(slow(20)):
         while await db.fetchval("SELECT state FROM scheduler.nodes WHERE name = 'a'") != "down":
             await anyio.sleep(0.05)
     a.send_signal(signal.SIGCONT)  # its transaction is gone, its lease lost: it exits
-    with anyio.fail_after(20):
+    with anyio.fail_after(slow(20)):
         while a.poll() is None:
             await anyio.sleep(0.05)
     assert a.returncode == 1 and "lease" in agents.log("a").read_text()

@@ -8,6 +8,7 @@ import anyio
 import asyncpg
 import pytest
 
+from tests.conftest import slow
 from tests.faults.conftest import Agents, no_jobs_left
 from tests.faults.counts import Workload, assert_counts, tally
 from tests.tmpfs import fill, free_bytes, tiny_tmpfs
@@ -22,7 +23,7 @@ async def test_state_directory_on_a_full_tmpfs(
     with tiny_tmpfs("32m") as state:
         await agents.start(state_dir=state, state_min_free_bytes=1 << 20)
         running = await workload.submit(db, "sleep 2", 12)
-        with anyio.fail_after(30):
+        with anyio.fail_after(slow(30)):
             while not set(running) <= set(workload.executions()):
                 await anyio.sleep(0.02)
         filler = fill(state)
@@ -31,7 +32,7 @@ async def test_state_directory_on_a_full_tmpfs(
         assert set(hit) == set(running)
         # Jobs that arrive while the disk is full wait: none starts.
         waiting = await workload.submit(db, "true", 4)
-        with anyio.fail_after(30):
+        with anyio.fail_after(slow(30)):
             while await db.fetchval(
                 "SELECT count(*) FROM scheduler.jobs WHERE id = ANY($1) AND state = 'succeeded'",
                 running,

@@ -15,7 +15,8 @@ from scheduler.agent.runner import run_dir_for
 from scheduler.cgroups.base import CgroupPath
 from scheduler.cgroups.detect import open_driver
 from scheduler.jobs import FINAL_STATES as FINAL
-from tests.conftest import AgentHandle, agent_settings, start_agent
+from tests import cgroup_files
+from tests.conftest import AgentHandle, agent_settings, slow, start_agent
 
 pytestmark = pytest.mark.anyio
 
@@ -34,7 +35,7 @@ async def submit(db: asyncpg.Connection, argv: list[str], **cols: object) -> int
 async def wait_final(
     db: asyncpg.Connection, ids: list[int], timeout: float = 30
 ) -> list[asyncpg.Record]:
-    with anyio.fail_after(timeout):
+    with anyio.fail_after(slow(timeout)):
         while True:
             rows = await db.fetch(
                 "SELECT * FROM scheduler.jobs WHERE id = ANY($1) ORDER BY id", ids
@@ -46,7 +47,7 @@ async def wait_final(
 
 
 async def wait_state(db: asyncpg.Connection, job_id: int, state: str, timeout: float = 20) -> None:
-    with anyio.fail_after(timeout):
+    with anyio.fail_after(slow(timeout)):
         while await db.fetchval("SELECT state FROM scheduler.jobs WHERE id = $1", job_id) != state:
             await anyio.sleep(0.02)
 
@@ -88,29 +89,28 @@ async def test_job_sits_in_its_cgroup_with_its_limits(
         pids_max=50,
     )
     await wait_state(db, job_id, "running")
-    leaf = f"{cgroup_root}/default/job-{job_id}"
-    memory = Path(f"/sys/fs/cgroup/memory/{leaf}")
-    with anyio.fail_after(10):
+    leaf = (cgroup_root, "default", f"job-{job_id}")
+    memory = cgroup_files.directory("memory", *leaf)
+    with anyio.fail_after(slow(10)):
         while not (memory / "cgroup.procs").exists() or not (memory / "cgroup.procs").read_text():
             await anyio.sleep(0.02)
-    assert int((memory / "memory.limit_in_bytes").read_text()) == 64 * 1024 * 1024
-    assert int(Path(f"/sys/fs/cgroup/pids/{leaf}/pids.max").read_text()) == 50
-    cpu = Path(f"/sys/fs/cgroup/cpu/{leaf}")
-    assert int((cpu / "cpu.cfs_quota_us").read_text()) == 50000
-    assert int((cpu / "cpu.cfs_period_us").read_text()) == 100000
-    with anyio.fail_after(10):
-        while ":memory:" not in output(agent, job_id):
+    assert cgroup_files.memory_limit(*leaf) == 64 * 1024 * 1024
+    assert int(cgroup_files.pids_max_file(*leaf).read_text()) == 50
+    assert cgroup_files.cpu_quota(*leaf) == (50000, 100000)
+    # v1 lists one line per hierarchy (":memory:/"), v2 the one tree ("0::/").
+    line = "0::" if cgroup_files.pure_v2() else ":memory:"
+    with anyio.fail_after(slow(10)):
+        while line not in output(agent, job_id):
             await anyio.sleep(0.02)
     # Its own cgroup namespace is rooted at its leaf: the job sees itself at "/".
-    assert ":memory:/\n" in output(agent, job_id)
+    assert f"{line}/\n" in output(agent, job_id)
     # End it (the control issue adds desired_state; here the kernel's cgroup.kill does it).
-    kill = Path(f"/sys/fs/cgroup/unified/{leaf}/cgroup.kill")
-    kill.write_text("1")
+    cgroup_files.kill_file(*leaf).write_text("1")
     [row] = await wait_final(db, [job_id])
     assert row["state"] == "failed"
     assert row["signal"] == 9
     # The recorder removes the cgroup just after it commits the end.
-    with anyio.fail_after(10):
+    with anyio.fail_after(slow(10)):
         while memory.exists():
             await anyio.sleep(0.02)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import anyio
@@ -13,6 +14,7 @@ import pytest
 
 from scheduler.agent.runner import run_dir_for
 from tests.agent_process import leftover_job_cgroups, start_serve, wait_gone, wait_ready
+from tests.conftest import SLOWDOWN, slow
 from tests.integration.test_agent import wait_final
 
 pytestmark = pytest.mark.anyio
@@ -27,19 +29,23 @@ async def test_sigkilled_agent_with_50_jobs_running_then_restarted(
     agent = start_serve(dsn, state_dir, cgroup_root, log)
     try:
         await wait_ready(agent, log, 1)
-        # Durations 0.4..3.3 s: some end while the agent is down, some after it is back.
+        # Durations 0.4..3.3 s (times the slowdown): some end while the agent is down, some
+        # after it is back. Small requests: admission must let all 50 run at once on 2 cores
+        # (0.01 core each; 0.04 under emulation, where exec alone takes milliseconds of cpu).
+        cpu = Decimal(str(min(0.04, 0.01 * SLOWDOWN)))
         ids = [
             int(r["id"])
             for r in await db.fetch(
-                # Small requests: admission must let all 50 run at once on 2 cores.
                 "INSERT INTO scheduler.jobs (argv, cpu, memory_bytes) SELECT ARRAY['sh', '-c', "
-                "'echo started; sleep ' || (0.4 + (i % 10) * 0.3)::text || '; echo ended'], "
-                f"0.01, 16777216 FROM generate_series(1, {JOBS}) i RETURNING id"
+                "'echo started; sleep ' || ((0.4 + (i % 10) * 0.3) * $1)::text || '; echo ended'],"
+                f" $2, 16777216 FROM generate_series(1, {JOBS}) i RETURNING id",
+                Decimal(str(SLOWDOWN)),
+                cpu,
             )
         ]
         runs = state_dir / "runs"
         monitors = state_dir / "run"  # the default runtime_dir
-        with anyio.fail_after(60):
+        with anyio.fail_after(slow(60)):
             # Every job has executed its first command (the monitor is running).
             while not all(
                 (run_dir_for(runs, i, 1) / "stdout").is_file()
@@ -52,6 +58,9 @@ async def test_sigkilled_agent_with_50_jobs_running_then_restarted(
         killed_at = time.monotonic()
         # The jobs live on without the agent; some of them end while it is down.
         await anyio.sleep(1.5)
+        with anyio.fail_after(slow(5)):  # emulated: the first may take longer to end
+            while not any((run_dir_for(monitors, i, 1) / "exit").exists() for i in ids):
+                await anyio.sleep(0.05)
         ended_while_down = sum((run_dir_for(monitors, i, 1) / "exit").exists() for i in ids)
         assert 0 < ended_while_down < JOBS
         assert (
@@ -67,7 +76,7 @@ async def test_sigkilled_agent_with_50_jobs_running_then_restarted(
         if agent.poll() is None:
             agent.send_signal(signal.SIGTERM)
             agent.wait(timeout=30)
-    assert time.monotonic() - killed_at < 60
+    assert time.monotonic() - killed_at < slow(60)
     assert [r["state"] for r in rows] == ["succeeded"] * JOBS, [
         (r["id"], r["state"], r["error"]) for r in rows if r["state"] != "succeeded"
     ]
@@ -90,7 +99,7 @@ async def test_sigkilled_agent_with_50_jobs_running_then_restarted(
     assert len(usage) == JOBS
     assert all(u["n"] == 1 and u["final"] and u["cpu_matches"] for u in usage)
     # No cgroup left behind (the recorder removes each after its commit).
-    with anyio.fail_after(10):
+    with anyio.fail_after(slow(10)):
         while leftover := leftover_job_cgroups(cgroup_root):
             await anyio.sleep(0.05)
     assert leftover == []

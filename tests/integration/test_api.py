@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from scheduler.api.auth import create_token, revoke_token
-from tests.conftest import AgentHandle
+from tests.conftest import AgentHandle, slow
 
 pytestmark = pytest.mark.anyio
 ADMIN = {"Authorization": "Bearer test-admin-token"}
@@ -24,7 +24,7 @@ async def api(agent: AgentHandle) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def wait_final(api: httpx.AsyncClient, job_id: int) -> dict[str, object]:
-    with anyio.fail_after(30):
+    with anyio.fail_after(slow(30)):
         while True:
             job = (await api.get(f"/v1/jobs/{job_id}", headers=ADMIN)).json()
             if job["state"] in ("succeeded", "failed", "cancelled", "timed_out", "lost"):
@@ -89,7 +89,7 @@ async def test_logs_stream_while_the_job_runs(api: httpx.AsyncClient) -> None:
         "/v1/jobs", headers=ADMIN, json={"argv": ["sh", "-c", "echo one; sleep 0.6; echo two"]}
     )
     job_id = r.json()["id"]
-    with anyio.fail_after(20):
+    with anyio.fail_after(slow(20)):
         while (await api.get(f"/v1/jobs/{job_id}", headers=ADMIN)).json()["state"] != "running":
             await anyio.sleep(0.02)
     chunks = []

@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tests.conftest import AgentHandle
+from tests.conftest import AgentHandle, slow
 
 pytestmark = pytest.mark.anyio
 
@@ -40,7 +40,7 @@ async def test_openapi_contract_holds_under_generated_requests(
         "--generation-deterministic",
         "--no-color",
     ]
-    with anyio.fail_after(300):
+    with anyio.fail_after(slow(300)):
         # schemathesis keeps a cache in its working directory: not in the checkout.
         result = await anyio.run_process(command, check=False, cwd=tmp_path)
     output = result.stdout.decode() + result.stderr.decode()

@@ -205,3 +205,26 @@ async def test_check_proves_the_books_and_finds_an_injected_discrepancy(
     assert "more than its cgroup counted" in forged.stdout
     skipped = cli(*args, "--from", "2000-01-01", "--to", "2000-01-02", "--no-cgroups")
     assert skipped.returncode == 0
+
+
+async def test_check_fails_on_a_cgroup_root_it_cannot_find_and_reads_the_unit_env_file(
+    dsn: str, db: asyncpg.Connection, state_dir: Path, cgroup_root: str
+) -> None:
+    ids = await run_jobs(dsn, db, state_dir, cgroup_root)
+    base = ["billing", "check", "--database-url", dsn, "--node-name", "test-node"]
+    missing = cli(*base, "--cgroup-root", f"{cgroup_root}-absent")
+    assert missing.returncode == 1, missing.stdout + missing.stderr
+    assert f"{cgroup_root}-absent" in missing.stdout and "not found" in missing.stdout
+    # The agent unit's environment file names the root when no flag or variable does.
+    env_file = state_dir / "scheduler.env"
+    env_file.write_text(f"# the unit's settings\nSCHEDULER_CGROUP_ROOT='{cgroup_root}'\n")
+    from_file = cli(*base, "--env-file", str(env_file))
+    assert from_file.returncode == 0, from_file.stdout + from_file.stderr
+    assert f"checked {len(ids)} finished jobs: the books add up" in from_file.stderr
+    # A flag still wins over the file.
+    flag = cli(*base, "--env-file", str(env_file), "--cgroup-root", f"{cgroup_root}-absent")
+    assert flag.returncode == 1 and "not found" in flag.stdout
+    # An env file that is not one is an error, not ignored.
+    env_file.write_text("SCHEDULER_CGROUP_ROOT\n")
+    garbled = cli(*base, "--env-file", str(env_file))
+    assert garbled.returncode == 1 and "not a KEY=VALUE line" in garbled.stderr

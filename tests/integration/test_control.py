@@ -15,7 +15,8 @@ import pytest
 from scheduler.cgroups.base import CgroupPath
 from scheduler.cgroups.detect import open_driver
 from scheduler.cgroups.parse import parse_pids
-from tests.conftest import AgentHandle, agent_settings, start_agent
+from tests import cgroup_files
+from tests.conftest import AgentHandle, agent_settings, slow, start_agent
 from tests.integration.test_agent import output, submit, wait_final, wait_state
 
 pytestmark = pytest.mark.anyio
@@ -36,17 +37,17 @@ def cpu_ns(cgroup_root: str, *parts: str) -> int:
 
 
 def freezer_state(cgroup_root: str, *parts: str) -> str:
-    return Path("/sys/fs/cgroup/freezer", cgroup_root, *parts, "freezer.state").read_text().strip()
+    return cgroup_files.freezer_state(cgroup_root, *parts)
 
 
 def job_pids(cgroup_root: str, *parts: str) -> list[int]:
-    procs = Path("/sys/fs/cgroup/pids", cgroup_root, *parts, "cgroup.procs")
+    procs = cgroup_files.procs(cgroup_root, *parts)
     return parse_pids(procs.read_text()) if procs.exists() else []
 
 
 async def wait_burning(cgroup_root: str, *parts: str) -> None:
     """Wait until the job's cgroup holds processes that use cpu."""
-    with anyio.fail_after(20):
+    with anyio.fail_after(slow(20)):
         while not job_pids(cgroup_root, *parts) or cpu_ns(cgroup_root, *parts) < 20_000_000:
             await anyio.sleep(0.02)
 
@@ -61,7 +62,7 @@ async def wait_gone(pids: list[int], directory: Path | None = None) -> None:
         except (FileNotFoundError, ProcessLookupError):
             return False
 
-    with anyio.fail_after(10):
+    with anyio.fail_after(slow(10)):
         while any(alive(p) for p in pids) or (directory is not None and directory.exists()):
             await anyio.sleep(0.02)
 
@@ -101,7 +102,7 @@ async def test_cancel_of_a_frozen_job_leaves_no_process(
     job_id = await submit(db, ["sh", "-c", "sleep 300 & sleep 300 & while :; do :; done"])
     leaf = ("default", f"job-{job_id}")
     await wait_burning(cgroup_root, *leaf)
-    with anyio.fail_after(10):
+    with anyio.fail_after(slow(10)):
         while len(job_pids(cgroup_root, *leaf)) < 4:  # init, sh and two sleeps
             await anyio.sleep(0.02)
     await set_desired(db, job_id, "frozen")
@@ -110,7 +111,7 @@ async def test_cancel_of_a_frozen_job_leaves_no_process(
     await set_desired(db, job_id, "cancelled")
     [row] = await wait_final(db, [job_id])
     assert row["state"] == "cancelled"
-    await wait_gone(pids, Path("/sys/fs/cgroup/freezer", cgroup_root, *leaf))
+    await wait_gone(pids, cgroup_files.directory("freezer", cgroup_root, *leaf))
     usage = await db.fetch("SELECT * FROM scheduler.usage WHERE job_id = $1", job_id)
     assert [u["final"] for u in usage] == [True]
 
@@ -122,7 +123,7 @@ async def test_time_limit_counts_running_time_only(
     ticker = "trap 'echo term; exit 0' TERM; while :; do echo tick; sleep 0.1; done"
     job_id = await submit(db, ["sh", "-c", ticker], timeout_seconds=Decimal(1))
     await wait_state(db, job_id, "running")
-    with anyio.fail_after(10):
+    with anyio.fail_after(slow(10)):
         while not job_pids(cgroup_root, "default", f"job-{job_id}"):
             await anyio.sleep(0.01)
     await anyio.sleep(0.3)
@@ -269,20 +270,23 @@ async def test_tenant_limit_changes_reach_the_running_tenant_cgroup(
     await db.execute("INSERT INTO scheduler.tenants (name) VALUES ('acme')")
     job_id = await submit(db, ["sleep", "300"], tenant="acme", cpu=Decimal("0.2"))
     await wait_state(db, job_id, "running")
-    cpu = Path("/sys/fs/cgroup/cpu", cgroup_root, "acme")
-    with anyio.fail_after(10):
-        while not (cpu / "cpu.shares").exists():
+    cpu = cgroup_files.directory("cpu", cgroup_root, "acme")
+    weight_file = "cpu.weight" if cgroup_files.pure_v2() else "cpu.shares"
+    with anyio.fail_after(slow(10)):
+        while not (cpu / weight_file).exists():
             await anyio.sleep(0.02)
     await db.execute(
         "UPDATE scheduler.tenants SET cpu_limit = 1.5, weight = 300, pids_limit = 77"
         " WHERE name = 'acme'"
     )
-    pids = Path("/sys/fs/cgroup/pids", cgroup_root, "acme", "pids.max")
-    with anyio.fail_after(5):
+    pids = cgroup_files.pids_max_file(cgroup_root, "acme")
+    with anyio.fail_after(slow(5)):
         while pids.read_text().strip() != "77":
             await anyio.sleep(0.02)
-    assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "150000"
-    assert (cpu / "cpu.shares").read_text().strip() == "3072"
+    assert cgroup_files.cpu_quota(cgroup_root, "acme") == (150000, 100000)
+    # v1 shares are the weight scaled by 1024/100; v2 takes the weight itself.
+    expected = "300" if cgroup_files.pure_v2() else "3072"
+    assert (cpu / weight_file).read_text().strip() == expected
     await set_desired(db, job_id, "cancelled")
     await wait_final(db, [job_id])
 

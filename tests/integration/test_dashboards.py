@@ -28,7 +28,7 @@ import yaml
 from scheduler.accounting.billing import export
 from scheduler.cgroups.base import CgroupPath
 from scheduler.cgroups.detect import open_driver
-from tests.conftest import agent_settings, start_agent
+from tests.conftest import agent_settings, slow, start_agent
 from tests.grafana_files import (
     NAMES,
     POSTGRES,
@@ -91,7 +91,7 @@ class Prometheus:
 
     async def ready(self) -> None:
         async with httpx.AsyncClient(base_url=self.url) as client:
-            with anyio.fail_after(30):
+            with anyio.fail_after(slow(30)):
                 while True:
                     assert self.process.poll() is None, "prometheus exited; see its log"
                     try:
@@ -271,7 +271,7 @@ async def test_every_dashboard_query_returns_data(
             await wait_state(db, running, "running")
             await wait_state(db, other, "running")
             # Until Prometheus holds a few scrapes of the final picture.
-            with anyio.fail_after(30):
+            with anyio.fail_after(slow(30)):
                 while not await prom.query(
                     f'count_over_time(scheduler_queue_depth{{tenant="zeta"}}[1m]) >= 3'
                     f' and on () count_over_time(scheduler_job_memory_bytes{{job_id="{running}"}}[1m]) >= 3'

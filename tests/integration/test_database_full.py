@@ -13,7 +13,7 @@ import pytest
 from scheduler.agent.spool import SUFFIX
 from scheduler.db.embedded import EmbeddedPostgres
 from scheduler.db.pool import connect
-from tests.conftest import agent_settings, start_agent
+from tests.conftest import agent_settings, slow, start_agent
 from tests.integration.test_agent import wait_final
 from tests.integration.test_metrics_endpoint import parse, scrape
 from tests.integration.test_usage_spool import (
@@ -53,7 +53,7 @@ async def test_database_out_of_disk_spools_usage_and_recovers(
                 metrics = parse((await scrape(agent)).text)
                 assert metrics[("scheduler_usage_spool_rows", ())] >= 6
                 # Jobs end while the disk is full: their records wait (their cgroups stay).
-                with anyio.fail_after(30):
+                with anyio.fail_after(slow(30)):
                     while not any(
                         "finished jobs wait to be recorded" in r for r in (await readyz(agent))[1]
                     ):
@@ -62,7 +62,7 @@ async def test_database_out_of_disk_spools_usage_and_recovers(
                 filler.unlink()
                 await wait_final(db, ids, timeout=60)
                 await assert_books_balance(db, ids)
-                with anyio.fail_after(30):
+                with anyio.fail_after(slow(30)):
                     while (await readyz(agent))[0] != 200:
                         await anyio.sleep(0.1)
                 assert list(settings.spool_dir.glob(f"*{SUFFIX}")) == []

@@ -30,6 +30,7 @@ from scheduler.db.embedded import (
     pgserver_binaries,
 )
 from scheduler.errors import EmbeddedPostgresError
+from tests.conftest import slow
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
@@ -278,7 +279,7 @@ async def test_stale_postmaster_pid_after_sigkill(pg_base: Path) -> None:
         pid = _postmaster_pid(first)
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
-        with anyio.fail_after(10):
+        with anyio.fail_after(slow(10)):
             while embedded._is_postmaster_of(pid, first.data_dir):
                 await anyio.sleep(0.05)
         conn.terminate()

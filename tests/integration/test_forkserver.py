@@ -20,6 +20,7 @@ from scheduler.runtime.forkserver import ForkServer
 from scheduler.runtime.identity import live_monitor_pid
 from scheduler.runtime.launcher import RESERVE_FILE, read_exit_record, wait_monitor
 from scheduler.runtime.spec import ExitRecord, LaunchSpec
+from tests.conftest import slow
 
 pytestmark = [
     pytest.mark.anyio,
@@ -64,7 +65,7 @@ def spec(tmp_path: Path, *argv: str, env: dict[str, str] | None = None) -> Launc
 async def run(server: ForkServer, launch: LaunchSpec) -> ExitRecord:
     pid, pidfd = await server.launch(launch)
     try:
-        with anyio.fail_after(30):
+        with anyio.fail_after(slow(30)):
             await wait_monitor(pid, pidfd)
     finally:
         os.close(pidfd)
@@ -133,7 +134,7 @@ async def test_many_launches_in_flight_and_no_zombies_left(
         for i in range(30):
             tg.start_soon(run, server, spec(tmp_path, "sh", "-c", f"exit {i % 3}"))
     assert server.pid is not None
-    with anyio.fail_after(10):
+    with anyio.fail_after(slow(10)):
         while any(
             Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
             for pid in _children(server.pid)
@@ -152,7 +153,7 @@ async def test_a_forked_monitor_is_named_by_its_pid_and_start_time(
     launch = spec(tmp_path, "sh", "-c", "echo up; exec sleep 30")
     pid, pidfd = await server.launch(launch)
     try:
-        with anyio.fail_after(10):
+        with anyio.fail_after(slow(10)):
             while "up" not in output(launch):
                 await anyio.sleep(0.01)
         # Its command line is the server's; the record's head names it all the same.
@@ -167,7 +168,7 @@ async def test_a_forked_monitor_is_named_by_its_pid_and_start_time(
         assert Path(f"/proc/{pid}").exists()
         init = _children(pid)[0]
         os.kill(init, signal.SIGKILL)
-        with anyio.fail_after(10):
+        with anyio.fail_after(slow(10)):
             await wait_monitor(pid, pidfd)
     finally:
         os.close(pidfd)
@@ -181,7 +182,7 @@ async def test_a_dead_server_is_replaced_at_the_next_launch(
     first = server.pid
     assert first is not None
     os.kill(first, signal.SIGKILL)
-    with anyio.fail_after(10):
+    with anyio.fail_after(slow(10)):
         while Path(f"/proc/{first}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
             await anyio.sleep(0.01)
     record = await run(server, spec(tmp_path, "true"))

@@ -1,4 +1,5 @@
-"""io limits on the real v1 blkio controller of this host (the disk of the state dir)."""
+"""io limits: the v1 blkio files on a v1/hybrid host, and on any host the kernel holding a
+job's write rate to its limit (v2: io.max, checked by tests/v2 too)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def v1() -> Iterator[V1Driver]:
         driver.remove_tree(CgroupPath(()))
 
 
+@pytest.mark.v1_host
 def test_tenant_and_job_io_limits_become_blkio_throttle_rules(v1: V1Driver) -> None:
     disk = disk_of(Path("/tmp"))
     if disk is None:

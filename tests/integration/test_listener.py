@@ -8,7 +8,7 @@ import anyio
 import asyncpg
 import pytest
 
-from tests.conftest import agent_settings, start_agent
+from tests.conftest import agent_settings, slow, start_agent
 from tests.integration.test_agent import submit, wait_final
 
 pytestmark = pytest.mark.anyio
@@ -40,7 +40,7 @@ async def test_agent_survives_its_sessions_being_terminated(
             " WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
         assert killed >= 2  # the LISTEN session and the pool's
-        with anyio.fail_after(30):
+        with anyio.fail_after(slow(30)):
             while not await listening(db):
                 await anyio.sleep(0.1)
         job_id = await submit(db, ["true"])

@@ -17,7 +17,7 @@ from scheduler.config import Settings
 from scheduler.db.queries import q
 from scheduler.runtime.identity import live_monitor_pid
 from tests.agent_process import SHORT_LEASE
-from tests.conftest import AgentHandle, agent_settings, start_agent, write_as_agent
+from tests.conftest import AgentHandle, agent_settings, slow, start_agent, write_as_agent
 from tests.integration.test_agent import submit, wait_final, wait_state
 
 pytestmark = pytest.mark.anyio
@@ -71,7 +71,7 @@ async def cluster(
     for job_id in [*retried, lost]:
         await wait_state(db, job_id, "running")
     # Let the sampler of a commit a few periods of the first attempts.
-    with anyio.fail_after(20):
+    with anyio.fail_after(slow(20)):
         while await db.fetchval("SELECT count(DISTINCT job_id) FROM scheduler.usage") < 4:
             await anyio.sleep(0.05)
     for name, root in zip("bc", peer_cgroup_roots, strict=True):
@@ -141,7 +141,7 @@ async def test_an_agent_back_after_its_lease_expired_kills_its_stale_attempts(
         assert node is not None and (node["state"], node["epoch"]) == ("up", 2)
         # Killed and removed before the agent said it was ready; never recorded.
         assert list(job_cgroups(driver)) == []
-        with anyio.fail_after(20):
+        with anyio.fail_after(slow(20)):
             while any(live_monitor_pid(d) is not None for d in run_dirs):
                 await anyio.sleep(0.05)
         await anyio.sleep(1.0)  # a recorder that wrongly took the attempts would have by now

@@ -17,7 +17,7 @@ from scheduler.cgroups.detect import open_driver
 from scheduler.cli import build_parser
 from scheduler.errors import LeaseLost, NodeNameTaken
 from scheduler.nodes_cli import cmd_nodes
-from tests.conftest import agent_settings, start_agent
+from tests.conftest import agent_settings, slow, start_agent
 from tests.integration.test_agent import submit, wait_final, wait_state
 
 pytestmark = pytest.mark.anyio
@@ -41,7 +41,7 @@ async def test_agent_registers_its_node_and_renews_its_lease(
         assert (first["state"], first["epoch"], first["pid"]) == ("up", 1, os.getpid())
         assert first["boot_id"] == boot_id()
         assert first["cpu"] == 3
-        with anyio.fail_after(20):
+        with anyio.fail_after(slow(20)):
             while (await node(db, "test-node"))["lease_expires_at"] <= first["lease_expires_at"]:
                 await anyio.sleep(0.1)
         job_id = await submit(db, ["true"])
@@ -66,7 +66,7 @@ async def test_a_second_agent_with_the_same_node_name_refuses_to_start(
             await start_agent(tg, agent_settings(dsn, state_dir / "a", cgroup_root, **LEASE))
             second = agent_settings(dsn, state_dir / "b", other_root, **LEASE)
             with pytest.raises(NodeNameTaken, match="held by a live agent"):
-                with anyio.fail_after(60):
+                with anyio.fail_after(slow(60)):
                     await run_agent(second, dsn)
             # The first agent still holds the node, at its epoch, and still runs jobs.
             assert (await node(db, "test-node"))["epoch"] == 1
@@ -129,17 +129,17 @@ async def test_an_agent_that_lost_its_lease_kills_its_jobs_and_exits(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(run)
-        with anyio.fail_after(60):
+        with anyio.fail_after(slow(60)):
             await ready.wait()
         job_id = await submit(db, ["sleep", "120"], cpu=0.1)
         await wait_state(db, job_id, "running")
         cgroup = CgroupPath(("default", f"job-{job_id}"))
-        with anyio.fail_after(20):  # 'running' is written at the claim, before the launch
+        with anyio.fail_after(slow(20)):  # 'running' is written at the claim, before the launch
             while not (driver.exists(cgroup) and driver.populated(cgroup)):
                 await anyio.sleep(0.05)
         # Another agent took the node name after the lease (as if it had expired).
         await db.execute("UPDATE scheduler.nodes SET epoch = epoch + 1 WHERE name = 'test-node'")
-        with anyio.fail_after(30):
+        with anyio.fail_after(slow(30)):
             while not lost:
                 await anyio.sleep(0.05)
     assert "epoch 1 was marked down or taken by another agent" in str(lost[0])
@@ -155,7 +155,7 @@ async def test_serve_ends_with_the_node_name_error_itself(
     try:
         async with anyio.create_task_group() as tg:
             await start_agent(tg, agent_settings(dsn, state_dir / "a", cgroup_root, **LEASE))
-            with pytest.raises(NodeNameTaken), anyio.fail_after(60):
+            with pytest.raises(NodeNameTaken), anyio.fail_after(slow(60)):
                 await serve(agent_settings(dsn, state_dir / "b", other_root, **LEASE))
             tg.cancel_scope.cancel()
     finally:

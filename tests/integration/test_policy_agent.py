@@ -14,7 +14,7 @@ from scheduler.agent.runner import run_dir_for
 from scheduler.cgroups.base import CgroupPath
 from scheduler.cgroups.detect import open_driver
 from tests.agent_process import wait_gone
-from tests.conftest import AgentHandle, agent_settings, start_agent
+from tests.conftest import AgentHandle, agent_settings, slow, start_agent
 from tests.integration.test_agent import submit, wait_final
 
 pytestmark = pytest.mark.anyio
@@ -110,7 +110,7 @@ async def test_tenants_weighted_one_to_three_get_cpu_one_to_three(
             " SELECT CASE WHEN g % 2 = 0 THEN 'light' ELSE 'heavy' END,"
             " ARRAY['sh', '-c', 'while :; do :; done'], 0.5, 2 FROM generate_series(1, 80) g"
         )
-        with anyio.fail_after(20):
+        with anyio.fail_after(slow(20)):
             while (
                 await db.fetchval("SELECT count(*) FROM scheduler.jobs WHERE state = 'running'") < 4
             ):

@@ -10,6 +10,7 @@ import pytest
 
 from scheduler.db.migrate import migrate
 from scheduler.policy.fairshare import HALF_LIFE_SECONDS, decayed
+from tests.conftest import slow
 
 pytestmark = pytest.mark.anyio
 
@@ -114,7 +115,7 @@ async def test_concurrent_inserts_in_opposite_orders_do_not_deadlock(
 
         pairs_a = [p for i in range(20) for p in ((xs[i], "x"), (ys[i], "y"))]
         pairs_b = [p for i in range(20) for p in ((ys[i], "y"), (xs[i], "x"))]
-        with anyio.fail_after(20):
+        with anyio.fail_after(slow(20)):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(writer, conns[0], pairs_a, 1)
                 tg.start_soon(writer, conns[1], pairs_b, 101)

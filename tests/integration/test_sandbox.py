@@ -17,6 +17,7 @@ import anyio
 import asyncpg
 import pytest
 
+from tests import cgroup_files
 from tests.conftest import SCRATCH, AgentHandle, agent_settings, start_agent
 from tests.integration.test_agent import output, submit, wait_final
 
@@ -98,15 +99,14 @@ async def test_setuid_root_binary_gives_nothing_back(
 async def test_job_cannot_write_outside_its_own_cgroup(
     db: asyncpg.Connection, agent: AgentHandle, cgroup_root: str
 ) -> None:
-    base = Path("/sys/fs/cgroup")
-    tenant = f"{cgroup_root}/default"
+    tenant = (cgroup_root, "default")
     targets = [
-        base / "pids" / tenant / "pids.max",  # the tenant's limit
-        base / "pids" / tenant / "cgroup.procs",  # move itself up to the tenant
-        base / "pids" / cgroup_root / "cgroup.procs",  # the scheduler's root
-        base / "pids" / "cgroup.procs",  # the host's root: out of every limit
-        base / "memory" / tenant / "memory.limit_in_bytes",
-        base / "unified" / tenant / "cgroup.freeze",
+        cgroup_files.pids_max_file(*tenant),  # the tenant's limit
+        cgroup_files.procs(*tenant),  # move itself up to the tenant
+        cgroup_files.procs(cgroup_root),  # the scheduler's root
+        cgroup_files.procs(),  # the host's root: out of every limit
+        cgroup_files.memory_limit_file(*tenant),
+        cgroup_files.freeze_file(*tenant),
     ]
     await wait_final(db, [await submit(db, ["true"])])  # the tenant's cgroup now exists
     before = {t: t.read_text() for t in targets if "procs" not in t.name}
@@ -129,13 +129,21 @@ async def test_job_is_in_its_cgroup_before_its_first_instruction(
 ) -> None:
     # The shell's first action: its own view of its cgroups, then the members of its leaf
     # (the kernel lists only members of the reader's pid namespace: init 1, sh 2, cat 3).
-    # (/sys/fs/cgroup/pids in the job's view is its own leaf.)
-    leaf = "/sys/fs/cgroup/pids/cgroup.procs"
+    # In the job's view /sys/fs/cgroup is its own cgroup (runtime/cgroupview.py): the one
+    # tree's root on a pure v2 host, each hierarchy's mount point on v1.
+    leaf = (
+        "/sys/fs/cgroup/cgroup.procs"
+        if cgroup_files.pure_v2()
+        else "/sys/fs/cgroup/pids/cgroup.procs"
+    )
     job_id = await submit(db, ["sh", "-c", f"cat /proc/self/cgroup {leaf}"])
     [row] = await wait_final(db, [job_id])
     assert row["state"] == "succeeded", row["error"]
     lines = output(agent, job_id).splitlines()
-    assert [x.split(":", 1)[1] for x in lines if ":pids:" in x] == ["pids:/"]
+    if cgroup_files.pure_v2():  # the one tree
+        assert [x for x in lines if ":" in x] == ["0::/"]
+    else:  # one line per hierarchy
+        assert [x.split(":", 1)[1] for x in lines if ":pids:" in x] == ["pids:/"]
     assert [x for x in lines if ":" not in x] == ["1", "2", "3"]
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from scheduler.db.migrate import migrate, pending
 from scheduler.db.pool import connect
-from tests.conftest import with_database
+from tests.conftest import slow, with_database
 
 pytestmark = pytest.mark.anyio
 
@@ -106,7 +106,7 @@ async def test_insert_notifies_once_per_statement_after_commit(
             )
             await anyio.sleep(0.05)
             assert got == []  # nothing before commit
-        with anyio.fail_after(5):
+        with anyio.fail_after(slow(5)):
             await arrived.wait()
         await anyio.sleep(0.05)
         assert got == ["queued"]

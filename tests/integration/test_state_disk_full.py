@@ -4,19 +4,24 @@ reserved the record's space at start), and everything resumes once space is free
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import anyio
 import asyncpg
 import pytest
 
 from scheduler.agent.runner import run_dir_for
 from tests.agent_process import wait_gone
-from tests.conftest import agent_settings, start_agent
+from tests.conftest import SLOWDOWN, agent_settings, slow, start_agent
 from tests.integration.test_agent import wait_final, wait_state
 from tests.integration.test_metrics_endpoint import parse, scrape
 from tests.integration.test_usage_spool import readyz
 from tests.tmpfs import fill, free_bytes, tiny_tmpfs
 
 pytestmark = pytest.mark.anyio
+# A job that barely gets cpu (0.01 core here), scaled for an emulated host where its shell's
+# start alone costs tens of milliseconds.
+TINY_CPU = Decimal(str(min(1.0, 0.01 * SLOWDOWN)))
 
 
 async def test_full_state_disk_pauses_claims_and_keeps_the_running_jobs_exit(
@@ -31,11 +36,12 @@ async def test_full_state_disk_pauses_claims_and_keeps_the_running_jobs_exit(
             running = int(
                 await db.fetchval(
                     "INSERT INTO scheduler.jobs (argv, cpu) VALUES"
-                    " (ARRAY['sh', '-c', 'echo started; sleep 3'], 0.01) RETURNING id"
+                    " (ARRAY['sh', '-c', 'echo started; sleep 3'], $1) RETURNING id",
+                    TINY_CPU,
                 )
             )
             run_dir = run_dir_for(settings.runs_dir, running, 1)
-            with anyio.fail_after(20):
+            with anyio.fail_after(slow(20)):
                 while not (run_dir / "stdout").is_file() or not (
                     (run_dir / "stdout").read_text().startswith("started")
                 ):
@@ -44,7 +50,7 @@ async def test_full_state_disk_pauses_claims_and_keeps_the_running_jobs_exit(
             assert (monitor_dir / "exit.reserve").is_file()
             filler = fill(state_dir)
             assert free_bytes(state_dir) == 0
-            with anyio.fail_after(10):
+            with anyio.fail_after(slow(10)):
                 while (await readyz(agent))[0] != 503:
                     await anyio.sleep(0.05)
             _status, reasons = await readyz(agent)
@@ -54,8 +60,9 @@ async def test_full_state_disk_pauses_claims_and_keeps_the_running_jobs_exit(
             # Nothing is started on a full disk: the new job stays queued.
             waiting = int(
                 await db.fetchval(
-                    "INSERT INTO scheduler.jobs (argv, cpu) VALUES (ARRAY['true'], 0.01)"
-                    " RETURNING id"
+                    "INSERT INTO scheduler.jobs (argv, cpu) VALUES (ARRAY['true'], $1)"
+                    " RETURNING id",
+                    TINY_CPU,
                 )
             )
             # The running job ends on the full disk: its exit record is written all the same
@@ -74,7 +81,7 @@ async def test_full_state_disk_pauses_claims_and_keeps_the_running_jobs_exit(
             # Space is back: the agent recovers by itself.
             filler.unlink()
             await wait_state(db, waiting, "succeeded", timeout=20)
-            with anyio.fail_after(10):
+            with anyio.fail_after(slow(10)):
                 while (await readyz(agent))[0] != 200:
                     await anyio.sleep(0.05)
             metrics = parse((await scrape(agent)).text)

@@ -17,7 +17,7 @@ from scheduler.agent.spool import SUFFIX
 from scheduler.db.embedded import EmbeddedPostgres
 from scheduler.db.pool import connect
 from tests import agent_process
-from tests.conftest import AgentHandle, agent_settings, start_agent
+from tests.conftest import AgentHandle, agent_settings, slow, start_agent
 from tests.integration.test_agent import wait_final
 from tests.integration.test_metrics_endpoint import parse, scrape
 
@@ -48,7 +48,7 @@ async def submit_burners(db: asyncpg.Connection, seconds: list[int]) -> list[int
 
 async def wait_rows(db: asyncpg.Connection, ids: list[int], at_least: int) -> None:
     """Until every job has ``at_least`` sampled rows in Postgres."""
-    with anyio.fail_after(30):
+    with anyio.fail_after(slow(30)):
         while (
             await db.fetchval(
                 "SELECT count(*) FROM unnest($1::bigint[]) i WHERE (SELECT count(*) FROM"
@@ -112,7 +112,7 @@ async def test_database_stopped_while_jobs_run_rows_spooled_then_written_once(
         await server.stop()
         # Sweeps go on: their rows wait on disk; /readyz says why.
         await wait_spooled(spool, at_least=8)
-        with anyio.fail_after(10):
+        with anyio.fail_after(slow(10)):
             while not any("usage rows are spooled" in r for r in (await readyz(agent))[1]):
                 await anyio.sleep(0.1)
         status, reasons = await readyz(agent)
@@ -127,7 +127,7 @@ async def test_database_stopped_while_jobs_run_rows_spooled_then_written_once(
         db = await connect(server.dsn)
         try:
             await wait_final(db, ids, timeout=60)
-            with anyio.fail_after(30):
+            with anyio.fail_after(slow(30)):
                 while (await readyz(agent))[0] != 200:
                     await anyio.sleep(0.1)
             await assert_books_balance(db, ids)

@@ -10,6 +10,7 @@ ignores those files but refuses a cgroup that still has children (EBUSY).
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from scheduler.agent.service import check_v2_controllers
 from scheduler.cgroups import fs
 from scheduler.cgroups.base import CgroupPath, LaunchPlan, Limits, Usage
 from scheduler.cgroups.detect import open_driver, own_unified_cgroup
@@ -700,3 +702,88 @@ def test_release_cpu_lifts_the_quota_of_a_job_and_below(tree: Tree) -> None:
     assert (job / "cpu.max").read_text() == "max 100000"
     # The tenant's own limit is not the job's to lift.
     assert (tree.mount / "sched" / "acme" / "cpu.max").read_text() == "200000 100000"
+
+
+# -- systemd's delegation mark (trusted.delegate) -------------------------------------------
+
+
+def mark_delegated(cgroup: Path) -> None:
+    """What systemd does to a unit's cgroup with Delegate=yes (as root; the fake tree lives
+    on a filesystem that keeps trusted.* attributes)."""
+    os.setxattr(cgroup, "trusted.delegate", b"1")
+
+
+def test_a_unit_cgroup_holding_the_agent_itself_is_refused_with_the_remedy(
+    tree: Tree, unit: Path
+) -> None:
+    # systemd < 254 starts the next main process in the unit's own cgroup: enabling
+    # controllers there would make every restart with a job running fail (219/CGROUP).
+    mark_delegated(unit)
+    (unit / "cgroup.procs").write_text(f"{os.getpid()}\n101\n")
+    driver = open_driver(
+        "system.slice/scheduler.service/jobs",
+        layout=tree.layout,
+        fs_root=tree.fs_root,
+        own_cgroup="/system.slice/scheduler.service",
+    )
+    with pytest.raises(CgroupError, match=r"scheduler-jobs.service.*DelegateSubgroup=supervisor"):
+        driver.ensure(CgroupPath(()), Limits())
+    assert (unit / "cgroup.subtree_control").read_text() == ""
+    assert not (unit / "supervisor").exists()
+
+
+def test_delegate_subgroup_is_recognised_by_the_unit_s_mark(tree: Tree, unit: Path) -> None:
+    # DelegateSubgroup=supervisor (systemd >= 254): the agent starts in .../supervisor, the
+    # unit's cgroup above it is delegated and empty.
+    mark_delegated(unit)
+    fs.make_dir(unit / "supervisor")
+    (unit / "supervisor" / "cgroup.procs").write_text((unit / "cgroup.procs").read_text())
+    (unit / "cgroup.procs").write_text("")
+    driver = open_driver(
+        "system.slice/scheduler.service/jobs",
+        layout=tree.layout,
+        fs_root=tree.fs_root,
+        own_cgroup="/system.slice/scheduler.service/supervisor",
+    )
+    driver.ensure(CgroupPath(()), Limits())
+    driver.ensure(TENANT, Limits(cpu_cores=1.0))
+    assert (unit / "jobs" / "acme" / "cpu.max").read_text() == "100000 100000"
+    assert (unit / "supervisor" / "cgroup.procs").read_text().split() == ["100", "101"]
+
+
+def test_a_holder_unit_s_placeholder_moves_to_a_leaf(tree: Tree, unit: Path) -> None:
+    # deploy/systemd/scheduler-jobs.service: a delegated unit whose only process is a
+    # placeholder; the agent runs in scheduler.service, which it leaves alone.
+    holder = unit.parent / "scheduler-jobs.service"
+    fs.make_dir(holder)
+    (holder / "cgroup.procs").write_text("4242\n")
+    mark_delegated(holder)
+    driver = open_driver(
+        "system.slice/scheduler-jobs.service/jobs",
+        layout=tree.layout,
+        fs_root=tree.fs_root,
+        own_cgroup="/system.slice/scheduler.service",
+    )
+    driver.ensure(CgroupPath(()), Limits())
+    driver.ensure(TENANT, Limits(cpu_cores=0.5))
+    assert (holder / "supervisor" / "cgroup.procs").read_text().split() == ["4242"]
+    assert (holder / "jobs" / "acme" / "cpu.max").read_text() == "50000 100000"
+    assert (unit / "cgroup.procs").read_text().split() == ["100", "101"]
+    assert (unit / "cgroup.subtree_control").read_text() == ""
+
+
+def test_a_root_without_cpu_refuses_to_start_and_names_the_remedy(tree: Tree) -> None:
+    # A stock systemd host enables only "memory pids" at the top.
+    (tree.mount / "cgroup.subtree_control").write_text("memory pids\n")
+    driver = tree.driver("sched")
+    driver.ensure(CgroupPath(()), Limits())
+    assert driver.missing_controllers() == ("cpu", "io")
+    with pytest.raises(CgroupError, match=r"cpu, io not available.*systemctl set-property"):
+        check_v2_controllers(driver, explicit=False)
+    # Chosen explicitly (cgroup_driver = "v2"), the agent runs without them, said at start.
+    check_v2_controllers(driver, explicit=True)
+    # io alone missing: jobs without io limits run; the agent starts.
+    (tree.mount / "cgroup.subtree_control").write_text("cpu memory pids\n")
+    (tree.mount / "sched" / "cgroup.controllers").write_text("cpu memory pids\n")
+    assert driver.missing_controllers() == ("io",)
+    check_v2_controllers(driver, explicit=False)

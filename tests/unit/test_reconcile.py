@@ -101,6 +101,16 @@ def test_tenant_cpu_bounds() -> None:
     )
 
 
+def test_tenant_cpu_rounding_is_allowed_and_named() -> None:
+    # v2: three job cgroups each truncated to 1 us, the tenant's exact sum truncated once.
+    us = Decimal("0.000001")
+    assert check_tenant("a", Decimal(5) + 2 * us, Decimal(5), Decimal(0), 3 * us) == []
+    over = check_tenant("a", Decimal(5) + 4 * us, Decimal(5), Decimal(0), 3 * us)
+    assert "the counters' rounding for at most 0.000003" in over[0].problem
+    # Rounding never excuses billing more than the kernel counted.
+    assert check_tenant("a", Decimal(5) - us, Decimal(5), Decimal(0), 3 * us) != []
+
+
 def test_tenant_tree() -> None:
     tenants = [("default", None), ("acme", None), ("team", "acme"), ("sub", "team")]
     assert subtree(tenants, "acme") == {"acme", "team", "sub"}
