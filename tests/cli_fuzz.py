@@ -59,7 +59,7 @@ SKIP_COMMANDS = {("serve",), ("completion",)}
 # Options that block by design until a job ends (no agent runs in these tests).
 BLOCKING = {"--wait", "--follow"}
 # Arguments that name files the command reads or writes.
-FILE_DESTS = {"paths", "output", "config"}
+FILE_DESTS = {"paths", "output", "config", "env_file"}
 GLOBAL = {"--config", "--database-url", "--state-dir", "--json", "--help", "--version"}
 
 
