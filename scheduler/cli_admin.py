@@ -21,7 +21,9 @@ def with_admin_token(settings: Settings) -> tuple[Settings, str | None]:
     if settings.admin_token or settings.database_url:
         return settings, None
     path = settings.state_dir / TOKEN_FILE
-    settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    # Made before the embedded Postgres, whose server runs as another user and must traverse
+    # it (as embedded.py makes the parents it creates): others may pass, not list.
+    settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
