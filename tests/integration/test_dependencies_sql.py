@@ -32,9 +32,10 @@ async def end(db: asyncpg.Connection, job_id: int, state: str) -> None:
 
 
 async def row(db: asyncpg.Connection, job_id: int) -> asyncpg.Record:
-    record: asyncpg.Record = await db.fetchrow(
+    record = await db.fetchrow(
         "SELECT state, error, deps_waiting FROM scheduler.jobs WHERE id = $1", job_id
     )
+    assert record is not None
     return record
 
 
