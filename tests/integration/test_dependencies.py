@@ -138,53 +138,61 @@ async def test_http_wait_answers_at_the_end_and_holds_no_database_connection(
     async with anyio.create_task_group() as tg:
         handle = await start_agent(tg, settings)
         async with httpx.AsyncClient(base_url=f"http://{handle.ready.http}", timeout=120) as api:
-            long = await post(api, ["sleep", "60"])
-            short = await post(api, ["sleep", "3"])
-            answers: dict[str, tuple[float, dict[str, Any], httpx.Headers]] = {}
+            first = await post(api, ["sleep", "60"])
+            second = await post(api, ["sleep", "60"])
+            answers: dict[int, tuple[float, dict[str, Any]]] = {}
 
-            async def waiting(key: str, job_id: int, wait: int) -> None:
+            async def waiting(job_id: int) -> None:
                 while True:
-                    start = time.monotonic()
-                    r = await api.get(f"/v1/jobs/{job_id}?wait={wait}", headers=ADMIN)
+                    r = await api.get(f"/v1/jobs/{job_id}?wait=60", headers=ADMIN)
                     assert r.status_code == 200, r.text
                     # The probe below may hold a place for a moment: ask again then.
                     if r.headers.get("scheduler-wait") != "unavailable":
                         break
                     await anyio.sleep(0.05)
-                answers[key] = (time.monotonic() - start, r.json(), r.headers)
+                answers[job_id] = (time.monotonic(), r.json())
 
             async with anyio.create_task_group() as waits:
-                waits.start_soon(waiting, "short", short["id"], 60)
-                waits.start_soon(waiting, "long", long["id"], 60)
+                waits.start_soon(waiting, first["id"])
+                waits.start_soon(waiting, second["id"])
                 # Once both wait, a third is answered at once with the job as it is...
-                with anyio.fail_after(slow(30)):
+                with anyio.fail_after(slow(60)):
                     while True:
-                        third = await api.get(f"/v1/jobs/{long['id']}?wait=1", headers=ADMIN)
-                        if third.headers.get("scheduler-wait") == "unavailable":
+                        probe = await api.get(f"/v1/jobs/{first['id']}?wait=1", headers=ADMIN)
+                        if probe.headers.get("scheduler-wait") == "unavailable":
                             break
-                assert third.json()["state"] in ("queued", "running")
+                assert probe.json()["state"] in ("queued", "running")
                 # ...and the API's only database connection still serves a plain read.
                 start = time.monotonic()
-                plain = await api.get(f"/v1/jobs/{long['id']}", headers=ADMIN)
+                plain = await api.get(f"/v1/jobs/{first['id']}", headers=ADMIN)
                 assert plain.status_code == 200
                 assert time.monotonic() - start < slow(5)
-                with anyio.fail_after(slow(40)):
-                    while "short" not in answers:
+                # The end of the first wakes its waiter then, not 60 s after it asked.
+                cancelled_at = time.monotonic()
+                await api.post(f"/v1/jobs/{first['id']}/cancel", headers=ADMIN)
+                with anyio.fail_after(slow(30)):
+                    while first["id"] not in answers:
                         await anyio.sleep(0.05)
-                # A job that stays queued (behind the long one): answered after its wait.
-                gated = await post(api, ["true"], [long["id"]])
+                woke, job = answers[first["id"]]
+                assert job["state"] == "cancelled" and woke - cancelled_at < slow(15)
+                # A job that ends on its own: answered at its end.
+                short = await post(api, ["sleep", "2"])
+                start = time.monotonic()
+                r = await api.get(f"/v1/jobs/{short['id']}?wait=60", headers=ADMIN)
+                assert r.json()["state"] == "succeeded"
+                assert 1.5 <= time.monotonic() - start < slow(30)
+                # A job that stays queued (behind the second): answered after its wait.
+                gated = await post(api, ["true"], [second["id"]])
                 start = time.monotonic()
                 r = await api.get(f"/v1/jobs/{gated['id']}?wait=2", headers=ADMIN)
                 assert r.json()["state"] == "queued" and time.monotonic() - start >= 2
-                await api.post(f"/v1/jobs/{long['id']}/cancel", headers=ADMIN)
-            elapsed, job, _ = answers["short"]
-            # Answered when the 3 s job ended, not after the 60 s asked for.
-            assert job["state"] == "succeeded"
-            assert elapsed < slow(30)
-            elapsed, job, _ = answers["long"]
-            assert job["state"] == "cancelled" and elapsed < slow(50)
-            is_bad = await api.get(f"/v1/jobs/{long['id']}?wait=abc", headers=ADMIN)
+                await api.post(f"/v1/jobs/{second['id']}/cancel", headers=ADMIN)
+            assert answers[second["id"]][1]["state"] == "cancelled"
+            # Capped at 60 s; not a number: 400.
+            is_bad = await api.get(f"/v1/jobs/{gated['id']}?wait=abc", headers=ADMIN)
             assert is_bad.status_code == 400
+            over = await api.get(f"/v1/jobs/{gated['id']}?wait=99999", headers=ADMIN)
+            assert over.json()["state"] == "cancelled"
         tg.cancel_scope.cancel()
 
 
