@@ -8,6 +8,7 @@ import asyncpg
 import pytest
 
 from scheduler.db.pool import connect
+from scheduler.db.queries import q
 from scheduler.sqlaccess import grant_sql
 from tests.attacks.test_sql_control import as_role
 from tests.conftest import write_as_agent
@@ -118,3 +119,29 @@ async def test_diamond_with_one_failure_and_a_chain_cascade(db: asyncpg.Connecti
     with pytest.raises(asyncpg.CheckViolationError, match=f"job {c} already ended failed"):
         await submit(db, "default", [c])
     assert (await row(db, await submit(db, "default", [a])))["deps_waiting"] == 0
+
+
+async def test_the_claim_takes_a_dependent_only_once_released_and_again_on_retry(
+    db: asyncpg.Connection,
+) -> None:
+    await write_as_agent(db)
+
+    async def claimed() -> list[int]:
+        async with db.transaction():
+            rows = await db.fetch(q("claim_jobs"), "n1", 10, 64, 1 << 40, 0, None)
+        return sorted(r["id"] for r in rows)
+
+    first = await submit(db, "default")
+    after = await db.fetchval(
+        "INSERT INTO scheduler.jobs (tenant, argv, depends_on, max_attempts, priority)"
+        " VALUES ('default', ARRAY['true'], $1, 2, 10) RETURNING id",
+        [first],
+    )
+    assert await claimed() == [first]  # the dependent, ahead in priority, waits
+    assert await claimed() == []
+    await end(db, first, "succeeded")
+    assert await claimed() == [after]
+    # Its attempt failed with one left: back to the queue (as finish_jobs does), still free.
+    await db.execute("UPDATE scheduler.jobs SET state = 'queued', node = NULL WHERE id = $1", after)
+    assert (await row(db, after))["deps_waiting"] == 0
+    assert await claimed() == [after]
