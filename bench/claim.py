@@ -6,7 +6,10 @@ claims of one job each, both ways the dispatcher claims: on a NOTIFY (the claim 
 alone) and on its poll (in one transaction with the check for jobs that can never run);
 prints p50 and max in milliseconds, as the caller sees them (round trips included). Then
 claims of 1 and 64 with 200 tenants in a two-level tree (hierarchical fair share).
-Usage: python bench/claim.py [--sizes 1,1000,10000]
+With --deps instead: the claim with 10,000 queued of which half wait on a dependency (and
+come first in priority order), against the same 5,000 free jobs alone, and against the
+gated queue through an index without the gate (the index before migration 0014).
+Usage: python bench/claim.py [--sizes 1,1000,10000] [--deps]
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from scheduler.policy.admission import Capacity
 from scheduler.policy.fairshare import ALLOCATION_SECONDS
 
 
-async def main(sizes: list[int]) -> None:
+async def main(sizes: list[int], deps: bool = False) -> None:
     base = make_base()
     pg = EmbeddedPostgres(base / "pg")
     await pg.start()
@@ -44,7 +47,7 @@ async def main(sizes: list[int]) -> None:
             await migrate(conn)
         await pool.execute("INSERT INTO scheduler.tenants (name) VALUES ('flood'), ('small')")
         capacity = Capacity(64, 2**40)
-        for size in sizes:
+        for size in [] if deps else sizes:
             await pool.execute("DELETE FROM scheduler.jobs WHERE state = 'queued'")
             await pool.execute(
                 "INSERT INTO scheduler.jobs (tenant, argv, cpu)"
@@ -72,7 +75,7 @@ async def main(sizes: list[int]) -> None:
                     f" p50 {statistics.median(times[unfit]):.2f} ms,"
                     f" max {max(times[unfit]):.2f} ms"
                 )
-        lines += await tenant_tree(pool)
+        lines += await gated(pool) if deps else await tenant_tree(pool)
         await pool.close()
     finally:
         await pg.stop()
@@ -132,8 +135,90 @@ async def tenant_tree(pool: asyncpg.Pool, parents: int = 20, children: int = 10)
     return lines
 
 
+async def claim_times(pool: asyncpg.Pool, want: int, runs: int = 30) -> list[float]:
+    """Milliseconds of ``runs`` claims of ``want`` jobs, each rolled back (same queue)."""
+    capacity = Capacity(64, 2**40)
+    times = []
+    async with pool.acquire() as conn:
+        for _ in range(runs):
+            tr = conn.transaction()
+            await tr.start()
+            t0 = time.perf_counter()
+            rows = await conn.fetch(
+                q("claim_jobs"),
+                "n1",
+                want,
+                capacity.cpu,
+                capacity.memory_bytes,
+                ALLOCATION_SECONDS,
+                None,
+            )
+            times.append((time.perf_counter() - t0) * 1000)
+            assert len(rows) == want
+            await tr.rollback()
+    return times
+
+
+async def gated(pool: asyncpg.Pool, free: int = 5000, waiting: int = 5000) -> list[str]:
+    """The dependency gate (migrations/0014): ``free`` jobs free to start, then ``waiting``
+    more that wait on a running job, ahead of the free ones in priority order; one tenant."""
+    await pool.execute("DELETE FROM scheduler.jobs WHERE state = 'queued'")
+    await pool.execute(
+        "INSERT INTO scheduler.jobs (tenant, argv, cpu)"
+        " SELECT 'flood', ARRAY['true'], 0.001 FROM generate_series(1, $1)",
+        free,
+    )
+    await pool.execute("ANALYZE scheduler.jobs")
+    lines = []
+    results: dict[str, float] = {}
+    for want in (1, 64):
+        alone = statistics.median(await claim_times(pool, want))
+        results[f"alone {want}"] = alone
+        lines.append(f"claim of {want} with {free} queued, none waiting: p50 {alone:.2f} ms")
+    # The job they wait on: running (staged as the agent's claim would leave it).
+    dep = await pool.fetchval(
+        "INSERT INTO scheduler.jobs (tenant, argv) VALUES ('flood', ARRAY['sleep', '1'])"
+        " RETURNING id"
+    )
+    await pool.execute(
+        "UPDATE scheduler.jobs SET state = 'running', node = 'n0' WHERE id = $1", dep
+    )
+    await pool.execute(
+        "INSERT INTO scheduler.jobs (tenant, argv, cpu, priority, depends_on)"
+        " SELECT 'flood', ARRAY['true'], 0.001, 10, ARRAY[$2::bigint]"
+        " FROM generate_series(1, $1)",
+        waiting,
+        dep,
+    )
+    await pool.execute("ANALYZE scheduler.jobs")
+    queued = free + waiting
+    for want in (1, 64):
+        p50 = statistics.median(await claim_times(pool, want))
+        lines.append(
+            f"claim of {want} with {queued} queued, {waiting} waiting on a dependency:"
+            f" p50 {p50:.2f} ms ({p50 / results[f'alone {want}']:.2f}x the free jobs alone)"
+        )
+    # The same queue through the index without the gate in its predicate.
+    await pool.execute("DROP INDEX scheduler.jobs_queued_tenant_idx")
+    await pool.execute(
+        "CREATE INDEX jobs_queued_tenant_idx ON scheduler.jobs (tenant, priority DESC, id)"
+        " WHERE state = 'queued'"
+    )
+    await pool.execute("ANALYZE scheduler.jobs")
+    for want in (1, 64):
+        p50 = statistics.median(await claim_times(pool, want))
+        lines.append(
+            f"the same, index without the gate: p50 {p50:.2f} ms"
+            f" ({p50 / results[f'alone {want}']:.2f}x the free jobs alone)"
+        )
+    return lines
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="1,1000,10000")
+    parser.add_argument(
+        "--deps", action="store_true", help="only the dependency gate: 10,000 queued, half gated"
+    )
     args = parser.parse_args()
-    anyio.run(main, [int(s) for s in args.sizes.split(",")])
+    anyio.run(main, [int(s) for s in args.sizes.split(",")], args.deps)

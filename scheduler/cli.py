@@ -20,6 +20,7 @@ from scheduler.cli_args import (
     bounded_int,
     check_text,
     job_id,
+    job_ids,
     key_values,
     label,
     last_window,
@@ -177,6 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_size,
         default=None,
         help="most bytes of stdout+stderr kept (default: the tenant's, else the node's)",
+    )
+    submit.add_argument(
+        "--after",
+        type=job_ids,
+        default=None,
+        metavar="ID[,ID...]",
+        help="start only after these jobs (of the same tenant) succeeded; if one ends otherwise"
+        " this job is cancelled",
     )
     submit.add_argument(
         "--wait",
@@ -495,6 +504,7 @@ async def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
         io_read_bps=args.io_read,
         io_write_bps=args.io_write,
         output_limit_bytes=args.output_limit,
+        depends_on=args.after or [],
     )
     overrides: dict[str, Any] = {}
     if args.cpu is not None:

@@ -112,6 +112,26 @@ def job_id(text: str) -> int:
     return bounded_int(1, INT8_MAX, "a job id")(text)
 
 
+# As scheduler.depends_on_max() (migrations/0014).
+MAX_AFTER = 1000
+
+
+def job_ids(text: str) -> list[int]:
+    """``--after 12,13``: job ids separated by commas, each once, at most MAX_AFTER."""
+    parts = text.split(",")
+    if len(parts) > MAX_AFTER:
+        raise argparse.ArgumentTypeError(f"{len(parts)} job ids: at most {MAX_AFTER}")
+    if any(not part.strip() for part in parts):
+        raise argparse.ArgumentTypeError(f"{text[:60]!r}: expected job ids like 12,13")
+    ids = [job_id(part) for part in parts]
+    if len(set(ids)) != len(ids):
+        raise argparse.ArgumentTypeError(f"{text[:60]!r} names a job more than once")
+    return ids
+
+
+job_ids.__name__ = "job ids"
+
+
 def label(text: str) -> tuple[str, str]:
     """``key=value``; the key is non-empty and has no '='."""
     key, sep, value = text.partition("=")

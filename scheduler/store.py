@@ -50,6 +50,8 @@ class JobRequest:
     io_write_bps: int | None = None
     # Most bytes of stdout+stderr kept (None: the tenant's, else the node's; never above them).
     output_limit_bytes: int | None = None
+    # Jobs of the same tenant that must succeed first (migration 0014); fixed once submitted.
+    depends_on: list[int] = field(default_factory=list)
 
 
 def record_to_dict(row: asyncpg.Record) -> dict[str, Any]:
@@ -88,6 +90,7 @@ async def submit(conn: Conn, request: JobRequest) -> asyncpg.Record:
             request.io_read_bps,
             request.io_write_bps,
             request.output_limit_bytes,
+            request.depends_on,
         )
     except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
         raise SubmitRefused(refusal(exc), getattr(exc, "column_name", None)) from exc
@@ -116,14 +119,19 @@ async def list_jobs(
     return list(await conn.fetch(q("list_jobs"), tenant, state, before_id, limit, scope))
 
 
-async def wait(conn: Conn, job_id: int, *, poll: float = 1.0) -> asyncpg.Record:
-    """Return the job once it reached a final state (woken by the agents' NOTIFY)."""
+async def wait(conn: Conn, job_id: int, *, poll: float = 5.0) -> asyncpg.Record:
+    """Return the job once it reached a final state, woken by the database's NOTIFY
+    scheduler_job_done (migration 0014: its payload is the id of the job that ended). The
+    state is read after LISTEN starts, so an end committed just before is not missed; the
+    poll is a backstop for a lost connection's notifications only."""
     done = anyio.Event()
+    wanted = str(job_id)
 
-    def _wake(*_: object) -> None:
-        done.set()
+    def _wake(_conn: object, _pid: object, _channel: object, payload: object) -> None:
+        if payload == wanted:
+            done.set()
 
-    await conn.add_listener("scheduler_done", _wake)
+    await conn.add_listener("scheduler_job_done", _wake)
     try:
         while True:
             row = await get(conn, job_id)
@@ -133,7 +141,7 @@ async def wait(conn: Conn, job_id: int, *, poll: float = 1.0) -> asyncpg.Record:
                 await done.wait()
             done = anyio.Event()
     finally:
-        await conn.remove_listener("scheduler_done", _wake)
+        await conn.remove_listener("scheduler_job_done", _wake)
 
 
 def dumps(value: Any) -> str:

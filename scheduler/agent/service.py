@@ -43,6 +43,7 @@ from scheduler.api.limits import HttpLimits
 from scheduler.api.metrics import metrics_renderer
 from scheduler.api.server import bind, bound_address
 from scheduler.api.server import serve as serve_http
+from scheduler.api.waiters import JobDoneHub
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits
 from scheduler.cgroups.detect import open_driver
 from scheduler.cgroups.devices import io_devices
@@ -51,7 +52,7 @@ from scheduler.config import Settings
 from scheduler.db.embedded import EmbeddedPostgres
 from scheduler.db.migrate import migrate
 from scheduler.db.outage import DB_ERRORS, describe, log_failure
-from scheduler.db.pool import create_pool
+from scheduler.db.pool import connect, create_pool
 from scheduler.db.queries import q
 from scheduler.errors import CgroupError, LaunchError, SchedulerError
 from scheduler.jobs import Job
@@ -333,6 +334,11 @@ async def run_agent(
             reasons = [*await readiness(api_pool, settings, driver), *health.reasons()]
             return reasons if started else ["the agent is still starting", *reasons]
 
+        # GET /v1/jobs/{id}?wait=N: one LISTEN connection for all waiters, who may take at
+        # most a quarter of the HTTP connections.
+        job_done = JobDoneHub(
+            lambda: connect(dsn), max_waiters=max(1, min(256, http_limits.max_connections // 4))
+        )
         api = build_app(
             ApiDeps(
                 pool=ApiPool(api_pool),
@@ -345,12 +351,14 @@ async def run_agent(
                 ),
                 metrics_token=settings.metrics_token,
                 body_seconds=settings.http_body_timeout_seconds,
+                job_done=job_done,
             )
         )
         with send, receive, _first_scheduler_error():
             async with anyio.create_task_group() as tg:
                 tg.start_soon(heartbeat.run)
                 tg.start_soon(listener.run)
+                tg.start_soon(job_done.run)
                 tg.start_soon(
                     Recorder(
                         pool,

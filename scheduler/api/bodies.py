@@ -180,6 +180,20 @@ def _bool(v: Any) -> bool:
     return v
 
 
+# As scheduler.depends_on_max() (migrations/0014): checked here first so that a body of
+# 100,000 ids is refused before it reaches the database.
+MAX_DEPENDS_ON = 1000
+
+
+def _job_ids(v: Any) -> list[int]:
+    if not isinstance(v, list):
+        raise FieldError("expected an array of job ids")
+    if len(v) > MAX_DEPENDS_ON:
+        raise FieldError(f"at most {MAX_DEPENDS_ON} job ids: got {len(v)}")
+    check = _int(1, 2**63 - 1)
+    return [check(item) for item in v]
+
+
 def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda v: None if v is None else check(v)
 
@@ -203,6 +217,7 @@ JOB_FIELDS: dict[str, Callable[[Any], Any]] = {
     "io_read_bps": _optional(_int(1, 1 << 50)),
     "io_write_bps": _optional(_int(1, 1 << 50)),
     "output_limit_bytes": _optional(_int(0, 1 << 50)),
+    "depends_on": _job_ids,
 }
 TENANT_FIELDS: dict[str, Callable[[Any], Any]] = {
     "name": JOB_FIELDS["tenant"],
@@ -256,5 +271,7 @@ def request_hash(request: JobRequest) -> str:
     if fields.get("output_limit_bytes") is None:
         # Added later: left out when unset, so keys stored before it keep their digests.
         fields.pop("output_limit_bytes", None)
+    if not fields.get("depends_on"):
+        fields.pop("depends_on", None)  # likewise
     canonical = json.dumps(fields, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from scheduler.api.budget import BodyBudget
 from scheduler.api.dbwait import ApiPool
+from scheduler.api.waiters import JobDoneHub
 
 
 @dataclass(frozen=True)
@@ -31,3 +32,5 @@ class ApiDeps:
     body_seconds: float = 30.0
     # What all bodies being read at once may hold (reading.py).
     body_budget: BodyBudget = field(default_factory=BodyBudget)
+    # Wakes GET /v1/jobs/{id}?wait=N requests when their job ends (None: no waiting).
+    job_done: JobDoneHub | None = None

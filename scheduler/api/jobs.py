@@ -76,9 +76,41 @@ async def create_job(request: Request) -> Response:
     return JSONResponse(job_json(row), status_code=201, headers=headers)
 
 
+MAX_WAIT_SECONDS = 60
+
+
+def _wait_seconds(text: str | None) -> int:
+    """The wait= query parameter: whole seconds, more than MAX_WAIT_SECONDS taken as it."""
+    if text is None:
+        return 0
+    if not (text.isascii() and text.isdigit() and len(text) <= 6):
+        raise Problem(400, f"wait must be a whole number of seconds: got {text[:20]!r}")
+    return min(int(text), MAX_WAIT_SECONDS)
+
+
 async def get_job(request: Request) -> Response:
-    async with deps(request).pool.acquire() as conn:
-        return JSONResponse(job_json(await _visible_job(request, conn)))
+    """The job; with wait=N, answered when it ends or after N seconds, whichever is first.
+    A waiting request holds no database connection (waiters.py)."""
+    wait = _wait_seconds(request.query_params.get("wait"))
+    app_deps = deps(request)
+    async with app_deps.pool.acquire() as conn:
+        row = await _visible_job(request, conn)
+    hub = app_deps.job_done
+    if wait == 0 or row["state"] in FINAL_STATES or hub is None:
+        return JSONResponse(job_json(row))
+    with hub.watch(row["id"]) as done:
+        if done is None:
+            # Too many waiting (or the LISTEN is down): the job as it is, at once.
+            return JSONResponse(job_json(row), headers={"Scheduler-Wait": "unavailable"})
+        # Read again now that the end will be heard: it may have come before.
+        async with app_deps.pool.acquire() as conn:
+            row = await store.get(conn, row["id"])
+        if row["state"] not in FINAL_STATES:
+            with anyio.move_on_after(wait):
+                await done.wait()
+            async with app_deps.pool.acquire() as conn:
+                row = await store.get(conn, row["id"])
+    return JSONResponse(job_json(row))
 
 
 def _cursor(text: str | None) -> int | None:

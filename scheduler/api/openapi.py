@@ -48,6 +48,13 @@ _JOB_ID = [
         "schema": {"type": "integer", "minimum": 1, "maximum": 9223372036854775807},
     }
 ]
+_WAIT = {
+    "name": "wait",
+    "in": "query",
+    "required": False,
+    "description": "seconds to wait for the job to end (at most 60; more is taken as 60)",
+    "schema": {"type": "integer", "minimum": 0},
+}
 _TENANT = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
 
 _STATE = {
@@ -83,6 +90,12 @@ JOB_CREATE = {
             "type": ["integer", "null"],
             "minimum": 0,
             "maximum": 1125899906842624,
+        },
+        "depends_on": {
+            "type": "array",
+            "maxItems": 1000,
+            "items": {"type": "integer", "minimum": 1, "maximum": 9223372036854775807},
+            "description": "jobs of the same tenant that must succeed first",
         },
     },
 }
@@ -145,6 +158,8 @@ JOB = {
         "io_read_bytes": {"type": ["integer", "null"]},
         "io_write_bytes": {"type": ["integer", "null"]},
         "output_limit_bytes": {"type": ["integer", "null"]},
+        "depends_on": {"type": "array", "items": {"type": "integer"}},
+        "deps_waiting": {"type": "integer"},
     },
 }
 
@@ -268,10 +283,10 @@ def document() -> dict[str, Any]:
             },
             "/v1/jobs/{job_id}": {
                 "get": _op(
-                    "One job",
+                    "One job; with wait=N, answered when it ends or after N seconds",
                     {"200": _json("Job", "the job")},
-                    {404: "no such job visible to this token"},
-                    parameters=_JOB_ID,
+                    {400: "wait is not an integer", 404: "no such job visible to this token"},
+                    parameters=[*_JOB_ID, _WAIT],
                 )
             },
             "/v1/jobs/{job_id}/cancel": {

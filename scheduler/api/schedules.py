@@ -22,7 +22,10 @@ from scheduler.cron import MAX_CRON_LENGTH, MAX_TIMEZONE_LENGTH
 from scheduler.store import TENANT_NAME
 
 # A template holds the job's own fields: the tenant is the schedule's, the due time its run_at.
-TEMPLATE_FIELDS = {k: v for k, v in JOB_FIELDS.items() if k not in ("tenant", "run_at")}
+# Not depends_on: a fixed job id in a recurring template is met once and then forever.
+TEMPLATE_FIELDS = {
+    k: v for k, v in JOB_FIELDS.items() if k not in ("tenant", "run_at", "depends_on")
+}
 
 
 def _string(max_len: int) -> Any:

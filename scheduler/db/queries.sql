@@ -109,9 +109,10 @@ SELECT count(*) FROM scheduler.jobs WHERE node = $1 AND state IN ('running', 'fr
 -- name: insert_job
 INSERT INTO scheduler.jobs (tenant, name, argv, env, cwd, cpu, memory_bytes, pids_max,
                             timeout_seconds, priority, max_attempts, labels, run_at,
-                            image, network, io_read_bps, io_write_bps, output_limit_bytes)
+                            image, network, io_read_bps, io_write_bps, output_limit_bytes,
+                            depends_on)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, COALESCE($13, now()),
-        $14, $15, $16, $17, $18)
+        $14, $15, $16, $17, $18, $19)
 RETURNING *;
 
 -- name: get_job
