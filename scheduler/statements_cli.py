@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 from scheduler import store
-from scheduler.accounting import statements
 from scheduler.cli_output import escape
 from scheduler.config import Settings
 from scheduler.db.pool import connect_settings
@@ -36,6 +35,9 @@ def add_parsers(actions: Any, add_common: Callable[[argparse.ArgumentParser], No
 
 async def cmd(settings: Settings, args: argparse.Namespace) -> int:
     """Run ``billing close`` or ``billing verify``."""
+    # The pricing code (structlog...) only for this command: `scheduler jobs` stays light.
+    from scheduler.accounting import statements  # noqa: PLC0415
+
     month = None if args.period is None else statements.parse_month(args.period)
     conn = await connect_settings(settings)
     try:

@@ -50,7 +50,11 @@ class CloseRefused(SchedulerError):
 def parse_month(text: str) -> date:
     """``2026-11`` as the first day of that month, or a clear error."""
     found = MONTH.fullmatch(text.strip())
-    if found is None or not 1 <= int(found.group(2)) <= 12 or int(found.group(1)) < 1970:
+    if (
+        found is None
+        or not 1 <= int(found.group(2)) <= 12
+        or not 1970 <= int(found.group(1)) < 9999
+    ):
         raise CloseRefused(f"--period {text[:40]!r}: expected a month as YYYY-MM, e.g. 2026-11")
     return date(int(found.group(1)), int(found.group(2)), 1)
 
@@ -106,10 +110,11 @@ async def close(conn: Conn, month: date) -> list[Statement]:
     Refused for a month not over yet (by the database's clock), one already closed, and one
     that is not the month after the last closed one. Nothing is written unless all is.
     """
+    if await conn.fetchval("SELECT scheduler.caller_is_tenant()"):
+        raise CloseRefused("billing close is the operator's: a tenant cannot close a month")
     async with conn.transaction(isolation="repeatable_read"):
-        if await conn.fetchval("SELECT scheduler.caller_is_tenant()"):
-            raise CloseRefused("billing close is the operator's: a tenant cannot close a month")
-        # Before any read: the snapshot below then sees every close committed before ours.
+        # The first statement, before any read takes the transaction's snapshot: that
+        # snapshot then sees every close committed before ours.
         await conn.execute(q("billing_lock_periods"))
         now: datetime = await conn.fetchval("SELECT now()")
         end = next_month(month)

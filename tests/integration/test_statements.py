@@ -19,17 +19,21 @@ from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import asyncpg
+import httpx
 import pytest
 
 from scheduler.accounting.spoolfile import UsageRow as SpoolRow
 from scheduler.accounting.spoolfile import encode
+from scheduler.accounting.statements import CloseRefused, close
 from scheduler.agent.spool import SUFFIX
+from scheduler.api.auth import create_token
 from scheduler.db.pool import connect
 from scheduler.sqlaccess import grant_sql
-from tests.conftest import agent_settings, slow, start_agent, write_as_agent
+from tests.conftest import AgentHandle, agent_settings, slow, start_agent, write_as_agent
 from tests.integration.test_agent import submit, wait_final
 
 pytestmark = pytest.mark.anyio
+ADMIN = {"Authorization": "Bearer test-admin-token"}
 
 FAST = {"sample_interval": 0.2, "sample_interval_floor": 0.1}
 BUSY = "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; sleep 0.4"
@@ -68,9 +72,7 @@ async def run_labelled_jobs(
     async with anyio.create_task_group() as tg:
         await start_agent(tg, agent_settings(dsn, state_dir, cgroup_root, **FAST))
         ids = [
-            await submit(
-                db, ["sh", "-c", BUSY], tenant=tenant, name=name, labels=labels
-            )
+            await submit(db, ["sh", "-c", BUSY], tenant=tenant, name=name, labels=labels)
             for tenant, name, labels in jobs
         ]
         await wait_final(db, ids, timeout=60)
@@ -405,3 +407,107 @@ async def test_closed_statements_verify_catch_tampering_and_bill_late_usage_next
     assert "2 closed statements" in failed.stderr
     as_json = json.loads(cli("billing", "verify", "--database-url", dsn, "--json").stdout)
     assert as_json["statements_checked"] == 2 and len(as_json["differences"]) >= 2
+
+
+async def test_statements_and_group_by_over_http(
+    agent: AgentHandle, db: asyncpg.Connection
+) -> None:
+    alpha, beta = unique("alpha"), unique("beta")
+    await db.execute("INSERT INTO scheduler.tenants (name) VALUES ($1), ($2)", alpha, beta)
+    await db.execute(RATES)
+    async with httpx.AsyncClient(base_url=f"http://{agent.ready.http}", timeout=60) as api:
+        ids = []
+        for tenant, labels in ((alpha, {"team": "web"}), (beta, {})):
+            r = await api.post(
+                "/v1/jobs",
+                headers=ADMIN,
+                json={"argv": ["sh", "-c", BUSY], "tenant": tenant, "labels": labels},
+            )
+            assert r.status_code == 201, r.text
+            ids.append(r.json()["id"])
+        await wait_final(db, ids, timeout=60)
+        too_many = await api.post(
+            "/v1/jobs",
+            headers=ADMIN,
+            json={"argv": ["true"], "labels": {f"k{i}": "v" for i in range(65)}},
+        )
+        assert too_many.status_code == 422 and "at most 64 labels" in too_many.text
+        window = {"from": "2000-01-01", "to": "2100-01-01"}
+        grouped = await api.get(
+            "/v1/billing/export",
+            headers=ADMIN,
+            params={**window, "format": "json", "group_by": "label:team"},
+        )
+        assert grouped.status_code == 200, grouped.text
+        assert {(g["value"], g["labelled"]) for g in grouped.json()["groups"]} == {
+            ("web", True),
+            (None, False),
+        }
+        bad = await api.get(
+            "/v1/billing/export", headers=ADMIN, params={**window, "group_by": "team"}
+        )
+        assert bad.status_code == 422 and "label:KEY" in bad.text
+
+        now: datetime = await db.fetchval("SELECT now()")
+        this_month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        last_month = (this_month - timedelta(days=1)).replace(day=1)
+        await db.execute(
+            """INSERT INTO scheduler.usage (job_id, seq, attempt, tenant, node, period_start,
+                   period_end, cpu_seconds, memory_byte_seconds, memory_peak_bytes,
+                   io_read_bytes, io_write_bytes, final)
+               SELECT job_id, seq + 1000, attempt + 1000, tenant, node,
+                      period_start - $2::interval, period_end - $2::interval, cpu_seconds,
+                      memory_byte_seconds, memory_peak_bytes, io_read_bytes, io_write_bytes,
+                      final
+               FROM scheduler.usage WHERE job_id = ANY($1)""",
+            ids,
+            now - (last_month + timedelta(days=3)),
+        )
+        made = await close(db, last_month.date())
+        assert {s.tenant for s in made} == {alpha, beta}
+        everything = await api.get("/v1/billing/statements", headers=ADMIN)
+        assert everything.status_code == 200, everything.text
+        listed = everything.json()["statements"]
+        assert {s["tenant"] for s in listed} == {alpha, beta}
+        for s in listed:
+            assert hashlib.sha256(s["body"].encode()).hexdigest() == s["sha256"]
+            assert s["period"] == month_text(last_month)
+        _, token = await create_token(db, alpha)
+        mine = await api.get("/v1/billing/statements", headers={"Authorization": f"Bearer {token}"})
+        assert [s["tenant"] for s in mine.json()["statements"]] == [alpha]
+        theirs = await api.get(
+            "/v1/billing/statements",
+            headers={"Authorization": f"Bearer {token}"},
+            params={"tenant": beta},
+        )
+        assert theirs.status_code == 404
+        assert (
+            await api.get("/v1/billing/statements", headers=ADMIN, params={"period": "11/2026"})
+        ).status_code == 400
+
+
+async def test_two_closes_of_one_month_at_once_make_one(dsn: str, db: asyncpg.Connection) -> None:
+    now: datetime = await db.fetchval("SELECT now()")
+    last_month = (now.replace(day=1) - timedelta(days=1)).replace(day=1).date()
+    others = [await connect(dsn) for _ in range(4)]
+    outcomes: list[str] = []
+
+    async def one(conn: asyncpg.Connection) -> None:
+        try:
+            await close(conn, last_month)
+        except CloseRefused as exc:
+            outcomes.append(str(exc))
+        else:
+            outcomes.append("closed")
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for conn in others:
+                tg.start_soon(one, conn)
+    finally:
+        for conn in others:
+            await conn.close()
+    assert sorted(outcomes)[-1] == "closed"
+    assert outcomes.count("closed") == 1
+    assert all("is already closed" in o for o in outcomes if o != "closed"), outcomes
+    assert await db.fetchval("SELECT count(*) FROM scheduler.billing_periods") == 1
