@@ -167,7 +167,7 @@ def _labels(v: Any) -> dict[str, Any]:
         elif isinstance(item, list):
             stack.extend(item)
     # As jsonb prints it, near enough; the database has the last word.
-    text = json.dumps(v, ensure_ascii=False, separators=(", ", ": "))
+    text = json.dumps(v, ensure_ascii=False, separators=(", ", ": "), default=str)
     if len(text.encode("utf-8", "surrogatepass")) > LABELS_BYTES:
         raise FieldError(f"labels take at most {LABELS_BYTES} bytes as JSON")
     return dict(v)
