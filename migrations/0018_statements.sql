@@ -57,13 +57,15 @@ COMMENT ON COLUMN scheduler.statements.sha256 IS 'SHA-256 of body, lower-case he
 
 CREATE TABLE scheduler.statement_usage (
     statement_id bigint NOT NULL REFERENCES scheduler.statements (id),
+    period       date NOT NULL,  -- the statement's (kept here: one index probe per row)
     tenant       text NOT NULL,
     job_id       bigint NOT NULL,
     seqs         int4multirange NOT NULL,
     PRIMARY KEY (statement_id, job_id)
 );
--- "Is this usage row covered by a statement?" asks by job.
-CREATE INDEX statement_usage_job_idx ON scheduler.statement_usage (job_id);
+-- "Did the statement of this row's month cover it?" asks by job and month, once per usage
+-- row an export of a closed month reads.
+CREATE INDEX statement_usage_job_idx ON scheduler.statement_usage (job_id, period);
 
 -- Append-only, as scheduler.usage is (0001): a closed statement is never edited. Only the
 -- owner can get past this, by disabling the trigger on purpose.

@@ -325,9 +325,8 @@ WHERE u.period_end >= $1 AND u.period_end < $2
   AND (NOT EXISTS (SELECT 1 FROM scheduler.billing_periods p
                    WHERE p.period = date_trunc('month', u.period_end AT TIME ZONE 'UTC')::date)
        OR EXISTS (SELECT 1 FROM scheduler.statement_usage su
-                  JOIN scheduler.statements s ON s.id = su.statement_id
                   WHERE su.job_id = u.job_id AND u.seq <@ su.seqs
-                    AND s.period = date_trunc('month', u.period_end AT TIME ZONE 'UTC')::date))
+                    AND su.period = date_trunc('month', u.period_end AT TIME ZONE 'UTC')::date))
 ORDER BY u.job_id, u.seq;
 
 -- name: billing_late_usage
@@ -339,18 +338,16 @@ SELECT u.job_id, u.seq, j.name AS job_name, u.tenant, u.period_end, u.cpu_second
        j.cpu AS cpu_reserved, j.memory_bytes AS memory_reserved_bytes,
        extract(epoch FROM u.period_end - u.period_start) AS wall_seconds,
        j.labels::text AS labels,
-       (SELECT s.period FROM scheduler.statement_usage su
-        JOIN scheduler.statements s ON s.id = su.statement_id
+       (SELECT su.period FROM scheduler.statement_usage su
         WHERE su.job_id = u.job_id AND u.seq <@ su.seqs
-        ORDER BY s.period LIMIT 1) AS billed_period
+        ORDER BY su.period LIMIT 1) AS billed_period
 FROM scheduler.usage u
 JOIN scheduler.jobs j ON j.id = u.job_id
 WHERE u.period_end >= $1 AND u.period_end < $2
   AND ($3::text IS NULL OR u.tenant = $3)
   AND NOT EXISTS (SELECT 1 FROM scheduler.statement_usage su
-                  JOIN scheduler.statements s ON s.id = su.statement_id
                   WHERE su.job_id = u.job_id AND u.seq <@ su.seqs
-                    AND s.period = date_trunc('month', u.period_end AT TIME ZONE 'UTC')::date)
+                    AND su.period = date_trunc('month', u.period_end AT TIME ZONE 'UTC')::date)
 ORDER BY u.job_id, u.seq;
 
 -- name: billing_closed_range
@@ -372,10 +369,11 @@ RETURNING id;
 
 -- name: billing_add_statement_usage
 -- The usage rows statement $1 priced: per job, its seqs as one multirange.
-INSERT INTO scheduler.statement_usage (statement_id, tenant, job_id, seqs)
-SELECT $1, $2, c.job_id, range_agg(int4range(c.seq, c.seq, '[]'))
+INSERT INTO scheduler.statement_usage (statement_id, period, tenant, job_id, seqs)
+SELECT $1, s.period, $2, c.job_id, range_agg(int4range(c.seq, c.seq, '[]'))
 FROM unnest($3::bigint[], $4::int[]) AS c (job_id, seq)
-GROUP BY c.job_id;
+JOIN scheduler.statements s ON s.id = $1
+GROUP BY s.period, c.job_id;
 
 -- name: billing_statements
 -- Closed statements, oldest first; $1: one month only, $2: one tenant only.
@@ -401,9 +399,12 @@ WHERE su.statement_id = $1
 ORDER BY u.job_id, u.seq;
 
 -- name: billing_statement_coverage
--- How many usage rows statement $1 recorded as covered (each seq of each multirange).
+-- How many usage rows statement $1 recorded as covered (each seq of each multirange), in
+-- coverage rows that name its month (the exports go by that month).
 SELECT COALESCE(sum(upper(r) - lower(r)), 0)::bigint
-FROM scheduler.statement_usage su, unnest(su.seqs) AS r
+FROM scheduler.statement_usage su
+JOIN scheduler.statements s ON s.id = su.statement_id AND s.period = su.period,
+     unnest(su.seqs) AS r
 WHERE su.statement_id = $1;
 
 -- name: billing_rates
