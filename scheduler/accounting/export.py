@@ -323,8 +323,26 @@ def _focus(line: Line, start: datetime, end: datetime, account: str) -> dict[str
         "SubAccountId": line.tenant,
         "SubAccountName": line.tenant,
         "SubAccountType": "Tenant",
-        "Tags": line.labels,
+        "Tags": focus_tags(line.labels),
     }
+
+
+def focus_tags(labels: str) -> str:
+    """The job's labels as FOCUS Tags: a JSON object whose values are strings, numbers,
+    booleans or null (FOCUS's key-value format). A list or object value becomes its JSON
+    text; labels holding none stay byte for byte as the database printed them."""
+    found = json.loads(labels)
+    if not isinstance(found, dict):
+        return "{}"
+    if not any(isinstance(v, (dict, list)) for v in found.values()):
+        return labels
+    flat = {
+        k: json.dumps(v, sort_keys=True, separators=(",", ":"))
+        if isinstance(v, (dict, list))
+        else v
+        for k, v in found.items()
+    }
+    return json.dumps(flat, ensure_ascii=False)
 
 
 # FOCUS orders its columns alphabetically.
