@@ -414,6 +414,17 @@ async def test_closed_statements_verify_catch_tampering_and_bill_late_usage_next
     assert "2 closed statements" in failed.stderr
     as_json = json.loads(cli("billing", "verify", "--database-url", dsn, "--json").stdout)
     assert as_json["statements_checked"] == 2 and len(as_json["differences"]) >= 2
+    # A statement edited in place by the owner, past its guard, no longer matches its digest.
+    await db.execute("ALTER TABLE scheduler.statements DISABLE TRIGGER statements_append_only")
+    await db.execute(
+        'UPDATE scheduler.statements SET body = replace(body, \'"USD": "\', \'"USD": "0\')'
+        " WHERE tenant = $1",
+        acme,
+    )
+    await db.execute("ALTER TABLE scheduler.statements ENABLE TRIGGER statements_append_only")
+    edited = cli("billing", "verify", "--database-url", dsn, "--tenant", acme)
+    assert edited.returncode == 1
+    assert f"statement {period} of tenant {acme}: its body no longer hashes" in edited.stdout
 
 
 async def test_statements_and_group_by_over_http(
