@@ -22,9 +22,10 @@ import asyncpg
 import httpx
 import pytest
 
+from scheduler.accounting import billing
 from scheduler.accounting.spoolfile import UsageRow as SpoolRow
 from scheduler.accounting.spoolfile import encode
-from scheduler.accounting.statements import CloseRefused, close
+from scheduler.accounting.statements import CloseRefused, close, verify
 from scheduler.agent.spool import SUFFIX
 from scheduler.api.auth import create_token
 from scheduler.db.pool import connect
@@ -529,3 +530,53 @@ async def test_two_closes_of_one_month_at_once_make_one(dsn: str, db: asyncpg.Co
     assert outcomes.count("closed") == 1
     assert all("is already closed" in o for o in outcomes if o != "closed"), outcomes
     assert await db.fetchval("SELECT count(*) FROM scheduler.billing_periods") == 1
+
+
+async def test_the_next_close_seals_late_usage_in_its_month(
+    dsn: str, db: asyncpg.Connection
+) -> None:
+    await db.execute(RATES)
+    job = await submit(db, ["true"], labels={"team": "late"})
+    now: datetime = await db.fetchval("SELECT now()")
+    this_month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    one_back = (this_month - timedelta(days=1)).replace(day=1)
+    two_back = (one_back - timedelta(days=1)).replace(day=1)
+
+    async def row(seq: int, end: datetime, cpu: str) -> None:
+        await db.execute(
+            """INSERT INTO scheduler.usage (job_id, seq, attempt, tenant, node, period_start,
+                   period_end, cpu_seconds, memory_byte_seconds, memory_peak_bytes,
+                   io_read_bytes, io_write_bytes)
+               VALUES ($1, $2, 1, 'default', 'n', $3::timestamptz - interval '10 s', $3, $4::numeric,
+                       0, 0, 0, 0)""",
+            job,
+            seq,
+            end,
+            cpu,
+        )
+
+    await row(1, two_back + timedelta(days=2), "2")
+    await row(2, one_back + timedelta(days=2), "3")
+    first = await close(db, two_back.date())
+    await row(3, one_back - timedelta(seconds=1), "5")  # late for the closed month two back
+    second = await close(db, one_back.date())
+    assert [s.late_rows for s in first] == [0] and [s.late_rows for s in second] == [1]
+    document = json.loads(second[0].body)
+    note = f"late usage from {month_text(two_back)}, job {job}"
+    assert [(ln["note"], ln["consumed_quantity"]) for ln in document["lines"]] == [
+        (note, "5"),
+        ("", "3"),
+    ]
+    assert document["lines"][0]["charge_period_start"] == one_back.isoformat().replace(
+        "+00:00", "Z"
+    )
+    for month, made in ((two_back, first[0]), (one_back, second[0])):
+        again, _ = await billing.export_counted(
+            db, start=month, end=(month + timedelta(days=32)).replace(day=1), fmt="json",
+            tenant="default",
+        )  # fmt: skip
+        assert again == made.body
+    # Sealed: the open month no longer bills it.
+    current, _ = await billing.export_counted(db, start=this_month, end=now, fmt="json")
+    assert json.loads(current)["lines"] == []
+    assert await verify(db) == (2, [])
