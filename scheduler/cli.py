@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scheduler import control_cli, nodes_cli, schedules_cli
+from scheduler import control_cli, nodes_cli, schedules_cli, statements_cli
 from scheduler.cli_args import (
     INT4_MAX,
     CliParser,
@@ -280,6 +280,12 @@ def _add_billing(sub: Any) -> None:
     export.add_argument("--format", choices=EXPORT_FORMATS, help="default: csv (json with --json)")
     export.add_argument("--tenant", help="only this tenant's usage")
     export.add_argument("--output", type=Path, help="write to this file instead of stdout")
+    export.add_argument(
+        "--group-by",
+        metavar="label:KEY",
+        help="sum the costs by the value of job label KEY (csv or json); jobs without it "
+        "form the group (none)",
+    )
     check = actions.add_parser(
         "check", help="prove the usage rows add up; exit 1 and list each discrepancy"
     )
@@ -305,6 +311,7 @@ def _add_billing(sub: Any) -> None:
         help="the agent unit's EnvironmentFile, whose SCHEDULER_* settings apply where no "
         f"flag or environment variable sets them (default {UNIT_ENV_FILE}, when it exists)",
     )
+    statements_cli.add_parsers(actions, _add_common)
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -644,6 +651,8 @@ async def cmd_images(settings: Settings, args: argparse.Namespace) -> int:
 async def cmd_billing(settings: Settings, args: argparse.Namespace) -> int:
     from scheduler.accounting import billing as billing_export
 
+    if args.billing_command in ("close", "verify"):
+        return await statements_cli.cmd(settings, args)
     if args.billing_command == "export":
         _export_window(args)
         billing_export.check_window(args.start, args.end)  # before connecting: fail fast
@@ -654,7 +663,12 @@ async def cmd_billing(settings: Settings, args: argparse.Namespace) -> int:
         if args.billing_command == "export":
             fmt = args.format or ("json" if args.json else "csv")
             text, found = await billing_export.export_counted(
-                conn, start=args.start, end=args.end, fmt=fmt, tenant=args.tenant
+                conn,
+                start=args.start,
+                end=args.end,
+                fmt=fmt,
+                tenant=args.tenant,
+                group_by=args.group_by,
             )
         else:
             return await _billing_check(settings, args, conn)

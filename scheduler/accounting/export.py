@@ -7,6 +7,11 @@ reservation lines, where a rate for them exists, what it reserved (requested cor
 times the rows' wall time). Quantities are summed exactly before they are priced, costs are rounded
 once per line (see rates.MONEY_PLACES), and every output is sorted and formatted the same
 way every time: the same export run twice is byte-identical.
+
+Every line carries its job's labels (FOCUS Tags, the CSV/JSON ``labels`` column), and
+:func:`group_by_label` sums the lines by one label's value. A row that arrived late for a
+closed month (see accounting/statements.py) is billed at the first instant of the month that
+bills it, on its own line with a note naming the month it belongs to and its job.
 """
 
 from __future__ import annotations
@@ -83,6 +88,17 @@ class UsageRow:
     cpu_reserved: Decimal = Decimal(0)
     memory_reserved_bytes: int = 0
     wall_seconds: Decimal = Decimal(0)
+    # The job's labels as jsonb prints them (a JSON object).
+    labels: str = "{}"
+    seq: int = 0
+    # Late usage: the first instant of the (later) month that bills the row, else None.
+    billed_at: datetime | None = None
+
+    def note(self) -> str:
+        """What a late row's line says ('' for a row billed in its own month)."""
+        if self.billed_at is None:
+            return ""
+        return f"late usage from {self.period_end.astimezone(UTC):%Y-%m}, job {self.job_id}"
 
     def base_quantity(self, resource: str) -> Decimal:
         """The row's quantity of ``resource`` in base units (seconds, byte-seconds, bytes)."""
@@ -111,9 +127,18 @@ class Line:
     quantity: Decimal  # pricing units, exact
     rate: Rate
     cost: Decimal
+    labels: str = "{}"
+    note: str = ""
 
-    def sort_key(self) -> tuple[datetime, str, int, int, int]:
-        return (self.start, self.tenant, self.job_id, RESOURCE_ORDER[self.resource], self.rate.id)
+    def sort_key(self) -> tuple[datetime, str, int, int, int, str]:
+        return (
+            self.start,
+            self.tenant,
+            self.job_id,
+            RESOURCE_ORDER[self.resource],
+            self.rate.id,
+            self.note,
+        )
 
 
 def _hour(at: datetime) -> datetime:
@@ -125,12 +150,16 @@ def price(
     rows: Iterable[UsageRow], rates: list[Rate], *, start: datetime, end: datetime
 ) -> list[Line]:
     """Priced lines for ``rows`` (already limited to period ends in [start, end))."""
-    sums: dict[tuple[datetime, str, int, str, int], Decimal] = {}
+    sums: dict[tuple[datetime, str, int, str, int, str], Decimal] = {}
     names: dict[int, str] = {}
+    labels: dict[int, str] = {}
     by_id: dict[int, Rate] = {}
     for row in rows:
         names[row.job_id] = row.job_name
-        hour = _hour(row.period_end)
+        labels[row.job_id] = row.labels
+        # A late row is billed in the month that bills it, priced at the rate of its use.
+        hour = _hour(row.billed_at or row.period_end)
+        note = row.note()
         for resource in RESOURCES:
             base = row.base_quantity(resource)
             if not base:
@@ -143,10 +172,10 @@ def price(
             else:
                 rate = resolve(rates, resource, row.tenant, row.period_end)
             by_id[rate.id] = rate
-            key = (hour, row.tenant, row.job_id, resource, rate.id)
+            key = (hour, row.tenant, row.job_id, resource, rate.id, note)
             sums[key] = sums.get(key, Decimal(0)) + base
     lines = []
-    for (hour, tenant, job_id, resource_name, rate_id), base in sums.items():
+    for (hour, tenant, job_id, resource_name, rate_id, note), base in sums.items():
         rate = by_id[rate_id]
         quantity = pricing_quantity(resource_name, base)
         lines.append(
@@ -161,6 +190,8 @@ def price(
                 quantity=quantity,
                 rate=rate,
                 cost=cost(quantity, rate.price),
+                labels=labels[job_id],
+                note=note,
             )
         )
     return sorted(lines, key=Line.sort_key)
@@ -191,6 +222,8 @@ CSV_COLUMNS = (
     "currency",
     "cost",
     "rate_id",
+    "labels",
+    "note",
 )
 
 
@@ -210,6 +243,8 @@ def _plain(line: Line) -> dict[str, str]:
         "currency": line.rate.currency,
         "cost": number(line.cost),
         "rate_id": str(line.rate.id),
+        "labels": line.labels,
+        "note": line.note,
     }
 
 
@@ -240,7 +275,11 @@ def _focus(line: Line, start: datetime, end: datetime, account: str) -> dict[str
         "CapacityReservationStatus": "",
         "ChargeCategory": "Usage",
         "ChargeClass": "",
-        "ChargeDescription": DESCRIPTIONS[line.resource],
+        "ChargeDescription": (
+            f"{line.note}: {DESCRIPTIONS[line.resource]}"
+            if line.note
+            else DESCRIPTIONS[line.resource]
+        ),
         "ChargeFrequency": "Usage-Based",
         "ChargePeriodEnd": instant(line.end),
         "ChargePeriodStart": instant(line.start),
@@ -284,8 +323,26 @@ def _focus(line: Line, start: datetime, end: datetime, account: str) -> dict[str
         "SubAccountId": line.tenant,
         "SubAccountName": line.tenant,
         "SubAccountType": "Tenant",
-        "Tags": "{}",
+        "Tags": focus_tags(line.labels),
     }
+
+
+def focus_tags(labels: str) -> str:
+    """The job's labels as FOCUS Tags: a JSON object whose values are strings, numbers,
+    booleans or null (FOCUS's key-value format). A list or object value becomes its JSON
+    text; labels holding none stay byte for byte as the database printed them."""
+    found = json.loads(labels)
+    if not isinstance(found, dict):
+        return "{}"
+    if not any(isinstance(v, (dict, list)) for v in found.values()):
+        return labels
+    flat = {
+        k: json.dumps(v, sort_keys=True, separators=(",", ":"))
+        if isinstance(v, (dict, list))
+        else v
+        for k, v in found.items()
+    }
+    return json.dumps(flat, ensure_ascii=False)
 
 
 # FOCUS orders its columns alphabetically.
@@ -350,11 +407,25 @@ FOCUS_COLUMNS = (
 )
 
 
+# Cells a tenant writes (job names, label values): a spreadsheet opening the CSV would run a
+# cell starting with one of these as a formula (CSV injection), so such a cell gets a leading
+# apostrophe, as OWASP advises. Labels columns hold a JSON object, which starts with '{'.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+TENANT_TEXT = frozenset({"job_name", "ResourceName", "value"})
+
+
+def cell(text: str) -> str:
+    """``text`` safe to open in a spreadsheet."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
 def _csv(columns: tuple[str, ...], records: list[dict[str, str]]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(records)
+    writer.writerows(
+        {k: cell(v) if k in TENANT_TEXT else v for k, v in record.items()} for record in records
+    )
     return out.getvalue()
 
 
@@ -385,3 +456,81 @@ def render(
         }
         return json.dumps(document, indent=2, sort_keys=True) + "\n"
     raise ValueError(f"unknown export format {fmt!r}: expected one of {', '.join(FORMATS)}")
+
+
+NO_LABEL = "(none)"
+
+
+def label_value(labels: str, key: str) -> str | None:
+    """The value of label ``key`` as text (a string as is, any other JSON value as JSON),
+    or None when the job has no such label."""
+    found = json.loads(labels)
+    if not isinstance(found, dict) or key not in found:
+        return None
+    value = found[key]
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+GROUP_COLUMNS = ("label", "value", "labelled", "currency", "cost", "lines", "jobs")
+
+
+def group_by_label(
+    lines: list[Line],
+    key: str,
+    fmt: Format,
+    *,
+    start: datetime,
+    end: datetime,
+    tenant: str | None = None,
+) -> str:
+    """The lines' costs summed per value of label ``key`` and currency, as csv or json.
+
+    Jobs without the label form one group, ``(none)``, marked ``labelled: false`` (so that a
+    label whose value is the text "(none)" stays a group of its own). Groups sum the lines'
+    rounded costs exactly, so they add up to the export's totals to the last digit.
+    """
+    groups: dict[tuple[bool, str, str], tuple[Decimal, int, set[int]]] = {}
+    totals: dict[str, Decimal] = {}
+    for line in lines:
+        value = label_value(line.labels, key)
+        group = (value is None, value or "", line.rate.currency)
+        money, count, jobs = groups.get(group, (Decimal(0), 0, set()))
+        jobs.add(line.job_id)
+        groups[group] = (money + line.cost, count + 1, jobs)
+        totals[line.rate.currency] = totals.get(line.rate.currency, Decimal(0)) + line.cost
+    rows = [
+        {
+            "label": key,
+            "value": NO_LABEL if unlabelled else value,
+            "labelled": "false" if unlabelled else "true",
+            "currency": currency,
+            "cost": number(money),
+            "lines": str(count),
+            "jobs": str(len(jobs)),
+        }
+        for (unlabelled, value, currency), (money, count, jobs) in sorted(groups.items())
+    ]
+    if fmt == "csv":
+        return _csv(GROUP_COLUMNS, rows)
+    if fmt == "json":
+        document: dict[str, Any] = {
+            "billing_period_start": instant(start),
+            "billing_period_end": instant(end),
+            "tenant": tenant,
+            "group_by": f"label:{key}",
+            "groups": [
+                {
+                    **row,
+                    "value": None if row["labelled"] == "false" else row["value"],
+                    "labelled": row["labelled"] == "true",
+                    "lines": int(row["lines"]),
+                    "jobs": int(row["jobs"]),
+                }
+                for row in rows
+            ],
+            "totals": {currency: number(total) for currency, total in sorted(totals.items())},
+        }
+        return json.dumps(document, indent=2, sort_keys=True) + "\n"
+    raise ValueError(f"--group-by sums csv or json, not {fmt!r}: FOCUS rows carry labels in Tags")

@@ -111,6 +111,7 @@ def build_app(app_deps: ApiDeps) -> ASGIApp:
         Route("/v1/tenants/{name}/freeze", tenants.freeze_tenant, methods=["POST"]),
         Route("/v1/tenants/{name}/thaw", tenants.thaw_tenant, methods=["POST"]),
         Route("/v1/billing/export", billing.export, methods=["GET"]),
+        Route("/v1/billing/statements", billing.list_statements, methods=["GET"]),
         Route("/v1/schedules", schedules.list_schedules, methods=["GET"]),
         Route("/v1/schedules", schedules.create_schedule, methods=["POST"]),
         Route("/v1/schedules/{name}", schedules.get_schedule, methods=["GET"]),

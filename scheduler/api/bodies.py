@@ -139,9 +139,23 @@ def _env(v: Any) -> dict[str, str]:
     return dict(v)
 
 
+# The bounds of migrations/0018 (job_labels_bounded): labels reach every line of a bill.
+LABEL_KEYS_MAX = 64
+LABEL_KEY_BYTES = 128
+LABELS_BYTES = 8192
+
+
 def _labels(v: Any) -> dict[str, Any]:
     if not isinstance(v, dict):
         raise FieldError("expected an object")
+    if len(v) > LABEL_KEYS_MAX:
+        raise FieldError(f"at most {LABEL_KEYS_MAX} labels, got {len(v)}")
+    for key in v:
+        size = len(key.encode("utf-8", "surrogatepass"))
+        if not 1 <= size <= LABEL_KEY_BYTES or any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+            raise FieldError(
+                f"label key {key[:40]!r}: 1-{LABEL_KEY_BYTES} bytes without control characters"
+            )
     # Postgres's jsonb refuses the NUL character (\u0000) in any string, key or value.
     stack: list[Any] = [v]
     while stack:
@@ -152,6 +166,10 @@ def _labels(v: Any) -> dict[str, Any]:
             stack.extend([*item.keys(), *item.values()])
         elif isinstance(item, list):
             stack.extend(item)
+    # As jsonb prints it, near enough; the database has the last word.
+    text = json.dumps(v, ensure_ascii=False, separators=(", ", ": "), default=str)
+    if len(text.encode("utf-8", "surrogatepass")) > LABELS_BYTES:
+        raise FieldError(f"labels take at most {LABELS_BYTES} bytes as JSON")
     return dict(v)
 
 

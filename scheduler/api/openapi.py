@@ -440,6 +440,31 @@ def document() -> dict[str, Any]:
                             "schema": {"enum": ["csv", "json", "focus"]},
                         },
                         {"name": "tenant", "in": "query", "schema": {"type": "string"}},
+                        {
+                            "name": "group_by",
+                            "in": "query",
+                            "description": "label:KEY: costs summed by that label (csv, json)",
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                )
+            },
+            "/v1/billing/statements": {
+                "get": _op(
+                    "Closed monthly statements, each with its exact body and SHA-256",
+                    {
+                        "200": {
+                            "description": "the statements",
+                            "content": {"application/json": {"schema": {}}},
+                        }
+                    },
+                    {
+                        400: "a period that is not YYYY-MM",
+                        404: "no such tenant visible to this token",
+                    },
+                    parameters=[
+                        {"name": "period", "in": "query", "schema": {"type": "string"}},
+                        {"name": "tenant", "in": "query", "schema": {"type": "string"}},
                     ],
                 )
             },

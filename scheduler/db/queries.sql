@@ -309,17 +309,104 @@ GROUP BY a.job_id, a.attempt, j.started_at;
 SELECT tenant, state, count(*) AS n FROM scheduler.jobs GROUP BY tenant, state;
 
 -- name: billing_usage
--- The rows a billing window holds: a row belongs to the window in which its period ends.
--- With what the job reserved (cores, memory) and the row's wall time in exact seconds.
-SELECT u.job_id, j.name AS job_name, u.tenant, u.period_end, u.cpu_seconds,
+-- The rows a billing window holds: a row belongs to the window in which its period ends,
+-- unless it arrived late for a closed month (0018: its month is closed and that month's
+-- statement does not cover it), when billing_late_usage bills it in a later month instead.
+-- With what the job reserved (cores, memory), the row's wall time in exact seconds and the
+-- job's labels (as jsonb prints them: the same text every time).
+SELECT u.job_id, u.seq, j.name AS job_name, u.tenant, u.period_end, u.cpu_seconds,
        u.memory_byte_seconds, u.io_read_bytes, u.io_write_bytes,
        j.cpu AS cpu_reserved, j.memory_bytes AS memory_reserved_bytes,
-       extract(epoch FROM u.period_end - u.period_start) AS wall_seconds
+       extract(epoch FROM u.period_end - u.period_start) AS wall_seconds,
+       j.labels::text AS labels
 FROM scheduler.usage u
 JOIN scheduler.jobs j ON j.id = u.job_id
 WHERE u.period_end >= $1 AND u.period_end < $2
   AND ($3::text IS NULL OR u.tenant = $3)
+  AND (NOT EXISTS (SELECT 1 FROM scheduler.billing_periods p
+                   WHERE p.period = date_trunc('month', u.period_end AT TIME ZONE 'UTC')::date)
+       OR EXISTS (SELECT 1 FROM scheduler.statement_usage su
+                  WHERE su.job_id = u.job_id AND u.seq <@ su.seqs
+                    AND su.period = date_trunc('month', u.period_end AT TIME ZONE 'UTC')::date))
 ORDER BY u.job_id, u.seq;
+
+-- name: billing_late_usage
+-- Rows that arrived late for a closed month: their period ends in [$1, $2) (the closed
+-- months), their month's statement does not cover them. billed_period: the later statement
+-- that sealed them, NULL while none has (the first open month bills them).
+SELECT u.job_id, u.seq, j.name AS job_name, u.tenant, u.period_end, u.cpu_seconds,
+       u.memory_byte_seconds, u.io_read_bytes, u.io_write_bytes,
+       j.cpu AS cpu_reserved, j.memory_bytes AS memory_reserved_bytes,
+       extract(epoch FROM u.period_end - u.period_start) AS wall_seconds,
+       j.labels::text AS labels,
+       (SELECT su.period FROM scheduler.statement_usage su
+        WHERE su.job_id = u.job_id AND u.seq <@ su.seqs
+        ORDER BY su.period LIMIT 1) AS billed_period
+FROM scheduler.usage u
+JOIN scheduler.jobs j ON j.id = u.job_id
+WHERE u.period_end >= $1 AND u.period_end < $2
+  AND ($3::text IS NULL OR u.tenant = $3)
+  AND NOT EXISTS (SELECT 1 FROM scheduler.statement_usage su
+                  WHERE su.job_id = u.job_id AND u.seq <@ su.seqs
+                    AND su.period = date_trunc('month', u.period_end AT TIME ZONE 'UTC')::date)
+ORDER BY u.job_id, u.seq;
+
+-- name: billing_closed_range
+-- The first and the last closed month (NULL, NULL: none closed yet).
+SELECT min(period) AS first, max(period) AS last FROM scheduler.billing_periods;
+
+-- name: billing_lock_periods
+-- One close at a time (held to the end of the transaction); exports and verify still read.
+LOCK TABLE scheduler.billing_periods IN EXCLUSIVE MODE;
+
+-- name: billing_close_period
+INSERT INTO scheduler.billing_periods (period) VALUES ($1) RETURNING closed_at;
+
+-- name: billing_add_statement
+INSERT INTO scheduler.statements
+    (period, tenant, body, sha256, totals, lines, usage_rows, late_rows)
+VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7, $8)
+RETURNING id;
+
+-- name: billing_add_statement_usage
+-- The usage rows statement $1 priced: per job, its seqs as one multirange.
+INSERT INTO scheduler.statement_usage (statement_id, period, tenant, job_id, seqs)
+SELECT $1, s.period, $2, c.job_id, range_agg(int4range(c.seq, c.seq, '[]'))
+FROM unnest($3::bigint[], $4::int[]) AS c (job_id, seq)
+JOIN scheduler.statements s ON s.id = $1
+GROUP BY s.period, c.job_id;
+
+-- name: billing_statements
+-- Closed statements, oldest first; $1: one month only, $2: one tenant only.
+SELECT s.id, s.period, s.tenant, s.body, s.sha256, s.totals::text AS totals, s.lines,
+       s.usage_rows, s.late_rows, p.closed_at, p.closed_by
+FROM scheduler.statements s
+JOIN scheduler.billing_periods p ON p.period = s.period
+WHERE ($1::date IS NULL OR s.period = $1) AND ($2::text IS NULL OR s.tenant = $2)
+ORDER BY s.period, s.tenant;
+
+-- name: billing_statement_rows
+-- The usage rows statement $1 covers, as they are now; `period` is the month of the rows'
+-- period end (a row of an earlier month is late usage the statement billed).
+SELECT u.job_id, u.seq, j.name AS job_name, u.tenant, u.period_end, u.cpu_seconds,
+       u.memory_byte_seconds, u.io_read_bytes, u.io_write_bytes,
+       j.cpu AS cpu_reserved, j.memory_bytes AS memory_reserved_bytes,
+       extract(epoch FROM u.period_end - u.period_start) AS wall_seconds,
+       j.labels::text AS labels
+FROM scheduler.statement_usage su
+JOIN scheduler.usage u ON u.job_id = su.job_id AND u.seq <@ su.seqs
+JOIN scheduler.jobs j ON j.id = u.job_id
+WHERE su.statement_id = $1
+ORDER BY u.job_id, u.seq;
+
+-- name: billing_statement_coverage
+-- How many usage rows statement $1 recorded as covered (each seq of each multirange), in
+-- coverage rows that name its month (the exports go by that month).
+SELECT COALESCE(sum(upper(r) - lower(r)), 0)::bigint
+FROM scheduler.statement_usage su
+JOIN scheduler.statements s ON s.id = su.statement_id AND s.period = su.period,
+     unnest(su.seqs) AS r
+WHERE su.statement_id = $1;
 
 -- name: billing_rates
 -- Every rate; infinite validity bounds come back as NULL.
