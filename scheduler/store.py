@@ -50,6 +50,42 @@ class JobRequest:
     io_write_bps: int | None = None
     # Most bytes of stdout+stderr kept (None: the tenant's, else the node's; never above them).
     output_limit_bytes: int | None = None
+    # Labels a node must have to run the job (migration 0016; scheduler/labels.py).
+    constraints: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """An array: one job per index in [start, end], at most max_running of them at once."""
+
+    start: int
+    end: int
+    max_running: int | None = None
+
+    def check(self, max_size: int) -> None:
+        """Refuse an empty, reversed or oversized range (max_size: the operator's bound)."""
+        if not 0 <= self.start <= self.end <= INT4_MAX:
+            raise SubmitRefused(
+                f"array {self.start}-{self.end}: expected 0 <= start <= end <= {INT4_MAX}",
+                "array",
+            )
+        if self.size > max_size:
+            raise SubmitRefused(
+                f"array {self.start}-{self.end} has {self.size} members: at most {max_size}"
+                " (the operator's max_array_size)",
+                "array",
+            )
+        if self.max_running is not None and self.max_running < 1:
+            raise SubmitRefused(
+                f"array max_running must be at least 1: got {self.max_running}", "array"
+            )
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start + 1
+
+
+INT4_MAX = 2**31 - 1
 
 
 def record_to_dict(row: asyncpg.Record) -> dict[str, Any]:
@@ -63,6 +99,62 @@ def record_to_dict(row: asyncpg.Record) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def _job_args(request: JobRequest) -> tuple[Any, ...]:
+    return (
+        request.tenant,
+        request.name,
+        request.argv,
+        request.env,
+        request.cwd,
+        request.cpu,
+        request.memory_bytes,
+        request.pids_max,
+        request.timeout_seconds,
+        request.priority,
+        request.max_attempts,
+        request.labels,
+        request.run_at,
+        request.image,
+        request.network,
+        request.io_read_bps,
+        request.io_write_bps,
+        request.output_limit_bytes,
+        request.constraints,
+    )
+
+
+async def submit_array(
+    conn: Conn, request: JobRequest, array: ArraySpec, *, max_size: int
+) -> list[asyncpg.Record]:
+    """Insert an array's members in one statement (all or none), in index order; the members
+    past max_running start gated (the database ungates one as each running one ends)."""
+    array.check(max_size)
+    cap = array.size if array.max_running is None else min(array.max_running, array.size)
+    try:
+        rows = await conn.fetch(
+            q("insert_job_array"), *_job_args(request), array.start, array.end, cap
+        )
+    except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
+        raise SubmitRefused(refusal(exc), getattr(exc, "column_name", None)) from exc
+    return sorted(rows, key=lambda r: r["array_index"])
+
+
+async def set_array_desired_state(
+    conn: Conn, array_id: int, desired: DesiredState, *, within: frozenset[str] | None = None
+) -> list[asyncpg.Record]:
+    """Cancel, freeze or thaw every unfinished member of an array (``within``: the tenants
+    the caller may steer); the members changed. JobNotFound if the caller sees no member."""
+    scope = sorted(within) if within is not None else None
+    async with conn.transaction():
+        if not await conn.fetchval(q("array_exists"), array_id, scope):
+            raise JobNotFound(f"no array with id {array_id}")
+        try:
+            rows = await conn.fetch(q("set_array_desired_state"), array_id, desired, scope)
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            raise ControlRefused(refusal(exc)) from exc
+    return list(rows)
 
 
 async def submit(conn: Conn, request: JobRequest) -> asyncpg.Record:
@@ -88,6 +180,7 @@ async def submit(conn: Conn, request: JobRequest) -> asyncpg.Record:
             request.io_read_bps,
             request.io_write_bps,
             request.output_limit_bytes,
+            request.constraints,
         )
     except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
         raise SubmitRefused(refusal(exc), getattr(exc, "column_name", None)) from exc
@@ -110,10 +203,12 @@ async def list_jobs(
     before_id: int | None = None,
     limit: int = 50,
     within: frozenset[str] | None = None,
+    array_id: int | None = None,
 ) -> list[asyncpg.Record]:
-    """Jobs newest first; ``within`` limits them to a set of tenants (a caller's scope)."""
+    """Jobs newest first; ``within`` limits them to a set of tenants (a caller's scope),
+    ``array_id`` to one array's members."""
     scope = sorted(within) if within is not None else None
-    return list(await conn.fetch(q("list_jobs"), tenant, state, before_id, limit, scope))
+    return list(await conn.fetch(q("list_jobs"), tenant, state, before_id, limit, scope, array_id))
 
 
 async def wait(conn: Conn, job_id: int, *, poll: float = 1.0) -> asyncpg.Record:

@@ -203,6 +203,7 @@ async def run_agent(
             lease_seconds=settings.lease_seconds,
             driver=driver.name,
             capacity=capacity,
+            labels=settings.node_label_set,
         )
         send, receive = anyio.create_memory_object_stream[Completion](4096)
         outbox = Outbox(send)
