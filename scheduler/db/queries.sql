@@ -261,8 +261,8 @@ smallest AS (
     SELECT min(f.cpu) AS cpu, min(f.mem) AS mem FROM fleet f
 ),
 unfit AS (
-    SELECT j.id, j.tenant, j.cpu, j.memory_bytes, j.constraints, c.closed,
-           j.cpu > c.cpu OR j.memory_bytes > c.mem AS over_tenant
+    SELECT j.id, j.tenant, j.cpu, j.memory_bytes, j.constraints,
+           COALESCE(c.closed OR j.cpu > c.cpu OR j.memory_bytes > c.mem, false) AS over_tenant
     FROM scheduler.jobs j JOIN chain c ON c.tenant = j.tenant CROSS JOIN smallest g
     WHERE j.state = 'queued'
       AND (c.closed OR j.cpu > c.cpu OR j.memory_bytes > c.mem
@@ -276,7 +276,7 @@ unfit AS (
 -- labels, or the size among the nodes that have them.
 reasons AS (
     SELECT u.id, CASE
-        WHEN NOT (u.closed OR u.over_tenant) THEN (
+        WHEN NOT u.over_tenant THEN (
             SELECT CASE
                 WHEN count(f.name) = 0 THEN format(
                     'cannot ever run: no node has the labels %s', u.constraints)
