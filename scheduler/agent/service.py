@@ -346,6 +346,7 @@ async def run_agent(
                 ),
                 metrics_token=settings.metrics_token,
                 body_seconds=settings.http_body_timeout_seconds,
+                max_array_size=settings.max_array_size,
             )
         )
         with send, receive, _first_scheduler_error():

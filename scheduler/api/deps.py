@@ -31,3 +31,5 @@ class ApiDeps:
     body_seconds: float = 30.0
     # What all bodies being read at once may hold (reading.py).
     body_budget: BodyBudget = field(default_factory=BodyBudget)
+    # The most members one array submission may make (SCHEDULER_MAX_ARRAY_SIZE).
+    max_array_size: int = 10_000
