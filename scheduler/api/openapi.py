@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from scheduler.api import openapi_schedules
 
@@ -195,7 +195,7 @@ def document() -> dict[str, Any]:
                 },
                 "JobCreate": {
                     **JOB_CREATE,
-                    "properties": {**JOB_CREATE["properties"], "array": ARRAY},
+                    "properties": {**cast(dict[str, Any], JOB_CREATE["properties"]), "array": ARRAY},
                 },
                 "Job": JOB,
                 "JobArray": {
