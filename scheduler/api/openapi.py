@@ -195,7 +195,10 @@ def document() -> dict[str, Any]:
                 },
                 "JobCreate": {
                     **JOB_CREATE,
-                    "properties": {**cast(dict[str, Any], JOB_CREATE["properties"]), "array": ARRAY},
+                    "properties": {
+                        **cast(dict[str, Any], JOB_CREATE["properties"]),
+                        "array": ARRAY,
+                    },
                 },
                 "Job": JOB,
                 "JobArray": {
