@@ -97,7 +97,8 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER jobs_array_release AFTER UPDATE OF state ON scheduler.jobs
+-- Not UPDATE OF state: a cancel names only desired_state (jobs_before_update sets the state).
+CREATE TRIGGER jobs_array_release AFTER UPDATE ON scheduler.jobs
     FOR EACH ROW
     WHEN (OLD.array_id IS NOT NULL AND NOT OLD.array_waiting
           AND OLD.state IN ('queued', 'running', 'frozen')
