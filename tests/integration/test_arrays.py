@@ -171,20 +171,23 @@ async def test_a_tenant_role_makes_an_array_in_sql_and_its_cancel_ungates_the_ne
             " generate_series(0, 3) i",
             tenant,
         )
-        gated = lambda: conn.fetch(  # noqa: E731
-            "SELECT array_index FROM scheduler.jobs WHERE tenant = $1 AND array_waiting"
-            " AND state = 'queued'"
-            " ORDER BY array_index",
-            tenant,
-        )
-        assert [r["array_index"] for r in await gated()] == [2, 3]
+
+        async def gated() -> list[int]:
+            rows = await conn.fetch(
+                "SELECT array_index FROM scheduler.jobs WHERE tenant = $1 AND array_waiting"
+                " AND state = 'queued' ORDER BY array_index",
+                tenant,
+            )
+            return [r["array_index"] for r in rows]
+
+        assert await gated() == [2, 3]
         # Cancelling an ungated queued member (a final state) lets the next one in.
         await conn.execute(
             "UPDATE scheduler.jobs SET desired_state = 'cancelled'"
             " WHERE tenant = $1 AND array_index = 0",
             tenant,
         )
-        assert [r["array_index"] for r in await gated()] == [3]
+        assert await gated() == [3]
         # A gated member cancelled frees no place.
         await conn.execute(
             "UPDATE scheduler.jobs SET desired_state = 'cancelled'"
