@@ -38,6 +38,7 @@ def test_node_labels_parse_and_refuse_what_breaks_the_rule() -> None:
 
 def test_constraints_are_a_bounded_object_of_label_strings() -> None:
     assert check_set({"zone": "a", "gpu": ""}) == {"zone": "a", "gpu": ""}
+    bad: Any
     for bad in (
         [],
         "zone=a",
