@@ -276,6 +276,50 @@ async def submit_idempotent(
     return await get(conn, existing["job_id"]), True
 
 
+async def submit_array_idempotent(
+    conn: Conn, request: JobRequest, array: ArraySpec, key: str, digest: str, *, max_size: int
+) -> tuple[list[asyncpg.Record], bool]:
+    """:func:`submit_array` once per (tenant, key), as :func:`submit_idempotent`: the key
+    row names the first member; a replay returns every member of that array."""
+    array.check(max_size)
+    async with conn.transaction():
+        claimed = await conn.fetchval(
+            "INSERT INTO scheduler.idempotency_keys (tenant, key, request_hash)"
+            " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING true",
+            request.tenant,
+            key,
+            digest,
+        )
+        if claimed:
+            rows = await submit_array(conn, request, array, max_size=max_size)
+            await conn.execute(
+                "UPDATE scheduler.idempotency_keys SET job_id = $3 WHERE tenant = $1 AND key = $2",
+                request.tenant,
+                key,
+                rows[0]["id"],
+            )
+            return rows, False
+        existing = await conn.fetchrow(
+            "SELECT request_hash, job_id FROM scheduler.idempotency_keys"
+            " WHERE tenant = $1 AND key = $2",
+            request.tenant,
+            key,
+        )
+    assert existing is not None
+    if existing["request_hash"] != digest:
+        raise IdempotencyMismatch(
+            f"Idempotency-Key {key!r} was already used with a different body for tenant "
+            f"{request.tenant!r}; use a new key for a different job"
+        )
+    first = await get(conn, existing["job_id"])
+    members = await conn.fetch(
+        "SELECT * FROM scheduler.jobs WHERE array_id = $1 AND tenant = $2 ORDER BY array_index",
+        first["array_id"],
+        first["tenant"],
+    )
+    return list(members), True
+
+
 class IdempotencyMismatch(SchedulerError):
     """The idempotency key was used before with a different request."""
 

@@ -278,9 +278,12 @@ def job_request(body: Any, default_tenant: str) -> JobRequest:
     return JobRequest(**values)
 
 
-def request_hash(request: JobRequest) -> str:
+def request_hash(request: JobRequest, array: ArraySpec | None = None) -> str:
     """A digest of what was asked, independent of key order and number formatting."""
     fields = dict(request.__dict__)
+    if array is not None:
+        # An array's body differs from one job's: the same key cannot make both.
+        fields["array"] = [array.start, array.end, array.max_running]
     if fields.get("output_limit_bytes") is None:
         # Added later: left out when unset, so keys stored before it keep their digests.
         fields.pop("output_limit_bytes", None)

@@ -80,18 +80,32 @@ async def create_job(request: Request) -> Response:
 
 
 async def _create_array(request: Request, conn: Any, job: JobRequest, array: ArraySpec) -> Response:
-    """201 with the array's id and every member, in index order."""
-    if request.headers.get("idempotency-key") is not None:
-        raise Problem(422, "Idempotency-Key is not supported with array (yet): submit once")
+    """201 with the array's id and every member, in index order (an Idempotency-Key makes
+    it once, as for one job)."""
+    key = request.headers.get("idempotency-key")
+    limit = deps(request).max_array_size
     try:
-        rows = await store.submit_array(conn, job, array, max_size=deps(request).max_array_size)
+        if key is None:
+            rows, replayed = await store.submit_array(conn, job, array, max_size=limit), False
+        else:
+            if not 1 <= len(key) <= 255:
+                raise Problem(400, "Idempotency-Key must be 1 to 255 characters")
+            digest = request_hash(job, array)
+            rows, replayed = await store.submit_array_idempotent(
+                conn, job, array, key, digest, max_size=limit
+            )
+    except store.IdempotencyMismatch as exc:
+        raise Problem(422, str(exc)) from exc
     except store.SubmitRefused as exc:
         raise Problem(422, str(exc), field=exc.column) from exc
     array_id = rows[0]["array_id"]
+    headers = {"Location": f"/v1/jobs?array={array_id}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
     return JSONResponse(
         {"array_id": array_id, "items": [job_json(r) for r in rows]},
         status_code=201,
-        headers={"Location": f"/v1/jobs?array={array_id}"},
+        headers=headers,
     )
 
 

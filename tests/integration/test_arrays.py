@@ -133,6 +133,18 @@ async def test_cancel_and_freeze_a_whole_array_over_http(
             "/v1/jobs", json={"argv": ["true"], "array": {"start": 0, "end": 10_000}}
         )
         assert too_big.status_code == 422 and "max_array_size" in too_big.text
+        keyed = {"argv": ["true"], "cpu": 0.1, "array": {"start": 0, "end": 2}}
+        headers = {"Idempotency-Key": "nightly-1"}
+        first = await client.post("/v1/jobs", json=keyed, headers=headers)
+        again = await client.post("/v1/jobs", json=keyed, headers=headers)
+        assert (first.status_code, again.status_code) == (201, 201)
+        assert again.headers.get("idempotent-replayed") == "true"
+        assert again.json()["array_id"] == first.json()["array_id"]
+        assert [j["id"] for j in again.json()["items"]] == [j["id"] for j in first.json()["items"]]
+        other = await client.post(
+            "/v1/jobs", json={**keyed, "array": {"start": 0, "end": 3}}, headers=headers
+        )
+        assert other.status_code == 422
         backwards = await client.post(
             "/v1/jobs", json={"argv": ["true"], "array": {"start": 5, "end": 1}}
         )
