@@ -12,13 +12,14 @@
 -- neither the claim's containment test nor the unfit check's reason expensive.
 CREATE FUNCTION scheduler.label_set_valid(labels jsonb) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog AS $$
-    SELECT jsonb_typeof(labels) = 'object'
-       AND (SELECT count(*) <= 32
+    -- CASE, not AND: jsonb_each must never see an array or a scalar.
+    SELECT CASE WHEN jsonb_typeof(labels) IS DISTINCT FROM 'object' THEN false ELSE
+           (SELECT count(*) <= 32
                    AND COALESCE(bool_and(
                        e.key ~ '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$'
                        AND jsonb_typeof(e.value) = 'string'
                        AND (e.value #>> '{}') ~ '^[A-Za-z0-9._-]{0,63}$'), true)
-            FROM jsonb_each(labels) e)
+            FROM jsonb_each(labels) e) END
 $$;
 
 ALTER TABLE scheduler.nodes

@@ -147,3 +147,39 @@ async def test_a_drained_node_finishes_its_job_claims_nothing_then_resumes(
         [resumed] = await wait_final(db, [second])
         assert (resumed["state"], resumed["node"]) == ("succeeded", "n1")
         tg.cancel_scope.cancel()
+
+
+async def test_constraints_and_node_labels_are_checked_in_sql(db: asyncpg.Connection) -> None:
+    """Whoever writes the row (a tenant role in psql, a schedule's template), the database
+    holds labels and constraints to the rule: an object of at most 32 label strings."""
+    fine = await db.fetchval(
+        "INSERT INTO scheduler.jobs (argv, constraints) VALUES (ARRAY['true'], $1) RETURNING id",
+        {"zone": "a", "gpu": ""},
+    )
+    assert fine is not None
+    for bad in (
+        {"zone": 1},
+        {"zone": {"a": "b"}},
+        {"zone;drop": "a"},
+        {"zone": "a b"},
+        {f"k{i}": "v" for i in range(33)},
+        ["zone"],
+    ):
+        with pytest.raises(asyncpg.CheckViolationError, match="job_constraints_valid"):
+            await db.execute(
+                "INSERT INTO scheduler.jobs (argv, constraints) VALUES (ARRAY['true'], $1)", bad
+            )
+    with pytest.raises(asyncpg.CheckViolationError, match="node_labels_valid"):
+        await db.execute(
+            "INSERT INTO scheduler.nodes (name, lease_expires_at, version, cgroup_driver, cpu,"
+            " memory_bytes, boot_id, labels) VALUES ('x', now(), 'v', 'v1', 1, 1, 'b', $1)",
+            {"zone": "a\nb"},
+        )
+    # A schedule's template may carry constraints (scheduler.schedule_job_fields).
+    job_id = await db.fetchval(
+        "SELECT scheduler.schedule_job_insert('default', NULL, $1, now())",
+        {"argv": ["true"], "constraints": {"zone": "b"}},
+    )
+    assert await db.fetchval("SELECT constraints FROM scheduler.jobs WHERE id = $1", job_id) == {
+        "zone": "b"
+    }
