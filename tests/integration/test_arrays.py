@@ -17,7 +17,7 @@ import pytest
 
 from scheduler.db.pool import connect
 from scheduler.sqlaccess import grant_sql
-from tests.conftest import AgentHandle, slow
+from tests.conftest import AgentHandle, agent_settings, slow, start_agent
 from tests.integration.test_agent import output, wait_final
 from tests.integration.test_sql_access import as_role
 
@@ -214,3 +214,44 @@ async def test_a_tenant_role_makes_an_array_in_sql_and_its_cancel_ungates_the_ne
             )
     finally:
         await conn.close()
+
+
+@pytest.mark.timeout(600)
+async def test_two_agents_share_an_array_and_its_cap(
+    dsn: str,
+    db: asyncpg.Connection,
+    state_dir: Path,
+    cgroup_root: str,
+    peer_cgroup_roots: list[str],
+) -> None:
+    """Members end on two nodes at once: each end ungates a different member (SKIP LOCKED),
+    none is lost and the cap holds across the nodes."""
+    async with anyio.create_task_group() as tg:
+        agents = [
+            await start_agent(
+                tg, agent_settings(dsn, state_dir / name, root, node_name=name, node_cpu=8.0)
+            )
+            for name, root in (("a", cgroup_root), ("b", peer_cgroup_roots[0]))
+        ]
+        out = await cli(
+            agents[0], "submit", "--json", "--cpu", "0.1", "--array", "0-59%6", "--", "sleep", "0.3"
+        )
+        array_id = json.loads(out)["array_id"]
+        most = 0
+        with anyio.fail_after(slow(300)):
+            while await db.fetchval(
+                "SELECT count(*) FROM scheduler.jobs WHERE array_id = $1"
+                " AND state IN ('queued', 'running', 'frozen')",
+                array_id,
+            ):
+                now = await running_members(db, array_id)
+                assert now <= 6
+                most = max(most, now)
+                await anyio.sleep(0.01)
+        rows = await db.fetch(
+            "SELECT state, node FROM scheduler.jobs WHERE array_id = $1", array_id
+        )
+        assert len(rows) == 60 and {r["state"] for r in rows} == {"succeeded"}
+        assert {r["node"] for r in rows} == {"a", "b"}
+        assert most == 6
+        tg.cancel_scope.cancel()
