@@ -5,10 +5,13 @@ For each queue size, two tenants (one flooding, one with a single job at a time)
 claims of one job each, both ways the dispatcher claims: on a NOTIFY (the claim statement
 alone) and on its poll (in one transaction with the check for jobs that can never run);
 prints p50 and max in milliseconds, as the caller sees them (round trips included). Then
-claims of 1 and 64 with 200 tenants in a two-level tree (hierarchical fair share).
-With --deps instead: the claim with 10,000 queued of which half wait on a dependency (and
-come first in priority order), against the same 5,000 free jobs alone, and against the
-gated queue through an index without the gate (the index before migration 0014).
+claims of 1 and 64 with 200 tenants in a two-level tree (hierarchical fair share). Then the
+same claims of one job from a queue where, of the flooding tenant's jobs, half are gated array
+members (max_running reached) and half ask for labels the claiming node lacks, ahead of it in
+priority (migration 0016: the worst case of the claim's constraint filter).
+With --deps instead of the last two: the claim with 10,000 queued of which half wait on a
+dependency (and come first in priority order), against the same 5,000 free jobs alone, and
+against the gated queue through an index without the gate (the index before migration 0014).
 Usage: python bench/claim.py [--sizes 1,1000,10000] [--deps]
 """
 
@@ -75,7 +78,11 @@ async def main(sizes: list[int], deps: bool = False) -> None:
                     f" p50 {statistics.median(times[unfit]):.2f} ms,"
                     f" max {max(times[unfit]):.2f} ms"
                 )
-        lines += await gated(pool) if deps else await tenant_tree(pool)
+        if deps:
+            lines += await gated(pool)
+        else:
+            lines += await tenant_tree(pool)
+            lines += await constrained(pool, sizes)
         await pool.close()
     finally:
         await pg.stop()
@@ -211,6 +218,59 @@ async def gated(pool: asyncpg.Pool, free: int = 5000, waiting: int = 5000) -> li
             f"the same, index without the gate: p50 {p50:.2f} ms"
             f" ({p50 / results[f'alone {want}']:.2f}x the free jobs alone)"
         )
+    return lines
+
+
+async def constrained(pool: asyncpg.Pool, sizes: list[int]) -> list[str]:
+    """Claims by node n1 (zone=a) of one small job while the flooding tenant has ``size``
+    queued: half gated members of one array, half for zone=b (node n2), at a higher priority
+    than anything n1 may take."""
+    await pool.execute("DELETE FROM scheduler.jobs WHERE state = 'queued'")
+    await pool.execute(
+        "INSERT INTO scheduler.nodes (name, lease_expires_at, version, cgroup_driver, cpu,"
+        " memory_bytes, boot_id, labels) VALUES"
+        " ('n1', now() + interval '1 hour', 'bench', 'v1', 64, $1, 'b', '{\"zone\": \"a\"}'),"
+        " ('n2', now() + interval '1 hour', 'bench', 'v1', 64, $1, 'b', '{\"zone\": \"b\"}')",
+        2**40,
+    )
+    capacity = Capacity(64, 2**40)
+    lines = []
+    for size in sizes:
+        await pool.execute("DELETE FROM scheduler.jobs WHERE state = 'queued'")
+        await pool.execute(
+            "INSERT INTO scheduler.jobs (tenant, argv, cpu, priority, constraints)"
+            " SELECT 'flood', ARRAY['true'], 0.001, 10, '{\"zone\": \"b\"}'"
+            " FROM generate_series(1, $1)",
+            size - size // 2,
+        )
+        await pool.execute(
+            "INSERT INTO scheduler.jobs (tenant, argv, cpu, priority, array_id, array_index,"
+            " array_waiting)"
+            " SELECT 'flood', ARRAY['true'], 0.001, 20, nextval('scheduler.job_array_ids'), i,"
+            " true FROM generate_series(1, $1) i",
+            size // 2,
+        )
+        await pool.execute("ANALYZE scheduler.jobs")
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for i in range(60):
+            unfit = i % 2 == 1
+            await pool.execute(
+                "INSERT INTO scheduler.jobs (tenant, argv, cpu, constraints)"
+                " VALUES ('small', ARRAY['true'], 0.001, '{\"zone\": \"a\"}')"
+            )
+            t0 = time.perf_counter()
+            rows = await claim(pool, "n1", 1, capacity, unfit=unfit)
+            times[unfit].append((time.perf_counter() - t0) * 1000)
+            assert len(rows) == 1 and rows[0]["tenant"] == "small"
+            await pool.execute(
+                "UPDATE scheduler.jobs SET state = 'succeeded' WHERE state = 'running'"
+            )
+        for unfit, label in ((False, "on a NOTIFY"), (True, "with the unfit check")):
+            lines.append(
+                f"claim of 1 job by a zone=a node with {size} queued (half gated array"
+                f" members, half for zone=b), {label}: p50 {statistics.median(times[unfit]):.2f}"
+                f" ms, max {max(times[unfit]):.2f} ms"
+            )
     return lines
 
 

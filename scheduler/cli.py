@@ -17,8 +17,10 @@ from scheduler.cli_args import (
     CliParser,
     UsageError,
     add_global,
+    array_range,
     bounded_int,
     check_text,
+    constraint,
     job_id,
     job_ids,
     key_values,
@@ -188,6 +190,21 @@ def build_parser() -> argparse.ArgumentParser:
         " this job is cancelled",
     )
     submit.add_argument(
+        "--constraint",
+        action="append",
+        type=constraint,
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label the node must have (repeatable), e.g. --constraint zone=a",
+    )
+    submit.add_argument(
+        "--array",
+        type=array_range,
+        default=None,
+        metavar="START-END[%MAX]",
+        help="an array: one job per index (SCHEDULER_ARRAY_INDEX), at most MAX running at once",
+    )
+    submit.add_argument(
         "--wait",
         action="store_true",
         help="stream the job's output, wait for its end and exit with its exit code",
@@ -206,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument(
         "--limit", type=bounded_int(1, 10_000), default=50, help="at most this many jobs"
     )
+    jobs.add_argument("--array", type=job_id, default=None, help="only this array's members")
 
     show = sub.add_parser("show", help="show one job")
     _add_common(show)
@@ -512,6 +530,7 @@ async def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
         io_write_bps=args.io_write,
         output_limit_bytes=args.output_limit,
         depends_on=args.after or [],
+        constraints=key_values(args.constraint, "--constraint"),
     )
     overrides: dict[str, Any] = {}
     if args.cpu is not None:
@@ -522,6 +541,12 @@ async def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
         overrides["pids_max"] = args.pids
     if overrides:
         request = replace(request, **overrides)
+    if args.array is not None:
+        if args.wait:
+            raise UsageError("--wait is for one job: follow an array with scheduler jobs --array")
+        from scheduler.arrays_cli import submit_array_cli
+
+        return await submit_array_cli(settings, args, request)
     conn = await _connect(settings)
     try:
         row = await store.submit(conn, request)
@@ -547,7 +572,9 @@ async def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
 
     conn = await _connect(settings)
     try:
-        rows = await store.list_jobs(conn, tenant=args.tenant, state=args.state, limit=args.limit)
+        rows = await store.list_jobs(
+            conn, tenant=args.tenant, state=args.state, limit=args.limit, array_id=args.array
+        )
     finally:
         await conn.close()
     if args.json:

@@ -5,12 +5,14 @@ and the converters of flag values (bounded integers, labels, run-at instants).""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
+from scheduler.labels import LabelError, parse_pair
 from scheduler.units import UnitError, parse_duration
 
 EXIT_USAGE = 2
@@ -138,6 +140,30 @@ def label(text: str) -> tuple[str, str]:
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. team=ml)")
     return key, value
+
+
+def array_range(text: str) -> tuple[int, int, int | None]:
+    """``START-END[%MAX_RUNNING]`` (e.g. 0-99%10): the indexes, both included, and the cap."""
+    match = re.fullmatch(r"(\d{1,10})-(\d{1,10})(?:%(\d{1,10}))?", text)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"{text[:70]!r} is not START-END[%MAX_RUNNING] (e.g. 0-99%10)"
+        )
+    start, end = int(match[1]), int(match[2])
+    cap = None if match[3] is None else int(match[3])
+    if start > end or end > INT4_MAX:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected START <= END <= {INT4_MAX}")
+    if cap is not None and cap < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: MAX_RUNNING must be at least 1")
+    return start, end, cap
+
+
+def constraint(text: str) -> tuple[str, str]:
+    """``key=value``: a label the node must have (scheduler/labels.py's rule)."""
+    try:
+        return parse_pair(text)
+    except LabelError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def key_values(pairs: list[tuple[str, str]], flag: str) -> dict[str, str]:

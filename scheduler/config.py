@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.errors import ConfigError, SandboxError
+from scheduler.labels import LabelError, parse_list
 from scheduler.runtime.sandbox import SandboxPolicy
 
 # Same rule as scheduler.tenants.name.
@@ -72,6 +73,11 @@ class Settings:
     term_grace_seconds: float = 5.0
     node_cpu: float = 0.0
     node_memory_bytes: int = 0
+    # This node's labels, "k=v,k2=v2" (scheduler/labels.py): jobs' constraints must be among
+    # them for the job to run here.
+    node_labels: str = ""
+    # The most members one array submission (CLI or HTTP) may make.
+    max_array_size: int = 10_000
     # Block devices ("MAJ:MIN", comma-separated) that io limits apply to; empty: the disk
     # holding the state directory.
     io_devices: str = ""
@@ -116,6 +122,12 @@ class Settings:
             )
         if self.node_cpu < 0 or self.node_memory_bytes < 0:
             raise ConfigError("node_cpu and node_memory_bytes must be >= 0 (0: detect)")
+        try:
+            parse_list(self.node_labels)
+        except LabelError as exc:
+            raise ConfigError(f"node_labels: {exc}") from exc
+        if not 1 <= self.max_array_size <= 1_000_000:
+            raise ConfigError(f"max_array_size must be in [1, 1000000]: got {self.max_array_size}")
         if not 0.05 <= self.sample_interval_floor <= 1:
             raise ConfigError(
                 f"sample_interval_floor must be in [0.05, 1] s: got {self.sample_interval_floor}"
@@ -161,6 +173,11 @@ class Settings:
             raise ConfigError(f"runtime_dir must be an absolute path: got {self.runtime_dir}")
         _check_runtime(self)
         _check_http(self)
+
+    @property
+    def node_label_set(self) -> dict[str, str]:
+        """``node_labels`` as a dict (checked when the settings were made)."""
+        return parse_list(self.node_labels)
 
     @property
     def trusted_tenant_names(self) -> frozenset[str]:

@@ -10,7 +10,8 @@ from typing import Any
 import asyncpg
 
 from scheduler import store
-from scheduler.cli_args import INT4_MAX, bounded_int, job_id
+from scheduler.arrays_cli import steer_array_cli
+from scheduler.cli_args import INT4_MAX, UsageError, bounded_int, job_id
 from scheduler.cli_output import cell, escape, table
 from scheduler.config import Settings
 from scheduler.db.pool import connect_settings
@@ -37,9 +38,10 @@ def add_parsers(
 ) -> dict[str, Command]:
     """Add the steering sub-commands to ``sub``; return their handlers by name."""
     for verb, desired in _DESIRED.items():
-        parser = sub.add_parser(verb, help=f"set a job's desired_state to {desired}")
+        parser = sub.add_parser(verb, help=f"set a job's (or array's) desired_state to {desired}")
         add_common(parser)
-        parser.add_argument("id", type=job_id, help="the job's id")
+        parser.add_argument("id", type=job_id, nargs="?", help="the job's id")
+        parser.add_argument("--array", type=job_id, help="every unfinished member of this array")
     tenants = sub.add_parser("tenants", help="list, add, set, freeze or thaw tenants")
     add_common(tenants)
     actions = tenants.add_subparsers(dest="tenant_action", required=True, metavar="ACTION")
@@ -129,7 +131,11 @@ def _print(args: argparse.Namespace, row: Any, human: str) -> None:
 
 
 async def cmd_desired(settings: Settings, args: argparse.Namespace) -> int:
-    """``scheduler cancel|freeze|thaw ID``."""
+    """``scheduler cancel|freeze|thaw ID`` (or ``--array ID``)."""
+    if (args.id is None) == (args.array is None):
+        raise UsageError(f"scheduler {args.command}: give a job id or --array ID (one of them)")
+    if args.array is not None:
+        return await steer_array_cli(settings, args, _DESIRED[args.command])
     conn = await connect_settings(settings)
     try:
         row = await store.set_desired_state(conn, args.id, _DESIRED[args.command])

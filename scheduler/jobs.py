@@ -50,6 +50,9 @@ class Job:
     # The job's last billing row number when this attempt was claimed (its earlier attempts
     # are closed by then); None when the claim did not say (recovery, an unheard claim).
     usage_seq: int | None = None
+    # The array this job is a member of, and its index there (migration 0016).
+    array_id: int | None = None
+    array_index: int | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
@@ -78,6 +81,8 @@ class Job:
             io_write_bps=row.get("io_write_bps"),
             output_limit_bytes=row.get("output_limit_bytes"),
             usage_seq=row.get("usage_seq"),
+            array_id=row.get("array_id"),
+            array_index=row.get("array_index"),
         )
 
 

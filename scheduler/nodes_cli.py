@@ -11,6 +11,7 @@ from scheduler.cli_output import escape, table
 from scheduler.config import Settings
 from scheduler.db.pool import connect_settings
 from scheduler.db.queries import q
+from scheduler.errors import SchedulerError
 from scheduler.units import format_bytes
 
 Command = Callable[[Settings, argparse.Namespace], Awaitable[int]]
@@ -20,14 +21,30 @@ def add_parsers(
     sub: Any, add_common: Callable[[argparse.ArgumentParser], None]
 ) -> dict[str, Command]:
     """Add ``nodes`` to ``sub``; return its handler by name."""
-    add_common(sub.add_parser("nodes", help="list nodes: state, epoch, lease, capacity, load"))
+    nodes = sub.add_parser(
+        "nodes", help="list nodes (state, epoch, lease, capacity, load, labels); drain them"
+    )
+    add_common(nodes)
+    actions = nodes.add_subparsers(dest="node_action", metavar="ACTION")
+    add_common(actions.add_parser("list", help="every node (the default)"))
+    for action, text in (
+        ("drain", "stop new claims on a node; its running jobs finish"),
+        ("undrain", "let a drained node claim again"),
+        ("forget", "remove a node that is down for good (jobs only it fits then fail)"),
+    ):
+        parser = actions.add_parser(action, help=text)
+        add_common(parser)
+        parser.add_argument("name", help="the node's name")
     return {"nodes": cmd_nodes}
 
 
 async def cmd_nodes(settings: Settings, args: argparse.Namespace) -> int:
-    """``scheduler nodes [--json]``."""
+    """``scheduler nodes [list|drain NAME|undrain NAME|forget NAME] [--json]``."""
+    action = getattr(args, "node_action", None) or "list"
     conn = await connect_settings(settings)
     try:
+        if action != "list":
+            return await _change(conn, args, action)
         rows = await conn.fetch(q("list_nodes"))
     finally:
         await conn.close()
@@ -46,11 +63,12 @@ async def cmd_nodes(settings: Settings, args: argparse.Namespace) -> int:
                 "MEMORY (USED/CAP)",
                 "DRIVER",
                 "VERSION",
+                "LABELS",
             ],
             [
                 [
                     escape(r["name"]),
-                    r["state"],
+                    r["state"] + (",drained" if r["drained"] else ""),
                     str(r["epoch"]),
                     f"{r['lease_left_seconds']:.1f}" if r["state"] == "up" else "-",
                     str(r["jobs"]),
@@ -58,6 +76,7 @@ async def cmd_nodes(settings: Settings, args: argparse.Namespace) -> int:
                     f"{format_bytes(r['memory_requested'])}/{format_bytes(r['memory_bytes'])}",
                     escape(r["cgroup_driver"]),
                     escape(str(r["version"])),
+                    escape(",".join(f"{k}={v}" for k, v in sorted(r["labels"].items()))) or "-",
                 ]
                 for r in rows
             ],
@@ -65,3 +84,32 @@ async def cmd_nodes(settings: Settings, args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+async def _change(conn: Any, args: argparse.Namespace, action: str) -> int:
+    """Drain, undrain or forget one node (the operator: the database owner's connection)."""
+    if action == "forget":
+        gone = await conn.fetchval(q("forget_node"), args.name)
+        if gone is None:
+            raise NodeRefused(
+                f"node {args.name!r} is not a down node without running jobs: only a node"
+                " that is down (its lease expired and was marked down) can be forgotten"
+            )
+        data: dict[str, Any] = {"name": args.name, "forgotten": True}
+        human = f"node {escape(args.name)} forgotten"
+    else:
+        row = await conn.fetchrow(q("set_node_drained"), args.name, action == "drain")
+        if row is None:
+            raise NodeRefused(f"no node named {args.name!r} (scheduler nodes lists them)")
+        if action == "undrain":
+            # Its dispatcher may claim at once rather than at its next poll.
+            await conn.execute("SELECT pg_notify('scheduler_jobs', 'queued')")
+        data = store.record_to_dict(row)
+        verb = "drained: it claims nothing new" if row["drained"] else "undrained: it claims again"
+        human = f"node {escape(row['name'])} {verb}"
+    print(store.dumps(data) if args.json else human)
+    return 0
+
+
+class NodeRefused(SchedulerError):
+    """The node named does not exist, or is not in a state the action needs."""

@@ -52,6 +52,42 @@ class JobRequest:
     output_limit_bytes: int | None = None
     # Jobs of the same tenant that must succeed first (migration 0014); fixed once submitted.
     depends_on: list[int] = field(default_factory=list)
+    # Labels a node must have to run the job (migration 0016; scheduler/labels.py).
+    constraints: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """An array: one job per index in [start, end], at most max_running of them at once."""
+
+    start: int
+    end: int
+    max_running: int | None = None
+
+    def check(self, max_size: int) -> None:
+        """Refuse an empty, reversed or oversized range (max_size: the operator's bound)."""
+        if not 0 <= self.start <= self.end <= INT4_MAX:
+            raise SubmitRefused(
+                f"array {self.start}-{self.end}: expected 0 <= start <= end <= {INT4_MAX}",
+                "array",
+            )
+        if self.size > max_size:
+            raise SubmitRefused(
+                f"array {self.start}-{self.end} has {self.size} members: at most {max_size}"
+                " (the operator's max_array_size)",
+                "array",
+            )
+        if self.max_running is not None and self.max_running < 1:
+            raise SubmitRefused(
+                f"array max_running must be at least 1: got {self.max_running}", "array"
+            )
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start + 1
+
+
+INT4_MAX = 2**31 - 1
 
 
 def record_to_dict(row: asyncpg.Record) -> dict[str, Any]:
@@ -67,31 +103,67 @@ def record_to_dict(row: asyncpg.Record) -> dict[str, Any]:
     return out
 
 
+def _job_args(request: JobRequest) -> tuple[Any, ...]:
+    return (
+        request.tenant,
+        request.name,
+        request.argv,
+        request.env,
+        request.cwd,
+        request.cpu,
+        request.memory_bytes,
+        request.pids_max,
+        request.timeout_seconds,
+        request.priority,
+        request.max_attempts,
+        request.labels,
+        request.run_at,
+        request.image,
+        request.network,
+        request.io_read_bps,
+        request.io_write_bps,
+        request.output_limit_bytes,
+        request.depends_on,
+        request.constraints,
+    )
+
+
+async def submit_array(
+    conn: Conn, request: JobRequest, array: ArraySpec, *, max_size: int
+) -> list[asyncpg.Record]:
+    """Insert an array's members in one statement (all or none), in index order; the members
+    past max_running start gated (the database ungates one as each running one ends)."""
+    array.check(max_size)
+    cap = array.size if array.max_running is None else min(array.max_running, array.size)
+    try:
+        rows = await conn.fetch(
+            q("insert_job_array"), *_job_args(request), array.start, array.end, cap
+        )
+    except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
+        raise SubmitRefused(refusal(exc), getattr(exc, "column_name", None)) from exc
+    return sorted(rows, key=lambda r: r["array_index"])
+
+
+async def set_array_desired_state(
+    conn: Conn, array_id: int, desired: DesiredState, *, within: frozenset[str] | None = None
+) -> list[asyncpg.Record]:
+    """Cancel, freeze or thaw every unfinished member of an array (``within``: the tenants
+    the caller may steer); the members changed. JobNotFound if the caller sees no member."""
+    scope = sorted(within) if within is not None else None
+    async with conn.transaction():
+        if not await conn.fetchval(q("array_exists"), array_id, scope):
+            raise JobNotFound(f"no array with id {array_id}")
+        try:
+            rows = await conn.fetch(q("set_array_desired_state"), array_id, desired, scope)
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            raise ControlRefused(refusal(exc)) from exc
+    return list(rows)
+
+
 async def submit(conn: Conn, request: JobRequest) -> asyncpg.Record:
     """Insert one job; the database's own checks produce the refusal messages."""
     try:
-        row = await conn.fetchrow(
-            q("insert_job"),
-            request.tenant,
-            request.name,
-            request.argv,
-            request.env,
-            request.cwd,
-            request.cpu,
-            request.memory_bytes,
-            request.pids_max,
-            request.timeout_seconds,
-            request.priority,
-            request.max_attempts,
-            request.labels,
-            request.run_at,
-            request.image,
-            request.network,
-            request.io_read_bps,
-            request.io_write_bps,
-            request.output_limit_bytes,
-            request.depends_on,
-        )
+        row = await conn.fetchrow(q("insert_job"), *_job_args(request))
     except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
         raise SubmitRefused(refusal(exc), getattr(exc, "column_name", None)) from exc
     assert row is not None
@@ -113,10 +185,12 @@ async def list_jobs(
     before_id: int | None = None,
     limit: int = 50,
     within: frozenset[str] | None = None,
+    array_id: int | None = None,
 ) -> list[asyncpg.Record]:
-    """Jobs newest first; ``within`` limits them to a set of tenants (a caller's scope)."""
+    """Jobs newest first; ``within`` limits them to a set of tenants (a caller's scope),
+    ``array_id`` to one array's members."""
     scope = sorted(within) if within is not None else None
-    return list(await conn.fetch(q("list_jobs"), tenant, state, before_id, limit, scope))
+    return list(await conn.fetch(q("list_jobs"), tenant, state, before_id, limit, scope, array_id))
 
 
 async def wait(conn: Conn, job_id: int, *, poll: float = 5.0) -> asyncpg.Record:
@@ -187,6 +261,50 @@ async def submit_idempotent(
             f"{request.tenant!r}; use a new key for a different job"
         )
     return await get(conn, existing["job_id"]), True
+
+
+async def submit_array_idempotent(
+    conn: Conn, request: JobRequest, array: ArraySpec, key: str, digest: str, *, max_size: int
+) -> tuple[list[asyncpg.Record], bool]:
+    """:func:`submit_array` once per (tenant, key), as :func:`submit_idempotent`: the key
+    row names the first member; a replay returns every member of that array."""
+    array.check(max_size)
+    async with conn.transaction():
+        claimed = await conn.fetchval(
+            "INSERT INTO scheduler.idempotency_keys (tenant, key, request_hash)"
+            " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING true",
+            request.tenant,
+            key,
+            digest,
+        )
+        if claimed:
+            rows = await submit_array(conn, request, array, max_size=max_size)
+            await conn.execute(
+                "UPDATE scheduler.idempotency_keys SET job_id = $3 WHERE tenant = $1 AND key = $2",
+                request.tenant,
+                key,
+                rows[0]["id"],
+            )
+            return rows, False
+        existing = await conn.fetchrow(
+            "SELECT request_hash, job_id FROM scheduler.idempotency_keys"
+            " WHERE tenant = $1 AND key = $2",
+            request.tenant,
+            key,
+        )
+    assert existing is not None
+    if existing["request_hash"] != digest:
+        raise IdempotencyMismatch(
+            f"Idempotency-Key {key!r} was already used with a different body for tenant "
+            f"{request.tenant!r}; use a new key for a different job"
+        )
+    first = await get(conn, existing["job_id"])
+    members = await conn.fetch(
+        "SELECT * FROM scheduler.jobs WHERE array_id = $1 AND tenant = $2 ORDER BY array_index",
+        first["array_id"],
+        first["tenant"],
+    )
+    return list(members), True
 
 
 class IdempotencyMismatch(SchedulerError):

@@ -60,8 +60,10 @@ async def register(
     lease_seconds: float,
     driver: str,
     capacity: Capacity,
+    labels: dict[str, str] | None = None,
 ) -> NodeLease:
-    """Take node ``name`` at its next epoch, or raise :class:`NodeNameTaken`.
+    """Take node ``name`` at its next epoch (with its ``labels``), or raise
+    :class:`NodeNameTaken`.
 
     Attempts still recorded on the node (nobody marked it down) move to the new epoch.
     """
@@ -92,6 +94,7 @@ async def register(
             capacity.memory_bytes,
             me,
             os.getpid(),
+            labels or {},
         )
         status = await conn.execute(q("adopt_node_jobs"), name, epoch)
     adopted = int(status.split()[-1])  # "UPDATE n"

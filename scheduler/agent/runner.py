@@ -56,6 +56,10 @@ def job_env(job: Job) -> dict[str, str]:
         "SCHEDULER_ATTEMPT": str(job.attempts),
     }
     env.update(job.env)
+    # An array member's place is the database's, not something its env may override.
+    if job.array_id is not None and job.array_index is not None:
+        env["SCHEDULER_ARRAY_ID"] = str(job.array_id)
+        env["SCHEDULER_ARRAY_INDEX"] = str(job.array_index)
     return env
 
 

@@ -204,6 +204,7 @@ async def run_agent(
             lease_seconds=settings.lease_seconds,
             driver=driver.name,
             capacity=capacity,
+            labels=settings.node_label_set,
         )
         send, receive = anyio.create_memory_object_stream[Completion](4096)
         outbox = Outbox(send)
@@ -352,6 +353,7 @@ async def run_agent(
                 metrics_token=settings.metrics_token,
                 body_seconds=settings.http_body_timeout_seconds,
                 job_done=job_done,
+                max_array_size=settings.max_array_size,
             )
         )
         with send, receive, _first_scheduler_error():

@@ -11,7 +11,8 @@ from decimal import Decimal
 from typing import Any
 
 from scheduler.api.problems import Problem
-from scheduler.store import TENANT_NAME, JobRequest
+from scheduler.labels import LabelError, check_set
+from scheduler.store import INT4_MAX, TENANT_NAME, ArraySpec, JobRequest
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -173,6 +174,30 @@ def _labels(v: Any) -> dict[str, Any]:
     return dict(v)
 
 
+def _constraints(v: Any) -> dict[str, str]:
+    try:
+        return check_set(v)
+    except LabelError as exc:
+        raise FieldError(str(exc)) from exc
+
+
+def _array(v: Any) -> ArraySpec:
+    """{"start": S, "end": E, "max_running": M}: the range is checked against the operator's
+    max_array_size by the store (store.ArraySpec.check)."""
+    if not isinstance(v, dict):
+        raise FieldError('expected an object {"start": S, "end": E, "max_running": M}')
+    unknown = sorted(set(v) - {"start", "end", "max_running"})
+    if unknown:
+        raise FieldError(f"unknown keys {unknown}: expected start, end, max_running")
+    if "start" not in v or "end" not in v:
+        raise FieldError("start and end are required")
+    start, end = _int(0, INT4_MAX)(v["start"]), _int(0, INT4_MAX)(v["end"])
+    if start > end:
+        raise FieldError(f"start must be <= end: got {start} > {end}")
+    cap = v.get("max_running")
+    return ArraySpec(start, end, None if cap is None else _int(1, INT4_MAX)(cap))
+
+
 def _cwd(v: Any) -> str:
     text = _text(4096)(v)
     if not text.startswith("/"):
@@ -236,7 +261,10 @@ JOB_FIELDS: dict[str, Callable[[Any], Any]] = {
     "io_write_bps": _optional(_int(1, 1 << 50)),
     "output_limit_bytes": _optional(_int(0, 1 << 50)),
     "depends_on": _job_ids,
+    "constraints": _constraints,
 }
+# POST /v1/jobs only (not a schedule's template): the body makes an array.
+SUBMIT_FIELDS: dict[str, Callable[[Any], Any]] = {**JOB_FIELDS, "array": _array}
 TENANT_FIELDS: dict[str, Callable[[Any], Any]] = {
     "name": JOB_FIELDS["tenant"],
     "parent": _optional(JOB_FIELDS["tenant"]),
@@ -283,13 +311,18 @@ def job_request(body: Any, default_tenant: str) -> JobRequest:
     return JobRequest(**values)
 
 
-def request_hash(request: JobRequest) -> str:
+def request_hash(request: JobRequest, array: ArraySpec | None = None) -> str:
     """A digest of what was asked, independent of key order and number formatting."""
     fields = dict(request.__dict__)
+    if array is not None:
+        # An array's body differs from one job's: the same key cannot make both.
+        fields["array"] = [array.start, array.end, array.max_running]
     if fields.get("output_limit_bytes") is None:
         # Added later: left out when unset, so keys stored before it keep their digests.
         fields.pop("output_limit_bytes", None)
     if not fields.get("depends_on"):
         fields.pop("depends_on", None)  # likewise
+    if not fields.get("constraints"):
+        fields.pop("constraints", None)
     canonical = json.dumps(fields, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -34,3 +34,5 @@ class ApiDeps:
     body_budget: BodyBudget = field(default_factory=BodyBudget)
     # Wakes GET /v1/jobs/{id}?wait=N requests when their job ends (None: no waiting).
     job_done: JobDoneHub | None = None
+    # The most members one array submission may make (SCHEDULER_MAX_ARRAY_SIZE).
+    max_array_size: int = 10_000

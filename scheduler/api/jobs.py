@@ -15,13 +15,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from scheduler import store
 from scheduler.api import logs
 from scheduler.api.auth import bearer
-from scheduler.api.bodies import JOB_FIELDS, parse_json, request_hash, validate
+from scheduler.api.bodies import SUBMIT_FIELDS, parse_json, request_hash, validate
 from scheduler.api.context import caller, deps
 from scheduler.api.problems import Problem
 from scheduler.api.reading import read_body
 from scheduler.errors import ControlRefused, JobNotFound
 from scheduler.jobs import FINAL_STATES, DesiredState
-from scheduler.store import TENANT_NAME, JobRequest
+from scheduler.store import TENANT_NAME, ArraySpec, JobRequest
 
 STATES = ("queued", "running", "frozen", "succeeded", "failed", "cancelled", "timed_out", "lost")
 MAX_LIMIT = 500
@@ -51,13 +51,16 @@ async def _visible_job(request: Request, conn: Any) -> asyncpg.Record:
 async def create_job(request: Request) -> Response:
     bearer(request.headers.get("authorization"))  # no header: 401 before reading anything
     # The body is read and checked before a database connection is taken (reading.py).
-    values = validate(parse_json(await read_body(request)), JOB_FIELDS, ("argv",))
+    values = validate(parse_json(await read_body(request)), SUBMIT_FIELDS, ("argv",))
+    array = values.pop("array", None)
     async with deps(request).pool.acquire() as conn:
         who = await caller(request, conn)
         # A tenant's token submits for its own tenant unless the body names a child tenant.
         job = JobRequest(**{"tenant": "default" if who.is_admin else who.name, **values})
         if not who.sees(job.tenant):
             raise Problem(403, f"this token may not submit jobs for tenant {job.tenant!r}")
+        if array is not None:
+            return await _create_array(request, conn, job, array)
         key = request.headers.get("idempotency-key")
         try:
             if key is None:
@@ -86,6 +89,63 @@ def _wait_seconds(text: str | None) -> int:
     if not (text.isascii() and text.isdigit() and len(text) <= 6):
         raise Problem(400, f"wait must be a whole number of seconds: got {text[:20]!r}")
     return min(int(text), MAX_WAIT_SECONDS)
+
+
+async def _create_array(request: Request, conn: Any, job: JobRequest, array: ArraySpec) -> Response:
+    """201 with the array's id and every member, in index order (an Idempotency-Key makes
+    it once, as for one job)."""
+    key = request.headers.get("idempotency-key")
+    limit = deps(request).max_array_size
+    try:
+        if key is None:
+            rows, replayed = await store.submit_array(conn, job, array, max_size=limit), False
+        else:
+            if not 1 <= len(key) <= 255:
+                raise Problem(400, "Idempotency-Key must be 1 to 255 characters")
+            digest = request_hash(job, array)
+            rows, replayed = await store.submit_array_idempotent(
+                conn, job, array, key, digest, max_size=limit
+            )
+    except store.IdempotencyMismatch as exc:
+        raise Problem(422, str(exc)) from exc
+    except store.SubmitRefused as exc:
+        raise Problem(422, str(exc), field=exc.column) from exc
+    array_id = rows[0]["array_id"]
+    headers = {"Location": f"/v1/jobs?array={array_id}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(
+        {"array_id": array_id, "items": [job_json(r) for r in rows]},
+        status_code=201,
+        headers=headers,
+    )
+
+
+async def _steer_array(request: Request, desired: DesiredState) -> Response:
+    array_id = request.path_params["array_id"]
+    if array_id > MAX_JOB_ID:
+        raise Problem(404, f"no array with id {array_id}")
+    async with deps(request).pool.acquire() as conn:
+        who = await caller(request, conn)
+        try:
+            rows = await store.set_array_desired_state(conn, array_id, desired, within=who.tenants)
+        except JobNotFound as exc:
+            raise Problem(404, f"no array with id {array_id}") from exc
+        except ControlRefused as exc:
+            raise Problem(409, str(exc)) from exc
+    return JSONResponse({"array_id": array_id, "changed": [store.record_to_dict(r) for r in rows]})
+
+
+async def cancel_array(request: Request) -> Response:
+    return await _steer_array(request, "cancelled")
+
+
+async def freeze_array(request: Request) -> Response:
+    return await _steer_array(request, "frozen")
+
+
+async def thaw_array(request: Request) -> Response:
+    return await _steer_array(request, "running")
 
 
 async def get_job(request: Request) -> Response:
@@ -125,6 +185,16 @@ def _cursor(text: str | None) -> int | None:
     return value
 
 
+def _array_param(text: str | None) -> int | None:
+    if text is None:
+        return None
+    if not (text.isascii() and text.isdigit() and len(text) <= 19) or not (
+        1 <= int(text) <= MAX_JOB_ID
+    ):
+        raise Problem(400, f"array must be an array id: got {text[:70]!r}")
+    return int(text)
+
+
 def _next_cursor(last_id: int) -> str:
     return base64.urlsafe_b64encode(str(last_id).encode()).decode().rstrip("=")
 
@@ -144,10 +214,17 @@ async def list_jobs(request: Request) -> Response:
         raise Problem(400, f"limit must be an integer in [1, {MAX_LIMIT}]: got {raw_limit!r}")
     limit = int(raw_limit)
     before = _cursor(params.get("cursor"))
+    array_id = _array_param(params.get("array"))
     async with deps(request).pool.acquire() as conn:
         who = await caller(request, conn)
         rows = await store.list_jobs(
-            conn, tenant=tenant, state=state, before_id=before, limit=limit + 1, within=who.tenants
+            conn,
+            tenant=tenant,
+            state=state,
+            before_id=before,
+            limit=limit + 1,
+            within=who.tenants,
+            array_id=array_id,
         )
     more = len(rows) > limit
     rows = rows[:limit]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from scheduler.api import openapi_schedules
 
@@ -97,6 +97,26 @@ JOB_CREATE = {
             "items": {"type": "integer", "minimum": 1, "maximum": 9223372036854775807},
             "description": "jobs of the same tenant that must succeed first",
         },
+        "constraints": {
+            "type": "object",
+            "description": "labels a node must have to run the job",
+            "maxProperties": 32,
+            "propertyNames": {"pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"},
+            "additionalProperties": {"type": "string", "pattern": "^[A-Za-z0-9._-]{0,63}$"},
+        },
+    },
+}
+# POST /v1/jobs may make an array (not a schedule's template).
+ARRAY = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["start", "end"],
+    "description": "one job per index in [start, end] (at most the operator's max_array_size),"
+    " at most max_running of them running at once",
+    "properties": {
+        "start": {"type": "integer", "minimum": 0, "maximum": 2147483647},
+        "end": {"type": "integer", "minimum": 0, "maximum": 2147483647},
+        "max_running": {"type": ["integer", "null"], "minimum": 1, "maximum": 2147483647},
     },
 }
 TENANT_CREATE = {
@@ -188,8 +208,30 @@ def document() -> dict[str, Any]:
                         "instance": {"type": "string"},
                     },
                 },
-                "JobCreate": JOB_CREATE,
+                "JobCreate": {
+                    **JOB_CREATE,
+                    "properties": {
+                        **cast(dict[str, Any], JOB_CREATE["properties"]),
+                        "array": ARRAY,
+                    },
+                },
                 "Job": JOB,
+                "JobArray": {
+                    "type": "object",
+                    "required": ["array_id", "items"],
+                    "properties": {
+                        "array_id": {"type": "integer"},
+                        "items": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
+                    },
+                },
+                "ArraySteered": {
+                    "type": "object",
+                    "required": ["array_id", "changed"],
+                    "properties": {
+                        "array_id": {"type": "integer"},
+                        "changed": {"type": "array", "items": {"type": "object"}},
+                    },
+                },
                 "JobList": {
                     "type": "object",
                     "required": ["items", "next_cursor"],
@@ -232,12 +274,21 @@ def document() -> dict[str, Any]:
                 "post": _op(
                     "Submit a job",
                     {
-                        "201": _json(
-                            "Job",
-                            "the job (or, for a repeated "
-                            "Idempotency-Key with the same body, "
-                            "the first one)",
-                        )
+                        "201": {
+                            "description": "the job (or, for a repeated Idempotency-Key with"
+                            " the same body, the first one); with array, the array's id and"
+                            " its members",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "oneOf": [
+                                            {"$ref": "#/components/schemas/Job"},
+                                            {"$ref": "#/components/schemas/JobArray"},
+                                        ]
+                                    }
+                                }
+                            },
+                        }
                     },
                     {
                         400: "malformed JSON or Idempotency-Key",
@@ -278,8 +329,31 @@ def document() -> dict[str, Any]:
                             "schema": {"type": "integer", "minimum": 1, "maximum": 500},
                         },
                         {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                        {
+                            "name": "array",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1},
+                        },
                     ],
                 ),
+            },
+            **{
+                f"/v1/arrays/{{array_id}}/{verb}": {
+                    "post": _op(
+                        f"{verb.capitalize()} every unfinished member of an array",
+                        {"200": _json("ArraySteered", "the members changed")},
+                        {404: "no such array visible to this token"},
+                        parameters=[
+                            {
+                                "name": "array_id",
+                                "in": "path",
+                                "required": True,
+                                "schema": {"type": "integer", "minimum": 1},
+                            }
+                        ],
+                    )
+                }
+                for verb in ("cancel", "freeze", "thaw")
             },
             "/v1/jobs/{job_id}": {
                 "get": _op(

@@ -9,7 +9,10 @@
 -- 0012) is read beside it, from the statement's snapshot (the claim does not change it).
 SELECT c.*,
        (SELECT j.output_limit_bytes FROM scheduler.jobs j WHERE j.id = c.id)
-           AS output_limit_bytes
+           AS output_limit_bytes,
+       -- The array member's place (migration 0016): SCHEDULER_ARRAY_ID and _INDEX.
+       (SELECT j.array_id FROM scheduler.jobs j WHERE j.id = c.id) AS array_id,
+       (SELECT j.array_index FROM scheduler.jobs j WHERE j.id = c.id) AS array_index
 FROM scheduler.claim_jobs($1, $2, $3, $4, $5, $6) c;
 
 -- name: claimed_on_node
@@ -20,7 +23,7 @@ SELECT j.id, j.tenant, j.name, j.argv, j.env, j.cwd, j.cpu, j.memory_bytes, j.pi
        j.timeout_seconds, j.priority, j.max_attempts, j.attempts, j.desired_state,
        j.submitted_at, j.io_read_bps, j.io_write_bps, j.network, j.image,
        (SELECT t.run_as FROM scheduler.tenants t WHERE t.name = j.tenant) AS run_as,
-       j.output_limit_bytes
+       j.output_limit_bytes, j.array_id, j.array_index
 FROM scheduler.jobs j
 WHERE j.node = $1 AND j.node_epoch IS NOT DISTINCT FROM $2 AND j.state IN ('running', 'frozen')
 ORDER BY j.id;
@@ -110,10 +113,37 @@ SELECT count(*) FROM scheduler.jobs WHERE node = $1 AND state IN ('running', 'fr
 INSERT INTO scheduler.jobs (tenant, name, argv, env, cwd, cpu, memory_bytes, pids_max,
                             timeout_seconds, priority, max_attempts, labels, run_at,
                             image, network, io_read_bps, io_write_bps, output_limit_bytes,
-                            depends_on)
+                            depends_on, constraints)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, COALESCE($13, now()),
-        $14, $15, $16, $17, $18, $19)
+        $14, $15, $16, $17, $18, $19, $20)
 RETURNING *;
+
+-- name: insert_job_array
+-- An array: one job per index in [$21, $22] with insert_job's fields, sharing a new array_id;
+-- the members past the first $23 (max_running) start gated (migration 0016).
+INSERT INTO scheduler.jobs (tenant, name, argv, env, cwd, cpu, memory_bytes, pids_max,
+                            timeout_seconds, priority, max_attempts, labels, run_at,
+                            image, network, io_read_bps, io_write_bps, output_limit_bytes,
+                            depends_on, constraints, array_id, array_index, array_waiting)
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, COALESCE($13, now()),
+       $14, $15, $16, $17, $18, $19, $20, a.id, i, i - $21::int >= $23::int
+FROM (SELECT nextval('scheduler.job_array_ids') AS id) a,
+     generate_series($21::int, $22::int) i
+ORDER BY i
+RETURNING *;
+
+-- name: set_array_desired_state
+-- Cancel, freeze or thaw every unfinished member of array $1 ($3: the tenants the caller
+-- may steer, NULL: all), in one statement; the members it changed.
+UPDATE scheduler.jobs
+SET desired_state = $2
+WHERE array_id = $1 AND ($3::text[] IS NULL OR tenant = ANY ($3))
+  AND state IN ('queued', 'running', 'frozen') AND desired_state <> $2
+RETURNING id, tenant, state, desired_state;
+
+-- name: array_exists
+SELECT EXISTS (SELECT 1 FROM scheduler.jobs
+               WHERE array_id = $1 AND ($2::text[] IS NULL OR tenant = ANY ($2)));
 
 -- name: get_job
 SELECT * FROM scheduler.jobs WHERE id = $1;
@@ -124,6 +154,7 @@ WHERE ($1::text IS NULL OR tenant = $1)
   AND ($2::text IS NULL OR state = $2)
   AND ($3::bigint IS NULL OR id < $3)
   AND ($5::text[] IS NULL OR tenant = ANY ($5))
+  AND ($6::bigint IS NULL OR array_id = $6)
 ORDER BY id DESC
 LIMIT $4;
 
@@ -195,10 +226,13 @@ SELECT set_config('jit', 'off', true), set_config('scheduler.writer', 'agent', t
 FROM scheduler.claim_lock FOR UPDATE;
 
 -- name: unfit_jobs
--- Queued jobs that can never run: larger than this node ($1 node, $2 cores, $3 bytes) or than
--- a limit of their tenant chain, with the reason (fail_jobs then fails them at once, instead
--- of letting them wait forever). A plain SELECT: an UPDATE joined to this scan made
--- Postgres hash the whole queue on every claim.
+-- Queued jobs that can never run: that no node of the fleet could take (its capacity and
+-- labels: every row of scheduler.nodes, up, down or drained, and this node, $1 with $2 cores
+-- and $3 bytes), or larger than a limit of their tenant chain, with the reason (fail_jobs then
+-- fails them at once, instead of letting them wait forever). A job too big for this node
+-- waits for a larger one; a job waiting for a node that is down waits for it to come back
+-- (scheduler nodes forget removes a node gone for good). A plain SELECT: an UPDATE joined to
+-- this scan made Postgres hash the whole queue on every claim.
 WITH RECURSIVE lineage AS (
     SELECT name AS tenant, name AS ancestor, 0 AS depth FROM scheduler.tenants
     UNION ALL
@@ -213,21 +247,54 @@ chain AS (
     FROM lineage l JOIN scheduler.tenants t ON t.name = l.ancestor
     GROUP BY l.tenant
 ),
-unfit AS (
-    SELECT j.id, j.tenant, j.cpu, j.memory_bytes
-    FROM scheduler.jobs j JOIN chain c ON c.tenant = j.tenant
-    WHERE j.state = 'queued'
-      AND (j.cpu > $2::numeric OR j.memory_bytes > $3::bigint OR c.closed
-           OR j.cpu > c.cpu OR j.memory_bytes > c.mem)
+-- Every node a job could run on, this one included (also when it has no row yet).
+fleet AS MATERIALIZED (
+    SELECT n.name, n.cpu, n.memory_bytes::numeric AS mem, n.labels
+    FROM scheduler.nodes n WHERE n.name <> $1::text
+    UNION ALL
+    SELECT $1::text, $2::numeric, $3::bigint::numeric,
+           COALESCE((SELECT n.labels FROM scheduler.nodes n WHERE n.name = $1::text), '{}')
 ),
--- The reason names the node or the nearest tenant whose limit is in the way.
+-- The smallest node's size: a job within it and without constraints fits every node, and
+-- needs no per-node test (most of the queue).
+smallest AS (
+    SELECT min(f.cpu) AS cpu, min(f.mem) AS mem FROM fleet f
+),
+unfit AS (
+    SELECT j.id, j.tenant, j.cpu, j.memory_bytes, j.constraints,
+           COALESCE(c.closed OR j.cpu > c.cpu OR j.memory_bytes > c.mem, false) AS over_tenant
+    FROM scheduler.jobs j JOIN chain c ON c.tenant = j.tenant CROSS JOIN smallest g
+    WHERE j.state = 'queued'
+      AND (c.closed OR j.cpu > c.cpu OR j.memory_bytes > c.mem
+           OR ((j.constraints <> '{}' OR j.cpu > g.cpu OR j.memory_bytes > g.mem)
+               AND NOT EXISTS (
+                   SELECT 1 FROM fleet f
+                   WHERE j.cpu <= f.cpu AND j.memory_bytes <= f.mem
+                     AND j.constraints <@ f.labels)))
+),
+-- The reason names the nearest tenant whose limit is in the way, or what no node has: the
+-- labels, or the size among the nodes that have them.
 reasons AS (
     SELECT u.id, CASE
-        WHEN u.cpu > $2::numeric THEN format(
-            'cannot ever run: asks for %s cpu cores, node %s has %s', u.cpu, $1::text, $2::numeric)
-        WHEN u.memory_bytes > $3::bigint THEN format(
-            'cannot ever run: asks for %s bytes of memory, node %s has %s',
-            u.memory_bytes, $1::text, $3::bigint)
+        WHEN NOT u.over_tenant THEN (
+            SELECT CASE
+                WHEN count(f.name) = 0 THEN format(
+                    'cannot ever run: no node has the labels %s', u.constraints)
+                WHEN u.cpu > max(f.cpu) THEN format(
+                    'cannot ever run: asks for %s cpu cores, the largest node%s has %s',
+                    u.cpu, CASE WHEN u.constraints <> '{}' THEN ' with its labels' ELSE '' END,
+                    max(f.cpu))
+                WHEN u.memory_bytes > max(f.mem) THEN format(
+                    'cannot ever run: asks for %s bytes of memory, the largest node%s has %s',
+                    u.memory_bytes,
+                    CASE WHEN u.constraints <> '{}' THEN ' with its labels' ELSE '' END,
+                    max(f.mem))
+                ELSE format(
+                    'cannot ever run: no node%s has both %s cpu cores and %s bytes of memory',
+                    CASE WHEN u.constraints <> '{}' THEN ' with its labels' ELSE '' END,
+                    u.cpu, u.memory_bytes)
+                END
+            FROM fleet f WHERE u.constraints <@ f.labels)
         ELSE (
             SELECT CASE
                 WHEN t.max_running_jobs = 0 THEN format(
@@ -467,13 +534,16 @@ SELECT *, lease_expires_at > now() AS lease_live FROM scheduler.nodes WHERE name
 -- Take node $1 for a lease of $2 seconds: a new row at epoch 1, or the next epoch.
 INSERT INTO scheduler.nodes AS n
     (name, epoch, state, lease_expires_at, started_at, heartbeat_at, version, cgroup_driver,
-     cpu, memory_bytes, boot_id, pid)
-VALUES ($1, 1, 'up', now() + make_interval(secs => $2), now(), now(), $3, $4, $5, $6, $7, $8)
+     cpu, memory_bytes, boot_id, pid, labels)
+VALUES ($1, 1, 'up', now() + make_interval(secs => $2), now(), now(), $3, $4, $5, $6, $7, $8,
+        $9::jsonb)
 ON CONFLICT (name) DO UPDATE
 SET epoch = n.epoch + 1, state = 'up', lease_expires_at = EXCLUDED.lease_expires_at,
     started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at,
     version = EXCLUDED.version, cgroup_driver = EXCLUDED.cgroup_driver, cpu = EXCLUDED.cpu,
-    memory_bytes = EXCLUDED.memory_bytes, boot_id = EXCLUDED.boot_id, pid = EXCLUDED.pid
+    memory_bytes = EXCLUDED.memory_bytes, boot_id = EXCLUDED.boot_id, pid = EXCLUDED.pid,
+    -- The labels are this agent's configuration; drained stays as the operator left it.
+    labels = EXCLUDED.labels
 RETURNING epoch;
 
 -- name: adopt_node_jobs
@@ -487,6 +557,19 @@ UPDATE scheduler.nodes
 SET heartbeat_at = now(), lease_expires_at = now() + make_interval(secs => $3)
 WHERE name = $1 AND epoch = $2 AND state = 'up'
 RETURNING lease_expires_at;
+
+-- name: set_node_drained
+-- Drain (true) or undrain node $1: a drained node claims nothing new (scheduler.claim_jobs).
+UPDATE scheduler.nodes SET drained = $2 WHERE name = $1
+RETURNING name, state, drained, labels;
+
+-- name: forget_node
+-- Remove a node gone for good (down: its jobs were requeued or lost when it went down), so
+-- that queued jobs only it could take fail as unfit instead of waiting for it.
+DELETE FROM scheduler.nodes n WHERE n.name = $1 AND n.state = 'down'
+  AND NOT EXISTS (SELECT 1 FROM scheduler.jobs j
+                  WHERE j.node = n.name AND j.state IN ('running', 'frozen'))
+RETURNING n.name;
 
 -- name: release_node
 -- A stopping agent no longer holds the node (its jobs keep the lease until it expires).
@@ -557,7 +640,8 @@ ORDER BY d.name, e.id;
 -- name: list_nodes
 -- Every node with its lease and load: running and frozen jobs and the sum of their requests.
 SELECT n.name, n.state, n.epoch, n.lease_expires_at, n.heartbeat_at, n.started_at,
-       n.version, n.cgroup_driver, n.cpu, n.memory_bytes, n.boot_id, n.pid,
+       n.version, n.cgroup_driver, n.cpu, n.memory_bytes, n.boot_id, n.pid, n.labels,
+       n.drained,
        GREATEST(extract(epoch FROM n.lease_expires_at - now()), 0)::float8 AS lease_left_seconds,
        l.jobs, l.cpu_requested, l.memory_requested
 FROM scheduler.nodes n

@@ -239,7 +239,10 @@ async def test_jobs_that_can_never_fit_fail_at_once_with_the_reason(
     }
     assert {r["state"] for r in rows.values()} == {"failed"}
     assert all(r["finished_at"] is not None for r in rows.values())
-    assert rows[too_many_cores]["error"] == "cannot ever run: asks for 3 cpu cores, node n1 has 2"
+    assert (
+        rows[too_many_cores]["error"]
+        == "cannot ever run: asks for 3 cpu cores, the largest node has 2"
+    )
     assert rows[too_much_memory]["error"] == (
         "cannot ever run: asks for 2147483648 bytes of memory, tenant org allows 1073741824"
     )

@@ -83,7 +83,7 @@ async def test_a_job_larger_than_the_node_fails_at_once(
         [row] = await wait_final(db, [job_id], timeout=5)
         tg.cancel_scope.cancel()
     assert row["state"] == "failed"
-    assert row["error"] == "cannot ever run: asks for 3 cpu cores, node test-node has 2"
+    assert row["error"] == "cannot ever run: asks for 3 cpu cores, the largest node has 2"
 
 
 async def test_tenants_weighted_one_to_three_get_cpu_one_to_three(
