@@ -1,0 +1,3 @@
+-- Placeholder so that this branch (budgets, 0017) loads alone: the migration loader refuses
+-- gaps. Drop this file at merge: another branch brings the real 0016.
+SELECT 1;
