@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from scheduler.api import openapi_schedules
+from scheduler.api import openapi_budgets, openapi_schedules
 
 NAME_PATTERN = "^[a-z0-9][a-z0-9_-]{0,62}$"
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
@@ -145,6 +145,7 @@ JOB = {
         "io_read_bytes": {"type": ["integer", "null"]},
         "io_write_bytes": {"type": ["integer", "null"]},
         "output_limit_bytes": {"type": ["integer", "null"]},
+        "pending_reason": openapi_budgets.PENDING_REASON,
     },
 }
 
@@ -202,6 +203,7 @@ def document() -> dict[str, Any]:
                     },
                 },
                 **openapi_schedules.schemas(JOB_CREATE),
+                **openapi_budgets.schemas(),
                 "UsageList": {
                     "type": "object",
                     "required": ["job_id", "items"],
@@ -429,6 +431,7 @@ def document() -> dict[str, Any]:
                 )
             },
             **openapi_schedules.paths(_op, _json),
+            **openapi_budgets.paths(_op, _json, _TENANT),
             "/healthz": {
                 "get": {
                     "summary": "The process is alive",
