@@ -90,9 +90,25 @@ async def test_over_budget_the_next_job_waits_with_reason_budget_until_raised(
     assert code == 0, err
     assert "budget 0.02 USD per month (action hold)" in out
     async with anyio.create_task_group() as tg:
-        await start_agent(tg, agent_settings(dsn, state_dir, cgroup_root, **FAST))
+        agent = await start_agent(tg, agent_settings(dsn, state_dir, cgroup_root, **FAST))
         burner = await submit(db, BURN, tenant="acme", cpu=Decimal(1))
         await wait_spent(db, "acme")
+        # /metrics shows the budget and the spend (refreshed by the sampler's sweep).
+        async with httpx.AsyncClient(base_url=f"http://{agent.ready.http}", timeout=30) as api:
+            with anyio.fail_after(slow(10)):
+                while True:
+                    text = (await api.get("/metrics")).text
+                    values = {
+                        line.split("{")[0]: float(line.rsplit(" ", 1)[1])
+                        for line in text.splitlines()
+                        if line.startswith("scheduler_tenant_")
+                        and 'tenant="acme"' in line
+                        and 'currency="USD"' in line
+                    }
+                    if values.get("scheduler_tenant_spend", 0) >= 0.02:
+                        break
+                    await anyio.sleep(0.1)
+            assert values["scheduler_tenant_budget"] == 0.02
         held = await submit(db, ["true"], tenant="acme")
         await wait_reason(db, held, "budget")
         # Several claims later (NOTIFY, polls every 0.5 s) it still waits, never failed.
