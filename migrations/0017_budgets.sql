@@ -465,14 +465,19 @@ BEGIN
         ) j
     ),
     -- Written only where it changed (steady state writes nothing); a row a user is updating
-    -- now is left for the next claim.
+    -- now is left for the next claim (SKIP LOCKED: a tenant holding a row lock must not stall
+    -- every claim). One row lookup per waiting head (LATERAL): a plain join was planned as a
+    -- hash join over every job (3 ms with 10,000 queued).
     noted AS (
         UPDATE scheduler.jobs j SET pending_reason = w.reason
-        FROM (SELECT w.id, w.reason FROM waiting w
-              JOIN scheduler.jobs j2 ON j2.id = w.id
-              WHERE j2.state = 'queued' AND j2.pending_reason IS DISTINCT FROM w.reason
-              FOR UPDATE OF j2 SKIP LOCKED) w
-        WHERE j.id = w.id
+        FROM waiting w
+        CROSS JOIN LATERAL (
+            SELECT j2.id FROM scheduler.jobs j2
+            WHERE j2.id = w.id AND j2.state = 'queued'
+              AND j2.pending_reason IS DISTINCT FROM w.reason
+            FOR UPDATE SKIP LOCKED
+        ) l
+        WHERE j.id = l.id
     ),
     -- Driven by the few admitted ids (a join, not "id IN (...)": the planner turned that into
     -- a scan of every queued job, re-reading the admitted list for each; 3 ms with 300 queued).
