@@ -174,16 +174,16 @@ WITH RECURSIVE sub AS (
     WHERE s.depth < 32
 )
 SELECT t.name AS tenant, t.budget, t.budget_currency AS currency, t.budget_period AS period,
-       t.budget_action AS action,
-       COALESCE((SELECT sum(sp.amount) FROM sub s
-                 JOIN scheduler.tenant_spend sp ON sp.tenant = s.tenant
-                 WHERE s.owner = t.name AND sp.currency = t.budget_currency
-                   AND sp.period = CASE t.budget_period
-                                       WHEN 'total' THEN 'total'
-                                       ELSE to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM') END),
-                0) AS spend
+       t.budget_action AS action, COALESCE(sum(sp.amount), 0) AS spend
 FROM scheduler.tenants t
-WHERE t.budget IS NOT NULL;
+JOIN sub s ON s.owner = t.name
+LEFT JOIN scheduler.tenant_spend sp
+    ON sp.tenant = s.tenant AND sp.currency = t.budget_currency
+   AND sp.period = CASE t.budget_period
+                       WHEN 'total' THEN 'total'
+                       ELSE to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM') END
+WHERE t.budget IS NOT NULL
+GROUP BY t.name, t.budget, t.budget_currency, t.budget_period, t.budget_action;
 COMMENT ON VIEW scheduler.budget_status IS
     'Each budget and what its subtree spent in its currency this period (spend >= budget: reached).';
 
@@ -329,7 +329,7 @@ BEGIN
         SELECT j.*
         FROM scheduler.tenants t
         CROSS JOIN LATERAL (
-            SELECT j.id, j.tenant, j.cpu, j.memory_bytes, j.priority
+            SELECT j.id, j.tenant, j.cpu, j.memory_bytes, j.priority, j.pending_reason
             FROM scheduler.jobs j
             WHERE j.tenant = t.name AND j.state = 'queued'
               -- A job held frozen is not started until thawed.
@@ -440,7 +440,7 @@ BEGIN
     -- Why the heads examined and not admitted wait (a held tenant's heads: why it is held).
     -- A new gate's reason is one WHEN here, in the order the gates are checked.
     waiting AS (
-        SELECT h.id,
+        SELECT h.id, h.pending_reason AS was,
                CASE
                    WHEN h.cpu > nf.cpu OR h.memory_bytes > nf.mem THEN 'capacity'
                    WHEN EXISTS (SELECT 1 FROM lineage l JOIN headroom h2 ON h2.name = l.ancestor
@@ -454,10 +454,10 @@ BEGIN
         FROM heads h CROSS JOIN node_free nf
         WHERE h.id NOT IN (SELECT a.id FROM admitted a)
         UNION ALL
-        SELECT j.id, (ARRAY['operator_hold', 'tenant_frozen', 'budget'])[hd.why]
+        SELECT j.id, j.pending_reason, (ARRAY['operator_hold', 'tenant_frozen', 'budget'])[hd.why]
         FROM held hd
         CROSS JOIN LATERAL (
-            SELECT j.id FROM scheduler.jobs j
+            SELECT j.id, j.pending_reason FROM scheduler.jobs j
             WHERE j.tenant = hd.tenant AND j.state = 'queued'
               AND j.desired_state = 'running' AND j.run_at <= now()
             ORDER BY j.priority DESC, j.id
@@ -466,8 +466,9 @@ BEGIN
     ),
     -- Written only where it changed (steady state writes nothing); a row a user is updating
     -- now is left for the next claim (SKIP LOCKED: a tenant holding a row lock must not stall
-    -- every claim). One row lookup per waiting head (LATERAL): a plain join was planned as a
-    -- hash join over every job (3 ms with 10,000 queued).
+    -- every claim). Only heads whose reason (read with the head) changes are looked up again,
+    -- one row each (LATERAL): a plain join was planned as a hash join over every job (3 ms
+    -- with 10,000 queued).
     noted AS (
         UPDATE scheduler.jobs j SET pending_reason = w.reason
         FROM waiting w
@@ -477,7 +478,7 @@ BEGIN
               AND j2.pending_reason IS DISTINCT FROM w.reason
             FOR UPDATE SKIP LOCKED
         ) l
-        WHERE j.id = l.id
+        WHERE w.reason IS DISTINCT FROM w.was AND j.id = l.id
     ),
     -- Driven by the few admitted ids (a join, not "id IN (...)": the planner turned that into
     -- a scan of every queued job, re-reading the admitted list for each; 3 ms with 300 queued).

@@ -111,6 +111,9 @@ async def test_over_budget_the_next_job_waits_with_reason_budget_until_raised(
             assert values["scheduler_tenant_budget"] == 0.02
         held = await submit(db, ["true"], tenant="acme")
         await wait_reason(db, held, "budget")
+        async with httpx.AsyncClient(base_url=f"http://{agent.ready.http}", timeout=30) as api:
+            job = (await api.get(f"/v1/jobs/{held}", headers=ADMIN)).json()
+            assert (job["state"], job["pending_reason"]) == ("queued", "budget")
         # Several claims later (NOTIFY, polls every 0.5 s) it still waits, never failed.
         await anyio.sleep(2.0)
         row = await db.fetchrow(
