@@ -73,12 +73,15 @@ CREATE TRIGGER tenants_budget_notify
 ------------------------------------------------------------------------------------------
 -- Spend, kept as usage arrives (never summed from the usage table by the claim).
 ------------------------------------------------------------------------------------------
--- Priced usage per tenant (its own rows, not its children's), period and currency. period is
+-- Priced usage of each tenant's subtree (its own rows and its descendants'), per period and
+-- currency: a row counts for its tenant and every ancestor at the time it is inserted (a
+-- tenant moved to another parent later leaves its past spend with the old one). period is
 -- the UTC month of the row's period_end ('2026-12') or 'total'. A row's amount is priced as
 -- the billing export prices it (accounting/rates.py: the rate valid when the row's period
 -- ends, the tenant's own rate before the default, then the latest valid_from, then the
 -- highest id), unrounded; usage without a rate adds nothing here (the export refuses it).
 -- Rates in other currencies than a budget's count towards another row, not that budget.
+-- Kept per ancestor so that the claim reads one row per budget, never a subtree's sum.
 CREATE TABLE scheduler.tenant_spend (
     tenant   text NOT NULL REFERENCES scheduler.tenants (name),
     period   text NOT NULL,
@@ -89,7 +92,7 @@ CREATE TABLE scheduler.tenant_spend (
 );
 REVOKE ALL ON scheduler.tenant_spend FROM PUBLIC;
 COMMENT ON TABLE scheduler.tenant_spend IS
-    'Priced usage per tenant, UTC month (or ''total'') and currency, added by a trigger on usage.';
+    'Priced usage of each tenant''s subtree per UTC month (or ''total'') and currency, added by a trigger on usage.';
 
 -- The rate of a resource for a tenant at an instant (the export's rule), or none.
 CREATE FUNCTION scheduler.rate_at(res text, who text, at timestamptz)
@@ -102,18 +105,16 @@ LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
     LIMIT 1
 $$;
 
--- What usage rows cost, per tenant, period and currency (rows: job_id, tenant, period_start,
--- period_end, cpu_seconds, memory_byte_seconds, io bytes; the job gives what it reserved).
-CREATE FUNCTION scheduler.usage_spend() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog AS $$
-BEGIN
-    -- One upsert per statement, in key order: two agents' inserts lock the spend rows in the
-    -- same order (no deadlock), and a batch of rows costs one row update per tenant.
-    INSERT INTO scheduler.tenant_spend AS s (tenant, period, currency, amount)
-    SELECT c.tenant, p.period, c.currency, sum(c.amount)
-    FROM (
-        SELECT n.tenant, n.period_end, r.currency, r.price * q.quantity AS amount
-        FROM new_rows n
+-- What usage rows cost, per tenant (and each ancestor), period and currency.
+CREATE FUNCTION scheduler.add_spend(rows_json jsonb) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog AS $$
+    WITH RECURSIVE n AS (
+        SELECT * FROM jsonb_populate_recordset(NULL::scheduler.usage, rows_json)
+    ),
+    priced AS (
+        SELECT n.tenant, to_char(n.period_end AT TIME ZONE 'UTC', 'YYYY-MM') AS month,
+               r.currency, r.price * q.quantity AS amount
+        FROM n
         JOIN scheduler.jobs j ON j.id = n.job_id
         CROSS JOIN LATERAL (VALUES
             ('cpu_second', n.cpu_seconds),
@@ -126,12 +127,30 @@ BEGIN
         ) q(resource, quantity)
         CROSS JOIN LATERAL scheduler.rate_at(q.resource, n.tenant, n.period_end) r
         WHERE q.quantity > 0
-    ) c
-    CROSS JOIN LATERAL (VALUES (to_char(c.period_end AT TIME ZONE 'UTC', 'YYYY-MM')),
-                               ('total')) p(period)
-    GROUP BY c.tenant, p.period, c.currency
-    ORDER BY c.tenant, p.period, c.currency
-    ON CONFLICT (tenant, period, currency) DO UPDATE SET amount = s.amount + EXCLUDED.amount;
+    ),
+    chain AS (
+        SELECT DISTINCT p.tenant, p.tenant AS ancestor, 0 AS depth FROM priced p
+        UNION ALL
+        SELECT c.tenant, t.parent, c.depth + 1
+        FROM chain c JOIN scheduler.tenants t ON t.name = c.ancestor
+        WHERE t.parent IS NOT NULL AND c.depth < 32
+    )
+    -- In key order: two agents' inserts lock the spend rows in the same order (no deadlock).
+    INSERT INTO scheduler.tenant_spend AS s (tenant, period, currency, amount)
+    SELECT ch.ancestor, per.period, p.currency, sum(p.amount)
+    FROM priced p
+    JOIN chain ch ON ch.tenant = p.tenant
+    CROSS JOIN LATERAL (VALUES (p.month), ('total')) per(period)
+    GROUP BY ch.ancestor, per.period, p.currency
+    ORDER BY ch.ancestor, per.period, p.currency
+    ON CONFLICT (tenant, period, currency) DO UPDATE SET amount = s.amount + EXCLUDED.amount
+$$;
+
+CREATE FUNCTION scheduler.usage_spend() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    -- One upsert per statement: a batch of rows costs one row update per tenant and period.
+    PERFORM scheduler.add_spend((SELECT jsonb_agg(to_jsonb(n)) FROM new_rows n));
     RETURN NULL;
 END
 $$;
@@ -140,50 +159,31 @@ CREATE TRIGGER usage_spend AFTER INSERT ON scheduler.usage
     REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION scheduler.usage_spend();
 
--- Usage recorded before this migration counts too.
-INSERT INTO scheduler.tenant_spend (tenant, period, currency, amount)
-SELECT c.tenant, p.period, c.currency, sum(c.amount)
-FROM (
-    SELECT n.tenant, n.period_end, r.currency, r.price * q.quantity AS amount
-    FROM scheduler.usage n
-    JOIN scheduler.jobs j ON j.id = n.job_id
-    CROSS JOIN LATERAL (VALUES
-        ('cpu_second', n.cpu_seconds),
-        ('memory_gib_hour', n.memory_byte_seconds / 3865470566400),
-        ('io_gib', (n.io_read_bytes + n.io_write_bytes)::numeric / 1073741824),
-        ('cpu_core_second_reserved', j.cpu * extract(epoch FROM n.period_end - n.period_start)),
-        ('memory_gib_hour_reserved',
-         j.memory_bytes * extract(epoch FROM n.period_end - n.period_start) / 3865470566400)
-    ) q(resource, quantity)
-    CROSS JOIN LATERAL scheduler.rate_at(q.resource, n.tenant, n.period_end) r
-    WHERE q.quantity > 0
-) c
-CROSS JOIN LATERAL (VALUES (to_char(c.period_end AT TIME ZONE 'UTC', 'YYYY-MM')),
-                           ('total')) p(period)
-GROUP BY c.tenant, p.period, c.currency;
+-- Usage recorded before this migration counts too (a day at a time: bounded memory).
+DO $$
+DECLARE
+    day timestamptz;
+BEGIN
+    FOR day IN SELECT DISTINCT date_trunc('day', period_end) FROM scheduler.usage LOOP
+        PERFORM scheduler.add_spend((SELECT jsonb_agg(to_jsonb(u)) FROM scheduler.usage u
+                                     WHERE u.period_end >= day
+                                       AND u.period_end < day + interval '1 day'));
+    END LOOP;
+END
+$$;
 
--- Each budget with its subtree's spend in the budget's currency and current period. Starts
--- from the tenants that have a budget: with none, it reads one index-less scan of tenants.
+-- Each budget with its subtree's spend in the budget's currency and current period: one
+-- row of tenant_spend per budget (none set: nothing read).
 CREATE VIEW scheduler.budget_status AS
-WITH RECURSIVE sub AS (
-    SELECT t.name AS owner, t.name AS tenant, 0 AS depth
-    FROM scheduler.tenants t WHERE t.budget IS NOT NULL
-    UNION ALL
-    SELECT s.owner, c.name, s.depth + 1
-    FROM sub s JOIN scheduler.tenants c ON c.parent = s.tenant
-    WHERE s.depth < 32
-)
 SELECT t.name AS tenant, t.budget, t.budget_currency AS currency, t.budget_period AS period,
-       t.budget_action AS action, COALESCE(sum(sp.amount), 0) AS spend
+       t.budget_action AS action, COALESCE(sp.amount, 0) AS spend
 FROM scheduler.tenants t
-JOIN sub s ON s.owner = t.name
 LEFT JOIN scheduler.tenant_spend sp
-    ON sp.tenant = s.tenant AND sp.currency = t.budget_currency
+    ON sp.tenant = t.name AND sp.currency = t.budget_currency
    AND sp.period = CASE t.budget_period
                        WHEN 'total' THEN 'total'
                        ELSE to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM') END
-WHERE t.budget IS NOT NULL
-GROUP BY t.name, t.budget, t.budget_currency, t.budget_period, t.budget_action;
+WHERE t.budget IS NOT NULL;
 COMMENT ON VIEW scheduler.budget_status IS
     'Each budget and what its subtree spent in its currency this period (spend >= budget: reached).';
 
