@@ -24,7 +24,12 @@ def add_parser(actions: Any, add_common: Callable[[argparse.ArgumentParser], Non
         help="most the subtree may spend per period, e.g. 100 ('none' clears; omit to show)",
     )
     parser.add_argument("--currency", default="USD", help="ISO 4217 code (default USD)")
-    parser.add_argument("--period", choices=budgets.PERIODS, default="month")
+    parser.add_argument(
+        "--period",
+        choices=budgets.PERIODS,
+        default="month",
+        help="month (UTC calendar month, the default) or total (all time)",
+    )
     parser.add_argument(
         "--action",
         choices=budgets.ACTIONS,
