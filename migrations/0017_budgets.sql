@@ -146,6 +146,11 @@ LANGUAGE sql SET search_path = pg_catalog AS $$
     ON CONFLICT (tenant, period, currency) DO UPDATE SET amount = s.amount + EXCLUDED.amount
 $$;
 
+-- Only the owner (through the trigger) adds spend: functions are executable by PUBLIC by
+-- default, and although a caller without INSERT on tenant_spend would be refused anyway,
+-- nobody else has a reason to call it.
+REVOKE EXECUTE ON FUNCTION scheduler.add_spend(jsonb) FROM PUBLIC;
+
 CREATE FUNCTION scheduler.usage_spend() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 BEGIN

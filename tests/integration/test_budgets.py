@@ -315,6 +315,13 @@ async def test_only_the_operator_sets_a_budget(
                 await tenant.execute(
                     f"UPDATE scheduler.tenants SET {column} = {value} WHERE name = 'acme'"
                 )
+        # Nor can it add to (or take from) anyone's spend, or read the others' budgets.
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await tenant.execute("SELECT scheduler.add_spend('[]')")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await tenant.execute("UPDATE scheduler.tenant_spend SET amount = 0")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await tenant.fetch("SELECT * FROM scheduler.budget_status")
         # It may still freeze itself (the one column it may set) without touching the budget.
         await tenant.execute("UPDATE scheduler.tenants SET frozen = true WHERE name = 'acme'")
     finally:
