@@ -309,7 +309,8 @@ BEGIN
         LEFT JOIN active a ON a.tenant = l.tenant
         GROUP BY t.name, t.max_running_jobs, t.cpu_limit, t.memory_limit_bytes
     ),
-    -- A frozen tenant holds the queued jobs of its whole subtree.
+    -- A frozen tenant holds the queued jobs of its whole subtree (so does a reached budget;
+    -- why: 1 operator hold, 2 tenant freeze, 3 budget).
     held AS (
         SELECT l.tenant,
                min(CASE WHEN t.operator_hold THEN 1 WHEN t.frozen THEN 2 ELSE 3 END) AS why
