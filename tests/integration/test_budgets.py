@@ -80,6 +80,7 @@ async def wait_reason(
             await anyio.sleep(0.05)
 
 
+@pytest.mark.timeout(300)
 async def test_over_budget_the_next_job_waits_with_reason_budget_until_raised(
     dsn: str, db: asyncpg.Connection, state_dir: Path, cgroup_root: str
 ) -> None:
@@ -143,6 +144,7 @@ async def test_over_budget_the_next_job_waits_with_reason_budget_until_raised(
         tg.cancel_scope.cancel()
 
 
+@pytest.mark.timeout(300)
 async def test_budget_action_freeze_freezes_running_jobs_and_a_raise_thaws_them(
     dsn: str, db: asyncpg.Connection, state_dir: Path, cgroup_root: str
 ) -> None:
@@ -176,6 +178,7 @@ async def test_budget_action_freeze_freezes_running_jobs_and_a_raise_thaws_them(
         tg.cancel_scope.cancel()
 
 
+@pytest.mark.timeout(300)
 async def test_two_agents_overspend_one_budget_by_no_more_than_the_running_jobs_use(
     dsn: str,
     db: asyncpg.Connection,
@@ -245,6 +248,7 @@ async def test_two_agents_overspend_one_budget_by_no_more_than_the_running_jobs_
     assert total <= bound, (total, bound, len(ran))
 
 
+@pytest.mark.timeout(300)
 async def test_spend_is_priced_as_the_bill_in_the_budget_currency_only(
     dsn: str, db: asyncpg.Connection, state_dir: Path, cgroup_root: str
 ) -> None:
