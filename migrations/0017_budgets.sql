@@ -178,16 +178,17 @@ END
 $$;
 
 -- Each budget with its subtree's spend in the budget's currency and current period: one
--- row of tenant_spend per budget (none set: nothing read).
+-- index lookup in tenant_spend per budget (a join was planned as a hash of the whole table,
+-- which grows every month), none when no budget is set.
 CREATE VIEW scheduler.budget_status AS
 SELECT t.name AS tenant, t.budget, t.budget_currency AS currency, t.budget_period AS period,
-       t.budget_action AS action, COALESCE(sp.amount, 0) AS spend
+       t.budget_action AS action,
+       COALESCE((SELECT sp.amount FROM scheduler.tenant_spend sp
+                 WHERE sp.tenant = t.name
+                   AND sp.period = CASE t.budget_period WHEN 'total' THEN 'total' ELSE m.month END
+                   AND sp.currency = t.budget_currency), 0) AS spend
 FROM scheduler.tenants t
-LEFT JOIN scheduler.tenant_spend sp
-    ON sp.tenant = t.name AND sp.currency = t.budget_currency
-   AND sp.period = CASE t.budget_period
-                       WHEN 'total' THEN 'total'
-                       ELSE to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM') END
+CROSS JOIN (SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM') AS month) m
 WHERE t.budget IS NOT NULL;
 COMMENT ON VIEW scheduler.budget_status IS
     'Each budget and what its subtree spent in its currency this period (spend >= budget: reached).';
