@@ -83,7 +83,7 @@ async def main(sizes: list[int]) -> None:
         print(line)
 
 
-async def budgets_on_off(pool: asyncpg.Pool, size: int, rounds: int = 60) -> list[str]:
+async def budgets_on_off(pool: asyncpg.Pool, size: int, rounds: int = 150) -> list[str]:
     """Claims of one job with ``size`` queued, budgets off and on, interleaved (a load spike
     hits both alike), and 0010's claim (no budget hold, no pending_reason) for reference.
 
