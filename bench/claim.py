@@ -81,6 +81,7 @@ async def main(sizes: list[int], deps: bool = False) -> None:
         if deps:
             lines += await gated(pool)
         else:
+            lines += await budgets_on_off(pool, max(sizes))
             lines += await tenant_tree(pool)
             lines += await constrained(pool, sizes)
         await pool.close()
@@ -90,6 +91,87 @@ async def main(sizes: list[int], deps: bool = False) -> None:
     print(describe())
     for line in lines:
         print(line)
+
+
+async def budgets_on_off(pool: asyncpg.Pool, size: int, rounds: int = 150) -> list[str]:
+    """Claims of one job with ``size`` queued, budgets off and on, interleaved (a load spike
+    hits both alike), and 0010's claim (no budget hold, no pending_reason) for reference.
+
+    On: 50 more tenants under a parent with a budget, each with its own budget and 13 months
+    of spend in two currencies; the flooding tenant and the small one have budgets far from
+    reached. Off: the same tenants and spend, every budget NULL."""
+    await pool.execute("DELETE FROM scheduler.jobs WHERE state = 'queued'")
+    await pool.execute(
+        "INSERT INTO scheduler.jobs (tenant, argv, cpu)"
+        " SELECT 'flood', ARRAY['true'], 0.001 FROM generate_series(1, $1)",
+        size,
+    )
+    await pool.execute("INSERT INTO scheduler.tenants (name) VALUES ('org')")
+    await pool.execute(
+        "INSERT INTO scheduler.tenants (name, parent)"
+        " SELECT 'org-' || i, 'org' FROM generate_series(1, 50) i"
+    )
+    await pool.execute(
+        "INSERT INTO scheduler.tenant_spend (tenant, period, currency, amount)"
+        " SELECT t.name, p.period, c.currency, 1.5"
+        " FROM scheduler.tenants t,"
+        "      (SELECT to_char(now() - i * interval '1 month', 'YYYY-MM') AS period"
+        "       FROM generate_series(0, 11) i UNION ALL SELECT 'total') p,"
+        "      (VALUES ('USD'), ('EUR')) c(currency)"
+        " WHERE t.name LIKE 'org%' OR t.name IN ('flood', 'small')"
+    )
+    # 0010's function under another name: the claim before this change.
+    text = Path(__file__).resolve().parents[1] / "migrations" / "0010_control_plane.sql"
+    source = text.read_text()
+    start = source.index("CREATE OR REPLACE FUNCTION scheduler.claim_jobs(")
+    end = source.index("$$;", source.index("AS $$", start)) + 3
+    await pool.execute(
+        source[start:end].replace("scheduler.claim_jobs(", "scheduler.claim_jobs_0010(", 1)
+    )
+    await pool.execute("ANALYZE")
+    capacity = Capacity(64, 2**40)
+    args = ("n1", 1, capacity.cpu, capacity.memory_bytes, ALLOCATION_SECONDS, None)
+    on = (
+        "UPDATE scheduler.tenants SET budget = 1000000, budget_currency = 'USD'"
+        " WHERE name LIKE 'org%' OR name IN ('flood', 'small')"
+    )
+    off = "UPDATE scheduler.tenants SET budget = NULL, budget_currency = NULL"
+    variants = {
+        "budgets off": (off, q("claim_jobs")),
+        "budgets on": (on, q("claim_jobs")),
+        "0010 claim": (off, q("claim_jobs").replace("claim_jobs(", "claim_jobs_0010(")),
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    async with pool.acquire() as conn:
+        for i in range(rounds * len(variants)):
+            name = list(variants)[i % len(variants)]
+            setting, statement = variants[name]
+            await conn.execute(setting)
+            await conn.execute(
+                "INSERT INTO scheduler.jobs (tenant, argv, cpu)"
+                " VALUES ('small', ARRAY['true'], 0.001)"
+            )
+            t0 = time.perf_counter()
+            async with conn.transaction():
+                rows = await conn.fetch(statement, *args)
+            times[name].append((time.perf_counter() - t0) * 1000)
+            assert len(rows) == 1, name
+            await conn.execute(
+                "UPDATE scheduler.jobs SET state = 'succeeded' WHERE state = 'running'"
+            )
+    p50 = {name: statistics.median(t) for name, t in times.items()}
+    lines = [
+        f"claim of 1 job with {size} queued, {name}: p50 {p50[name]:.2f} ms,"
+        f" max {max(times[name]):.2f} ms"
+        for name in variants
+    ]
+    lines.append(
+        f"budgets on / off (p50): {p50['budgets on'] / p50['budgets off']:.3f};"
+        f" budgets on / 0010 claim: {p50['budgets on'] / p50['0010 claim']:.3f}"
+    )
+    await pool.execute("UPDATE scheduler.tenants SET budget = NULL, budget_currency = NULL")
+    await pool.execute("DROP FUNCTION scheduler.claim_jobs_0010")
+    return lines
 
 
 async def tenant_tree(pool: asyncpg.Pool, parents: int = 20, children: int = 10) -> list[str]:

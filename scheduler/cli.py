@@ -582,13 +582,15 @@ async def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     print(
         table(
-            ["ID", "TENANT", "NAME", "STATE", "EXIT", "CPU_S", "MEM_PEAK", "COMMAND"],
+            ["ID", "TENANT", "NAME", "STATE", "REASON", "EXIT", "CPU_S", "MEM_PEAK", "COMMAND"],
             [
                 [
                     str(r["id"]),
                     escape(r["tenant"]),
                     escape(r["name"]) or "-",
                     r["state"],
+                    # Why a queued job waits (migrations/0017), like squeue's REASON.
+                    r.get("pending_reason") or "-",
                     "-" if r["exit_code"] is None else str(r["exit_code"]),
                     "-" if r["cpu_seconds"] is None else f"{r['cpu_seconds']:.3f}",
                     format_bytes(r["memory_peak_bytes"]),

@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from scheduler import store
+from scheduler import budgets_cli, store
 from scheduler.arrays_cli import steer_array_cli
 from scheduler.cli_args import INT4_MAX, UsageError, bounded_int, job_id
 from scheduler.cli_output import cell, escape, table
@@ -121,6 +121,7 @@ def add_parsers(
     revoke = actions.add_parser("revoke-sql", help="drop the tenant's Postgres role")
     add_common(revoke)
     revoke.add_argument("name", help="the tenant's name")
+    budgets_cli.add_parser(actions, add_common)
     handlers: dict[str, Command] = dict.fromkeys(_DESIRED, cmd_desired)
     handlers["tenants"] = cmd_tenants
     return handlers
@@ -159,6 +160,8 @@ async def cmd_tenants(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         if args.tenant_action in ("grant-sql", "revoke-sql"):
             return await _sql_access(conn, args)
+        if args.tenant_action == "budget":
+            return await budgets_cli.cmd_budget(conn, args)
         if args.tenant_action in ("freeze", "thaw"):
             row = await store.set_tenant_frozen(conn, args.name, args.tenant_action == "freeze")
         else:

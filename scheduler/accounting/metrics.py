@@ -140,6 +140,8 @@ class Snapshot:
     # PSI stall totals of the tenants' cgroups in microseconds, by (resource, "some"/"full");
     # empty where the kernel has no pressure files (v1 without a cgroup2 mirror).
     pressure: Mapping[str, Mapping[tuple[str, str], int]] = field(default_factory=dict)
+    # (tenant, currency) -> (budget, spend of its subtree this period), per budget set.
+    budgets: Mapping[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
 
 
 def monotonic(previous: Usage | None, current: Usage) -> Usage:
@@ -241,6 +243,26 @@ class SnapshotCollector(Collector):
             for (resource, kind), total_us in sorted(snap.pressure[tenant].items()):
                 stall.add_metric([tenant, resource, kind], total_us / 1_000_000)
         yield from (cpu, memory, io, jobs, queue, stall)
+        yield from self._budget_metrics()
+
+    def _budget_metrics(self) -> Iterator[Metric]:
+        # One series per budget the operator set (not per tenant or job): the same values on
+        # every agent (read from the database), so dashboards take max by (tenant, currency).
+        budget = GaugeMetricFamily(
+            "scheduler_tenant_budget",
+            "The tenant's budget for its subtree in the current period (month or total).",
+            labels=["tenant", "currency"],
+        )
+        spend = GaugeMetricFamily(
+            "scheduler_tenant_spend",
+            "Priced usage of the tenant's subtree in its budget's currency and current period "
+            "(tenants with a budget only).",
+            labels=["tenant", "currency"],
+        )
+        for (tenant, currency), (amount, spent) in sorted(self._snapshot.budgets.items()):
+            budget.add_metric([tenant, currency], amount)
+            spend.add_metric([tenant, currency], spent)
+        yield from (budget, spend)
 
     def _job_metrics(self) -> Iterator[Metric]:
         if self._job_limit <= 0:

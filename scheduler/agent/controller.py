@@ -197,7 +197,9 @@ class Controller:
             ):
                 self._tenant_limits[name] = limits
                 log.info("tenant_limits_applied", tenant=name, limits=str(limits))
-            frozen: bool = row["frozen"]
+            # A reached budget with action freeze freezes the tenant's cgroup (its subtree
+            # with it) without touching tenants.frozen: raising the budget thaws it.
+            frozen: bool = row["frozen"] or bool(row.get("budget_frozen"))
             if self._tenant_frozen.get(name) == frozen:
                 continue
             action = self._driver.freeze if frozen else self._driver.thaw
@@ -211,7 +213,11 @@ class Controller:
                 # Thawed under a frozen ancestor: its own request is cleared, which is all
                 # this tenant asks; the ancestor's freeze still holds it.
             self._tenant_frozen[name] = frozen
-            log.info("tenant_frozen" if frozen else "tenant_thawed", tenant=name)
+            log.info(
+                "tenant_frozen" if frozen else "tenant_thawed",
+                tenant=name,
+                by_budget=bool(row.get("budget_frozen")) and not row["frozen"],
+            )
 
     async def _apply(self, attempt: Attempt, want: str, *, full: bool) -> bool:
         """Bring one attempt's cgroup to ``want``; False to try again shortly."""

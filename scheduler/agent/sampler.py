@@ -564,6 +564,7 @@ class Sampler:
             self._stats.database_errors += 1
             log_failure(log, "job_state_count_failed", exc)
             states = dict(self.snapshot.job_states)
+        budgets = await self._budgets()
         running = {a.job.id for a in self._attempts.values()}
         self.snapshot = Snapshot(
             tenants=dict(self._tenant_high),
@@ -574,7 +575,23 @@ class Sampler:
             ),
             job_states=states,
             pressure={t: dict(v) for t, v in self._pressure_high.items()},
+            budgets=budgets,
         )
+
+    async def _budgets(self) -> dict[tuple[str, str], tuple[float, float]]:
+        """(tenant, currency) -> (budget, its subtree's spend this period), for
+        scheduler_tenant_budget and scheduler_tenant_spend (one row per budget the operator
+        set: bounded by the tenants, never by jobs)."""
+        try:
+            rows = await self._pool.fetch(q("budget_status"), None, timeout=STATEMENT_TIMEOUT)
+        except DB_ERRORS as exc:
+            self._stats.database_errors += 1
+            log_failure(log, "budget_status_failed", exc)
+            return dict(self.snapshot.budgets)
+        return {
+            (str(r["tenant"]), str(r["currency"])): (float(r["budget"]), float(r["spend"]))
+            for r in rows
+        }
 
     def forget(self, job_id: int) -> None:
         """Drop a finished job's series from the snapshot at once (not at the next sweep)."""

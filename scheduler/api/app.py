@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from scheduler.api import billing, jobs, schedules, status, tenants
+from scheduler.api import billing, jobs, schedules, status, tenant_budgets, tenants
 from scheduler.api.auth import CHALLENGE, bearer
 from scheduler.api.context import deps
 from scheduler.api.deps import ApiDeps
@@ -113,6 +113,8 @@ def build_app(app_deps: ApiDeps) -> ASGIApp:
         Route("/v1/tenants", tenants.create_tenant, methods=["POST"]),
         Route("/v1/tenants/{name}/freeze", tenants.freeze_tenant, methods=["POST"]),
         Route("/v1/tenants/{name}/thaw", tenants.thaw_tenant, methods=["POST"]),
+        Route("/v1/tenants/{name}/budget", tenant_budgets.get_budget, methods=["GET"]),
+        Route("/v1/tenants/{name}/budget", tenant_budgets.put_budget, methods=["PUT"]),
         Route("/v1/billing/export", billing.export, methods=["GET"]),
         Route("/v1/billing/statements", billing.list_statements, methods=["GET"]),
         Route("/v1/schedules", schedules.list_schedules, methods=["GET"]),

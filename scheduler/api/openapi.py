@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from scheduler.api import openapi_schedules
+from scheduler.api import openapi_budgets, openapi_schedules
 
 NAME_PATTERN = "^[a-z0-9][a-z0-9_-]{0,62}$"
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
@@ -180,6 +180,7 @@ JOB = {
         "output_limit_bytes": {"type": ["integer", "null"]},
         "depends_on": {"type": "array", "items": {"type": "integer"}},
         "deps_waiting": {"type": "integer"},
+        "pending_reason": openapi_budgets.PENDING_REASON,
     },
 }
 
@@ -259,6 +260,7 @@ def document() -> dict[str, Any]:
                     },
                 },
                 **openapi_schedules.schemas(JOB_CREATE),
+                **openapi_budgets.schemas(),
                 "UsageList": {
                     "type": "object",
                     "required": ["job_id", "items"],
@@ -543,6 +545,7 @@ def document() -> dict[str, Any]:
                 )
             },
             **openapi_schedules.paths(_op, _json),
+            **openapi_budgets.paths(_op, _json, _TENANT),
             "/healthz": {
                 "get": {
                     "summary": "The process is alive",

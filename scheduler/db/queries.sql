@@ -195,7 +195,12 @@ WITH RECURSIVE tree AS (
     FROM scheduler.tenants t JOIN tree ON t.parent = tree.name
     WHERE cardinality(tree.path) < 32
 )
-SELECT * FROM tree ORDER BY cardinality(path), name;
+-- budget_frozen: the tenant's budget (action freeze) is reached; kept apart from frozen (the
+-- operator's or tenant's flag), so that a raised budget thaws only what the budget froze.
+SELECT tree.*,
+       tree.name IN (SELECT b.tenant FROM scheduler.budget_reached b WHERE b.action = 'freeze')
+           AS budget_frozen
+FROM tree ORDER BY cardinality(path), name;
 
 -- name: set_desired_state
 -- What a user asks of a job; the triggers cancel a queued job at once and NOTIFY the agents.
@@ -758,3 +763,18 @@ SELECT tenant, sum(cpu_seconds) AS cpu_seconds, sum(io_read_bytes) AS io_read_by
 FROM scheduler.usage
 WHERE node = $1
 GROUP BY tenant;
+
+-- name: set_tenant_budget
+-- The operator sets (or with a NULL amount clears) a tenant's budget (tenant callers are
+-- refused by the trigger tenants_budget_operator_only, 0017).
+UPDATE scheduler.tenants
+SET budget = $2, budget_currency = $3, budget_period = $4, budget_action = $5
+WHERE name = $1
+RETURNING name, budget, budget_currency, budget_period, budget_action;
+
+-- name: budget_status
+-- Every budget (or tenant $1's) with its subtree's spend this period.
+SELECT tenant, budget, currency, period, action, spend, spend >= budget AS reached
+FROM scheduler.budget_status
+WHERE $1::text IS NULL OR tenant = $1
+ORDER BY tenant;

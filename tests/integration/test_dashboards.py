@@ -250,6 +250,10 @@ async def test_every_dashboard_query_returns_data(
     prometheus_dir: Path,
 ) -> None:
     await db.execute("INSERT INTO scheduler.tenants (name) VALUES ('acme'), ('zeta')")
+    # A budget, for the spend-against-budget panel (never reached here).
+    await db.execute(
+        "UPDATE scheduler.tenants SET budget = 1000000, budget_currency = 'USD' WHERE name = 'acme'"
+    )
     await db.execute(READONLY_SQL.read_text())
     settings = agent_settings(dsn, state_dir, cgroup_root, **FAST)
     async with anyio.create_task_group() as tg:
@@ -332,6 +336,21 @@ def test_promtool_accepts_the_prometheus_config_and_rules() -> None:
             check=False,
         )
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_prometheus
+def test_budget_alerts_fire_at_80_and_100_percent() -> None:
+    # promtool's own rule tests (deploy/prometheus/scheduler-alerts.test.yml).
+    tests = DEPLOY / "prometheus" / "scheduler-alerts.test.yml"
+    result = subprocess.run(
+        ["promtool", "test", "rules", tests.name],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tests.parent,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout + result.stderr
 
 
 def test_systemd_unit_verifies(tmp_path: Path) -> None:
