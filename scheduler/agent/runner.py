@@ -88,13 +88,13 @@ def _exit_record(run_dir: Path) -> ExitRecord | None:
         return None
 
 
-def _recorded_usage(record: ExitRecord | None) -> Usage | None:
+def _recorded_usage(driver: CgroupDriver, record: ExitRecord | None) -> Usage | None:
     """The final counters the monitor put into ``record`` (None if it did not, or they do
     not parse: then the agent reads the cgroup itself)."""
     if record is None or record.counters is None:
         return None
     try:
-        return parse_sample(record.counters).usage()
+        return parse_sample(driver, record.counters).usage()
     except (ValueError, KeyError) as exc:
         log.warning("exit_record_counters_unreadable", error=str(exc))
         return None
@@ -411,7 +411,7 @@ class Runner:
     ) -> None:
         """Take the final counters (the monitor's, or read once the cgroup is empty),
         decide the outcome, hand it on."""
-        recorded = _recorded_usage(record)
+        recorded = _recorded_usage(self._driver, record)
         if recorded is None:
             await self._drain(job, cgroup)
         # Stop the sampler first: no period may be written after the closing one is computed.

@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal, Protocol
 
-from scheduler.cgroups.parse import Pressure
+from scheduler import launchplan
+from scheduler.cgroups.parse import CounterParser, Pressure, Values
 from scheduler.errors import CgroupError
 
 DriverName = Literal["v1", "v2"]
+# Defined in scheduler.launchplan (the C monitor's input, which runtime carries); kept
+# importable from here, where the drivers and their callers import it.
+LaunchPlan = launchplan.LaunchPlan
 
 # Same rule as scheduler.tenants.name: no dots or slashes, so a name can never leave the root.
 _SEGMENT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -110,20 +114,44 @@ class Usage:
     pids_current: int = 0
 
 
+def usage_of(values: Values) -> Usage:
+    """The :class:`Usage` view of counter values (see parse.CounterParser): absent ones 0."""
+
+    def get(field: str) -> int:
+        return values.get(field) or 0
+
+    return Usage(
+        cpu_ns=get("cpu_ns"),
+        cpu_user_ns=get("cpu_user_ns"),
+        cpu_system_ns=get("cpu_system_ns"),
+        memory_current_bytes=get("memory_current_bytes"),
+        memory_peak_bytes=get("memory_peak_bytes"),
+        io_read_bytes=get("io_read_bytes"),
+        io_write_bytes=get("io_write_bytes"),
+        oom_kills=get("oom_kills"),
+        pids_current=get("pids"),
+    )
+
+
+# What a counter file is read for:
+#  billed   the final read at exit takes it, re-read until two reads agree (money);
+#  gauge    the final read takes it once, after the billed ones settled;
+#  monitor  only the monitor's final read takes it (settled; the agent's own one skips it);
+#  sample   only the sampler reads it, every sweep.
+CounterRole = Literal["billed", "gauge", "monitor", "sample"]
+
+
 @dataclass(frozen=True)
-class LaunchPlan:
-    """What the monitor does, in order, before it lets the job's first process run.
+class CounterFile:
+    """One counter file of a driver: ``name`` is its logical name (the key the monitor
+    records its text under), ``where`` the hierarchy it lives in (v1: a controller or
+    "unified"; v2: ""), ``file`` its name in the cgroup's directory."""
 
-    ``mkdirs`` are created with mode 0755 (EEXIST is fine), ``writes`` are (file, value)
-    pairs written in order (a failure is a start error naming the file), and the job's
-    process id is written to every file of ``procs``.
-    """
-
-    mkdirs: tuple[str, ...] = ()
-    writes: tuple[tuple[str, str], ...] = ()
-    procs: tuple[str, ...] = ()
-    # Directories to remove (deepest first) when the job's cgroup goes away.
-    dirs: tuple[str, ...] = field(default=())
+    name: str
+    where: str
+    file: str
+    parser: CounterParser
+    role: CounterRole
 
 
 class CgroupDriver(Protocol):
@@ -143,7 +171,18 @@ class CgroupDriver(Protocol):
         ...
 
     def read_usage(self, path: CgroupPath) -> Usage:
-        """Read the counters of ``path`` (a job or a tenant, children included)."""
+        """Read the counters of ``path`` (a job or a tenant, children included), through the
+        same files and parsers as :meth:`counter_files`."""
+        ...
+
+    def counter_files(self, path: CgroupPath) -> list[tuple[CounterFile, Path]]:
+        """Every counter file of ``path`` under the hierarchies this driver has (absent
+        controllers left out), in the driver's order: what the sampler keeps open and
+        the final read at exit takes (cgroups/counters.py)."""
+        ...
+
+    def counter_file(self, name: str) -> CounterFile:
+        """The counter file named ``name`` (KeyError if this driver has none)."""
         ...
 
     def populated(self, path: CgroupPath) -> bool:

@@ -33,19 +33,26 @@ import structlog
 from scheduler.cgroups import fs
 from scheduler.cgroups.base import (
     CgroupPath,
+    CounterFile,
     DriverName,
     LaunchPlan,
     Limits,
     Usage,
     check_io,
     check_segment,
+    usage_of,
 )
 from scheduler.cgroups.parse import (
+    IO_STAT,
     Pressure,
+    Values,
+    keyed,
     parse_controllers,
     parse_flat_keyed,
-    parse_io_stat,
     parse_pressure,
+    peak_or_current,
+    pressure_totals,
+    single,
 )
 from scheduler.errors import CgroupError, ProcessesSurvive
 
@@ -63,6 +70,52 @@ SUPERVISOR_LEAF = "supervisor"
 # The extended attributes systemd sets on a cgroup it delegated (Delegate=yes).
 DELEGATE_XATTRS = ("trusted.delegate", "user.delegate")
 log = structlog.get_logger(__name__)
+
+
+# The counter files, each in the cgroup's own directory.
+COUNTERS = (
+    CounterFile(
+        "cpu.stat",
+        "",
+        "cpu.stat",
+        keyed(
+            (b"usage_usec ", "cpu_ns", 1000),
+            (b"user_usec ", "cpu_user_ns", 1000),
+            (b"system_usec ", "cpu_system_ns", 1000),
+            (b"throttled_usec ", "cpu_throttled_ns", 1000),
+        ),
+        "billed",
+    ),
+    CounterFile("memory.current", "", "memory.current", single("memory_current_bytes"), "gauge"),
+    # memory.peak appeared in 5.19; before it the current value stands for it.
+    CounterFile("memory.peak", "", "memory.peak", single("memory_peak_bytes"), "billed"),
+    CounterFile(
+        "memory.events", "", "memory.events", keyed((b"oom_kill ", "oom_kills", 1)), "gauge"
+    ),
+    CounterFile("io.stat", "", "io.stat", IO_STAT, "billed"),
+    CounterFile("pids.current", "", "pids.current", single("pids"), "sample"),
+    CounterFile(
+        "cpu.pressure", "", "cpu.pressure", pressure_totals("cpu_pressure_some_us", None), "sample"
+    ),
+    CounterFile(
+        "memory.pressure",
+        "",
+        "memory.pressure",
+        pressure_totals("memory_pressure_some_us", "memory_pressure_full_us"),
+        "sample",
+    ),
+    CounterFile(
+        "io.pressure",
+        "",
+        "io.pressure",
+        pressure_totals("io_pressure_some_us", "io_pressure_full_us"),
+        "sample",
+    ),
+)
+_COUNTERS_BY_NAME = {c.name: c for c in COUNTERS}
+# What read_usage reads: cpu.stat must be there (else the cgroup is gone); the others are
+# missing where a controller is not enabled (counted 0).
+_USAGE = ("cpu.stat", "memory.current", "memory.peak", "memory.events", "io.stat", "pids.current")
 
 
 def has_delegate_xattr(cgroup: Path) -> bool:
@@ -383,29 +436,23 @@ class V2Driver:
 
     # -- observing -------------------------------------------------------------------------
 
+    def counter_files(self, path: CgroupPath) -> list[tuple[CounterFile, Path]]:
+        d = self.directory(path)
+        return [(counter, d / counter.file) for counter in COUNTERS]
+
+    def counter_file(self, name: str) -> CounterFile:
+        return _COUNTERS_BY_NAME[name]
+
     def read_usage(self, path: CgroupPath) -> Usage:
         """Counters of ``path`` and its descendants; files of absent controllers count 0."""
         d = self.directory(path)
-        cpu = parse_flat_keyed(fs.read_file(d / "cpu.stat"))
-        current_text = fs.read_optional(d / "memory.current")
-        current = int(current_text) if current_text else 0
-        # memory.peak appeared in 5.19; before it the current value is the best we have.
-        peak_text = fs.read_optional(d / "memory.peak")
-        events_text = fs.read_optional(d / "memory.events")
-        io_text = fs.read_optional(d / "io.stat")
-        pids_text = fs.read_optional(d / "pids.current")
-        io = parse_io_stat(io_text or "")
-        return Usage(
-            cpu_ns=cpu.get("usage_usec", 0) * 1000,
-            cpu_user_ns=cpu.get("user_usec", 0) * 1000,
-            cpu_system_ns=cpu.get("system_usec", 0) * 1000,
-            memory_current_bytes=current,
-            memory_peak_bytes=int(peak_text) if peak_text else current,
-            io_read_bytes=io.read,
-            io_write_bytes=io.write,
-            oom_kills=parse_flat_keyed(events_text or "").get("oom_kill", 0),
-            pids_current=int(pids_text) if pids_text else 0,
-        )
+        values: Values = {}
+        for name in _USAGE:
+            counter = _COUNTERS_BY_NAME[name]
+            text = fs.read_file(d / name) if name == "cpu.stat" else fs.read_optional(d / name)
+            if text:
+                counter.parser.parse(text.encode(), values)
+        return usage_of(peak_or_current(values))
 
     def read_pressure(self, path: CgroupPath, resource: str) -> Pressure:
         """PSI of ``path`` for ``resource`` ("cpu", "memory" or "io")."""
