@@ -20,6 +20,7 @@ from scheduler.agent.recorder import Completion, Outbox
 from scheduler.agent.sampler import Closed, Sampler, counters_of, covering, final_usage
 from scheduler.agent.tenants import TenantCgroups
 from scheduler.agent.unkillable import KILL_RETRY_FIRST_SECONDS, KILL_RETRY_MAX_SECONDS, Unkillable
+from scheduler.backoff import Backoff
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, LaunchPlan, Limits, Usage
 from scheduler.cgroups.counters import final_read, parse_sample
 from scheduler.errors import LaunchError, ProcessesSurvive, SchedulerError
@@ -517,14 +518,13 @@ class Runner:
     async def _drain(self, job: Job, cgroup: CgroupPath) -> None:
         """Wait until no process is left in the cgroup; kill stragglers after a bound."""
         deadline = time.monotonic() + DRAIN_SECONDS
-        delay = 0.0005
+        backoff = Backoff(0.0005, 0.05)
         while self._driver.populated(cgroup):
             if time.monotonic() > deadline:
                 log.warning("job_cgroup_not_empty_killing")
                 await self.kill_until_empty(job, cgroup)
                 deadline = time.monotonic() + DRAIN_SECONDS
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 0.05)
+            await anyio.sleep(backoff.next())
 
     async def kill_until_empty(self, job: Job, cgroup: CgroupPath) -> None:
         """Kill the attempt's cgroup until it is empty, however long its processes resist.
@@ -533,7 +533,7 @@ class Runner:
         only when it leaves it: the attempt then stays running (its processes still hold
         their share of the node), the kill is retried with backoff, and the registry makes
         it visible; the end is recorded by the caller once the cgroup is empty."""
-        delay = KILL_RETRY_FIRST_SECONDS
+        backoff = Backoff(KILL_RETRY_FIRST_SECONDS, KILL_RETRY_MAX_SECONDS)
         try:
             while True:
                 try:
@@ -542,8 +542,7 @@ class Runner:
                     await self.unkillable.survived(job, exc.pids, str(exc))
                 else:
                     return
-                await anyio.sleep(delay)
-                delay = min(delay * 2, KILL_RETRY_MAX_SECONDS)
+                await anyio.sleep(backoff.next())
         finally:
             # The sampler stays quiet for the job until its end closes the metering.
             self.unkillable.ended(job)

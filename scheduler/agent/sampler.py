@@ -48,6 +48,7 @@ from scheduler.accounting.periods import NS_PER_SECOND, Counters, Mark, Period, 
 from scheduler.accounting.spoolfile import UsageRow, columns
 from scheduler.agent.health import Health
 from scheduler.agent.spool import SpoolFull, UsageSpool
+from scheduler.backoff import Backoff
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Usage
 from scheduler.cgroups.counters import CounterReader, Sample, counter_files
 from scheduler.db.outage import DB_ERRORS, describe, log_failure, outage_kind
@@ -291,7 +292,7 @@ class Sampler:
 
     async def _mark_from_db(self, job: Job, attempt: _Attempt | None) -> Mark:
         launched = attempt.launched_ns if attempt is not None else None
-        delay = 0.1
+        backoff = Backoff(0.1, 10.0)
         while True:  # the closing row cannot be computed without it: retry until it loads
             try:
                 if self._spool is not None:
@@ -300,9 +301,9 @@ class Sampler:
                 return marks[job.id]
             except DB_ERRORS as exc:
                 self._stats.database_errors += 1
+                delay = backoff.next()
                 log_failure(log, "usage_mark_load_failed", exc, retry_in_seconds=delay)
                 await anyio.sleep(delay)
-                delay = min(delay * 2, 10.0)
 
     async def _load_marks(
         self, jobs: list[Job], launched: dict[int, int | None]
