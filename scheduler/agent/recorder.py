@@ -32,6 +32,7 @@ from scheduler.accounting.periods import Period
 from scheduler.agent.health import Health
 from scheduler.agent.spool import UsageSpool
 from scheduler.backoff import Backoff
+from scheduler.cgroups.asyncdriver import async_driver
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Usage
 from scheduler.db.outage import DB_ERRORS, describe, log_failure, outage_kind
 from scheduler.db.pool import Conn
@@ -312,7 +313,7 @@ class Recorder:
         failpoints.hit("after_record")
         # rmdir in every hierarchy can take a while (the kernel offlines each cgroup): off the
         # event loop, one thread hop per batch.
-        await anyio.to_thread.run_sync(self._clean_up, batch)
+        await async_driver(self._driver).run(self._clean_up, batch)
         # Skipped, arguments and all, where info is filtered out (one line per job).
         info = enabled(logging.INFO)
         for c in batch:

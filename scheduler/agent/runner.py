@@ -21,6 +21,7 @@ from scheduler.agent.sampler import Closed, Sampler, counters_of, covering, fina
 from scheduler.agent.tenants import TenantCgroups
 from scheduler.agent.unkillable import KILL_RETRY_FIRST_SECONDS, KILL_RETRY_MAX_SECONDS, Unkillable
 from scheduler.backoff import Backoff
+from scheduler.cgroups.asyncdriver import async_driver
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, LaunchPlan, Limits, Usage
 from scheduler.cgroups.counters import final_read, parse_sample
 from scheduler.errors import LaunchError, ProcessesSurvive, SchedulerError
@@ -214,7 +215,7 @@ class Runner:
             await self._start_failed(job, None, f"tenant cgroup: {exc}", start_ns)
             return
         cgroup = CgroupPath.for_job(chain, job.id)
-        plan = self._driver.plan(
+        plan = await async_driver(self._driver).plan(
             cgroup,
             Limits(
                 cpu_cores=float(job.cpu),
@@ -519,7 +520,7 @@ class Runner:
         """Wait until no process is left in the cgroup; kill stragglers after a bound."""
         deadline = time.monotonic() + DRAIN_SECONDS
         backoff = Backoff(0.0005, 0.05)
-        while self._driver.populated(cgroup):
+        while await async_driver(self._driver).populated(cgroup):
             if time.monotonic() > deadline:
                 log.warning("job_cgroup_not_empty_killing")
                 await self.kill_until_empty(job, cgroup)
@@ -537,7 +538,7 @@ class Runner:
         try:
             while True:
                 try:
-                    await anyio.to_thread.run_sync(self._driver.kill, cgroup)
+                    await async_driver(self._driver).kill(cgroup)
                 except ProcessesSurvive as exc:
                     await self.unkillable.survived(job, exc.pids, str(exc))
                 else:

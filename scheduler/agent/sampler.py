@@ -49,6 +49,7 @@ from scheduler.accounting.spoolfile import UsageRow, columns
 from scheduler.agent.health import Health
 from scheduler.agent.spool import SpoolFull, UsageSpool
 from scheduler.backoff import Backoff
+from scheduler.cgroups.asyncdriver import async_driver
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Usage
 from scheduler.cgroups.counters import CounterReader, Sample, counter_files
 from scheduler.db.outage import DB_ERRORS, describe, log_failure, outage_kind
@@ -354,7 +355,7 @@ class Sampler:
                     a.mark = marks.get(a.job.id)
                     if a.mark is not None:
                         self._settle(a, a.mark)
-            at_ns, samples = await anyio.to_thread.run_sync(self._read_all, attempts)
+            at_ns, samples = await async_driver(self._driver).run(self._read_all, attempts)
             periods: list[tuple[_Attempt, Period, Mark]] = []
             for a, sample in zip(attempts, samples, strict=True):
                 before = a.last.oom_kills if a.last is not None else 0
@@ -387,7 +388,7 @@ class Sampler:
         cgroup is throttled (a 0.01-core job nearly always is). Its cpu stays billed."""
         log.warning("job_oom_kill_seen", job_id=a.job.id, tenant=a.job.tenant)
         try:
-            await anyio.to_thread.run_sync(self._driver.release_cpu, a.cgroup)
+            await async_driver(self._driver).release_cpu(a.cgroup)
         except CgroupError:
             log.exception("job_cpu_release_failed", job_id=a.job.id)
 
@@ -550,7 +551,7 @@ class Sampler:
                 stalls[tenant] = pressure_totals(psi)
             return out, stalls
 
-        tenants, stalls = await anyio.to_thread.run_sync(read_tenants)
+        tenants, stalls = await async_driver(self._driver).run(read_tenants)
         for tenant, usage in tenants.items():
             self._tenant_high[tenant] = monotonic(self._tenant_high.get(tenant), usage)
         for tenant, totals in stalls.items():

@@ -141,7 +141,7 @@ async def run_agent(
     ):
         directory.mkdir(parents=True, exist_ok=True, mode=0o750)
     monitor = await anyio.to_thread.run_sync(monitor_binary, settings.bin_dir)
-    driver = build_driver(settings)
+    driver = await anyio.to_thread.run_sync(build_driver, settings)  # mkdirs, writes: off the loop
     warmer: LockWarmer | None = None
     if settings.launch_warm_seconds > 0:
         try:
@@ -299,7 +299,7 @@ async def run_agent(
         runner.node_fault = state_disk.check
 
         async def fence(reason: str) -> None:
-            killed = kill_all(driver, runner.attempts)
+            killed = await kill_all(driver, runner.attempts)
             log.error("node_fenced", reason=reason, killed=killed)
 
         heartbeat = Heartbeat(

@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Literal, Protocol
 
 from scheduler import launchplan
+from scheduler.cgroups import fs
 from scheduler.cgroups.parse import CounterParser, Pressure, Values
 from scheduler.errors import CgroupError
 
@@ -154,6 +155,16 @@ class CounterFile:
     role: CounterRole
 
 
+def kill_in_steps(driver: CgroupDriver, path: CgroupPath) -> None:
+    """A driver's blocking kill(): its steps with the wait polled here (the async facade,
+    cgroups/asyncdriver.py, runs the same steps with the wait on the event loop)."""
+    sent = driver.start_kill(path)
+    if sent is None:
+        return
+    emptied = sent and fs.wait_until(lambda: not driver.populated(path), driver.kill_timeout)
+    driver.finish_kill(path, sent, emptied)
+
+
 class CgroupDriver(Protocol):
     """Create, limit, observe, freeze, kill and remove cgroups under one root."""
 
@@ -161,6 +172,8 @@ class CgroupDriver(Protocol):
     # The unit of the cpu counters read_usage() returns, in ns: v2's usage_usec truncates
     # each cgroup's count to a microsecond, v1's cpuacct.usage is exact.
     cpu_resolution_ns: int
+    # How long kill() waits for a killed cgroup to empty before it tries harder or gives up.
+    kill_timeout: float
 
     def ensure(self, path: CgroupPath, limits: Limits) -> None:
         """Create ``path`` (and its parents) in every hierarchy and write its limits."""
@@ -200,7 +213,22 @@ class CgroupDriver(Protocol):
         ...
 
     def kill(self, path: CgroupPath) -> None:
-        """Kill every process in ``path`` (frozen ones too)."""
+        """Kill every process in ``path`` (frozen ones too) and wait until it is empty:
+        ``start_kill``, a wait of up to ``kill_timeout`` for ``populated`` to drop (when it
+        signalled), then ``finish_kill`` (see kill_in_steps). ProcessesSurvive if some
+        outlast it."""
+        ...
+
+    def start_kill(self, path: CgroupPath) -> bool | None:
+        """The first step of :meth:`kill`: SIGKILL everything in ``path`` at once through
+        cgroup.kill and return True (the caller then waits for ``populated`` to drop); False
+        where there is no cgroup.kill (``finish_kill`` does it all); None: no such cgroup."""
+        ...
+
+    def finish_kill(self, path: CgroupPath, sent: bool, emptied: bool) -> None:
+        """The last step of :meth:`kill`, after ``start_kill`` returned ``sent`` and the wait
+        ended (``emptied``: the cgroup said it is empty): what is left to kill, or
+        ProcessesSurvive."""
         ...
 
     def release_cpu(self, path: CgroupPath) -> None:

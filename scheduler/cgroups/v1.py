@@ -26,6 +26,7 @@ from scheduler.cgroups.base import (
     Usage,
     check_io,
     check_segment,
+    kill_in_steps,
     usage_of,
 )
 from scheduler.cgroups.parse import (
@@ -554,17 +555,23 @@ class V1Driver:
         need be). Without it, or for tasks that were only put into the v1 hierarchies:
         freeze, signal every pid, thaw, until none is left.
         """
-        main = self._main / path.rel
+        kill_in_steps(self, path)
+
+    def start_kill(self, path: CgroupPath) -> bool | None:
         if not any(d.is_dir() for d in self.directories(path)):
-            return
+            return None
         self.release_cpu(path)
         unified = self._unified / path.rel if self._unified is not None else None
-        if unified is not None and (unified / "cgroup.kill").exists():
-            fs.write_file(unified / "cgroup.kill", "1")
-            self._thaw_for_kill(path)
-            gone = fs.wait_until(lambda: not self.populated(path), self.kill_timeout)
-            if gone and not fs.pids_below(main):
-                return
+        if unified is None or not (unified / "cgroup.kill").exists():
+            return False
+        fs.write_file(unified / "cgroup.kill", "1")
+        self._thaw_for_kill(path)
+        return True
+
+    def finish_kill(self, path: CgroupPath, sent: bool, emptied: bool) -> None:
+        main = self._main / path.rel
+        if emptied and not fs.pids_below(main):
+            return
         fs.kill_until_empty(
             main,
             lambda: fs.pids_below(main),

@@ -40,6 +40,7 @@ from scheduler.cgroups.base import (
     Usage,
     check_io,
     check_segment,
+    kill_in_steps,
     usage_of,
 )
 from scheduler.cgroups.parse import (
@@ -533,16 +534,25 @@ class V2Driver:
         cgroup.kill (5.14+) kills the whole subtree and keeps new forks out while doing so;
         frozen tasks die too. Older kernels get the freeze/signal/thaw loop instead.
         """
+        kill_in_steps(self, path)
+
+    def start_kill(self, path: CgroupPath) -> bool | None:
         d = self.directory(path)
         if not d.is_dir():
-            return
+            return None
         self.release_cpu(path)
-        if (d / "cgroup.kill").exists():
-            fs.write_file(d / "cgroup.kill", "1")
-            # Signals are delivered at once, but each task leaves the cgroup only when it
-            # passes cgroup_exit(), so "populated" drops a little later.
-            if fs.wait_until(lambda: not self.populated(path), self.kill_timeout):
-                return
+        if not (d / "cgroup.kill").exists():
+            return False
+        fs.write_file(d / "cgroup.kill", "1")
+        # Signals are delivered at once, but each task leaves the cgroup only when it
+        # passes cgroup_exit(), so "populated" drops a little later.
+        return True
+
+    def finish_kill(self, path: CgroupPath, sent: bool, emptied: bool) -> None:
+        d = self.directory(path)
+        if emptied:
+            return
+        if sent:
             raise ProcessesSurvive(
                 f"{d} still has processes {self.kill_timeout} s after cgroup.kill", fs.pids_below(d)
             )
