@@ -17,7 +17,8 @@ SOURCE = Path(scheduler.__file__).resolve().parent
 ALLOWED = {
     "launchplan": set[str](),
     "errors": set[str](),
-    "cgroups": {"errors", "launchplan"},
+    "backoff": set[str](),
+    "cgroups": {"errors", "launchplan", "backoff"},
 }
 
 
@@ -80,7 +81,7 @@ def test_the_low_layers_import_only_what_the_map_allows() -> None:
 def test_cgroups_and_runtime_are_not_in_a_cycle() -> None:
     graph = package_graph()
     assert "runtime" not in graph["cgroups"]
-    for package in ("cgroups", "launchplan"):
+    for package in ("cgroups", "launchplan", "backoff"):
         for other in graph[package]:
             assert not _reaches(graph, other, package), f"{package} -> {other} -> ... -> {package}"
 
