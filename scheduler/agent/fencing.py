@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import anyio
 import structlog
 
-from scheduler.agent.attempts import Attempts
+from scheduler.agent.attempts import Attempt
 from scheduler.cgroups.asyncdriver import AsyncDriver, async_driver
 from scheduler.cgroups.base import CgroupDriver, CgroupPath
 from scheduler.errors import ProcessesSurvive
@@ -81,11 +81,11 @@ async def fence_stale(driver: CgroupDriver, ours: set[int]) -> list[int]:
     return fenced
 
 
-async def kill_all(driver: CgroupDriver, attempts: Attempts) -> list[int]:
-    """Kill every attempt this agent runs (its lease is lost), all at once (the facade
-    bounds the threads); return their job ids."""
+async def kill_all(driver: CgroupDriver, attempts: Iterable[Attempt]) -> list[int]:
+    """Kill every attempt of ``attempts`` (this agent's, its lease is lost), all at once
+    (the facade bounds the threads); return their job ids."""
     calls = async_driver(driver)
-    running = list(attempts.all())
+    running = list(attempts)
 
     async def kill(cgroup: CgroupPath, job_id: int) -> None:
         try:

@@ -106,15 +106,18 @@ async def final_usage(
     Read through the sampler's kept-open files when it has them, else through the few files
     billing needs, opened once for all the reads here.
     """
-    once = None if reader is not None else CounterReader(counter_files(driver, cgroup, final=True))
+    calls = async_driver(driver)  # opens and reads of cgroupfs: off the loop
+    once = None
+    if reader is None:
+        once = await calls.run(lambda: CounterReader(counter_files(driver, cgroup, final=True)))
     source = reader if reader is not None else once
     assert source is not None
     try:
-        sample = source.read()
+        sample = await calls.run(source.read)
         deadline = time.monotonic() + SETTLE_LIMIT
         while time.monotonic() < deadline:
             await anyio.sleep(SETTLE_SECONDS)
-            again = source.read()
+            again = await calls.run(source.read)
             if counters_of(again) == counters_of(sample):
                 return again.usage()
             sample = again
