@@ -134,11 +134,11 @@ def usage_of(values: Values) -> Usage:
     )
 
 
-# What a counter file is read for:
-#  billed   the final read at exit takes it, re-read until two reads agree (money);
+# What a counter file is read for (the sampler reads every one, every sweep):
+#  billed   the final read at exit takes it too, re-read until two reads agree (money);
 #  gauge    the final read takes it once, after the billed ones settled;
 #  monitor  only the monitor's final read takes it (settled; the agent's own one skips it);
-#  sample   only the sampler reads it, every sweep.
+#  sample   only the sampler reads it.
 CounterRole = Literal["billed", "gauge", "monitor", "sample"]
 
 
