@@ -131,7 +131,7 @@ async def runtime_alone(
         assert record is not None and record.exit_code == 0, record
         # As the agent: the monitor's final read, or (it could not) the agent's own.
         if record.counters is not None:
-            parse_sample(record.counters).usage()
+            parse_sample(driver, record.counters).usage()
         else:
             while driver.populated(path):
                 await anyio.sleep(0.0005)

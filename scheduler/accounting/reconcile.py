@@ -29,6 +29,7 @@ from typing import Any
 import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 
+from scheduler.cgroups.asyncdriver import async_driver
 from scheduler.cgroups.base import CgroupDriver, CgroupPath
 from scheduler.db.queries import q
 from scheduler.jobs import cpu_seconds
@@ -287,7 +288,8 @@ async def _check_tenants(
     root: str,
 ) -> list[Discrepancy]:
     # Order matters: running jobs, then billed rows, then the kernel (which only grows).
-    if not driver.exists(CgroupPath(())):
+    calls = async_driver(driver)
+    if not await calls.exists(CgroupPath(())):
         return [
             Discrepancy(
                 f"cgroup root {root!r} ({driver.name})",
@@ -313,7 +315,8 @@ async def _check_tenants(
         if path is None:
             continue
         try:
-            used = cpu_seconds(driver.read_usage(CgroupPath.for_job(path, job["id"])).cpu_ns)
+            usage = await calls.read_usage(CgroupPath.for_job(path, job["id"]))
+            used = cpu_seconds(usage.cpu_ns)
         except Exception:  # ended meanwhile: its final row is billed, nothing runs
             used = Decimal(0)
         running_cpu[job["tenant"]] = running_cpu.get(job["tenant"], Decimal(0)) + used
@@ -322,7 +325,7 @@ async def _check_tenants(
         path = chain(tenant)
         members = subtree(tenants, tenant)
         billed_here = sum((billed.get(t, Decimal(0)) for t in members), start=Decimal(0))
-        if path is None or not driver.exists(CgroupPath(path)):
+        if path is None or not await calls.exists(CgroupPath(path)):
             if billed_here > 0:
                 found.append(
                     Discrepancy(
@@ -332,7 +335,7 @@ async def _check_tenants(
                     )
                 )
             continue  # no cgroup and nothing billed: nothing ran here since boot
-        kernel = cpu_seconds(driver.read_usage(CgroupPath(path)).cpu_ns)
+        kernel = cpu_seconds((await calls.read_usage(CgroupPath(path))).cpu_ns)
         # Each job cgroup's count is truncated (and so is the running jobs' read): the
         # tenant's single truncation of the exact sum exceeds them by < 1 unit per cgroup.
         cgroups = sum(attempts.get(t, 0) + running_count.get(t, 0) for t in members)

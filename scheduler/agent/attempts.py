@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from scheduler.backoff import Backoff
 from scheduler.cgroups.base import CgroupPath
 from scheduler.jobs import Job
 
@@ -100,9 +101,9 @@ class Attempt:
     # monitor (a frozen tenant holds it through frozen_by_tenant, not its own cgroup).
     verified: bool = False
     # A cancel's kill left processes behind: not tried again before kill_after (monotonic),
-    # the wait doubling each time (agent/unkillable.py).
+    # the wait growing each time (agent/unkillable.py).
     kill_after: float = 0.0
-    kill_delay: float = 0.0
+    kill_backoff: Backoff | None = None
 
     @property
     def frozen(self) -> bool:

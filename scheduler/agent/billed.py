@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-import anyio
 import asyncpg
 import structlog
 
 from scheduler.accounting.ledger import TenantLedger, user_share
 from scheduler.accounting.reconcile import tenant_chains
+from scheduler.cgroups.asyncdriver import async_driver
 from scheduler.cgroups.base import CgroupDriver, CgroupPath
 from scheduler.db.queries import q
 from scheduler.errors import CgroupError
@@ -42,5 +42,5 @@ async def load_billed(
             out[tenant] = user_share(usage.cpu_user_ns, usage.cpu_system_ns)
         return out
 
-    ledger.load([dict(r.items()) for r in rows], await anyio.to_thread.run_sync(shares))
+    ledger.load([dict(r.items()) for r in rows], await async_driver(driver).run(shares))
     log.info("billed_totals_loaded", tenants=len(rows))

@@ -22,6 +22,8 @@ import structlog
 from scheduler.agent.attempts import Attempt, Attempts
 from scheduler.agent.tenants import TenantCgroups, tenant_limits
 from scheduler.agent.unkillable import KILL_RETRY_FIRST_SECONDS, KILL_RETRY_MAX_SECONDS, Unkillable
+from scheduler.backoff import Backoff
+from scheduler.cgroups.asyncdriver import async_driver
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits
 from scheduler.db.outage import DB_ERRORS, log_failure
 from scheduler.db.queries import q
@@ -55,6 +57,7 @@ class Controller:
         self._pool = pool
         self._unkillable = unkillable
         self._driver = driver
+        self._calls = async_driver(driver)
         self._attempts = attempts
         self._tenants = tenants
         self._node = node
@@ -185,7 +188,7 @@ class Controller:
             name: str = row["name"]
             path = CgroupPath(tuple(row["path"]))
             self._tenants.moved(name, path.parts)
-            if not await anyio.to_thread.run_sync(self._driver.exists, path):
+            if not await self._calls.exists(path):
                 # No job of this tenant ran on this node yet: its cgroup is made (with the
                 # current limits) on first use.
                 self._tenant_frozen.pop(name, None)
@@ -202,9 +205,8 @@ class Controller:
             frozen: bool = row["frozen"] or bool(row.get("budget_frozen"))
             if self._tenant_frozen.get(name) == frozen:
                 continue
-            action = self._driver.freeze if frozen else self._driver.thaw
             try:
-                await anyio.to_thread.run_sync(action, path)
+                await (self._calls.freeze if frozen else self._calls.thaw)(path)
             except CgroupError as exc:
                 ancestor_frozen = any(self._tenant_frozen.get(t) for t in path.parts[:-1])
                 if frozen or not ancestor_frozen:
@@ -226,7 +228,7 @@ class Controller:
         full = full or not attempt.verified
         if want == "running" and not attempt.frozen_self and not full:
             return True  # as it should be: no look at the kernel (every sweep, every attempt)
-        exists = await anyio.to_thread.run_sync(self._driver.exists, cgroup)
+        exists = await self._calls.exists(cgroup)
         if exists:
             attempt.verified = True
         if want == "cancelled":
@@ -242,7 +244,7 @@ class Controller:
             if not exists:
                 return False
             try:
-                await anyio.to_thread.run_sync(self._driver.freeze, cgroup)
+                await self._calls.freeze(cgroup)
             except CgroupError as exc:
                 # The driver thawed it again: the job keeps running and says why.
                 log_.warning("job_freeze_failed", error=str(exc))
@@ -255,10 +257,10 @@ class Controller:
         elif want == "running" and (attempt.frozen_self or full):
             if exists:
                 try:
-                    await anyio.to_thread.run_sync(self._driver.thaw, cgroup)
+                    await self._calls.thaw(cgroup)
                 except CgroupError as exc:
                     # The attempt ended between the check and the write: nothing to thaw.
-                    if not await anyio.to_thread.run_sync(self._driver.exists, cgroup):
+                    if not await self._calls.exists(cgroup):
                         return True
                     if not attempt.frozen_by_tenant:
                         log_.warning("job_thaw_failed", error=str(exc))
@@ -290,16 +292,15 @@ class Controller:
 
     async def _cancel_kill(self, attempt: Attempt) -> None:
         """Kill a cancelled attempt's cgroup; processes that survive it are retried with
-        backoff (a kill blocks a worker thread for its whole timeout) and made visible."""
+        backoff and made visible."""
         if time.monotonic() < attempt.kill_after:
             return
         try:
-            await anyio.to_thread.run_sync(self._driver.kill, attempt.cgroup)
+            await self._calls.kill(attempt.cgroup)
         except ProcessesSurvive as exc:
-            attempt.kill_delay = min(
-                max(attempt.kill_delay * 2, KILL_RETRY_FIRST_SECONDS), KILL_RETRY_MAX_SECONDS
-            )
-            attempt.kill_after = time.monotonic() + attempt.kill_delay
+            if attempt.kill_backoff is None:
+                attempt.kill_backoff = Backoff(KILL_RETRY_FIRST_SECONDS, KILL_RETRY_MAX_SECONDS)
+            attempt.kill_after = time.monotonic() + attempt.kill_backoff.next()
             if self._unkillable is not None:
                 await self._unkillable.survived(attempt.job, exc.pids, str(exc))
         except CgroupError as exc:
@@ -308,7 +309,7 @@ class Controller:
     async def _call(self, action: Callable[..., None], *args: Any, what: str, **ids: Any) -> bool:
         """Run a blocking driver call off the loop; a refusal is logged, never fatal."""
         try:
-            await anyio.to_thread.run_sync(action, *args)
+            await self._calls.run(action, *args)
         except CgroupError as exc:
             log.warning(f"{what}_failed", error=str(exc), **ids)
             return False

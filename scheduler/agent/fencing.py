@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import anyio
 import structlog
 
-from scheduler.agent.attempts import Attempts
+from scheduler.agent.attempts import Attempt
+from scheduler.cgroups.asyncdriver import AsyncDriver, async_driver
 from scheduler.cgroups.base import CgroupDriver, CgroupPath
 from scheduler.errors import ProcessesSurvive
 
@@ -40,20 +41,20 @@ def job_cgroups(
             yield from job_cgroups(driver, child)
 
 
-async def _kill_and_remove(driver: CgroupDriver, cgroup: CgroupPath) -> bool:
-    if driver.populated(cgroup):
+async def _kill_and_remove(calls: AsyncDriver, cgroup: CgroupPath) -> bool:
+    if await calls.populated(cgroup):
         try:
-            driver.kill(cgroup)
+            await calls.kill(cgroup)
         except ProcessesSurvive as exc:
             # Stuck in the kernel: left for the next start (the agent must still start).
             log.warning("stale_attempt_unkillable", cgroup=str(cgroup), error=str(exc))
             return False
     deadline = time.monotonic() + DRAIN_SECONDS
-    while driver.populated(cgroup):
+    while await calls.populated(cgroup):
         if time.monotonic() > deadline:
             return False
         await anyio.sleep(0.05)
-    driver.remove(cgroup)
+    await calls.remove(cgroup)
     return True
 
 
@@ -64,11 +65,12 @@ async def fence_stale(driver: CgroupDriver, ours: set[int]) -> list[int]:
     still gives this node (in ``ours``) or a stale one.
     """
     fenced = []
-    for job_id, cgroup in list(job_cgroups(driver)):
+    calls = async_driver(driver)
+    for job_id, cgroup in await calls.run(lambda: list(job_cgroups(driver))):
         if job_id in ours:
             continue
-        populated = driver.populated(cgroup)
-        removed = await _kill_and_remove(driver, cgroup)
+        populated = await calls.populated(cgroup)
+        removed = await _kill_and_remove(calls, cgroup)
         log.warning(
             "stale_attempt_fenced" if populated else "stale_cgroup_removed",
             job_id=job_id,
@@ -79,13 +81,19 @@ async def fence_stale(driver: CgroupDriver, ours: set[int]) -> list[int]:
     return fenced
 
 
-def kill_all(driver: CgroupDriver, attempts: Attempts) -> list[int]:
-    """Kill every attempt this agent runs (its lease is lost); return their job ids."""
-    killed: list[int] = []
-    for attempt in attempts.all():
+async def kill_all(driver: CgroupDriver, attempts: Iterable[Attempt]) -> list[int]:
+    """Kill every attempt of ``attempts`` (this agent's, its lease is lost), all at once
+    (the facade bounds the threads); return their job ids."""
+    calls = async_driver(driver)
+    running = list(attempts)
+
+    async def kill(cgroup: CgroupPath, job_id: int) -> None:
         try:
-            driver.kill(attempt.cgroup)
+            await calls.kill(cgroup)
         except Exception:
-            log.exception("fence_kill_failed", job_id=attempt.job.id)
-        killed.append(attempt.job.id)
-    return killed
+            log.exception("fence_kill_failed", job_id=job_id)
+
+    async with anyio.create_task_group() as tg:
+        for attempt in running:
+            tg.start_soon(kill, attempt.cgroup, attempt.job.id)
+    return [attempt.job.id for attempt in running]

@@ -13,12 +13,13 @@ import anyio
 import asyncpg
 import structlog
 
+from scheduler.backoff import Backoff
 from scheduler.db.pool import DB_ERRORS, connect
 from scheduler.errors import DatabaseError
 
 log = structlog.get_logger(__name__)
 Subscribe = Callable[[asyncpg.Connection], Awaitable[None]]
-# Reconnection backoff: from the first delay, doubling, up to the last.
+# Reconnection backoff (scheduler/backoff.py): from the first delay, growing, up to the last.
 FIRST_DELAY = 0.1
 MAX_DELAY = 5.0
 # How often a silent connection is checked (a dropped socket may not wake anything).
@@ -65,14 +66,14 @@ class Listener:
             if self.conn is not None:
                 self.conn.terminate()
                 self.conn = None
-            delay = FIRST_DELAY
+            backoff = Backoff(FIRST_DELAY, MAX_DELAY)
             while self.conn is None:
                 try:
                     await self.connect()
                 except RECONNECT_ERRORS as exc:
+                    delay = backoff.next()
                     log.warning("listen_reconnect_failed", error=repr(exc), retry_in_seconds=delay)
                     await anyio.sleep(delay)
-                    delay = min(delay * 2, MAX_DELAY)
             self.reconnections += 1
             log.info("listen_reconnected", reconnections=self.reconnections)
             for wake in self._on_reconnect:

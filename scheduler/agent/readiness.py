@@ -7,6 +7,7 @@ import os
 import anyio
 import asyncpg
 
+from scheduler.cgroups.asyncdriver import async_driver
 from scheduler.cgroups.base import CgroupDriver, CgroupPath
 from scheduler.config import Settings
 from scheduler.db.migrate import pending
@@ -24,7 +25,7 @@ async def readiness(pool: asyncpg.Pool, settings: Settings, driver: CgroupDriver
             reasons.append(f"database migrations {missing} are not applied")
     except DB_ERRORS as exc:
         reasons.append(f"database unreachable: {exc or type(exc).__name__}")
-    if not driver.exists(CgroupPath(())):
+    if not await async_driver(driver).exists(CgroupPath(())):
         reasons.append(f"cgroup root {settings.cgroup_root!r} is missing")
     for directory in (settings.runs_dir, settings.monitors_dir):
         if not os.access(directory, os.W_OK):

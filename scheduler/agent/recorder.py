@@ -31,6 +31,8 @@ from scheduler.accounting.metrics import ServiceStats
 from scheduler.accounting.periods import Period
 from scheduler.agent.health import Health
 from scheduler.agent.spool import UsageSpool
+from scheduler.backoff import Backoff
+from scheduler.cgroups.asyncdriver import async_driver
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Usage
 from scheduler.db.outage import DB_ERRORS, describe, log_failure, outage_kind
 from scheduler.db.pool import Conn
@@ -41,7 +43,7 @@ from scheduler.runtime.launcher import remove_run_dir
 
 log = structlog.get_logger(__name__)
 MAX_BATCH = 256
-# Retry backoff of a batch that could not be committed: 0.1 s doubling to this.
+# Retry backoff of a batch that could not be committed: from 0.1 s, growing to this.
 MAX_RETRY_DELAY = 5.0
 
 
@@ -250,7 +252,7 @@ class Recorder:
     async def _commit_until_done(self, batch: list[Completion]) -> None:
         # A finished attempt must be recorded exactly once: on a database error keep the
         # batch and try again (the final row's unique index makes a repeat harmless).
-        delay = 0.1
+        backoff = Backoff(0.1, MAX_RETRY_DELAY)
         while True:
             try:
                 if self._spool is not None:
@@ -261,13 +263,13 @@ class Recorder:
                     self._health.fail(
                         "completions", f"finished jobs wait to be recorded: {describe(exc)}"
                     )
+                delay = backoff.next()
                 log_failure(
                     log, "record_batch_failed", exc, jobs=len(batch), retry_in_seconds=delay
                 )
                 if self._stats is not None:
                     self._stats.database_errors += 1
                 await anyio.sleep(delay)
-                delay = min(delay * 2, MAX_RETRY_DELAY)
             else:
                 self._health.ok("completions")
                 return
@@ -311,7 +313,7 @@ class Recorder:
         failpoints.hit("after_record")
         # rmdir in every hierarchy can take a while (the kernel offlines each cgroup): off the
         # event loop, one thread hop per batch.
-        await anyio.to_thread.run_sync(self._clean_up, batch)
+        await async_driver(self._driver).run(self._clean_up, batch)
         # Skipped, arguments and all, where info is filtered out (one line per job).
         info = enabled(logging.INFO)
         for c in batch:

@@ -19,6 +19,7 @@ from anyio.abc import TaskGroup
 from scheduler.agent.recorder import Completion
 from scheduler.agent.runner import Runner, run_dir_for
 from scheduler.agent.tenants import TenantCgroups
+from scheduler.cgroups.asyncdriver import async_driver
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits, Usage
 from scheduler.errors import ProcessesSurvive
 from scheduler.jobs import Job, Outcome
@@ -72,7 +73,7 @@ async def recover(
             continue
         if found is not None:
             pid = found
-            plan = driver.plan(cgroup, Limits())
+            plan = await async_driver(driver).plan(cgroup, Limits())
             log.info("adopted_job", job_id=job.id, monitor_pid=pid)
             runner.adopt_metering(job, cgroup)
             on_start(job.id)
@@ -84,10 +85,11 @@ async def recover(
             )
             adopted.append(job.id)
             continue
-        if driver.exists(cgroup) and driver.populated(cgroup):
+        calls = async_driver(driver)
+        if await calls.exists(cgroup) and await calls.populated(cgroup):
             # Processes without a monitor cannot be supervised or billed to the end: stop them.
             try:
-                driver.kill(cgroup)
+                await calls.kill(cgroup)
             except ProcessesSurvive:
                 # Stuck in the kernel: the attempt stays running (its capacity reserved),
                 # the kill is retried, and it is recorded lost once its cgroup is empty.
@@ -152,7 +154,8 @@ async def _record_lost(
     node: str,
     send_lost: Callable[[Completion], Awaitable[None]],
 ) -> None:
-    usage = driver.read_usage(cgroup) if driver.exists(cgroup) else Usage()
+    calls = async_driver(driver)
+    usage = await calls.read_usage(cgroup) if await calls.exists(cgroup) else Usage()
     usage, _ = runner.with_output(job, usage)  # its stdout/stderr are its writes too
     now = time.time_ns()
     outcome = Outcome(

@@ -20,6 +20,8 @@ from scheduler.agent.recorder import Completion, Outbox
 from scheduler.agent.sampler import Closed, Sampler, counters_of, covering, final_usage
 from scheduler.agent.tenants import TenantCgroups
 from scheduler.agent.unkillable import KILL_RETRY_FIRST_SECONDS, KILL_RETRY_MAX_SECONDS, Unkillable
+from scheduler.backoff import Backoff
+from scheduler.cgroups.asyncdriver import async_driver
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, LaunchPlan, Limits, Usage
 from scheduler.cgroups.counters import final_read, parse_sample
 from scheduler.errors import LaunchError, ProcessesSurvive, SchedulerError
@@ -92,13 +94,13 @@ def _exit_record(run_dir: Path) -> ExitRecord | None:
         return None
 
 
-def _recorded_usage(record: ExitRecord | None) -> Usage | None:
+def _recorded_usage(driver: CgroupDriver, record: ExitRecord | None) -> Usage | None:
     """The final counters the monitor put into ``record`` (None if it did not, or they do
     not parse: then the agent reads the cgroup itself)."""
     if record is None or record.counters is None:
         return None
     try:
-        return parse_sample(record.counters).usage()
+        return parse_sample(driver, record.counters).usage()
     except (ValueError, KeyError) as exc:
         log.warning("exit_record_counters_unreadable", error=str(exc))
         return None
@@ -217,7 +219,7 @@ class Runner:
             await self._start_failed(job, None, f"tenant cgroup: {exc}", start_ns)
             return
         cgroup = CgroupPath.for_job(chain, job.id)
-        plan = self._driver.plan(
+        plan = await async_driver(self._driver).plan(
             cgroup,
             Limits(
                 cpu_cores=float(job.cpu),
@@ -415,7 +417,7 @@ class Runner:
     ) -> None:
         """Take the final counters (the monitor's, or read once the cgroup is empty),
         decide the outcome, hand it on."""
-        recorded = _recorded_usage(record)
+        recorded = _recorded_usage(self._driver, record)
         if recorded is None:
             await self._drain(job, cgroup)
         # Stop the sampler first: no period may be written after the closing one is computed.
@@ -521,14 +523,13 @@ class Runner:
     async def _drain(self, job: Job, cgroup: CgroupPath) -> None:
         """Wait until no process is left in the cgroup; kill stragglers after a bound."""
         deadline = time.monotonic() + DRAIN_SECONDS
-        delay = 0.0005
-        while self._driver.populated(cgroup):
+        backoff = Backoff(0.0005, 0.05)
+        while await async_driver(self._driver).populated(cgroup):
             if time.monotonic() > deadline:
                 log.warning("job_cgroup_not_empty_killing")
                 await self.kill_until_empty(job, cgroup)
                 deadline = time.monotonic() + DRAIN_SECONDS
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 0.05)
+            await anyio.sleep(backoff.next())
 
     async def kill_until_empty(self, job: Job, cgroup: CgroupPath) -> None:
         """Kill the attempt's cgroup until it is empty, however long its processes resist.
@@ -537,17 +538,16 @@ class Runner:
         only when it leaves it: the attempt then stays running (its processes still hold
         their share of the node), the kill is retried with backoff, and the registry makes
         it visible; the end is recorded by the caller once the cgroup is empty."""
-        delay = KILL_RETRY_FIRST_SECONDS
+        backoff = Backoff(KILL_RETRY_FIRST_SECONDS, KILL_RETRY_MAX_SECONDS)
         try:
             while True:
                 try:
-                    await anyio.to_thread.run_sync(self._driver.kill, cgroup)
+                    await async_driver(self._driver).kill(cgroup)
                 except ProcessesSurvive as exc:
                     await self.unkillable.survived(job, exc.pids, str(exc))
                 else:
                     return
-                await anyio.sleep(delay)
-                delay = min(delay * 2, KILL_RETRY_MAX_SECONDS)
+                await anyio.sleep(backoff.next())
         finally:
             # The sampler stays quiet for the job until its end closes the metering.
             self.unkillable.ended(job)

@@ -48,6 +48,8 @@ from scheduler.accounting.periods import NS_PER_SECOND, Counters, Mark, Period, 
 from scheduler.accounting.spoolfile import UsageRow, columns
 from scheduler.agent.health import Health
 from scheduler.agent.spool import SpoolFull, UsageSpool
+from scheduler.backoff import Backoff
+from scheduler.cgroups.asyncdriver import async_driver
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Usage
 from scheduler.cgroups.counters import CounterReader, Sample, counter_files
 from scheduler.db.outage import DB_ERRORS, describe, log_failure, outage_kind
@@ -104,15 +106,18 @@ async def final_usage(
     Read through the sampler's kept-open files when it has them, else through the few files
     billing needs, opened once for all the reads here.
     """
-    once = None if reader is not None else CounterReader(counter_files(driver, cgroup, final=True))
+    calls = async_driver(driver)  # opens and reads of cgroupfs: off the loop
+    once = None
+    if reader is None:
+        once = await calls.run(lambda: CounterReader(counter_files(driver, cgroup, final=True)))
     source = reader if reader is not None else once
     assert source is not None
     try:
-        sample = source.read()
+        sample = await calls.run(source.read)
         deadline = time.monotonic() + SETTLE_LIMIT
         while time.monotonic() < deadline:
             await anyio.sleep(SETTLE_SECONDS)
-            again = source.read()
+            again = await calls.run(source.read)
             if counters_of(again) == counters_of(sample):
                 return again.usage()
             sample = again
@@ -291,7 +296,7 @@ class Sampler:
 
     async def _mark_from_db(self, job: Job, attempt: _Attempt | None) -> Mark:
         launched = attempt.launched_ns if attempt is not None else None
-        delay = 0.1
+        backoff = Backoff(0.1, 10.0)
         while True:  # the closing row cannot be computed without it: retry until it loads
             try:
                 if self._spool is not None:
@@ -300,9 +305,9 @@ class Sampler:
                 return marks[job.id]
             except DB_ERRORS as exc:
                 self._stats.database_errors += 1
+                delay = backoff.next()
                 log_failure(log, "usage_mark_load_failed", exc, retry_in_seconds=delay)
                 await anyio.sleep(delay)
-                delay = min(delay * 2, 10.0)
 
     async def _load_marks(
         self, jobs: list[Job], launched: dict[int, int | None]
@@ -353,7 +358,7 @@ class Sampler:
                     a.mark = marks.get(a.job.id)
                     if a.mark is not None:
                         self._settle(a, a.mark)
-            at_ns, samples = await anyio.to_thread.run_sync(self._read_all, attempts)
+            at_ns, samples = await async_driver(self._driver).run(self._read_all, attempts)
             periods: list[tuple[_Attempt, Period, Mark]] = []
             for a, sample in zip(attempts, samples, strict=True):
                 before = a.last.oom_kills if a.last is not None else 0
@@ -386,7 +391,7 @@ class Sampler:
         cgroup is throttled (a 0.01-core job nearly always is). Its cpu stays billed."""
         log.warning("job_oom_kill_seen", job_id=a.job.id, tenant=a.job.tenant)
         try:
-            await anyio.to_thread.run_sync(self._driver.release_cpu, a.cgroup)
+            await async_driver(self._driver).release_cpu(a.cgroup)
         except CgroupError:
             log.exception("job_cpu_release_failed", job_id=a.job.id)
 
@@ -549,7 +554,7 @@ class Sampler:
                 stalls[tenant] = pressure_totals(psi)
             return out, stalls
 
-        tenants, stalls = await anyio.to_thread.run_sync(read_tenants)
+        tenants, stalls = await async_driver(self._driver).run(read_tenants)
         for tenant, usage in tenants.items():
             self._tenant_high[tenant] = monotonic(self._tenant_high.get(tenant), usage)
         for tenant, totals in stalls.items():

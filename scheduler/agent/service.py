@@ -142,7 +142,7 @@ async def run_agent(
     ):
         directory.mkdir(parents=True, exist_ok=True, mode=0o750)
     monitor = await anyio.to_thread.run_sync(monitor_binary, settings.bin_dir)
-    driver = build_driver(settings)
+    driver = await anyio.to_thread.run_sync(build_driver, settings)  # mkdirs, writes: off the loop
     warmer: LockWarmer | None = None
     if settings.launch_warm_seconds > 0:
         try:
@@ -300,8 +300,17 @@ async def run_agent(
         dispatcher.blocked = state_disk.blocked
         runner.node_fault = state_disk.check
 
+        work: list[anyio.CancelScope] = []  # the agent's task group, once it runs
+
         async def fence(reason: str) -> None:
-            killed = kill_all(driver, runner.attempts)
+            # Nothing of this agent may claim, launch or record any more: its other tasks
+            # are cancelled first (the kills below wait off the loop, and while they do no
+            # attempt may be recorded as ended by this node), then every attempt is killed.
+            running = runner.attempts.all()
+            for scope in work:
+                scope.cancel()
+            with anyio.CancelScope(shield=True):
+                killed = await kill_all(driver, running)
             log.error("node_fenced", reason=reason, killed=killed)
 
         heartbeat = Heartbeat(
@@ -358,6 +367,7 @@ async def run_agent(
         )
         with send, receive, _first_scheduler_error():
             async with anyio.create_task_group() as tg:
+                work.append(tg.cancel_scope)
                 tg.start_soon(heartbeat.run)
                 tg.start_soon(listener.run)
                 tg.start_soon(job_done.run)

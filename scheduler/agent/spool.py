@@ -28,6 +28,7 @@ import structlog
 from scheduler.accounting.metrics import ServiceStats
 from scheduler.accounting.spoolfile import SpoolFormatError, UsageRow, columns, decode, encode
 from scheduler.agent.health import Health
+from scheduler.backoff import Backoff
 from scheduler.db.outage import DB_ERRORS, describe, outage_kind
 from scheduler.db.queries import q
 from scheduler.errors import SchedulerError
@@ -202,11 +203,13 @@ class UsageSpool:
         """Replay whenever rows wait: every ``interval`` seconds, backing off to 10x that
         while the database stays away."""
         delay = interval
+        backoff = Backoff(interval * 2, interval * 10)
         while True:
             if not self._segments:
                 self._appended = anyio.Event()
                 await self._appended.wait()
                 delay = interval
+                backoff.reset()
             await anyio.sleep(delay)
             try:
                 await self.replay(pool)
@@ -214,9 +217,10 @@ class UsageSpool:
                 self._stats.database_errors += 1
                 self._health.fail("usage", f"usage rows are spooled on disk: {describe(exc)}")
                 log.warning("usage_spool_replay_failed", error=describe(exc), rows=self.rows)
-                delay = min(delay * 2, interval * 10)
+                delay = backoff.next()
             else:
                 delay = interval
+                backoff.reset()
 
     def _remove(self, path: Path) -> None:
         path.unlink(missing_ok=True)

@@ -8,6 +8,7 @@ import anyio
 import asyncpg
 import structlog
 
+from scheduler.cgroups.asyncdriver import async_driver
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits
 from scheduler.db.queries import q
 from scheduler.runtime.sandbox import TenantIdentity
@@ -90,7 +91,7 @@ class TenantCgroups:
             limits = [int(v) for r in rows if (v := r.get("output_limit_bytes")) is not None]
             self._output_limits[tenant] = min(limits) if limits else None
             for depth, row in enumerate(rows, start=1):
-                self._driver.ensure(
+                await async_driver(self._driver).ensure(
                     CgroupPath(names[:depth]), tenant_limits(row, self.io_devices, self.pids_cap)
                 )
             own = rows[-1]

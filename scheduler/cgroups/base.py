@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal, Protocol
 
-from scheduler.cgroups.parse import Pressure
+from scheduler import launchplan
+from scheduler.cgroups import fs
+from scheduler.cgroups.parse import CounterParser, Pressure, Values
 from scheduler.errors import CgroupError
 
 DriverName = Literal["v1", "v2"]
+# Defined in scheduler.launchplan (the C monitor's input, which runtime carries); kept
+# importable from here, where the drivers and their callers import it.
+LaunchPlan = launchplan.LaunchPlan
 
 # Same rule as scheduler.tenants.name: no dots or slashes, so a name can never leave the root.
 _SEGMENT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -110,20 +115,54 @@ class Usage:
     pids_current: int = 0
 
 
+def usage_of(values: Values) -> Usage:
+    """The :class:`Usage` view of counter values (see parse.CounterParser): absent ones 0."""
+
+    def get(field: str) -> int:
+        return values.get(field) or 0
+
+    return Usage(
+        cpu_ns=get("cpu_ns"),
+        cpu_user_ns=get("cpu_user_ns"),
+        cpu_system_ns=get("cpu_system_ns"),
+        memory_current_bytes=get("memory_current_bytes"),
+        memory_peak_bytes=get("memory_peak_bytes"),
+        io_read_bytes=get("io_read_bytes"),
+        io_write_bytes=get("io_write_bytes"),
+        oom_kills=get("oom_kills"),
+        pids_current=get("pids"),
+    )
+
+
+# What a counter file is read for (the sampler reads every one, every sweep):
+#  billed   the final read at exit takes it too, re-read until two reads agree (money);
+#  gauge    the final read takes it once, after the billed ones settled;
+#  monitor  only the monitor's final read takes it (settled; the agent's own one skips it);
+#  sample   only the sampler reads it.
+CounterRole = Literal["billed", "gauge", "monitor", "sample"]
+
+
 @dataclass(frozen=True)
-class LaunchPlan:
-    """What the monitor does, in order, before it lets the job's first process run.
+class CounterFile:
+    """One counter file of a driver: ``name`` is its logical name (the key the monitor
+    records its text under), ``where`` the hierarchy it lives in (v1: a controller or
+    "unified"; v2: ""), ``file`` its name in the cgroup's directory."""
 
-    ``mkdirs`` are created with mode 0755 (EEXIST is fine), ``writes`` are (file, value)
-    pairs written in order (a failure is a start error naming the file), and the job's
-    process id is written to every file of ``procs``.
-    """
+    name: str
+    where: str
+    file: str
+    parser: CounterParser
+    role: CounterRole
 
-    mkdirs: tuple[str, ...] = ()
-    writes: tuple[tuple[str, str], ...] = ()
-    procs: tuple[str, ...] = ()
-    # Directories to remove (deepest first) when the job's cgroup goes away.
-    dirs: tuple[str, ...] = field(default=())
+
+def kill_in_steps(driver: CgroupDriver, path: CgroupPath) -> None:
+    """A driver's blocking kill(): its steps with the wait polled here (the async facade,
+    cgroups/asyncdriver.py, runs the same steps with the wait on the event loop)."""
+    sent = driver.start_kill(path)
+    if sent is None:
+        return
+    emptied = sent and fs.wait_until(lambda: not driver.populated(path), driver.kill_timeout)
+    driver.finish_kill(path, sent, emptied)
 
 
 class CgroupDriver(Protocol):
@@ -133,6 +172,8 @@ class CgroupDriver(Protocol):
     # The unit of the cpu counters read_usage() returns, in ns: v2's usage_usec truncates
     # each cgroup's count to a microsecond, v1's cpuacct.usage is exact.
     cpu_resolution_ns: int
+    # How long kill() waits for a killed cgroup to empty before it tries harder or gives up.
+    kill_timeout: float
 
     def ensure(self, path: CgroupPath, limits: Limits) -> None:
         """Create ``path`` (and its parents) in every hierarchy and write its limits."""
@@ -143,7 +184,18 @@ class CgroupDriver(Protocol):
         ...
 
     def read_usage(self, path: CgroupPath) -> Usage:
-        """Read the counters of ``path`` (a job or a tenant, children included)."""
+        """Read the counters of ``path`` (a job or a tenant, children included), through the
+        same files and parsers as :meth:`counter_files`."""
+        ...
+
+    def counter_files(self, path: CgroupPath) -> list[tuple[CounterFile, Path]]:
+        """Every counter file of ``path`` under the hierarchies this driver has (absent
+        controllers left out), in the driver's order: what the sampler keeps open and
+        the final read at exit takes (cgroups/counters.py)."""
+        ...
+
+    def counter_file(self, name: str) -> CounterFile:
+        """The counter file named ``name`` (KeyError if this driver has none)."""
         ...
 
     def populated(self, path: CgroupPath) -> bool:
@@ -161,7 +213,22 @@ class CgroupDriver(Protocol):
         ...
 
     def kill(self, path: CgroupPath) -> None:
-        """Kill every process in ``path`` (frozen ones too)."""
+        """Kill every process in ``path`` (frozen ones too) and wait until it is empty:
+        ``start_kill``, a wait of up to ``kill_timeout`` for ``populated`` to drop (when it
+        signalled), then ``finish_kill`` (see kill_in_steps). ProcessesSurvive if some
+        outlast it."""
+        ...
+
+    def start_kill(self, path: CgroupPath) -> bool | None:
+        """The first step of :meth:`kill`: SIGKILL everything in ``path`` at once through
+        cgroup.kill and return True (the caller then waits for ``populated`` to drop); False
+        where there is no cgroup.kill (``finish_kill`` does it all); None: no such cgroup."""
+        ...
+
+    def finish_kill(self, path: CgroupPath, sent: bool, emptied: bool) -> None:
+        """The last step of :meth:`kill`, after ``start_kill`` returned ``sent`` and the wait
+        ended (``emptied``: the cgroup said it is empty): what is left to kill, or
+        ProcessesSurvive."""
         ...
 
     def release_cpu(self, path: CgroupPath) -> None:

@@ -3,8 +3,9 @@
 Opening a cgroupfs file costs several times more than re-reading it (an open walks kernfs
 and allocates a seq_file; a pread of an open one only regenerates the text), so the sampler
 opens a cgroup's counter files once and re-reads them with ``os.pread`` at offset 0 on every
-sweep. The values read here are the same files the drivers' ``read_usage`` reads, so that a
-sampled cumulative value and the final one at exit are the same counter.
+sweep. Which files a cgroup has and how each is parsed is the driver's (its ``counter_files``,
+the parsers of cgroups/parse.py), and its ``read_usage`` reads the same files through the same
+parsers, so that a sampled cumulative value and the final one at exit are the same counter.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from scheduler.cgroups.base import CgroupDriver, CgroupPath, Usage
-from scheduler.cgroups.v1 import V1Driver
-from scheduler.cgroups.v2 import V2Driver
-from scheduler.runtime.spec import FinalRead
+from scheduler.cgroups.base import CgroupDriver, CgroupPath, CounterRole, Usage
+from scheduler.cgroups.parse import CounterParser, Values, peak_or_current
+from scheduler.launchplan import FinalRead
 
 _READ_SIZE = 4096  # every counter file read here is far smaller (io.stat: one line per disk)
 
@@ -65,208 +65,26 @@ class Sample:
         )
 
 
-# Logical counter -> file, per driver. Each entry is parsed by the function named beside it.
-CounterFiles = dict[str, Path]
+# Logical counter -> (its file in the cgroup, how it is parsed), as the driver names them.
+CounterFiles = dict[str, tuple[Path, CounterParser]]
+
+# What the final read at exit needs: the billed counters and the OOM verdict. Fewer files
+# opened once, for attempts that ended before any sweep opened theirs.
+FINAL_ROLES: frozenset[CounterRole] = frozenset({"billed", "gauge"})
+# The monitor's own final read adds the counters only it takes (v1's user/system split);
+# it re-reads these until they settle and reads the gauges once after them (see FinalRead).
+_MONITOR_ROLES: frozenset[CounterRole] = FINAL_ROLES | {"monitor"}
+_SETTLED_ROLES: frozenset[CounterRole] = frozenset({"billed", "monitor"})
 
 
 def counter_files(driver: CgroupDriver, path: CgroupPath, *, final: bool = False) -> CounterFiles:
     """The files that hold ``path``'s counters under ``driver`` (absent controllers left out);
-    ``final``: only those the final read at exit needs (see FINAL_FILES)."""
-    return _all_counter_files(driver, path, FINAL_FILES if final else None)
-
-
-# cgroup v1: (logical counter, hierarchy, file); "unified" is the cgroup2 mirror.
-_V1_FILES = (
-    ("cpuacct.usage", "cpuacct", "cpuacct.usage"),
-    ("cpuacct.usage_user", "cpuacct", "cpuacct.usage_user"),
-    ("cpuacct.usage_sys", "cpuacct", "cpuacct.usage_sys"),
-    ("v1 cpu.stat", "cpu", "cpu.stat"),
-    ("memory.usage_in_bytes", "memory", "memory.usage_in_bytes"),
-    ("memory.max_usage_in_bytes", "memory", "memory.max_usage_in_bytes"),
-    ("memory.oom_control", "memory", "memory.oom_control"),
-    ("blkio bytes", "blkio", "blkio.throttle.io_service_bytes_recursive"),
-    ("blkio ops", "blkio", "blkio.throttle.io_serviced_recursive"),
-    ("pids.current", "pids", "pids.current"),
-    ("cpu.pressure", "unified", "cpu.pressure"),
-    ("memory.pressure", "unified", "memory.pressure"),
-    ("io.pressure", "unified", "io.pressure"),
-)
-
-
-def _all_counter_files(
-    driver: CgroupDriver, path: CgroupPath, wanted: frozenset[str] | None = None
-) -> CounterFiles:
-    files: CounterFiles = {}
-    if isinstance(driver, V1Driver):
-        present = driver.controllers | ({"unified"} if driver.has_unified else set())
-        dirs: dict[str, Path] = {}
-        for name, hierarchy, file in _V1_FILES:
-            if hierarchy not in present or (wanted is not None and name not in wanted):
-                continue
-            if hierarchy not in dirs:
-                dirs[hierarchy] = driver.directory(hierarchy, path)
-            files[name] = dirs[hierarchy] / file
-        return files
-    if isinstance(driver, V2Driver):
-        d = driver.directory(path)
-        for name in (
-            "cpu.stat",
-            "memory.current",
-            "memory.peak",
-            "memory.events",
-            "io.stat",
-            "pids.current",
-            "cpu.pressure",
-            "memory.pressure",
-            "io.pressure",
-        ):
-            if wanted is None or name in wanted:
-                files[name] = d / name
-        return files
-    raise TypeError(f"no counter files known for driver {driver!r}")
-
-
-Values = dict[str, int | None]
-Parser = Callable[[bytes, Values], None]
-
-
-def _find(data: bytes, key: bytes) -> int | None:
-    """The integer after ``key`` at the start of a line of ``data`` (None if absent)."""
-    if data.startswith(key):
-        start = len(key)
-    else:
-        at = data.find(b"\n" + key)
-        if at < 0:
-            return None
-        start = at + 1 + len(key)
-    end = data.find(b"\n", start)
-    return int(data[start:end] if end >= 0 else data[start:])
-
-
-def _single(field: str) -> Parser:
-    def parse(data: bytes, values: Values) -> None:
-        values[field] = int(data)
-
-    return parse
-
-
-def _keyed(*pairs: tuple[bytes, str, int]) -> Parser:
-    """Fields from ``key value`` lines: (key with its trailing space, field, multiplier)."""
-
-    def parse(data: bytes, values: Values) -> None:
-        for key, field, scale in pairs:
-            found = _find(data, key)
-            if found is not None:
-                values[field] = found * scale
-
-    return parse
-
-
-def _pressure(some_field: str, full_field: str | None) -> Parser:
-    """PSI totals (microseconds) of the ``some`` and ``full`` lines."""
-
-    def parse(data: bytes, values: Values) -> None:
-        at = data.find(b"total=")
-        if at >= 0 and data.startswith(b"some"):
-            end = data.find(b"\n", at)
-            values[some_field] = int(data[at + 6 : end if end >= 0 else None])
-        full = data.find(b"\nfull ")
-        if full_field is not None and full >= 0:
-            at = data.find(b"total=", full)
-            end = data.find(b"\n", at)
-            values[full_field] = int(data[at + 6 : end if end >= 0 else None])
-
-    return parse
-
-
-def _blkio(read_field: str, write_field: str) -> Parser:
-    """v1 ``8:0 Read N`` lines summed over devices (per-device and grand Totals ignored)."""
-
-    def parse(data: bytes, values: Values) -> None:
-        read = write = 0
-        for line in data.split(b"\n"):
-            fields = line.split()
-            if len(fields) == 3:
-                if fields[1] == b"Read":
-                    read += int(fields[2])
-                elif fields[1] == b"Write":
-                    write += int(fields[2])
-        values[read_field], values[write_field] = read, write
-
-    return parse
-
-
-def _io_stat(data: bytes, values: Values) -> None:
-    """v2 io.stat summed over devices: rbytes, wbytes, rios, wios."""
-    sums = {b"rbytes": 0, b"wbytes": 0, b"rios": 0, b"wios": 0}
-    for line in data.split(b"\n"):
-        for field in line.split()[1:]:
-            key, _, value = field.partition(b"=")
-            if key in sums:
-                sums[key] += int(value)
-    values["io_read_bytes"], values["io_write_bytes"] = sums[b"rbytes"], sums[b"wbytes"]
-    values["io_read_ops"], values["io_write_ops"] = sums[b"rios"], sums[b"wios"]
-
-
-# How each logical file of counter_files() is parsed, straight from the bytes pread returns.
-PARSERS: dict[str, Parser] = {
-    "cpuacct.usage": _single("cpu_ns"),
-    "cpuacct.usage_user": _single("cpu_user_ns"),
-    "cpuacct.usage_sys": _single("cpu_system_ns"),
-    "v1 cpu.stat": _keyed((b"throttled_time ", "cpu_throttled_ns", 1)),
-    "memory.usage_in_bytes": _single("memory_current_bytes"),
-    "memory.max_usage_in_bytes": _single("memory_peak_bytes"),
-    "memory.oom_control": _keyed((b"oom_kill ", "oom_kills", 1)),
-    "blkio bytes": _blkio("io_read_bytes", "io_write_bytes"),
-    "blkio ops": _blkio("io_read_ops", "io_write_ops"),
-    "pids.current": _single("pids"),
-    "cpu.stat": _keyed(
-        (b"usage_usec ", "cpu_ns", 1000),
-        (b"user_usec ", "cpu_user_ns", 1000),
-        (b"system_usec ", "cpu_system_ns", 1000),
-        (b"throttled_usec ", "cpu_throttled_ns", 1000),
-    ),
-    "memory.current": _single("memory_current_bytes"),
-    "memory.peak": _single("memory_peak_bytes"),
-    "memory.events": _keyed((b"oom_kill ", "oom_kills", 1)),
-    "io.stat": _io_stat,
-    "cpu.pressure": _pressure("cpu_pressure_some_us", None),
-    "memory.pressure": _pressure("memory_pressure_some_us", "memory_pressure_full_us"),
-    "io.pressure": _pressure("io_pressure_some_us", "io_pressure_full_us"),
-}
-# What the final read at exit needs: the billed counters and the OOM verdict. Fewer files
-# opened once, for attempts that ended before any sweep opened theirs.
-FINAL_FILES = frozenset(
-    {
-        "cpuacct.usage",
-        "memory.usage_in_bytes",
-        "memory.max_usage_in_bytes",
-        "memory.oom_control",
-        "blkio bytes",
-        "cpu.stat",
-        "memory.current",
-        "memory.peak",
-        "memory.events",
-        "io.stat",
+    ``final``: only those the final read at exit needs (see FINAL_ROLES)."""
+    return {
+        counter.name: (file, counter.parser)
+        for counter, file in driver.counter_files(path)
+        if not final or counter.role in FINAL_ROLES
     }
-)
-
-
-# Of FINAL_FILES and the v1 user/system split, the monitor compares these until they settle
-# (billed counters, and cpu); the rest it reads once after them (see FinalRead).
-_SETTLED = frozenset(
-    {
-        "cpuacct.usage",
-        "cpuacct.usage_user",
-        "cpuacct.usage_sys",
-        "memory.max_usage_in_bytes",
-        "blkio bytes",
-        "cpu.stat",
-        "memory.peak",
-        "io.stat",
-    }
-)
-_MONITOR_FILES = FINAL_FILES | {"cpuacct.usage_user", "cpuacct.usage_sys"}
 
 
 # Per driver: (name, directory of the root cgroup, file) for the counters and the gauges.
@@ -279,11 +97,14 @@ _templates: weakref.WeakKeyDictionary[CgroupDriver, tuple[_Files, _Files]] = (
 def _final_templates(driver: CgroupDriver) -> tuple[_Files, _Files]:
     """FinalRead's files for the root cgroup, once per driver: a launch joins strings with
     the job's relative path instead of building paths."""
-    files = _all_counter_files(driver, CgroupPath(()), _MONITOR_FILES)
-    rows = [(n, str(p.parent), p.name) for n, p in files.items()]
+    rows = [
+        (c, (c.name, str(p.parent), p.name))
+        for c, p in driver.counter_files(CgroupPath(()))
+        if c.role in _MONITOR_ROLES
+    ]
     found = (
-        tuple(r for r in rows if r[0] in _SETTLED),
-        tuple(r for r in rows if r[0] not in _SETTLED),
+        tuple(r for c, r in rows if c.role in _SETTLED_ROLES),
+        tuple(r for c, r in rows if c.role not in _SETTLED_ROLES),
     )
     _templates[driver] = found
     return found
@@ -302,18 +123,16 @@ def final_read(driver: CgroupDriver, path: CgroupPath) -> FinalRead:
 
 
 def _sample(values: Values) -> Sample:
-    # As read_usage: without memory.peak (v2 before 5.19) the current value is the best we have.
-    if "memory_peak_bytes" not in values and "memory_current_bytes" in values:
-        values["memory_peak_bytes"] = values["memory_current_bytes"]
-    return Sample(**values)  # type: ignore[arg-type]
+    return Sample(**peak_or_current(values))  # type: ignore[arg-type]
 
 
-def parse_sample(texts: Mapping[str, str]) -> Sample:
-    """A :class:`Sample` from the text of each logical counter file (missing ones count 0);
-    ValueError (or KeyError for an unknown name) on text that is not a counter file's."""
+def parse_sample(driver: CgroupDriver, texts: Mapping[str, str]) -> Sample:
+    """A :class:`Sample` from the text of each of ``driver``'s counter files by logical name
+    (missing ones count 0); ValueError (or KeyError for a name the driver does not know) on
+    text that is not a counter file's."""
     values: Values = {}
     for name, text in texts.items():
-        PARSERS[name](text.encode(), values)
+        driver.counter_file(name).parser.parse(text.encode(), values)
     return _sample(values)
 
 
@@ -322,7 +141,8 @@ def parse_sample(texts: Mapping[str, str]) -> Sample:
 # v1: a write to memory.max_usage_in_bytes resets the cgroup's mark to its current usage
 # (for every reader). v2: since Linux 6.12 a write to an open memory.peak resets the mark
 # seen through that open file only; before 6.12 the file cannot be opened for writing.
-PEAK_FILES = frozenset({"memory.max_usage_in_bytes", "memory.peak"})
+# The peak file is the one whose parser gives this field (each driver has one).
+PEAK = "memory_peak_bytes"
 # The kernel ignores what is written (any non-empty text resets).
 _PEAK_RESET = b"0"
 
@@ -337,11 +157,11 @@ class CounterReader:
     """
 
     def __init__(self, files: CounterFiles, *, reset_peak: bool = False) -> None:
-        self._files: list[tuple[int, Parser]] = []
+        self._files: list[tuple[int, Callable[[bytes, Values], None]]] = []
         self._peak_fd: int | None = None
-        groups: dict[Path, list[tuple[str, Path]]] = {}
-        for name, path in files.items():
-            groups.setdefault(path.parent, []).append((name, path))
+        groups: dict[Path, list[tuple[Path, CounterParser]]] = {}
+        for path, parser in files.values():
+            groups.setdefault(path.parent, []).append((path, parser))
         try:
             for directory, members in groups.items():
                 # Several files of one directory: open it once and openat() each file, which
@@ -350,10 +170,10 @@ class CounterReader:
                 if len(members) > 1:
                     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                 try:
-                    for name, path in members:
+                    for path, parser in members:
                         try:
                             where = path.name if dir_fd is not None else path
-                            if reset_peak and name in PEAK_FILES:
+                            if reset_peak and PEAK in parser.fields:
                                 fd = self._open_peak(where, dir_fd)
                             else:
                                 fd = os.open(where, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
@@ -361,7 +181,7 @@ class CounterReader:
                             if dir_fd is None and not directory.is_dir():
                                 raise  # the cgroup is not there (yet, or any more)
                             continue  # this kernel or mount has no such file
-                        self._files.append((fd, PARSERS[name]))
+                        self._files.append((fd, parser.parse))
                 finally:
                     if dir_fd is not None:
                         os.close(dir_fd)

@@ -8,7 +8,7 @@ adds a line to cpu.stat or memory.events does not break the agent.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -227,3 +227,117 @@ def parse_pressure(text: str) -> Pressure:
     if some is None:
         raise ValueError("pressure text has no 'some' line")
     return Pressure(some=some, full=full)
+
+
+# -- counter files, straight from the bytes a pread returns ----------------------------------
+#
+# The sampler re-reads every job's counter files on every sweep, so these parse bytes without
+# decoding and fill one dict of named values (base units: cpu in ns, pressure totals in us).
+# Each driver names its counter files and gives each one of these (cgroups/v1.py, v2.py): the
+# sampler, the final read at exit and the drivers' own read_usage all go through them.
+
+Values = dict[str, int | None]
+
+
+@dataclass(frozen=True)
+class CounterParser:
+    """How one counter file becomes named values: ``parse(data, values)`` sets (some of)
+    ``fields`` in ``values``."""
+
+    fields: tuple[str, ...]
+    parse: Callable[[bytes, Values], None]
+
+
+def _find(data: bytes, key: bytes) -> int | None:
+    """The integer after ``key`` at the start of a line of ``data`` (None if absent)."""
+    if data.startswith(key):
+        start = len(key)
+    else:
+        at = data.find(b"\n" + key)
+        if at < 0:
+            return None
+        start = at + 1 + len(key)
+    end = data.find(b"\n", start)
+    return int(data[start:end] if end >= 0 else data[start:])
+
+
+def single(field: str) -> CounterParser:
+    """A file holding one integer (cpuacct.usage, memory.current, pids.current)."""
+
+    def parse(data: bytes, values: Values) -> None:
+        values[field] = int(data)
+
+    return CounterParser((field,), parse)
+
+
+def keyed(*pairs: tuple[bytes, str, int]) -> CounterParser:
+    """Fields from ``key value`` lines: (key with its trailing space, field, multiplier)."""
+
+    def parse(data: bytes, values: Values) -> None:
+        for key, field, scale in pairs:
+            found = _find(data, key)
+            if found is not None:
+                values[field] = found * scale
+
+    return CounterParser(tuple(field for _, field, _ in pairs), parse)
+
+
+def pressure_totals(some_field: str, full_field: str | None) -> CounterParser:
+    """PSI totals (microseconds) of the ``some`` and ``full`` lines."""
+
+    def parse(data: bytes, values: Values) -> None:
+        at = data.find(b"total=")
+        if at >= 0 and data.startswith(b"some"):
+            end = data.find(b"\n", at)
+            values[some_field] = int(data[at + 6 : end if end >= 0 else None])
+        full = data.find(b"\nfull ")
+        if full_field is not None and full >= 0:
+            at = data.find(b"total=", full)
+            end = data.find(b"\n", at)
+            values[full_field] = int(data[at + 6 : end if end >= 0 else None])
+
+    fields = (some_field,) if full_field is None else (some_field, full_field)
+    return CounterParser(fields, parse)
+
+
+def blkio_sums(read_field: str, write_field: str) -> CounterParser:
+    """v1 ``8:0 Read N`` lines summed over devices (per-device and grand Totals ignored, as
+    in :func:`parse_blkio_service_bytes`)."""
+
+    def parse(data: bytes, values: Values) -> None:
+        read = write = 0
+        for line in data.split(b"\n"):
+            fields = line.split()
+            if len(fields) == 3:
+                if fields[1] == b"Read":
+                    read += int(fields[2])
+                elif fields[1] == b"Write":
+                    write += int(fields[2])
+        values[read_field], values[write_field] = read, write
+
+    return CounterParser((read_field, write_field), parse)
+
+
+def _io_stat(data: bytes, values: Values) -> None:
+    sums = {b"rbytes": 0, b"wbytes": 0, b"rios": 0, b"wios": 0}
+    for line in data.split(b"\n"):
+        for field in line.split()[1:]:
+            key, _, value = field.partition(b"=")
+            if key in sums:
+                sums[key] += int(value)
+    values["io_read_bytes"], values["io_write_bytes"] = sums[b"rbytes"], sums[b"wbytes"]
+    values["io_read_ops"], values["io_write_ops"] = sums[b"rios"], sums[b"wios"]
+
+
+# v2 io.stat summed over devices: rbytes, wbytes, rios, wios.
+IO_STAT = CounterParser(
+    ("io_read_bytes", "io_write_bytes", "io_read_ops", "io_write_ops"), _io_stat
+)
+
+
+def peak_or_current(values: Values) -> Values:
+    """``values`` with the memory peak defaulting to the current usage: without a peak file
+    (v2 before 5.19) the current value is the best there is."""
+    if "memory_peak_bytes" not in values and "memory_current_bytes" in values:
+        values["memory_peak_bytes"] = values["memory_current_bytes"]
+    return values

@@ -19,19 +19,27 @@ import structlog
 from scheduler.cgroups import fs
 from scheduler.cgroups.base import (
     CgroupPath,
+    CounterFile,
     DriverName,
     LaunchPlan,
     Limits,
     Usage,
     check_io,
     check_segment,
+    kill_in_steps,
+    usage_of,
 )
 from scheduler.cgroups.parse import (
     Pressure,
-    parse_blkio_service_bytes,
+    Values,
+    blkio_sums,
+    keyed,
     parse_flat_keyed,
     parse_freezer_state,
     parse_pressure,
+    peak_or_current,
+    pressure_totals,
+    single,
 )
 from scheduler.errors import CgroupError
 
@@ -43,6 +51,98 @@ CFS_PERIOD_US = 100_000
 # The kernel rejects quotas under 1 ms (min_cfs_quota_period in kernel/sched/core.c).
 MIN_CFS_QUOTA_US = 1_000
 DEFAULT_SHARES = 1024
+
+
+# The counter files, in the hierarchy each lives in ("unified": the cgroup2 mirror, for PSI).
+COUNTERS = (
+    CounterFile("cpuacct.usage", "cpuacct", "cpuacct.usage", single("cpu_ns"), "billed"),
+    CounterFile(
+        "cpuacct.usage_user", "cpuacct", "cpuacct.usage_user", single("cpu_user_ns"), "monitor"
+    ),
+    CounterFile(
+        "cpuacct.usage_sys", "cpuacct", "cpuacct.usage_sys", single("cpu_system_ns"), "monitor"
+    ),
+    CounterFile(
+        "v1 cpu.stat",
+        "cpu",
+        "cpu.stat",
+        keyed((b"throttled_time ", "cpu_throttled_ns", 1)),
+        "sample",
+    ),
+    CounterFile(
+        "memory.usage_in_bytes",
+        "memory",
+        "memory.usage_in_bytes",
+        single("memory_current_bytes"),
+        "gauge",
+    ),
+    CounterFile(
+        "memory.max_usage_in_bytes",
+        "memory",
+        "memory.max_usage_in_bytes",
+        single("memory_peak_bytes"),
+        "billed",
+    ),
+    CounterFile(
+        "memory.oom_control",
+        "memory",
+        "memory.oom_control",
+        keyed((b"oom_kill ", "oom_kills", 1)),
+        "gauge",
+    ),
+    CounterFile(
+        "blkio bytes",
+        "blkio",
+        "blkio.throttle.io_service_bytes_recursive",
+        blkio_sums("io_read_bytes", "io_write_bytes"),
+        "billed",
+    ),
+    CounterFile(
+        "blkio ops",
+        "blkio",
+        "blkio.throttle.io_serviced_recursive",
+        blkio_sums("io_read_ops", "io_write_ops"),
+        "sample",
+    ),
+    CounterFile("pids.current", "pids", "pids.current", single("pids"), "sample"),
+    CounterFile(
+        "cpu.pressure",
+        "unified",
+        "cpu.pressure",
+        pressure_totals("cpu_pressure_some_us", None),
+        "sample",
+    ),
+    CounterFile(
+        "memory.pressure",
+        "unified",
+        "memory.pressure",
+        pressure_totals("memory_pressure_some_us", "memory_pressure_full_us"),
+        "sample",
+    ),
+    CounterFile(
+        "io.pressure",
+        "unified",
+        "io.pressure",
+        pressure_totals("io_pressure_some_us", "io_pressure_full_us"),
+        "sample",
+    ),
+)
+_COUNTERS_BY_NAME = {c.name: c for c in COUNTERS}
+# What read_usage reads; of those, a missing file means the cgroup is gone (an error), but
+# for the user/system split, which kernels before 4.16 lack (cpuacct.stat then).
+_USAGE = frozenset(
+    {
+        "cpuacct.usage",
+        "cpuacct.usage_user",
+        "cpuacct.usage_sys",
+        "memory.usage_in_bytes",
+        "memory.max_usage_in_bytes",
+        "memory.oom_control",
+        "blkio bytes",
+        "pids.current",
+    }
+)
+_USAGE_OPTIONAL = frozenset({"cpuacct.usage_user", "cpuacct.usage_sys"})
 
 
 def cfs_quota_us(cores: float) -> int:
@@ -272,50 +372,44 @@ class V1Driver:
 
     # -- observing -------------------------------------------------------------------------
 
+    def counter_files(self, path: CgroupPath) -> list[tuple[CounterFile, Path]]:
+        present = self._mounts.keys() | ({"unified"} if self._unified is not None else set())
+        dirs: dict[str, Path] = {}
+        files = []
+        for counter in COUNTERS:
+            if counter.where not in present:
+                continue
+            if counter.where not in dirs:
+                dirs[counter.where] = self.directory(counter.where, path)
+            files.append((counter, dirs[counter.where] / counter.file))
+        return files
+
+    def counter_file(self, name: str) -> CounterFile:
+        return _COUNTERS_BY_NAME[name]
+
     def read_usage(self, path: CgroupPath) -> Usage:
         """Counters of ``path`` and its descendants; unmounted controllers count 0."""
-        cpu_ns = user_ns = system_ns = 0
-        if "cpuacct" in self._mounts:
-            acct = self.directory("cpuacct", path)
-            cpu_ns = int(fs.read_file(acct / "cpuacct.usage"))
-            user = fs.read_optional(acct / "cpuacct.usage_user")
-            system = fs.read_optional(acct / "cpuacct.usage_sys")
-            if user is not None and system is not None:
-                user_ns, system_ns = int(user), int(system)
+        values: Values = {}
+        for counter, file in self.counter_files(path):
+            if counter.name not in _USAGE:
+                continue
+            if counter.name in _USAGE_OPTIONAL:
+                text = fs.read_optional(file)
+                if text is None:
+                    continue
             else:
-                # Before 4.16 only cpuacct.stat existed, in USER_HZ ticks.
-                ticks = parse_flat_keyed(fs.read_file(acct / "cpuacct.stat"))
-                hz = os.sysconf("SC_CLK_TCK")
-                user_ns = ticks.get("user", 0) * 1_000_000_000 // hz
-                system_ns = ticks.get("system", 0) * 1_000_000_000 // hz
-        current = peak = oom_kills = 0
-        if "memory" in self._mounts:
-            memory = self.directory("memory", path)
-            current = int(fs.read_file(memory / "memory.usage_in_bytes"))
-            peak = int(fs.read_file(memory / "memory.max_usage_in_bytes"))
-            oom = parse_flat_keyed(fs.read_file(memory / "memory.oom_control"))
-            oom_kills = oom.get("oom_kill", 0)
-        read = write = 0
-        if "blkio" in self._mounts:
-            blkio = self.directory("blkio", path)
-            io = parse_blkio_service_bytes(
-                fs.read_file(blkio / "blkio.throttle.io_service_bytes_recursive")
-            )
-            read, write = io.read, io.write
-        pids = 0
-        if "pids" in self._mounts:
-            pids = int(fs.read_file(self.directory("pids", path) / "pids.current"))
-        return Usage(
-            cpu_ns=cpu_ns,
-            cpu_user_ns=user_ns,
-            cpu_system_ns=system_ns,
-            memory_current_bytes=current,
-            memory_peak_bytes=peak,
-            io_read_bytes=read,
-            io_write_bytes=write,
-            oom_kills=oom_kills,
-            pids_current=pids,
-        )
+                text = fs.read_file(file)
+            counter.parser.parse(text.encode(), values)
+        if "cpuacct" in self._mounts and not (
+            "cpu_user_ns" in values and "cpu_system_ns" in values
+        ):
+            # Before 4.16 only cpuacct.stat existed, in USER_HZ ticks.
+            acct = self.directory("cpuacct", path)
+            ticks = parse_flat_keyed(fs.read_file(acct / "cpuacct.stat"))
+            hz = os.sysconf("SC_CLK_TCK")
+            values["cpu_user_ns"] = ticks.get("user", 0) * 1_000_000_000 // hz
+            values["cpu_system_ns"] = ticks.get("system", 0) * 1_000_000_000 // hz
+        return usage_of(peak_or_current(values))
 
     def read_pressure(self, path: CgroupPath, resource: str) -> Pressure:
         """PSI of ``path`` for ``resource`` ("cpu", "memory", "io"), from the cgroup2 mirror."""
@@ -461,17 +555,23 @@ class V1Driver:
         need be). Without it, or for tasks that were only put into the v1 hierarchies:
         freeze, signal every pid, thaw, until none is left.
         """
-        main = self._main / path.rel
+        kill_in_steps(self, path)
+
+    def start_kill(self, path: CgroupPath) -> bool | None:
         if not any(d.is_dir() for d in self.directories(path)):
-            return
+            return None
         self.release_cpu(path)
         unified = self._unified / path.rel if self._unified is not None else None
-        if unified is not None and (unified / "cgroup.kill").exists():
-            fs.write_file(unified / "cgroup.kill", "1")
-            self._thaw_for_kill(path)
-            gone = fs.wait_until(lambda: not self.populated(path), self.kill_timeout)
-            if gone and not fs.pids_below(main):
-                return
+        if unified is None or not (unified / "cgroup.kill").exists():
+            return False
+        fs.write_file(unified / "cgroup.kill", "1")
+        self._thaw_for_kill(path)
+        return True
+
+    def finish_kill(self, path: CgroupPath, sent: bool, emptied: bool) -> None:
+        main = self._main / path.rel
+        if emptied and not fs.pids_below(main):
+            return
         fs.kill_until_empty(
             main,
             lambda: fs.pids_below(main),

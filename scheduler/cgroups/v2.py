@@ -33,19 +33,27 @@ import structlog
 from scheduler.cgroups import fs
 from scheduler.cgroups.base import (
     CgroupPath,
+    CounterFile,
     DriverName,
     LaunchPlan,
     Limits,
     Usage,
     check_io,
     check_segment,
+    kill_in_steps,
+    usage_of,
 )
 from scheduler.cgroups.parse import (
+    IO_STAT,
     Pressure,
+    Values,
+    keyed,
     parse_controllers,
     parse_flat_keyed,
-    parse_io_stat,
     parse_pressure,
+    peak_or_current,
+    pressure_totals,
+    single,
 )
 from scheduler.errors import CgroupError, ProcessesSurvive
 
@@ -63,6 +71,52 @@ SUPERVISOR_LEAF = "supervisor"
 # The extended attributes systemd sets on a cgroup it delegated (Delegate=yes).
 DELEGATE_XATTRS = ("trusted.delegate", "user.delegate")
 log = structlog.get_logger(__name__)
+
+
+# The counter files, each in the cgroup's own directory.
+COUNTERS = (
+    CounterFile(
+        "cpu.stat",
+        "",
+        "cpu.stat",
+        keyed(
+            (b"usage_usec ", "cpu_ns", 1000),
+            (b"user_usec ", "cpu_user_ns", 1000),
+            (b"system_usec ", "cpu_system_ns", 1000),
+            (b"throttled_usec ", "cpu_throttled_ns", 1000),
+        ),
+        "billed",
+    ),
+    CounterFile("memory.current", "", "memory.current", single("memory_current_bytes"), "gauge"),
+    # memory.peak appeared in 5.19; before it the current value stands for it.
+    CounterFile("memory.peak", "", "memory.peak", single("memory_peak_bytes"), "billed"),
+    CounterFile(
+        "memory.events", "", "memory.events", keyed((b"oom_kill ", "oom_kills", 1)), "gauge"
+    ),
+    CounterFile("io.stat", "", "io.stat", IO_STAT, "billed"),
+    CounterFile("pids.current", "", "pids.current", single("pids"), "sample"),
+    CounterFile(
+        "cpu.pressure", "", "cpu.pressure", pressure_totals("cpu_pressure_some_us", None), "sample"
+    ),
+    CounterFile(
+        "memory.pressure",
+        "",
+        "memory.pressure",
+        pressure_totals("memory_pressure_some_us", "memory_pressure_full_us"),
+        "sample",
+    ),
+    CounterFile(
+        "io.pressure",
+        "",
+        "io.pressure",
+        pressure_totals("io_pressure_some_us", "io_pressure_full_us"),
+        "sample",
+    ),
+)
+_COUNTERS_BY_NAME = {c.name: c for c in COUNTERS}
+# What read_usage reads: cpu.stat must be there (else the cgroup is gone); the others are
+# missing where a controller is not enabled (counted 0).
+_USAGE = ("cpu.stat", "memory.current", "memory.peak", "memory.events", "io.stat", "pids.current")
 
 
 def has_delegate_xattr(cgroup: Path) -> bool:
@@ -383,29 +437,23 @@ class V2Driver:
 
     # -- observing -------------------------------------------------------------------------
 
+    def counter_files(self, path: CgroupPath) -> list[tuple[CounterFile, Path]]:
+        d = self.directory(path)
+        return [(counter, d / counter.file) for counter in COUNTERS]
+
+    def counter_file(self, name: str) -> CounterFile:
+        return _COUNTERS_BY_NAME[name]
+
     def read_usage(self, path: CgroupPath) -> Usage:
         """Counters of ``path`` and its descendants; files of absent controllers count 0."""
         d = self.directory(path)
-        cpu = parse_flat_keyed(fs.read_file(d / "cpu.stat"))
-        current_text = fs.read_optional(d / "memory.current")
-        current = int(current_text) if current_text else 0
-        # memory.peak appeared in 5.19; before it the current value is the best we have.
-        peak_text = fs.read_optional(d / "memory.peak")
-        events_text = fs.read_optional(d / "memory.events")
-        io_text = fs.read_optional(d / "io.stat")
-        pids_text = fs.read_optional(d / "pids.current")
-        io = parse_io_stat(io_text or "")
-        return Usage(
-            cpu_ns=cpu.get("usage_usec", 0) * 1000,
-            cpu_user_ns=cpu.get("user_usec", 0) * 1000,
-            cpu_system_ns=cpu.get("system_usec", 0) * 1000,
-            memory_current_bytes=current,
-            memory_peak_bytes=int(peak_text) if peak_text else current,
-            io_read_bytes=io.read,
-            io_write_bytes=io.write,
-            oom_kills=parse_flat_keyed(events_text or "").get("oom_kill", 0),
-            pids_current=int(pids_text) if pids_text else 0,
-        )
+        values: Values = {}
+        for name in _USAGE:
+            counter = _COUNTERS_BY_NAME[name]
+            text = fs.read_file(d / name) if name == "cpu.stat" else fs.read_optional(d / name)
+            if text:
+                counter.parser.parse(text.encode(), values)
+        return usage_of(peak_or_current(values))
 
     def read_pressure(self, path: CgroupPath, resource: str) -> Pressure:
         """PSI of ``path`` for ``resource`` ("cpu", "memory" or "io")."""
@@ -486,16 +534,25 @@ class V2Driver:
         cgroup.kill (5.14+) kills the whole subtree and keeps new forks out while doing so;
         frozen tasks die too. Older kernels get the freeze/signal/thaw loop instead.
         """
+        kill_in_steps(self, path)
+
+    def start_kill(self, path: CgroupPath) -> bool | None:
         d = self.directory(path)
         if not d.is_dir():
-            return
+            return None
         self.release_cpu(path)
-        if (d / "cgroup.kill").exists():
-            fs.write_file(d / "cgroup.kill", "1")
-            # Signals are delivered at once, but each task leaves the cgroup only when it
-            # passes cgroup_exit(), so "populated" drops a little later.
-            if fs.wait_until(lambda: not self.populated(path), self.kill_timeout):
-                return
+        if not (d / "cgroup.kill").exists():
+            return False
+        fs.write_file(d / "cgroup.kill", "1")
+        # Signals are delivered at once, but each task leaves the cgroup only when it
+        # passes cgroup_exit(), so "populated" drops a little later.
+        return True
+
+    def finish_kill(self, path: CgroupPath, sent: bool, emptied: bool) -> None:
+        d = self.directory(path)
+        if emptied:
+            return
+        if sent:
             raise ProcessesSurvive(
                 f"{d} still has processes {self.kill_timeout} s after cgroup.kill", fs.pids_below(d)
             )

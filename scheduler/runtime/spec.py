@@ -6,9 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from scheduler.cgroups.base import LaunchPlan
+from scheduler import launchplan
+from scheduler.launchplan import LaunchPlan
 
 ExitKind = Literal["exited", "signaled", "start_error"]
+# Defined beside LaunchPlan (what cgroups makes and runtime carries); kept importable from
+# here, where it was defined before.
+FinalRead = launchplan.FinalRead
 
 
 @dataclass(frozen=True)
@@ -52,20 +56,6 @@ class LaunchSpec:
     cgroup_hide: tuple[str, ...] = ()
     # The default seccomp filter applies (False only for the node's trusted tenants).
     seccomp: bool = True
-
-
-@dataclass(frozen=True)
-class FinalRead:
-    """What the monitor reads of the job's cgroup after the job ended, into the exit record.
-
-    ``counters`` are re-read until two reads agree, ``gauges`` read once after them; each is
-    (logical name, file) as in cgroups.counters. ``empty_check`` (a cgroup.events or a
-    cgroup.procs file) must say the cgroup is empty, or nothing is read.
-    """
-
-    counters: tuple[tuple[str, str], ...]
-    gauges: tuple[tuple[str, str], ...]
-    empty_check: str
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,7 @@ async def test_recorded_counters_are_the_cgroups_after_the_job(
     record = await ended(spec, pid)
     assert record.kind == "exited" and record.exit_code == 0, record
     assert record.counters is not None
-    recorded = parse_sample(record.counters)
+    recorded = parse_sample(driver, record.counters)
     # The cgroup is still there (the agent removes it once the end is committed): the
     # monitor's texts are what a read of it now says.
     now = read_final(driver, cgroup, None)
@@ -109,7 +109,7 @@ async def test_a_killed_job_has_its_counters_recorded_too(
     record = await ended(spec, pid)
     assert record.kind == "signaled" and record.signal == 9
     assert record.counters is not None
-    assert parse_sample(record.counters).usage().cpu_ns > 0
+    assert parse_sample(driver, record.counters).usage().cpu_ns > 0
 
 
 async def test_nothing_is_recorded_while_the_cgroup_still_has_a_process(
@@ -200,10 +200,10 @@ async def test_v2_files_as_the_kernel_writes_them(
     }
     reader = CounterReader(counter_files(v2, job, final=True))
     try:
-        assert parse_sample(record.counters) == reader.read()
+        assert parse_sample(v2, record.counters) == reader.read()
     finally:
         reader.close()
-    assert parse_sample(record.counters).usage().io_read_bytes == 1040384 + 90267648
+    assert parse_sample(v2, record.counters).usage().io_read_bytes == 1040384 + 90267648
 
 
 @pytest.mark.parametrize("from_monitor", [True, False])

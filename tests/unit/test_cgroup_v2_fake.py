@@ -16,10 +16,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import pytest
 
 from scheduler.agent.service import check_v2_controllers
 from scheduler.cgroups import fs
+from scheduler.cgroups.asyncdriver import async_driver
 from scheduler.cgroups.base import CgroupPath, LaunchPlan, Limits, Usage
 from scheduler.cgroups.detect import open_driver, own_unified_cgroup
 from scheduler.cgroups.parse import Layout, parse_controllers, parse_mountinfo
@@ -787,3 +789,36 @@ def test_a_root_without_cpu_refuses_to_start_and_names_the_remedy(tree: Tree) ->
     (tree.mount / "sched" / "cgroup.controllers").write_text("cpu memory pids\n")
     assert driver.missing_controllers() == ("io",)
     check_v2_controllers(driver, explicit=False)
+
+
+@pytest.mark.anyio
+async def test_the_async_facades_kill_waits_on_the_loop_as_the_driver_does(tree: Tree) -> None:
+    """The facade's kill: cgroup.kill written, the wait polled with anyio.sleep (the loop
+    runs other tasks meanwhile), and the same verdicts as the driver's own kill."""
+    driver = tree.driver()
+    driver.kill_timeout = 0.3
+    calls = async_driver(driver)
+    assert async_driver(driver) is calls  # one facade per driver
+    await calls.ensure(TENANT, Limits())
+    run_plan(await calls.plan(JOB, Limits()))
+    leaf = tree.mount / "sched" / "acme" / "job-7"
+    await calls.kill(JOB)
+    assert (leaf / "cgroup.kill").read_text() == "1"
+    (leaf / "cgroup.events").write_text("populated 1\nfrozen 0\n")
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await anyio.sleep(0.01)
+            ticks += 1
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tick)
+        with pytest.raises(CgroupError, match="still has processes"):
+            await calls.kill(JOB)
+        tg.cancel_scope.cancel()
+    assert ticks >= 10  # the loop ran meanwhile: 0.3 s of waiting, 10 ms ticks
+    (leaf / "cgroup.events").write_text("populated 0\nfrozen 0\n")
+    await calls.kill(JOB)
+    await calls.kill(CgroupPath(("acme", "job-404")))  # missing: nothing to do

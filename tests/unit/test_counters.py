@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
 import pytest
 
-from scheduler.cgroups.base import CgroupPath
+from scheduler.cgroups import v1, v2
+from scheduler.cgroups.base import CgroupDriver, CgroupPath, Usage
 from scheduler.cgroups.counters import CounterReader, Sample, counter_files, parse_sample
 from scheduler.cgroups.v1 import V1Driver
 from scheduler.cgroups.v2 import V2Driver
@@ -89,15 +91,68 @@ def test_v1_hybrid_counters_from_the_captured_host(tmp_path: Path) -> None:
     assert (sample.memory_pressure_some_us, sample.memory_pressure_full_us) == (2101, 2101)
 
 
+def v1_fixture(tmp_path: Path) -> V1Driver:
+    root = tmp_path / "cg"
+    mounts = {}
+    for controller in ("cpu", "cpuacct", "memory", "blkio", "pids", "unified"):
+        (root / controller).mkdir(parents=True)
+        shutil.copytree(FIXTURES / "cgroupv1" / controller / "job", root / controller / "r" / "job")
+        if controller != "unified":
+            mounts[controller] = root / controller
+    return V1Driver(mounts, "r", unified=root / "unified")
+
+
+def v2_fixture(tmp_path: Path) -> V2Driver:
+    shutil.copytree(FIXTURES / "cgroupv2", tmp_path / "cgroup")
+    return V2Driver(tmp_path / "cgroup", "scheduler")
+
+
+def test_both_drivers_counter_files_answer_the_same_keys() -> None:
+    """Each driver names its own files, but together they give every value of a Sample, and
+    the final read at exit (billed and gauges) gives every billed value of a Usage."""
+    fields = {f.name for f in dataclasses.fields(Sample)}
+    billed = {"cpu_ns", "memory_current_bytes", "memory_peak_bytes", "oom_kills"}
+    billed |= {"io_read_bytes", "io_write_bytes"}
+    for counters in (v1.COUNTERS, v2.COUNTERS):
+        assert {key for c in counters for key in c.parser.fields} == fields
+        final = {key for c in counters if c.role in ("billed", "gauge") for key in c.parser.fields}
+        assert billed <= final
+
+
+@pytest.mark.parametrize("make", [v1_fixture, v2_fixture], ids=["v1", "v2"])
+def test_the_drivers_read_usage_is_the_samplers_reader(tmp_path: Path, make: object) -> None:
+    """One reader: the driver's read_usage, the sampler's kept-open files and the parse of
+    the monitor's recorded texts give the same numbers from the same files."""
+    assert callable(make)
+    driver: CgroupDriver = make(tmp_path)
+    job = CgroupPath(("job",)) if isinstance(driver, V1Driver) else CgroupPath(("acme", "job-42"))
+    reader = CounterReader(counter_files(driver, job))
+    try:
+        sample = reader.read()
+    finally:
+        reader.close()
+    usage = driver.read_usage(job)
+    assert usage == sample.usage()
+    assert usage != Usage() and usage.cpu_ns > 0 and usage.oom_kills > 0
+    texts = {c.name: p.read_text() for c, p in driver.counter_files(job) if p.exists()}
+    assert parse_sample(driver, texts) == sample
+    files = counter_files(driver, job, final=True)
+    final = {name: path.read_text() for name, (path, _) in files.items() if path.exists()}
+    recorded = parse_sample(driver, final)
+    for billed in ("cpu_ns", "memory_peak_bytes", "io_read_bytes", "io_write_bytes", "oom_kills"):
+        assert getattr(recorded, billed) == getattr(sample, billed), billed
+
+
 def test_a_missing_cgroup_is_an_os_error_and_leaks_nothing(tmp_path: Path) -> None:
     driver = V2Driver(tmp_path, "scheduler")
     with pytest.raises(FileNotFoundError):
         CounterReader(counter_files(driver, CgroupPath(("acme", "job-1"))))
 
 
-def test_parse_sample_with_nothing_counts_zero() -> None:
-    assert parse_sample({}) == Sample()
-    assert parse_sample({"memory.current": "5\n"}).memory_peak_bytes == 5
+def test_parse_sample_with_nothing_counts_zero(tmp_path: Path) -> None:
+    driver = V2Driver(tmp_path, "scheduler")
+    assert parse_sample(driver, {}) == Sample()
+    assert parse_sample(driver, {"memory.current": "5\n"}).memory_peak_bytes == 5
 
 
 def test_output_meter_counts_kept_bytes_not_markers(tmp_path: Path) -> None:
