@@ -266,7 +266,9 @@ WHERE state = 'queued' AND desired_state = 'running' AND run_at > now();
 -- One sweep's billing rows in one statement, also spooled rows replayed once the database is
 -- back (agent/spool.py). seq is chosen by the sampler from its last committed row, so a
 -- retried write of the same batch conflicts on (job_id, seq) and is a no-op instead of
--- billing a period twice. A row of an attempt that has its closing row by now is dropped:
+-- billing a period twice (the unique key is (job_id, seq, period_start) since usage is
+-- partitioned by month, migration 0015; its trigger usage_dedupe drops a row whose
+-- (job_id, seq) is in another month). A row of an attempt that has its closing row by now is dropped:
 -- no period may follow the row that closed its attempt (the attempt was closed by
 -- expire_nodes while this node was away, or a paused agent resumed late).
 INSERT INTO scheduler.usage
@@ -282,7 +284,7 @@ FROM unnest($1::bigint[], $2::integer[], $3::integer[], $4::text[], $5::text[],
          memory_byte_seconds, memory_peak_bytes, io_read_bytes, io_write_bytes)
 WHERE NOT EXISTS (SELECT 1 FROM scheduler.usage f
                   WHERE f.job_id = r.job_id AND f.attempt = r.attempt AND f.final)
-ON CONFLICT (job_id, seq) DO NOTHING;
+ON CONFLICT DO NOTHING;
 
 -- name: usage_marks
 -- Where metering of each (job $1[i], attempt $2[i]) resumes: the job's last seq, and this
