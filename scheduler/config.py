@@ -67,9 +67,10 @@ class Settings:
     # this node (0: a quarter of the kernel's pid_max).
     trusted_tenants: str = ""
     max_pids: int = 0
-    # Control and policy: the grace between SIGTERM and SIGKILL at a job's time limit, and
-    # this node's capacity for admission (0: detected from the host).
-    term_grace_seconds: float = 5.0
+    # Control and policy: the longest grace between SIGTERM and SIGKILL a job gets at a
+    # cancel or its time limit (its own jobs.kill_grace_seconds, capped by this), and this
+    # node's capacity for admission (0: detected from the host).
+    term_grace_seconds: float = 600.0
     node_cpu: float = 0.0
     node_memory_bytes: int = 0
     # Block devices ("MAJ:MIN", comma-separated) that io limits apply to; empty: the disk

@@ -50,6 +50,8 @@ class Job:
     # The job's last billing row number when this attempt was claimed (its earlier attempts
     # are closed by then); None when the claim did not say (recovery, an unheard claim).
     usage_seq: int | None = None
+    # Seconds between SIGTERM and the kill at a cancel or the time limit (migration 0015).
+    kill_grace_seconds: Decimal = Decimal(10)
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
@@ -78,6 +80,7 @@ class Job:
             io_write_bps=row.get("io_write_bps"),
             output_limit_bytes=row.get("output_limit_bytes"),
             usage_seq=row.get("usage_seq"),
+            kill_grace_seconds=row.get("kill_grace_seconds", Decimal(10)),
         )
 
 

@@ -50,6 +50,8 @@ class JobRequest:
     io_write_bps: int | None = None
     # Most bytes of stdout+stderr kept (None: the tenant's, else the node's; never above them).
     output_limit_bytes: int | None = None
+    # Seconds between SIGTERM and the kill at a cancel or the time limit (None: 10).
+    kill_grace_seconds: Decimal | None = None
 
 
 def record_to_dict(row: asyncpg.Record) -> dict[str, Any]:
@@ -88,6 +90,7 @@ async def submit(conn: Conn, request: JobRequest) -> asyncpg.Record:
             request.io_read_bps,
             request.io_write_bps,
             request.output_limit_bytes,
+            request.kill_grace_seconds,
         )
     except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
         raise SubmitRefused(refusal(exc), getattr(exc, "column_name", None)) from exc
@@ -203,10 +206,14 @@ TENANT_FIELDS = (
 )
 
 
-async def set_desired_state(conn: Conn, job_id: int, desired: DesiredState) -> asyncpg.Record:
+async def set_desired_state(
+    conn: Conn, job_id: int, desired: DesiredState, *, now: bool = False
+) -> asyncpg.Record:
     """Ask for a job to run, be frozen or be cancelled; the agent running it reconciles.
 
     A queued job cancelled here is cancelled by the database itself; a finished job refuses.
+    ``now`` (cancel only): its grace after SIGTERM is set to 0 in the same statement, so the
+    agent kills it at once (also while it is already waiting out its grace).
     """
     row = await get(conn, job_id)
     if row["state"] in FINAL_STATES:
@@ -214,7 +221,10 @@ async def set_desired_state(conn: Conn, job_id: int, desired: DesiredState) -> a
             f"job {job_id} already finished as {row['state']}: it cannot be {_VERB[desired]}"
         )
     try:
-        updated = await conn.fetchrow(q("set_desired_state"), job_id, desired)
+        if now and desired == "cancelled":
+            updated = await conn.fetchrow(q("cancel_now"), job_id)
+        else:
+            updated = await conn.fetchrow(q("set_desired_state"), job_id, desired)
     except asyncpg.IntegrityConstraintViolationError as exc:
         raise ControlRefused(refusal(exc)) from exc
     if updated is None:

@@ -276,6 +276,7 @@ async def run_agent(
             node=settings.node_name,
             poll_interval=settings.poll_interval,
             unkillable=unkillable,
+            grace_ceiling=settings.term_grace_seconds,
         )
         dispatcher = Dispatcher(
             pool,

@@ -5,7 +5,7 @@ Layout: ``<state>/spool/<n>.usage`` (n increasing, zero-padded), one segment per
 sweep. A segment is written to ``.<n>.tmp``, fsynced, renamed and the directory fsynced, so a
 crash leaves either a whole segment or a stray temporary file (removed at load), never a torn
 row. Segments are replayed oldest first, each in one statement that skips rows already there
-(the key (job_id, seq), migration 0015 keeps it across months) and rows of attempts that already have their closing row; a
+(``ON CONFLICT (job_id, seq)``) and rows of attempts that already have their closing row; a
 segment is deleted only after its rows committed, so a crash in between replays it again,
 harmlessly. While segments are waiting, the sampler appends new rows behind them instead of
 writing to Postgres, so every row reaches the database by exactly one path, in order.

@@ -103,6 +103,14 @@ def _number(lo_exclusive: Decimal, hi: Decimal) -> Callable[[Any], Decimal]:
     return check
 
 
+def _grace(v: Any) -> Decimal:
+    """Seconds in [0, 3600] (0: killed at once), as jobs.kill_grace_seconds allows."""
+    d = _number(Decimal(-1), Decimal(3600))(v)
+    if d < 0:
+        raise FieldError(f"must be in [0, 3600]: got {v}")
+    return d
+
+
 def _text(
     max_len: int, pattern: re.Pattern[str] | None = None, hint: str = ""
 ) -> Callable[[Any], str]:
@@ -203,6 +211,7 @@ JOB_FIELDS: dict[str, Callable[[Any], Any]] = {
     "io_read_bps": _optional(_int(1, 1 << 50)),
     "io_write_bps": _optional(_int(1, 1 << 50)),
     "output_limit_bytes": _optional(_int(0, 1 << 50)),
+    "kill_grace_seconds": _optional(_grace),
 }
 TENANT_FIELDS: dict[str, Callable[[Any], Any]] = {
     "name": JOB_FIELDS["tenant"],
@@ -256,5 +265,7 @@ def request_hash(request: JobRequest) -> str:
     if fields.get("output_limit_bytes") is None:
         # Added later: left out when unset, so keys stored before it keep their digests.
         fields.pop("output_limit_bytes", None)
+    if fields.get("kill_grace_seconds") is None:
+        fields.pop("kill_grace_seconds", None)
     canonical = json.dumps(fields, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -127,18 +127,22 @@ async def list_jobs(request: Request) -> Response:
     )
 
 
-async def _steer(request: Request, desired: DesiredState) -> Response:
+async def _steer(request: Request, desired: DesiredState, *, now: bool = False) -> Response:
     async with deps(request).pool.acquire() as conn:
         row = await _visible_job(request, conn)
         try:
-            row = await store.set_desired_state(conn, row["id"], desired)
+            row = await store.set_desired_state(conn, row["id"], desired, now=now)
         except ControlRefused as exc:
             raise Problem(409, str(exc)) from exc
     return JSONResponse(job_json(row))
 
 
 async def cancel_job(request: Request) -> Response:
-    return await _steer(request, "cancelled")
+    """``?now=true``: kill at once, without the job's grace after SIGTERM."""
+    now = request.query_params.get("now", "false")
+    if now not in ("true", "false"):
+        raise Problem(400, f"now must be true or false: got {now[:20]!r}")
+    return await _steer(request, "cancelled", now=now == "true")
 
 
 async def freeze_job(request: Request) -> Response:

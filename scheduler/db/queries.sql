@@ -6,10 +6,13 @@
 -- the claim lock itself, so outside a transaction it is one round trip. The claim's SQL is
 -- the function's (migrations/0008_claim_function.sql, replaced in 0010_control_plane.sql).
 -- The job's output limit (migration
--- 0012) is read beside it, from the statement's snapshot (the claim does not change it).
+-- 0012) and kill grace (0015) are read beside it, from the statement's snapshot (the claim
+-- does not change them).
 SELECT c.*,
        (SELECT j.output_limit_bytes FROM scheduler.jobs j WHERE j.id = c.id)
-           AS output_limit_bytes
+           AS output_limit_bytes,
+       (SELECT j.kill_grace_seconds FROM scheduler.jobs j WHERE j.id = c.id)
+           AS kill_grace_seconds
 FROM scheduler.claim_jobs($1, $2, $3, $4, $5, $6) c;
 
 -- name: claimed_on_node
@@ -20,7 +23,7 @@ SELECT j.id, j.tenant, j.name, j.argv, j.env, j.cwd, j.cpu, j.memory_bytes, j.pi
        j.timeout_seconds, j.priority, j.max_attempts, j.attempts, j.desired_state,
        j.submitted_at, j.io_read_bps, j.io_write_bps, j.network, j.image,
        (SELECT t.run_as FROM scheduler.tenants t WHERE t.name = j.tenant) AS run_as,
-       j.output_limit_bytes
+       j.output_limit_bytes, j.kill_grace_seconds
 FROM scheduler.jobs j
 WHERE j.node = $1 AND j.node_epoch IS NOT DISTINCT FROM $2 AND j.state IN ('running', 'frozen')
 ORDER BY j.id;
@@ -109,9 +112,10 @@ SELECT count(*) FROM scheduler.jobs WHERE node = $1 AND state IN ('running', 'fr
 -- name: insert_job
 INSERT INTO scheduler.jobs (tenant, name, argv, env, cwd, cpu, memory_bytes, pids_max,
                             timeout_seconds, priority, max_attempts, labels, run_at,
-                            image, network, io_read_bps, io_write_bps, output_limit_bytes)
+                            image, network, io_read_bps, io_write_bps, output_limit_bytes,
+                            kill_grace_seconds)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, COALESCE($13, now()),
-        $14, $15, $16, $17, $18)
+        $14, $15, $16, $17, $18, COALESCE($19::numeric, 10))
 RETURNING *;
 
 -- name: get_job
@@ -130,14 +134,15 @@ LIMIT $4;
 -- Attempts this node had started when it last stopped: re-adopted or recorded at start-up.
 SELECT id, tenant, name, argv, env, cwd, cpu, memory_bytes, pids_max, timeout_seconds,
        priority, max_attempts, attempts, desired_state, submitted_at, io_read_bps, io_write_bps,
-       output_limit_bytes
+       output_limit_bytes, kill_grace_seconds
 FROM scheduler.jobs
 WHERE node = $1 AND state IN ('running', 'frozen')
 ORDER BY id;
 
 -- name: control_jobs
--- What the users ask of this node's running attempts ($1: their ids).
-SELECT id, attempts, state, desired_state FROM scheduler.jobs
+-- What the users ask of this node's running attempts ($1: their ids), with the grace a
+-- cancel gives them (read each time: cancel --now lowers it to 0 while the job stops).
+SELECT id, attempts, state, desired_state, kill_grace_seconds FROM scheduler.jobs
 WHERE id = ANY($1::bigint[]) AND node = $2 AND state IN ('running', 'frozen');
 
 -- name: set_job_state
@@ -168,6 +173,12 @@ SELECT * FROM tree ORDER BY cardinality(path), name;
 -- name: set_desired_state
 -- What a user asks of a job; the triggers cancel a queued job at once and NOTIFY the agents.
 UPDATE scheduler.jobs SET desired_state = $2 WHERE id = $1 RETURNING *;
+
+-- name: cancel_now
+-- Cancel without the grace between SIGTERM and the kill (scheduler cancel --now): one UPDATE,
+-- so the agent never sees the cancel with the old grace.
+UPDATE scheduler.jobs SET desired_state = 'cancelled', kill_grace_seconds = 0
+WHERE id = $1 RETURNING *;
 
 -- name: list_tenants
 SELECT t.*,
