@@ -204,6 +204,7 @@ async def test_a_tenant_sets_its_grace_and_cancels_now_in_sql(
         job_id,
     )
     row = await db.fetchrow("SELECT * FROM scheduler.jobs WHERE id = $1", job_id)
+    assert row is not None
     assert (row["state"], row["kill_grace_seconds"]) == ("cancelled", 0)
     # A schedule's template may carry it.
     assert "kill_grace_seconds" in await db.fetchval("SELECT scheduler.schedule_job_fields()")
