@@ -174,6 +174,37 @@ SELECT * FROM tree ORDER BY cardinality(path), name;
 -- What a user asks of a job; the triggers cancel a queued job at once and NOTIFY the agents.
 UPDATE scheduler.jobs SET desired_state = $2 WHERE id = $1 RETURNING *;
 
+-- name: retention_lock
+-- Held by the retention sweep's batch transaction: only one agent deletes job rows at a time
+-- (only the owner may lock the row, so no tenant role can stop the sweep). No row back: another
+-- agent is sweeping.
+SELECT 1 FROM scheduler.retention_lock FOR UPDATE SKIP LOCKED;
+
+-- name: delete_old_jobs
+-- Up to $2 finished jobs that ended more than $1 seconds ago, with their idempotency keys. A
+-- job with billing rows stays: usage is append-only and references it, so it goes once its
+-- months were detached and dropped (docs/operations.md, "Archiving billing months").
+WITH doomed AS (
+    SELECT j.id FROM scheduler.jobs j
+    WHERE j.state IN ('succeeded', 'failed', 'cancelled', 'timed_out', 'lost')
+      AND j.finished_at < now() - make_interval(secs => $1)
+      AND NOT EXISTS (SELECT 1 FROM scheduler.usage u WHERE u.job_id = j.id)
+    ORDER BY j.finished_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+),
+keys AS (
+    DELETE FROM scheduler.idempotency_keys k USING doomed d WHERE k.job_id = d.id
+)
+DELETE FROM scheduler.jobs j USING doomed d WHERE j.id = d.id RETURNING j.id;
+
+-- name: usage_partitions_ahead
+-- This month's usage partition and the next two (migration 0015), made if missing; bounded
+-- wait for the table lock that making one takes (a long billing read holds it off).
+-- (Two statements, no parameters: run with execute() in a transaction.)
+SET LOCAL lock_timeout = '5s';
+SELECT scheduler.usage_partitions_ahead(2);
+
 -- name: cancel_now
 -- Cancel without the grace between SIGTERM and the kill (scheduler cancel --now): one UPDATE,
 -- so the agent never sees the cancel with the old grace.
