@@ -206,5 +206,13 @@ async def test_a_tenant_sets_its_grace_and_cancels_now_in_sql(
     row = await db.fetchrow("SELECT * FROM scheduler.jobs WHERE id = $1", job_id)
     assert row is not None
     assert (row["state"], row["kill_grace_seconds"]) == ("cancelled", 0)
-    # A schedule's template may carry it.
-    assert "kill_grace_seconds" in await db.fetchval("SELECT scheduler.schedule_job_fields()")
+    # A schedule's template may carry it (and is checked like an insert).
+    await tenant_db.execute(
+        "INSERT INTO scheduler.schedules (name, tenant, cron, job) VALUES ('s', 'acme',"
+        ' \'* * * * *\', \'{"argv": ["true"], "kill_grace_seconds": 5}\')'
+    )
+    with pytest.raises(asyncpg.PostgresError, match="kill_grace"):
+        await tenant_db.execute(
+            "INSERT INTO scheduler.schedules (name, tenant, cron, job) VALUES ('t', 'acme',"
+            ' \'* * * * *\', \'{"argv": ["true"], "kill_grace_seconds": 7200}\')'
+        )
