@@ -359,6 +359,15 @@ class Runner:
         try:
             timed_out = False
             limit = float(job.timeout_seconds) if job.timeout_seconds is not None else None
+            if (
+                adopted
+                and limit is not None
+                and job.desired_state != "cancelled"
+                and grace.read_term(run_dir) is not None
+            ):
+                # Its time limit was reached before the restart (the SIGTERM went out): its
+                # grace goes on from then, not after a whole new limit.
+                limit = 0.0
             if limit is None:
                 await wait_monitor(pid, pidfd)
             else:

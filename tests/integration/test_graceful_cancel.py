@@ -171,6 +171,29 @@ async def test_an_agent_restarted_during_the_grace_kills_when_it_ends(
     await one_closing_row(db, row)
 
 
+async def test_an_agent_restarted_in_a_time_limit_grace_does_not_wait_a_new_limit(
+    dsn: str, db: asyncpg.Connection, state_dir: Path, cgroup_root: str
+) -> None:
+    settings = agent_settings(dsn, state_dir, cgroup_root)
+    async with anyio.create_task_group() as tg:
+        first = await start_agent(tg, settings)
+        job_id = await submit(db, IGNORES_TERM, timeout_seconds=8, kill_grace_seconds=2)
+        term_file = run_dir_for(settings.monitors_dir, job_id, 1) / TERM_FILE
+        with anyio.fail_after(slow(30)):
+            while not term_file.exists():
+                await anyio.sleep(0.02)
+        termed = time.monotonic()
+        first.stop()
+        second = await start_agent(tg, settings)
+        [row] = await wait_final(db, [job_id])
+        took = time.monotonic() - termed
+        second.stop()
+    assert row["state"] == "timed_out"
+    # The adopted attempt's clock starts again at zero, but its limit was reached already.
+    assert took < 2.0 + slow(4), took
+    await one_closing_row(db, row)
+
+
 @pytest.fixture
 async def tenant_db(dsn: str, db: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
     """A tenant's own SQL role (as `scheduler tenants grant-sql` makes it)."""
