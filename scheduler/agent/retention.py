@@ -50,12 +50,14 @@ class Swept:
     partitions: int = 0
 
 
-def last_written(directory: Path) -> tuple[float, int, bool]:
+def last_written(directory: Path, now: float) -> tuple[float, int, bool]:
     """The newest mtime in an attempt's directory (itself included), its size in bytes, and
     whether it is safe to remove: nothing in it is on another filesystem (a mount left by a
-    crash is never walked into)."""
+    crash is never walked into). An mtime after ``now`` is ignored: an image job's writable
+    layer is the job's to touch, and a date in the future must not keep it forever."""
     top = os.lstat(directory)
-    newest, size = top.st_mtime, 0
+    newest = top.st_mtime if top.st_mtime <= now else 0.0
+    size = 0
     for root, dirs, files in os.walk(directory):
         for name in dirs + files:
             try:
@@ -64,7 +66,8 @@ def last_written(directory: Path) -> tuple[float, int, bool]:
                 continue
             if st.st_dev != top.st_dev:
                 return newest, size, False
-            newest = max(newest, st.st_mtime)
+            if st.st_mtime <= now:
+                newest = max(newest, st.st_mtime)
             size += st.st_size if name in files else 0
     return newest, size, True
 
@@ -76,6 +79,7 @@ def remove_old_output(
     (epoch seconds) that are not in ``running`` (job id, attempt); return how many and their
     bytes. Blocking: called in a worker thread."""
     removed = removed_bytes = 0
+    now = time.time()
     try:
         entries = list(os.scandir(runs_dir))
     except FileNotFoundError:
@@ -90,7 +94,7 @@ def remove_old_output(
             continue
         path = Path(entry.path)
         try:
-            newest, size, safe = last_written(path)
+            newest, size, safe = last_written(path, now)
         except FileNotFoundError:
             continue
         if newest >= older_than:
