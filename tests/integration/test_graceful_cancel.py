@@ -43,6 +43,14 @@ async def cancel(db: asyncpg.Connection, job_id: int) -> float:
     return time.monotonic()
 
 
+async def stopped(db: asyncpg.Connection, agent: AgentHandle) -> None:
+    """Stop an in-process agent and wait until it let go of its node name (its jobs run on)."""
+    agent.stop()
+    with anyio.fail_after(slow(20)):
+        while await db.fetchval("SELECT pid FROM scheduler.nodes WHERE name = 'test-node'"):
+            await anyio.sleep(0.02)
+
+
 async def one_closing_row(db: asyncpg.Connection, job: asyncpg.Record) -> None:
     """The job's usage rows: numbered 1..n, exactly one closing row, summing to its totals."""
     rows = await db.fetch("SELECT * FROM scheduler.usage WHERE job_id = $1 ORDER BY seq", job["id"])
@@ -156,8 +164,8 @@ async def test_an_agent_restarted_during_the_grace_kills_when_it_ends(
         with anyio.fail_after(slow(10)):
             while not term_file.exists():
                 await anyio.sleep(0.02)
-        first.stop()
-        await anyio.sleep(1.0)
+        await stopped(db, first)
+        await anyio.sleep(0.5)
         assert await db.fetchval("SELECT state FROM scheduler.jobs WHERE id = $1", job_id) == (
             "running"
         )
@@ -183,7 +191,7 @@ async def test_an_agent_restarted_in_a_time_limit_grace_does_not_wait_a_new_limi
             while not term_file.exists():
                 await anyio.sleep(0.02)
         termed = time.monotonic()
-        first.stop()
+        await stopped(db, first)
         second = await start_agent(tg, settings)
         [row] = await wait_final(db, [job_id])
         took = time.monotonic() - termed
