@@ -33,6 +33,20 @@ CREATE TRIGGER jobs_grace_notify AFTER UPDATE OF kill_grace_seconds ON scheduler
     FOR EACH ROW WHEN (NEW.kill_grace_seconds IS DISTINCT FROM OLD.kill_grace_seconds)
     EXECUTE FUNCTION scheduler.jobs_grace_notify();
 
+-- The job columns the claim does not return, read beside it (db/queries.sql claim_jobs). A
+-- subquery of the claiming statement reads the statement's snapshot, taken before the claim
+-- function's own: a job committed in between is claimed, and read there as NULL (its output
+-- limit and grace lost). A volatile function's query takes a snapshot of its own.
+CREATE FUNCTION scheduler.claimed_columns(job bigint)
+RETURNS TABLE (output_limit_bytes bigint, kill_grace_seconds numeric)
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RETURN QUERY SELECT j.output_limit_bytes, j.kill_grace_seconds
+                 FROM scheduler.jobs j WHERE j.id = job;
+END;
+$$;
+REVOKE ALL ON FUNCTION scheduler.claimed_columns(bigint) FROM PUBLIC;
+
 -- A schedule's job template may carry it like any job field (replaces 0012's list).
 CREATE OR REPLACE FUNCTION scheduler.schedule_job_fields() RETURNS text[]
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$

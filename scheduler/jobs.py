@@ -80,8 +80,13 @@ class Job:
             io_write_bps=row.get("io_write_bps"),
             output_limit_bytes=row.get("output_limit_bytes"),
             usage_seq=row.get("usage_seq"),
-            kill_grace_seconds=row.get("kill_grace_seconds", Decimal(10)),
+            kill_grace_seconds=_grace(row.get("kill_grace_seconds")),
         )
+
+
+def _grace(value: Decimal | None) -> Decimal:
+    """A row's kill_grace_seconds; the column's default where a query left it out."""
+    return Decimal(10) if value is None else value
 
 
 @dataclass(frozen=True)

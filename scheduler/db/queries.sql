@@ -6,14 +6,12 @@
 -- the claim lock itself, so outside a transaction it is one round trip. The claim's SQL is
 -- the function's (migrations/0008_claim_function.sql, replaced in 0010_control_plane.sql).
 -- The job's output limit (migration
--- 0012) and kill grace (0015) are read beside it, from the statement's snapshot (the claim
--- does not change them).
-SELECT c.*,
-       (SELECT j.output_limit_bytes FROM scheduler.jobs j WHERE j.id = c.id)
-           AS output_limit_bytes,
-       (SELECT j.kill_grace_seconds FROM scheduler.jobs j WHERE j.id = c.id)
-           AS kill_grace_seconds
-FROM scheduler.claim_jobs($1, $2, $3, $4, $5, $6) c;
+-- 0012) and kill grace (0015) are read beside it, by a function whose query sees what the
+-- claim saw (a subquery here would read the statement's older snapshot: NULL for a job
+-- committed between the two, migration 0015).
+SELECT c.*, x.output_limit_bytes, x.kill_grace_seconds
+FROM scheduler.claim_jobs($1, $2, $3, $4, $5, $6) c
+LEFT JOIN LATERAL scheduler.claimed_columns(c.id) x ON true;
 
 -- name: claimed_on_node
 -- The attempts Postgres gives node $1 under epoch $2, with the columns claim_jobs returns
