@@ -1,8 +1,9 @@
 -- Arrays and nodes of different sizes (issue 18 items 2 and 6): a job array's members and the
 -- gate that caps how many of them run at once; node labels, job constraints and drain.
 -- Replaces (CREATE OR REPLACE) scheduler.claim_jobs (0014: 0010 with the dependency gate,
--- kept here) and scheduler.schedule_job_fields
--- (0012); replaces the index jobs_queued_tenant_idx (0004).
+-- kept here), scheduler.schedule_job_fields (0015's list plus constraints) and
+-- scheduler.claimed_columns (0015's plus the array columns); replaces the index
+-- jobs_queued_tenant_idx (0004).
 
 ------------------------------------------------------------------------------------------
 -- Labels: what a node has and what a job asks for.
@@ -113,9 +114,24 @@ CREATE TRIGGER jobs_array_release AFTER UPDATE ON scheduler.jobs
 CREATE OR REPLACE FUNCTION scheduler.schedule_job_fields() RETURNS text[]
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT ARRAY['argv', 'constraints', 'cpu', 'cwd', 'env', 'image', 'io_read_bps',
-                 'io_write_bps', 'labels', 'max_attempts', 'memory_bytes', 'name', 'network',
-                 'output_limit_bytes', 'pids_max', 'priority', 'timeout_seconds']
+                 'io_write_bps', 'kill_grace_seconds', 'labels', 'max_attempts', 'memory_bytes',
+                 'name', 'network', 'output_limit_bytes', 'pids_max', 'priority',
+                 'timeout_seconds']
 $$;
+
+-- The columns read beside the claim (0015) gain the array member's place, read the same way
+-- (a job committed while the claim waited for its lock is seen, not read as NULL).
+DROP FUNCTION scheduler.claimed_columns(bigint);
+CREATE FUNCTION scheduler.claimed_columns(job bigint)
+RETURNS TABLE (output_limit_bytes bigint, kill_grace_seconds numeric, array_id bigint,
+               array_index integer)
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RETURN QUERY SELECT j.output_limit_bytes, j.kill_grace_seconds, j.array_id, j.array_index
+                 FROM scheduler.jobs j WHERE j.id = job;
+END;
+$$;
+REVOKE ALL ON FUNCTION scheduler.claimed_columns(bigint) FROM PUBLIC;
 
 ------------------------------------------------------------------------------------------
 -- The claim (replaces 0010's): the copy of 0010's text with three changes, marked "0016":

@@ -36,7 +36,9 @@ async def steer_array_cli(
     """``scheduler cancel|freeze|thaw --array ID``: every unfinished member, in one statement."""
     conn = await connect_settings(settings)
     try:
-        rows = await store.set_array_desired_state(conn, args.array, desired)
+        rows = await store.set_array_desired_state(
+            conn, args.array, desired, now=getattr(args, "now", False)
+        )
     finally:
         await conn.close()
     if args.json:

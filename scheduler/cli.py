@@ -142,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=parse_duration, default=None, help="time limit, e.g. 30s, 5m, 1h30m"
     )
     submit.add_argument(
+        "--kill-grace",
+        type=parse_duration,
+        default=None,
+        help="time between SIGTERM and the kill at a cancel or the time limit, e.g. 30s"
+        " (default: 10s; at most 1h; the node may cap it)",
+    )
+    submit.add_argument(
         "--priority", type=bounded_int(-1000, 1000), default=0, help="higher runs first"
     )
     submit.add_argument(
@@ -531,6 +538,7 @@ async def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
         output_limit_bytes=args.output_limit,
         depends_on=args.after or [],
         constraints=key_values(args.constraint, "--constraint"),
+        kill_grace_seconds=args.kill_grace,
     )
     overrides: dict[str, Any] = {}
     if args.cpu is not None:

@@ -19,6 +19,7 @@ from typing import Any
 from scheduler.errors import ConfigError, SandboxError
 from scheduler.labels import LabelError, parse_list
 from scheduler.runtime.sandbox import SandboxPolicy
+from scheduler.units import UnitError, parse_duration
 
 # Same rule as scheduler.tenants.name.
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -68,9 +69,10 @@ class Settings:
     # this node (0: a quarter of the kernel's pid_max).
     trusted_tenants: str = ""
     max_pids: int = 0
-    # Control and policy: the grace between SIGTERM and SIGKILL at a job's time limit, and
-    # this node's capacity for admission (0: detected from the host).
-    term_grace_seconds: float = 5.0
+    # Control and policy: the longest grace between SIGTERM and SIGKILL a job gets at a
+    # cancel or its time limit (its own jobs.kill_grace_seconds, capped by this), and this
+    # node's capacity for admission (0: detected from the host).
+    term_grace_seconds: float = 600.0
     node_cpu: float = 0.0
     node_memory_bytes: int = 0
     # This node's labels, "k=v,k2=v2" (scheduler/labels.py): jobs' constraints must be among
@@ -104,6 +106,13 @@ class Settings:
     # default and the ceiling of jobs' and tenants' output_limit_bytes. Job output also stops
     # being kept while the state directory has less than state_min_free_bytes free.
     output_limit_bytes: int = 1024 * 1024 * 1024
+    # Retention (agent/retention.py), durations such as 30d or 12h, or "off": job output
+    # files (each attempt's directory under runs/) untouched this long are removed; finished
+    # job rows this old are deleted (off by default; a job with billing rows stays until its
+    # months are archived, docs/operations.md). Swept every retention_interval_seconds.
+    output_retention: str = "30d"
+    job_retention: str = "off"
+    retention_interval_seconds: float = 3600.0
 
     def __post_init__(self) -> None:
         if self.cgroup_driver not in ("auto", "v1", "v2"):
@@ -169,6 +178,12 @@ class Settings:
             raise ConfigError(
                 f"output_limit_bytes must be in [0, 1 PiB]: got {self.output_limit_bytes}"
             )
+        _ = self.output_retention_seconds, self.job_retention_seconds  # checked there
+        if not 0.05 <= self.retention_interval_seconds <= 86400:
+            raise ConfigError(
+                "retention_interval_seconds must be in [0.05, 86400] s:"
+                f" got {self.retention_interval_seconds}"
+            )
         if self.runtime_dir is not None and not self.runtime_dir.is_absolute():
             raise ConfigError(f"runtime_dir must be an absolute path: got {self.runtime_dir}")
         _check_runtime(self)
@@ -183,6 +198,16 @@ class Settings:
     def trusted_tenant_names(self) -> frozenset[str]:
         """``trusted_tenants`` as a set of names."""
         return frozenset(n.strip() for n in self.trusted_tenants.split(",") if n.strip())
+
+    @property
+    def output_retention_seconds(self) -> float | None:
+        """``output_retention`` in seconds (None: off)."""
+        return _retention("output_retention", self.output_retention)
+
+    @property
+    def job_retention_seconds(self) -> float | None:
+        """``job_retention`` in seconds (None: off)."""
+        return _retention("job_retention", self.job_retention)
 
     @property
     def runs_dir(self) -> Path:
@@ -218,6 +243,19 @@ class Settings:
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
+
+
+def _retention(name: str, text: str) -> float | None:
+    """A retention setting: "off" (or empty), else a duration of at least a second."""
+    if text.strip().lower() in ("", "off", "none"):
+        return None
+    try:
+        seconds = parse_duration(text.strip())
+    except UnitError as exc:
+        raise ConfigError(f"{name}: {exc} (or off)") from exc
+    if not 1 <= seconds <= 100 * 365 * 86400:
+        raise ConfigError(f"{name} must be between 1s and 100 years (or off): got {text!r}")
+    return float(seconds)
 
 
 def _check_lease(settings: Settings) -> None:

@@ -42,6 +42,12 @@ def add_parsers(
         add_common(parser)
         parser.add_argument("id", type=job_id, nargs="?", help="the job's id")
         parser.add_argument("--array", type=job_id, help="every unfinished member of this array")
+        if verb == "cancel":
+            parser.add_argument(
+                "--now",
+                action="store_true",
+                help="kill at once, without the job's grace after SIGTERM (kill_grace_seconds)",
+            )
     tenants = sub.add_parser("tenants", help="list, add, set, freeze or thaw tenants")
     add_common(tenants)
     actions = tenants.add_subparsers(dest="tenant_action", required=True, metavar="ACTION")
@@ -139,7 +145,9 @@ async def cmd_desired(settings: Settings, args: argparse.Namespace) -> int:
         return await steer_array_cli(settings, args, _DESIRED[args.command])
     conn = await connect_settings(settings)
     try:
-        row = await store.set_desired_state(conn, args.id, _DESIRED[args.command])
+        row = await store.set_desired_state(
+            conn, args.id, _DESIRED[args.command], now=getattr(args, "now", False)
+        )
     finally:
         await conn.close()
     _print(

@@ -53,6 +53,8 @@ class Job:
     # The array this job is a member of, and its index there (migration 0016).
     array_id: int | None = None
     array_index: int | None = None
+    # Seconds between SIGTERM and the kill at a cancel or the time limit (migration 0015).
+    kill_grace_seconds: Decimal = Decimal(10)
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
@@ -83,7 +85,13 @@ class Job:
             usage_seq=row.get("usage_seq"),
             array_id=row.get("array_id"),
             array_index=row.get("array_index"),
+            kill_grace_seconds=_grace(row.get("kill_grace_seconds")),
         )
+
+
+def _grace(value: Decimal | None) -> Decimal:
+    """A row's kill_grace_seconds; the column's default where a query left it out."""
+    return Decimal(10) if value is None else value
 
 
 @dataclass(frozen=True)

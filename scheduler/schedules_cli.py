@@ -48,6 +48,9 @@ def add_parsers(
     add.add_argument("--memory", type=parse_size, help="e.g. 256M, 1G")
     add.add_argument("--pids", type=int, help="max processes")
     add.add_argument("--timeout", type=parse_duration, help="e.g. 30s, 5m")
+    add.add_argument(
+        "--kill-grace", type=parse_duration, help="SIGTERM to kill at a cancel, e.g. 30s"
+    )
     add.add_argument("--priority", type=int, help="the jobs' priority (higher first)")
     add.add_argument("--max-attempts", type=int, help="attempts per job, retries included")
     add.add_argument("--cwd", help="the jobs' working directory")
@@ -117,6 +120,7 @@ def template(args: argparse.Namespace) -> dict[str, Any]:
         "memory_bytes": args.memory,
         "pids_max": args.pids,
         "timeout_seconds": None if args.timeout is None else str(args.timeout),
+        "kill_grace_seconds": None if args.kill_grace is None else str(args.kill_grace),
         "priority": args.priority,
         "max_attempts": args.max_attempts,
         "cwd": args.cwd,

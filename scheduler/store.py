@@ -55,6 +55,9 @@ class JobRequest:
     # Labels a node must have to run the job (migration 0016; scheduler/labels.py).
     constraints: dict[str, str] = field(default_factory=dict)
 
+    # Seconds between SIGTERM and the kill at a cancel or the time limit (None: 10).
+    kill_grace_seconds: Decimal | None = None
+
 
 @dataclass(frozen=True)
 class ArraySpec:
@@ -125,6 +128,7 @@ def _job_args(request: JobRequest) -> tuple[Any, ...]:
         request.output_limit_bytes,
         request.depends_on,
         request.constraints,
+        request.kill_grace_seconds,
     )
 
 
@@ -145,16 +149,28 @@ async def submit_array(
 
 
 async def set_array_desired_state(
-    conn: Conn, array_id: int, desired: DesiredState, *, within: frozenset[str] | None = None
+    conn: Conn,
+    array_id: int,
+    desired: DesiredState,
+    *,
+    within: frozenset[str] | None = None,
+    now: bool = False,
 ) -> list[asyncpg.Record]:
     """Cancel, freeze or thaw every unfinished member of an array (``within``: the tenants
-    the caller may steer); the members changed. JobNotFound if the caller sees no member."""
+    the caller may steer); the members changed. JobNotFound if the caller sees no member.
+    ``now`` (cancel only): no grace after SIGTERM, as for one job."""
     scope = sorted(within) if within is not None else None
     async with conn.transaction():
         if not await conn.fetchval(q("array_exists"), array_id, scope):
             raise JobNotFound(f"no array with id {array_id}")
         try:
-            rows = await conn.fetch(q("set_array_desired_state"), array_id, desired, scope)
+            rows = await conn.fetch(
+                q("set_array_desired_state"),
+                array_id,
+                desired,
+                scope,
+                now and desired == "cancelled",
+            )
         except asyncpg.IntegrityConstraintViolationError as exc:
             raise ControlRefused(refusal(exc)) from exc
     return list(rows)
@@ -329,10 +345,14 @@ TENANT_FIELDS = (
 )
 
 
-async def set_desired_state(conn: Conn, job_id: int, desired: DesiredState) -> asyncpg.Record:
+async def set_desired_state(
+    conn: Conn, job_id: int, desired: DesiredState, *, now: bool = False
+) -> asyncpg.Record:
     """Ask for a job to run, be frozen or be cancelled; the agent running it reconciles.
 
     A queued job cancelled here is cancelled by the database itself; a finished job refuses.
+    ``now`` (cancel only): its grace after SIGTERM is set to 0 in the same statement, so the
+    agent kills it at once (also while it is already waiting out its grace).
     """
     row = await get(conn, job_id)
     if row["state"] in FINAL_STATES:
@@ -340,7 +360,10 @@ async def set_desired_state(conn: Conn, job_id: int, desired: DesiredState) -> a
             f"job {job_id} already finished as {row['state']}: it cannot be {_VERB[desired]}"
         )
     try:
-        updated = await conn.fetchrow(q("set_desired_state"), job_id, desired)
+        if now and desired == "cancelled":
+            updated = await conn.fetchrow(q("cancel_now"), job_id)
+        else:
+            updated = await conn.fetchrow(q("set_desired_state"), job_id, desired)
     except asyncpg.IntegrityConstraintViolationError as exc:
         raise ControlRefused(refusal(exc)) from exc
     if updated is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import anyio
 
@@ -104,6 +105,14 @@ class Attempt:
     # the wait growing each time (agent/unkillable.py).
     kill_after: float = 0.0
     kill_backoff: Backoff | None = None
+    # Graceful stop (agent/grace.py): the job's cgroup.procs file and monitor directory, its
+    # grace as last read (capped by the node's), when its SIGTERM went out (wall-clock ns),
+    # and when the controller's loop is to wake to kill it (monotonic; None: no deadline).
+    procs: str | None = None
+    monitor_dir: Path | None = None
+    kill_grace: float = 0.0
+    term_ns: int | None = None
+    kill_at: float | None = None
 
     @property
     def frozen(self) -> bool:
@@ -117,9 +126,17 @@ class Attempts:
         self._by_id: dict[int, Attempt] = {}
         self.on_start: Callable[[Attempt], None] = lambda _attempt: None
 
-    def start(self, job: Job, cgroup: CgroupPath, *, adopted: bool = False) -> Attempt:
+    def start(
+        self,
+        job: Job,
+        cgroup: CgroupPath,
+        *,
+        adopted: bool = False,
+        procs: str | None = None,
+        monitor_dir: Path | None = None,
+    ) -> Attempt:
         """Register an attempt whose monitor was started (by a previous agent: ``adopted``)."""
-        attempt = Attempt(job, cgroup, verified=not adopted)
+        attempt = Attempt(job, cgroup, verified=not adopted, procs=procs, monitor_dir=monitor_dir)
         self._by_id[job.id] = attempt
         self.on_start(attempt)
         return attempt

@@ -19,6 +19,7 @@ import anyio
 import asyncpg
 import structlog
 
+from scheduler.agent import grace
 from scheduler.agent.attempts import Attempt, Attempts
 from scheduler.agent.tenants import TenantCgroups, tenant_limits
 from scheduler.agent.unkillable import KILL_RETRY_FIRST_SECONDS, KILL_RETRY_MAX_SECONDS, Unkillable
@@ -53,8 +54,11 @@ class Controller:
         node: str,
         poll_interval: float,
         unkillable: Unkillable | None = None,
+        grace_ceiling: float = 3600.0,
     ) -> None:
         self._pool = pool
+        # The longest grace between SIGTERM and the kill a cancelled job gets on this node.
+        self._grace_ceiling = grace_ceiling
         self._unkillable = unkillable
         self._driver = driver
         self._calls = async_driver(driver)
@@ -144,9 +148,16 @@ class Controller:
                 self._full = True
             self._pending |= retry
             timeout = RETRY_SECONDS if retry else self._poll_interval
+            # A cancelled job waiting out its grace: wake when the first grace ends.
+            kill_at = min((a.kill_at for a in self._attempts.all() if a.kill_at), default=None)
+            if kill_at is not None:
+                timeout = min(timeout, max(0.0, kill_at - time.monotonic()))
             with anyio.move_on_after(timeout) as scope:
                 await wake.wait()
-            if scope.cancelled_caught and not retry:
+            now = time.monotonic()
+            due = {a.job.id for a in self._attempts.all() if a.kill_at and a.kill_at <= now}
+            self._pending |= due
+            if scope.cancelled_caught and not retry and not due:
                 self._sweep = True
 
     async def reconcile(
@@ -175,6 +186,7 @@ class Controller:
                     # What the column says now (an adopted attempt may have been left
                     # 'frozen' by the previous run of the agent).
                     known.recorded_state = row["state"]
+                    known.kill_grace = min(float(row["kill_grace_seconds"]), self._grace_ceiling)
             for attempt in targets:
                 want = desired.get(attempt.job.id)
                 if want is not None and not await self._apply(attempt, want, full=full):
@@ -236,6 +248,8 @@ class Controller:
                 log_.info("job_cancelling")
             attempt.cancelled = True
             if exists:
+                if not await self._kill_now(attempt):
+                    return True  # in its grace: the loop wakes at attempt.kill_at
                 await self._cancel_kill(attempt)
             # Asked again until the runner has seen the end: a job whose monitor had not yet
             # put it into its cgroup is killed on the next round.
@@ -289,6 +303,31 @@ class Controller:
                 attempt.recorded_state = state
         if changes:
             await self._pool.executemany(q("set_job_state"), changes)
+
+    async def _kill_now(self, attempt: Attempt) -> bool:
+        """Whether a cancelled attempt is to be killed now. Otherwise it got its SIGTERM
+        (once: agent/grace.py) and ``attempt.kill_at`` says when its grace ends."""
+        # A frozen process acts on SIGTERM only once thawed: it is killed at once (the kill
+        # thaws it). recorded_state: an adopted attempt may have been left frozen.
+        if attempt.frozen or attempt.recorded_state == "frozen" or attempt.kill_grace <= 0:
+            attempt.kill_at = None
+            return True
+        if attempt.term_ns is None:
+            attempt.term_ns = await anyio.to_thread.run_sync(
+                grace.terminate, attempt.procs, attempt.monitor_dir
+            )
+            log.info(
+                "job_terminating",
+                job_id=attempt.job.id,
+                tenant=attempt.job.tenant,
+                grace_seconds=attempt.kill_grace,
+            )
+        left = grace.remaining(attempt.term_ns, attempt.kill_grace)
+        if left <= 0:
+            attempt.kill_at = None
+            return True
+        attempt.kill_at = time.monotonic() + left
+        return False
 
     async def _cancel_kill(self, attempt: Attempt) -> None:
         """Kill a cancelled attempt's cgroup; processes that survive it are retried with

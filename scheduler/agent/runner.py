@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -14,6 +12,7 @@ import anyio
 import structlog
 
 from scheduler.accounting import periods
+from scheduler.agent import grace
 from scheduler.agent.attempts import Attempts
 from scheduler.agent.isolation import Isolator
 from scheduler.agent.recorder import Completion, Outbox
@@ -39,8 +38,9 @@ from scheduler.runtime.spec import ExitRecord, LaunchSpec
 log = structlog.get_logger(__name__)
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# After SIGTERM at the time limit, the job has this long before everything is killed.
-TERM_GRACE_SECONDS = 5.0
+# The longest grace between SIGTERM and the kill (at the time limit) a job gets: its own
+# kill_grace_seconds up to this (the node's term_grace_seconds).
+TERM_GRACE_SECONDS = 600.0
 # Once the job's init has exited, the kernel kills the rest of its pid namespace; this bounds
 # how long we wait for the cgroup to empty before killing it ourselves.
 DRAIN_SECONDS = 2.0
@@ -69,20 +69,6 @@ def run_dir_for(runs_dir: Path, job_id: int, attempt: int) -> Path:
     """One attempt's directory under ``runs_dir`` (its output) or under the monitors'
     directory (its monitor's pid and exit record)."""
     return runs_dir / f"{job_id}-{attempt}"
-
-
-def _signal_all(plan: LaunchPlan, sig: int) -> None:
-    """Send ``sig`` to every process in the job's leaf cgroup (first hierarchy)."""
-    if not plan.procs:
-        return
-    try:
-        with open(plan.procs[0]) as f:
-            pids = [int(line) for line in f if line.strip()]
-    except OSError:
-        return
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
 
 
 def _exit_record(run_dir: Path) -> ExitRecord | None:
@@ -369,10 +355,25 @@ class Runner:
         is not our child) is closed here. ``adopted``: the monitor was started by a previous
         run of the agent.
         """
-        attempt = self.attempts.start(job, cgroup, adopted=adopted)
+        attempt = self.attempts.start(
+            job,
+            cgroup,
+            adopted=adopted,
+            procs=plan.procs[0] if plan.procs else None,
+            monitor_dir=run_dir,
+        )
         try:
             timed_out = False
             limit = float(job.timeout_seconds) if job.timeout_seconds is not None else None
+            if (
+                adopted
+                and limit is not None
+                and job.desired_state != "cancelled"
+                and grace.read_term(run_dir) is not None
+            ):
+                # Its time limit was reached before the restart (the SIGTERM went out): its
+                # grace goes on from then, not after a whole new limit.
+                limit = 0.0
             if limit is None:
                 await wait_monitor(pid, pidfd)
             else:
@@ -387,10 +388,19 @@ class Runner:
                     tg.cancel_scope.cancel()
             if limit is not None and _exit_record(run_dir) is None:
                 timed_out = not attempt.cancelled
-                log.info("job_timed_out", timeout_seconds=limit)
-                _signal_all(plan, signal.SIGTERM)
-                with anyio.move_on_after(self._term_grace):
-                    await wait_monitor(pid, pidfd)
+                # The job's grace, capped by the node's; none for a frozen job, which would
+                # act on SIGTERM only once thawed (agent/grace.py).
+                term_grace = min(float(job.kill_grace_seconds), self._term_grace)
+                if attempt.frozen:
+                    term_grace = 0.0
+                log.info("job_timed_out", timeout_seconds=limit, grace_seconds=term_grace)
+                if term_grace > 0:
+                    term_ns = await anyio.to_thread.run_sync(
+                        grace.terminate, attempt.procs, run_dir
+                    )
+                    attempt.term_ns = term_ns
+                    with anyio.move_on_after(max(0.0, grace.remaining(term_ns, term_grace))):
+                        await wait_monitor(pid, pidfd)
                 await self.kill_until_empty(job, cgroup)
                 await wait_monitor(pid, pidfd)
             await self.finish(

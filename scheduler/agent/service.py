@@ -29,6 +29,7 @@ from scheduler.agent.listener import Listener
 from scheduler.agent.readiness import readiness
 from scheduler.agent.recorder import Completion, Outbox, Recorder
 from scheduler.agent.recovery import recover
+from scheduler.agent.retention import Retention
 from scheduler.agent.runner import Runner
 from scheduler.agent.sampler import Sampler
 from scheduler.agent.schedules import Clock, ScheduleFirer
@@ -278,6 +279,7 @@ async def run_agent(
             node=settings.node_name,
             poll_interval=settings.poll_interval,
             unkillable=unkillable,
+            grace_ceiling=settings.term_grace_seconds,
         )
         dispatcher = Dispatcher(
             pool,
@@ -409,6 +411,16 @@ async def run_agent(
                 tg.start_soon(serve_http, api, http_socket, http_limits)
                 tg.start_soon(sampler.run)
                 tg.start_soon(schedules.run)
+                tg.start_soon(
+                    Retention(
+                        pool,
+                        runs_dir=settings.runs_dir,
+                        attempts=runner.attempts,
+                        output_retention=settings.output_retention_seconds,
+                        job_retention=settings.job_retention_seconds,
+                        interval=settings.retention_interval_seconds,
+                    ).run
+                )
                 started = True
                 log.info(
                     "agent_ready",

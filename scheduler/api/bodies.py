@@ -104,6 +104,14 @@ def _number(lo_exclusive: Decimal, hi: Decimal) -> Callable[[Any], Decimal]:
     return check
 
 
+def _grace(v: Any) -> Decimal:
+    """Seconds in [0, 3600] (0: killed at once), as jobs.kill_grace_seconds allows."""
+    d = _number(Decimal(-1), Decimal(3600))(v)
+    if d < 0:
+        raise FieldError(f"must be in [0, 3600]: got {v}")
+    return d
+
+
 def _text(
     max_len: int, pattern: re.Pattern[str] | None = None, hint: str = ""
 ) -> Callable[[Any], str]:
@@ -262,6 +270,7 @@ JOB_FIELDS: dict[str, Callable[[Any], Any]] = {
     "output_limit_bytes": _optional(_int(0, 1 << 50)),
     "depends_on": _job_ids,
     "constraints": _constraints,
+    "kill_grace_seconds": _optional(_grace),
 }
 # POST /v1/jobs only (not a schedule's template): the body makes an array.
 SUBMIT_FIELDS: dict[str, Callable[[Any], Any]] = {**JOB_FIELDS, "array": _array}
@@ -324,5 +333,7 @@ def request_hash(request: JobRequest, array: ArraySpec | None = None) -> str:
         fields.pop("depends_on", None)  # likewise
     if not fields.get("constraints"):
         fields.pop("constraints", None)
+    if fields.get("kill_grace_seconds") is None:
+        fields.pop("kill_grace_seconds", None)
     canonical = json.dumps(fields, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()

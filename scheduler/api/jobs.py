@@ -121,14 +121,16 @@ async def _create_array(request: Request, conn: Any, job: JobRequest, array: Arr
     )
 
 
-async def _steer_array(request: Request, desired: DesiredState) -> Response:
+async def _steer_array(request: Request, desired: DesiredState, *, now: bool = False) -> Response:
     array_id = request.path_params["array_id"]
     if array_id > MAX_JOB_ID:
         raise Problem(404, f"no array with id {array_id}")
     async with deps(request).pool.acquire() as conn:
         who = await caller(request, conn)
         try:
-            rows = await store.set_array_desired_state(conn, array_id, desired, within=who.tenants)
+            rows = await store.set_array_desired_state(
+                conn, array_id, desired, within=who.tenants, now=now
+            )
         except JobNotFound as exc:
             raise Problem(404, f"no array with id {array_id}") from exc
         except ControlRefused as exc:
@@ -137,7 +139,8 @@ async def _steer_array(request: Request, desired: DesiredState) -> Response:
 
 
 async def cancel_array(request: Request) -> Response:
-    return await _steer_array(request, "cancelled")
+    """``?now=true``: every member killed at once, without its grace after SIGTERM."""
+    return await _steer_array(request, "cancelled", now=_now_flag(request))
 
 
 async def freeze_array(request: Request) -> Response:
@@ -236,18 +239,27 @@ async def list_jobs(request: Request) -> Response:
     )
 
 
-async def _steer(request: Request, desired: DesiredState) -> Response:
+async def _steer(request: Request, desired: DesiredState, *, now: bool = False) -> Response:
     async with deps(request).pool.acquire() as conn:
         row = await _visible_job(request, conn)
         try:
-            row = await store.set_desired_state(conn, row["id"], desired)
+            row = await store.set_desired_state(conn, row["id"], desired, now=now)
         except ControlRefused as exc:
             raise Problem(409, str(exc)) from exc
     return JSONResponse(job_json(row))
 
 
 async def cancel_job(request: Request) -> Response:
-    return await _steer(request, "cancelled")
+    """``?now=true``: kill at once, without the job's grace after SIGTERM."""
+    return await _steer(request, "cancelled", now=_now_flag(request))
+
+
+def _now_flag(request: Request) -> bool:
+    """The cancel routes' ``now`` query parameter."""
+    now = request.query_params.get("now", "false")
+    if now not in ("true", "false"):
+        raise Problem(400, f"now must be true or false: got {now[:20]!r}")
+    return now == "true"
 
 
 async def freeze_job(request: Request) -> Response:

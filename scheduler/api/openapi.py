@@ -91,6 +91,7 @@ JOB_CREATE = {
             "minimum": 0,
             "maximum": 1125899906842624,
         },
+        "kill_grace_seconds": {"type": ["number", "null"], "minimum": 0, "maximum": 3600},
         "depends_on": {
             "type": "array",
             "maxItems": 1000,
@@ -181,6 +182,7 @@ JOB = {
         "depends_on": {"type": "array", "items": {"type": "integer"}},
         "deps_waiting": {"type": "integer"},
         "pending_reason": openapi_budgets.PENDING_REASON,
+        "kill_grace_seconds": _DECIMAL,
     },
 }
 
@@ -367,10 +369,18 @@ def document() -> dict[str, Any]:
             },
             "/v1/jobs/{job_id}/cancel": {
                 "post": _op(
-                    "Cancel a job",
+                    "Cancel a job (SIGTERM, then the kill after its kill_grace_seconds)",
                     {"200": _json("Job", "the job, desired_state cancelled")},
-                    steer_errors,
-                    parameters=_JOB_ID,
+                    {**steer_errors, 400: "now is not true or false"},
+                    parameters=[
+                        *_JOB_ID,
+                        {
+                            "name": "now",
+                            "in": "query",
+                            "description": "true: kill at once (sets kill_grace_seconds to 0)",
+                            "schema": {"type": "boolean", "default": False},
+                        },
+                    ],
                 )
             },
             "/v1/jobs/{job_id}/freeze": {

@@ -6,14 +6,14 @@
 -- the claim lock itself, so outside a transaction it is one round trip. The claim's SQL is
 -- the function's (migrations/0008_claim_function.sql, replaced in 0010_control_plane.sql).
 -- The job's output limit (migration
--- 0012) is read beside it, from the statement's snapshot (the claim does not change it).
-SELECT c.*,
-       (SELECT j.output_limit_bytes FROM scheduler.jobs j WHERE j.id = c.id)
-           AS output_limit_bytes,
+-- 0012), kill grace (0015) and array place (0016) are read beside it, by a function whose query sees what the
+-- claim saw (a subquery here would read the statement's older snapshot: NULL for a job
+-- committed between the two, migration 0015).
+SELECT c.*, x.output_limit_bytes, x.kill_grace_seconds,
        -- The array member's place (migration 0016): SCHEDULER_ARRAY_ID and _INDEX.
-       (SELECT j.array_id FROM scheduler.jobs j WHERE j.id = c.id) AS array_id,
-       (SELECT j.array_index FROM scheduler.jobs j WHERE j.id = c.id) AS array_index
-FROM scheduler.claim_jobs($1, $2, $3, $4, $5, $6) c;
+       x.array_id, x.array_index
+FROM scheduler.claim_jobs($1, $2, $3, $4, $5, $6) c
+LEFT JOIN LATERAL scheduler.claimed_columns(c.id) x ON true;
 
 -- name: claimed_on_node
 -- The attempts Postgres gives node $1 under epoch $2, with the columns claim_jobs returns
@@ -23,7 +23,7 @@ SELECT j.id, j.tenant, j.name, j.argv, j.env, j.cwd, j.cpu, j.memory_bytes, j.pi
        j.timeout_seconds, j.priority, j.max_attempts, j.attempts, j.desired_state,
        j.submitted_at, j.io_read_bps, j.io_write_bps, j.network, j.image,
        (SELECT t.run_as FROM scheduler.tenants t WHERE t.name = j.tenant) AS run_as,
-       j.output_limit_bytes, j.array_id, j.array_index
+       j.output_limit_bytes, j.array_id, j.array_index, j.kill_grace_seconds
 FROM scheduler.jobs j
 WHERE j.node = $1 AND j.node_epoch IS NOT DISTINCT FROM $2 AND j.state IN ('running', 'frozen')
 ORDER BY j.id;
@@ -113,32 +113,37 @@ SELECT count(*) FROM scheduler.jobs WHERE node = $1 AND state IN ('running', 'fr
 INSERT INTO scheduler.jobs (tenant, name, argv, env, cwd, cpu, memory_bytes, pids_max,
                             timeout_seconds, priority, max_attempts, labels, run_at,
                             image, network, io_read_bps, io_write_bps, output_limit_bytes,
-                            depends_on, constraints)
+                            depends_on, constraints, kill_grace_seconds)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, COALESCE($13, now()),
-        $14, $15, $16, $17, $18, $19, $20)
+        $14, $15, $16, $17, $18, $19, $20, COALESCE($21::numeric, 10))
 RETURNING *;
 
 -- name: insert_job_array
--- An array: one job per index in [$21, $22] with insert_job's fields, sharing a new array_id;
--- the members past the first $23 (max_running) start gated (migration 0016).
+-- An array: one job per index in [$22, $23] with insert_job's fields, sharing a new array_id;
+-- the members past the first $24 (max_running) start gated (migration 0016).
 INSERT INTO scheduler.jobs (tenant, name, argv, env, cwd, cpu, memory_bytes, pids_max,
                             timeout_seconds, priority, max_attempts, labels, run_at,
                             image, network, io_read_bps, io_write_bps, output_limit_bytes,
-                            depends_on, constraints, array_id, array_index, array_waiting)
+                            depends_on, constraints, kill_grace_seconds, array_id,
+                            array_index, array_waiting)
 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, COALESCE($13, now()),
-       $14, $15, $16, $17, $18, $19, $20, a.id, i, i - $21::int >= $23::int
+       $14, $15, $16, $17, $18, $19, $20, COALESCE($21::numeric, 10), a.id, i,
+       i - $22::int >= $24::int
 FROM (SELECT nextval('scheduler.job_array_ids') AS id) a,
-     generate_series($21::int, $22::int) i
+     generate_series($22::int, $23::int) i
 ORDER BY i
 RETURNING *;
 
 -- name: set_array_desired_state
 -- Cancel, freeze or thaw every unfinished member of array $1 ($3: the tenants the caller
--- may steer, NULL: all), in one statement; the members it changed.
+-- may steer, NULL: all), in one statement; the members it changed. $4 (a cancel --now): no
+-- grace after SIGTERM, also for members already waiting out theirs (migration 0015).
 UPDATE scheduler.jobs
-SET desired_state = $2
+SET desired_state = $2,
+    kill_grace_seconds = CASE WHEN $4::boolean THEN 0 ELSE kill_grace_seconds END
 WHERE array_id = $1 AND ($3::text[] IS NULL OR tenant = ANY ($3))
-  AND state IN ('queued', 'running', 'frozen') AND desired_state <> $2
+  AND state IN ('queued', 'running', 'frozen')
+  AND (desired_state <> $2 OR ($4::boolean AND kill_grace_seconds <> 0))
 RETURNING id, tenant, state, desired_state;
 
 -- name: array_exists
@@ -162,14 +167,15 @@ LIMIT $4;
 -- Attempts this node had started when it last stopped: re-adopted or recorded at start-up.
 SELECT id, tenant, name, argv, env, cwd, cpu, memory_bytes, pids_max, timeout_seconds,
        priority, max_attempts, attempts, desired_state, submitted_at, io_read_bps, io_write_bps,
-       output_limit_bytes
+       output_limit_bytes, kill_grace_seconds
 FROM scheduler.jobs
 WHERE node = $1 AND state IN ('running', 'frozen')
 ORDER BY id;
 
 -- name: control_jobs
--- What the users ask of this node's running attempts ($1: their ids).
-SELECT id, attempts, state, desired_state FROM scheduler.jobs
+-- What the users ask of this node's running attempts ($1: their ids), with the grace a
+-- cancel gives them (read each time: cancel --now lowers it to 0 while the job stops).
+SELECT id, attempts, state, desired_state, kill_grace_seconds FROM scheduler.jobs
 WHERE id = ANY($1::bigint[]) AND node = $2 AND state IN ('running', 'frozen');
 
 -- name: set_job_state
@@ -205,6 +211,43 @@ FROM tree ORDER BY cardinality(path), name;
 -- name: set_desired_state
 -- What a user asks of a job; the triggers cancel a queued job at once and NOTIFY the agents.
 UPDATE scheduler.jobs SET desired_state = $2 WHERE id = $1 RETURNING *;
+
+-- name: retention_lock
+-- Held by the retention sweep's batch transaction: only one agent deletes job rows at a time
+-- (only the owner may lock the row, so no tenant role can stop the sweep). No row back: another
+-- agent is sweeping.
+SELECT 1 FROM scheduler.retention_lock FOR UPDATE SKIP LOCKED;
+
+-- name: delete_old_jobs
+-- Up to $2 finished jobs that ended more than $1 seconds ago, with their idempotency keys. A
+-- job with billing rows stays: usage is append-only and references it, so it goes once its
+-- months were detached and dropped (docs/operations.md, "Archiving billing months").
+WITH doomed AS (
+    SELECT j.id FROM scheduler.jobs j
+    WHERE j.state IN ('succeeded', 'failed', 'cancelled', 'timed_out', 'lost')
+      AND j.finished_at < now() - make_interval(secs => $1)
+      AND NOT EXISTS (SELECT 1 FROM scheduler.usage u WHERE u.job_id = j.id)
+    ORDER BY j.finished_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+),
+keys AS (
+    DELETE FROM scheduler.idempotency_keys k USING doomed d WHERE k.job_id = d.id
+)
+DELETE FROM scheduler.jobs j USING doomed d WHERE j.id = d.id RETURNING j.id;
+
+-- name: usage_partitions_ahead
+-- This month's usage partition and the next two (migration 0015), made if missing; bounded
+-- wait for the table lock that making one takes (a long billing read holds it off).
+-- (Two statements, no parameters: run with execute() in a transaction.)
+SET LOCAL lock_timeout = '5s';
+SELECT scheduler.usage_partitions_ahead(2);
+
+-- name: cancel_now
+-- Cancel without the grace between SIGTERM and the kill (scheduler cancel --now): one UPDATE,
+-- so the agent never sees the cancel with the old grace.
+UPDATE scheduler.jobs SET desired_state = 'cancelled', kill_grace_seconds = 0
+WHERE id = $1 RETURNING *;
 
 -- name: list_tenants
 SELECT t.*,
@@ -339,7 +382,9 @@ WHERE state = 'queued' AND desired_state = 'running' AND run_at > now();
 -- One sweep's billing rows in one statement, also spooled rows replayed once the database is
 -- back (agent/spool.py). seq is chosen by the sampler from its last committed row, so a
 -- retried write of the same batch conflicts on (job_id, seq) and is a no-op instead of
--- billing a period twice. A row of an attempt that has its closing row by now is dropped:
+-- billing a period twice (the unique key is (job_id, seq, period_start) since usage is
+-- partitioned by month, migration 0015; its trigger usage_dedupe drops a row whose
+-- (job_id, seq) is in another month). A row of an attempt that has its closing row by now is dropped:
 -- no period may follow the row that closed its attempt (the attempt was closed by
 -- expire_nodes while this node was away, or a paused agent resumed late).
 INSERT INTO scheduler.usage
@@ -355,7 +400,7 @@ FROM unnest($1::bigint[], $2::integer[], $3::integer[], $4::text[], $5::text[],
          memory_byte_seconds, memory_peak_bytes, io_read_bytes, io_write_bytes)
 WHERE NOT EXISTS (SELECT 1 FROM scheduler.usage f
                   WHERE f.job_id = r.job_id AND f.attempt = r.attempt AND f.final)
-ON CONFLICT (job_id, seq) DO NOTHING;
+ON CONFLICT DO NOTHING;
 
 -- name: usage_marks
 -- Where metering of each (job $1[i], attempt $2[i]) resumes: the job's last seq, and this

@@ -94,7 +94,12 @@ async def test_an_unconfirmed_freeze_leaves_the_job_running_and_says_why(
     assert error.startswith("freeze failed: ")
     assert "thawed it again" in error
     # Cancel still works through the same driver: the attempt is asked again until it ends.
-    await db.execute("UPDATE scheduler.jobs SET desired_state = 'cancelled' WHERE id = $1", job_id)
+    # (Without its grace: a plain cancel first sends SIGTERM and waits kill_grace_seconds.)
+    await db.execute(
+        "UPDATE scheduler.jobs SET desired_state = 'cancelled', kill_grace_seconds = 0"
+        " WHERE id = $1",
+        job_id,
+    )
     assert await controller.reconcile({job_id}, tenants=False) == {job_id}
     assert attempt.cancelled
     attempts.end(job_id)

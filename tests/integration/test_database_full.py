@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import anyio
+import asyncpg
 import pytest
 
 from scheduler.agent.spool import SUFFIX
@@ -28,6 +29,15 @@ from tests.tmpfs import fill, tiny_tmpfs
 pytestmark = pytest.mark.anyio
 
 
+async def set_usage_tablespace(db: asyncpg.Connection, tablespace: str) -> None:
+    await db.execute(f"ALTER TABLE scheduler.usage SET TABLESPACE {tablespace}")
+    for part in await db.fetch(
+        "SELECT inhrelid::regclass::text AS name FROM pg_inherits"
+        " WHERE inhparent = 'scheduler.usage'::regclass"
+    ):
+        await db.execute(f"ALTER TABLE {part['name']} SET TABLESPACE {tablespace}")
+
+
 async def test_database_out_of_disk_spools_usage_and_recovers(
     private_postgres: EmbeddedPostgres, state_dir: Path, cgroup_root: str
 ) -> None:
@@ -40,7 +50,9 @@ async def test_database_out_of_disk_spools_usage_and_recovers(
         db = await connect(server.dsn)
         try:
             await db.execute(f"CREATE TABLESPACE tiny LOCATION '{location}'")
-            await db.execute("ALTER TABLE scheduler.usage SET TABLESPACE tiny")
+            # usage is partitioned by month (migration 0015): its rows live in the months'
+            # tables, each moved (the parent's tablespace is only the one new months get).
+            await set_usage_tablespace(db, "tiny")
             filler = fill(disk)
             settings = agent_settings(server.dsn, state_dir, cgroup_root, **FAST)
             async with anyio.create_task_group() as tg:
@@ -68,6 +80,6 @@ async def test_database_out_of_disk_spools_usage_and_recovers(
                 assert list(settings.spool_dir.glob(f"*{SUFFIX}")) == []
                 tg.cancel_scope.cancel()
         finally:
-            await db.execute("ALTER TABLE scheduler.usage SET TABLESPACE pg_default")
+            await set_usage_tablespace(db, "pg_default")
             await db.execute("DROP TABLESPACE tiny")
             await db.close()

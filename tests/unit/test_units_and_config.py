@@ -90,3 +90,20 @@ def test_output_limit_setting() -> None:
     assert load_settings({}, environ=env).output_limit_bytes == 4096
     with pytest.raises(ConfigError, match=r"output_limit_bytes must be in \[0, 1 PiB\]"):
         load_settings({}, environ={"SCHEDULER_OUTPUT_LIMIT_BYTES": "-1"})
+
+
+def test_retention_settings() -> None:
+    defaults = load_settings({}, environ={})
+    assert defaults.output_retention_seconds == 30 * 86400
+    assert defaults.job_retention_seconds is None  # rows are kept unless asked
+    env = {"SCHEDULER_OUTPUT_RETENTION": "off", "SCHEDULER_JOB_RETENTION": "90d"}
+    chosen = load_settings({}, environ=env)
+    assert chosen.output_retention_seconds is None
+    assert chosen.job_retention_seconds == 90 * 86400
+    for bad, message in (
+        ({"SCHEDULER_JOB_RETENTION": "soon"}, "job_retention: 'soon' is not a duration"),
+        ({"SCHEDULER_OUTPUT_RETENTION": "0s"}, "output_retention must be between 1s"),
+        ({"SCHEDULER_RETENTION_INTERVAL_SECONDS": "0"}, "retention_interval_seconds"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load_settings({}, environ=bad)
