@@ -165,3 +165,35 @@ async def test_a_tenant_role_sees_and_edits_only_its_schedules(
     finally:
         await tenant.close()
     assert [r["name"] for r in await db.fetch("SELECT name FROM scheduler.schedules")] == ["theirs"]
+
+
+async def test_a_tenant_keeps_at_most_its_max_schedules(db: asyncpg.Connection, dsn: str) -> None:
+    a, b = f"cap-{uuid.uuid4().hex[:6]}", f"capb-{uuid.uuid4().hex[:6]}"
+    await db.execute(
+        "INSERT INTO scheduler.tenants (name, max_schedules) VALUES ($1, 2), ($2, 1)", a, b
+    )
+    await insert(db, tenant=b, name="theirs")
+    role, password = await grant_sql(db, a)
+    tenant = await connect(as_role(dsn, role, password))
+    try:
+        await insert(tenant, tenant=a, name="one")
+        await insert(tenant, tenant=a, name="two")
+        with pytest.raises(
+            asyncpg.CheckViolationError,
+            match=f"tenant '{a}' already has 2 schedules, its limit \\(max_schedules = 2\\)",
+        ):
+            await insert(tenant, tenant=a, name="three")
+        # The cap is the operator's to change, not the tenant's.
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await tenant.execute("UPDATE scheduler.tenants SET max_schedules = 1000")
+        # Removing one makes room again; another tenant's count is its own.
+        await tenant.execute("DELETE FROM scheduler.schedules WHERE name = 'one'")
+        await insert(tenant, tenant=a, name="three")
+    finally:
+        await tenant.close()
+    with pytest.raises(asyncpg.CheckViolationError, match="max_schedules = 1"):
+        await insert(db, tenant=b, name="another")
+    with pytest.raises(asyncpg.CheckViolationError, match="tenant_max_schedules_range"):
+        await db.execute("UPDATE scheduler.tenants SET max_schedules = -1 WHERE name = $1", a)
+    names = await db.fetch("SELECT tenant, name FROM scheduler.schedules ORDER BY tenant, name")
+    assert [tuple(r) for r in names] == [(a, "three"), (a, "two"), (b, "theirs")]
