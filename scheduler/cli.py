@@ -773,12 +773,15 @@ async def _billing_check(settings: Settings, args: argparse.Namespace, conn: Any
             print(f"scheduler: note: /metrics not checked ({url}): {exc}", file=sys.stderr)
         else:
             found.extend(await check_metrics(conn, settings.node_name, text))
+    verdict = f"{len(found)} discrepancies" if found else "the books add up"
     if args.json:
         print(store.dumps({"jobs_checked": checked, "discrepancies": [str(d) for d in found]}))
+        # A failed check says so where a script's log looks, also with --json.
+        if found:
+            print(f"checked {checked} finished jobs: {verdict}", file=sys.stderr)
     else:
         for discrepancy in found:
             print(escape(str(discrepancy)))
-        verdict = f"{len(found)} discrepancies" if found else "the books add up"
         print(f"checked {checked} finished jobs: {verdict}", file=sys.stderr)
     return 1 if found else 0
 

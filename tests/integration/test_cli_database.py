@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import asyncpg
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 
 from tests.cli_fuzz import check_no_traceback, command_lines, run_main, tmp_paths
 from tests.conftest import with_database
@@ -129,6 +129,7 @@ def test_a_long_tenant_name_does_not_break_the_table(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(argv=command_lines(PATHS, skip=NO_ROLES))
+@example(argv=["billing", "check", "--no-metrics", "--json"])
 def test_no_command_line_shows_a_traceback_against_a_database(
     sync_dsn: str, argv: list[str]
 ) -> None:
