@@ -6,9 +6,11 @@
  *
  *   cc -O2 -o isolation_steps bench/isolation_steps.c [-DMONITOR=\"path/to/monitor.c\"]
  *      [-DDETACHING]   (a monitor.c from before seal_private_mounts: mount_tmp + detach)
- *   isolation_steps ITERATIONS HIERARCHY...   (as root; the job's hierarchies, e.g. memory:
- *      makes and removes /sys/fs/cgroup/<h>/isolation-steps-bench in each; the cgroup
- *      mounts not named are hidden, as the agent's CgroupView does)
+ *   [ONLY=K] isolation_steps ITERATIONS HIERARCHY...   (as root; the job's hierarchies, e.g.
+ *      memory: makes and removes /sys/fs/cgroup/<h>/isolation-steps-bench in each; the
+ *      cgroup mounts not named are hidden, as the agent's CgroupView does; ONLY=K runs step
+ *      K alone and prints the children's CPU per iteration: bench/isolation_steps.py counts
+ *      the kernel threads' CPU around such runs)
  */
 #ifndef MONITOR
 #define MONITOR "../scheduler/runtime/monitor.c"
@@ -155,6 +157,21 @@ int main(int argc, char **argv)
         {"no_new_privs + seccomp", s_seccomp},
     };
     enum { NS = sizeof steps / sizeof steps[0] };
+    /* ONLY=k: step k alone, ITERATIONS times in a row, printing the children's CPU in us per
+     * iteration (for a caller that also counts the kernel's threads around the run). */
+    const char *only = getenv("ONLY");
+    if (only) {
+        int k = atoi(only);
+        long long w, c, sum = 0;
+        for (int i = 0; i < iterations; i++) {
+            once(&steps[k], &w, &c);
+            sum += c;
+        }
+        printf("%.1f\n", sum / 1e3 / iterations);
+        for (int i = 0; i < n; i++)
+            rmdir(dirs[i]);
+        return 0;
+    }
     long long *wall[NS], *cpu[NS];
     for (int k = 0; k < NS; k++) {
         wall[k] = calloc((size_t)iterations, sizeof **wall);
