@@ -815,17 +815,17 @@ static int isolation_arg(struct opts *o, int argc, char **argv, int i)
  * directory only root may write) is there for the cgroup view to cover hierarchies with. */
 #define SCRATCH_EMPTY "/tmp/empty"
 
-/* ROOT/WHERE becomes a bind of its own directory of the tmpfs at TMP (named after WHERE,
- * '-' for '/': var-tmp, dev-shm, ...). The bind keeps the tmpfs mount's nosuid,nodev. */
-static void bind_scratch(const char *tmp, const char *root, const char *where, int err_fd)
+/* PATH (ROOT/WHERE) becomes a bind of its own directory of the tmpfs at TMP (named after
+ * WHERE, '-' for '/': var-tmp, dev-shm, ...). The bind keeps the tmpfs mount's nosuid,nodev.
+ * (PATH comes from the caller: a fresh stack page is a page fault in init.) */
+static void bind_scratch(const char *tmp, const char *where, const char *path, int err_fd)
 {
-    char name[32], dir[PATH_MAX], path[PATH_MAX];
+    char name[32], dir[PATH_MAX];
     snprintf(name, sizeof name, "%s", where);
     for (char *c = name; *c; c++)
         if (*c == '/')
             *c = '-';
     path_in(dir, tmp, name, err_fd);
-    path_in(path, root, where, err_fd);
     if (mkdir(dir, 01777) != 0)
         child_fail(err_fd, "rootfs: mkdir %s: %s", dir, strerror(errno));
     if (mount(dir, path, NULL, MS_BIND, NULL) != 0)
@@ -854,10 +854,12 @@ static void private_mounts(const struct opts *o, const char *root, int shm, int 
             continue;
         if (i > 0 && !(st.st_mode & S_IWOTH)) /* /var/tmp always; the others if shared */
             continue;
-        bind_scratch(tmp, root, shared[i], err_fd);
+        bind_scratch(tmp, shared[i], path, err_fd);
     }
-    if (shm)
-        bind_scratch(tmp, root, "dev/shm", err_fd);
+    if (shm) {
+        path_in(path, root, "dev/shm", err_fd);
+        bind_scratch(tmp, "dev/shm", path, err_fd);
+    }
     umask(umask_was);
 }
 
