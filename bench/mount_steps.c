@@ -8,9 +8,10 @@
  * Work the kernel defers to its own threads (RCU callbacks, expedited grace periods run on
  * other CPUs) shows in the wall time only.
  *
- * Usage: mount_steps ITERATIONS CGROUP_NAME...   (as root; makes and removes
- * /sys/fs/cgroup/<hierarchy>/CGROUP_NAME in each named hierarchy, e.g. memory, for the
- * cgroup-view variants; the hierarchies not named are the ones a job is not in)
+ * Usage: mount_steps ITERATIONS HIERARCHY...   (as root; makes and removes
+ * /sys/fs/cgroup/<hierarchy>/mount-steps-bench in each named hierarchy, e.g. memory, for
+ * the cgroup-view variants, the hierarchies not named being the ones a job is not in, and
+ * /run/mount-steps-empty; variants run round robin, so the host's drift hits all alike)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -136,10 +137,8 @@ static void v_cg_cover(void)
     }
 }
 
-/* The same with plain binds into the cover, their sources looked up through the host's
- * hierarchies kept under it at /proc/self/root? no: bound before the cover, into a tmpfs
- * mounted first at a scratch place would need a detach; so: the binds go first onto the
- * mount points, then each hidden one is covered by a bind of an empty directory. */
+/* The job's cgroups bound over their hierarchies' mount points, then each hidden one
+ * covered by a bind of an empty directory (instead of detached). */
 static void v_cg_cover_hidden(void)
 {
     char p[256];
@@ -201,8 +200,7 @@ static void v_template(void)
 {
     char p[256];
     int fds[MAXH];
-    /* once() made a host copy already; a real init would not: this variant's figure is
-     * taken against "ns only" (the copy it replaces). */
+    /* once() made a host copy already (dropped by the setns); a real init would not. */
     for (int i = 0; i < n_hier; i++)
         if ((fds[i] = (int)syscall(SYS_open_tree, AT_FDCWD, job_dir[i],
                                    OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC)) < 0)
