@@ -101,8 +101,10 @@ struct opts {
 
 static int isolation_arg(struct opts *o, int argc, char **argv, int i);
 static void private_mounts(const struct opts *o, const char *root, int shm, int err_fd);
+static void seal_private_mounts(const char *root, int err_fd);
 static void cgroup_view(const struct opts *o, int err_fd);
 static void confine_job(const struct opts *o, int err_fd);
+static void prepare_seccomp(void);
 
 /* The one start error of this run (monitor side), filled by set_error(). */
 static char errbuf[ERR_MAX];
@@ -651,14 +653,6 @@ __attribute__((noreturn)) static void job_main(const struct opts *o, int out_fd,
     child_fail(err_fd, "exec: %s: %s", o->argv[0], strerror(errno));
 }
 
-static void mount_tmp(const struct opts *o, const char *where, int err_fd)
-{
-    char data[64];
-    snprintf(data, sizeof data, "size=%llu,mode=1777", o->tmp_size);
-    if (mount("tmpfs", where, "tmpfs", MS_NOSUID | MS_NODEV, data) != 0)
-        child_fail(err_fd, "mount: %s: %s", where, strerror(errno));
-}
-
 /* mkdir that tolerates an existing directory (the image may already have it). */
 static void ensure_dir(const char *path, mode_t mode, int err_fd)
 {
@@ -736,10 +730,10 @@ static void enter_overlay_root(const struct opts *o, int err_fd)
     if (mount("proc", path, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
         child_fail(err_fd, "mount: %s: %s", path, strerror(errno));
     path_in(path, root, "tmp", err_fd);
-    ensure_dir(path, 01777, err_fd);
-    mount_tmp(o, path, err_fd);
+    ensure_dir(path, 01777, err_fd); /* its tmpfs: private_mounts() */
     setup_dev(root, err_fd);
     private_mounts(o, root, 1, err_fd);
+    seal_private_mounts(root, err_fd);
     /* pivot_root(".", "."): the old root ends up stacked under the new one, and the
      * lazy unmount takes it (and every host mount below it) away. */
     if (chdir(root) != 0)
@@ -755,10 +749,11 @@ static void enter_overlay_root(const struct opts *o, int err_fd)
 /* ---- isolation ----
  *
  * What keeps one tenant's job away from another's, beyond the namespaces and the user:
- *   - private_mounts: its own /dev/shm and /var/tmp (tmpfs, nosuid,nodev, sized like /tmp,
- *     their pages charged to the job's memory cgroup, gone with its mount namespace);
+ *   - private_mounts: its own /tmp, /dev/shm and /var/tmp (directories of one tmpfs of its
+ *     own, nosuid,nodev, --tmp-size in all, its pages charged to the job's memory cgroup,
+ *     gone with its mount namespace);
  *   - cgroup_view: /sys/fs/cgroup shows the job's own cgroups only (each hierarchy's
- *     mount point bound to the job's directory in it, the others detached);
+ *     mount point bound to the job's directory in it, the others covered);
  *   - confine_job: a new session keyring, then the default seccomp filter, just before
  *     exec (docs/operations.md, "Tenant isolation", says what it blocks and why).
  */
@@ -805,41 +800,90 @@ static int isolation_arg(struct opts *o, int argc, char **argv, int i)
     return 3;
 }
 
-/* tmpfs of the job's own on ROOT/dev/shm (when `shm`), ROOT/var/tmp (when the root has
- * one) and the other directories every user may write on common hosts (when they are):
- * nothing writable stays shared with another job. A symlink is left alone (it leads to one
- * of these, or into the root the job cannot write). Sized like /tmp; each is bounded by the
- * job's memory limit as well, since tmpfs pages are charged to the writer's cgroup. */
+/* The job's scratch space: ONE tmpfs of its own (nosuid,nodev, --tmp-size for all of it,
+ * its pages charged to the job's memory cgroup, gone with its mount namespace) that is
+ * ROOT/tmp, ROOT/dev/shm (when `shm`), ROOT/var/tmp (when the root has one) and the other
+ * directories every user may write on common hosts (when they are), each a directory of
+ * its own in it: nothing writable stays shared with another job. A symlink is left alone
+ * (it leads to one of these, or into the root the job cannot write).
+ *
+ * One superblock, not one per place: a bind costs what a tmpfs mount does, but every tmpfs
+ * superblock has its own setup and teardown (shrinker, lists, counters) on top. The tmpfs
+ * goes on ROOT/tmp first; its directories are bound to their places here, and its "tmp"
+ * directory over ROOT/tmp itself last (seal_private_mounts), stacked on the tmpfs's root,
+ * which no path of the job's reaches then. Until the seal, SCRATCH_EMPTY (an empty
+ * directory only root may write) is there for the cgroup view to cover hierarchies with. */
+#define SCRATCH_EMPTY "/tmp/empty"
+
+/* PATH (ROOT/WHERE) becomes a bind of its own directory of the tmpfs at TMP (named after
+ * WHERE, '-' for '/': var-tmp, dev-shm, ...). The bind keeps the tmpfs mount's nosuid,nodev.
+ * (PATH comes from the caller: a fresh stack page is a page fault in init.) */
+static void bind_scratch(const char *tmp, const char *where, const char *path, int err_fd)
+{
+    char name[32], dir[PATH_MAX];
+    snprintf(name, sizeof name, "%s", where);
+    for (char *c = name; *c; c++)
+        if (*c == '/')
+            *c = '-';
+    path_in(dir, tmp, name, err_fd);
+    if (mkdir(dir, 01777) != 0)
+        child_fail(err_fd, "rootfs: mkdir %s: %s", dir, strerror(errno));
+    if (mount(dir, path, NULL, MS_BIND, NULL) != 0)
+        child_fail(err_fd, "mount: bind %s: %s", path, strerror(errno));
+}
+
 static void private_mounts(const struct opts *o, const char *root, int shm, int err_fd)
 {
     static const char *shared[] = {"var/tmp", "run/lock", "var/lock", "var/crash"};
-    char data[64], path[PATH_MAX];
+    char data[64], tmp[PATH_MAX], path[PATH_MAX];
     struct stat st;
-    snprintf(data, sizeof data, "size=%llu,mode=1777", o->tmp_size);
+    path_in(tmp, root, "tmp", err_fd);
+    snprintf(data, sizeof data, "size=%llu,mode=755", o->tmp_size);
+    if (mount("tmpfs", tmp, "tmpfs", MS_NOSUID | MS_NODEV, data) != 0)
+        child_fail(err_fd, "mount: %s: %s", tmp, strerror(errno));
+    mode_t umask_was = umask(0); /* the modes below exactly */
+    path_in(path, tmp, "empty", err_fd);
+    if (o->n_hides > 0 && mkdir(path, 0555) != 0) /* for cgroup_view only (a mkdir: 5 us) */
+        child_fail(err_fd, "rootfs: mkdir %s: %s", path, strerror(errno));
+    path_in(path, tmp, "tmp", err_fd);
+    if (mkdir(path, 01777) != 0)
+        child_fail(err_fd, "rootfs: mkdir %s: %s", path, strerror(errno));
     for (size_t i = 0; i < sizeof shared / sizeof shared[0]; i++) {
         path_in(path, root, shared[i], err_fd);
         if (lstat(path, &st) != 0 || !S_ISDIR(st.st_mode))
             continue;
         if (i > 0 && !(st.st_mode & S_IWOTH)) /* /var/tmp always; the others if shared */
             continue;
-        if (mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, data) != 0)
-            child_fail(err_fd, "mount: %s: %s", path, strerror(errno));
+        bind_scratch(tmp, shared[i], path, err_fd);
     }
-    if (!shm)
-        return;
-    path_in(path, root, "dev/shm", err_fd);
-    if (mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, data) != 0)
-        child_fail(err_fd, "mount: %s: %s", path, strerror(errno));
+    if (shm) {
+        path_in(path, root, "dev/shm", err_fd);
+        bind_scratch(tmp, "dev/shm", path, err_fd);
+    }
+    umask(umask_was);
+}
+
+/* The tmpfs's "tmp" directory over ROOT/tmp: the last of the private mounts. */
+static void seal_private_mounts(const char *root, int err_fd)
+{
+    char tmp[PATH_MAX], dir[PATH_MAX];
+    path_in(tmp, root, "tmp", err_fd);
+    path_in(dir, tmp, "tmp", err_fd);
+    if (mount(dir, tmp, NULL, MS_BIND, NULL) != 0)
+        child_fail(err_fd, "mount: bind %s: %s", tmp, strerror(errno));
 }
 
 #define CGROUP_VIEW "/sys/fs/cgroup"
 
 /* The job's /sys/fs/cgroup: its own cgroup in each hierarchy it is in, bound over that
- * hierarchy's mount point, and the hierarchies it is not in detached (--cgroup-hide): no
- * other tenant's cgroups or usage, and nothing of the tree above its own. Binding over the
- * mount points (rather than a fresh tmpfs with a directory per hierarchy) costs half: a
- * lookup in cgroupfs is what a bind pays most for. Done before the monitor moves init into
- * the job's cgroups, so the job is not billed for it. */
+ * hierarchy's mount point, and the hierarchies it is not in covered by an empty directory
+ * (--cgroup-hide): no other tenant's cgroups or usage, and nothing of the tree above its
+ * own. Binding over the mount points (rather than a fresh tmpfs with a directory per
+ * hierarchy) costs half: a lookup in cgroupfs is what a bind pays most for. Covering, not
+ * detaching: every umount ends in a synchronous RCU grace period (some 60 us of waiting and
+ * an interrupt to every cpu), a bind does not. Done before the monitor moves init into the
+ * job's cgroups, so the job is not billed for it; after private_mounts, before its seal
+ * (SCRATCH_EMPTY). */
 static void cgroup_view(const struct opts *o, int err_fd)
 {
     const unsigned long flags = MS_BIND | MS_NOSUID | MS_NODEV | MS_NOEXEC;
@@ -854,8 +898,8 @@ static void cgroup_view(const struct opts *o, int err_fd)
     }
     for (int k = 0; k < o->n_hides; k++) {
         path_in(path, CGROUP_VIEW, o->hide_names[k], err_fd);
-        if (umount2(path, MNT_DETACH) != 0 && errno != EINVAL && errno != ENOENT)
-            child_fail(err_fd, "cgroup view: detach %s: %s", path, strerror(errno));
+        if (mount(SCRATCH_EMPTY, path, NULL, MS_BIND, NULL) != 0 && errno != ENOENT)
+            child_fail(err_fd, "cgroup view: cover %s: %s", path, strerror(errno));
     }
 }
 
@@ -1062,17 +1106,31 @@ static int build_filter(struct filter *f)
     return 0;
 }
 
+/* The program, built once per process that forks jobs: the fork server builds it before
+ * its first fork (prepare_seccomp), so a job only installs it. */
+static struct filter seccomp_prog;
+static int seccomp_built; /* 1: built, -1: does not fit */
+
+static void prepare_seccomp(void)
+{
+    if (!seccomp_built)
+        seccomp_built = build_filter(&seccomp_prog) == 0 ? 1 : -1;
+}
+
 static void apply_seccomp(int err_fd)
 {
-    static struct filter f;
-    if (build_filter(&f) != 0)
-        child_fail(err_fd, "seccomp: the filter does not fit (%d instructions)", f.n);
-    struct sock_fprog prog = {(unsigned short)f.n, f.ins};
+    struct filter *f = &seccomp_prog;
+    prepare_seccomp();
+    if (seccomp_built != 1)
+        child_fail(err_fd, "seccomp: the filter does not fit (%d instructions)", f->n);
+    struct sock_fprog prog = {(unsigned short)f->n, f->ins};
     /* no_new_privs is set (drop_privileges), so this needs no privilege. */
     if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0)
         child_fail(err_fd, "seccomp: install the filter: %s", strerror(errno));
 }
 #else
+static void prepare_seccomp(void) {}
+
 static void apply_seccomp(int err_fd)
 {
     child_fail(err_fd, "seccomp: the default filter is written for x86_64 only; on this "
@@ -1113,9 +1171,9 @@ __attribute__((noreturn)) static void init_main(const struct opts *o, int ready_
         /* A fresh proc instance shows only this pid namespace. */
         if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
             child_fail(err_fd, "mount: /proc: %s", strerror(errno));
-        mount_tmp(o, "/tmp", err_fd);
         private_mounts(o, "", 1, err_fd);
         cgroup_view(o, err_fd);
+        seal_private_mounts("", err_fd);
     }
     if (sethostname(o->hostname, strlen(o->hostname)) != 0)
         child_fail(err_fd, "hostname: %s: %s", o->hostname, strerror(errno));
@@ -1990,6 +2048,7 @@ static int fork_server(void)
     /* Once for all jobs (see bounding_set_empty); if it cannot, each job drops its own. */
     int failed_cap;
     bounding_set_empty = empty_bounding_set(&failed_cap) == 0;
+    prepare_seccomp(); /* once for all jobs: each only installs it */
     /* Fault tests (scheduler/failpoints.py: fork_server_unanswered): die once a monitor
      * is forked, before answering, as a server killed at that moment would. */
     const char *failpoint = getenv("SCHEDULER_FORK_SERVER_FAILPOINT");

@@ -362,3 +362,58 @@ async def test_memory_a_job_left_in_dev_shm_is_not_charged_after_it_ended(
                 await anyio.sleep(0.1)
     finally:
         Path(f"/dev/shm/{name}").unlink(missing_ok=True)
+
+
+SCRATCH_PROBE = r"""
+import os
+places = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+print("devices", len({os.stat(p).st_dev for p in places}))
+print("listings", [sorted(os.listdir(p)) for p in places])
+with open("/dev/shm/mine", "w") as f:
+    f.write("x")
+print("seen_elsewhere", [p for p in places if "mine" in os.listdir(p)])
+fs = os.statvfs("/tmp")
+print("size", fs.f_blocks * fs.f_frsize)
+opts = {l.split()[4]: set(l.split()[5].split(",")) for l in open("/proc/self/mountinfo")}
+print("nosuid_nodev", all({"nosuid", "nodev"} <= opts[p] for p in places))
+print("hidden", os.listdir("/sys/fs/cgroup/cpuset"))
+try:
+    os.mkdir("/sys/fs/cgroup/cpuset/x")
+    print("cover_writable", True)
+except OSError as exc:
+    print("cover_writable", exc.errno)
+"""
+
+
+def test_private_directories_are_one_tmpfs_whose_root_the_job_cannot_reach(
+    monitor: Path, tmp_path: Path
+) -> None:
+    """/tmp, /var/tmp, /dev/shm and /run/lock are directories of one tmpfs of the job's
+    (one superblock, not four: see docs/architecture.md "Launch speed"): still apart from
+    each other, nosuid,nodev, tmp_size in all, and its root (where the other places'
+    directories live) out of the job's reach; a hierarchy the job is not in is covered by an
+    empty directory it cannot write."""
+    leaf = Path(f"/sys/fs/cgroup/memory/sched-scratch-{uuid.uuid4().hex[:8]}")
+    leaf.mkdir()
+    try:
+        run_dir = tmp_path / "run"
+        run_dir.mkdir()
+        argv = [str(monitor), "--run-dir", str(run_dir), "--hostname", "h", "--cwd", "/"]
+        argv += ["--tmp-size", str(8 << 20), "--procs", f"{leaf}/cgroup.procs"]
+        argv += ["--uid", "65534", "--gid", "65534", "--cgroup-view", "memory", str(leaf)]
+        argv += ["--cgroup-hide", "cpuset"]
+        subprocess.run([*argv, "--", PYTHON, "-c", SCRATCH_PROBE], check=True, timeout=30)
+        assert "kind=exited\nexit_code=0\n" in (run_dir / "exit").read_text(), (
+            run_dir / "stderr"
+        ).read_text()
+        lines = (run_dir / "stdout").read_text().splitlines()
+        results = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in lines}
+        assert results["devices"] == "1"
+        assert results["listings"] == "[[], [], [], []]"
+        assert results["seen_elsewhere"] == "['/dev/shm']"
+        assert int(results["size"]) == 8 << 20
+        assert results["nosuid_nodev"] == "True"
+        assert results["hidden"] == "[]"
+        assert results["cover_writable"] == "13"  # EACCES
+    finally:
+        leaf.rmdir()
