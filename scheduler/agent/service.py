@@ -296,6 +296,8 @@ async def run_agent(
             on_ok=dispatcher.wake,
         )
         dispatcher.blocked = state_disk.blocked
+        dispatcher.refresh = state_disk.check
+        runner.blocked = state_disk.blocked
         runner.node_fault = state_disk.check
 
         async def fence(reason: str) -> None:
