@@ -57,7 +57,7 @@ def pytest_configure(config: pytest.Config) -> None:
     in a signal handler, which uvloop runs as a loop callback and only logs, so an async
     test (nearly all of them) that hangs was never stopped. The thread method prints every
     thread's stack and ends the session: a hang leaves a diagnosis instead of a stuck run."""
-    if config.option.timeout_method is None:
+    if getattr(config.option, "timeout_method", "") is None:  # "": the plugin is off
         config.option.timeout_method = "thread"
 
 
