@@ -51,6 +51,16 @@ def with_database(dsn: str, database: str) -> str:
     return urlunsplit(parts._replace(path=f"/{database}"))
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """pytest-timeout's thread method unless asked otherwise: its default (SIGALRM) raises
+    in a signal handler, which uvloop runs as a loop callback and only logs, so an async
+    test (nearly all of them) that hangs was never stopped. The thread method prints every
+    thread's stack and ends the session: a hang leaves a diagnosis instead of a stuck run."""
+    if getattr(config.option, "timeout_method", "") is None:  # "": the plugin is off
+        config.option.timeout_method = "thread"
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]

@@ -6,7 +6,9 @@ the loop also claims every ``poll_interval`` seconds: a job inserted while the L
 connection was down is started by the next poll.
 
 While ``blocked`` gives a reason (the state directory is full: a job could not be started
-safely), nothing is claimed; the jobs stay queued for this node or any other.
+safely), nothing is claimed; the jobs stay queued for this node or any other. ``refresh``
+(the state disk's check) runs after every claim that got jobs and before they start, so a
+disk that filled since the last periodic check starts none of them (they go back).
 
 A claim that fails may still have committed (the connection broke after the commit, before
 its answer arrived): Postgres then says jobs run here that nothing here started. After such a
@@ -70,6 +72,9 @@ class Dispatcher:
         # Told whenever work may be coming (runtime.warmer: get the cgroup lock ready).
         self._on_wake = on_wake
         self.blocked = blocked
+        # A fresh look at what ``blocked`` answers from (the state disk), awaited after each
+        # claim that got jobs, before they start: once per batch, not per launch.
+        self.refresh: Callable[[], Awaitable[object]] | None = None
         self._paused: str | None = None
 
     @property
@@ -144,6 +149,11 @@ class Dispatcher:
                 log.debug("claimed", jobs=claimed, want=want)
                 if rows and self._on_wake is not None:
                     self._on_wake()  # claimed by the safety poll: no NOTIFY said so
+                if rows and self.refresh is not None:
+                    # A look at the state disk taken after the claim: a disk that filled
+                    # since the periodic check (up to its interval ago) starts none of
+                    # them (the runner sends them back to the queue, see Runner.blocked).
+                    await self.refresh()
                 for row in rows:
                     job = Job.from_row(row)
                     self._running.add(job.id)

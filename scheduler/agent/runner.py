@@ -181,6 +181,10 @@ class Runner:
         # Why this node cannot start jobs now (a fresh check of its state disk), if it cannot:
         # an attempt that failed to start then goes back to the queue (see _released).
         self.node_fault = node_fault
+        # Why this node starts nothing now (its state disk, as last checked: the dispatcher
+        # checks again after each claim), if it does not: a claimed attempt then goes back
+        # to the queue untouched.
+        self.blocked: Callable[[], str | None] | None = None
 
     async def run(self, job: Job) -> None:
         """Run one claimed attempt to its end and hand its completion to the recorder."""
@@ -189,6 +193,9 @@ class Runner:
         run_dir = self.monitor_dir(job)
         output_dir = run_dir_for(self._runs_dir, job.id, job.attempts)
         identity = self.identity(job)
+        if self.blocked is not None and (reason := self.blocked()) is not None:
+            await self._not_started(job, reason, start_ns)
+            return
         # Two stats per launch (a thread hop costs more): another attempt's leftovers (a
         # reset database reissues ids) are looked at in a thread.
         if identity is not None and (
@@ -589,6 +596,25 @@ class Runner:
                 None,
                 release,
                 None if keep else self.monitor_dir(job),
+            )
+        )
+
+    async def _not_started(self, job: Job, reason: str, start_ns: int) -> None:
+        """Send an attempt claimed while this node cannot start jobs back to the queue,
+        uncounted: nothing was made for it (no directory, no cgroup)."""
+        record = ExitRecord("start_error", None, None, reason, start_ns, time.time_ns(), 0, 0, 0)
+        outcome = decide_outcome(
+            record,
+            Usage(),
+            timed_out=False,
+            cancelled=False,
+            attempts=job.attempts,
+            max_attempts=job.max_attempts,
+        )
+        release = f"not started on node {self._node}: {reason}"
+        await self._completions.send(
+            Completion(
+                job, self._node, None, outcome, Usage(), start_ns, record.end_ns, None, release
             )
         )
 

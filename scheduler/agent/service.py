@@ -300,6 +300,8 @@ async def run_agent(
             on_ok=dispatcher.wake,
         )
         dispatcher.blocked = state_disk.blocked
+        dispatcher.refresh = state_disk.check
+        runner.blocked = state_disk.blocked
         runner.node_fault = state_disk.check
 
         work: list[anyio.CancelScope] = []  # the agent's task group, once it runs

@@ -119,6 +119,37 @@ class Connections:
             )
 
 
+# A connection closed while the client still sends (a refused body: 413, 408) lingers: the
+# answer goes out, then a FIN (write_eof), and what the client still sends is read and
+# dropped for at most this long and this much. Closing at once with unread bytes makes the
+# kernel send a reset that can discard the answer before it leaves (seen on a slow VM).
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 64 * 1024 * 1024  # a fast client has many MiB in flight; dropping is cheap
+
+
+class _LingeringTransport:
+    """The connection's transport, whose close() lingers (see LINGER_SECONDS) while the
+    client may still be sending the request; everything else is the transport's own."""
+
+    def __init__(self, inner: asyncio.Transport, protocol: GuardedProtocol) -> None:
+        self._inner = inner
+        self._protocol = protocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def is_closing(self) -> bool:
+        return self._protocol.lingering or self._inner.is_closing()
+
+    def close(self) -> None:
+        if self.is_closing():
+            return
+        if not self._protocol.mid_request() or not self._inner.can_write_eof():
+            self._inner.close()
+            return
+        self._protocol.linger()
+
+
 class GuardedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with head and body timers and the connection count."""
 
@@ -130,6 +161,9 @@ class GuardedProtocol(HttpToolsProtocol):
         self._in_head = True
         self._oversized = False
         self._head_bytes = self._head_size = 0
+        self.lingering = False
+        self._receiving = False  # a request began and has not been received whole
+        self._lingered_bytes = 0
 
     def _arm(self, seconds: float, phase: str) -> None:
         self._disarm()
@@ -150,10 +184,30 @@ class GuardedProtocol(HttpToolsProtocol):
     def close_now(self) -> None:
         """Close at once (abort: the descriptor is freed now, nothing is left to send)."""
         self._disarm()
-        if not self.transport.is_closing():
+        if not self.transport.is_closing() or self.lingering:
             self.transport.abort()
 
+    def mid_request(self) -> bool:
+        """Whether the client may still be sending a request (its head or body)."""
+        return self._receiving
+
+    def linger(self) -> None:
+        """Send what is buffered and a FIN, then drop what the client still sends until it
+        closes too, LINGER_SECONDS pass or LINGER_BYTES arrive (then abort)."""
+        self.lingering = True
+        self._disarm()
+        self._timer = self.loop.call_later(LINGER_SECONDS, self.close_now)
+        self.transport.write_eof()
+        self.transport.resume_reading()  # uvicorn may have paused it on a large body
+
+    def eof_received(self) -> None:
+        if self.lingering:
+            self.close_now()
+            return
+        super().eof_received()
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        transport = _LingeringTransport(transport, self)  # type: ignore[assignment]
         super().connection_made(transport)
         limits = type(self).guard.limits
         if not type(self).guard.opened(self):
@@ -167,6 +221,11 @@ class GuardedProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            self._lingered_bytes += len(data)
+            if self._lingered_bytes > LINGER_BYTES:
+                self.close_now()
+            return
         # Two counts: the bytes received while a head is incomplete (a head that never ends),
         # and the parsed head's own size (a large head that arrived in one read).
         if self._in_head:
@@ -179,6 +238,7 @@ class GuardedProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def on_message_begin(self) -> None:
+        self._receiving = True
         super().on_message_begin()
         self._in_head = True
         self._head_bytes = self._head_size = 0
@@ -206,6 +266,7 @@ class GuardedProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._receiving = False
         if self._oversized:
             return
         super().on_message_complete()

@@ -19,7 +19,7 @@ import pytest
 from scheduler.agent.runner import run_dir_for
 from tests.agent_process import sigkill, start_serve, stop, wait_ready, wait_stopped
 from tests.attacks.outcomes import record
-from tests.conftest import with_database
+from tests.conftest import slow, with_database
 from tests.integration.test_agent import wait_final, wait_state
 
 pytestmark = pytest.mark.anyio
@@ -88,14 +88,17 @@ async def test_a_reset_database_never_gets_an_earlier_jobs_exit(
         try:
             agent = start_serve(new_dsn, state_dir, cgroup_root, log)
             await wait_ready(agent, log, 2)
-            new = await submit_three(db, ["true", "true", "echo new; sleep 4; exit 7"])
+            # Job 3 must still run when the next agent recovers it (4 s here, scaled under
+            # emulation, where it had ended and replaced the planted record by then).
+            late = f"echo new; sleep {slow(4):g}; exit 7"
+            new = await submit_three(db, ["true", "true", late])
             assert new == [1, 2, 3]
             await wait_state(db, 3, "running")
             await wait_final(db, [1, 2])
             await wait_for(run_dir_for(monitors, 3, 1) / "exit.reserve")
             # The launch cleared the earlier attempt's records (no monitor of it was alive).
             assert not (run_dir_for(monitors, 3, 1) / "exit").exists()
-            with anyio.fail_after(20):
+            with anyio.fail_after(slow(20)):
                 while not (run_dir_for(runs, 3, 1) / "stdout").exists():
                     await anyio.sleep(0.02)
             sigkill(agent)

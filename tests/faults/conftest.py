@@ -14,7 +14,7 @@ import pytest
 
 from scheduler.runtime.identity import live_monitor_pid
 from tests.agent_process import leftover_job_cgroups, start_serve, stop, wait_ready
-from tests.conftest import SCRATCH
+from tests.conftest import SCRATCH, slow
 from tests.faults.counts import RESULTS, Workload, table
 
 # Every fault test's agents: short sampling periods, so that jobs of a second or two are
@@ -101,7 +101,7 @@ async def no_jobs_left(
     """Every attempt's monitor has ended and no job cgroup is left (the agents clean up);
     ``monitors_dirs``: the agents' runtime directories (``<state>/run`` by default)."""
     ids = list(workload.expected)
-    with anyio.fail_after(20):
+    with anyio.fail_after(slow(20)):
         while any(leftover_job_cgroups(root) for root in cgroup_roots) or any(
             live_monitor_pid(run_dir) is not None
             for runs in monitors_dirs

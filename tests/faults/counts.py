@@ -60,6 +60,7 @@ import anyio
 import asyncpg
 
 from scheduler.jobs import FINAL_STATES as FINAL
+from tests.conftest import slow
 
 
 class Row(Protocol):
@@ -159,8 +160,10 @@ class Workload:
         return {int(r["id"]): int(r["attempts"]) for r in rows}
 
     async def wait_ended(self, db: asyncpg.Connection, timeout: float) -> None:
-        """Until every job is final, or ``timeout`` passed (the rest count as lost)."""
-        with anyio.move_on_after(timeout):
+        """Until every job is final, or ``timeout`` passed (the rest count as lost); the
+        timeout is this machine's, scaled like every deadline (``slow``: the v2 VM's
+        emulation ran normal jobs past an unscaled one)."""
+        with anyio.move_on_after(slow(timeout)):
             while await db.fetchval(
                 "SELECT count(*) FROM scheduler.jobs WHERE id = ANY($1) AND state <> ALL($2)",
                 list(self.expected),

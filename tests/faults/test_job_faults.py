@@ -21,8 +21,9 @@ pytestmark = pytest.mark.anyio
 # tail keeps a line in memory until its newline, and /dev/zero has none: 200 MB in a 32 MiB job.
 OOM = "head -c 200000000 /dev/zero | tail > /dev/null"
 # A fork bomb in the background (forked once, before pids.max is reached); the job's main
-# process then becomes a sleep (exec needs no new pid) and ends the job when it exits.
-FORK_BOMB = "(b() { b | b & }; b) 2>/dev/null & exec sleep 3"
+# process then becomes a sleep (exec needs no new pid) and ends the job when it exits: 3 s
+# here, scaled under emulation (the normal jobs must start while it still runs).
+FORK_BOMB = f"(b() {{ b | b & }}; b) 2>/dev/null & exec sleep {slow(3):g}"
 PIDS_MAX = 16
 
 
@@ -89,7 +90,7 @@ async def test_a_fork_bomb_under_pids_max_among_normal_ones(
     await wait_executed(workload, normal)
     hit = await workload.hit(db)
     assert bomb in hit
-    async with httpx.AsyncClient(base_url=match.group(1), timeout=5) as client:
+    async with httpx.AsyncClient(base_url=match.group(1), timeout=slow(5)) as client:
         assert (await client.get("/healthz")).status_code == 200
         assert (await client.get("/readyz")).status_code == 200
     result = await tally(db, workload, fault="i: fork bomb under pids.max", hit=hit)

@@ -72,6 +72,11 @@ async def test_sigkilled_agent_with_50_jobs_running_then_restarted(
         agent = start_serve(dsn, state_dir, cgroup_root, log)
         await wait_ready(agent, log, 2)
         rows = await wait_final(db, ids, timeout=60)
+        # Recorded: the agent removes each monitor's pid and exit record just after the
+        # commit, so it must still run while they go (stopped at once, the emulated VM's
+        # agent had not removed the last one yet).
+        for i in ids:
+            await wait_gone(run_dir_for(monitors, i, 1))
     finally:
         if agent.poll() is None:
             agent.send_signal(signal.SIGTERM)
@@ -85,8 +90,6 @@ async def test_sigkilled_agent_with_50_jobs_running_then_restarted(
     for i in ids:
         assert (run_dir_for(runs, i, 1) / "stdout").read_text() == "started\nended\n"
         assert not run_dir_for(runs, i, 2).exists()
-        # Recorded: the monitor's pid and exit record are gone with it.
-        await wait_gone(run_dir_for(monitors, i, 1))
         assert not run_dir_for(monitors, i, 1).exists()
     # Billed once: exactly one usage row per job, the final one, equal to the job's totals.
     usage = await db.fetch(

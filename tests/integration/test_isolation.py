@@ -14,7 +14,8 @@ import asyncpg
 import pytest
 
 from scheduler.agent.tenants import node_pids_cap
-from tests.conftest import AgentHandle, agent_settings, start_agent
+from tests import cgroup_files
+from tests.conftest import AgentHandle, agent_settings, slow, start_agent
 from tests.integration.test_agent import output, submit, wait_final
 from tests.integration.test_control import cli
 
@@ -234,23 +235,33 @@ async def test_one_tenants_inotify_quota_does_not_touch_another(
 async def test_sys_fs_cgroup_shows_only_the_jobs_own_cgroup(
     db: asyncpg.Connection, isolated: AgentHandle, cgroup_root: str
 ) -> None:
+    v2 = cgroup_files.pure_v2()
+    # Where the job's own limit and processes show, as seen from inside its view: on a pure
+    # v2 host the one tree is /sys/fs/cgroup itself (its own cgroup bound there).
+    memory_file, procs_file, depth = (
+        ("memory.max", "cgroup.procs", 3)
+        if v2
+        else ("memory/memory.limit_in_bytes", "unified/cgroup.procs", 4)
+    )
     script = (
         "import os\n"
         "root = '/sys/fs/cgroup'\n"
-        "print([n for n in sorted(os.listdir(root)) if os.listdir(f'{root}/{n}')])\n"
-        "subdirs = [r for r, ds, _ in os.walk('/sys/fs/cgroup') for d in ds if r.count('/') > 3]\n"
+        "print([n for n in sorted(os.listdir(root)) if os.path.isdir(f'{root}/{n}')"
+        " and os.listdir(f'{root}/{n}')])\n"
+        "subdirs = [r for r, ds, _ in os.walk('/sys/fs/cgroup') for d in ds"
+        f" if r.count('/') >= {depth}]\n"
         "print(subdirs)\n"
-        "print(open('/sys/fs/cgroup/memory/memory.limit_in_bytes').read().strip())\n"
-        "print(open('/sys/fs/cgroup/unified/cgroup.procs').read().split())\n"
+        f"print(open('/sys/fs/cgroup/{memory_file}').read().strip())\n"
+        f"print(open('/sys/fs/cgroup/{procs_file}').read().split())\n"
     )
     job_id = await submit(db, [PYTHON, "-c", script], tenant="beta", memory_bytes=300 << 20)
     [row] = await wait_final(db, [job_id], timeout=60)
     assert row["state"] == "succeeded", row["error"]
     names, subdirs, memory, procs = output(isolated, job_id).splitlines()
     # The job's own hierarchies only: cpuset, devices and systemd are empty, nothing of the
-    # host's is left.
-    assert ast.literal_eval(names) == sorted(
-        ["blkio", "cpu", "cpuacct", "freezer", "memory", "pids", "unified"]
+    # host's is left (v2: its cgroup's files, no directory at all).
+    assert ast.literal_eval(names) == (
+        [] if v2 else sorted(["blkio", "cpu", "cpuacct", "freezer", "memory", "pids", "unified"])
     )
     # Its cgroup has no children: no tenant's cgroup (its own tenant's neither) is reachable.
     assert ast.literal_eval(subdirs) == []
@@ -319,7 +330,7 @@ async def test_a_fork_bomb_asking_for_four_million_pids_is_refused_or_capped(
     [row] = await wait_final(db, [job_id], timeout=60)
     forked = int(output(isolated, job_id) or "-1")
     assert 0 < forked < NODE_PIDS, (row["error"], forked)
-    pids_max = Path(f"/sys/fs/cgroup/pids/{cgroup_root}/alpha/pids.max").read_text().strip()
+    pids_max = cgroup_files.pids_max_file(cgroup_root, "alpha").read_text().strip()
     assert pids_max == str(NODE_PIDS)
     assert node_pids_cap() == int(Path("/proc/sys/kernel/pid_max").read_text()) // 4
 
@@ -327,7 +338,7 @@ async def test_a_fork_bomb_asking_for_four_million_pids_is_refused_or_capped(
 def test_monitor_binds_a_v2_hosts_cgroup_at_the_view_root(monitor: Path, tmp_path: Path) -> None:
     """On a v2 host the one hierarchy is /sys/fs/cgroup itself: the job's directory is bound
     there (tried with this host's cgroup2 mount)."""
-    leaf = Path(f"/sys/fs/cgroup/unified/sched-view-{uuid.uuid4().hex[:8]}")
+    leaf = cgroup_files.directory("unified", f"sched-view-{uuid.uuid4().hex[:8]}")
     leaf.mkdir()
     try:
         run_dir = tmp_path / "run"
@@ -355,9 +366,11 @@ async def test_memory_a_job_left_in_dev_shm_is_not_charged_after_it_ended(
         job_id = await submit(db, ["sh", "-c", fill], tenant="alpha", memory_bytes=256 << 20)
         [row] = await wait_final(db, [job_id], timeout=60)
         assert row["state"] == "succeeded", output(isolated, job_id)
-        usage = Path(f"/sys/fs/cgroup/memory/{cgroup_root}/alpha/memory.usage_in_bytes")
+        usage = cgroup_files.directory("memory", cgroup_root, "alpha") / (
+            "memory.current" if cgroup_files.pure_v2() else "memory.usage_in_bytes"
+        )
         # Its /dev/shm went with it: nothing stays charged to the tenant, unbilled.
-        with anyio.fail_after(20):
+        with anyio.fail_after(slow(20)):
             while int(usage.read_text()) > 24 << 20:
                 await anyio.sleep(0.1)
     finally:

@@ -4,6 +4,7 @@ reserved the record's space at start), and everything resumes once space is free
 
 from __future__ import annotations
 
+import os
 from decimal import Decimal
 
 import anyio
@@ -86,4 +87,36 @@ async def test_full_state_disk_pauses_claims_and_keeps_the_running_jobs_exit(
                     await anyio.sleep(0.05)
             metrics = parse((await scrape(agent)).text)
             assert metrics[("scheduler_agent_degraded", (("condition", "state_disk"),))] == 0
+            tg.cancel_scope.cancel()
+
+
+async def test_a_claim_looks_at_the_state_disk_afresh(
+    dsn: str, db: asyncpg.Connection, cgroup_root: str
+) -> None:
+    """A disk that fills just before a job arrives starts nothing, though the periodic check
+    (up to a second old) still said it was fine: room for a monitor's exit record is left
+    (below state_min_free_bytes), so only the claim's own look at the disk can stop it."""
+    with tiny_tmpfs("24m") as state_dir:
+        settings = agent_settings(
+            dsn, state_dir, cgroup_root, state_min_free_bytes=1 << 20, poll_interval=5
+        )
+        async with anyio.create_task_group() as tg:
+            agent = await start_agent(tg, settings)
+            assert (await readyz(agent))[0] == 200
+            filler = fill(state_dir)
+            os.truncate(filler, filler.stat().st_size - (256 << 10))
+            assert 0 < free_bytes(state_dir) < settings.state_min_free_bytes
+            job = int(
+                await db.fetchval(
+                    "INSERT INTO scheduler.jobs (argv, cpu) VALUES (ARRAY['true'], $1)"
+                    " RETURNING id",
+                    TINY_CPU,
+                )
+            )
+            await anyio.sleep(slow(2))
+            row = await db.fetchrow("SELECT state, attempts FROM scheduler.jobs WHERE id = $1", job)
+            assert row is not None and (row["state"], row["attempts"]) == ("queued", 0)
+            assert not run_dir_for(settings.runs_dir, job, 1).exists()
+            filler.unlink()
+            await wait_state(db, job, "succeeded", timeout=20)
             tg.cancel_scope.cancel()

@@ -28,7 +28,7 @@ from scheduler.cgroups.base import CgroupPath
 from scheduler.cgroups.detect import open_driver
 from scheduler.cgroups.devices import io_devices
 from scheduler.cgroups.fs import walk_deepest_first
-from tests.conftest import slow
+from tests.conftest import SCRATCH, slow
 from tests.integration.test_agent import submit, wait_final, wait_state
 
 pytestmark = [pytest.mark.anyio, pytest.mark.root, pytest.mark.v2_systemd_host]
@@ -141,8 +141,10 @@ async def test_jobs_outlive_two_restarts_a_stop_and_a_kill_of_the_unit_and_are_b
     db: asyncpg.Connection, installed: Path, state_dir: Path
 ) -> None:
     root = installed
-    gate = Path(tempfile.mkdtemp(prefix="sched-v2-gate-", dir="/var/tmp"))
-    gate.chmod(0o755)  # the jobs (an unprivileged user) look for the file that ends them
+    # Where the jobs (each tenant's own uid) look for the file that ends them: not /tmp or
+    # /var/tmp, which every job gets a private tmpfs over (the test waited forever there).
+    gate = Path(tempfile.mkdtemp(prefix="sched-v2-gate-", dir=SCRATCH))
+    gate.chmod(0o755)
     try:
         run("systemctl", "start", "scheduler.service")
         pid = wait_agent_ready(0)
