@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import asyncpg
@@ -17,6 +18,8 @@ from scheduler.db.queries import q
 from scheduler.db.refusals import refusal
 from scheduler.errors import ControlRefused, JobNotFound, SchedulerError, TenantNotFound
 from scheduler.jobs import FINAL_STATES, DesiredState
+
+T = TypeVar("T")
 
 
 class SubmitRefused(SchedulerError):
@@ -247,36 +250,15 @@ async def submit_idempotent(
     waits on the key's unique index until the first commits, then finds its row: 50 parallel
     requests with one key make one job. Returns the job and whether it was a replay.
     """
-    async with conn.transaction():
-        claimed = await conn.fetchval(
-            "INSERT INTO scheduler.idempotency_keys (tenant, key, request_hash)"
-            " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING true",
-            request.tenant,
-            key,
-            digest,
-        )
-        if claimed:
-            row = await submit(conn, request)
-            await conn.execute(
-                "UPDATE scheduler.idempotency_keys SET job_id = $3 WHERE tenant = $1 AND key = $2",
-                request.tenant,
-                key,
-                row["id"],
-            )
-            return row, False
-        existing = await conn.fetchrow(
-            "SELECT request_hash, job_id FROM scheduler.idempotency_keys"
-            " WHERE tenant = $1 AND key = $2",
-            request.tenant,
-            key,
-        )
-    assert existing is not None
-    if existing["request_hash"] != digest:
-        raise IdempotencyMismatch(
-            f"Idempotency-Key {key!r} was already used with a different body for tenant "
-            f"{request.tenant!r}; use a new key for a different job"
-        )
-    return await get(conn, existing["job_id"]), True
+
+    async def make() -> tuple[asyncpg.Record, int]:
+        row = await submit(conn, request)
+        return row, row["id"]
+
+    made, job_id = await _once_per_key(conn, request.tenant, key, digest, make)
+    if made is not None:
+        return made, False
+    return await get(conn, job_id), True
 
 
 async def submit_array_idempotent(
@@ -285,42 +267,63 @@ async def submit_array_idempotent(
     """:func:`submit_array` once per (tenant, key), as :func:`submit_idempotent`: the key
     row names the first member; a replay returns every member of that array."""
     array.check(max_size)
-    async with conn.transaction():
-        claimed = await conn.fetchval(
-            "INSERT INTO scheduler.idempotency_keys (tenant, key, request_hash)"
-            " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING true",
-            request.tenant,
-            key,
-            digest,
-        )
-        if claimed:
-            rows = await submit_array(conn, request, array, max_size=max_size)
-            await conn.execute(
-                "UPDATE scheduler.idempotency_keys SET job_id = $3 WHERE tenant = $1 AND key = $2",
-                request.tenant,
-                key,
-                rows[0]["id"],
-            )
-            return rows, False
-        existing = await conn.fetchrow(
-            "SELECT request_hash, job_id FROM scheduler.idempotency_keys"
-            " WHERE tenant = $1 AND key = $2",
-            request.tenant,
-            key,
-        )
-    assert existing is not None
-    if existing["request_hash"] != digest:
-        raise IdempotencyMismatch(
-            f"Idempotency-Key {key!r} was already used with a different body for tenant "
-            f"{request.tenant!r}; use a new key for a different job"
-        )
-    first = await get(conn, existing["job_id"])
+
+    async def make() -> tuple[list[asyncpg.Record], int]:
+        rows = await submit_array(conn, request, array, max_size=max_size)
+        return rows, rows[0]["id"]
+
+    made, job_id = await _once_per_key(conn, request.tenant, key, digest, make)
+    if made is not None:
+        return made, False
+    first = await get(conn, job_id)
     members = await conn.fetch(
         "SELECT * FROM scheduler.jobs WHERE array_id = $1 AND tenant = $2 ORDER BY array_index",
         first["array_id"],
         first["tenant"],
     )
     return list(members), True
+
+
+async def _once_per_key(
+    conn: Conn,
+    tenant: str,
+    key: str,
+    digest: str,
+    make: Callable[[], Awaitable[tuple[T, int]]],
+) -> tuple[T | None, int]:
+    """Run ``make`` (which returns what it made and the job id the key is to name) once per
+    (tenant, key), in one transaction with the key row: (what it made, its job id) the first
+    time; (None, the job id the key names) on a repeat with the same digest."""
+    async with conn.transaction():
+        claimed = await conn.fetchval(
+            "INSERT INTO scheduler.idempotency_keys (tenant, key, request_hash)"
+            " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING true",
+            tenant,
+            key,
+            digest,
+        )
+        if claimed:
+            made, job_id = await make()
+            await conn.execute(
+                "UPDATE scheduler.idempotency_keys SET job_id = $3 WHERE tenant = $1 AND key = $2",
+                tenant,
+                key,
+                job_id,
+            )
+            return made, job_id
+        existing = await conn.fetchrow(
+            "SELECT request_hash, job_id FROM scheduler.idempotency_keys"
+            " WHERE tenant = $1 AND key = $2",
+            tenant,
+            key,
+        )
+    assert existing is not None
+    if existing["request_hash"] != digest:
+        raise IdempotencyMismatch(
+            f"Idempotency-Key {key!r} was already used with a different body for tenant "
+            f"{tenant!r}; use a new key for a different job"
+        )
+    return None, existing["job_id"]
 
 
 class IdempotencyMismatch(SchedulerError):

@@ -24,7 +24,7 @@ from scheduler.cgroups.asyncdriver import async_driver
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, LaunchPlan, Limits, Usage
 from scheduler.cgroups.counters import final_read, parse_sample
 from scheduler.errors import LaunchError, ProcessesSurvive, SchedulerError
-from scheduler.jobs import Job, decide_outcome
+from scheduler.jobs import Job, Outcome, decide_outcome
 from scheduler.runtime.cgroupview import CgroupView
 from scheduler.runtime.forkserver import ForkServer, UnansweredLaunch
 from scheduler.runtime.identity import ended_or_running
@@ -574,15 +574,7 @@ class Runner:
     ) -> None:
         """Record an attempt that never reached the monitor as failed, with the reason.
         ``keep``: its directories hold another attempt's records, which stay."""
-        record = ExitRecord("start_error", None, None, error, start_ns, time.time_ns(), 0, 0, 0)
-        outcome = decide_outcome(
-            record,
-            Usage(),
-            timed_out=False,
-            cancelled=False,
-            attempts=job.attempts,
-            max_attempts=job.max_attempts,
-        )
+        record, outcome = _not_run(job, error, start_ns)
         release = await self._released(job) if cgroup is not None else None
         await self._completions.send(
             Completion(
@@ -602,15 +594,7 @@ class Runner:
     async def _not_started(self, job: Job, reason: str, start_ns: int) -> None:
         """Send an attempt claimed while this node cannot start jobs back to the queue,
         uncounted: nothing was made for it (no directory, no cgroup)."""
-        record = ExitRecord("start_error", None, None, reason, start_ns, time.time_ns(), 0, 0, 0)
-        outcome = decide_outcome(
-            record,
-            Usage(),
-            timed_out=False,
-            cancelled=False,
-            attempts=job.attempts,
-            max_attempts=job.max_attempts,
-        )
+        record, outcome = _not_run(job, reason, start_ns)
         release = f"not started on node {self._node}: {reason}"
         await self._completions.send(
             Completion(
@@ -640,3 +624,17 @@ class Runner:
             log.exception("run_dir_remove_failed", run_dir=str(run_dir))
             return None
         return f"not started on node {self._node}: {reason}"
+
+
+def _not_run(job: Job, reason: str, start_ns: int) -> tuple[ExitRecord, Outcome]:
+    """The exit record and outcome of an attempt whose command never ran (``reason``)."""
+    record = ExitRecord("start_error", None, None, reason, start_ns, time.time_ns(), 0, 0, 0)
+    outcome = decide_outcome(
+        record,
+        Usage(),
+        timed_out=False,
+        cancelled=False,
+        attempts=job.attempts,
+        max_attempts=job.max_attempts,
+    )
+    return record, outcome
