@@ -157,8 +157,15 @@ async def test_spool_at_its_bound_holds_periods_and_loses_nothing(
         await wait_rows(db, ids, 2)
         await db.close()
         await server.stop()
-        # About 120 bytes a row, 4 rows a sweep, 5 sweeps a second: full within a second or two.
+        # About 120 bytes a row, 4 rows a sweep, 5 sweeps a second: full within a second or two
+        # (later on a loaded host, whose sweeps come late). Full: no room for another sweep's
+        # rows. Then 2 s more, so that each job's held period outgrows 1.5 s.
         await wait_spooled(settings.spool_dir, at_least=20)
+        with anyio.fail_after(slow(30)):
+            while parse((await scrape(agent)).text)[("scheduler_usage_spool_bytes", ())] < (
+                4096 - 4 * 160
+            ):
+                await anyio.sleep(0.05)
         await anyio.sleep(2.0)
         held = spooled_rows(settings.spool_dir)
         metrics = parse((await scrape(agent)).text)
