@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import socket
 import tomllib
 from collections.abc import Mapping
@@ -18,11 +17,12 @@ from typing import Any
 
 from scheduler.errors import ConfigError, SandboxError
 from scheduler.labels import LabelError, parse_list
+from scheduler.names import NAME
 from scheduler.runtime.sandbox import SandboxPolicy
 from scheduler.units import UnitError, parse_duration
 
 # Same rule as scheduler.tenants.name.
-TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+TENANT_NAME = NAME
 
 
 def _default_state_dir() -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,6 +17,7 @@ from scheduler.db.queries import q
 from scheduler.db.refusals import refusal
 from scheduler.errors import ControlRefused, JobNotFound, SchedulerError, TenantNotFound
 from scheduler.jobs import FINAL_STATES, DesiredState
+from scheduler.names import NAME
 
 T = TypeVar("T")
 
@@ -333,7 +333,7 @@ class IdempotencyMismatch(SchedulerError):
 # -- steering jobs and tenants (CLI and HTTP) -------------------------------------------------
 
 # Tenant names become cgroup directory names: the same rule as the database's check.
-TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+TENANT_NAME = NAME
 
 TENANT_FIELDS = (
     "parent",
