@@ -58,9 +58,11 @@ async def _reset(conn: asyncpg.Connection) -> None:
 
 async def _init_agent(conn: asyncpg.Connection) -> None:
     await _init(conn)
-    # A SET, not a startup parameter: a pooler such as PgBouncer refuses unknown startup
-    # parameters. The pool's reset keeps session settings.
-    await conn.execute(f"SET {AGENT_WRITER_SETTING} = 'agent'")
+    # SETs, not startup parameters: a pooler such as PgBouncer refuses unknown startup
+    # parameters. The pool's reset keeps session settings. The agent's statements are small
+    # and frequent: JIT compiling one (when the planner's estimate passes jit_above_cost)
+    # costs tens of milliseconds and never pays back (migrations/0020_hot_path.sql).
+    await conn.execute(f"SET {AGENT_WRITER_SETTING} = 'agent'; SET jit = off")
 
 
 async def connect(dsn: str, *, agent_writer: bool = False, **kwargs: Any) -> asyncpg.Connection:

@@ -52,6 +52,12 @@ async def reason(db: asyncpg.Connection, job_id: int) -> str | None:
     return None if value is None else str(value)
 
 
+async def reasons_due(db: asyncpg.Connection) -> None:
+    """The claim writes reasons at most once a second (migrations/0020_hot_path.sql); this
+    makes the next claim one that writes them, for tests whose claims come faster."""
+    await db.execute("UPDATE scheduler.claim_lock SET reasons_noted_at = '-infinity'")
+
+
 async def test_run_at_and_frozen_are_set_by_the_row_and_cleared_with_it(
     db: asyncpg.Connection, pool: asyncpg.Pool
 ) -> None:
@@ -85,6 +91,7 @@ async def test_capacity_tenant_limit_and_max_running_jobs_come_from_the_claim(
     counted = await job(db, "counted", cpu=Decimal("0.25"))
     # 0.5 core left on the node: a 1-core job does not fit now (it could later).
     big = await job(db, "big", cpu=Decimal(1))
+    await reasons_due(db)
     assert await claim(pool, "n1", 4, NODE) == []
     assert await reason(db, capped) == "tenant_limit"
     assert await reason(db, counted) == "max_running_jobs"
@@ -94,6 +101,7 @@ async def test_capacity_tenant_limit_and_max_running_jobs_come_from_the_claim(
         "SELECT id, xmin::text AS v FROM scheduler.jobs WHERE id = ANY($1) ORDER BY id",
         [capped, counted, big],
     )
+    await reasons_due(db)
     assert await claim(pool, "n1", 4, NODE) == []
     assert versions == await db.fetch(
         "SELECT id, xmin::text AS v FROM scheduler.jobs WHERE id = ANY($1) ORDER BY id",
@@ -154,3 +162,22 @@ async def test_a_reason_outside_the_known_ones_is_refused(db: asyncpg.Connection
     job_id = await job(db)
     with pytest.raises(asyncpg.CheckViolationError):
         await db.execute("UPDATE scheduler.jobs SET pending_reason = 'bored' WHERE id = $1", job_id)
+
+
+async def test_claims_write_reasons_at_most_once_a_second(
+    db: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    """A job that reaches a tenant's head and starts a moment later never gets a reason row
+    update (the launch path's cost); one that keeps waiting gets it within a second."""
+    await db.execute("INSERT INTO scheduler.tenants (name, max_running_jobs) VALUES ('one', 1)")
+    running = await job(db, "one")
+    assert [r["id"] for r in await claim(pool, "n1", 4, NODE)] == [running]
+    waiting = await job(db, "one")
+    # The claim above noted reasons (the first ever): this one, right after, does not.
+    assert await claim(pool, "n1", 4, NODE) == []
+    assert await reason(db, waiting) is None
+    with anyio.fail_after(10):
+        while await reason(db, waiting) is None:
+            await anyio.sleep(0.2)
+            assert await claim(pool, "n1", 4, NODE) == []
+    assert await reason(db, waiting) == "max_running_jobs"
