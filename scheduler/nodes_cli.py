@@ -10,8 +10,8 @@ from scheduler import store
 from scheduler.cli_output import escape, table
 from scheduler.config import Settings
 from scheduler.db.pool import connect_settings
-from scheduler.db.queries import q
 from scheduler.errors import SchedulerError
+from scheduler.repos import nodes as node_repo
 from scheduler.units import format_bytes
 
 Command = Callable[[Settings, argparse.Namespace], Awaitable[int]]
@@ -45,7 +45,7 @@ async def cmd_nodes(settings: Settings, args: argparse.Namespace) -> int:
     try:
         if action != "list":
             return await _change(conn, args, action)
-        rows = await conn.fetch(q("list_nodes"))
+        rows = await node_repo.list_nodes(conn)
     finally:
         await conn.close()
     if args.json:
@@ -89,8 +89,7 @@ async def cmd_nodes(settings: Settings, args: argparse.Namespace) -> int:
 async def _change(conn: Any, args: argparse.Namespace, action: str) -> int:
     """Drain, undrain or forget one node (the operator: the database owner's connection)."""
     if action == "forget":
-        gone = await conn.fetchval(q("forget_node"), args.name)
-        if gone is None:
+        if not await node_repo.forget(conn, args.name):
             raise NodeRefused(
                 f"node {args.name!r} is not a down node without running jobs: only a node"
                 " that is down (its lease expired and was marked down) can be forgotten"
@@ -98,12 +97,9 @@ async def _change(conn: Any, args: argparse.Namespace, action: str) -> int:
         data: dict[str, Any] = {"name": args.name, "forgotten": True}
         human = f"node {escape(args.name)} forgotten"
     else:
-        row = await conn.fetchrow(q("set_node_drained"), args.name, action == "drain")
+        row = await node_repo.set_drained(conn, args.name, action == "drain")
         if row is None:
             raise NodeRefused(f"no node named {args.name!r} (scheduler nodes lists them)")
-        if action == "undrain":
-            # Its dispatcher may claim at once rather than at its next poll.
-            await conn.execute("SELECT pg_notify('scheduler_jobs', 'queued')")
         data = store.record_to_dict(row)
         verb = "drained: it claims nothing new" if row["drained"] else "undrained: it claims again"
         human = f"node {escape(row['name'])} {verb}"
