@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from scheduler import store
-from scheduler.cli_output import escape, table
-from scheduler.config import Settings
-from scheduler.db.pool import connect_settings
+from scheduler.cli.command import Command, Subparsers, add_common
+from scheduler.cli.connect import connect
+from scheduler.cli.output import dumps, escape, record, table
 from scheduler.errors import SchedulerError
-from scheduler.repos import nodes as node_repo
 from scheduler.units import format_bytes
 
-Command = Callable[[Settings, argparse.Namespace], Awaitable[int]]
+if TYPE_CHECKING:
+    from scheduler.config import Settings
 
 
-def add_parsers(
-    sub: Any, add_common: Callable[[argparse.ArgumentParser], None]
-) -> dict[str, Command]:
-    """Add ``nodes`` to ``sub``; return its handler by name."""
+def add_nodes(sub: Subparsers) -> None:
     nodes = sub.add_parser(
         "nodes", help="list nodes (state, epoch, lease, capacity, load, labels); drain them"
     )
@@ -35,13 +30,15 @@ def add_parsers(
         parser = actions.add_parser(action, help=text)
         add_common(parser)
         parser.add_argument("name", help="the node's name")
-    return {"nodes": cmd_nodes}
 
 
 async def cmd_nodes(settings: Settings, args: argparse.Namespace) -> int:
     """``scheduler nodes [list|drain NAME|undrain NAME|forget NAME] [--json]``."""
+
+    from scheduler.repos import nodes as node_repo
+
     action = getattr(args, "node_action", None) or "list"
-    conn = await connect_settings(settings)
+    conn = await connect(settings)
     try:
         if action != "list":
             return await _change(conn, args, action)
@@ -49,7 +46,7 @@ async def cmd_nodes(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         await conn.close()
     if args.json:
-        print(store.dumps([store.record_to_dict(r) for r in rows]))
+        print(dumps([record(r) for r in rows]))
         return 0
     print(
         table(
@@ -88,6 +85,8 @@ async def cmd_nodes(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _change(conn: Any, args: argparse.Namespace, action: str) -> int:
     """Drain, undrain or forget one node (the operator: the database owner's connection)."""
+    from scheduler.repos import nodes as node_repo
+
     if action == "forget":
         if not await node_repo.forget(conn, args.name):
             raise NodeRefused(
@@ -100,12 +99,15 @@ async def _change(conn: Any, args: argparse.Namespace, action: str) -> int:
         row = await node_repo.set_drained(conn, args.name, action == "drain")
         if row is None:
             raise NodeRefused(f"no node named {args.name!r} (scheduler nodes lists them)")
-        data = store.record_to_dict(row)
+        data = record(row)
         verb = "drained: it claims nothing new" if row["drained"] else "undrained: it claims again"
         human = f"node {escape(row['name'])} {verb}"
-    print(store.dumps(data) if args.json else human)
+    print(dumps(data) if args.json else human)
     return 0
 
 
 class NodeRefused(SchedulerError):
     """The node named does not exist, or is not in a state the action needs."""
+
+
+NODES = Command("nodes", add_nodes, cmd_nodes)
