@@ -823,3 +823,7 @@ SELECT tenant, budget, currency, period, action, spend, spend >= budget AS reach
 FROM scheduler.budget_status
 WHERE $1::text IS NULL OR tenant = $1
 ORDER BY tenant;
+
+-- name: notify_node_undrained
+-- An undrained node's dispatcher may claim at once rather than at its next poll.
+SELECT pg_notify('scheduler_jobs', 'queued');

@@ -15,8 +15,8 @@ from scheduler.agent.service import run_agent, serve
 from scheduler.cgroups.base import CgroupPath
 from scheduler.cgroups.detect import open_driver
 from scheduler.cli import build_parser
+from scheduler.cli.nodes import cmd_nodes
 from scheduler.errors import LeaseLost, NodeNameTaken
-from scheduler.nodes_cli import cmd_nodes
 from tests.conftest import agent_settings, slow, start_agent
 from tests.integration.test_agent import submit, wait_final, wait_state
 

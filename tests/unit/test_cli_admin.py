@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.cli_admin import TOKEN_FILE, with_admin_token
+from scheduler.cli.admin_token import TOKEN_FILE, with_admin_token
 from scheduler.config import Settings
 from scheduler.errors import ConfigError
 

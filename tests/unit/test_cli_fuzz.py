@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scheduler.cli import build_parser
-from scheduler.cli_output import escape
+from scheduler.cli.output import escape
 from tests.cli_fuzz import (
     FILE_DESTS,
     check_no_traceback,

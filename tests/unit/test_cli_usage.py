@@ -20,10 +20,12 @@ import pytest
 
 from scheduler.accounting.export import FORMATS
 from scheduler.api.jobs import STATES
-from scheduler.cli import EXPORT_FORMATS, JOB_STATES, build_parser, main
-from scheduler.cli_args import label, run_at
-from scheduler.cli_complete import script
-from scheduler.cli_output import escape, job_exit_code, table
+from scheduler.cli import build_parser, main
+from scheduler.cli.args import label, run_at
+from scheduler.cli.billing import EXPORT_FORMATS
+from scheduler.cli.complete import script
+from scheduler.cli.jobs import JOB_STATES
+from scheduler.cli.output import escape, job_exit_code, table
 from scheduler.units import UnitError, parse_duration
 
 # A database that cannot exist: commands that get past parsing fail to connect, in one line.

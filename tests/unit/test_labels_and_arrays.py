@@ -10,7 +10,7 @@ import pytest
 
 from scheduler.api.bodies import SUBMIT_FIELDS, validate
 from scheduler.api.problems import Problem
-from scheduler.cli_args import array_range, constraint
+from scheduler.cli.args import array_range, constraint
 from scheduler.config import Settings
 from scheduler.errors import ConfigError
 from scheduler.labels import LabelError, check_set, parse_list

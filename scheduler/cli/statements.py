@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from scheduler import store
-from scheduler.cli_output import escape
-from scheduler.config import Settings
-from scheduler.db.pool import connect_settings
+from scheduler.cli.command import add_common
+from scheduler.cli.connect import connect
+from scheduler.cli.output import dumps, escape
+
+if TYPE_CHECKING:
+    from scheduler.config import Settings
 
 
-def add_parsers(actions: Any, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_statements(actions: Any) -> None:
     """Add ``close`` and ``verify`` to the ``billing`` subcommands."""
     close = actions.add_parser(
         "close",
@@ -33,13 +34,13 @@ def add_parsers(actions: Any, add_common: Callable[[argparse.ArgumentParser], No
     verify.add_argument("--tenant", help="only this tenant's statements")
 
 
-async def cmd(settings: Settings, args: argparse.Namespace) -> int:
+async def cmd_statements(settings: Settings, args: argparse.Namespace) -> int:
     """Run ``billing close`` or ``billing verify``."""
     # The pricing code (structlog...) only for this command: `scheduler jobs` stays light.
-    from scheduler.accounting import statements  # noqa: PLC0415
+    from scheduler.accounting import statements
 
     month = None if args.period is None else statements.parse_month(args.period)
-    conn = await connect_settings(settings)
+    conn = await connect(settings)
     try:
         if month is not None and args.billing_command == "close":  # --period is required
             made = await statements.close(conn, month)
@@ -49,7 +50,7 @@ async def cmd(settings: Settings, args: argparse.Namespace) -> int:
         await conn.close()
     if args.billing_command == "close":
         if args.json:
-            print(store.dumps({"period": args.period, "statements": [s.summary() for s in made]}))
+            print(dumps({"period": args.period, "statements": [s.summary() for s in made]}))
         else:
             for s in made:
                 print(
@@ -59,7 +60,7 @@ async def cmd(settings: Settings, args: argparse.Namespace) -> int:
             print(f"closed {escape(args.period)}: {len(made)} statements", file=sys.stderr)
         return 0
     if args.json:
-        print(store.dumps({"statements_checked": checked, "differences": [str(d) for d in found]}))
+        print(dumps({"statements_checked": checked, "differences": [str(d) for d in found]}))
     else:
         for difference in found:
             print(escape(str(difference)))

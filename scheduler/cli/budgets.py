@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from typing import Any
 
-from scheduler import budgets, store
-from scheduler.cli_output import escape
+from scheduler.cli.command import add_common
+from scheduler.cli.output import dumps, escape, record
+
+# scheduler.budgets.PERIODS and ACTIONS (that module loads the database driver; a test keeps
+# these equal).
+PERIODS = ("month", "total")
+ACTIONS = ("hold", "freeze")
 
 
-def add_parser(actions: Any, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_budget(actions: Any) -> None:
     """Add ``budget`` to the ``tenants`` actions."""
     parser = actions.add_parser(
         "budget",
@@ -26,19 +30,21 @@ def add_parser(actions: Any, add_common: Callable[[argparse.ArgumentParser], Non
     parser.add_argument("--currency", default="USD", help="ISO 4217 code (default USD)")
     parser.add_argument(
         "--period",
-        choices=budgets.PERIODS,
+        choices=PERIODS,
         default="month",
         help="month (UTC calendar month, the default) or total (all time)",
     )
     parser.add_argument(
         "--action",
-        choices=budgets.ACTIONS,
+        choices=ACTIONS,
         default="hold",
         help="at the budget: hold new jobs (default), or also freeze running ones",
     )
 
 
 async def cmd_budget(conn: Any, args: argparse.Namespace) -> int:
+    from scheduler import budgets
+
     if args.amount is not None:
         budget = budgets.Budget(
             amount=budgets.parse_amount(args.amount),
@@ -49,7 +55,7 @@ async def cmd_budget(conn: Any, args: argparse.Namespace) -> int:
         await budgets.set_budget(conn, args.name, budget)
     rows = await budgets.status(conn, args.name)
     if args.json:
-        print(store.dumps(store.record_to_dict(rows[0]) if rows else {"tenant": args.name}))
+        print(dumps(record(rows[0]) if rows else {"tenant": args.name}))
         return 0
     if not rows:
         print(f"tenant {escape(args.name)}: no budget")

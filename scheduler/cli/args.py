@@ -58,7 +58,7 @@ class UsageError(Exception):
 def one_line(text: str) -> str:
     """``text`` on a single line, control characters escaped (a message is not a terminal
     program)."""
-    from scheduler.cli_output import escape
+    from scheduler.cli.output import escape
 
     return escape(" ".join(str(text).split("\n")))
 

@@ -5,38 +5,57 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from scheduler import schedules, store
-from scheduler.config import Settings
-from scheduler.db.pool import connect_settings
+from scheduler.cli.args import CliParser
+from scheduler.cli.command import Command, Subparsers, add_common
+from scheduler.cli.connect import connect
+from scheduler.cli.output import dumps, record
 from scheduler.errors import SchedulerError
 from scheduler.units import parse_cores, parse_duration, parse_size
 
-Command = Callable[[Settings, argparse.Namespace], Awaitable[int]]
+if TYPE_CHECKING:
+    from scheduler.config import Settings
+
 EXIT_USAGE = 2
-# The parser of `schedules add`, kept to read the options written after NAME (see _reparse).
-_ADD_PARSER: list[argparse.ArgumentParser] = []
+# scheduler.schedules.OVERLAPS (that module loads the database driver; a test keeps them
+# equal).
+OVERLAPS = ("skip", "queue")
 
 
-def add_parsers(
-    sub: Any, add_common: Callable[[argparse.ArgumentParser], None]
-) -> dict[str, Command]:
-    """Add ``schedules`` to ``sub``; return its handler by name."""
+def add_schedules(sub: Subparsers) -> None:
     parser = sub.add_parser("schedules", help="cron schedules: add, list, pause, resume, rm")
     actions = parser.add_subparsers(dest="schedule_action", required=True, metavar="ACTION")
-    add = actions.add_parser(
-        "add",
-        help="add a schedule: scheduler schedules add NAME --cron '0 3 * * *' [options] -- CMD...",
+    _add_arguments(
+        actions.add_parser(
+            "add",
+            help="add a schedule: scheduler schedules add NAME --cron '0 3 * * *' [options]"
+            " -- CMD...",
+        )
     )
+    listing = actions.add_parser("list", help="every schedule with its next due time")
+    add_common(listing)
+    listing.add_argument("--tenant", help="only this tenant's schedules")
+    for action, text in (
+        ("pause", "stop firing (the due times while paused are not made up)"),
+        ("resume", "fire again, from the next due time after now"),
+        ("rm", "delete a schedule (the jobs it made stay)"),
+    ):
+        one = actions.add_parser(action, help=text)
+        add_common(one)
+        one.add_argument("name", help="the schedule's name")
+        one.add_argument("--tenant", default="default", help="the schedule's tenant")
+
+
+def _add_arguments(add: argparse.ArgumentParser) -> None:
+    """The arguments of ``schedules add`` (also parsed again by _reparse)."""
     add_common(add)
     add.add_argument("name", help="the schedule's name, unique in its tenant")
     add.add_argument("--cron", help="5 fields, e.g. '*/15 * * * *' (required)")
     add.add_argument("--timezone", default="UTC", help="IANA name, e.g. Europe/Paris")
     add.add_argument(
         "--overlap",
-        choices=schedules.OVERLAPS,
+        choices=OVERLAPS,
         default="skip",
         help="skip: no new job while the last one runs (default); queue: fire anyway",
     )
@@ -64,20 +83,6 @@ def add_parsers(
     add.add_argument(
         "argv", nargs=argparse.REMAINDER, metavar="-- CMD...", help="the command each job runs"
     )
-    _ADD_PARSER.append(add)
-    listing = actions.add_parser("list", help="every schedule with its next due time")
-    add_common(listing)
-    listing.add_argument("--tenant", help="only this tenant's schedules")
-    for action, text in (
-        ("pause", "stop firing (the due times while paused are not made up)"),
-        ("resume", "fire again, from the next due time after now"),
-        ("rm", "delete a schedule (the jobs it made stay)"),
-    ):
-        one = actions.add_parser(action, help=text)
-        add_common(one)
-        one.add_argument("name", help="the schedule's name")
-        one.add_argument("--tenant", default="default", help="the schedule's tenant")
-    return {"schedules": cmd_schedules}
 
 
 def _reparse(args: argparse.Namespace) -> None:
@@ -85,9 +90,11 @@ def _reparse(args: argparse.Namespace) -> None:
     that follows the first positional to the command, so the part before ``--`` is parsed
     again as options."""
     argv, name = list(args.argv), args.name
-    if argv and argv[0] != "--" and argv[0].startswith("-") and _ADD_PARSER:
+    if argv and argv[0] != "--" and argv[0].startswith("-"):
         cut = argv.index("--") if "--" in argv else len(argv)
-        _ADD_PARSER[0].parse_args([*argv[:cut], name, *argv[cut:]], namespace=args)
+        again = CliParser(prog="scheduler schedules add")
+        _add_arguments(again)
+        again.parse_args([*argv[:cut], name, *argv[cut:]], namespace=args)
         if args.name != name:  # a word among the options: the command without its --
             raise UsageError(
                 "options after NAME need the command after --: "
@@ -140,6 +147,8 @@ class UsageError(SchedulerError):
 
 async def cmd_schedules(settings: Settings, args: argparse.Namespace) -> int:
     """``scheduler schedules ACTION``."""
+    from scheduler import schedules
+
     action = args.schedule_action
     request = None
     if action == "add":
@@ -158,7 +167,7 @@ async def cmd_schedules(settings: Settings, args: argparse.Namespace) -> int:
             print(f"scheduler: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
         schedules.check(request)  # before connecting: a bad expression fails fast
-    conn = await connect_settings(settings)
+    conn = await connect(settings)
     try:
         if action == "list":
             rows = await schedules.list_schedules(conn, tenant=args.tenant)
@@ -176,7 +185,7 @@ async def cmd_schedules(settings: Settings, args: argparse.Namespace) -> int:
     human = f"schedule {row['name']} (tenant {row['tenant']}) {verb}"
     if action != "rm":
         human += f"; next due time: {_when(row['next_run_at'] if row['enabled'] else None)}"
-    print(store.dumps(store.record_to_dict(row)) if args.json else human)
+    print(dumps(record(row)) if args.json else human)
     return 0
 
 
@@ -186,7 +195,7 @@ def _when(value: Any) -> str:
 
 def _print_list(args: argparse.Namespace, rows: list[Any]) -> None:
     if args.json:
-        print(store.dumps([store.record_to_dict(r) for r in rows]))
+        print(dumps([record(r) for r in rows]))
         return
     print(
         f"{'TENANT':<12} {'NAME':<20} {'CRON':<16} {'TIMEZONE':<16} {'OVERLAP':<7} "
@@ -202,3 +211,6 @@ def _print_list(args: argparse.Namespace, rows: list[Any]) -> None:
         )
         if r["error"]:
             print(f"{'':<12} error: {r['error']}")
+
+
+SCHEDULES = Command("schedules", add_schedules, cmd_schedules)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from typing import Any
 
 
 def _tree(parser: argparse.ArgumentParser, path: str, out: dict[str, list[str]]) -> None:
@@ -67,3 +68,8 @@ _scheduler() {{
 }}
 compdef _scheduler scheduler"""
     return bash
+
+
+def add_completion(sub: Any) -> None:
+    completion = sub.add_parser("completion", help="print a bash or zsh completion script")
+    completion.add_argument("shell", choices=["bash", "zsh"], help="the shell to complete for")

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from scheduler import store
-from scheduler.config import Settings
-from scheduler.db.pool import connect_settings
-from scheduler.jobs import DesiredState
+from scheduler.cli.connect import connect
+from scheduler.cli.output import dumps, record
+
+if TYPE_CHECKING:
+    from scheduler import store
+    from scheduler.config import Settings
+    from scheduler.jobs import DesiredState
 
 
 async def submit_array_cli(
@@ -15,16 +19,18 @@ async def submit_array_cli(
 ) -> int:
     """``scheduler submit --array START-END[%MAX] -- CMD``: prints the array id (and, with
     --json, every member)."""
+    from scheduler import store
+
     start, end, cap = args.array
     spec = store.ArraySpec(start, end, cap)
-    conn = await connect_settings(settings)
+    conn = await connect(settings)
     try:
         rows = await store.submit_array(conn, request, spec, max_size=settings.max_array_size)
     finally:
         await conn.close()
     array_id = rows[0]["array_id"]
     if args.json:
-        print(store.dumps({"array_id": array_id, "items": [store.record_to_dict(r) for r in rows]}))
+        print(dumps({"array_id": array_id, "items": [record(r) for r in rows]}))
     else:
         print(array_id)
     return 0
@@ -34,7 +40,9 @@ async def steer_array_cli(
     settings: Settings, args: argparse.Namespace, desired: DesiredState
 ) -> int:
     """``scheduler cancel|freeze|thaw --array ID``: every unfinished member, in one statement."""
-    conn = await connect_settings(settings)
+    from scheduler import store
+
+    conn = await connect(settings)
     try:
         rows = await store.set_array_desired_state(
             conn, args.array, desired, now=getattr(args, "now", False)
@@ -42,11 +50,7 @@ async def steer_array_cli(
     finally:
         await conn.close()
     if args.json:
-        print(
-            store.dumps(
-                {"array_id": args.array, "changed": [store.record_to_dict(r) for r in rows]}
-            )
-        )
+        print(dumps({"array_id": args.array, "changed": [record(r) for r in rows]}))
     else:
         print(f"array {args.array}: {len(rows)} members now desired_state {desired}")
     return 0

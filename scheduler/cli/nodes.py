@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from scheduler import store
-from scheduler.cli_output import escape, table
-from scheduler.config import Settings
-from scheduler.db.pool import connect_settings
-from scheduler.db.queries import q
+from scheduler.cli.command import Command, Subparsers, add_common
+from scheduler.cli.connect import connect
+from scheduler.cli.output import dumps, escape, record, table
 from scheduler.errors import SchedulerError
 from scheduler.units import format_bytes
 
-Command = Callable[[Settings, argparse.Namespace], Awaitable[int]]
+if TYPE_CHECKING:
+    from scheduler.config import Settings
 
 
-def add_parsers(
-    sub: Any, add_common: Callable[[argparse.ArgumentParser], None]
-) -> dict[str, Command]:
-    """Add ``nodes`` to ``sub``; return its handler by name."""
+def add_nodes(sub: Subparsers) -> None:
     nodes = sub.add_parser(
         "nodes", help="list nodes (state, epoch, lease, capacity, load, labels); drain them"
     )
@@ -35,21 +30,23 @@ def add_parsers(
         parser = actions.add_parser(action, help=text)
         add_common(parser)
         parser.add_argument("name", help="the node's name")
-    return {"nodes": cmd_nodes}
 
 
 async def cmd_nodes(settings: Settings, args: argparse.Namespace) -> int:
     """``scheduler nodes [list|drain NAME|undrain NAME|forget NAME] [--json]``."""
+
+    from scheduler.repos import nodes as node_repo
+
     action = getattr(args, "node_action", None) or "list"
-    conn = await connect_settings(settings)
+    conn = await connect(settings)
     try:
         if action != "list":
             return await _change(conn, args, action)
-        rows = await conn.fetch(q("list_nodes"))
+        rows = await node_repo.list_nodes(conn)
     finally:
         await conn.close()
     if args.json:
-        print(store.dumps([store.record_to_dict(r) for r in rows]))
+        print(dumps([record(r) for r in rows]))
         return 0
     print(
         table(
@@ -88,9 +85,10 @@ async def cmd_nodes(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _change(conn: Any, args: argparse.Namespace, action: str) -> int:
     """Drain, undrain or forget one node (the operator: the database owner's connection)."""
+    from scheduler.repos import nodes as node_repo
+
     if action == "forget":
-        gone = await conn.fetchval(q("forget_node"), args.name)
-        if gone is None:
+        if not await node_repo.forget(conn, args.name):
             raise NodeRefused(
                 f"node {args.name!r} is not a down node without running jobs: only a node"
                 " that is down (its lease expired and was marked down) can be forgotten"
@@ -98,18 +96,18 @@ async def _change(conn: Any, args: argparse.Namespace, action: str) -> int:
         data: dict[str, Any] = {"name": args.name, "forgotten": True}
         human = f"node {escape(args.name)} forgotten"
     else:
-        row = await conn.fetchrow(q("set_node_drained"), args.name, action == "drain")
+        row = await node_repo.set_drained(conn, args.name, action == "drain")
         if row is None:
             raise NodeRefused(f"no node named {args.name!r} (scheduler nodes lists them)")
-        if action == "undrain":
-            # Its dispatcher may claim at once rather than at its next poll.
-            await conn.execute("SELECT pg_notify('scheduler_jobs', 'queued')")
-        data = store.record_to_dict(row)
+        data = record(row)
         verb = "drained: it claims nothing new" if row["drained"] else "undrained: it claims again"
         human = f"node {escape(row['name'])} {verb}"
-    print(store.dumps(data) if args.json else human)
+    print(dumps(data) if args.json else human)
     return 0
 
 
 class NodeRefused(SchedulerError):
     """The node named does not exist, or is not in a state the action needs."""
+
+
+NODES = Command("nodes", add_nodes, cmd_nodes)

@@ -1,26 +1,28 @@
-"""The steering commands of ``scheduler``: cancel, freeze, thaw a job; list, add, set, freeze,
-thaw tenants. They go through :mod:`scheduler.store` like every other client."""
+"""``scheduler tenants list|add|set|freeze|thaw|grant-sql|revoke-sql|budget``: the tenants,
+their limits and their SQL roles. They go through :mod:`scheduler.store` like every other
+client, imported when the handler runs."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-import asyncpg
-
-from scheduler import budgets_cli, store
-from scheduler.arrays_cli import steer_array_cli
-from scheduler.cli_args import INT4_MAX, UsageError, bounded_int, job_id
-from scheduler.cli_output import cell, escape, table
-from scheduler.config import Settings
-from scheduler.db.pool import connect_settings
-from scheduler.jobs import DesiredState
-from scheduler.sqlaccess import CONNECTION_LIMIT, SqlAccessError, grant_sql, revoke_sql
+from scheduler.cli.args import INT4_MAX, bounded_int
+from scheduler.cli.budgets import add_budget, cmd_budget
+from scheduler.cli.command import Command, Subparsers, add_common
+from scheduler.cli.connect import connect
+from scheduler.cli.output import cell, dumps, escape, out, record, table
 from scheduler.units import format_bytes, parse_cores, parse_size
 
-Command = Callable[[Settings, argparse.Namespace], Awaitable[int]]
-_DESIRED: dict[str, DesiredState] = {"cancel": "cancelled", "freeze": "frozen", "thaw": "running"}
+if TYPE_CHECKING:
+    import asyncpg
+
+    from scheduler.config import Settings
+
+# scheduler.sqlaccess.CONNECTION_LIMIT (that module loads the database driver; a test keeps
+# them equal).
+CONNECTION_LIMIT = 8
 
 
 def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -33,21 +35,7 @@ def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return convert
 
 
-def add_parsers(
-    sub: Any, add_common: Callable[[argparse.ArgumentParser], None]
-) -> dict[str, Command]:
-    """Add the steering sub-commands to ``sub``; return their handlers by name."""
-    for verb, desired in _DESIRED.items():
-        parser = sub.add_parser(verb, help=f"set a job's (or array's) desired_state to {desired}")
-        add_common(parser)
-        parser.add_argument("id", type=job_id, nargs="?", help="the job's id")
-        parser.add_argument("--array", type=job_id, help="every unfinished member of this array")
-        if verb == "cancel":
-            parser.add_argument(
-                "--now",
-                action="store_true",
-                help="kill at once, without the job's grace after SIGTERM (kill_grace_seconds)",
-            )
+def add_tenants(sub: Subparsers) -> None:
     tenants = sub.add_parser("tenants", help="list, add, set, freeze or thaw tenants")
     add_common(tenants)
     actions = tenants.add_subparsers(dest="tenant_action", required=True, metavar="ACTION")
@@ -127,40 +115,14 @@ def add_parsers(
     revoke = actions.add_parser("revoke-sql", help="drop the tenant's Postgres role")
     add_common(revoke)
     revoke.add_argument("name", help="the tenant's name")
-    budgets_cli.add_parser(actions, add_common)
-    handlers: dict[str, Command] = dict.fromkeys(_DESIRED, cmd_desired)
-    handlers["tenants"] = cmd_tenants
-    return handlers
-
-
-def _print(args: argparse.Namespace, row: Any, human: str) -> None:
-    print(store.dumps(store.record_to_dict(row)) if args.json else human)
-
-
-async def cmd_desired(settings: Settings, args: argparse.Namespace) -> int:
-    """``scheduler cancel|freeze|thaw ID`` (or ``--array ID``)."""
-    if (args.id is None) == (args.array is None):
-        raise UsageError(f"scheduler {args.command}: give a job id or --array ID (one of them)")
-    if args.array is not None:
-        return await steer_array_cli(settings, args, _DESIRED[args.command])
-    conn = await connect_settings(settings)
-    try:
-        row = await store.set_desired_state(
-            conn, args.id, _DESIRED[args.command], now=getattr(args, "now", False)
-        )
-    finally:
-        await conn.close()
-    _print(
-        args,
-        row,
-        f"job {row['id']}: desired_state {row['desired_state']} (state {row['state']})",
-    )
-    return 0
+    add_budget(actions)
 
 
 async def cmd_tenants(settings: Settings, args: argparse.Namespace) -> int:
     """``scheduler tenants list|add|set|freeze|thaw``."""
-    conn = await connect_settings(settings)
+    from scheduler import store
+
+    conn = await connect(settings)
     try:
         if args.tenant_action == "list":
             rows = await store.list_tenants(conn)
@@ -169,7 +131,7 @@ async def cmd_tenants(settings: Settings, args: argparse.Namespace) -> int:
         if args.tenant_action in ("grant-sql", "revoke-sql"):
             return await _sql_access(conn, args)
         if args.tenant_action == "budget":
-            return await budgets_cli.cmd_budget(conn, args)
+            return await cmd_budget(conn, args)
         if args.tenant_action in ("freeze", "thaw"):
             row = await store.set_tenant_frozen(conn, args.name, args.tenant_action == "freeze")
         else:
@@ -181,12 +143,14 @@ async def cmd_tenants(settings: Settings, args: argparse.Namespace) -> int:
                 row = await store.set_tenant(conn, args.name, **fields)
     finally:
         await conn.close()
-    _print(args, row, _describe_tenant(row))
+    out(args, record(row), _describe_tenant(row))
     return 0
 
 
 async def _sql_access(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
     """``scheduler tenants grant-sql|revoke-sql NAME``."""
+    from scheduler.sqlaccess import SqlAccessError, grant_sql, revoke_sql
+
     if args.tenant_action == "grant-sql":
         role, password = await grant_sql(conn, args.name, connection_limit=args.connection_limit)
         data = {"tenant": args.name, "role": role, "password": password}
@@ -195,7 +159,7 @@ async def _sql_access(conn: asyncpg.Connection, args: argparse.Namespace) -> int
         if not await revoke_sql(conn, args.name):
             raise SqlAccessError(f"tenant {args.name!r} has no SQL role")
         data, human = {"tenant": args.name, "revoked": True}, f"role of {args.name} dropped"
-    print(store.dumps(data) if args.json else human)
+    print(dumps(data) if args.json else human)
     return 0
 
 
@@ -227,7 +191,7 @@ def _frozen_column(row: Any) -> str:
 
 def _print_tenants(args: argparse.Namespace, rows: list[Any]) -> None:
     if args.json:
-        print(store.dumps([store.record_to_dict(r) for r in rows]))
+        print(dumps([record(r) for r in rows]))
         return
     # One (header, cell) pair per column: a new column is one more pair.
     columns = [
@@ -253,3 +217,6 @@ def _print_tenants(args: argparse.Namespace, rows: list[Any]) -> None:
             right=("WEIGHT", "CPU", "MEMORY", "MAXRUN", "ACTIVE", "QUEUED", "UID"),
         )
     )
+
+
+TENANTS = Command("tenants", add_tenants, cmd_tenants, logs=True)
