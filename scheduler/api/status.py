@@ -33,8 +33,8 @@ from scheduler.accounting.rates import MissingRate
 from scheduler.api.auth import Principal, authenticate
 from scheduler.api.context import deps
 from scheduler.api.problems import Problem
-from scheduler.cli_output import escape
 from scheduler.db.queries import q
+from scheduler.escaping import escape
 from scheduler.units import format_bytes
 
 COOKIE = "scheduler_token"

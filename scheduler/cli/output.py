@@ -10,6 +10,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from scheduler.escaping import escape as escape  # the CLI's output helpers include it
+
 # Exit codes of a job that never ran its command, as shells and container runtimes use them:
 # 125 the scheduler could not start it, 126 the command is not executable, 127 not found.
 EXIT_START_FAILED = 125
@@ -17,27 +19,6 @@ EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127
 # A job that ended without an exit status of its own (cancelled while queued, lost).
 EXIT_NO_STATUS = 1
-
-_SAFE_CONTROLS = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
-
-
-def escape(text: str) -> str:
-    """``text`` with C0/C1 control characters, DEL and lone surrogates as visible escapes."""
-    out = []
-    for ch in text:
-        code = ord(ch)
-        if ch in _SAFE_CONTROLS:
-            out.append(_SAFE_CONTROLS[ch])
-        elif code < 0x20 or code == 0x7F or 0x80 <= code < 0xA0:
-            out.append(f"\\x{code:02x}")
-        elif 0xD800 <= code < 0xE000 or code in (0x200E, 0x200F, 0x202A, 0x202B, 0x202C):
-            # Surrogates cannot be printed; bidi overrides reorder what a reader sees.
-            out.append(f"\\u{code:04x}")
-        elif 0x202D <= code <= 0x202E or 0x2066 <= code <= 0x2069:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 def cell(value: Any) -> str:
