@@ -15,8 +15,9 @@ from scheduler.cli_args import INT4_MAX, UsageError, bounded_int, job_id
 from scheduler.cli_output import cell, escape, table
 from scheduler.config import Settings
 from scheduler.db.pool import connect_settings
+from scheduler.errors import SqlAccessError
 from scheduler.jobs import DesiredState
-from scheduler.sqlaccess import CONNECTION_LIMIT, SqlAccessError, grant_sql, revoke_sql
+from scheduler.sqlaccess import CONNECTION_LIMIT, grant_sql, revoke_sql
 from scheduler.units import format_bytes, parse_cores, parse_size
 
 Command = Callable[[Settings, argparse.Namespace], Awaitable[int]]
