@@ -54,7 +54,10 @@ async def create_tenant(request: Request) -> Response:
                 await act_as(conn, who)
                 row = await repo.add_tenant(conn, values["name"], **settings)
         except ControlRefused as exc:
-            raise _create_problem(exc, values["name"], parent) from exc
+            answer = _create_problem(exc, values["name"], parent)
+            if answer is None:
+                raise  # a refusal the API has no answer for: a 500, logged with its cause
+            raise answer from exc
     return JSONResponse(
         record_to_dict(row),
         status_code=201,
@@ -62,9 +65,9 @@ async def create_tenant(request: Request) -> Response:
     )
 
 
-def _create_problem(exc: ControlRefused, name: str, parent: str | None) -> BaseException:
-    """The answer to a refused create, by the database's error under the refusal; an error
-    the API has no answer for stays itself (a 500, as before the repository)."""
+def _create_problem(exc: ControlRefused, name: str, parent: str | None) -> Problem | None:
+    """The answer to a refused create, by the database's error under the refusal (None: no
+    answer but a 500, as for any other database error)."""
     cause = exc.__cause__
     if isinstance(cause, asyncpg.UniqueViolationError):
         return Problem(409, f"tenant {name!r} already exists")
@@ -74,7 +77,7 @@ def _create_problem(exc: ControlRefused, name: str, parent: str | None) -> BaseE
         return Problem(422, str(cause))
     if cause is None:
         return Problem(422, str(exc))
-    return cause
+    return None
 
 
 async def _set_frozen(request: Request, frozen: bool) -> Response:
