@@ -2,8 +2,8 @@
 
 Spend is kept by the database as usage rows arrive (migrations/0017: scheduler.tenant_spend,
 priced as the billing export prices, per tenant, UTC month and currency); the claim holds a
-subtree whose budget is reached. This module is the one place that writes and reads budgets
-for the CLI and the HTTP API.
+subtree whose budget is reached. This module checks budgets and is what the CLI and the HTTP
+API call to write and read them (the statements: scheduler/repos/budgets.py).
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from typing import Literal
 import asyncpg
 
 from scheduler.db.pool import Conn
-from scheduler.db.queries import q
-from scheduler.db.refusals import refusal
-from scheduler.errors import ControlRefused, TenantNotFound
+from scheduler.errors import BadBudget
+from scheduler.repos import budgets as repo
 
 Period = Literal["month", "total"]
 Action = Literal["hold", "freeze"]
@@ -28,10 +27,6 @@ CURRENCY = re.compile(r"^[A-Z]{3}$")
 # Far more than any budget needs, and small enough that no one stores a 1000-digit number.
 MAX_AMOUNT = Decimal("1e15")
 MAX_PLACES = 10
-
-
-class BadBudget(ControlRefused):
-    """A budget setting is invalid."""
 
 
 @dataclass(frozen=True)
@@ -80,24 +75,16 @@ def check(budget: Budget) -> Budget:
 async def set_budget(conn: Conn, tenant: str, budget: Budget) -> asyncpg.Record:
     """Set (or clear) ``tenant``'s budget; the database refuses a tenant caller."""
     check(budget)
-    try:
-        row = await conn.fetchrow(
-            q("set_tenant_budget"),
-            tenant,
-            budget.amount,
-            budget.currency if budget.amount is not None else None,
-            budget.period,
-            budget.action,
-        )
-    except asyncpg.InsufficientPrivilegeError as exc:
-        raise ControlRefused(f"only the operator sets a tenant's budget: {exc}") from exc
-    except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
-        raise BadBudget(refusal(exc)) from exc
-    if row is None:
-        raise TenantNotFound(f"no tenant named {tenant!r}")
-    return row
+    return await repo.set_budget(
+        conn,
+        tenant,
+        amount=budget.amount,
+        currency=budget.currency if budget.amount is not None else None,
+        period=budget.period,
+        action=budget.action,
+    )
 
 
 async def status(conn: Conn, tenant: str | None = None) -> list[asyncpg.Record]:
     """Every budget (or ``tenant``'s) with its subtree's spend in the current period."""
-    return list(await conn.fetch(q("budget_status"), tenant))
+    return await repo.status(conn, tenant)

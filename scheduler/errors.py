@@ -77,3 +77,39 @@ class NodeNameTaken(SchedulerError):
 
 class LeaseLost(SchedulerError):
     """This agent lost its node's lease: it stopped claiming and killed its jobs."""
+
+
+class SubmitRefused(SchedulerError):
+    """The database refused the job."""
+
+    def __init__(self, message: str, column: str | None = None) -> None:
+        super().__init__(message)
+        self.column = column
+
+
+class IdempotencyMismatch(SchedulerError):
+    """The idempotency key was used before with a different request."""
+
+
+class BadBudget(ControlRefused):
+    """A budget setting is invalid."""
+
+
+class ScheduleRefused(SchedulerError):
+    """The schedule was refused."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ScheduleExists(ScheduleRefused):
+    """A schedule of that name already exists for the tenant."""
+
+
+class ScheduleNotFound(SchedulerError):
+    """No such schedule."""
+
+
+class SqlAccessError(SchedulerError):
+    """The tenant's SQL role could not be set up."""

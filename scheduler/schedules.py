@@ -1,4 +1,5 @@
-"""The schedule store: add, list, read, pause, resume and remove schedules (CLI and HTTP).
+"""Schedules: add, list, read, pause, resume and remove them (CLI and HTTP); the statements
+are in scheduler/repos/schedules.py.
 
 The database checks every row (schedule name, 5 cron fields, a known time zone, the job
 template tried as a real job insert); here the expression is also parsed with croniter, so a
@@ -15,8 +16,13 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from scheduler.db.pool import Conn
-from scheduler.db.queries import q
-from scheduler.errors import SchedulerError
+
+# The exceptions live in scheduler/errors.py; these names are this module's too (callers
+# catch schedules.ScheduleNotFound and the like).
+from scheduler.errors import ScheduleExists as ScheduleExists  # noqa: PLC0414
+from scheduler.errors import ScheduleNotFound as ScheduleNotFound  # noqa: PLC0414
+from scheduler.errors import ScheduleRefused as ScheduleRefused  # noqa: PLC0414
+from scheduler.repos import schedules as repo
 
 # croniter is imported by the functions that parse (the CLI's start-up does not pay for it).
 if TYPE_CHECKING:
@@ -26,22 +32,6 @@ OVERLAPS = ("skip", "queue")
 # The database's rule too (schedules_before_write): names travel in URLs and job rows.
 SCHEDULE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 MAX_LIST = 1000
-
-
-class ScheduleRefused(SchedulerError):
-    """The schedule was refused."""
-
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-class ScheduleExists(ScheduleRefused):
-    """A schedule of that name already exists for the tenant."""
-
-
-class ScheduleNotFound(SchedulerError):
-    """No such schedule."""
 
 
 @dataclass(frozen=True)
@@ -79,32 +69,17 @@ async def add(conn: Conn, request: ScheduleRequest, now: datetime | None = None)
     moment = now or datetime.now(UTC)
     spec = check(request, moment)
     first = spec.next_after(moment) if request.enabled else None
-    try:
-        row = await conn.fetchrow(
-            q("insert_schedule"),
-            request.tenant,
-            request.name,
-            spec.cron,
-            spec.timezone,
-            request.job,
-            request.overlap,
-            request.enabled,
-            first,
-        )
-    except asyncpg.UniqueViolationError as exc:
-        raise ScheduleExists(
-            f"tenant {request.tenant!r} already has a schedule named {request.name!r}", "name"
-        ) from exc
-    except asyncpg.ForeignKeyViolationError as exc:
-        raise ScheduleRefused(f"unknown tenant {request.tenant!r}", "tenant") from exc
-    except (
-        asyncpg.IntegrityConstraintViolationError,
-        asyncpg.DataError,
-        asyncpg.InsufficientPrivilegeError,
-    ) as exc:
-        raise ScheduleRefused(str(exc), getattr(exc, "column_name", None)) from exc
-    assert row is not None
-    return row
+    return await repo.insert(
+        conn,
+        tenant=request.tenant,
+        name=request.name,
+        cron=spec.cron,
+        timezone=spec.timezone,
+        job=request.job,
+        overlap=request.overlap,
+        enabled=request.enabled,
+        first=first,
+    )
 
 
 async def list_schedules(
@@ -116,14 +91,11 @@ async def list_schedules(
 ) -> list[asyncpg.Record]:
     """Schedules by tenant and name; ``within`` limits them to a caller's tenants."""
     scope = sorted(within) if within is not None else None
-    return list(await conn.fetch(q("list_schedules"), tenant, scope, limit))
+    return await repo.list_schedules(conn, tenant, scope, limit)
 
 
 async def get(conn: Conn, tenant: str, name: str) -> asyncpg.Record:
-    row = await conn.fetchrow(q("get_schedule"), tenant, name)
-    if row is None:
-        raise ScheduleNotFound(f"tenant {tenant!r} has no schedule named {name!r}")
-    return row
+    return await repo.get(conn, tenant, name)
 
 
 async def set_enabled(
@@ -139,15 +111,9 @@ async def set_enabled(
             first = cron.next_after(row["cron"], row["timezone"], now or datetime.now(UTC))
         except cron.CronError as exc:
             raise ScheduleRefused(f"cannot resume schedule {name!r}: {exc}", exc.field) from exc
-    updated = await conn.fetchrow(q("set_schedule_enabled"), tenant, name, enabled, first)
-    if updated is None:
-        raise ScheduleNotFound(f"tenant {tenant!r} has no schedule named {name!r}")
-    return updated
+    return await repo.set_enabled(conn, tenant, name, enabled, first)
 
 
 async def remove(conn: Conn, tenant: str, name: str) -> asyncpg.Record:
     """Delete a schedule; the jobs it made stay (and keep its name in ``jobs.schedule``)."""
-    row = await conn.fetchrow(q("delete_schedule"), tenant, name)
-    if row is None:
-        raise ScheduleNotFound(f"tenant {tenant!r} has no schedule named {name!r}")
-    return row
+    return await repo.delete(conn, tenant, name)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import secrets
 
-import asyncpg
-
 from scheduler.db.pool import Conn
-from scheduler.errors import SchedulerError
+from scheduler.errors import SqlAccessError
+from scheduler.repos import roles, tenants
 
 ROLE_PREFIX = "tenant_"
 # What one tenant's role may take of the database: sessions at once, and how long a
@@ -17,10 +16,6 @@ ROLE_PREFIX = "tenant_"
 CONNECTION_LIMIT = 8
 STATEMENT_TIMEOUT = "30s"
 IDLE_IN_TRANSACTION_TIMEOUT = "60s"
-
-
-class SqlAccessError(SchedulerError):
-    """The tenant's SQL role could not be set up."""
 
 
 def role_name(tenant: str) -> str:
@@ -48,45 +43,27 @@ async def grant_sql(
         raise SqlAccessError(f"connection_limit must be in [1, 10000]: got {connection_limit}")
     role = role_name(tenant)
     password = secrets.token_urlsafe(24)
-    quoted = '"' + role.replace('"', '""') + '"'
     async with conn.transaction():
-        if not await conn.fetchval("SELECT true FROM scheduler.tenants WHERE name = $1", tenant):
+        if not await tenants.exists(conn, tenant):
             raise SqlAccessError(f"unknown tenant {tenant!r}")
-        exists = await conn.fetchval("SELECT true FROM pg_roles WHERE rolname = $1", role)
-        verb = "ALTER" if exists else "CREATE"
-        # Role names and passwords cannot be bind parameters in DDL: the name is checked
-        # above (tenant names are [a-z0-9_-]) and the password is quoted as a literal.
-        literal = await conn.fetchval("SELECT quote_literal($1)", password)
-        try:
-            await conn.execute(
-                f"{verb} ROLE {quoted} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION"
-                f" NOBYPASSRLS CONNECTION LIMIT {int(connection_limit)} PASSWORD {literal}"
-            )
-            await conn.execute(f"ALTER ROLE {quoted} SET statement_timeout = '{STATEMENT_TIMEOUT}'")
-            await conn.execute(
-                f"ALTER ROLE {quoted} SET idle_in_transaction_session_timeout"
-                f" = '{IDLE_IN_TRANSACTION_TIMEOUT}'"
-            )
-            await conn.execute(f"GRANT scheduler_tenant TO {quoted}")
-        except asyncpg.PostgresError as exc:
-            raise SqlAccessError(f"cannot create role {role}: {exc}") from exc
-        await conn.execute(
-            "INSERT INTO scheduler.tenant_roles (role_name, tenant) VALUES ($1, $2)"
-            " ON CONFLICT (role_name) DO UPDATE SET tenant = EXCLUDED.tenant",
+        # The role's name is safe in DDL: tenant names are [a-z0-9_-] (role_name above).
+        await roles.put_login_role(
+            conn,
             role,
-            tenant,
+            password,
+            connection_limit=connection_limit,
+            statement_timeout=STATEMENT_TIMEOUT,
+            idle_in_transaction_timeout=IDLE_IN_TRANSACTION_TIMEOUT,
+            member_of="scheduler_tenant",
         )
+        await roles.map_to_tenant(conn, role, tenant)
     return role, password
 
 
 async def revoke_sql(conn: Conn, tenant: str) -> bool:
     """Drop ``tenant``'s role; False if it had none."""
     role = role_name(tenant)
-    quoted = '"' + role.replace('"', '""') + '"'
     async with conn.transaction():
-        deleted = await conn.fetchval(
-            "DELETE FROM scheduler.tenant_roles WHERE role_name = $1 RETURNING true", role
-        )
-        if await conn.fetchval("SELECT true FROM pg_roles WHERE rolname = $1", role):
-            await conn.execute(f"DROP ROLE {quoted}")
-    return bool(deleted)
+        deleted = await roles.unmap(conn, role)
+        await roles.drop_if_exists(conn, role)
+    return deleted

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from scheduler.api.problems import Problem
+from scheduler.repos import auth as repo
 
 TOKEN_PREFIX = "sch_"  # noqa: S105 (a prefix that makes leaked tokens recognisable)
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="scheduler"'}
@@ -63,23 +64,10 @@ async def authenticate(
     token = bearer(header)
     if admin_token and hmac.compare_digest(token.encode(), admin_token.encode()):
         return Principal("admin", None)
-    row = await conn.fetchrow(
-        """
-        WITH RECURSIVE owner AS (
-            SELECT tenant FROM scheduler.api_tokens
-            WHERE token_hash = $1 AND revoked_at IS NULL
-        ), subtree AS (
-            SELECT name FROM scheduler.tenants WHERE name = (SELECT tenant FROM owner)
-            UNION
-            SELECT t.name FROM scheduler.tenants t JOIN subtree s ON t.parent = s.name
-        )
-        SELECT (SELECT tenant FROM owner) AS tenant, array_agg(name) AS tenants FROM subtree
-        """,
-        token_hash(token),
-    )
-    if row is None or row["tenant"] is None:
+    found = await repo.owner(conn, token_hash(token))
+    if found is None:
         raise Problem(401, "unknown or revoked token", headers=CHALLENGE)
-    return Principal(row["tenant"], frozenset(row["tenants"]))
+    return Principal(found.tenant, found.tenants)
 
 
 async def create_token(
@@ -87,20 +75,10 @@ async def create_token(
 ) -> tuple[int, str]:
     """Store a new token for ``tenant``; return its id and the token (shown once)."""
     token = new_token()
-    token_id = await conn.fetchval(
-        "INSERT INTO scheduler.api_tokens (tenant, token_hash, description) VALUES ($1, $2, $3)"
-        " RETURNING id",
-        tenant,
-        token_hash(token),
-        description,
-    )
-    return int(token_id), token
+    token_id = await repo.insert(conn, tenant, token_hash(token), description)
+    return token_id, token
 
 
 async def revoke_token(conn: asyncpg.Connection, token_id: int) -> bool:
     """Revoke a token by id; False if there is no such live token."""
-    status = await conn.execute(
-        "UPDATE scheduler.api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
-        token_id,
-    )
-    return status.endswith(" 1")
+    return await repo.revoke(conn, token_id)

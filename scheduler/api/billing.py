@@ -14,9 +14,9 @@ from scheduler.accounting import billing, statements
 from scheduler.accounting.export import instant as billing_instant
 from scheduler.api.context import caller, deps
 from scheduler.api.problems import Problem
-from scheduler.db.queries import q
 from scheduler.errors import SchedulerError
-from scheduler.store import TENANT_NAME
+from scheduler.repos import status as repo
+from scheduler.requests import TENANT_NAME
 
 MEDIA = {
     "csv": "text/csv; charset=utf-8",
@@ -78,7 +78,7 @@ async def list_statements(request: Request) -> Response:
         tenant = params.get("tenant")
         if tenant is not None and (not TENANT_NAME.match(tenant) or not who.sees(tenant)):
             raise Problem(404, f"no tenant named {tenant!r}")
-        rows = await conn.fetch(q("billing_statements"), month, tenant)
+        rows = await repo.closed_statements(conn, month, tenant)
     found = [
         {
             "period": statements.month_name(r["period"]),

@@ -12,7 +12,7 @@ from typing import Any
 
 from scheduler.api.problems import Problem
 from scheduler.labels import LabelError, check_set
-from scheduler.store import INT4_MAX, TENANT_NAME, ArraySpec, JobRequest
+from scheduler.requests import INT4_MAX, TENANT_NAME, ArraySpec, JobRequest
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -191,7 +191,7 @@ def _constraints(v: Any) -> dict[str, str]:
 
 def _array(v: Any) -> ArraySpec:
     """{"start": S, "end": E, "max_running": M}: the range is checked against the operator's
-    max_array_size by the store (store.ArraySpec.check)."""
+    max_array_size by the store (requests.ArraySpec.check)."""
     if not isinstance(v, dict):
         raise FieldError('expected an object {"start": S, "end": E, "max_running": M}')
     unknown = sorted(set(v) - {"start", "end", "max_running"})

@@ -12,16 +12,17 @@ import asyncpg
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from scheduler import store
 from scheduler.api import logs
 from scheduler.api.auth import bearer
 from scheduler.api.bodies import SUBMIT_FIELDS, parse_json, request_hash, validate
 from scheduler.api.context import caller, deps
 from scheduler.api.problems import Problem
 from scheduler.api.reading import read_body
-from scheduler.errors import ControlRefused, JobNotFound
+from scheduler.errors import ControlRefused, IdempotencyMismatch, JobNotFound, SubmitRefused
 from scheduler.jobs import FINAL_STATES, DesiredState
-from scheduler.store import TENANT_NAME, ArraySpec, JobRequest
+from scheduler.presentation import record_to_dict
+from scheduler.repos import jobs as repo
+from scheduler.requests import TENANT_NAME, ArraySpec, JobRequest
 
 STATES = ("queued", "running", "frozen", "succeeded", "failed", "cancelled", "timed_out", "lost")
 MAX_LIMIT = 500
@@ -30,7 +31,7 @@ MAX_JOB_ID = 2**63 - 1  # ids are bigint
 
 def job_json(row: asyncpg.Record) -> dict[str, Any]:
     """A job as the API shows it (exact decimals as strings, times in RFC 3339)."""
-    return store.record_to_dict(row)
+    return record_to_dict(row)
 
 
 async def _visible_job(request: Request, conn: Any) -> asyncpg.Record:
@@ -40,7 +41,7 @@ async def _visible_job(request: Request, conn: Any) -> asyncpg.Record:
     if job_id > MAX_JOB_ID:
         raise Problem(404, f"no job with id {job_id}")
     try:
-        row = await store.get(conn, job_id)
+        row = await repo.get(conn, job_id)
     except JobNotFound:
         row = None
     if row is None or not who.sees(row["tenant"]):
@@ -64,14 +65,14 @@ async def create_job(request: Request) -> Response:
         key = request.headers.get("idempotency-key")
         try:
             if key is None:
-                row, replayed = await store.submit(conn, job), False
+                row, replayed = await repo.submit(conn, job), False
             else:
                 if not 1 <= len(key) <= 255:
                     raise Problem(400, "Idempotency-Key must be 1 to 255 characters")
-                row, replayed = await store.submit_idempotent(conn, job, key, request_hash(job))
-        except store.IdempotencyMismatch as exc:
+                row, replayed = await repo.submit_idempotent(conn, job, key, request_hash(job))
+        except IdempotencyMismatch as exc:
             raise Problem(422, str(exc)) from exc
-        except store.SubmitRefused as exc:
+        except SubmitRefused as exc:
             raise Problem(422, str(exc), field=exc.column) from exc
     headers = {"Location": f"/v1/jobs/{row['id']}"}
     if replayed:
@@ -98,17 +99,17 @@ async def _create_array(request: Request, conn: Any, job: JobRequest, array: Arr
     limit = deps(request).max_array_size
     try:
         if key is None:
-            rows, replayed = await store.submit_array(conn, job, array, max_size=limit), False
+            rows, replayed = await repo.submit_array(conn, job, array, max_size=limit), False
         else:
             if not 1 <= len(key) <= 255:
                 raise Problem(400, "Idempotency-Key must be 1 to 255 characters")
             digest = request_hash(job, array)
-            rows, replayed = await store.submit_array_idempotent(
+            rows, replayed = await repo.submit_array_idempotent(
                 conn, job, array, key, digest, max_size=limit
             )
-    except store.IdempotencyMismatch as exc:
+    except IdempotencyMismatch as exc:
         raise Problem(422, str(exc)) from exc
-    except store.SubmitRefused as exc:
+    except SubmitRefused as exc:
         raise Problem(422, str(exc), field=exc.column) from exc
     array_id = rows[0]["array_id"]
     headers = {"Location": f"/v1/jobs?array={array_id}"}
@@ -128,14 +129,14 @@ async def _steer_array(request: Request, desired: DesiredState, *, now: bool = F
     async with deps(request).pool.acquire() as conn:
         who = await caller(request, conn)
         try:
-            rows = await store.set_array_desired_state(
+            rows = await repo.set_array_desired_state(
                 conn, array_id, desired, within=who.tenants, now=now
             )
         except JobNotFound as exc:
             raise Problem(404, f"no array with id {array_id}") from exc
         except ControlRefused as exc:
             raise Problem(409, str(exc)) from exc
-    return JSONResponse({"array_id": array_id, "changed": [store.record_to_dict(r) for r in rows]})
+    return JSONResponse({"array_id": array_id, "changed": [record_to_dict(r) for r in rows]})
 
 
 async def cancel_array(request: Request) -> Response:
@@ -167,12 +168,12 @@ async def get_job(request: Request) -> Response:
             return JSONResponse(job_json(row), headers={"Scheduler-Wait": "unavailable"})
         # Read again now that the end will be heard: it may have come before.
         async with app_deps.pool.acquire() as conn:
-            row = await store.get(conn, row["id"])
+            row = await repo.get(conn, row["id"])
         if row["state"] not in FINAL_STATES:
             with anyio.move_on_after(wait):
                 await done.wait()
             async with app_deps.pool.acquire() as conn:
-                row = await store.get(conn, row["id"])
+                row = await repo.get(conn, row["id"])
     return JSONResponse(job_json(row))
 
 
@@ -220,7 +221,7 @@ async def list_jobs(request: Request) -> Response:
     array_id = _array_param(params.get("array"))
     async with deps(request).pool.acquire() as conn:
         who = await caller(request, conn)
-        rows = await store.list_jobs(
+        rows = await repo.list_jobs(
             conn,
             tenant=tenant,
             state=state,
@@ -243,7 +244,7 @@ async def _steer(request: Request, desired: DesiredState, *, now: bool = False) 
     async with deps(request).pool.acquire() as conn:
         row = await _visible_job(request, conn)
         try:
-            row = await store.set_desired_state(conn, row["id"], desired, now=now)
+            row = await repo.set_desired_state(conn, row["id"], desired, now=now)
         except ControlRefused as exc:
             raise Problem(409, str(exc)) from exc
     return JSONResponse(job_json(row))
@@ -273,10 +274,8 @@ async def thaw_job(request: Request) -> Response:
 async def job_usage(request: Request) -> Response:
     async with deps(request).pool.acquire() as conn:
         row = await _visible_job(request, conn)
-        rows = await conn.fetch(
-            "SELECT * FROM scheduler.usage WHERE job_id = $1 ORDER BY seq", row["id"]
-        )
-    return JSONResponse({"job_id": row["id"], "items": [store.record_to_dict(r) for r in rows]})
+        rows = await repo.usage(conn, row["id"])
+    return JSONResponse({"job_id": row["id"], "items": [record_to_dict(r) for r in rows]})
 
 
 async def job_logs(request: Request) -> Response:
@@ -294,7 +293,7 @@ async def job_logs(request: Request) -> Response:
 
     async def finished() -> bool:
         async with app_deps.pool.acquire() as conn:
-            state = await conn.fetchval("SELECT state FROM scheduler.jobs WHERE id = $1", job_id)
+            state = await repo.state(conn, job_id)
         return state in FINAL_STATES
 
     if row["attempts"] == 0:
@@ -323,9 +322,7 @@ async def _follow_queued(
     app_deps = deps(request)
     while True:
         async with app_deps.pool.acquire() as conn:
-            row = await conn.fetchrow(
-                "SELECT state, attempts, node FROM scheduler.jobs WHERE id = $1", job_id
-            )
+            row = await repo.progress(conn, job_id)
         if row is None or (row["attempts"] == 0 and row["state"] in FINAL_STATES):
             return
         if row["attempts"] > 0:

@@ -13,13 +13,15 @@ import asyncpg
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from scheduler import schedules, store
+from scheduler import schedules
 from scheduler.api.auth import Principal
 from scheduler.api.bodies import JOB_FIELDS, FieldError, parse_json, validate
 from scheduler.api.context import caller, deps
 from scheduler.api.problems import Problem
 from scheduler.cron import MAX_CRON_LENGTH, MAX_TIMEZONE_LENGTH
-from scheduler.store import TENANT_NAME
+from scheduler.errors import ScheduleExists, ScheduleNotFound, ScheduleRefused
+from scheduler.presentation import record_to_dict
+from scheduler.requests import TENANT_NAME
 
 # A template holds the job's own fields: the tenant is the schedule's, the due time its run_at.
 # Not depends_on: a fixed job id in a recurring template is met once and then forever.
@@ -79,7 +81,7 @@ SCHEDULE_FIELDS = {
 
 
 def schedule_json(row: asyncpg.Record) -> dict[str, Any]:
-    return store.record_to_dict(row)
+    return record_to_dict(row)
 
 
 def _location(row: asyncpg.Record) -> str:
@@ -99,7 +101,7 @@ async def _visible(request: Request, conn: Any) -> asyncpg.Record:
         raise missing
     try:
         return await schedules.get(conn, tenant, name)
-    except schedules.ScheduleNotFound as exc:
+    except ScheduleNotFound as exc:
         raise missing from exc
 
 
@@ -116,9 +118,9 @@ async def create_schedule(request: Request) -> Response:
             )
         try:
             row = await schedules.add(conn, schedules.ScheduleRequest(**values))
-        except schedules.ScheduleExists as exc:
+        except ScheduleExists as exc:
             raise Problem(409, str(exc), field="name") from exc
-        except schedules.ScheduleRefused as exc:
+        except ScheduleRefused as exc:
             raise Problem(422, str(exc), field=exc.field) from exc
     return JSONResponse(schedule_json(row), status_code=201, headers={"Location": _location(row)})
 
@@ -141,7 +143,7 @@ async def delete_schedule(request: Request) -> Response:
         row = await _visible(request, conn)
         try:
             await schedules.remove(conn, row["tenant"], row["name"])
-        except schedules.ScheduleNotFound as exc:
+        except ScheduleNotFound as exc:
             raise Problem(404, str(exc)) from exc
     return Response(status_code=204)
 
@@ -151,9 +153,9 @@ async def _set_enabled(request: Request, enabled: bool) -> Response:
         row = await _visible(request, conn)
         try:
             row = await schedules.set_enabled(conn, row["tenant"], row["name"], enabled)
-        except schedules.ScheduleNotFound as exc:
+        except ScheduleNotFound as exc:
             raise Problem(404, str(exc)) from exc
-        except schedules.ScheduleRefused as exc:
+        except ScheduleRefused as exc:
             raise Problem(409, str(exc), field=exc.field) from exc
     return JSONResponse(schedule_json(row))
 

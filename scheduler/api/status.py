@@ -33,8 +33,10 @@ from scheduler.accounting.rates import MissingRate
 from scheduler.api.auth import Principal, authenticate
 from scheduler.api.context import deps
 from scheduler.api.problems import Problem
-from scheduler.db.queries import q
 from scheduler.escaping import escape
+from scheduler.repos import jobs as job_repo
+from scheduler.repos import status as repo
+from scheduler.repos import tenants as tenant_repo
 from scheduler.units import format_bytes
 
 COOKIE = "scheduler_token"
@@ -128,38 +130,12 @@ async def overview(request: Request) -> Response:
         if who is None:
             return _to_login()
         scope = _scope(who)
-        nodes = await conn.fetch(q("list_nodes")) if who.is_admin else []
-        tenants = [t for t in await conn.fetch(q("list_tenants")) if who.sees(t["name"])]
+        nodes = await repo.nodes(conn) if who.is_admin else []
+        tenants = [t for t in await tenant_repo.list_tenants(conn) if who.sees(t["name"])]
         spend = await _spend_this_month(conn, who)
-        queued = await conn.fetch(
-            "SELECT id, tenant, name, priority, run_at, submitted_at, desired_state"
-            " FROM scheduler.jobs WHERE state = 'queued'"
-            " AND ($1::text[] IS NULL OR tenant = ANY($1))"
-            " ORDER BY priority DESC, submitted_at LIMIT $2",
-            scope,
-            QUEUE_LIMIT,
-        )
-        running = await conn.fetch(
-            "SELECT j.id, j.tenant, j.name, j.state, j.node, j.cpu, j.memory_bytes,"
-            " j.started_at, u.period_start, u.period_end, u.cpu_seconds,"
-            " u.memory_byte_seconds, u.memory_peak_bytes"
-            " FROM scheduler.jobs j LEFT JOIN LATERAL ("
-            "   SELECT * FROM scheduler.usage s WHERE s.job_id = j.id AND s.attempt = j.attempts"
-            "   ORDER BY s.seq DESC LIMIT 1) u ON true"
-            " WHERE j.state IN ('running', 'frozen')"
-            " AND ($1::text[] IS NULL OR j.tenant = ANY($1))"
-            " ORDER BY j.id DESC LIMIT $2",
-            scope,
-            RUNNING_LIMIT,
-        )
-        failures = await conn.fetch(
-            "SELECT id, tenant, name, state, exit_code, signal, error, finished_at"
-            " FROM scheduler.jobs WHERE state IN ('failed', 'timed_out', 'lost')"
-            " AND ($1::text[] IS NULL OR tenant = ANY($1))"
-            " ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT $2",
-            scope,
-            FAILURES_LIMIT,
-        )
+        queued = await repo.queued(conn, scope, QUEUE_LIMIT)
+        running = await repo.running(conn, scope, RUNNING_LIMIT)
+        failures = await repo.failures(conn, scope, FAILURES_LIMIT)
     by_tenant = {t["name"]: t for t in tenants}
     parts = [_header(who)]
     if who.is_admin:
@@ -302,9 +278,9 @@ async def _spend_this_month(conn: Any, who: Principal) -> dict[str, str]:
     """Each visible tenant's priced usage since the 1st of this month (UTC), as text."""
     now = datetime.now(UTC)
     start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    rates = [rate_from_row(r) for r in await conn.fetch(q("billing_rates"))]
+    rates = [rate_from_row(r) for r in await repo.billing_rates(conn)]
     rows: dict[str, list[UsageRow]] = defaultdict(list)
-    for r in await conn.fetch(q("billing_usage"), start, now, None):
+    for r in await repo.billing_usage(conn, start, now, None):
         if who.sees(r["tenant"]):
             rows[r["tenant"]].append(usage_row(r))
     spend: dict[str, str] = {}
@@ -331,7 +307,7 @@ async def job_page(request: Request) -> Response:
         who = await _principal(request, conn)
         if who is None:
             return _to_login()
-        row = await conn.fetchrow(q("get_job"), job_id) if job_id < 2**63 else None
+        row = await job_repo.find(conn, job_id) if job_id < 2**63 else None
         # Another tenant's job is answered as if it did not exist, as in the API.
         if row is None or not who.sees(row["tenant"]):
             return page(
@@ -340,13 +316,7 @@ async def job_page(request: Request) -> Response:
                 refresh=False,
                 status=404,
             )
-        usage = await conn.fetch(
-            "SELECT seq, attempt, node, period_start, period_end, cpu_seconds,"
-            " memory_peak_bytes, io_read_bytes, io_write_bytes, final"
-            " FROM scheduler.usage WHERE job_id = $1 ORDER BY seq DESC LIMIT $2",
-            job_id,
-            USAGE_LIMIT,
-        )
+        usage = await repo.job_usage(conn, job_id, USAGE_LIMIT)
     fields = table(
         ["column", "value"],
         ([e(k), e(json.dumps(v) if isinstance(v, dict | list) else v)] for k, v in row.items()),

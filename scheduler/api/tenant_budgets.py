@@ -8,14 +8,16 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from scheduler import budgets, store
+from scheduler import budgets
 from scheduler.api.auth import bearer
 from scheduler.api.bodies import parse_json
 from scheduler.api.context import caller, deps
 from scheduler.api.problems import Problem
 from scheduler.api.reading import read_body
 from scheduler.errors import ControlRefused, TenantNotFound
-from scheduler.store import TENANT_NAME
+from scheduler.presentation import record_to_dict
+from scheduler.repos import tenants as tenant_repo
+from scheduler.requests import TENANT_NAME
 
 FIELDS = ("amount", "currency", "period", "action")
 
@@ -75,7 +77,7 @@ async def _status(conn: Any, name: str) -> dict[str, Any]:
     rows = await budgets.status(conn, name)
     if not rows:
         return {"tenant": name, "budget": None}
-    return store.record_to_dict(rows[0])
+    return record_to_dict(rows[0])
 
 
 async def get_budget(request: Request) -> Response:
@@ -84,7 +86,7 @@ async def get_budget(request: Request) -> Response:
         who = await caller(request, conn)
         if not who.sees(name):
             raise Problem(404, f"no tenant named {name!r}")
-        if not await conn.fetchval("SELECT true FROM scheduler.tenants WHERE name = $1", name):
+        if not await tenant_repo.exists(conn, name):
             raise Problem(404, f"no tenant named {name!r}")
         return JSONResponse(await _status(conn, name))
 

@@ -6,14 +6,16 @@ import asyncpg
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from scheduler import store
 from scheduler.api.auth import Principal, bearer
 from scheduler.api.bodies import TENANT_FIELDS, parse_json, validate
 from scheduler.api.context import caller, deps
 from scheduler.api.problems import Problem
 from scheduler.api.reading import read_body
 from scheduler.db.pool import Conn
-from scheduler.store import TENANT_NAME
+from scheduler.errors import ControlRefused, TenantNotFound
+from scheduler.presentation import record_to_dict
+from scheduler.repos import tenants as repo
+from scheduler.requests import TENANT_NAME
 
 
 async def act_as(conn: Conn, who: Principal) -> None:
@@ -21,14 +23,14 @@ async def act_as(conn: Conn, who: Principal) -> None:
     then treats the request as the tenant's (operator holds, a child's limits), not the
     operator's, although the API's session is the agent's (migrations/0010)."""
     if not who.is_admin:
-        await conn.execute("SELECT set_config('scheduler.acting_tenant', $1, true)", who.name)
+        await repo.act_as(conn, who.name)
 
 
 async def list_tenants(request: Request) -> Response:
     async with deps(request).pool.acquire() as conn:
         who = await caller(request, conn)
-        rows = await conn.fetch("SELECT * FROM scheduler.tenants ORDER BY name")
-    return JSONResponse({"items": [store.record_to_dict(r) for r in rows if who.sees(r["name"])]})
+        rows = await repo.list_tenants(conn, job_counts=False)
+    return JSONResponse({"items": [record_to_dict(r) for r in rows if who.sees(r["name"])]})
 
 
 async def create_tenant(request: Request) -> Response:
@@ -45,29 +47,37 @@ async def create_tenant(request: Request) -> Response:
                 "a tenant token may only create child tenants of its own subtree"
                 " (set parent to your tenant)",
             )
-        columns = list(values)
+        settings = {k: v for k, v in values.items() if k != "name"}
         try:
             async with conn.transaction():
                 # The database checks a tenant's child against its parent (weight, limits).
                 await act_as(conn, who)
-                row = await conn.fetchrow(
-                    f"INSERT INTO scheduler.tenants ({', '.join(columns)})"
-                    f" VALUES ({', '.join(f'${i}' for i in range(1, len(columns) + 1))})"
-                    " RETURNING *",
-                    *values.values(),
-                )
-        except asyncpg.UniqueViolationError as exc:
-            raise Problem(409, f"tenant {values['name']!r} already exists") from exc
-        except asyncpg.ForeignKeyViolationError as exc:
-            raise Problem(422, f"parent tenant {parent!r} does not exist", field="parent") from exc
-        except asyncpg.CheckViolationError as exc:
-            raise Problem(422, str(exc)) from exc
-    assert row is not None
+                row = await repo.add_tenant(conn, values["name"], **settings)
+        except ControlRefused as exc:
+            answer = _create_problem(exc, values["name"], parent)
+            if answer is None:
+                raise  # a refusal the API has no answer for: a 500, logged with its cause
+            raise answer from exc
     return JSONResponse(
-        store.record_to_dict(row),
+        record_to_dict(row),
         status_code=201,
         headers={"Location": f"/v1/tenants/{row['name']}"},
     )
+
+
+def _create_problem(exc: ControlRefused, name: str, parent: str | None) -> Problem | None:
+    """The answer to a refused create, by the database's error under the refusal (None: no
+    answer but a 500, as for any other database error)."""
+    cause = exc.__cause__
+    if isinstance(cause, asyncpg.UniqueViolationError):
+        return Problem(409, f"tenant {name!r} already exists")
+    if isinstance(cause, asyncpg.ForeignKeyViolationError):
+        return Problem(422, f"parent tenant {parent!r} does not exist", field="parent")
+    if isinstance(cause, asyncpg.CheckViolationError):
+        return Problem(422, str(cause))
+    if cause is None:
+        return Problem(422, str(exc))
+    return None
 
 
 async def _set_frozen(request: Request, frozen: bool) -> Response:
@@ -82,16 +92,12 @@ async def _set_frozen(request: Request, frozen: bool) -> Response:
             async with conn.transaction():
                 # A tenant's thaw of an operator hold is refused by the database.
                 await act_as(conn, who)
-                row = await conn.fetchrow(
-                    "UPDATE scheduler.tenants SET frozen = $2 WHERE name = $1 RETURNING *",
-                    name,
-                    frozen,
-                )
+                row = await repo.set_tenant_frozen(conn, name, frozen)
         except asyncpg.InsufficientPrivilegeError as exc:
             raise Problem(403, str(exc)) from exc
-    if row is None:
-        raise Problem(404, f"no tenant named {name!r}")
-    return JSONResponse(store.record_to_dict(row))
+        except TenantNotFound as exc:
+            raise Problem(404, f"no tenant named {name!r}") from exc
+    return JSONResponse(record_to_dict(row))
 
 
 async def freeze_tenant(request: Request) -> Response:

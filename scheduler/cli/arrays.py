@@ -9,23 +9,24 @@ from scheduler.cli.connect import connect
 from scheduler.cli.output import dumps, record
 
 if TYPE_CHECKING:
-    from scheduler import store
+    from scheduler import requests
     from scheduler.config import Settings
     from scheduler.jobs import DesiredState
 
 
 async def submit_array_cli(
-    settings: Settings, args: argparse.Namespace, request: store.JobRequest
+    settings: Settings, args: argparse.Namespace, request: requests.JobRequest
 ) -> int:
     """``scheduler submit --array START-END[%MAX] -- CMD``: prints the array id (and, with
     --json, every member)."""
-    from scheduler import store
+    from scheduler import requests
+    from scheduler.repos import jobs as jobs_repo
 
     start, end, cap = args.array
-    spec = store.ArraySpec(start, end, cap)
+    spec = requests.ArraySpec(start, end, cap)
     conn = await connect(settings)
     try:
-        rows = await store.submit_array(conn, request, spec, max_size=settings.max_array_size)
+        rows = await jobs_repo.submit_array(conn, request, spec, max_size=settings.max_array_size)
     finally:
         await conn.close()
     array_id = rows[0]["array_id"]
@@ -40,11 +41,11 @@ async def steer_array_cli(
     settings: Settings, args: argparse.Namespace, desired: DesiredState
 ) -> int:
     """``scheduler cancel|freeze|thaw --array ID``: every unfinished member, in one statement."""
-    from scheduler import store
+    from scheduler.repos import jobs as jobs_repo
 
     conn = await connect(settings)
     try:
-        rows = await store.set_array_desired_state(
+        rows = await jobs_repo.set_array_desired_state(
             conn, args.array, desired, now=getattr(args, "now", False)
         )
     finally:

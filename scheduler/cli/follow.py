@@ -11,11 +11,11 @@ from typing import Any, BinaryIO
 
 import anyio
 
-from scheduler import store
 from scheduler.config import Settings
 from scheduler.db.pool import Conn
 from scheduler.errors import SchedulerError
 from scheduler.jobs import FINAL_STATES
+from scheduler.repos import jobs as jobs_repo
 
 # How often a followed job's files and row are looked at (a person is watching, not a test).
 POLL_SECONDS = 0.2
@@ -75,7 +75,7 @@ async def follow(conn: Conn, settings: Settings, job_id: int, *, attempt: int | 
     following = 0
     noted_remote = False
     while True:
-        row = await store.get(conn, job_id)
+        row = await jobs_repo.get(conn, job_id)
         latest = row["attempts"]
         wanted = latest if attempt is None else attempt
         if wanted > following and wanted <= latest:

@@ -1,7 +1,7 @@
 """The job commands other than submit: ``jobs`` (list), ``show``, ``logs`` (``--follow``) and
 the steering verbs ``cancel``, ``freeze``, ``thaw`` (of a job or, with --array, of every
-unfinished member of an array). They go through :mod:`scheduler.store` like every other
-client, imported when a handler runs."""
+unfinished member of an array). They go through the repositories (:mod:`scheduler.repos`)
+like every other client, imported when a handler runs."""
 
 from __future__ import annotations
 
@@ -79,11 +79,11 @@ def add_steer(verb: str, sub: Subparsers) -> None:
 
 
 async def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
-    from scheduler import store
+    from scheduler.repos import jobs as jobs_repo
 
     conn = await connect(settings)
     try:
-        rows = await store.list_jobs(
+        rows = await jobs_repo.list_jobs(
             conn, tenant=args.tenant, state=args.state, limit=args.limit, array_id=args.array
         )
     finally:
@@ -120,11 +120,11 @@ async def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
 async def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
     import json
 
-    from scheduler import store
+    from scheduler.repos import jobs as jobs_repo
 
     conn = await connect(settings)
     try:
-        row = await store.get(conn, args.id)
+        row = await jobs_repo.get(conn, args.id)
     finally:
         await conn.close()
     if args.json:
@@ -137,14 +137,14 @@ async def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
-    from scheduler import store
     from scheduler.cli.follow import follow, output_files
+    from scheduler.repos import jobs as jobs_repo
 
     if args.follow and args.json:
         raise UsageError("--follow streams the output as it comes; --json prints it once: give one")
     conn = await connect(settings)
     try:
-        row = await store.get(conn, args.id)
+        row = await jobs_repo.get(conn, args.id)
         if args.follow:
             await follow(conn, settings, args.id, attempt=args.attempt)
             return 0
@@ -168,7 +168,7 @@ async def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_desired(settings: Settings, args: argparse.Namespace) -> int:
     """``scheduler cancel|freeze|thaw ID`` (or ``--array ID``)."""
-    from scheduler import store
+    from scheduler.repos import jobs as jobs_repo
 
     if (args.id is None) == (args.array is None):
         raise UsageError(f"scheduler {args.command}: give a job id or --array ID (one of them)")
@@ -178,7 +178,7 @@ async def cmd_desired(settings: Settings, args: argparse.Namespace) -> int:
         return await steer_array_cli(settings, args, DESIRED[args.command])
     conn = await connect(settings)
     try:
-        row = await store.set_desired_state(
+        row = await jobs_repo.set_desired_state(
             conn, args.id, DESIRED[args.command], now=getattr(args, "now", False)
         )
     finally:

@@ -10,7 +10,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from scheduler.escaping import escape as escape  # the CLI's output helpers include it
+from scheduler import escaping
+
+# The CLI's output helpers include the one escape rule (shared with the status page).
+escape = escaping.escape
 
 # Exit codes of a job that never ran its command, as shells and container runtimes use them:
 # 125 the scheduler could not start it, 126 the command is not executable, 127 not found.
@@ -87,23 +90,23 @@ def job_exit_code(row: Any) -> int:
 def out(args: Any, data: Any, human: str, human_to: Any = None) -> None:
     """``data`` as JSON with --json, else the line ``human`` (on ``human_to``, default
     stdout)."""
-    from scheduler import store  # the JSON encoder of rows (Decimal, datetime)
+    from scheduler import presentation
 
     if args.json:
-        print(store.dumps(data))
+        print(presentation.dumps(data))
     else:
         print(human, file=human_to or sys.stdout)
 
 
 def dumps(data: Any) -> str:
     """``data`` as the JSON every command prints (rows' Decimal and datetime included)."""
-    from scheduler import store
+    from scheduler import presentation
 
-    return store.dumps(data)
+    return presentation.dumps(data)
 
 
 def record(row: Any) -> dict[str, Any]:
     """A database row as a plain dict for JSON."""
-    from scheduler import store
+    from scheduler import presentation
 
-    return store.record_to_dict(row)
+    return presentation.record_to_dict(row)

@@ -133,7 +133,8 @@ def add_submit(sub: Subparsers) -> None:
 async def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from scheduler import store
+    from scheduler import requests
+    from scheduler.repos import jobs as jobs_repo
 
     argv = list(args.argv)
     if argv and argv[0] == "--":
@@ -146,7 +147,7 @@ async def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
         if not sep or not key:
             raise UsageError(f"--env {item!r}: expected KEY=VALUE")
         env[key] = value
-    request = store.JobRequest(
+    request = requests.JobRequest(
         argv=argv,
         tenant=args.tenant,
         name=args.name,
@@ -183,14 +184,14 @@ async def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
         return await submit_array_cli(settings, args, request)
     conn = await connect(settings)
     try:
-        row = await store.submit(conn, request)
+        row = await jobs_repo.submit(conn, request)
         if not args.wait:
             out(args, record(row), str(row["id"]))
             return 0
         if not args.json:
             print(row["id"], file=sys.stderr)
         if args.quiet or args.json:
-            final = await store.wait(conn, row["id"])
+            final = await jobs_repo.wait(conn, row["id"])
         else:
             from scheduler.cli.follow import follow
 

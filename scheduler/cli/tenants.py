@@ -1,6 +1,6 @@
 """``scheduler tenants list|add|set|freeze|thaw|grant-sql|revoke-sql|budget``: the tenants,
-their limits and their SQL roles. They go through :mod:`scheduler.store` like every other
-client, imported when the handler runs."""
+their limits and their SQL roles. They go through the repositories (:mod:`scheduler.repos`)
+like every other client, imported when the handler runs."""
 
 from __future__ import annotations
 
@@ -120,12 +120,13 @@ def add_tenants(sub: Subparsers) -> None:
 
 async def cmd_tenants(settings: Settings, args: argparse.Namespace) -> int:
     """``scheduler tenants list|add|set|freeze|thaw``."""
-    from scheduler import store
+    from scheduler import requests
+    from scheduler.repos import tenants as tenants_repo
 
     conn = await connect(settings)
     try:
         if args.tenant_action == "list":
-            rows = await store.list_tenants(conn)
+            rows = await tenants_repo.list_tenants(conn)
             _print_tenants(args, rows)
             return 0
         if args.tenant_action in ("grant-sql", "revoke-sql"):
@@ -133,14 +134,16 @@ async def cmd_tenants(settings: Settings, args: argparse.Namespace) -> int:
         if args.tenant_action == "budget":
             return await cmd_budget(conn, args)
         if args.tenant_action in ("freeze", "thaw"):
-            row = await store.set_tenant_frozen(conn, args.name, args.tenant_action == "freeze")
+            row = await tenants_repo.set_tenant_frozen(
+                conn, args.name, args.tenant_action == "freeze"
+            )
         else:
             # Settings not given are absent (SUPPRESS); 'none' is present as None.
-            fields = {f: getattr(args, f) for f in store.TENANT_FIELDS if hasattr(args, f)}
+            fields = {f: getattr(args, f) for f in requests.TENANT_FIELDS if hasattr(args, f)}
             if args.tenant_action == "add":
-                row = await store.add_tenant(conn, args.name, **fields)
+                row = await tenants_repo.add_tenant(conn, args.name, **fields)
             else:
-                row = await store.set_tenant(conn, args.name, **fields)
+                row = await tenants_repo.set_tenant(conn, args.name, **fields)
     finally:
         await conn.close()
     out(args, record(row), _describe_tenant(row))
@@ -149,7 +152,8 @@ async def cmd_tenants(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _sql_access(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
     """``scheduler tenants grant-sql|revoke-sql NAME``."""
-    from scheduler.sqlaccess import SqlAccessError, grant_sql, revoke_sql
+    from scheduler.errors import SqlAccessError
+    from scheduler.sqlaccess import grant_sql, revoke_sql
 
     if args.tenant_action == "grant-sql":
         role, password = await grant_sql(conn, args.name, connection_limit=args.connection_limit)

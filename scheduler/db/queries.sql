@@ -827,3 +827,111 @@ ORDER BY tenant;
 -- name: notify_node_undrained
 -- An undrained node's dispatcher may claim at once rather than at its next poll.
 SELECT pg_notify('scheduler_jobs', 'queued');
+-- name: array_members
+-- (This block and the ones after it to job_page_usage: the API and CLI side's repositories,
+-- scheduler/repos/, issue 21.) Every member of array $1 of tenant $2, in index order (an
+-- idempotent array's replay).
+SELECT * FROM scheduler.jobs WHERE array_id = $1 AND tenant = $2 ORDER BY array_index;
+
+-- name: claim_idempotency_key
+-- Take (tenant $1, key $2) for a request whose digest is $3; no row if it was taken before
+-- (a concurrent claim of the same key waits here on the unique index until the first commits).
+INSERT INTO scheduler.idempotency_keys (tenant, key, request_hash)
+VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING true;
+
+-- name: set_idempotency_job
+-- Name job $3 as what (tenant $1, key $2) made.
+UPDATE scheduler.idempotency_keys SET job_id = $3 WHERE tenant = $1 AND key = $2;
+
+-- name: get_idempotency_key
+SELECT request_hash, job_id FROM scheduler.idempotency_keys WHERE tenant = $1 AND key = $2;
+
+-- name: job_usage
+-- Every usage row of job $1, oldest first.
+SELECT * FROM scheduler.usage WHERE job_id = $1 ORDER BY seq;
+
+-- name: job_state
+SELECT state FROM scheduler.jobs WHERE id = $1;
+
+-- name: job_progress
+-- What a follower of job $1's output waits on: has an attempt started, and where.
+SELECT state, attempts, node FROM scheduler.jobs WHERE id = $1;
+
+-- name: list_tenant_rows
+-- Every tenant's row (no job counts: what GET /v1/tenants answers).
+SELECT * FROM scheduler.tenants ORDER BY name;
+
+-- name: tenant_exists
+SELECT true FROM scheduler.tenants WHERE name = $1;
+
+-- name: act_as_tenant
+-- For the rest of the transaction the database treats the request as tenant $1's (its
+-- checks of a child's limits, operator holds), not as the API session's (migrations/0010).
+SELECT set_config('scheduler.acting_tenant', $1, true);
+
+-- name: token_principal
+-- The tenant of live token hash $1 and the names of its subtree (tenant NULL: no such token).
+WITH RECURSIVE owner AS (
+    SELECT tenant FROM scheduler.api_tokens
+    WHERE token_hash = $1 AND revoked_at IS NULL
+), subtree AS (
+    SELECT name FROM scheduler.tenants WHERE name = (SELECT tenant FROM owner)
+    UNION
+    SELECT t.name FROM scheduler.tenants t JOIN subtree s ON t.parent = s.name
+)
+SELECT (SELECT tenant FROM owner) AS tenant, array_agg(name) AS tenants FROM subtree;
+
+-- name: insert_api_token
+INSERT INTO scheduler.api_tokens (tenant, token_hash, description) VALUES ($1, $2, $3)
+RETURNING id;
+
+-- name: revoke_api_token
+UPDATE scheduler.api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL;
+
+-- name: role_exists
+SELECT true FROM pg_roles WHERE rolname = $1;
+
+-- name: quote_literal
+-- $1 as an SQL literal, for DDL that takes no bind parameters (a role's password).
+SELECT quote_literal($1);
+
+-- name: map_tenant_role
+-- Role $1 speaks for tenant $2 (the row-level security policies read this map).
+INSERT INTO scheduler.tenant_roles (role_name, tenant) VALUES ($1, $2)
+ON CONFLICT (role_name) DO UPDATE SET tenant = EXCLUDED.tenant;
+
+-- name: unmap_tenant_role
+DELETE FROM scheduler.tenant_roles WHERE role_name = $1 RETURNING true;
+
+-- name: overview_queued
+-- The overview's queue: queued jobs of tenants $1 (NULL: all), first to run first, at most $2.
+SELECT id, tenant, name, priority, run_at, submitted_at, desired_state
+FROM scheduler.jobs WHERE state = 'queued'
+AND ($1::text[] IS NULL OR tenant = ANY($1))
+ORDER BY priority DESC, submitted_at LIMIT $2;
+
+-- name: overview_running
+-- The overview's running jobs of tenants $1 (NULL: all) with their latest usage period,
+-- newest first, at most $2.
+SELECT j.id, j.tenant, j.name, j.state, j.node, j.cpu, j.memory_bytes,
+       j.started_at, u.period_start, u.period_end, u.cpu_seconds,
+       u.memory_byte_seconds, u.memory_peak_bytes
+FROM scheduler.jobs j LEFT JOIN LATERAL (
+    SELECT * FROM scheduler.usage s WHERE s.job_id = j.id AND s.attempt = j.attempts
+    ORDER BY s.seq DESC LIMIT 1) u ON true
+WHERE j.state IN ('running', 'frozen')
+AND ($1::text[] IS NULL OR j.tenant = ANY($1))
+ORDER BY j.id DESC LIMIT $2;
+
+-- name: overview_failures
+-- The overview's recent failures of tenants $1 (NULL: all), latest first, at most $2.
+SELECT id, tenant, name, state, exit_code, signal, error, finished_at
+FROM scheduler.jobs WHERE state IN ('failed', 'timed_out', 'lost')
+AND ($1::text[] IS NULL OR tenant = ANY($1))
+ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT $2;
+
+-- name: job_page_usage
+-- Job $1's latest $2 usage rows, newest first (the job page).
+SELECT seq, attempt, node, period_start, period_end, cpu_seconds,
+       memory_peak_bytes, io_read_bytes, io_write_bytes, final
+FROM scheduler.usage WHERE job_id = $1 ORDER BY seq DESC LIMIT $2;

@@ -24,7 +24,7 @@ HEAVY = (
     "scheduler.agent",
     "scheduler.api",
     "scheduler.accounting",
-    "scheduler.store",
+    "scheduler.repos",
     "asyncpg",
     "anyio",
     "structlog",

@@ -12,9 +12,9 @@ from scheduler.api.bodies import SUBMIT_FIELDS, validate
 from scheduler.api.problems import Problem
 from scheduler.cli.args import array_range, constraint
 from scheduler.config import Settings
-from scheduler.errors import ConfigError
+from scheduler.errors import ConfigError, SubmitRefused
 from scheduler.labels import LabelError, check_set, parse_list
-from scheduler.store import ArraySpec, SubmitRefused
+from scheduler.requests import ArraySpec
 
 
 def test_node_labels_parse_and_refuse_what_breaks_the_rule() -> None:

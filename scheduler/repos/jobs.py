@@ -1,12 +1,9 @@
-"""The job store: the one place that submits, reads and waits for jobs (CLI and HTTP)."""
+"""The jobs repository: submit (one job, an array, once per idempotency key), read, list,
+wait for and steer jobs; the one place the CLI and the HTTP API reach the jobs table."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import datetime
-from decimal import Decimal
 from typing import Any, TypeVar
 
 import anyio
@@ -15,98 +12,11 @@ import asyncpg
 from scheduler.db.pool import Conn
 from scheduler.db.queries import q
 from scheduler.db.refusals import refusal
-from scheduler.errors import ControlRefused, JobNotFound, SchedulerError, TenantNotFound
+from scheduler.errors import ControlRefused, IdempotencyMismatch, JobNotFound, SubmitRefused
 from scheduler.jobs import FINAL_STATES, DesiredState
-from scheduler.names import NAME
+from scheduler.requests import ArraySpec, JobRequest
 
 T = TypeVar("T")
-
-
-class SubmitRefused(SchedulerError):
-    """The database refused the job."""
-
-    def __init__(self, message: str, column: str | None = None) -> None:
-        super().__init__(message)
-        self.column = column
-
-
-@dataclass(frozen=True)
-class JobRequest:
-    """What a client asks for; every field but argv has the database's default."""
-
-    argv: list[str]
-    tenant: str = "default"
-    name: str = ""
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: str = "/"
-    cpu: Decimal = Decimal(1)
-    memory_bytes: int = 536870912
-    pids_max: int = 1024
-    timeout_seconds: Decimal | None = None
-    priority: int = 0
-    max_attempts: int = 1
-    labels: dict[str, Any] = field(default_factory=dict)
-    run_at: datetime | None = None
-    image: str | None = None
-    network: bool = False
-    io_read_bps: int | None = None
-    io_write_bps: int | None = None
-    # Most bytes of stdout+stderr kept (None: the tenant's, else the node's; never above them).
-    output_limit_bytes: int | None = None
-    # Jobs of the same tenant that must succeed first (migration 0014); fixed once submitted.
-    depends_on: list[int] = field(default_factory=list)
-    # Labels a node must have to run the job (migration 0016; scheduler/labels.py).
-    constraints: dict[str, str] = field(default_factory=dict)
-
-    # Seconds between SIGTERM and the kill at a cancel or the time limit (None: 10).
-    kill_grace_seconds: Decimal | None = None
-
-
-@dataclass(frozen=True)
-class ArraySpec:
-    """An array: one job per index in [start, end], at most max_running of them at once."""
-
-    start: int
-    end: int
-    max_running: int | None = None
-
-    def check(self, max_size: int) -> None:
-        """Refuse an empty, reversed or oversized range (max_size: the operator's bound)."""
-        if not 0 <= self.start <= self.end <= INT4_MAX:
-            raise SubmitRefused(
-                f"array {self.start}-{self.end}: expected 0 <= start <= end <= {INT4_MAX}",
-                "array",
-            )
-        if self.size > max_size:
-            raise SubmitRefused(
-                f"array {self.start}-{self.end} has {self.size} members: at most {max_size}"
-                " (the operator's max_array_size)",
-                "array",
-            )
-        if self.max_running is not None and self.max_running < 1:
-            raise SubmitRefused(
-                f"array max_running must be at least 1: got {self.max_running}", "array"
-            )
-
-    @property
-    def size(self) -> int:
-        return self.end - self.start + 1
-
-
-INT4_MAX = 2**31 - 1
-
-
-def record_to_dict(row: asyncpg.Record) -> dict[str, Any]:
-    """A job row as JSON-ready values (decimals as strings keep their exactness)."""
-    out: dict[str, Any] = {}
-    for key, value in row.items():
-        if isinstance(value, Decimal):
-            out[key] = str(value)
-        elif hasattr(value, "isoformat"):
-            out[key] = value.isoformat()
-        else:
-            out[key] = value
-    return out
 
 
 def _job_args(request: JobRequest) -> tuple[Any, ...]:
@@ -189,11 +99,34 @@ async def submit(conn: Conn, request: JobRequest) -> asyncpg.Record:
     return row
 
 
+async def find(conn: Conn, job_id: int) -> asyncpg.Record | None:
+    """The job, or None if there is no such job."""
+    row: asyncpg.Record | None = await conn.fetchrow(q("get_job"), job_id)
+    return row
+
+
 async def get(conn: Conn, job_id: int) -> asyncpg.Record:
-    row = await conn.fetchrow(q("get_job"), job_id)
+    row = await find(conn, job_id)
     if row is None:
         raise JobNotFound(f"no job with id {job_id}")
     return row
+
+
+async def state(conn: Conn, job_id: int) -> str | None:
+    """The job's state (None: no such job)."""
+    value: str | None = await conn.fetchval(q("job_state"), job_id)
+    return value
+
+
+async def progress(conn: Conn, job_id: int) -> asyncpg.Record | None:
+    """The job's state, attempts and node (None: no such job)."""
+    row: asyncpg.Record | None = await conn.fetchrow(q("job_progress"), job_id)
+    return row
+
+
+async def usage(conn: Conn, job_id: int) -> list[asyncpg.Record]:
+    """Every usage row of the job, oldest first."""
+    return list(await conn.fetch(q("job_usage"), job_id))
 
 
 async def list_jobs(
@@ -237,10 +170,6 @@ async def wait(conn: Conn, job_id: int, *, poll: float = 5.0) -> asyncpg.Record:
         await conn.remove_listener("scheduler_job_done", _wake)
 
 
-def dumps(value: Any) -> str:
-    return json.dumps(value, indent=2, sort_keys=True, default=str)
-
-
 async def submit_idempotent(
     conn: Conn, request: JobRequest, key: str, digest: str
 ) -> tuple[asyncpg.Record, bool]:
@@ -276,11 +205,7 @@ async def submit_array_idempotent(
     if made is not None:
         return made, False
     first = await get(conn, job_id)
-    members = await conn.fetch(
-        "SELECT * FROM scheduler.jobs WHERE array_id = $1 AND tenant = $2 ORDER BY array_index",
-        first["array_id"],
-        first["tenant"],
-    )
+    members = await conn.fetch(q("array_members"), first["array_id"], first["tenant"])
     return list(members), True
 
 
@@ -295,28 +220,12 @@ async def _once_per_key(
     (tenant, key), in one transaction with the key row: (what it made, its job id) the first
     time; (None, the job id the key names) on a repeat with the same digest."""
     async with conn.transaction():
-        claimed = await conn.fetchval(
-            "INSERT INTO scheduler.idempotency_keys (tenant, key, request_hash)"
-            " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING true",
-            tenant,
-            key,
-            digest,
-        )
+        claimed = await conn.fetchval(q("claim_idempotency_key"), tenant, key, digest)
         if claimed:
             made, job_id = await make()
-            await conn.execute(
-                "UPDATE scheduler.idempotency_keys SET job_id = $3 WHERE tenant = $1 AND key = $2",
-                tenant,
-                key,
-                job_id,
-            )
+            await conn.execute(q("set_idempotency_job"), tenant, key, job_id)
             return made, job_id
-        existing = await conn.fetchrow(
-            "SELECT request_hash, job_id FROM scheduler.idempotency_keys"
-            " WHERE tenant = $1 AND key = $2",
-            tenant,
-            key,
-        )
+        existing = await conn.fetchrow(q("get_idempotency_key"), tenant, key)
     assert existing is not None
     if existing["request_hash"] != digest:
         raise IdempotencyMismatch(
@@ -324,28 +233,6 @@ async def _once_per_key(
             f"{tenant!r}; use a new key for a different job"
         )
     return None, existing["job_id"]
-
-
-class IdempotencyMismatch(SchedulerError):
-    """The idempotency key was used before with a different request."""
-
-
-# -- steering jobs and tenants (CLI and HTTP) -------------------------------------------------
-
-# Tenant names become cgroup directory names: the same rule as the database's check.
-TENANT_NAME = NAME
-
-TENANT_FIELDS = (
-    "parent",
-    "cpu_limit",
-    "memory_limit_bytes",
-    "pids_limit",
-    "max_running_jobs",
-    "weight",
-    "io_read_bps",
-    "io_write_bps",
-    "output_limit_bytes",
-)
 
 
 async def set_desired_state(
@@ -375,71 +262,3 @@ async def set_desired_state(
 
 
 _VERB = {"running": "thawed", "frozen": "frozen", "cancelled": "cancelled"}
-
-
-async def list_tenants(conn: Conn) -> list[asyncpg.Record]:
-    """Every tenant with its limits and its count of active and queued jobs."""
-    return list(await conn.fetch(q("list_tenants")))
-
-
-async def get_tenant(conn: Conn, name: str) -> asyncpg.Record:
-    row = await conn.fetchrow(q("get_tenant"), name)
-    if row is None:
-        raise TenantNotFound(f"no tenant named {name!r}")
-    return row
-
-
-async def add_tenant(conn: Conn, name: str, **fields: Any) -> asyncpg.Record:
-    """Create a tenant; ``fields`` are columns of TENANT_FIELDS (the database checks values)."""
-    if not TENANT_NAME.match(name):
-        raise ControlRefused(
-            f"{name!r} is not a valid tenant name (tenant_name_format): "
-            "expected [a-z0-9][a-z0-9_-]{0,62}"
-        )
-    columns = ["name", *_tenant_columns(fields)]
-    params = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
-    try:
-        row = await conn.fetchrow(
-            f"INSERT INTO scheduler.tenants ({', '.join(columns)}) VALUES ({params}) RETURNING *",
-            name,
-            *fields.values(),
-        )
-    except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
-        raise ControlRefused(refusal(exc)) from exc
-    assert row is not None
-    return row
-
-
-async def set_tenant(conn: Conn, name: str, **fields: Any) -> asyncpg.Record:
-    """Change a tenant's parent or limits (None clears a limit); agents apply it on NOTIFY."""
-    columns = _tenant_columns(fields)
-    if not columns:
-        raise ControlRefused("nothing to change: give at least one setting")
-    assignments = ", ".join(f"{c} = ${i}" for i, c in enumerate(columns, start=2))
-    try:
-        row = await conn.fetchrow(
-            f"UPDATE scheduler.tenants SET {assignments} WHERE name = $1 RETURNING *",
-            name,
-            *fields.values(),
-        )
-    except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
-        raise ControlRefused(refusal(exc)) from exc
-    if row is None:
-        raise TenantNotFound(f"no tenant named {name!r}")
-    return row
-
-
-async def set_tenant_frozen(conn: Conn, name: str, frozen: bool) -> asyncpg.Record:
-    """Freeze (or thaw) a tenant's whole subtree: running jobs stop, queued jobs are held."""
-    row = await conn.fetchrow(q("set_tenant_frozen"), name, frozen)
-    if row is None:
-        raise TenantNotFound(f"no tenant named {name!r}")
-    return row
-
-
-def _tenant_columns(fields: dict[str, Any]) -> list[str]:
-    # Column names go into SQL text: only the known ones are accepted.
-    unknown = sorted(set(fields) - set(TENANT_FIELDS))
-    if unknown:
-        raise ControlRefused(f"unknown tenant settings {unknown}: expected {TENANT_FIELDS}")
-    return list(fields)
