@@ -309,7 +309,7 @@ def parse_exit_record(text: str) -> ExitRecord:
         if not sep:
             raise LaunchError(f"bad exit record: line {line!r} has no '='")
         if key.startswith(_COUNTER_PREFIX):
-            # A counter file's text, its newlines written as '|' (see monitor.c).
+            # A counter file's text, its newlines written as '|' (see monitor/exitrecord.c).
             counters = {} if counters is None else counters
             name = key[len(_COUNTER_PREFIX) :]
             if name in counters:
