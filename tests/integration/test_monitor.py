@@ -582,6 +582,31 @@ def test_monitor_sources_compile_warning_free(tmp_path: Path) -> None:
     assert out.stderr == ""
 
 
+def test_c_binary_builds_a_directory_into_one_binary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every .c of a source directory is linked into one binary, named after the hash of
+    all its .c and .h files: a changed header alone gives a new binary."""
+    package = tmp_path / "package"
+    src = package / "prog"
+    src.mkdir(parents=True)
+    (src / "value.h").write_text("#define VALUE 3\nint value(void);\n")
+    (src / "value.c").write_text('#include "value.h"\nint value(void) { return VALUE; }\n')
+    (src / "main.c").write_text('#include "value.h"\nint main(void) { return value(); }\n')
+    (src / "notes.txt").write_text("not a source\n")
+    monkeypatch.setattr("importlib.resources.files", lambda _package: package)
+    cache = tmp_path / "cache"
+    first = launcher.c_binary(cache, "prog", "prog")
+    assert subprocess.run([str(first)], check=False).returncode == 3
+    (src / "notes.txt").write_text("still not a source\n")
+    assert launcher.c_binary(cache, "prog", "prog") == first
+    (src / "value.h").write_text("#define VALUE 5\nint value(void);\n")
+    second = launcher.c_binary(cache, "prog", "prog")
+    assert second != first
+    assert subprocess.run([str(second)], check=False).returncode == 5
+    assert sorted(p.name for p in cache.iterdir()) == sorted([first.name, second.name])
+
+
 def test_no_compiler_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("CC", raising=False)
