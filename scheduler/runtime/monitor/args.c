@@ -18,23 +18,20 @@ static int isolation_arg(struct opts *o, int argc, char **argv, int i, struct er
     int view = strcmp(a, "--cgroup-view") == 0, hide = strcmp(a, "--cgroup-hide") == 0;
     if (!view && !hide)
         return 0;
-    if (left < 1 + view) {
+    if (left < 1 + view)
         return fail(e, "monitor: %s needs %s", a, view ? "NAME and DIR" : "NAME");
-    }
     if (!o->view_names) {
         o->view_names = calloc((size_t)argc, sizeof *o->view_names);
         o->view_dirs = calloc((size_t)argc, sizeof *o->view_dirs);
         o->hide_names = calloc((size_t)argc, sizeof *o->hide_names);
-        if (!o->view_names || !o->view_dirs || !o->hide_names) {
+        if (!o->view_names || !o->view_dirs || !o->hide_names)
             return fail(e, "monitor: out of memory");
-        }
     }
     const char *name = argv[i + 1];
     /* A mount point right under /sys/fs/cgroup ("." is that mount itself, a v2 host). */
     if (!*name || strchr(name, '/') || strcmp(name, "..") == 0 ||
-        (hide && strcmp(name, ".") == 0)) {
+        (hide && strcmp(name, ".") == 0))
         return fail(e, "monitor: bad %s name %s", a, name);
-    }
     if (hide) {
         o->hide_names[o->n_hides++] = name;
         return 2;
@@ -70,9 +67,8 @@ int parse_args(int argc, char **argv, struct opts *o, struct err *e)
     o->gauge_paths = calloc((size_t)argc, sizeof *o->gauge_paths);
     o->uid = o->gid = -1;
     if (!o->mkdirs || !o->write_paths || !o->write_values || !o->procs || !o->lowers ||
-        !o->counter_names || !o->counter_paths || !o->gauge_names || !o->gauge_paths) {
+        !o->counter_names || !o->counter_paths || !o->gauge_names || !o->gauge_paths)
         return fail(e, "monitor: out of memory");
-    }
     const char *tmp_size = NULL, *uid = NULL, *gid = NULL;
     int i;
     for (i = 1; i < argc; i++) {
@@ -129,46 +125,39 @@ int parse_args(int argc, char **argv, struct opts *o, struct err *e)
             if (set_identity(argv[++i], e) != 0)
                 return -1;
         } else if (is_output_option(a)) {
-            if (set_output_option(a, argv[++i]) != 0) {
+            if (set_output_option(a, argv[++i]) != 0)
                 return fail(e, "monitor: bad %s %s", a, argv[i]);
-            }
         } else {
             return fail(e, "monitor: bad argument %s", a);
         }
     }
     o->argv = &argv[i];
-    if (!o->run_dir || !o->hostname || !o->cwd || !tmp_size || i >= argc) {
+    if (!o->run_dir || !o->hostname || !o->cwd || !tmp_size || i >= argc)
         return fail(e, "monitor: usage: --run-dir DIR [--output-dir OUT] --hostname H --cwd C "
-                  "--tmp-size BYTES [--mkdir P]... [--write P V]... [--procs P]... -- ARGV...");
-    }
+                       "--tmp-size BYTES [--mkdir P]... [--write P V]... [--procs P]... "
+                       "-- ARGV...");
     if (!o->output_dir)
         o->output_dir = o->run_dir;
-    if (!uid != !gid) {
+    if (!uid != !gid)
         return fail(e, "monitor: --uid and --gid go together");
-    }
-    if (uid && ((o->uid = parse_id(uid)) < 0 || (o->gid = parse_id(gid)) < 0)) {
+    if (uid && ((o->uid = parse_id(uid)) < 0 || (o->gid = parse_id(gid)) < 0))
         return fail(e, "monitor: bad --uid/--gid %s/%s", uid, gid);
-    }
-    if (!o->overlay_dir != !o->n_lowers) {
+    if (!o->overlay_dir != !o->n_lowers)
         return fail(e, "monitor: --overlay-dir and --lower go together");
-    }
-    if ((o->n_counters || o->n_gauges) && !o->empty_check) {
+    if ((o->n_counters || o->n_gauges) && !o->empty_check)
         return fail(e, "monitor: --counter and --gauge need --empty-check");
-    }
     for (int k = 0; k < o->n_counters + o->n_gauges; k++) {
         const char *name = k < o->n_counters ? o->counter_names[k]
                                               : o->gauge_names[k - o->n_counters];
         /* The name becomes a record key: one line, no '='. */
-        if (!*name || strpbrk(name, "=\n")) {
+        if (!*name || strpbrk(name, "=\n"))
             return fail(e, "monitor: bad counter name %s", name);
-        }
     }
     char *end;
     errno = 0;
     o->tmp_size = strtoull(tmp_size, &end, 10);
     /* 0 would mean "no limit" to tmpfs. */
-    if (errno != 0 || end == tmp_size || *end != '\0' || tmp_size[0] == '-' || !o->tmp_size) {
+    if (errno != 0 || end == tmp_size || *end != '\0' || tmp_size[0] == '-' || !o->tmp_size)
         return fail(e, "monitor: bad --tmp-size %s", tmp_size);
-    }
     return 0;
 }

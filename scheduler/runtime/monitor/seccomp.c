@@ -241,6 +241,6 @@ void prepare_seccomp(void) {}
 int apply_seccomp(struct err *e)
 {
     return fail(e, "seccomp: the default filter is written for x86_64 only; on this "
-                       "architecture only trusted tenants' jobs (no filter) can run");
+                   "architecture only trusted tenants' jobs (no filter) can run");
 }
 #endif
