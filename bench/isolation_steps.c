@@ -1,23 +1,55 @@
-/* The isolation steps of a job's start as the monitor runs them (its own functions: this
- * file includes scheduler/runtime/monitor.c), one at a time, each in a child that takes a
- * new mount namespace (a copy of the host's, made private) and exits; per step the median
- * wall time of an iteration and the child's CPU time (user + system, its namespace's
- * teardown included), steps taken round robin so that the host's drift hits all alike.
+/* The isolation steps of a job's start as the monitor runs them (its own functions), one at
+ * a time, each in a child that takes a new mount namespace (a copy of the host's, made
+ * private) and exits; per step the median wall time of an iteration and the child's CPU
+ * time (user + system, its namespace's teardown included), steps taken round robin so that
+ * the host's drift hits all alike.
  *
- *   cc -O2 -o isolation_steps bench/isolation_steps.c [-DMONITOR=\"path/to/monitor.c\"]
+ * Against the monitor's sources (scheduler/runtime/monitor/, linked in without main.c and forkserver.c):
+ *   cc -O2 -DSPLIT -DMONITOR=\"DIR\" -IDIR -o isolation_steps bench/isolation_steps.c \
+ *      DIR/{args,drain,exitrecord,init,mounts,seccomp,util}.c
+ * Against a monitor.c of one file (before the split; this file includes it):
+ *   cc -O2 -o isolation_steps bench/isolation_steps.c -DMONITOR=\"path/to/monitor.c\"
  *      [-DDETACHING]   (a monitor.c from before seal_private_mounts: mount_tmp + detach)
+ * Then:
  *   [ONLY=K] isolation_steps ITERATIONS HIERARCHY...   (as root; the job's hierarchies, e.g.
  *      memory: makes and removes /sys/fs/cgroup/<h>/isolation-steps-bench in each; the
  *      cgroup mounts not named are hidden, as the agent's CgroupView does; ONLY=K runs step
  *      K alone and prints the children's CPU per iteration: bench/isolation_steps.py counts
  *      the kernel threads' CPU around such runs)
+ * bench/isolation_steps.py does the compiling.
  */
-#ifndef MONITOR
-#define MONITOR "../scheduler/runtime/monitor.c"
-#endif
+#ifdef SPLIT
+#include "monitor.h"
+/* The split monitor's steps return -1 with an error value; the bench's child exits on it. */
+static struct err bench_err;
+#define ERR_ARG &bench_err
+#define CHECK(call)                                                                          \
+    do {                                                                                     \
+        if ((call) != 0) {                                                                   \
+            fprintf(stderr, "%s\n", bench_err.msg);                                         \
+            _exit(1);                                                                        \
+        }                                                                                    \
+    } while (0)
+#else
 #define main monitor_entry
 #include MONITOR
 #undef main
+/* One file's steps report over an err pipe (fd 2 here) and exit themselves. */
+#define ERR_ARG 2
+#define CHECK(call) call
+#endif
+#include <errno.h>
+#include <linux/keyctl.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #ifdef DETACHING
 static void prepare_seccomp(void) {} /* that monitor builds the filter in apply_seccomp */
@@ -27,7 +59,7 @@ static void prepare_seccomp(void) {} /* that monitor builds the filter in apply_
 static struct opts bench_opts;
 static const char *bench_leaf = "isolation-steps-bench";
 
-static void fail(const char *what)
+static void die(const char *what)
 {
     fprintf(stderr, "%s: %s\n", what, strerror(errno));
     _exit(1);
@@ -42,9 +74,9 @@ static void s_mounts(void)
     private_mounts(&bench_opts, "", 1, 2);
     cgroup_view(&bench_opts, 2);
 #else
-    private_mounts(&bench_opts, "", 1, 2);
-    cgroup_view(&bench_opts, 2);
-    seal_private_mounts("", 2);
+    CHECK(private_mounts(&bench_opts, "", 1, ERR_ARG));
+    CHECK(cgroup_view(&bench_opts, ERR_ARG));
+    CHECK(seal_private_mounts("", ERR_ARG));
 #endif
 }
 
@@ -54,22 +86,22 @@ static void s_private_only(void)
     mount_tmp(&bench_opts, "/tmp", 2);
     private_mounts(&bench_opts, "", 1, 2);
 #else
-    private_mounts(&bench_opts, "", 1, 2);
-    seal_private_mounts("", 2);
+    CHECK(private_mounts(&bench_opts, "", 1, ERR_ARG));
+    CHECK(seal_private_mounts("", ERR_ARG));
 #endif
 }
 
 static void s_keyring(void)
 {
     if (syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, NULL) < 0)
-        fail("keyctl");
+        die("keyctl");
 }
 
 static void s_seccomp(void)
 {
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
-        fail("no_new_privs");
-    apply_seccomp(2);
+        die("no_new_privs");
+    CHECK(apply_seccomp(ERR_ARG));
 }
 
 struct step {
@@ -88,12 +120,12 @@ static void once(const struct step *st, long long *wall, long long *cpu)
     long long t0 = now_ns();
     pid_t pid = fork();
     if (pid < 0)
-        fail("fork");
+        die("fork");
     if (pid == 0) {
         if (unshare(CLONE_NEWNS) != 0)
-            fail("unshare");
+            die("unshare");
         if (mount("none", "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
-            fail("private");
+            die("private");
         st->fn();
         _exit(0);
     }
@@ -123,7 +155,7 @@ int main(int argc, char **argv)
         snprintf(dir_text[n], sizeof dir_text[n], "/sys/fs/cgroup/%s/%s", argv[i], bench_leaf);
         dirs[n] = dir_text[n];
         if (mkdir(dirs[n], 0755) != 0 && errno != EEXIST)
-            fail(dirs[n]);
+            die(dirs[n]);
     }
     /* The cgroup mounts under /sys/fs/cgroup the job is not in: hidden. */
     FILE *mi = fopen("/proc/self/mountinfo", "r");

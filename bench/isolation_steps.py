@@ -1,7 +1,8 @@
-"""What a job's isolation setup costs the machine, a monitor.c against another.
+"""What a job's isolation setup costs the machine, one monitor's sources against another's.
 
-Compiles bench/isolation_steps.c against this tree's monitor.c and against OTHER (another
-tree's scheduler/runtime/monitor.c, e.g. one before the change), then runs, alternating
+Compiles bench/isolation_steps.c against this tree's monitor (scheduler/runtime/monitor/)
+and against OTHER (another tree's scheduler/runtime/monitor/ directory, or the one-file
+scheduler/runtime/monitor.c of a tree from before the split), then runs, alternating
 between the two in blocks: "new mount ns only" (step 0) and each of --steps (by default 2:
 "private dirs + cgroup view"; 1 private dirs only, 3 keyring, 4 no_new_privs + seccomp; see
 isolation_steps.c), ITERATIONS in a row each. Per block it counts the children's CPU (the C
@@ -10,7 +11,7 @@ children of kthreadd, pid 2): teardown work the kernel defers (RCU callbacks, su
 workqueue, expedited grace periods) lands there. Other processes' kernel work lands there
 too, so it prints medians over the blocks.
 
-Usage: python bench/isolation_steps.py OTHER_MONITOR_C [--iterations 300] [--rounds 6]
+Usage: python bench/isolation_steps.py OTHER_MONITOR [--iterations 300] [--rounds 6]
        [--steps 2] [--hierarchies blkio cpu cpuacct freezer memory pids unified]
 """
 
@@ -26,12 +27,18 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def compile_steps(out: Path, monitor_c: Path) -> Path:
-    flags = [f'-DMONITOR="{monitor_c}"']
-    if "seal_private_mounts" not in monitor_c.read_text():
+def compile_steps(out: Path, monitor: Path) -> Path:
+    flags = [f'-DMONITOR="{monitor}"']
+    units: list[str] = []
+    if monitor.is_dir():  # the monitor's steps (its main and fork server left out)
+        flags += ["-DSPLIT", f"-I{monitor}"]
+        skip = ("main.c", "forkserver.c")
+        units = sorted(str(p) for p in monitor.glob("*.c") if p.name not in skip)
+    elif "seal_private_mounts" not in monitor.read_text():
         flags.append("-DDETACHING")  # a monitor.c from before the one-tmpfs change
+    steps_c = str(HERE / "isolation_steps.c")
     subprocess.run(
-        ["cc", "-std=gnu11", "-O2", *flags, "-o", str(out), str(HERE / "isolation_steps.c")],
+        ["cc", "-std=gnu11", "-O2", *flags, "-o", str(out), steps_c, *units],
         check=True,
     )
     return out
@@ -83,7 +90,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         binaries = {
             "this tree": compile_steps(
-                Path(tmp) / "this", HERE.parent / "scheduler" / "runtime" / "monitor.c"
+                Path(tmp) / "this", HERE.parent / "scheduler" / "runtime" / "monitor"
             ),
             "other": compile_steps(Path(tmp) / "other", args.other.resolve()),
         }

@@ -2,7 +2,7 @@
 
 Exec'ing the static monitor costs about 0.45 ms of CPU per launch; forking the small,
 already running server about 0.13 ms (bench/launch.py shows the difference end to end). The
-agent starts one server (``scheduler-monitor --fork-server``, see the end of monitor.c) on a
+agent starts one server (``scheduler-monitor --fork-server``, see monitor/forkserver.c) on a
 socket pair and sends it each launch's argv and environment; the server forks, the child
 becomes the monitor exactly as an exec'd one would, and the answer carries the child's pid
 and a pidfd for it. The monitors are the server's children, not the agent's: the server
@@ -43,7 +43,7 @@ _ANSWER = struct.Struct("=i")
 _LENGTH = struct.Struct("=I")
 # Room for the one pidfd the answer carries.
 _ANCILLARY_SIZE = socket.CMSG_SPACE(_ANSWER.size)
-# The server refuses longer requests (monitor.c: REQUEST_MAX).
+# The server refuses longer requests (monitor/forkserver.c: REQUEST_MAX).
 REQUEST_MAX = 16 << 20
 
 

@@ -26,7 +26,7 @@ def _reserve_head(run_dir: Path) -> dict[bytes, bytes]:
     """The ``key=value`` lines at the head of the reserved record (zeros follow them)."""
     try:
         with (run_dir / RESERVE_FILE).open("rb") as reserve:
-            # pid, start time and identity (at most 200 bytes, see monitor.c)
+            # pid, start time and identity (at most 200 bytes, see monitor/exitrecord.c)
             head = reserve.read(512).split(b"\0", 1)[0]
     except OSError:
         head = b""

@@ -1,6 +1,6 @@
 """The agent's side of the C monitor: build it, start it, wait for it, read its record.
 
-One monitor process runs per job attempt (see ``monitor.c``). The agent only
+One monitor process runs per job attempt (see ``monitor/monitor.h``). The agent only
 ``posix_spawn``s it, waits on a pidfd without blocking the event loop, and then reads the
 exit record the monitor wrote atomically to ``<run_dir>/exit``. The job's output goes to
 ``<output_dir>/stdout`` and ``stderr``, each made on the job's first byte.
@@ -15,7 +15,9 @@ import importlib.resources
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import anyio
@@ -23,7 +25,8 @@ import anyio
 from scheduler.errors import LaunchError
 from scheduler.runtime.spec import ExitKind, ExitRecord, LaunchSpec
 
-MONITOR_SOURCE = "monitor.c"
+# The monitor's sources: every .c and .h file of this package directory, built into one binary.
+MONITOR_SOURCE = "monitor"
 WARMER_SOURCE = "warmer.c"
 EXIT_FILE = "exit"
 # Where the monitor reserves its exit record; its first line names the monitor's pid.
@@ -65,7 +68,7 @@ def _find_compiler() -> str:
 
 
 def monitor_binary(cache_dir: Path) -> Path:
-    """Return the compiled job monitor (``monitor.c``) in ``cache_dir``."""
+    """Return the compiled job monitor (the sources in ``monitor/``) in ``cache_dir``."""
     return c_binary(cache_dir, MONITOR_SOURCE, "scheduler-monitor")
 
 
@@ -74,49 +77,75 @@ def warmer_binary(cache_dir: Path) -> Path:
     return c_binary(cache_dir, WARMER_SOURCE, "scheduler-warmer")
 
 
+def _sources(resource: Traversable) -> list[Traversable]:
+    """The C files ``resource`` names: itself, or a directory's .c and .h files by name."""
+    if not resource.is_dir():
+        return [resource]
+    return sorted(
+        (f for f in resource.iterdir() if f.is_file() and f.name.endswith((".c", ".h"))),
+        key=lambda f: f.name,
+    )
+
+
 def c_binary(cache_dir: Path, source_name: str, prefix: str) -> Path:
     """Return ``prefix-<hash>`` in ``cache_dir``, compiling the package's ``source_name``.
 
-    The binary is named after the source's hash, so a changed source gets a new binary
-    and concurrent agents never see a half-written file (compile to a temporary name,
-    then rename).
+    ``source_name`` is one C file, or a directory whose .c files are compiled together
+    (with its .h files) into one binary. The binary is named after the sources' hash
+    (names and contents), so a changed source gets a new binary and concurrent agents
+    never see a half-written file (compile to a temporary name, then rename).
     """
     resource = importlib.resources.files(__package__ or "scheduler.runtime") / source_name
-    with importlib.resources.as_file(resource) as source:
-        try:
-            digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
-        except OSError as exc:
-            raise LaunchError(f"cannot read the source {source}: {exc}") from exc
-        target = cache_dir / f"{prefix}-{digest}"
-        if target.is_file() and os.access(target, os.X_OK):
-            return target
-        compiler = _find_compiler()
-        try:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise LaunchError(f"cannot create the binary cache {cache_dir}: {exc}") from exc
-        tmp = cache_dir / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-        try:
+    digest = hashlib.sha256()
+    texts: dict[str, bytes] = {}
+    try:
+        for source in _sources(resource):
+            texts[source.name] = source.read_bytes()
+            digest.update(f"{source.name}\0{len(texts[source.name])}\0".encode())
+            digest.update(texts[source.name])
+    except OSError as exc:
+        raise LaunchError(f"cannot read the source {resource}: {exc}") from exc
+    if not any(name.endswith(".c") for name in texts):
+        raise LaunchError(f"no C source in {resource}")
+    target = cache_dir / f"{prefix}-{digest.hexdigest()[:12]}"
+    if target.is_file() and os.access(target, os.X_OK):
+        return target
+    compiler = _find_compiler()
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LaunchError(f"cannot create the binary cache {cache_dir}: {exc}") from exc
+    tmp = cache_dir / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        # The sources as files of their own (the package may live in a zip): compiled
+        # there, so the compiler's messages name them as the package does.
+        with tempfile.TemporaryDirectory(prefix=f"{prefix}-src-") as src_dir:
+            units = []
+            for name, text in texts.items():
+                (Path(src_dir) / name).write_bytes(text)
+                if name.endswith(".c"):
+                    units.append(name)
             for link in _LINKS:
                 result = subprocess.run(
-                    [compiler, *_CFLAGS, *link, "-o", str(tmp), str(source)],
+                    [compiler, *_CFLAGS, *link, "-o", str(tmp.absolute()), *units],
+                    cwd=src_dir,
                     capture_output=True,
                     text=True,
                     check=False,
                 )
                 if result.returncode == 0:
                     break
-            if result.returncode != 0:
-                raise LaunchError(
-                    f"compiling {source_name} failed ({compiler} exited with "
-                    f"{result.returncode}):\n{result.stderr.strip()}"
-                )
-            tmp.replace(target)
-        except OSError as exc:
-            raise LaunchError(f"compiling {source_name} with {compiler} failed: {exc}") from exc
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        if result.returncode != 0:
+            raise LaunchError(
+                f"compiling {source_name} failed ({compiler} exited with "
+                f"{result.returncode}):\n{result.stderr.strip()}"
+            )
+        tmp.replace(target)
+    except OSError as exc:
+        raise LaunchError(f"compiling {source_name} with {compiler} failed: {exc}") from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
     return target
 
 
@@ -280,7 +309,7 @@ def parse_exit_record(text: str) -> ExitRecord:
         if not sep:
             raise LaunchError(f"bad exit record: line {line!r} has no '='")
         if key.startswith(_COUNTER_PREFIX):
-            # A counter file's text, its newlines written as '|' (see monitor.c).
+            # A counter file's text, its newlines written as '|' (see monitor/exitrecord.c).
             counters = {} if counters is None else counters
             name = key[len(_COUNTER_PREFIX) :]
             if name in counters:

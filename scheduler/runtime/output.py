@@ -1,7 +1,7 @@
 """A job's stdout and stderr as its I/O: the bytes the monitor kept of them, and whether (and
 why) it dropped the rest.
 
-The monitor (monitor.c, "output policy") writes at most the attempt's output limit of the
+The monitor (monitor/drain.c, "output policy") writes at most the attempt's output limit of the
 job's bytes into ``<output_dir>/stdout`` and ``stderr``, throttled to the job's
 ``io_write_bps``; past the limit, or while the state disk has less than its reserve free, it
 writes one marker line into each stream that had more and drops the rest. The bytes kept are

@@ -46,7 +46,7 @@ class AttemptIdentity:
 
     @property
     def token(self) -> str:
-        """The text the monitor writes ([A-Za-z0-9:._-] only, see monitor.c)."""
+        """The text the monitor writes ([A-Za-z0-9:._-] only, see monitor/exitrecord.c)."""
         return f"{self.database}:{self.epoch}:{self.job_id}:{self.attempt}:{self.submitted_us}"
 
     @classmethod

@@ -1,7 +1,7 @@
 """The job's sandbox choices: which user it runs as, whether it gets the host's network.
 
 Pure rules plus one lookup in the host's user database (injected, so the rules are tested
-without it). The monitor enforces what is decided here (see monitor.c: drop_privileges).
+without it). The monitor enforces what is decided here (see monitor/init.c: drop_privileges).
 """
 
 from __future__ import annotations
