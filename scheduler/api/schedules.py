@@ -14,10 +14,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from scheduler import schedules, store
-from scheduler.api.auth import Principal
+from scheduler.api.auth import Principal, bearer
 from scheduler.api.bodies import parse_json, validate
 from scheduler.api.context import caller, deps
 from scheduler.api.problems import Problem
+from scheduler.api.reading import read_body
 from scheduler.api.schemas import ScheduleCreate
 from scheduler.store import TENANT_NAME
 
@@ -48,9 +49,11 @@ async def _visible(request: Request, conn: Any) -> asyncpg.Record:
 
 
 async def create_schedule(request: Request) -> Response:
+    bearer(request.headers.get("authorization"))  # no header: 401 before reading anything
+    # The body is checked before a database connection is taken, as for jobs (reading.py).
+    values = validate(parse_json(await read_body(request)), ScheduleCreate)
     async with deps(request).pool.acquire() as conn:
         who = await caller(request, conn)
-        values = validate(parse_json(await request.body()), ScheduleCreate)
         values.setdefault("tenant", "default" if who.is_admin else who.name)
         if not who.sees(values["tenant"]):
             raise Problem(
