@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from scheduler.api.body_limits import IDEMPOTENCY_KEY_MAX
 from scheduler.api.schemas import components
 from scheduler.schedules import OVERLAPS
 
@@ -390,7 +391,11 @@ def document() -> dict[str, Any]:
                             "name": "Idempotency-Key",
                             "in": "header",
                             "required": False,
-                            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                            "schema": {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": IDEMPOTENCY_KEY_MAX,
+                            },
                         }
                     ],
                     requestBody={
