@@ -177,6 +177,11 @@ def _problems(model: type[schemas.Body], exc: ValidationError) -> list[dict[str,
 
 
 @functools.cache
+def _required(model: type[schemas.Body]) -> frozenset[str]:
+    return frozenset(name for name, f in model.model_fields.items() if f.is_required())
+
+
+@functools.cache
 def _schema(model: type[schemas.Body]) -> dict[str, Any]:
     return schemas.json_schema(model)
 
@@ -195,8 +200,10 @@ def validate(
     body: Any, model: type[schemas.Body], required: tuple[str, ...] = ()
 ) -> dict[str, Any]:
     """Check an object against the body ``model``; the fields sent, with their checked
-    values. 422 listing every wrong or unknown field (``required`` is the model's own and is
-    kept for the callers that name it)."""
+    values. 422 listing every wrong or unknown field. A caller that names ``required`` must
+    name the model's own (the model decides; this keeps a caller's belief honest)."""
+    if required and set(required) != _required(model):
+        raise TypeError(f"{model.__name__} requires {sorted(_required(model))}, not {required}")
     if not isinstance(body, dict):
         raise Problem(422, "the body must be a JSON object")
     try:
