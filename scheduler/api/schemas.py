@@ -55,9 +55,13 @@ def _decimal(value: Any) -> Any:
         return Decimal(value)
     if isinstance(value, str):
         try:
-            return Decimal(value)
+            number = Decimal(value)
         except (InvalidOperation, ValueError):
             return value
+        # As bodies.parse_json for JSON numbers: 1e-999999999 is no number Postgres stores.
+        if number.is_finite() and number and abs(number.adjusted()) > lim.MAX_EXPONENT:
+            raise ValueError(f"number {value[:40]} has an exponent beyond +-{lim.MAX_EXPONENT}")
+        return number
     return value
 
 
