@@ -24,6 +24,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    WithJsonSchema,
     model_validator,
 )
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
@@ -351,6 +352,19 @@ class BudgetSet(Body):
         Decimal | None,
         BeforeValidator(_amount),
         Field(description="the budget, a number or a decimal string; null clears it"),
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "number", "minimum": 0, "maximum": float(budgets.MAX_AMOUNT)},
+                    {
+                        "type": "string",
+                        "pattern": f"^[0-9]{{1,{len(str(int(budgets.MAX_AMOUNT))) - 1}}}"
+                        f"(\\.[0-9]{{1,{budgets.MAX_PLACES}}})?$",
+                    },
+                    {"type": "null"},
+                ]
+            }
+        ),
     ]
     currency: Annotated[
         str, Field(pattern="^[A-Z]{3}$", description="an ISO 4217 code: 3 capital letters")

@@ -10,6 +10,7 @@ bounds is outside the document's schema too.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any, cast
 import httpx
 import pytest
 
+from scheduler import budgets
 from scheduler.api import body_limits as lim
 from scheduler.api.app import build_app
 from scheduler.api.dbwait import ApiPool
@@ -434,5 +436,10 @@ def test_the_document_has_every_body_field_and_no_other() -> None:
     assert schemas["JobCreate"]["properties"]["labels"]["maxProperties"] == lim.LABEL_KEYS_MAX
     assert sorted(schemas["ScheduleCreate"]["required"]) == ["cron", "job", "name"]
     assert schemas["BudgetSet"]["required"] == ["amount"]
+    number, text_form, _ = schemas["BudgetSet"]["properties"]["amount"]["anyOf"]
+    assert number["maximum"] == float(budgets.MAX_AMOUNT)
+    assert re.fullmatch(text_form["pattern"], "999999999999999.0123456789")
+    assert not re.fullmatch(text_form["pattern"], "1000000000000000")
+    assert not re.fullmatch(text_form["pattern"], "1.01234567891")
     text = json.dumps(document())
     assert '"gt"' not in text and '"le"' not in text  # only JSON Schema's own keywords
