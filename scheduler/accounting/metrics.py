@@ -9,18 +9,13 @@ scrape time, so a scrape never blocks the event loop or the dispatch path.
 
 from __future__ import annotations
 
-import bisect
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+import prometheus_client
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from scheduler.accounting.ledger import TenantLedger
@@ -49,76 +44,98 @@ DISPATCH_BUCKETS = (
 SAMPLE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
-@dataclass
-class Histogram:
-    """Cumulative-bucket histogram state (Prometheus semantics), pure and copyable."""
-
-    bounds: tuple[float, ...]
-    counts: list[int] = field(default_factory=list)
-    total: float = 0.0
-    count: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.counts:
-            self.counts = [0] * (len(self.bounds) + 1)
-
-    def observe(self, value: float) -> None:
-        """Count ``value`` in the first bucket whose upper bound is >= it."""
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.total += value
-        self.count += 1
-
-    def buckets(self) -> list[tuple[str, float]]:
-        """(le, cumulative count) pairs, ending with +Inf."""
-        out: list[tuple[str, float]] = []
-        running = 0
-        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
-            running += n
-            out.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
-        return out
-
-    def copy(self) -> Histogram:
-        return replace(self, counts=list(self.counts))
+# The service's own series: prometheus_client's Counter and Histogram (not registered in the
+# global registry: each agent, and each test, has its own), rendered by SnapshotCollector.
+FINISHED_DOC = "Attempts recorded by this agent, by tenant and final state (queued: to be retried)."
+ERRORS_DOC = "Failed database round trips (retried)."
+DISPATCH_DOC = "From the commit of a job's insert to its process starting (first attempts)."
+SAMPLE_DOC = "Duration of one sampler sweep (read every running cgroup, write the rows)."
 
 
-@dataclass
+def _series(*metrics: prometheus_client.Counter | prometheus_client.Histogram) -> list[Metric]:
+    """The metrics' families as they are now, without the ``_created`` samples (the
+    exposition has never had them: a restart shows as the counters' reset)."""
+    families = []
+    for metric in metrics:
+        for family in metric.collect():
+            family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            families.append(family)
+    return families
+
+
 class ServiceStats:
-    """Counters of the service itself, mutated on the event loop only."""
+    """Counters of the service itself. The plain numbers are set on the event loop only; the
+    counters and histograms are prometheus_client's (thread-safe), read by :meth:`copy`."""
 
-    finished: Counter[tuple[str, str]] = field(default_factory=Counter)
-    database_errors: int = 0
-    dispatch_latency: Histogram = field(default_factory=lambda: Histogram(DISPATCH_BUCKETS))
-    sample_duration: Histogram = field(default_factory=lambda: Histogram(SAMPLE_BUCKETS))
-    # The usage spool (agent/spool.py): rows and bytes waiting on disk now, rows ever spooled.
-    spool_rows: int = 0
-    spool_bytes: int = 0
-    spooled_rows: int = 0
-    # Conditions keeping the agent from all of its work (agent/health.py), 1 while they hold.
-    conditions: dict[str, int] = field(default_factory=dict)
-    # Attempts whose processes survive SIGKILL now (agent/unkillable.py).
-    unkillable_jobs: int = 0
-    # The tenants' billed totals on this node: their cpu and io counters (accounting/ledger.py).
-    billed: TenantLedger = field(default_factory=TenantLedger)
+    def __init__(self) -> None:
+        self._finished = prometheus_client.Counter(
+            "scheduler_jobs_finished", FINISHED_DOC, ["tenant", "state"], registry=None
+        )
+        self._database_errors = prometheus_client.Counter(
+            "scheduler_database_errors", ERRORS_DOC, registry=None
+        )
+        self.dispatch_latency = prometheus_client.Histogram(
+            "scheduler_dispatch_latency_seconds",
+            DISPATCH_DOC,
+            buckets=DISPATCH_BUCKETS,
+            registry=None,
+        )
+        self.sample_duration = prometheus_client.Histogram(
+            "scheduler_sample_duration_seconds", SAMPLE_DOC, buckets=SAMPLE_BUCKETS, registry=None
+        )
+        # The usage spool (agent/spool.py): rows and bytes waiting on disk now, rows ever
+        # spooled.
+        self.spool_rows = 0
+        self.spool_bytes = 0
+        self.spooled_rows = 0
+        # Conditions keeping the agent from all of its work (agent/health.py), 1 while they
+        # hold.
+        self.conditions: dict[str, int] = {}
+        # Attempts whose processes survive SIGKILL now (agent/unkillable.py).
+        self.unkillable_jobs = 0
+        # The tenants' billed totals on this node: their cpu and io counters
+        # (accounting/ledger.py).
+        self.billed = TenantLedger()
+        # Set on a copy: the library series as they were when copied.
+        self._frozen: list[Metric] | None = None
+
+    @property
+    def database_errors(self) -> int:
+        for family in self._database_errors.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    return int(sample.value)
+        return 0
+
+    @database_errors.setter
+    def database_errors(self, value: int) -> None:
+        # ``stats.database_errors += 1`` at the call sites: a counter only goes up.
+        self._database_errors.inc(max(0, value - self.database_errors))
 
     def attempt_finished(self, tenant: str, state: str, dispatch_latency: float | None) -> None:
         """Count a recorded attempt (and its dispatch latency, when it has one)."""
-        self.finished[(tenant, state)] += 1
+        self._finished.labels(tenant, state).inc()
         if dispatch_latency is not None:
             self.dispatch_latency.observe(dispatch_latency)
 
-    def copy(self) -> ServiceStats:
-        return ServiceStats(
-            Counter(self.finished),
-            self.database_errors,
-            self.dispatch_latency.copy(),
-            self.sample_duration.copy(),
-            self.spool_rows,
-            self.spool_bytes,
-            self.spooled_rows,
-            dict(self.conditions),
-            self.unkillable_jobs,
-            self.billed.copy(),
+    def library_series(self) -> list[Metric]:
+        """The counters and histograms, as families to expose."""
+        if self._frozen is not None:
+            return self._frozen
+        return _series(
+            self._finished, self._database_errors, self.dispatch_latency, self.sample_duration
         )
+
+    def copy(self) -> ServiceStats:
+        """What a scrape renders in a worker thread while the loop goes on counting."""
+        other = ServiceStats()
+        other._frozen = self.library_series()
+        other.spool_rows, other.spool_bytes = self.spool_rows, self.spool_bytes
+        other.spooled_rows = self.spooled_rows
+        other.conditions = dict(self.conditions)
+        other.unkillable_jobs = self.unkillable_jobs
+        other.billed = self.billed.copy()
+        return other
 
 
 @dataclass(frozen=True)
@@ -293,18 +310,6 @@ class SnapshotCollector(Collector):
 
     def _service_metrics(self) -> Iterator[Metric]:
         stats = self._stats
-        finished = CounterMetricFamily(
-            "scheduler_jobs_finished",
-            "Attempts recorded by this agent, by tenant and final state (queued: to be retried).",
-            labels=["tenant", "state"],
-        )
-        for (tenant, state), n in sorted(stats.finished.items()):
-            finished.add_metric([tenant, state], float(n))
-        errors = CounterMetricFamily(
-            "scheduler_database_errors", "Failed database round trips (retried)."
-        )
-        errors.add_metric([], float(stats.database_errors))
-        yield from (finished, errors)
         spool_rows = GaugeMetricFamily(
             "scheduler_usage_spool_rows",
             "Usage rows kept in the state directory until the database takes them.",
@@ -331,18 +336,4 @@ class SnapshotCollector(Collector):
         )
         unkillable.add_metric([], float(stats.unkillable_jobs))
         yield from (spool_rows, spool_bytes, spooled, degraded, unkillable)
-        for name, doc, hist in (
-            (
-                "scheduler_dispatch_latency_seconds",
-                "From the commit of a job's insert to its process starting (first attempts).",
-                stats.dispatch_latency,
-            ),
-            (
-                "scheduler_sample_duration_seconds",
-                "Duration of one sampler sweep (read every running cgroup, write the rows).",
-                stats.sample_duration,
-            ),
-        ):
-            family = HistogramMetricFamily(name, doc)
-            family.add_metric([], hist.buckets(), sum_value=hist.total)
-            yield family
+        yield from stats.library_series()

@@ -2,30 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import re
-from collections.abc import Callable
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from scheduler.api.problems import Problem
-from scheduler.labels import LabelError, check_set
-from scheduler.requests import INT4_MAX, TENANT_NAME, ArraySpec, JobRequest
+from pydantic import ValidationError
 
-MAX_BODY_BYTES = 1 << 20
+from scheduler.api import schemas
+from scheduler.api.body_limits import MAX_BODY_BYTES, MAX_DEPTH, MAX_EXPONENT
+from scheduler.api.problems import Problem
+from scheduler.requests import ArraySpec, JobRequest
+
+__all__ = ["MAX_BODY_BYTES", "MAX_DEPTH", "MAX_EXPONENT"]
 
 
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
-
-
-# Exponents past this are refused: turning 1e999999999 into an int or a float for storage
-# would take the CPU for minutes, or become an infinity Postgres refuses.
-MAX_EXPONENT = 1000
-# JSON nested deeper than this is refused (json.loads would recurse until RecursionError).
-MAX_DEPTH = 64
 
 
 def _decimal(text: str) -> Decimal:
@@ -75,247 +69,156 @@ class FieldError(ValueError):
     """One field is wrong; the message says what was expected."""
 
 
-def _int(lo: int, hi: int) -> Callable[[Any], int]:
-    def check(v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise FieldError(f"expected an integer in [{lo}, {hi}]")
-        if not lo <= v <= hi:
-            raise FieldError(f"must be in [{lo}, {hi}]: got {v}")
-        return v
-
-    return check
+# The bodies the API takes (scheduler.api.schemas): one definition validates and documents.
+SUBMIT_FIELDS = schemas.JobCreate
+TENANT_FIELDS = schemas.TenantCreate
+# The fields of one job (a schedule's template also leaves out tenant, run_at, depends_on).
+JOB_FIELDS = tuple(schemas.JobFields.model_fields)
 
 
-def _number(lo_exclusive: Decimal, hi: Decimal) -> Callable[[Any], Decimal]:
-    def check(v: Any) -> Decimal:
-        # Decimal strings are accepted too: responses carry exact decimals as strings.
-        if isinstance(v, str):
-            try:
-                v = Decimal(v)
-            except ArithmeticError as exc:
-                raise FieldError(f"expected a number in ({lo_exclusive}, {hi}]") from exc
-        if isinstance(v, bool) or not isinstance(v, int | Decimal):
-            raise FieldError(f"expected a number in ({lo_exclusive}, {hi}]")
-        d = Decimal(v)
-        if not (d.is_finite() and lo_exclusive < d <= hi):
-            raise FieldError(f"must be in ({lo_exclusive}, {hi}]: got {v}")
-        return d
-
-    return check
+def _interval(node: dict[str, Any]) -> str:
+    low = node.get("exclusiveMinimum", node.get("minimum"))
+    left = "(" if "exclusiveMinimum" in node else "["
+    return f"{left}{low}, {node.get('maximum')}]"
 
 
-def _grace(v: Any) -> Decimal:
-    """Seconds in [0, 3600] (0: killed at once), as jobs.kill_grace_seconds allows."""
-    d = _number(Decimal(-1), Decimal(3600))(v)
-    if d < 0:
-        raise FieldError(f"must be in [0, 3600]: got {v}")
-    return d
+def _expected(node: dict[str, Any]) -> str:
+    """What a value of ``node``'s schema is, for "expected ..." messages."""
+    kind = node.get("type")
+    if "enum" in node:
+        return " or ".join(str(v) for v in node["enum"])
+    if kind == "integer":
+        return f"an integer in {_interval(node)}"
+    if kind == "number":
+        return f"a number in {_interval(node)}"
+    if kind == "boolean":
+        return "true or false"
+    described = str(node.get("description", ""))
+    if kind == "string" and "pattern" in node and not described.startswith(("a ", "an ")):
+        return f"a string matching {node['pattern']}"
+    if described.startswith(("a ", "an ")) and kind in ("string", "array", "object"):
+        return described
+    return {"string": "a string", "array": "an array", "object": "an object"}.get(
+        str(kind), "a valid value"
+    )
 
 
-def _text(
-    max_len: int, pattern: re.Pattern[str] | None = None, hint: str = ""
-) -> Callable[[Any], str]:
-    def check(v: Any) -> str:
-        if not isinstance(v, str):
-            raise FieldError("expected a string")
-        if len(v) > max_len or "\0" in v:
-            raise FieldError(f"expected at most {max_len} characters and no NUL")
-        if pattern is not None and not pattern.match(v):
-            raise FieldError(hint or f"must match {pattern.pattern}")
-        return v
-
-    return check
+# Nouns of the items of bounded arrays, for "at most N <noun>" messages.
+_ITEMS = {"depends_on": "job ids", "argv": "arguments"}
 
 
-def _argv(v: Any) -> list[str]:
-    if not isinstance(v, list) or not v or len(v) > 4096:
-        raise FieldError("expected a non-empty array of strings (the program, then arguments)")
-    if not all(isinstance(a, str) and "\0" not in a for a in v):
-        raise FieldError("every element must be a string without NUL")
-    if not v[0]:
-        raise FieldError("the first element (the program) must not be empty")
-    return list(v)
+def _message(error: Any, node: dict[str, Any], parent: dict[str, Any]) -> str:
+    """pydantic's ``error`` as the API's message, from the schema ``node`` of its field."""
+    kind, ctx, given = error["type"], error.get("ctx") or {}, error.get("input")
+    if kind == "model_type":
+        return "expected an object"
+    if kind == "extra_forbidden":
+        return "unknown field; expected one of: " + ", ".join(parent.get("properties", {}))
+    if kind == "missing":
+        return "required"
+    if kind in ("value_error", "assertion_error"):
+        return str(ctx.get("error", error["msg"]))
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return f"must be in {_interval(node)}: got {given}"
+    if kind == "finite_number":
+        return f"must be in {_interval(node)}: got {given}"
+    if kind == "string_too_long":
+        return f"expected at most {ctx.get('max_length')} characters and no NUL"
+    if kind == "too_long" and isinstance(given, list):
+        noun = _ITEMS.get(str(error["loc"][-1]), "items")
+        return f"at most {ctx.get('max_length')} {noun}: got {len(given)}"
+    return f"expected {_expected(node)}"
 
 
-def _env(v: Any) -> dict[str, str]:
-    if not isinstance(v, dict):
-        raise FieldError("expected an object of string values")
-    for key, value in v.items():
-        if not key or "=" in key or "\0" in key:
-            raise FieldError(f"key {key!r} must be a non-empty name without '=' or NUL")
-        if not isinstance(value, str) or "\0" in value:
-            raise FieldError(f"value of {key!r} must be a string without NUL")
-    return dict(v)
+def _node(schema: dict[str, Any], loc: tuple[Any, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The schema of the value at ``loc`` and of the object holding it."""
+    defs = schema.get("$defs", {})
+
+    def resolve(node: dict[str, Any]) -> dict[str, Any]:
+        if "$ref" in node:
+            node = defs[node["$ref"].rsplit("/", 1)[-1]]
+        for branch in node.get("anyOf", ()):  # X | None: the X
+            if branch.get("type") != "null":
+                return resolve(branch)
+        return node
+
+    node = parent = resolve(schema)
+    for part in loc:
+        node = resolve(node)
+        parent = node
+        if isinstance(part, int) and "items" in node:
+            node = node["items"]
+        elif part in node.get("properties", {}):
+            node = node["properties"][part]
+        elif isinstance(node.get("additionalProperties"), dict):
+            node = node["additionalProperties"]
+        else:
+            return {}, parent
+    return resolve(node), parent
 
 
-# The bounds of migrations/0018 (job_labels_bounded): labels reach every line of a bill.
-LABEL_KEYS_MAX = 64
-LABEL_KEY_BYTES = 128
-LABELS_BYTES = 8192
+def _problems(model: type[schemas.Body], exc: ValidationError) -> list[dict[str, str]]:
+    schema = _schema(model)
+    found = []
+    for error in exc.errors(include_url=False):
+        loc = tuple(error["loc"])
+        node, parent = _node(schema, loc)
+        message = _message(error, node, parent)
+        # A field of a nested object (a schedule's job template) is reported as
+        # "<field>: ...", under the body's field.
+        inner = ".".join(str(p) for p in loc[1:])
+        found.append(
+            {
+                "field": str(loc[0]) if loc else "",
+                "message": f"{inner}: {message}" if inner else message,
+            }
+        )
+    return found
 
 
-def _labels(v: Any) -> dict[str, Any]:
-    if not isinstance(v, dict):
-        raise FieldError("expected an object")
-    if len(v) > LABEL_KEYS_MAX:
-        raise FieldError(f"at most {LABEL_KEYS_MAX} labels, got {len(v)}")
-    for key in v:
-        size = len(key.encode("utf-8", "surrogatepass"))
-        if not 1 <= size <= LABEL_KEY_BYTES or any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
-            raise FieldError(
-                f"label key {key[:40]!r}: 1-{LABEL_KEY_BYTES} bytes without control characters"
-            )
-    # Postgres's jsonb refuses the NUL character (\u0000) in any string, key or value.
-    stack: list[Any] = [v]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str) and "\0" in item:
-            raise FieldError("no string (key or value) may hold NUL (\\u0000)")
-        if isinstance(item, dict):
-            stack.extend([*item.keys(), *item.values()])
-        elif isinstance(item, list):
-            stack.extend(item)
-    # As jsonb prints it, near enough; the database has the last word.
-    text = json.dumps(v, ensure_ascii=False, separators=(", ", ": "), default=str)
-    if len(text.encode("utf-8", "surrogatepass")) > LABELS_BYTES:
-        raise FieldError(f"labels take at most {LABELS_BYTES} bytes as JSON")
-    return dict(v)
+@functools.cache
+def _required(model: type[schemas.Body]) -> frozenset[str]:
+    return frozenset(name for name, f in model.model_fields.items() if f.is_required())
 
 
-def _constraints(v: Any) -> dict[str, str]:
-    try:
-        return check_set(v)
-    except LabelError as exc:
-        raise FieldError(str(exc)) from exc
+@functools.cache
+def _schema(model: type[schemas.Body]) -> dict[str, Any]:
+    return schemas.json_schema(model)
 
 
-def _array(v: Any) -> ArraySpec:
-    """{"start": S, "end": E, "max_running": M}: the range is checked against the operator's
-    max_array_size by the store (requests.ArraySpec.check)."""
-    if not isinstance(v, dict):
-        raise FieldError('expected an object {"start": S, "end": E, "max_running": M}')
-    unknown = sorted(set(v) - {"start", "end", "max_running"})
-    if unknown:
-        raise FieldError(f"unknown keys {unknown}: expected start, end, max_running")
-    if "start" not in v or "end" not in v:
-        raise FieldError("start and end are required")
-    start, end = _int(0, INT4_MAX)(v["start"]), _int(0, INT4_MAX)(v["end"])
-    if start > end:
-        raise FieldError(f"start must be <= end: got {start} > {end}")
-    cap = v.get("max_running")
-    return ArraySpec(start, end, None if cap is None else _int(1, INT4_MAX)(cap))
-
-
-def _cwd(v: Any) -> str:
-    text = _text(4096)(v)
-    if not text.startswith("/"):
-        raise FieldError("expected an absolute path")
-    return text
-
-
-def _timestamp(v: Any) -> datetime:
-    if not isinstance(v, str):
-        raise FieldError("expected an RFC 3339 timestamp with a time zone")
-    try:
-        value = datetime.fromisoformat(v)
-    except ValueError as exc:
-        raise FieldError("expected an RFC 3339 timestamp with a time zone") from exc
-    if value.tzinfo is None:
-        raise FieldError("the timestamp needs a time zone (e.g. Z or +00:00)")
+def _values(value: Any) -> Any:
+    """A checked value as the store takes it: an array as an ArraySpec, a nested body (a
+    schedule's job template) as the dict of its fields."""
+    if isinstance(value, schemas.ArrayCreate):
+        return ArraySpec(value.start, value.end, value.max_running)
+    if isinstance(value, schemas.Body):
+        return {k: _values(v) for k, v in value.given().items()}
     return value
 
 
-def _bool(v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise FieldError("expected true or false")
-    return v
-
-
-# As scheduler.depends_on_max() (migrations/0014): checked here first so that a body of
-# 100,000 ids is refused before it reaches the database.
-MAX_DEPENDS_ON = 1000
-
-
-def _job_ids(v: Any) -> list[int]:
-    if not isinstance(v, list):
-        raise FieldError("expected an array of job ids")
-    if len(v) > MAX_DEPENDS_ON:
-        raise FieldError(f"at most {MAX_DEPENDS_ON} job ids: got {len(v)}")
-    check = _int(1, 2**63 - 1)
-    return [check(item) for item in v]
-
-
-def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    return lambda v: None if v is None else check(v)
-
-
-JOB_FIELDS: dict[str, Callable[[Any], Any]] = {
-    "tenant": _text(63, TENANT_NAME, "expected a tenant name: [a-z0-9][a-z0-9_-]{0,62}"),
-    "name": _text(200),
-    "argv": _argv,
-    "env": _env,
-    "cwd": _cwd,
-    "cpu": _number(Decimal(0), Decimal(4096)),
-    "memory_bytes": _int(1 << 20, 1 << 62),
-    "pids_max": _int(1, 4_194_304),
-    "timeout_seconds": _optional(_number(Decimal(0), Decimal(10) ** 8)),
-    "priority": _int(-1000, 1000),
-    "max_attempts": _int(1, 100),
-    "run_at": _timestamp,
-    "labels": _labels,
-    "image": _optional(_text(63, TENANT_NAME, "expected an image name: [a-z0-9][a-z0-9_-]{0,62}")),
-    "network": _bool,
-    "io_read_bps": _optional(_int(1, 1 << 50)),
-    "io_write_bps": _optional(_int(1, 1 << 50)),
-    "output_limit_bytes": _optional(_int(0, 1 << 50)),
-    "depends_on": _job_ids,
-    "constraints": _constraints,
-    "kill_grace_seconds": _optional(_grace),
-}
-# POST /v1/jobs only (not a schedule's template): the body makes an array.
-SUBMIT_FIELDS: dict[str, Callable[[Any], Any]] = {**JOB_FIELDS, "array": _array}
-TENANT_FIELDS: dict[str, Callable[[Any], Any]] = {
-    "name": JOB_FIELDS["tenant"],
-    "parent": _optional(JOB_FIELDS["tenant"]),
-    "cpu_limit": _optional(_number(Decimal(0), Decimal(4096))),
-    "memory_limit_bytes": _optional(_int(1 << 20, 1 << 62)),
-    "pids_limit": _optional(_int(1, 4_194_304)),
-    "max_running_jobs": _optional(_int(0, 1_000_000)),
-    "weight": _int(1, 10000),
-    "io_read_bps": _optional(_int(1, 1 << 50)),
-    "io_write_bps": _optional(_int(1, 1 << 50)),
-    "output_limit_bytes": _optional(_int(0, 1 << 50)),
-}
-
-
 def validate(
-    body: Any, fields: dict[str, Callable[[Any], Any]], required: tuple[str, ...]
+    body: Any, model: type[schemas.Body], required: tuple[str, ...] = ()
 ) -> dict[str, Any]:
-    """Check an object against ``fields``; 422 listing every wrong or unknown field."""
+    """Check an object against the body ``model``; the fields sent, with their checked
+    values. 422 listing every wrong or unknown field. A caller that names ``required`` must
+    name the model's own (the model decides; this keeps a caller's belief honest)."""
+    if required and set(required) != _required(model):
+        raise TypeError(f"{model.__name__} requires {sorted(_required(model))}, not {required}")
     if not isinstance(body, dict):
         raise Problem(422, "the body must be a JSON object")
-    errors = [
-        {"field": k, "message": "unknown field; expected one of: " + ", ".join(fields)}
-        for k in body
-        if k not in fields
-    ]
-    errors += [{"field": k, "message": "required"} for k in required if k not in body]
-    values: dict[str, Any] = {}
-    for key, check in fields.items():
-        if key in body:
-            try:
-                values[key] = check(body[key])
-            except FieldError as exc:
-                errors.append({"field": key, "message": str(exc)})
-    if errors:
+    try:
+        checked = model.model_validate(body)
+    except ValidationError as exc:
+        errors = _problems(model, exc)
         first = errors[0]
-        raise Problem(422, f"{first['field']}: {first['message']}", errors=errors)
-    return values
+        detail = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
+        raise Problem(422, detail, field=first["field"], errors=errors) from exc
+    return {k: _values(v) for k, v in checked.given().items()}
 
 
 def job_request(body: Any, default_tenant: str) -> JobRequest:
     """The job a POST /v1/jobs body asks for."""
-    values = validate(body, JOB_FIELDS, ("argv",))
+    values = validate(body, schemas.JobFields)
     values.setdefault("tenant", default_tenant)
     return JobRequest(**values)
 

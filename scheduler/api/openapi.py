@@ -1,12 +1,15 @@
-"""The OpenAPI 3.1 document of the HTTP API, built from the same limits the server checks."""
+"""The OpenAPI 3.1 document of the HTTP API. The request bodies' schemas are generated from
+the pydantic models that validate them (scheduler.api.schemas), so the document states the
+bounds the server checks; the routes and the responses are described here."""
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
-from scheduler.api import openapi_budgets, openapi_schedules
+from scheduler.api.body_limits import IDEMPOTENCY_KEY_MAX
+from scheduler.api.schemas import components
+from scheduler.schedules import OVERLAPS
 
-NAME_PATTERN = "^[a-z0-9][a-z0-9_-]{0,62}$"
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
 _DECIMAL = {
     "type": "string",
@@ -60,91 +63,25 @@ _TENANT = [{"name": "name", "in": "path", "required": True, "schema": {"type": "
 _STATE = {
     "enum": ["queued", "running", "frozen", "succeeded", "failed", "cancelled", "timed_out", "lost"]
 }
-JOB_CREATE = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["argv"],
-    "properties": {
-        "tenant": {"type": "string", "pattern": NAME_PATTERN},
-        "name": {"type": "string", "maxLength": 200},
-        "argv": {"type": "array", "minItems": 1, "maxItems": 4096, "items": {"type": "string"}},
-        "env": {"type": "object", "additionalProperties": {"type": "string"}},
-        "cwd": {"type": "string", "pattern": "^/"},
-        "cpu": {"type": "number", "exclusiveMinimum": 0, "maximum": 4096},
-        "memory_bytes": {"type": "integer", "minimum": 1048576, "maximum": 4611686018427387904},
-        "pids_max": {"type": "integer", "minimum": 1, "maximum": 4194304},
-        "timeout_seconds": {
-            "type": ["number", "null"],
-            "exclusiveMinimum": 0,
-            "maximum": 100000000,
-        },
-        "priority": {"type": "integer", "minimum": -1000, "maximum": 1000},
-        "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100},
-        "run_at": {"type": "string", "format": "date-time"},
-        "labels": {"type": "object"},
-        "image": {"type": ["string", "null"], "pattern": NAME_PATTERN},
-        "network": {"type": "boolean"},
-        "io_read_bps": {"type": ["integer", "null"], "minimum": 1, "maximum": 1125899906842624},
-        "io_write_bps": {"type": ["integer", "null"], "minimum": 1, "maximum": 1125899906842624},
-        "output_limit_bytes": {
-            "type": ["integer", "null"],
-            "minimum": 0,
-            "maximum": 1125899906842624,
-        },
-        "kill_grace_seconds": {"type": ["number", "null"], "minimum": 0, "maximum": 3600},
-        "depends_on": {
-            "type": "array",
-            "maxItems": 1000,
-            "items": {"type": "integer", "minimum": 1, "maximum": 9223372036854775807},
-            "description": "jobs of the same tenant that must succeed first",
-        },
-        "constraints": {
-            "type": "object",
-            "description": "labels a node must have to run the job",
-            "maxProperties": 32,
-            "propertyNames": {"pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"},
-            "additionalProperties": {"type": "string", "pattern": "^[A-Za-z0-9._-]{0,63}$"},
-        },
-    },
+# Why a queued job waits (SPEC "Spend and allocation"); null once started or unknown.
+PENDING_REASON: dict[str, Any] = {
+    "enum": [
+        "run_at",
+        "dependency",
+        "frozen",
+        "tenant_frozen",
+        "operator_hold",
+        "budget",
+        "tenant_limit",
+        "capacity",
+        "max_running_jobs",
+        "array_limit",
+        "constraint",
+        "drained",
+        None,
+    ]
 }
-# POST /v1/jobs may make an array (not a schedule's template).
-ARRAY = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["start", "end"],
-    "description": "one job per index in [start, end] (at most the operator's max_array_size),"
-    " at most max_running of them running at once",
-    "properties": {
-        "start": {"type": "integer", "minimum": 0, "maximum": 2147483647},
-        "end": {"type": "integer", "minimum": 0, "maximum": 2147483647},
-        "max_running": {"type": ["integer", "null"], "minimum": 1, "maximum": 2147483647},
-    },
-}
-TENANT_CREATE = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["name"],
-    "properties": {
-        "name": {"type": "string", "pattern": NAME_PATTERN},
-        "parent": {"type": ["string", "null"], "pattern": NAME_PATTERN},
-        "cpu_limit": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 4096},
-        "memory_limit_bytes": {
-            "type": ["integer", "null"],
-            "minimum": 1048576,
-            "maximum": 4611686018427387904,
-        },
-        "pids_limit": {"type": ["integer", "null"], "minimum": 1, "maximum": 4194304},
-        "max_running_jobs": {"type": ["integer", "null"], "minimum": 0, "maximum": 1000000},
-        "weight": {"type": "integer", "minimum": 1, "maximum": 10000},
-        "io_read_bps": {"type": ["integer", "null"], "minimum": 1, "maximum": 1125899906842624},
-        "io_write_bps": {"type": ["integer", "null"], "minimum": 1, "maximum": 1125899906842624},
-        "output_limit_bytes": {
-            "type": ["integer", "null"],
-            "minimum": 0,
-            "maximum": 1125899906842624,
-        },
-    },
-}
+
 JOB = {
     "type": "object",
     "required": ["id", "tenant", "argv", "state", "desired_state", "attempts"],
@@ -181,10 +118,163 @@ JOB = {
         "output_limit_bytes": {"type": ["integer", "null"]},
         "depends_on": {"type": "array", "items": {"type": "integer"}},
         "deps_waiting": {"type": "integer"},
-        "pending_reason": openapi_budgets.PENDING_REASON,
+        "pending_reason": PENDING_REASON,
         "kill_grace_seconds": _DECIMAL,
     },
 }
+
+
+_TIME = {"type": ["string", "null"], "format": "date-time"}
+_AMOUNT = {"type": ["string", "null"]}
+# The responses of /v1/schedules (ScheduleCreate, the body, is generated).
+_SCHEDULE: dict[str, Any] = {
+    "Schedule": {
+        "type": "object",
+        "required": ["name", "tenant", "cron", "timezone", "job", "enabled", "overlap"],
+        "properties": {
+            "name": {"type": "string"},
+            "tenant": {"type": "string"},
+            "cron": {"type": "string"},
+            "timezone": {"type": "string"},
+            "job": {"type": "object"},
+            "enabled": {"type": "boolean"},
+            "overlap": {"enum": list(OVERLAPS)},
+            "last_run_at": _TIME,
+            "next_run_at": _TIME,
+            "last_job_id": {"type": ["integer", "null"]},
+            "skipped_runs": {"type": "integer"},
+            "last_skipped_at": _TIME,
+            "error": {"type": ["string", "null"]},
+            "created_at": {"type": "string", "format": "date-time"},
+        },
+    },
+    "ScheduleList": {
+        "type": "object",
+        "required": ["items"],
+        "properties": {
+            "items": {"type": "array", "items": {"$ref": "#/components/schemas/Schedule"}}
+        },
+    },
+}
+# The answer of /v1/tenants/{name}/budget (BudgetSet, the body, is generated).
+_BUDGET: dict[str, Any] = {
+    "Budget": {
+        "type": "object",
+        "required": ["tenant", "budget"],
+        "properties": {
+            "tenant": {"type": "string"},
+            "budget": _AMOUNT,
+            "currency": {"type": "string"},
+            "period": {"enum": ["month", "total"]},
+            "action": {"enum": ["hold", "freeze"]},
+            "spend": {"type": "string"},
+            "reached": {"type": "boolean"},
+        },
+    },
+}
+
+
+def _schedule_paths() -> dict[str, Any]:
+    """The /v1/schedules routes."""
+    op, json_body = _op, _json
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    tenant = {"name": "tenant", "in": "query", "schema": {"type": "string"}}
+    one = [name, tenant]
+    missing = {404: "no such schedule visible to this token (?tenant= names its tenant)"}
+    return {
+        "/v1/schedules": {
+            "get": op(
+                "List schedules",
+                {"200": json_body("ScheduleList", "the schedules visible to this token")},
+                {},
+                parameters=[tenant],
+            ),
+            "post": op(
+                "Create a schedule",
+                {"201": json_body("Schedule", "the schedule, with its first due time")},
+                {
+                    400: "malformed JSON",
+                    403: "the token may not create schedules for that tenant",
+                    409: "the tenant has a schedule of that name",
+                    413: "body too large",
+                    422: "a field is wrong: the cron expression, the time zone, the job "
+                    "template (checked as a job insert) or an unknown tenant",
+                },
+                requestBody={
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/ScheduleCreate"}
+                        }
+                    },
+                },
+            ),
+        },
+        "/v1/schedules/{name}": {
+            "get": op(
+                "One schedule",
+                {"200": json_body("Schedule", "the schedule")},
+                missing,
+                parameters=one,
+            ),
+            "delete": op(
+                "Delete a schedule (the jobs it made stay)",
+                {"204": {"description": "deleted"}},
+                missing,
+                parameters=one,
+            ),
+        },
+        "/v1/schedules/{name}/pause": {
+            "post": op(
+                "Pause a schedule",
+                {"200": json_body("Schedule", "the schedule, enabled false")},
+                missing,
+                parameters=one,
+            )
+        },
+        "/v1/schedules/{name}/resume": {
+            "post": op(
+                "Resume a schedule, planned from now",
+                {"200": json_body("Schedule", "the schedule, enabled true")},
+                {**missing, 409: "its cron expression or time zone is no longer valid"},
+                parameters=one,
+            )
+        },
+    }
+
+
+def _budget_paths() -> dict[str, Any]:
+    """/v1/tenants/{name}/budget."""
+    op, json_body, tenant_param = _op, _json, _TENANT
+    return {
+        "/v1/tenants/{name}/budget": {
+            "get": op(
+                "A tenant's budget and its subtree's spend this period",
+                {"200": json_body("Budget", "the budget (budget null: none)")},
+                {404: "no such tenant visible to this token"},
+                parameters=tenant_param,
+            ),
+            "put": op(
+                "Set or clear (amount null) a tenant's budget (admin token only)",
+                {"200": json_body("Budget", "the budget now")},
+                {
+                    400: "the body is not JSON",
+                    403: "a tenant token may not set budgets",
+                    404: "no such tenant",
+                    408: "the body did not arrive within http_body_timeout_seconds",
+                    413: "body too large",
+                    422: "a field is wrong",
+                },
+                parameters=tenant_param,
+                requestBody={
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/BudgetSet"}}
+                    },
+                },
+            ),
+        }
+    }
 
 
 def document() -> dict[str, Any]:
@@ -211,13 +301,7 @@ def document() -> dict[str, Any]:
                         "instance": {"type": "string"},
                     },
                 },
-                "JobCreate": {
-                    **JOB_CREATE,
-                    "properties": {
-                        **cast(dict[str, Any], JOB_CREATE["properties"]),
-                        "array": ARRAY,
-                    },
-                },
+                **components(),
                 "Job": JOB,
                 "JobArray": {
                     "type": "object",
@@ -243,7 +327,6 @@ def document() -> dict[str, Any]:
                         "next_cursor": {"type": ["string", "null"]},
                     },
                 },
-                "TenantCreate": TENANT_CREATE,
                 "Tenant": {
                     "type": "object",
                     "required": ["name", "frozen", "weight"],
@@ -261,8 +344,8 @@ def document() -> dict[str, Any]:
                         "items": {"type": "array", "items": {"$ref": "#/components/schemas/Tenant"}}
                     },
                 },
-                **openapi_schedules.schemas(JOB_CREATE),
-                **openapi_budgets.schemas(),
+                **_SCHEDULE,
+                **_BUDGET,
                 "UsageList": {
                     "type": "object",
                     "required": ["job_id", "items"],
@@ -308,7 +391,11 @@ def document() -> dict[str, Any]:
                             "name": "Idempotency-Key",
                             "in": "header",
                             "required": False,
-                            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                            "schema": {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": IDEMPOTENCY_KEY_MAX,
+                            },
                         }
                     ],
                     requestBody={
@@ -554,8 +641,8 @@ def document() -> dict[str, Any]:
                     ],
                 )
             },
-            **openapi_schedules.paths(_op, _json),
-            **openapi_budgets.paths(_op, _json, _TENANT),
+            **_schedule_paths(),
+            **_budget_paths(),
             "/healthz": {
                 "get": {
                     "summary": "The process is alive",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 from starlette.requests import Request
@@ -10,16 +9,15 @@ from starlette.responses import JSONResponse, Response
 
 from scheduler import budgets
 from scheduler.api.auth import bearer
-from scheduler.api.bodies import parse_json
+from scheduler.api.bodies import parse_json, validate
 from scheduler.api.context import caller, deps
 from scheduler.api.problems import Problem
 from scheduler.api.reading import read_body
+from scheduler.api.schemas import BudgetSet
 from scheduler.errors import ControlRefused, TenantNotFound
 from scheduler.presentation import record_to_dict
 from scheduler.repos import tenants as tenant_repo
 from scheduler.requests import TENANT_NAME
-
-FIELDS = ("amount", "currency", "period", "action")
 
 
 def _name(request: Request) -> str:
@@ -29,48 +27,14 @@ def _name(request: Request) -> str:
     return name
 
 
-def _amount(value: Any) -> Decimal | None:
-    # JSON numbers with a fraction arrive as Decimal (bodies.parse_json); strings keep every
-    # digit a client means; bool is an int in Python and is no amount.
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | Decimal | str):
-        raise Problem(422, "amount must be a number, a decimal string or null", field="amount")
-    try:
-        return (
-            budgets.check_amount(Decimal(value))
-            if not isinstance(value, str)
-            else (budgets.parse_amount(value))
-        )
-    except (ControlRefused, ArithmeticError) as exc:
-        raise Problem(422, str(exc), field="amount") from exc
-
-
 def parse_budget(body: Any) -> budgets.Budget:
-    """The budget a PUT body asks for; 422 naming the wrong field."""
-    if not isinstance(body, dict):
-        raise Problem(422, "the body must be a JSON object")
-    unknown = sorted(k for k in body if k not in FIELDS)
-    if unknown:
-        raise Problem(
-            422, f"unknown field {unknown[0]!r}: expected {', '.join(FIELDS)}", field=unknown[0]
-        )
-    if "amount" not in body:
-        raise Problem(422, "amount is required (null clears the budget)", field="amount")
-    for key, default in (("currency", "USD"), ("period", "month"), ("action", "hold")):
-        if not isinstance(body.get(key, default), str):
-            raise Problem(422, f"{key} must be a string", field=key)
+    """The budget a PUT body asks for (schemas.BudgetSet); 422 naming the wrong field. The
+    amount's range and places are budgets.check's, as for the CLI."""
+    values = validate(body, BudgetSet)
     try:
-        return budgets.check(
-            budgets.Budget(
-                amount=_amount(body["amount"]),
-                currency=body.get("currency", "USD"),
-                period=body.get("period", "month"),
-                action=body.get("action", "hold"),
-            )
-        )
+        return budgets.check(budgets.Budget(**values))
     except ControlRefused as exc:
-        raise Problem(422, str(exc)) from exc
+        raise Problem(422, str(exc), field="amount") from exc
 
 
 async def _status(conn: Any, name: str) -> dict[str, Any]:

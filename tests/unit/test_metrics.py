@@ -10,7 +10,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from scheduler.accounting.metrics import (
-    Histogram,
     JobSeries,
     ServiceStats,
     Snapshot,
@@ -116,12 +115,24 @@ def test_tenant_counters_never_go_backwards() -> None:
     assert monotonic(None, low) == low
 
 
-def test_histogram_buckets_are_cumulative() -> None:
-    h = Histogram((0.1, 1.0))
-    for v in (0.05, 0.1, 0.5, 7.0):
-        h.observe(v)
-    assert h.buckets() == [("0.1", 2.0), ("1.0", 3.0), ("+Inf", 4.0)]
-    assert (h.count, h.total) == (4, 7.65)
-    copy = h.copy()
-    h.observe(0.01)
-    assert copy.count == 4
+def test_histogram_buckets_are_cumulative_and_a_copy_holds_still() -> None:
+    stats = ServiceStats()
+    for v in (0.003, 0.005, 0.02, 700.0):
+        stats.sample_duration.observe(v)
+    stats.database_errors += 1
+    copy = stats.copy()
+    stats.sample_duration.observe(0.0001)
+    stats.database_errors += 1
+    got = samples(render_metrics(snapshot(), copy, job_limit=0).decode())
+    bucket = "scheduler_sample_duration_seconds_bucket"
+    assert got[(bucket, (("le", "0.0025"),))] == 0
+    assert got[(bucket, (("le", "0.005"),))] == 2
+    assert got[(bucket, (("le", "0.025"),))] == 3
+    assert got[(bucket, (("le", "+Inf"),))] == 4
+    assert got[("scheduler_sample_duration_seconds_count", ())] == 4
+    assert got[("scheduler_sample_duration_seconds_sum", ())] == 700.028
+    assert got[("scheduler_database_errors_total", ())] == 1
+    assert stats.database_errors == 2
+    text = render_metrics(snapshot(), stats, job_limit=0).decode()
+    assert "_created" not in text  # the exposition the SPEC names, nothing more
+    assert samples(text)[("scheduler_sample_duration_seconds_count", ())] == 5
