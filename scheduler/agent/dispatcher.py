@@ -51,6 +51,7 @@ class Dispatcher:
         epoch: int | None = None,
         on_wake: Callable[[], None] | None = None,
         blocked: Callable[[], str | None] | None = None,
+        refresh: Callable[[], Awaitable[object]] | None = None,
         unrecorded: set[int] | None = None,
     ) -> None:
         # The requests of running and frozen jobs never add up to more than this.
@@ -74,7 +75,7 @@ class Dispatcher:
         self.blocked = blocked
         # A fresh look at what ``blocked`` answers from (the state disk), awaited after each
         # claim that got jobs, before they start: once per batch, not per launch.
-        self.refresh: Callable[[], Awaitable[object]] | None = None
+        self.refresh = refresh
         self._paused: str | None = None
 
     @property

@@ -148,6 +148,7 @@ class Runner:
         term_grace: float = TERM_GRACE_SECONDS,
         sampler: Sampler | None = None,
         node_fault: Callable[[], Awaitable[str | None]] | None = None,
+        blocked: Callable[[], str | None] | None = None,
         unkillable: Unkillable | None = None,
         database: str | None = None,
         epoch: int | None = None,
@@ -184,7 +185,7 @@ class Runner:
         # Why this node starts nothing now (its state disk, as last checked: the dispatcher
         # checks again after each claim), if it does not: a claimed attempt then goes back
         # to the queue untouched.
-        self.blocked: Callable[[], str | None] | None = None
+        self.blocked = blocked
 
     async def run(self, job: Job) -> None:
         """Run one claimed attempt to its end and hand its completion to the recorder."""

@@ -5,14 +5,19 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import anyio
 import asyncpg
 import structlog
+from anyio.streams.memory import MemoryObjectReceiveStream
+from starlette.types import ASGIApp
 
 from scheduler.accounting.metrics import ServiceStats
 from scheduler.agent.attempts import Attempts
@@ -54,10 +59,9 @@ from scheduler.db.embedded import EmbeddedPostgres
 from scheduler.db.migrate import migrate
 from scheduler.db.outage import DB_ERRORS, describe, log_failure
 from scheduler.db.pool import connect, create_pool
-from scheduler.db.queries import q
 from scheduler.errors import CgroupError, LaunchError, SchedulerError
-from scheduler.jobs import Job
-from scheduler.policy.admission import detect_capacity
+from scheduler.policy.admission import Capacity, detect_capacity
+from scheduler.repos import startup
 from scheduler.runtime.forkserver import ForkServer
 from scheduler.runtime.launcher import monitor_binary, warmer_binary
 from scheduler.runtime.warmer import HELPER_NAME as WARMER_NAME
@@ -124,76 +128,186 @@ def check_v2_controllers(driver: V2Driver, *, explicit: bool) -> None:
     )
 
 
-async def run_agent(
-    settings: Settings,
-    dsn: str,
-    *,
-    on_ready: Callable[[Ready], None] | None = None,
-    psql: str | None = None,
-    schedule_clock: Clock | None = None,
-) -> None:
-    """Run the agent against ``dsn`` until cancelled. Running jobs survive its end.
-    ``schedule_clock`` replaces the wall clock of the schedule loop (tests)."""
-    structlog.contextvars.bind_contextvars(node=settings.node_name)
-    for directory in (
-        settings.state_dir,
-        settings.runs_dir,
-        settings.monitors_dir,
-        settings.bin_dir,
-    ):
-        directory.mkdir(parents=True, exist_ok=True, mode=0o750)
-    monitor = await anyio.to_thread.run_sync(monitor_binary, settings.bin_dir)
-    driver = await anyio.to_thread.run_sync(build_driver, settings)  # mkdirs, writes: off the loop
-    warmer: LockWarmer | None = None
-    if settings.launch_warm_seconds > 0:
+@dataclass(frozen=True)
+class Kernel:
+    """The agent's parts on this host's kernel: the monitor it launches, the cgroup driver,
+    and the two optional helpers (a launch works without either, only slower)."""
+
+    monitor: Path
+    driver: CgroupDriver
+    fork_server: ForkServer | None
+    warmer: LockWarmer | None
+
+
+@dataclass(frozen=True)
+class Database:
+    """The agent's connections and its hold on the node."""
+
+    pool: asyncpg.Pool
+    # The heartbeat's own connection and the API's own pool: no client, however many or
+    # slow, and no burst of the agent's own work can keep the lease from being renewed.
+    lease_pool: asyncpg.Pool
+    api_pool: asyncpg.Pool
+    lease: NodeLease
+    registered_at: float
+    capacity: Capacity
+
+
+@dataclass(frozen=True)
+class Work:
+    """What claims, runs, steers, samples and records the jobs."""
+
+    stats: ServiceStats
+    health: Health
+    outbox: Outbox
+    completions: MemoryObjectReceiveStream[Completion]
+    tenants: TenantCgroups
+    spool: UsageSpool
+    sampler: Sampler
+    state_disk: StateDisk
+    runner: Runner
+    controller: Controller
+    dispatcher: Dispatcher
+    schedules: ScheduleFirer
+    listener: Listener
+
+
+@dataclass(frozen=True)
+class Http:
+    """The API: its listening socket, limits and app."""
+
+    socket: socket.socket
+    limits: HttpLimits
+    job_done: JobDoneHub
+    app: ASGIApp
+
+
+class CloseBudget:
+    """One bound for closing all of the agent's database connections, however many parts
+    hold them: it starts when the first of them closes.
+
+    Bounded because a connection whose query was cancelled mid-flight may never be handed
+    back (anyio re-cancels every await of a cancelled task) and pool.close() waits for every
+    connection; past the bound what is left is closed without a goodbye."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._deadline: float | None = None
+        self._terminated = False
+
+    async def close(
+        self, close: Callable[[], Awaitable[object]], terminate: Callable[[], object] | None
+    ) -> None:
+        """Run ``close`` within what is left of the bound (even when cancelled); past it,
+        ``terminate``."""
+        if self._deadline is None:
+            self._deadline = anyio.current_time() + self._seconds
+        done = False
+        with anyio.CancelScope(shield=True, deadline=self._deadline):
+            await close()
+            done = True
+        if done or terminate is None:
+            return
+        if not self._terminated:
+            self._terminated = True
+            log.warning("database_connections_terminated", after_seconds=self._seconds)
+        terminate()
+
+
+def _shielded(close: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[None]]:
+    """``close`` run to its end even when the agent is being cancelled."""
+
+    async def run() -> None:
+        with anyio.CancelScope(shield=True):
+            await close()
+
+    return run
+
+
+@contextlib.asynccontextmanager
+async def kernel_parts(settings: Settings) -> AsyncIterator[Kernel]:
+    """The monitor binary, the cgroup driver (its root created), the lock warmer and the
+    fork server, each stopped again on the way out."""
+    async with contextlib.AsyncExitStack() as stack:
+        monitor = await anyio.to_thread.run_sync(monitor_binary, settings.bin_dir)
+        # mkdirs, writes: off the loop.
+        driver = await anyio.to_thread.run_sync(build_driver, settings)
+        warmer: LockWarmer | None = None
+        if settings.launch_warm_seconds > 0:
+            try:
+                binary = await anyio.to_thread.run_sync(warmer_binary, settings.bin_dir)
+                warmer = await LockWarmer.start(
+                    binary, driver.helper_dir(WARMER_NAME), window=settings.launch_warm_seconds
+                )
+            except LaunchError as exc:
+                # An optimisation only: launches work without it, a grace period slower each.
+                log.warning("lock_warmer_unavailable", error=str(exc))
+            else:
+                stack.push_async_callback(_shielded(warmer.aclose))
+        fork_server: ForkServer | None = None
+        candidate = ForkServer(monitor)
         try:
-            binary = await anyio.to_thread.run_sync(warmer_binary, settings.bin_dir)
-            warmer = await LockWarmer.start(
-                binary, driver.helper_dir(WARMER_NAME), window=settings.launch_warm_seconds
-            )
+            await anyio.to_thread.run_sync(candidate.start)
         except LaunchError as exc:
-            # An optimisation only: launches work without it, a grace period slower each.
-            log.warning("lock_warmer_unavailable", error=str(exc))
-    listener: Listener | None = None
-    lease: NodeLease | None = None
-    fork_server: ForkServer | None = None
+            # Launches then exec the monitor each time: slower, the same otherwise.
+            log.warning("fork_server_unavailable", error=str(exc))
+        else:
+            fork_server = candidate
+            stack.callback(candidate.close)
+        yield Kernel(monitor=monitor, driver=driver, fork_server=fork_server, warmer=warmer)
+
+
+@contextlib.asynccontextmanager
+async def _open_pool(budget: CloseBudget, dsn: str, **options: Any) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(dsn, **options)
     try:
+        yield pool
+    finally:
+        await budget.close(pool.close, pool.terminate)
+
+
+@contextlib.asynccontextmanager
+async def database_parts(
+    settings: Settings, dsn: str, driver: CgroupDriver, budget: CloseBudget
+) -> AsyncIterator[Database]:
+    """The agent's three pools, the schema migrated, and the node registered (its lease
+    released and every connection closed on the way out, within ``budget``)."""
+    async with contextlib.AsyncExitStack() as stack:
         # A session left idle inside a transaction for a whole lease belongs to an agent that
         # stalled (a VM pause, SIGSTOP) and is fenced by now: Postgres ends it, and with it
         # the claim lock it may hold, which would otherwise stop every node's claims.
-        pool = await create_pool(
-            dsn,
-            min_size=2,
-            max_size=8,
-            name=f"scheduler {settings.node_name}",
-            idle_in_transaction_seconds=settings.lease_seconds,
-            agent_writer=True,
+        pool = await stack.enter_async_context(
+            _open_pool(
+                budget,
+                dsn,
+                min_size=2,
+                max_size=8,
+                name=f"scheduler {settings.node_name}",
+                idle_in_transaction_seconds=settings.lease_seconds,
+                agent_writer=True,
+            )
         )
-    except BaseException:
-        if warmer is not None:
-            with anyio.CancelScope(shield=True):
-                await warmer.aclose()
-        raise
-    # The heartbeat's own connection and the API's own pool: no client, however many or slow,
-    # and no burst of the agent's own work can keep the lease from being renewed.
-    lease_pool: asyncpg.Pool | None = None
-    api_pool: asyncpg.Pool | None = None
-    try:
-        lease_pool = await create_pool(
-            dsn,
-            min_size=1,
-            max_size=1,
-            name=f"scheduler {settings.node_name} lease",
-            idle_in_transaction_seconds=settings.lease_seconds,
-            # expire_nodes ends the attempts of nodes found dead: outcome columns.
-            agent_writer=True,
+        lease_pool = await stack.enter_async_context(
+            _open_pool(
+                budget,
+                dsn,
+                min_size=1,
+                max_size=1,
+                name=f"scheduler {settings.node_name} lease",
+                idle_in_transaction_seconds=settings.lease_seconds,
+                # expire_nodes ends the attempts of nodes found dead: outcome columns.
+                agent_writer=True,
+            )
         )
-        api_pool = await create_pool(
-            dsn,
-            min_size=1,
-            max_size=settings.api_db_connections,
-            name=f"scheduler {settings.node_name} api",
-            idle_in_transaction_seconds=settings.lease_seconds,
+        api_pool = await stack.enter_async_context(
+            _open_pool(
+                budget,
+                dsn,
+                min_size=1,
+                max_size=settings.api_db_connections,
+                name=f"scheduler {settings.node_name} api",
+                idle_in_transaction_seconds=settings.lease_seconds,
+            )
         )
         async with pool.acquire() as conn:
             await migrate(conn)
@@ -207,7 +321,40 @@ async def run_agent(
             capacity=capacity,
             labels=settings.node_label_set,
         )
+
+        async def release_lease() -> None:
+            with contextlib.suppress(*DB_ERRORS):
+                await release(pool, lease)
+
+        stack.push_async_callback(budget.close, release_lease, None)
+        yield Database(
+            pool=pool,
+            lease_pool=lease_pool,
+            api_pool=api_pool,
+            lease=lease,
+            registered_at=registered_at,
+            capacity=capacity,
+        )
+
+
+@contextlib.asynccontextmanager
+async def work_parts(
+    settings: Settings,
+    dsn: str,
+    kernel: Kernel,
+    db: Database,
+    budget: CloseBudget,
+    *,
+    schedule_clock: Clock | None = None,
+) -> AsyncIterator[Work]:
+    """Everything that claims, runs, steers, samples and records jobs, constructed with what
+    it uses; the usage spool replayed and the billed totals loaded first. The listener's
+    connection is closed on the way out."""
+    driver, pool = kernel.driver, db.pool
+    async with contextlib.AsyncExitStack() as stack:
         send, receive = anyio.create_memory_object_stream[Completion](4096)
+        stack.enter_context(send)
+        stack.enter_context(receive)
         outbox = Outbox(send)
         tenants = TenantCgroups(
             pool,
@@ -242,32 +389,39 @@ async def run_agent(
             spool=spool,
             health=health,
         )
-        fork_server = ForkServer(monitor)
-        try:
-            await anyio.to_thread.run_sync(fork_server.start)
-        except LaunchError as exc:
-            # Launches then exec the monitor each time: slower, the same otherwise.
-            log.warning("fork_server_unavailable", error=str(exc))
-            fork_server = None
         unkillable = Unkillable(pool, stats=stats, health=health, quiet=sampler.quiet)
-        # Written into every runtime record of this agent's attempts (runtime/records.py).
-        database = str(await pool.fetchval(q("database_identity")))
+
+        def disk_usable_again() -> None:
+            # The dispatcher is made below (it asks the state disk before each claim);
+            # the state disk first checks once the agent runs, by then it exists.
+            dispatcher.wake()
+
+        state_disk = StateDisk(
+            (settings.state_dir, settings.monitors_dir),
+            min_free_bytes=settings.state_min_free_bytes,
+            interval=min(settings.poll_interval, 1.0),
+            health=health,
+            on_ok=disk_usable_again,
+        )
         runner = Runner(
             driver=driver,
             tenants=tenants,
-            monitor=monitor,
+            monitor=kernel.monitor,
             runs_dir=settings.runs_dir,
             monitors_dir=settings.monitors_dir,
-            fork_server=fork_server,
+            fork_server=kernel.fork_server,
             node=settings.node_name,
             completions=outbox,
             isolator=isolator_for(settings),
             attempts=Attempts(),
             term_grace=settings.term_grace_seconds,
             sampler=sampler,
+            node_fault=state_disk.check,
+            blocked=state_disk.blocked,
             unkillable=unkillable,
-            database=database,
-            epoch=lease.epoch,
+            # Written into every runtime record of this agent's attempts (runtime/records.py).
+            database=await startup.database_identity(pool),
+            epoch=db.lease.epoch,
             output_limit_bytes=settings.output_limit_bytes,
             output_reserve_bytes=settings.state_min_free_bytes,
         )
@@ -287,44 +441,12 @@ async def run_agent(
             max_running=settings.max_running,
             poll_interval=settings.poll_interval,
             run_job=runner.run,
-            capacity=capacity,
-            epoch=lease.epoch,
-            on_wake=warmer.poke if warmer is not None else None,
+            capacity=db.capacity,
+            epoch=db.lease.epoch,
+            on_wake=kernel.warmer.poke if kernel.warmer is not None else None,
+            blocked=state_disk.blocked,
+            refresh=state_disk.check,
             unrecorded=outbox.unrecorded,
-        )
-        state_disk = StateDisk(
-            (settings.state_dir, settings.monitors_dir),
-            min_free_bytes=settings.state_min_free_bytes,
-            interval=min(settings.poll_interval, 1.0),
-            health=health,
-            on_ok=dispatcher.wake,
-        )
-        dispatcher.blocked = state_disk.blocked
-        dispatcher.refresh = state_disk.check
-        runner.blocked = state_disk.blocked
-        runner.node_fault = state_disk.check
-
-        work: list[anyio.CancelScope] = []  # the agent's task group, once it runs
-
-        async def fence(reason: str) -> None:
-            # Nothing of this agent may claim, launch or record any more: its other tasks
-            # are cancelled first (the kills below wait off the loop, and while they do no
-            # attempt may be recorded as ended by this node), then every attempt is killed.
-            running = runner.attempts.all()
-            for scope in work:
-                scope.cancel()
-            with anyio.CancelScope(shield=True):
-                killed = await kill_all(driver, running)
-            log.error("node_fenced", reason=reason, killed=killed)
-
-        heartbeat = Heartbeat(
-            lease_pool,
-            lease,
-            lease_seconds=settings.lease_seconds,
-            interval=settings.heartbeat_seconds,
-            grace=settings.lease_grace_seconds,
-            fence=fence,
-            registered_at=registered_at,
         )
         schedules = ScheduleFirer(pool, clock=schedule_clock)
         listener = Listener(
@@ -332,9 +454,42 @@ async def run_agent(
             [dispatcher.listen, controller.listen, schedules.listen],
             [dispatcher.wake, controller.resync, schedules.wake],
         )
-        await listener.connect()
-        http_socket = bind(settings.http_addr)
-        http_limits = HttpLimits(
+        try:
+            await listener.connect()
+        finally:
+            # Whatever connect got as far as is closed with the rest.
+            stack.push_async_callback(budget.close, listener.close, listener.terminate)
+        yield Work(
+            stats=stats,
+            health=health,
+            outbox=outbox,
+            completions=receive,
+            tenants=tenants,
+            spool=spool,
+            sampler=sampler,
+            state_disk=state_disk,
+            runner=runner,
+            controller=controller,
+            dispatcher=dispatcher,
+            schedules=schedules,
+            listener=listener,
+        )
+
+
+@contextlib.asynccontextmanager
+async def http_parts(
+    settings: Settings,
+    dsn: str,
+    *,
+    kernel: Kernel,
+    db: Database,
+    work: Work,
+    started: anyio.Event,
+) -> AsyncIterator[Http]:
+    """The API's listening socket (closed on the way out, served or not) and its app."""
+    with contextlib.ExitStack() as stack:
+        http_socket = stack.enter_context(contextlib.closing(bind(settings.http_addr)))
+        limits = HttpLimits(
             max_connections=http_connection_cap(
                 settings.http_max_connections, raise_nofile_limit()
             ),
@@ -342,26 +497,29 @@ async def run_agent(
             body_seconds=settings.http_body_timeout_seconds,
             keepalive_seconds=settings.http_keepalive_timeout_seconds,
         )
-        started = False
 
         async def ready_reasons() -> list[str]:
-            reasons = [*await readiness(api_pool, settings, driver), *health.reasons()]
-            return reasons if started else ["the agent is still starting", *reasons]
+            reasons = [
+                *await readiness(db.api_pool, settings, kernel.driver),
+                *work.health.reasons(),
+            ]
+            return reasons if started.is_set() else ["the agent is still starting", *reasons]
 
         # GET /v1/jobs/{id}?wait=N: one LISTEN connection for all waiters, who may take at
         # most a quarter of the HTTP connections.
         job_done = JobDoneHub(
-            lambda: connect(dsn), max_waiters=max(1, min(256, http_limits.max_connections // 4))
+            lambda: connect(dsn), max_waiters=max(1, min(256, limits.max_connections // 4))
         )
-        api = build_app(
+        sampler = work.sampler
+        app = build_app(
             ApiDeps(
-                pool=ApiPool(api_pool),
+                pool=ApiPool(db.api_pool),
                 admin_token=settings.admin_token,
                 runs_dir=settings.runs_dir,
                 node=settings.node_name,
                 readiness=ready_reasons,
                 metrics=metrics_renderer(
-                    lambda: sampler.snapshot, stats, job_limit=settings.metrics_jobs
+                    lambda: sampler.snapshot, work.stats, job_limit=settings.metrics_jobs
                 ),
                 metrics_token=settings.metrics_token,
                 body_seconds=settings.http_body_timeout_seconds,
@@ -369,107 +527,158 @@ async def run_agent(
                 max_array_size=settings.max_array_size,
             )
         )
-        with send, receive, _first_scheduler_error():
-            async with anyio.create_task_group() as tg:
-                work.append(tg.cancel_scope)
-                tg.start_soon(heartbeat.run)
-                tg.start_soon(listener.run)
-                tg.start_soon(job_done.run)
-                tg.start_soon(
-                    Recorder(
-                        pool,
-                        driver,
-                        stats,
-                        spool=spool,
-                        health=health,
-                        unrecorded=outbox.unrecorded,
-                    ).run,
-                    receive,
-                )
-                tg.start_soon(spool.run, pool, settings.poll_interval)
-                await state_disk.check()  # before the first claim
-                tg.start_soon(state_disk.run)
-                leftovers = [
-                    Job.from_row(r)
-                    for r in await pool.fetch(q("active_on_node"), settings.node_name)
-                ]
-                # Attempts requeued or ended elsewhere while this node's lease was expired.
-                await fence_stale(driver, {job.id for job in leftovers})
-                resumed = await recover(
-                    leftovers,
-                    driver=driver,
-                    tenants=tenants,
-                    runner=runner,
-                    runs_dir=settings.runs_dir,
-                    node=settings.node_name,
-                    task_group=tg,
-                    send_lost=outbox.send,
-                    on_start=dispatcher.adopt,
-                    on_done=dispatcher.release,
-                )
-                # After recovery: the controller's first, full pass sees the adopted attempts.
-                tg.start_soon(controller.run)
-                tg.start_soon(dispatcher.run, tg)
-                tg.start_soon(serve_http, api, http_socket, http_limits)
-                tg.start_soon(sampler.run)
-                tg.start_soon(schedules.run)
-                tg.start_soon(
-                    Retention(
-                        pool,
-                        runs_dir=settings.runs_dir,
-                        attempts=runner.attempts,
-                        output_retention=settings.output_retention_seconds,
-                        job_retention=settings.job_retention_seconds,
-                        interval=settings.retention_interval_seconds,
-                    ).run
-                )
-                started = True
-                log.info(
-                    "agent_ready",
-                    driver=driver.name,
-                    cgroup_root=settings.cgroup_root,
-                    resumed=len(resumed),
-                    recovered=len(leftovers),
-                )
-                if on_ready is not None:
-                    on_ready(
-                        Ready(
-                            dsn=dsn,
-                            psql=psql,
-                            driver=driver.name,
-                            node=settings.node_name,
-                            http=bound_address(http_socket),
-                        )
-                    )
-    finally:
+        yield Http(socket=http_socket, limits=limits, job_done=job_done, app=app)
+
+
+async def run_agent(
+    settings: Settings,
+    dsn: str,
+    *,
+    on_ready: Callable[[Ready], None] | None = None,
+    psql: str | None = None,
+    schedule_clock: Clock | None = None,
+) -> None:
+    """Run the agent against ``dsn`` until cancelled. Running jobs survive its end.
+    ``schedule_clock`` replaces the wall clock of the schedule loop (tests).
+
+    The composition root: each builder below is entered on one exit stack, so whatever
+    start-up made is undone in reverse order when the agent stops, or when a later step
+    of start-up fails."""
+    structlog.contextvars.bind_contextvars(node=settings.node_name)
+    for directory in (
+        settings.state_dir,
+        settings.runs_dir,
+        settings.monitors_dir,
+        settings.bin_dir,
+    ):
+        directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+    budget = CloseBudget(CLOSE_SECONDS)
+    started = anyio.Event()
+    async with contextlib.AsyncExitStack() as stack:
+        kernel = await stack.enter_async_context(kernel_parts(settings))
+        db = await stack.enter_async_context(database_parts(settings, dsn, kernel.driver, budget))
+        work = await stack.enter_async_context(
+            work_parts(settings, dsn, kernel, db, budget, schedule_clock=schedule_clock)
+        )
+        http = await stack.enter_async_context(
+            http_parts(settings, dsn, kernel=kernel, db=db, work=work, started=started)
+        )
+        ready = Ready(
+            dsn=dsn,
+            psql=psql,
+            driver=kernel.driver.name,
+            node=settings.node_name,
+            http=bound_address(http.socket),
+        )
+        with _first_scheduler_error():
+            await _run(
+                settings,
+                kernel=kernel,
+                db=db,
+                work=work,
+                http=http,
+                started=started,
+                ready=ready,
+                on_ready=on_ready,
+            )
+
+
+async def _run(
+    settings: Settings,
+    *,
+    kernel: Kernel,
+    db: Database,
+    work: Work,
+    http: Http,
+    started: anyio.Event,
+    ready: Ready,
+    on_ready: Callable[[Ready], None] | None,
+) -> None:
+    """The agent's tasks, in one task group, until cancelled; recovery of the attempts left
+    from before happens here, between the recorder's start and the first claim."""
+    driver, pool, runner = kernel.driver, db.pool, work.runner
+    fenced: list[anyio.CancelScope] = []  # the agent's task group, once it runs
+
+    async def fence(reason: str) -> None:
+        # Nothing of this agent may claim, launch or record any more: its other tasks
+        # are cancelled first (the kills below wait off the loop, and while they do no
+        # attempt may be recorded as ended by this node), then every attempt is killed.
+        running = runner.attempts.all()
+        for scope in fenced:
+            scope.cancel()
         with anyio.CancelScope(shield=True):
-            # Bounded: a connection whose query was cancelled mid-flight may never be handed
-            # back (anyio re-cancels every await of a cancelled task), and pool.close() waits
-            # for every connection; past the bound they are closed without a goodbye.
-            closed = False
-            with anyio.move_on_after(CLOSE_SECONDS):
-                if lease is not None:
-                    with contextlib.suppress(*DB_ERRORS):
-                        await release(pool, lease)
-                if listener is not None:
-                    await listener.close()
-                for extra in (api_pool, lease_pool):
-                    if extra is not None:
-                        await extra.close()
-                await pool.close()
-                closed = True
-            if not closed:
-                log.warning("database_connections_terminated", after_seconds=CLOSE_SECONDS)
-                if listener is not None:
-                    listener.terminate()
-                for extra in (api_pool, lease_pool):
-                    if extra is not None:
-                        extra.terminate()
-                pool.terminate()
-            if warmer is not None:
-                await warmer.aclose()
-            if fork_server is not None:
-                fork_server.close()
+            killed = await kill_all(driver, running)
+        log.error("node_fenced", reason=reason, killed=killed)
+
+    heartbeat = Heartbeat(
+        db.lease_pool,
+        db.lease,
+        lease_seconds=settings.lease_seconds,
+        interval=settings.heartbeat_seconds,
+        grace=settings.lease_grace_seconds,
+        fence=fence,
+        registered_at=db.registered_at,
+    )
+    async with anyio.create_task_group() as tg:
+        fenced.append(tg.cancel_scope)
+        tg.start_soon(heartbeat.run)
+        tg.start_soon(work.listener.run)
+        tg.start_soon(http.job_done.run)
+        tg.start_soon(
+            Recorder(
+                pool,
+                driver,
+                work.stats,
+                spool=work.spool,
+                health=work.health,
+                unrecorded=work.outbox.unrecorded,
+            ).run,
+            work.completions,
+        )
+        tg.start_soon(work.spool.run, pool, settings.poll_interval)
+        await work.state_disk.check()  # before the first claim
+        tg.start_soon(work.state_disk.run)
+        leftovers = await startup.active_on_node(pool, settings.node_name)
+        # Attempts requeued or ended elsewhere while this node's lease was expired.
+        await fence_stale(driver, {job.id for job in leftovers})
+        resumed = await recover(
+            leftovers,
+            driver=driver,
+            tenants=work.tenants,
+            runner=runner,
+            runs_dir=settings.runs_dir,
+            node=settings.node_name,
+            task_group=tg,
+            send_lost=work.outbox.send,
+            on_start=work.dispatcher.adopt,
+            on_done=work.dispatcher.release,
+        )
+        # After recovery: the controller's first, full pass sees the adopted attempts.
+        tg.start_soon(work.controller.run)
+        tg.start_soon(work.dispatcher.run, tg)
+        tg.start_soon(serve_http, http.app, http.socket, http.limits)
+        tg.start_soon(work.sampler.run)
+        tg.start_soon(work.schedules.run)
+        tg.start_soon(
+            Retention(
+                pool,
+                runs_dir=settings.runs_dir,
+                attempts=runner.attempts,
+                output_retention=settings.output_retention_seconds,
+                job_retention=settings.job_retention_seconds,
+                interval=settings.retention_interval_seconds,
+            ).run
+        )
+        started.set()
+        log.info(
+            "agent_ready",
+            driver=driver.name,
+            cgroup_root=settings.cgroup_root,
+            resumed=len(resumed),
+            recovered=len(leftovers),
+        )
+        if on_ready is not None:
+            on_ready(ready)
 
 
 @contextlib.contextmanager
