@@ -11,13 +11,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import asyncpg
-
-from scheduler.db.pool import Conn
 from scheduler.errors import BadBudget
-from scheduler.repos import budgets as repo
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from scheduler.db.pool import Conn
 
 Period = Literal["month", "total"]
 Action = Literal["hold", "freeze"]
@@ -74,6 +75,8 @@ def check(budget: Budget) -> Budget:
 
 async def set_budget(conn: Conn, tenant: str, budget: Budget) -> asyncpg.Record:
     """Set (or clear) ``tenant``'s budget; the database refuses a tenant caller."""
+    from scheduler.repos import budgets as repo
+
     check(budget)
     return await repo.set_budget(
         conn,
@@ -87,4 +90,6 @@ async def set_budget(conn: Conn, tenant: str, budget: Budget) -> asyncpg.Record:
 
 async def status(conn: Conn, tenant: str | None = None) -> list[asyncpg.Record]:
     """Every budget (or ``tenant``'s) with its subtree's spend in the current period."""
+    from scheduler.repos import budgets as repo
+
     return await repo.status(conn, tenant)

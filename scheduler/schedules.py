@@ -13,16 +13,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
-
-from scheduler.db.pool import Conn
-
 # The exceptions live in scheduler/errors.py; these names are this module's too (callers
 # catch schedules.ScheduleNotFound and the like).
 from scheduler.errors import ScheduleExists as ScheduleExists  # noqa: PLC0414
 from scheduler.errors import ScheduleNotFound as ScheduleNotFound  # noqa: PLC0414
 from scheduler.errors import ScheduleRefused as ScheduleRefused  # noqa: PLC0414
-from scheduler.repos import schedules as repo
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from scheduler.db.pool import Conn
 
 # croniter is imported by the functions that parse (the CLI's start-up does not pay for it).
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ class ScheduleRequest:
 
 def check(request: ScheduleRequest, now: datetime | None = None) -> cron.CronSpec:
     """What can be checked without the database; the database checks the rest."""
-    from scheduler import cron  # noqa: PLC0415 (croniter: only when parsing)
+    from scheduler import cron
 
     if not SCHEDULE_NAME.match(request.name):
         raise ScheduleRefused(
@@ -66,6 +66,8 @@ def check(request: ScheduleRequest, now: datetime | None = None) -> cron.CronSpe
 
 async def add(conn: Conn, request: ScheduleRequest, now: datetime | None = None) -> asyncpg.Record:
     """Create a schedule, planned from ``now``; its first job comes at the first due time."""
+    from scheduler.repos import schedules as repo
+
     moment = now or datetime.now(UTC)
     spec = check(request, moment)
     first = spec.next_after(moment) if request.enabled else None
@@ -90,11 +92,15 @@ async def list_schedules(
     limit: int = MAX_LIST,
 ) -> list[asyncpg.Record]:
     """Schedules by tenant and name; ``within`` limits them to a caller's tenants."""
+    from scheduler.repos import schedules as repo
+
     scope = sorted(within) if within is not None else None
     return await repo.list_schedules(conn, tenant, scope, limit)
 
 
 async def get(conn: Conn, tenant: str, name: str) -> asyncpg.Record:
+    from scheduler.repos import schedules as repo
+
     return await repo.get(conn, tenant, name)
 
 
@@ -102,7 +108,8 @@ async def set_enabled(
     conn: Conn, tenant: str, name: str, enabled: bool, now: datetime | None = None
 ) -> asyncpg.Record:
     """Pause, or resume from ``now``: due times missed while paused are not made up."""
-    from scheduler import cron  # noqa: PLC0415 (croniter: only when parsing)
+    from scheduler import cron
+    from scheduler.repos import schedules as repo
 
     row = await get(conn, tenant, name)
     first = None
@@ -116,4 +123,6 @@ async def set_enabled(
 
 async def remove(conn: Conn, tenant: str, name: str) -> asyncpg.Record:
     """Delete a schedule; the jobs it made stay (and keep its name in ``jobs.schedule``)."""
+    from scheduler.repos import schedules as repo
+
     return await repo.delete(conn, tenant, name)

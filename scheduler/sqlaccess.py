@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import secrets
+from typing import TYPE_CHECKING
 
-from scheduler.db.pool import Conn
 from scheduler.errors import SqlAccessError
-from scheduler.repos import roles, tenants
+
+if TYPE_CHECKING:
+    from scheduler.db.pool import Conn
 
 ROLE_PREFIX = "tenant_"
 # What one tenant's role may take of the database: sessions at once, and how long a
@@ -39,6 +41,8 @@ async def grant_sql(
     may hold ``connection_limit`` sessions, with a statement timeout and an idle-in-transaction
     timeout by default.
     """
+    from scheduler.repos import roles, tenants
+
     if not 1 <= connection_limit <= 10_000:
         raise SqlAccessError(f"connection_limit must be in [1, 10000]: got {connection_limit}")
     role = role_name(tenant)
@@ -62,6 +66,8 @@ async def grant_sql(
 
 async def revoke_sql(conn: Conn, tenant: str) -> bool:
     """Drop ``tenant``'s role; False if it had none."""
+    from scheduler.repos import roles
+
     role = role_name(tenant)
     async with conn.transaction():
         deleted = await roles.unmap(conn, role)

@@ -5,13 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from scheduler.budgets import ACTIONS, PERIODS
 from scheduler.cli.command import add_common
 from scheduler.cli.output import dumps, escape, record
-
-# scheduler.budgets.PERIODS and ACTIONS (that module loads the database driver; a test keeps
-# these equal).
-PERIODS = ("month", "total")
-ACTIONS = ("hold", "freeze")
 
 
 def add_budget(actions: Any) -> None:

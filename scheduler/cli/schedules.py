@@ -12,15 +12,13 @@ from scheduler.cli.command import Command, Subparsers, add_common
 from scheduler.cli.connect import connect
 from scheduler.cli.output import dumps, record
 from scheduler.errors import SchedulerError
+from scheduler.schedules import OVERLAPS
 from scheduler.units import parse_cores, parse_duration, parse_size
 
 if TYPE_CHECKING:
     from scheduler.config import Settings
 
 EXIT_USAGE = 2
-# scheduler.schedules.OVERLAPS (that module loads the database driver; a test keeps them
-# equal).
-OVERLAPS = ("skip", "queue")
 
 
 def add_schedules(sub: Subparsers) -> None:

@@ -13,16 +13,13 @@ from scheduler.cli.budgets import add_budget, cmd_budget
 from scheduler.cli.command import Command, Subparsers, add_common
 from scheduler.cli.connect import connect
 from scheduler.cli.output import cell, dumps, escape, out, record, table
+from scheduler.sqlaccess import CONNECTION_LIMIT
 from scheduler.units import format_bytes, parse_cores, parse_size
 
 if TYPE_CHECKING:
     import asyncpg
 
     from scheduler.config import Settings
-
-# scheduler.sqlaccess.CONNECTION_LIMIT (that module loads the database driver; a test keeps
-# them equal).
-CONNECTION_LIMIT = 8
 
 
 def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:

@@ -10,11 +10,7 @@ import os
 import subprocess
 import sys
 
-from scheduler import budgets, schedules, sqlaccess
-from scheduler.cli import budgets as budgets_cli
 from scheduler.cli import build_parser
-from scheduler.cli import schedules as schedules_cli
-from scheduler.cli import tenants as tenants_cli
 from scheduler.cli.schedules import _reparse, template
 
 # Modules a parser (and --help) must never need; a prefix matches the package and below.
@@ -86,15 +82,6 @@ def test_every_command_has_a_handler_before_any_parser_is_built() -> None:
         "assert all(callable(r) for n, r in before.items() if n != 'completion')"
     )
     _loaded_after(code)
-
-
-def test_the_parser_choices_are_the_modules_own() -> None:
-    # The parser states these without importing their modules (which load asyncpg): the
-    # values must stay the ones those modules check.
-    assert budgets_cli.PERIODS == budgets.PERIODS
-    assert budgets_cli.ACTIONS == budgets.ACTIONS
-    assert schedules_cli.OVERLAPS == schedules.OVERLAPS
-    assert tenants_cli.CONNECTION_LIMIT == sqlaccess.CONNECTION_LIMIT
 
 
 def test_schedules_add_reads_options_after_the_name_twice_in_one_process() -> None:
