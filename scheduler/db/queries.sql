@@ -823,3 +823,29 @@ SELECT tenant, budget, currency, period, action, spend, spend >= budget AS reach
 FROM scheduler.budget_status
 WHERE $1::text IS NULL OR tenant = $1
 ORDER BY tenant;
+
+-- name: notify_jobs_done
+-- Capacity was freed (jobs ended or failed): waiting dispatchers claim again.
+SELECT pg_notify('scheduler_done', '');
+
+-- name: notify_jobs_queued
+-- Jobs were put back in the queue: every dispatcher may claim them now.
+SELECT pg_notify('scheduler_jobs', 'queued');
+
+-- name: notify_jobs_requeued
+-- A down node's attempts were requeued or lost: both claimable jobs and freed capacity.
+SELECT pg_notify('scheduler_jobs', 'queued'), pg_notify('scheduler_done', '');
+
+-- name: usage_partition_count
+-- How many partitions scheduler.usage has (the retention sweep's figure).
+SELECT count(*) FROM pg_inherits WHERE inhparent = 'scheduler.usage'::regclass;
+
+-- name: billing_caller_is_tenant
+SELECT scheduler.caller_is_tenant();
+
+-- name: billing_now
+-- The database's clock (the transaction's start): what "a month is over" is judged by.
+SELECT now();
+
+-- name: billing_period_closed
+SELECT closed_at, closed_by FROM scheduler.billing_periods WHERE period = $1;
