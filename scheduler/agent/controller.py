@@ -29,6 +29,7 @@ from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits
 from scheduler.db.outage import DB_ERRORS, log_failure
 from scheduler.errors import CgroupError, ProcessesSurvive
 from scheduler.repos import control
+from scheduler.repos import listen as channels
 from scheduler.repos.tenant_tree import tenant_tree
 
 log = structlog.get_logger(__name__)
@@ -85,7 +86,7 @@ class Controller:
 
     async def listen(self, conn: asyncpg.Connection) -> None:
         """Subscribe ``conn`` to the control notifications."""
-        await conn.add_listener("scheduler_control", self.notified)
+        await channels.listen(conn, channels.CONTROL, self.notified)
 
     def resync(self) -> None:
         """Look at every attempt and tenant again (notifications may have been lost)."""

@@ -31,6 +31,7 @@ from scheduler.db.outage import DB_ERRORS, log_failure
 from scheduler.jobs import Job
 from scheduler.policy.admission import Capacity, detect_capacity
 from scheduler.repos import claims
+from scheduler.repos import listen as channels
 
 log = structlog.get_logger(__name__)
 CLAIM_BATCH = 64
@@ -106,10 +107,10 @@ class Dispatcher:
 
     async def listen(self, conn: asyncpg.Connection) -> None:
         """Subscribe ``conn`` to the insert notifications."""
-        await conn.add_listener("scheduler_jobs", self.wake)
+        await channels.listen(conn, channels.JOBS, self.wake)
         # A recorded end (on any node) frees capacity: admission counts the jobs Postgres
         # says are running, so the claim waits for the recorder's commit, not the exit.
-        await conn.add_listener("scheduler_done", self.wake)
+        await channels.listen(conn, channels.DONE, self.wake)
 
     async def run(self, task_group: TaskGroup) -> None:
         """The claim loop; attempts run as tasks of ``task_group``."""

@@ -27,6 +27,7 @@ import structlog
 
 from scheduler import cron
 from scheduler.db.outage import DB_ERRORS, log_failure
+from scheduler.repos import listen as channels
 from scheduler.repos import schedule_runs
 
 log = structlog.get_logger(__name__)
@@ -79,7 +80,7 @@ class ScheduleFirer:
 
     async def listen(self, conn: asyncpg.Connection) -> None:
         """Subscribe ``conn`` to schedule changes."""
-        await conn.add_listener("scheduler_schedules", self.wake)
+        await channels.listen(conn, channels.SCHEDULES, self.wake)
 
     async def run(self) -> None:
         """The loop: plan new schedules, fire due ones, sleep until the next due time."""

@@ -16,8 +16,11 @@ import scheduler
 
 SOURCE = Path(scheduler.__file__).resolve().parent
 
-# asyncpg's methods that send a statement (Connection, Pool and PoolConnectionProxy alike).
-STATEMENT_METHODS = frozenset({"fetch", "fetchrow", "fetchval", "execute", "executemany"})
+# asyncpg's methods that send a statement (Connection, Pool and PoolConnectionProxy alike),
+# LISTEN and UNLISTEN included (the channels are named in repos/listen.py).
+STATEMENT_METHODS = frozenset(
+    {"fetch", "fetchrow", "fetchval", "execute", "executemany", "add_listener", "remove_listener"}
+)
 # A string that is a statement by itself (upper-case keywords, as queries.sql writes them).
 STATEMENT_TEXT = re.compile(
     r"^\s*(SELECT|INSERT\s+INTO|UPDATE\s+\S+\s+SET|DELETE\s+FROM|WITH\s+\w+\s+AS|LOCK\s+TABLE"
@@ -38,6 +41,7 @@ ALLOWED = frozenset(
         "api/status.py",
         "api/tenant_budgets.py",
         "api/tenants.py",
+        "api/waiters.py",
         "budgets.py",
         "nodes_cli.py",
         "schedules.py",
@@ -120,6 +124,7 @@ def test_allow_list_is_current() -> None:
     [
         ("await pool.fetch(q('x'), 1)", [".fetch() call", "q() call"]),
         ("await conn.executemany(s, rows)", [".executemany() call"]),
+        ("await conn.add_listener('scheduler_jobs', f)", [".add_listener() call"]),
         ("await conn.copy_records_to_table('t', records=r)", [".copy_records_to_table() call"]),
         ("s = 'SELECT 1'", ["SQL text"]),
         ("from scheduler.db.queries import q", ["imports scheduler.db.queries"]),
