@@ -18,8 +18,8 @@ from scheduler.accounting.export import (
 )
 from scheduler.accounting.rates import Rate
 from scheduler.db.pool import Conn
-from scheduler.db.queries import q
 from scheduler.errors import SchedulerError
+from scheduler.repos import usage as usage_repo
 
 
 class BadWindow(SchedulerError):
@@ -132,11 +132,11 @@ async def export_counted(
         raise BadWindow("--group-by sums csv or json; FOCUS rows carry the labels in Tags")
     # One snapshot for rows and rates: a rate inserted meanwhile cannot half-apply.
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        if tenant is not None and not await conn.fetchval(q("billing_tenant_exists"), tenant):
+        if tenant is not None and not await usage_repo.tenant_exists(conn, tenant):
             raise UnknownTenant(
                 f"unknown tenant {tenant!r}: SELECT name FROM scheduler.tenants lists them"
             )
-        rates = [rate_from_row(r) for r in await conn.fetch(q("billing_rates"))]
+        rates = [rate_from_row(r) for r in await usage_repo.rates(conn)]
         rows = await window_rows(conn, start, end, tenant)
     lines = price(rows, rates, start=start, end=end)
     if key is not None:
@@ -152,8 +152,8 @@ async def window_rows(
     ends in it, but for late ones of a closed month, and the late rows billed in a month
     that starts in it (billed at its first instant: the month whose statement sealed them,
     or the first open month while none has)."""
-    rows = [usage_row(r) for r in await conn.fetch(q("billing_usage"), start, end, tenant)]
-    closed = await conn.fetchrow(q("billing_closed_range"))
+    rows = [usage_row(r) for r in await usage_repo.billing_usage(conn, start, end, tenant)]
+    closed = await usage_repo.closed_range(conn)
     if closed is None or closed["first"] is None:
         return rows
     open_from = next_month(closed["last"])
@@ -164,9 +164,7 @@ async def window_rows(
     first_start = month_start(month) if month_start(month) >= lowest else next_month(month)
     if first_start >= end or first_start > open_from:
         return rows
-    late = await conn.fetch(
-        q("billing_late_usage"), month_start(closed["first"]), open_from, tenant
-    )
+    late = await usage_repo.late_usage(conn, month_start(closed["first"]), open_from, tenant)
     for r in late:
         billed = open_from if r["billed_period"] is None else month_start(r["billed_period"])
         if start <= billed < end:

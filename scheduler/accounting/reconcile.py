@@ -31,8 +31,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from scheduler.cgroups.asyncdriver import async_driver
 from scheduler.cgroups.base import CgroupDriver, CgroupPath
-from scheduler.db.queries import q
 from scheduler.jobs import cpu_seconds
+from scheduler.repos import usage as usage_repo
 
 # The totals a started job carries once finished.
 TOTALS = ("cpu_seconds", "memory_peak_bytes", "io_read_bytes", "io_write_bytes")
@@ -211,10 +211,10 @@ def fetch_metrics(url: str, timeout: float = 10.0) -> str:
 
 async def check_metrics(conn: asyncpg.Connection, node: str, exposition: str) -> list[Discrepancy]:
     """The agent's tenant counters (``exposition``: its /metrics text) against the bill."""
-    running = await conn.fetch(q("check_node_running"), node)
+    running = await usage_repo.node_running(conn, node)
     billed = {
         str(r["tenant"]): Decimal(r["cpu_seconds"])
-        for r in await conn.fetch(q("node_billed_totals"), node)
+        for r in await usage_repo.node_billed_totals(conn, node)
     }
     busy = {str(r["tenant"]) for r in running}
     return check_counters(tenant_counters(exposition), billed, busy)
@@ -268,9 +268,9 @@ async def reconcile(
 ) -> tuple[int, list[Discrepancy]]:
     """(jobs checked, discrepancies) for jobs finished in [start, end), plus, with ``driver``,
     the tenants' cgroups on ``node``."""
-    jobs = await conn.fetch(q("check_jobs"), start, end)
+    jobs = await usage_repo.finished_jobs(conn, start, end)
     found: list[Discrepancy] = []
-    rows = await conn.fetch(q("check_usage"), [j["id"] for j in jobs])
+    rows = await usage_repo.usage_of_jobs(conn, [j["id"] for j in jobs])
     by_job: dict[int, list[dict[str, Any]]] = {}
     for row in rows:
         by_job.setdefault(row["job_id"], []).append(dict(row.items()))
@@ -298,15 +298,15 @@ async def _check_tenants(
                 "jobs)",
             )
         ]
-    running = await conn.fetch(q("check_node_running"), node)
-    billed_rows = await conn.fetch(q("check_node_billed"), node, boot_time())
+    running = await usage_repo.node_running(conn, node)
+    billed_rows = await usage_repo.node_billed_since(conn, node, boot_time())
     billed = {r["tenant"]: r["cpu_seconds"] for r in billed_rows}
     attempts = {r["tenant"]: int(r["attempts"]) for r in billed_rows}
     running_count: dict[str, int] = {}
     for job in running:
         running_count[job["tenant"]] = running_count.get(job["tenant"], 0) + 1
     unit = Decimal(driver.cpu_resolution_ns) / Decimal(1_000_000_000)
-    tenants = [(r["name"], r["parent"]) for r in await conn.fetch(q("check_tenants"))]
+    tenants = await usage_repo.tenant_parents(conn)
     chains = tenant_chains(tenants)
     chain = chains.get
     running_cpu: dict[str, Decimal] = {}

@@ -20,7 +20,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date
 from decimal import Decimal
 from typing import Any
 
@@ -35,8 +35,9 @@ from scheduler.accounting.billing import (
 )
 from scheduler.accounting.export import UsageRow, price, render
 from scheduler.db.pool import Conn
-from scheduler.db.queries import q
 from scheduler.errors import SchedulerError
+from scheduler.repos import statements as statements_repo
+from scheduler.repos import usage as usage_repo
 
 log = structlog.get_logger(__name__)
 
@@ -110,29 +111,27 @@ async def close(conn: Conn, month: date) -> list[Statement]:
     Refused for a month not over yet (by the database's clock), one already closed, and one
     that is not the month after the last closed one. Nothing is written unless all is.
     """
-    if await conn.fetchval("SELECT scheduler.caller_is_tenant()"):
+    if await statements_repo.caller_is_tenant(conn):
         raise CloseRefused("billing close is the operator's: a tenant cannot close a month")
     async with conn.transaction(isolation="repeatable_read"):
         # The first statement, before any read takes the transaction's snapshot: that
         # snapshot then sees every close committed before ours.
-        await conn.execute(q("billing_lock_periods"))
-        now: datetime = await conn.fetchval("SELECT now()")
+        await statements_repo.lock_periods(conn)
+        now = await statements_repo.now(conn)
         end = next_month(month)
         if end > now:
             raise CloseRefused(
                 f"{month_name(month)} is not over until {end:%Y-%m-%dT%H:%M:%SZ}: only a past "
                 "month can be closed"
             )
-        existing = await conn.fetchrow(
-            "SELECT closed_at, closed_by FROM scheduler.billing_periods WHERE period = $1", month
-        )
+        existing = await statements_repo.period_closed(conn, month)
         if existing is not None:
             raise CloseRefused(
                 f"{month_name(month)} is already closed (at "
                 f"{existing['closed_at']:%Y-%m-%dT%H:%M:%SZ} by {existing['closed_by']}): "
                 "a closed statement is final; `scheduler billing verify` checks it"
             )
-        closed = await conn.fetchrow(q("billing_closed_range"))
+        closed = await usage_repo.closed_range(conn)
         if closed is not None and closed["last"] is not None:
             expected = next_month(closed["last"]).date()
             if month != expected:
@@ -140,27 +139,27 @@ async def close(conn: Conn, month: date) -> list[Statement]:
                     f"months close in order: the last closed is {month_name(closed['last'])}, "
                     f"so the next to close is {month_name(expected)}, not {month_name(month)}"
                 )
-        rates = [rate_from_row(r) for r in await conn.fetch(q("billing_rates"))]
+        rates = [rate_from_row(r) for r in await usage_repo.rates(conn)]
         rows = await window_rows(conn, month_start(month), end, None)
         by_tenant: dict[str, list[UsageRow]] = {}
         for row in rows:
             by_tenant.setdefault(row.tenant, []).append(row)
         made = [_statement(month, t, by_tenant[t], rates) for t in sorted(by_tenant)]
-        await conn.fetchval(q("billing_close_period"), month)
+        await statements_repo.close_period(conn, month)
         for statement, covered in made:
-            statement_id = await conn.fetchval(
-                q("billing_add_statement"),
+            statement_id = await statements_repo.add_statement(
+                conn,
                 month,
                 statement.tenant,
-                statement.body,
-                statement.sha256,
-                json.dumps(statement.totals, sort_keys=True),
-                statement.lines,
-                statement.usage_rows,
-                statement.late_rows,
+                body=statement.body,
+                sha256=statement.sha256,
+                totals=json.dumps(statement.totals, sort_keys=True),
+                lines=statement.lines,
+                usage_rows=statement.usage_rows,
+                late_rows=statement.late_rows,
             )
-            await conn.execute(
-                q("billing_add_statement_usage"),
+            await statements_repo.add_statement_usage(
+                conn,
                 statement_id,
                 statement.tenant,
                 [r.job_id for r in covered],
@@ -241,8 +240,8 @@ async def verify(
     they cover and the rates, as both are now; the number checked and every difference."""
     found: list[Difference] = []
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        rates = [rate_from_row(r) for r in await conn.fetch(q("billing_rates"))]
-        statements = await conn.fetch(q("billing_statements"), month, tenant)
+        rates = [rate_from_row(r) for r in await usage_repo.rates(conn)]
+        statements = await statements_repo.statements(conn, month, tenant)
         for s in statements:
             period, who = s["period"], s["tenant"]
 
@@ -252,10 +251,10 @@ async def verify(
             if digest(s["body"]) != s["sha256"]:
                 differs(f"its body no longer hashes to its sha256 {s['sha256']}")
             rows = []
-            for r in await conn.fetch(q("billing_statement_rows"), s["id"]):
+            for r in await statements_repo.statement_rows(conn, s["id"]):
                 own = r["period_end"].astimezone(UTC).date().replace(day=1)
                 rows.append(usage_row(r, billed_at=None if own == period else month_start(period)))
-            covered = await conn.fetchval(q("billing_statement_coverage"), s["id"])
+            covered = await statements_repo.statement_coverage(conn, s["id"])
             if len(rows) != s["usage_rows"] or covered != s["usage_rows"]:
                 differs(
                     f"it priced {s['usage_rows']} usage rows; {len(rows)} of them are in "

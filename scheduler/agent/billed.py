@@ -11,8 +11,8 @@ from scheduler.accounting.ledger import TenantLedger, user_share
 from scheduler.accounting.reconcile import tenant_chains
 from scheduler.cgroups.asyncdriver import async_driver
 from scheduler.cgroups.base import CgroupDriver, CgroupPath
-from scheduler.db.queries import q
 from scheduler.errors import CgroupError
+from scheduler.repos import usage as usage_repo
 
 log = structlog.get_logger(__name__)
 
@@ -22,10 +22,10 @@ async def load_billed(
 ) -> None:
     """Start ``ledger`` from what ``node`` billed each tenant so far; the baseline's cpu is
     split between user and system as the tenant's cgroup split it (all user without one)."""
-    rows = await pool.fetch(q("node_billed_totals"), node)
+    rows = await usage_repo.node_billed_totals(pool, node)
     if not rows:
         return
-    tenants = [(r["name"], r["parent"]) for r in await pool.fetch(q("check_tenants"))]
+    tenants = await usage_repo.tenant_parents(pool)
     chains = tenant_chains(tenants)
     wanted = {str(r["tenant"]) for r in rows}
 

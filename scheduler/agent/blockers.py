@@ -15,7 +15,7 @@ import asyncpg
 import structlog
 
 from scheduler.db.outage import DB_ERRORS
-from scheduler.db.queries import q
+from scheduler.repos import control
 
 log = structlog.get_logger(__name__)
 # How long an agent's statement may wait for a lock a tenant's session holds.
@@ -27,7 +27,7 @@ async def end_tenant_blockers(
 ) -> list[int]:
     """End the tenant sessions blocking this node's agent sessions; return their pids."""
     try:
-        rows = await pool.fetch(q("end_tenant_blockers"), f"scheduler {node}", after_seconds)
+        rows = await control.end_tenant_blockers(pool, f"scheduler {node}", after_seconds)
     except DB_ERRORS as exc:
         log.warning("tenant_blockers_check_failed", error=repr(exc))
         return []

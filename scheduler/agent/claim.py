@@ -15,10 +15,10 @@ import asyncpg
 import structlog
 
 from scheduler import failpoints
-from scheduler.db.pool import Conn
-from scheduler.db.queries import q
+from scheduler.db.pool import Conn, Db
 from scheduler.policy.admission import Capacity
 from scheduler.policy.fairshare import ALLOCATION_SECONDS
+from scheduler.repos import claims
 
 log = structlog.get_logger(__name__)
 
@@ -35,35 +35,41 @@ async def claim(
     """Claim up to ``want`` jobs for ``node`` (fair share, priority, age; within capacity),
     recording the node's lease ``epoch`` on each; with ``unfit``, first fail the queued jobs
     that can never run (the dispatcher does that once per poll interval, not per NOTIFY)."""
-    args = (
-        node,
-        want,
-        capacity.cpu,
-        capacity.memory_bytes,
-        ALLOCATION_SECONDS,
-        epoch,
-    )
     if unfit:
         async with pool.acquire() as conn, conn.transaction():
-            await conn.execute(q("claim_lock"))
+            await claims.lock(conn)
             failpoints.hit("in_claim_lock")
             await _fail_unfit(conn, node, capacity)
-            rows = await conn.fetch(q("claim_jobs"), *args)
+            rows = await _claim_jobs(conn, node, want, capacity, epoch)
     else:
         # The common path (every NOTIFY): one statement, no BEGIN or COMMIT of our own.
-        rows = await pool.fetch(q("claim_jobs"), *args)
+        rows = await _claim_jobs(pool, node, want, capacity, epoch)
     if rows:
         failpoints.hit("after_claim")  # committed; nothing started yet
-    return list(rows)
+    return rows
+
+
+async def _claim_jobs(
+    db: Db, node: str, want: int, capacity: Capacity, epoch: int | None
+) -> list[asyncpg.Record]:
+    return await claims.claim_jobs(
+        db,
+        node,
+        want,
+        cpu=capacity.cpu,
+        memory_bytes=capacity.memory_bytes,
+        allocation_seconds=ALLOCATION_SECONDS,
+        epoch=epoch,
+    )
 
 
 async def _fail_unfit(conn: Conn, node: str, capacity: Capacity) -> None:
-    found = await conn.fetch(q("unfit_jobs"), node, capacity.cpu, capacity.memory_bytes)
+    found = await claims.unfit_jobs(conn, node, capacity.cpu, capacity.memory_bytes)
     if not found:
         return
     ids, reasons = [r["id"] for r in found], [r["reason"] for r in found]
-    failed = await conn.fetch(q("fail_jobs"), ids, reasons)
+    failed = await claims.fail_jobs(conn, ids, reasons)
     for row in failed:
         log.warning("job_unfit", job_id=row["id"], tenant=row["tenant"], error=row["error"])
     if failed:
-        await conn.execute("SELECT pg_notify('scheduler_done', '')")
+        await claims.notify_done(conn)

@@ -27,8 +27,10 @@ from scheduler.backoff import Backoff
 from scheduler.cgroups.asyncdriver import async_driver
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits
 from scheduler.db.outage import DB_ERRORS, log_failure
-from scheduler.db.queries import q
 from scheduler.errors import CgroupError, ProcessesSurvive
+from scheduler.repos import control
+from scheduler.repos import listen as channels
+from scheduler.repos.tenant_tree import tenant_tree
 
 log = structlog.get_logger(__name__)
 # An action that could not be applied yet (the job's cgroup is still being created by its
@@ -84,7 +86,7 @@ class Controller:
 
     async def listen(self, conn: asyncpg.Connection) -> None:
         """Subscribe ``conn`` to the control notifications."""
-        await conn.add_listener("scheduler_control", self.notified)
+        await channels.listen(conn, channels.CONTROL, self.notified)
 
     def resync(self) -> None:
         """Look at every attempt and tenant again (notifications may have been lost)."""
@@ -176,9 +178,7 @@ class Controller:
         targets = attempts if job_ids is None else [a for a in attempts if a.job.id in job_ids]
         retry: set[int] = set()
         if targets:
-            rows = await self._pool.fetch(
-                q("control_jobs"), [a.job.id for a in targets], self._node
-            )
+            rows = await control.control_jobs(self._pool, [a.job.id for a in targets], self._node)
             desired = {r["id"]: r["desired_state"] for r in rows}
             for row in rows:
                 known = self._attempts.get(row["id"])
@@ -195,7 +195,7 @@ class Controller:
         return retry
 
     async def _reconcile_tenants(self) -> None:
-        rows = await self._pool.fetch(q("tenant_tree"))
+        rows = await tenant_tree(self._pool)
         for row in rows:
             name: str = row["name"]
             path = CgroupPath(tuple(row["path"]))
@@ -262,8 +262,8 @@ class Controller:
             except CgroupError as exc:
                 # The driver thawed it again: the job keeps running and says why.
                 log_.warning("job_freeze_failed", error=str(exc))
-                await self._pool.execute(
-                    q("set_job_error"), job.id, f"freeze failed: {exc}", job.attempts
+                await control.set_job_error(
+                    self._pool, job.id, f"freeze failed: {exc}", job.attempts
                 )
                 return True
             attempt.frozen_self = True
@@ -278,8 +278,8 @@ class Controller:
                         return True
                     if not attempt.frozen_by_tenant:
                         log_.warning("job_thaw_failed", error=str(exc))
-                        await self._pool.execute(
-                            q("set_job_error"), job.id, f"thaw failed: {exc}", job.attempts
+                        await control.set_job_error(
+                            self._pool, job.id, f"thaw failed: {exc}", job.attempts
                         )
                         return True
             if attempt.frozen_self:
@@ -302,7 +302,7 @@ class Controller:
                 changes.append((attempt.job.id, state, attempt.job.attempts))
                 attempt.recorded_state = state
         if changes:
-            await self._pool.executemany(q("set_job_state"), changes)
+            await control.set_job_states(self._pool, changes)
 
     async def _kill_now(self, attempt: Attempt) -> bool:
         """Whether a cancelled attempt is to be killed now. Otherwise it got its SIGTERM

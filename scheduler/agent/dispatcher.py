@@ -28,9 +28,10 @@ from anyio.abc import TaskGroup
 
 from scheduler.agent.claim import claim
 from scheduler.db.outage import DB_ERRORS, log_failure
-from scheduler.db.queries import q
 from scheduler.jobs import Job
 from scheduler.policy.admission import Capacity, detect_capacity
+from scheduler.repos import claims
+from scheduler.repos import listen as channels
 
 log = structlog.get_logger(__name__)
 CLAIM_BATCH = 64
@@ -107,10 +108,10 @@ class Dispatcher:
 
     async def listen(self, conn: asyncpg.Connection) -> None:
         """Subscribe ``conn`` to the insert notifications."""
-        await conn.add_listener("scheduler_jobs", self.wake)
+        await channels.listen(conn, channels.JOBS, self.wake)
         # A recorded end (on any node) frees capacity: admission counts the jobs Postgres
         # says are running, so the claim waits for the recorder's commit, not the exit.
-        await conn.add_listener("scheduler_done", self.wake)
+        await channels.listen(conn, channels.DONE, self.wake)
 
     async def run(self, task_group: TaskGroup) -> None:
         """The claim loop; attempts run as tasks of ``task_group``."""
@@ -180,7 +181,7 @@ class Dispatcher:
         # any attempt the query returns that is in none of them was never started here.
         known = self._running | self._unrecorded | self._crashed
         try:
-            rows = await self._pool.fetch(q("claimed_on_node"), self._node, self._epoch)
+            rows = await claims.claimed_on_node(self._pool, self._node, self._epoch)
         except DB_ERRORS:
             return False
         for row in rows:
@@ -195,7 +196,7 @@ class Dispatcher:
     async def _next_wait(self) -> float:
         """Sleep until the poll, or until the next delayed or backed-off job is due."""
         try:
-            due = await self._pool.fetchval(q("next_run_at"))
+            due = await claims.next_run_at(self._pool)
         except DB_ERRORS:
             return self._poll_interval
         if due is None:

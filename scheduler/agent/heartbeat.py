@@ -17,8 +17,8 @@ import structlog
 from scheduler.agent.blockers import end_tenant_blockers
 from scheduler.agent.lease import NodeLease
 from scheduler.db.outage import DB_ERRORS
-from scheduler.db.queries import q
 from scheduler.errors import LeaseLost
+from scheduler.repos import lease as lease_repo
 
 log = structlog.get_logger(__name__)
 
@@ -54,8 +54,8 @@ class Heartbeat:
             sent = time.monotonic()
             try:
                 with anyio.fail_after(max(0.05, self.deadline - sent)):
-                    renewed = await self._pool.fetchval(
-                        q("renew_lease"), self._lease.name, self._lease.epoch, self._lease_seconds
+                    renewed = await lease_repo.renew_lease(
+                        self._pool, self._lease.name, self._lease.epoch, self._lease_seconds
                     )
             except DB_ERRORS as exc:
                 if time.monotonic() < self.deadline:
@@ -77,7 +77,7 @@ class Heartbeat:
     async def expire_others(self) -> list[asyncpg.Record]:
         """Mark down nodes whose lease expired by more than the grace; end their attempts."""
         try:
-            rows = await self._pool.fetch(q("expire_nodes"), self._grace)
+            rows = await lease_repo.expire_nodes(self._pool, self._grace)
         except DB_ERRORS as exc:
             log.warning("node_expiry_failed", error=repr(exc))
             return []
@@ -93,9 +93,7 @@ class Heartbeat:
         if any(r["job_id"] is not None for r in rows):
             # Requeued jobs are claimable now; lost ones freed their tenants' limits.
             try:
-                await self._pool.execute(
-                    "SELECT pg_notify('scheduler_jobs', 'queued'), pg_notify('scheduler_done', '')"
-                )
+                await lease_repo.notify_requeued(self._pool)
             except DB_ERRORS:
                 log.warning("node_expiry_notify_failed")
         return rows

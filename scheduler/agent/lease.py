@@ -16,9 +16,9 @@ from pathlib import Path
 import asyncpg
 import structlog
 
-from scheduler.db.queries import q
 from scheduler.errors import NodeNameTaken
 from scheduler.policy.admission import Capacity
+from scheduler.repos import lease as lease_repo
 
 log = structlog.get_logger(__name__)
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
@@ -69,8 +69,8 @@ async def register(
     """
     me = boot_id()
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(q("node_lock"), name)
-        row = await conn.fetchrow(q("get_node"), name)
+        await lease_repo.lock_node(conn, name)
+        row = await lease_repo.get_node(conn, name)
         if (
             row is not None
             and row["state"] == "up"
@@ -84,24 +84,23 @@ async def register(
                 f" epoch {row['epoch']}, lease until {row['lease_expires_at']:%Y-%m-%d %H:%M:%S});"
                 f" stop it or give this agent another --node-name"
             )
-        epoch = await conn.fetchval(
-            q("register_node"),
+        epoch = await lease_repo.register_node(
+            conn,
             name,
-            lease_seconds,
-            version(),
-            driver,
-            capacity.cpu,
-            capacity.memory_bytes,
-            me,
-            os.getpid(),
-            labels or {},
+            lease_seconds=lease_seconds,
+            version=version(),
+            driver=driver,
+            cpu=capacity.cpu,
+            memory_bytes=capacity.memory_bytes,
+            boot_id=me,
+            pid=os.getpid(),
+            labels=labels or {},
         )
-        status = await conn.execute(q("adopt_node_jobs"), name, epoch)
-    adopted = int(status.split()[-1])  # "UPDATE n"
+        adopted = await lease_repo.adopt_node_jobs(conn, name, epoch)
     log.info("node_registered", epoch=epoch, lease_seconds=lease_seconds, adopted_jobs=adopted)
-    return NodeLease(name, int(epoch))
+    return NodeLease(name, epoch)
 
 
 async def release(pool: asyncpg.Pool, lease: NodeLease) -> None:
     """Say this agent stopped; its jobs stay protected by the lease until it expires."""
-    await pool.execute(q("release_node"), lease.name, lease.epoch)
+    await lease_repo.release_node(pool, lease.name, lease.epoch)

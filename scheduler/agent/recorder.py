@@ -14,7 +14,6 @@ closing row is always numbered after every period the sampler spooled for it.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -36,9 +35,10 @@ from scheduler.cgroups.asyncdriver import async_driver
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Usage
 from scheduler.db.outage import DB_ERRORS, describe, log_failure, outage_kind
 from scheduler.db.pool import Conn
-from scheduler.db.queries import q
 from scheduler.jobs import Job, Outcome, byte_seconds, cpu_seconds, retry_delay_seconds
 from scheduler.log import enabled
+from scheduler.repos import attempts as attempts_repo
+from scheduler.repos import claims
 from scheduler.runtime.launcher import remove_run_dir
 
 log = structlog.get_logger(__name__)
@@ -89,8 +89,8 @@ async def _release(conn: Conn, batch: list[Completion]) -> set[int]:
     """Put back in the queue the attempts of ``batch`` that have no usage row; their ids."""
     if not batch:
         return set()
-    rows = await conn.fetch(
-        q("release_claims"),
+    rows = await attempts_repo.release_claims(
+        conn,
         [c.job.id for c in batch],
         [c.job.attempts for c in batch],
         [c.release for c in batch],
@@ -174,28 +174,10 @@ def _row_args(c: Completion) -> tuple[tuple[object, ...], tuple[object, ...]]:
 
 
 def _record_args(batch: list[Completion]) -> list[list[object]]:
-    """The arguments of _RECORD for ``batch``: finish_jobs' columns, then the usage rows'."""
+    """The arguments of the recording statement (repos/attempts.RECORD) for ``batch``:
+    finish_jobs' columns, then the usage rows'."""
     finish, closing = zip(*map(_row_args, batch), strict=True)
     return [*_columns(finish), *_columns(closing)]
-
-
-def _renumbered(sql: str, by: int) -> str:
-    """``sql`` with its parameters $1, $2, ... renumbered from $(1 + by)."""
-    return re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + by}", sql)
-
-
-# The ends of a batch's attempts (finish_jobs, $1-$14), their closing usage rows
-# (insert_closing_usage, $15-$25) and the NOTIFY that capacity was freed, in one statement:
-# one round trip instead of BEGIN, three statements and COMMIT. The arguments are columns,
-# for unnest, and the usage rows are inserted in one order, whatever the batch's. Each
-# data-modifying WITH query runs once and to completion whether or not it is read; they
-# touch different tables, and the usage rows' numbering reads only the usage table.
-_FINISH_PARAMS = 14
-_RECORD = (
-    f"WITH finished AS (\n{q('finish_jobs').rstrip(';')}\n),\n"
-    f"closing AS (\n{_renumbered(q('insert_closing_usage'), _FINISH_PARAMS).rstrip(';')}\n)\n"
-    "SELECT pg_notify('scheduler_done', '')"
-)
 
 
 def _count(stats: ServiceStats, recorded: list[Completion]) -> None:
@@ -294,18 +276,18 @@ class Recorder:
         releasing = [c for c in batch if c.release is not None]
         if not releasing:
             # The common case: one statement, its own transaction (one round trip).
-            await self._pool.execute(_RECORD, *_record_args(batch))
+            await attempts_repo.record(self._pool, _record_args(batch))
             released: set[int] = set()
         else:
             async with self._pool.acquire() as conn, conn.transaction():
                 released = await _release(conn, releasing)
                 if released:
-                    await conn.execute("SELECT pg_notify('scheduler_jobs', 'queued')")
+                    await claims.notify_queued(conn)
                 finished = [c for c in batch if c.job.id not in released]
                 if finished:
-                    await conn.execute(_RECORD, *_record_args(finished))
+                    await attempts_repo.record(conn, _record_args(finished))
                 else:
-                    await conn.execute("SELECT pg_notify('scheduler_done', '')")
+                    await claims.notify_done(conn)
         for c in batch:
             self._unrecorded.discard(c.job.id)
         if self._stats is not None:

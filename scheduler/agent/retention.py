@@ -27,7 +27,7 @@ import structlog
 
 from scheduler.agent.attempts import Attempts
 from scheduler.db.outage import DB_ERRORS, log_failure
-from scheduler.db.queries import q
+from scheduler.repos import retention as retention_repo
 
 log = structlog.get_logger(__name__)
 
@@ -159,13 +159,8 @@ class Retention:
     async def _partitions(self) -> int:
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute(q("usage_partitions_ahead"))
-                return int(
-                    await conn.fetchval(
-                        "SELECT count(*) FROM pg_inherits"
-                        " WHERE inhparent = 'scheduler.usage'::regclass"
-                    )
-                )
+                await retention_repo.make_partitions_ahead(conn)
+                return await retention_repo.usage_partition_count(conn)
         except DB_ERRORS as exc:
             # Also a month whose rows sit in the default partition: that partition is made
             # by hand (docs/operations.md); the others were made before it.
@@ -190,9 +185,11 @@ class Retention:
         try:
             for _ in range(JOB_BATCHES):
                 async with self._pool.acquire() as conn, conn.transaction():
-                    if await conn.fetchval(q("retention_lock")) is None:
+                    if not await retention_repo.try_lock(conn):
                         break  # another agent is sweeping
-                    rows = await conn.fetch(q("delete_old_jobs"), self._job_retention, JOB_BATCH)
+                    rows = await retention_repo.delete_old_jobs(
+                        conn, self._job_retention, JOB_BATCH
+                    )
                 deleted += len(rows)
                 if len(rows) < JOB_BATCH:
                     break

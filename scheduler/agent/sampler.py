@@ -53,9 +53,9 @@ from scheduler.cgroups.asyncdriver import async_driver
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Usage
 from scheduler.cgroups.counters import CounterReader, Sample, counter_files
 from scheduler.db.outage import DB_ERRORS, describe, log_failure, outage_kind
-from scheduler.db.queries import q
 from scheduler.errors import CgroupError
 from scheduler.jobs import Job
+from scheduler.repos import usage as usage_repo
 from scheduler.runtime.output import OutputMeter
 
 log = structlog.get_logger(__name__)
@@ -312,11 +312,11 @@ class Sampler:
     async def _load_marks(
         self, jobs: list[Job], launched: dict[int, int | None]
     ) -> dict[int, Mark]:
-        rows = await self._pool.fetch(
-            q("usage_marks"),
+        rows = await usage_repo.usage_marks(
+            self._pool,
             [j.id for j in jobs],
             [j.attempts for j in jobs],
-            timeout=STATEMENT_TIMEOUT,
+            timeout_seconds=STATEMENT_TIMEOUT,
         )
         return {int(r["job_id"]): mark_from_row(r, launched.get(int(r["job_id"]))) for r in rows}
 
@@ -489,10 +489,10 @@ class Sampler:
     async def _write(self, rows: list[tuple[_Attempt, Period]]) -> None:
         """Commit sweep rows straight to Postgres (one statement)."""
         if rows:
-            await self._pool.execute(
-                q("insert_usage_periods"),
-                *columns([self._row(a, p) for a, p in rows]),
-                timeout=STATEMENT_TIMEOUT,
+            await usage_repo.insert_usage_periods(
+                self._pool,
+                columns([self._row(a, p) for a, p in rows]),
+                timeout_seconds=STATEMENT_TIMEOUT,
             )
 
     async def _to_spool(self, rows: list[UsageRow]) -> bool:
@@ -563,7 +563,7 @@ class Sampler:
             for key, total in totals.items():
                 high[key] = max(high.get(key, 0), total)
         try:
-            rows = await self._pool.fetch(q("job_state_counts"), timeout=STATEMENT_TIMEOUT)
+            rows = await usage_repo.job_state_counts(self._pool, timeout_seconds=STATEMENT_TIMEOUT)
             states = {(str(r["tenant"]), str(r["state"])): int(r["n"]) for r in rows}
         except DB_ERRORS as exc:
             self._stats.database_errors += 1
@@ -588,7 +588,9 @@ class Sampler:
         scheduler_tenant_budget and scheduler_tenant_spend (one row per budget the operator
         set: bounded by the tenants, never by jobs)."""
         try:
-            rows = await self._pool.fetch(q("budget_status"), None, timeout=STATEMENT_TIMEOUT)
+            rows = await usage_repo.budget_status(
+                self._pool, None, timeout_seconds=STATEMENT_TIMEOUT
+            )
         except DB_ERRORS as exc:
             self._stats.database_errors += 1
             log_failure(log, "budget_status_failed", exc)

@@ -27,7 +27,8 @@ import structlog
 
 from scheduler import cron
 from scheduler.db.outage import DB_ERRORS, log_failure
-from scheduler.db.queries import q
+from scheduler.repos import listen as channels
+from scheduler.repos import schedule_runs
 
 log = structlog.get_logger(__name__)
 # The longest sleep: covers a lost NOTIFY and a wall clock that jumped.
@@ -79,7 +80,7 @@ class ScheduleFirer:
 
     async def listen(self, conn: asyncpg.Connection) -> None:
         """Subscribe ``conn`` to schedule changes."""
-        await conn.add_listener("scheduler_schedules", self.wake)
+        await channels.listen(conn, channels.SCHEDULES, self.wake)
 
     async def run(self) -> None:
         """The loop: plan new schedules, fire due ones, sleep until the next due time."""
@@ -105,7 +106,7 @@ class ScheduleFirer:
     async def plan(self) -> int:
         """Give enabled schedules without a due time their first one (rows written through
         SQL, resumed or changed); disable, with the reason, those croniter cannot read."""
-        rows = await self._pool.fetch(q("unplanned_schedules"), PLAN_BATCH)
+        rows = await schedule_runs.unplanned(self._pool, PLAN_BATCH)
         now = self._clock.now()
         for row in rows:
             try:
@@ -113,16 +114,17 @@ class ScheduleFirer:
             except cron.CronError as exc:
                 await self._disable(self._pool, row, str(exc))
                 continue
-            key = (row["tenant"], row["name"], row["cron"], row["timezone"])
-            await self._pool.execute(q("plan_schedule"), *key, first)
-            log.info("schedule_planned", tenant=key[0], schedule=key[1], next_run_at=first)
+            await schedule_runs.plan(self._pool, row, first)
+            log.info(
+                "schedule_planned", tenant=row["tenant"], schedule=row["name"], next_run_at=first
+            )
         return len(rows)
 
     async def fire_due(self) -> int:
         """Fire the schedules due now (one transaction); return how many were handled."""
         now = self._clock.now()
         async with self._pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(q("due_schedules"), now, FIRE_BATCH)
+            rows = await schedule_runs.due(conn, now, FIRE_BATCH)
             for row in rows:
                 await self._fire(conn, row, now)
         return len(rows)
@@ -136,16 +138,14 @@ class ScheduleFirer:
             await self._disable(conn, row, str(exc))
             return
         if row["overlap"] == "skip":
-            unfinished = await conn.fetchval(q("schedule_unfinished_job"), tenant, name)
+            unfinished = await schedule_runs.unfinished_job(conn, tenant, name)
             if unfinished is not None:
-                await conn.execute(q("schedule_skipped"), tenant, name, due, following)
+                await schedule_runs.skipped(conn, tenant, name, due, following)
                 log.info("schedule_skipped", unfinished_job_id=unfinished, **fields)
                 return
         try:
             async with conn.transaction():  # a savepoint: a refused insert leaves the rest
-                job_id = await conn.fetchval(
-                    q("schedule_insert_job"), tenant, name, row["job"], due
-                )
+                job_id = await schedule_runs.insert_job(conn, tenant, name, row["job"], due)
         except asyncpg.UniqueViolationError:
             # The job of this due time exists: never fire it twice, only move on.
             log.warning("schedule_due_already_fired", **fields)
@@ -153,19 +153,17 @@ class ScheduleFirer:
         except _REFUSED as exc:
             await self._disable(conn, row, f"the job template is refused: {exc}")
             return
-        await conn.execute(q("schedule_fired"), tenant, name, due, following, job_id)
+        await schedule_runs.fired(conn, tenant, name, due, following=following, job_id=job_id)
         late = (now - due).total_seconds()
         log.info("schedule_fired", job_id=job_id, late_seconds=round(late, 3), **fields)
 
     async def _disable(self, conn: Any, row: asyncpg.Record, reason: str) -> None:
-        await conn.execute(
-            q("disable_schedule"), row["tenant"], row["name"], row["cron"], row["timezone"], reason
-        )
+        await schedule_runs.disable(conn, row, reason)
         # Not an exception of ours: the row is wrong, and the reason is in it for its owner.
         log.warning("schedule_disabled", tenant=row["tenant"], schedule=row["name"], error=reason)
 
     async def _next_wait(self) -> float:
-        due = await self._pool.fetchval(q("next_schedule_due"))
+        due = await schedule_runs.next_due(self._pool)
         if due is None:
             return self._max_sleep
         wait = self._clock.real_seconds((due - self._clock.now()).total_seconds())

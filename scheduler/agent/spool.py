@@ -30,8 +30,8 @@ from scheduler.accounting.spoolfile import SpoolFormatError, UsageRow, columns, 
 from scheduler.agent.health import Health
 from scheduler.backoff import Backoff
 from scheduler.db.outage import DB_ERRORS, describe, outage_kind
-from scheduler.db.queries import q
 from scheduler.errors import SchedulerError
+from scheduler.repos import usage as usage_repo
 
 log = structlog.get_logger(__name__)
 SUFFIX = ".usage"
@@ -183,8 +183,8 @@ class UsageSpool:
                     self._reject(segment.path, str(exc))
                 else:
                     try:
-                        await pool.execute(
-                            q("insert_usage_periods"), *columns(rows), timeout=REPLAY_TIMEOUT
+                        await usage_repo.insert_usage_periods(
+                            pool, columns(rows), timeout_seconds=REPLAY_TIMEOUT
                         )
                     except DB_ERRORS as exc:
                         if outage_kind(exc) is not None:

@@ -10,7 +10,7 @@ import structlog
 
 from scheduler.cgroups.asyncdriver import async_driver
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits
-from scheduler.db.queries import q
+from scheduler.repos import tenant_tree
 from scheduler.runtime.sandbox import TenantIdentity
 
 log = structlog.get_logger(__name__)
@@ -84,7 +84,7 @@ class TenantCgroups:
             known = self._paths.get(tenant)
             if known is not None:
                 return known
-            rows = await self._pool.fetch(q("tenant_chain"), tenant)
+            rows = await tenant_tree.tenant_chain(self._pool, tenant)
             if not rows:
                 raise LookupError(f"unknown tenant {tenant!r}")
             names = tuple(str(r["name"]) for r in rows)

@@ -20,8 +20,8 @@ import structlog
 from scheduler.accounting.metrics import ServiceStats
 from scheduler.agent.health import Health
 from scheduler.db.outage import DB_ERRORS, log_failure
-from scheduler.db.queries import q
 from scheduler.jobs import Job
+from scheduler.repos import control
 
 log = structlog.get_logger(__name__)
 
@@ -126,7 +126,7 @@ class Unkillable:
             "retried and the attempt ends once they are gone"
         )
         try:
-            await self._pool.execute(q("set_job_error"), stuck.job.id, text, stuck.job.attempts)
+            await control.set_job_error(self._pool, stuck.job.id, text, stuck.job.attempts)
         except DB_ERRORS as exc:
             log_failure(log, "job_error_write_failed", exc, job_id=stuck.job.id)
             return False

@@ -18,10 +18,10 @@ import asyncpg
 import structlog
 
 from scheduler.errors import DatabaseError
+from scheduler.repos import listen
 
 log = structlog.get_logger(__name__)
 
-CHANNEL = "scheduler_job_done"
 RECONNECT_SECONDS = 1.0
 
 
@@ -76,7 +76,7 @@ class JobDoneHub:
         lost = anyio.Event()
         conn.add_termination_listener(lambda _c: lost.set())
         try:
-            await conn.add_listener(CHANNEL, self._notified)
+            await listen.listen(conn, listen.JOB_DONE, self._notified)
         except (asyncpg.PostgresError, OSError) as exc:
             log.warning("job_done_listen_failed", error=str(exc))
             return

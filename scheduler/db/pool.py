@@ -14,6 +14,9 @@ from scheduler.errors import DatabaseError
 
 # A plain connection or one borrowed from a pool: the store works with either.
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+# A pool (each statement borrows a connection for itself) or a connection: what the
+# repositories (scheduler/repos/) run one statement on.
+Db = asyncpg.Pool | Conn
 # What a database that is away, restarting or dropping sessions raises through asyncpg: server
 # errors, client errors, socket errors and timeouts, and InternalClientError, which a pooled
 # connection whose session dropped mid-statement raises on its next use ("cannot switch to

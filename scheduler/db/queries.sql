@@ -935,3 +935,28 @@ ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT $2;
 SELECT seq, attempt, node, period_start, period_end, cpu_seconds,
        memory_peak_bytes, io_read_bytes, io_write_bytes, final
 FROM scheduler.usage WHERE job_id = $1 ORDER BY seq DESC LIMIT $2;
+-- name: notify_jobs_done
+-- Capacity was freed (jobs ended or failed): waiting dispatchers claim again.
+SELECT pg_notify('scheduler_done', '');
+
+-- name: notify_jobs_queued
+-- Jobs were put back in the queue: every dispatcher may claim them now.
+SELECT pg_notify('scheduler_jobs', 'queued');
+
+-- name: notify_jobs_requeued
+-- A down node's attempts were requeued or lost: both claimable jobs and freed capacity.
+SELECT pg_notify('scheduler_jobs', 'queued'), pg_notify('scheduler_done', '');
+
+-- name: usage_partition_count
+-- How many partitions scheduler.usage has (the retention sweep's figure).
+SELECT count(*) FROM pg_inherits WHERE inhparent = 'scheduler.usage'::regclass;
+
+-- name: billing_caller_is_tenant
+SELECT scheduler.caller_is_tenant();
+
+-- name: billing_now
+-- The database's clock (the transaction's start): what "a month is over" is judged by.
+SELECT now();
+
+-- name: billing_period_closed
+SELECT closed_at, closed_by FROM scheduler.billing_periods WHERE period = $1;

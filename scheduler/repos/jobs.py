@@ -14,6 +14,7 @@ from scheduler.db.queries import q
 from scheduler.db.refusals import refusal
 from scheduler.errors import ControlRefused, IdempotencyMismatch, JobNotFound, SubmitRefused
 from scheduler.jobs import FINAL_STATES, DesiredState
+from scheduler.repos import listen
 from scheduler.requests import ArraySpec, JobRequest
 
 T = TypeVar("T")
@@ -157,7 +158,7 @@ async def wait(conn: Conn, job_id: int, *, poll: float = 5.0) -> asyncpg.Record:
         if payload == wanted:
             done.set()
 
-    await conn.add_listener("scheduler_job_done", _wake)
+    await conn.add_listener(listen.JOB_DONE, _wake)
     try:
         while True:
             row = await get(conn, job_id)
@@ -167,7 +168,7 @@ async def wait(conn: Conn, job_id: int, *, poll: float = 5.0) -> asyncpg.Record:
                 await done.wait()
             done = anyio.Event()
     finally:
-        await conn.remove_listener("scheduler_job_done", _wake)
+        await conn.remove_listener(listen.JOB_DONE, _wake)
 
 
 async def submit_idempotent(

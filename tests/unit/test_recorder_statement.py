@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 import time
 
-from scheduler.agent.recorder import _RECORD, Completion, _record_args
+from scheduler.agent.recorder import Completion, _record_args
 from scheduler.cgroups.base import Usage
 from scheduler.db.queries import q
 from scheduler.jobs import Outcome
+from scheduler.repos.attempts import RECORD as _RECORD
 from tests.factories import job
 
 JOB = job()
