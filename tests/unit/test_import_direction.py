@@ -22,6 +22,23 @@ ALLOWED = {
 }
 
 
+# What the upper layers must never import (docs/architecture.md, "Package map"): the CLI is a
+# client that nothing depends on; the HTTP API is a client of the repositories, not of the
+# agent's machinery; the repositories and the database layer know no caller; the runtime and
+# accounting know neither the agent nor its clients. The agent imports `api` in one place, its
+# composition root (agent/service.py), which serves the app.
+CLIENTS = {"cli", "api"}
+FORBIDDEN = {
+    "api": {"cli", "agent", "runtime", "cgroups"},
+    "repos": CLIENTS | {"agent", "runtime", "cgroups", "accounting", "config"},
+    "db": CLIENTS | {"agent", "repos", "runtime", "cgroups", "accounting"},
+    "runtime": CLIENTS | {"agent", "repos", "db", "accounting"},
+    "accounting": CLIENTS | {"agent"},
+    "policy": CLIENTS | {"agent", "repos", "db"},
+    "agent": {"cli"},
+}
+
+
 def _package(module: str) -> str:
     """``scheduler.cgroups.v1`` -> ``cgroups``; ``scheduler.jobs`` -> ``jobs``."""
     return module.split(".")[1]
@@ -98,3 +115,25 @@ def test_the_walk_sees_lazy_relative_and_from_package_imports(tmp_path: Path) ->
     assert graph["cgroups"] == {"runtime", "agent"}
     assert graph["runtime"] == {"cgroups"}
     assert _reaches(graph, "runtime", "cgroups") and _reaches(graph, "cgroups", "cgroups")
+
+
+def test_the_upper_layers_never_import_their_callers() -> None:
+    graph = package_graph()
+    for package, never in FORBIDDEN.items():
+        assert package in graph, package
+        assert not graph[package] & never, (package, graph[package] & never)
+
+
+def test_nothing_imports_the_cli() -> None:
+    graph = package_graph()
+    assert [p for p, deps in graph.items() if "cli" in deps and p != "cli"] == []
+
+
+def test_only_the_composition_root_imports_the_api() -> None:
+    """The agent serves the HTTP app; no other agent module reaches into the API."""
+    importers = []
+    for path in sorted((SOURCE / "agent").rglob("*.py")):
+        module = ".".join(("scheduler", *path.relative_to(SOURCE).with_suffix("").parts))
+        if any(_package(m) == "api" for m in _imports(path, module)):
+            importers.append(path.name)
+    assert importers == ["service.py"]
