@@ -10,6 +10,7 @@ from typing import Any, Literal, NewType
 
 from scheduler.cgroups.base import Usage
 from scheduler.runtime.spec import ExitRecord
+from scheduler.timeconv import NS_PER_SECOND
 
 JobId = NewType("JobId", int)
 JobState = Literal[
@@ -17,7 +18,6 @@ JobState = Literal[
 ]
 DesiredState = Literal["running", "frozen", "cancelled"]
 FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "timed_out", "lost"})
-NS_PER_SECOND = 1_000_000_000
 
 
 @dataclass(frozen=True)
