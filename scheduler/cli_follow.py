@@ -16,6 +16,7 @@ from scheduler.config import Settings
 from scheduler.db.pool import Conn
 from scheduler.errors import SchedulerError
 from scheduler.jobs import FINAL_STATES
+from scheduler.rundirs import run_dir_for
 
 # How often a followed job's files and row are looked at (a person is watching, not a test).
 POLL_SECONDS = 0.2
@@ -46,7 +47,7 @@ def output_files(settings: Settings, row: Any, attempt: int | None) -> OutputFil
         raise SchedulerError(
             f"job {job} attempt {chosen} ran on node {row['node']!r}: its output is there"
         )
-    return OutputFiles(settings.runs_dir / f"{job}-{chosen}", chosen)
+    return OutputFiles(run_dir_for(settings.runs_dir, job, chosen), chosen)
 
 
 class _Tail:
@@ -91,7 +92,7 @@ async def follow(conn: Conn, settings: Settings, job_id: int, *, attempt: int | 
                 if tails is not None:
                     for tail in tails:
                         tail.pump()  # the rest of the previous attempt
-                directory = settings.runs_dir / f"{job_id}-{wanted}"
+                directory = run_dir_for(settings.runs_dir, job_id, wanted)
                 tails = (
                     _Tail(directory / "stdout", sys.stdout.buffer),
                     _Tail(directory / "stderr", sys.stderr.buffer),

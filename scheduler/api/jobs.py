@@ -21,6 +21,7 @@ from scheduler.api.problems import Problem
 from scheduler.api.reading import read_body
 from scheduler.errors import ControlRefused, JobNotFound
 from scheduler.jobs import FINAL_STATES, DesiredState
+from scheduler.rundirs import run_dir_for
 from scheduler.store import TENANT_NAME, ArraySpec, JobRequest
 
 STATES = ("queued", "running", "frozen", "succeeded", "failed", "cancelled", "timed_out", "lost")
@@ -307,7 +308,7 @@ async def job_logs(request: Request) -> Response:
         )
     if row["node"] is not None and row["node"] != app_deps.node:
         raise Problem(404, f"job {row['id']} ran on node {row['node']!r}: ask that node's API")
-    path = app_deps.runs_dir / f"{row['id']}-{row['attempts']}" / stream
+    path = run_dir_for(app_deps.runs_dir, row["id"], row["attempts"]) / stream
     return await logs.respond(
         request,
         path,
@@ -333,6 +334,6 @@ async def _follow_queued(
         await anyio.sleep(0.25)
     if row["node"] is not None and row["node"] != app_deps.node:
         return  # another node runs it: its output is there (a plain GET says so)
-    path = app_deps.runs_dir / f"{job_id}-{row['attempts']}" / stream
+    path = run_dir_for(app_deps.runs_dir, job_id, row["attempts"]) / stream
     async for chunk in logs.follow_file(path, 0, finished):
         yield chunk

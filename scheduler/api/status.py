@@ -35,6 +35,7 @@ from scheduler.api.context import deps
 from scheduler.api.problems import Problem
 from scheduler.cli_output import escape
 from scheduler.db.queries import q
+from scheduler.rundirs import run_dir_for
 from scheduler.units import format_bytes
 
 COOKIE = "scheduler_token"
@@ -401,7 +402,7 @@ async def _log_tail(runs_dir: Any, node: str, row: Any) -> str:
         return f"<h3>Output</h3><p>On node {e(row['node'])}: open that node's status page.</p>"
     out = []
     for stream in ("stdout", "stderr"):
-        path = anyio.Path(runs_dir / f"{row['id']}-{row['attempts']}" / stream)
+        path = anyio.Path(run_dir_for(runs_dir, row["id"], row["attempts"]) / stream)
         text = "(nothing yet)"
         if await path.exists():
             async with await anyio.open_file(path, "rb") as f:

@@ -11,10 +11,10 @@ import anyio
 import asyncpg
 import pytest
 
-from scheduler.agent.runner import run_dir_for
 from scheduler.cgroups.base import CgroupPath
 from scheduler.cgroups.detect import open_driver
 from scheduler.jobs import FINAL_STATES as FINAL
+from scheduler.rundirs import run_dir_for
 from tests import cgroup_files
 from tests.conftest import AgentHandle, agent_settings, slow, start_agent
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from scheduler.agent.grace import TERM_FILE
-from scheduler.agent.runner import run_dir_for
+from scheduler.rundirs import run_dir_for
 from scheduler.sqlaccess import grant_sql
 from tests.conftest import AgentHandle, agent_settings, slow, start_agent
 from tests.integration.test_agent import output, submit, wait_final, wait_state

@@ -19,8 +19,8 @@ import asyncpg
 import pytest
 
 from scheduler.agent.isolation import ROOTFS_DIR
-from scheduler.agent.runner import run_dir_for
 from scheduler.errors import ImageError, ImageNotFound
+from scheduler.rundirs import run_dir_for
 from scheduler.runtime.images import ImageStore
 from tests.conftest import SCRATCH, AgentHandle, agent_settings, start_agent
 from tests.integration.test_agent import output, submit, wait_final

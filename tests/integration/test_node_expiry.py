@@ -11,10 +11,10 @@ import asyncpg
 import pytest
 
 from scheduler.agent.fencing import job_cgroups
-from scheduler.agent.runner import run_dir_for
 from scheduler.cgroups.detect import open_driver
 from scheduler.config import Settings
 from scheduler.db.queries import q
+from scheduler.rundirs import run_dir_for
 from scheduler.runtime.identity import live_monitor_pid
 from tests.agent_process import SHORT_LEASE
 from tests.conftest import AgentHandle, agent_settings, slow, start_agent, write_as_agent

@@ -10,9 +10,9 @@ import anyio
 import asyncpg
 import pytest
 
-from scheduler.agent.runner import run_dir_for
 from scheduler.cgroups.base import CgroupPath
 from scheduler.cgroups.detect import open_driver
+from scheduler.rundirs import run_dir_for
 from tests.agent_process import wait_gone
 from tests.conftest import AgentHandle, agent_settings, slow, start_agent
 from tests.integration.test_agent import submit, wait_final

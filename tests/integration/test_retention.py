@@ -17,10 +17,10 @@ import pytest
 
 from scheduler.agent.attempts import Attempts
 from scheduler.agent.retention import Retention
-from scheduler.agent.runner import run_dir_for
 from scheduler.db.migrate import migrate
 from scheduler.db.pool import connect
 from scheduler.db.queries import q
+from scheduler.rundirs import run_dir_for
 from scheduler.sqlaccess import grant_sql
 from tests.conftest import AgentHandle, agent_settings, slow, start_agent, with_database
 from tests.integration.test_agent import submit, wait_final

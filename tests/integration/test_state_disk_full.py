@@ -11,7 +11,7 @@ import anyio
 import asyncpg
 import pytest
 
-from scheduler.agent.runner import run_dir_for
+from scheduler.rundirs import run_dir_for
 from tests.agent_process import wait_gone
 from tests.conftest import SLOWDOWN, agent_settings, slow, start_agent
 from tests.integration.test_agent import wait_final, wait_state
