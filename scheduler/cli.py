@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scheduler import control_cli, nodes_cli, schedules_cli, statements_cli
+from scheduler import control_cli, jobdefaults, nodes_cli, schedules_cli, statements_cli, states
 from scheduler.cli_args import (
     INT4_MAX,
     CliParser,
@@ -31,6 +31,7 @@ from scheduler.cli_args import (
 )
 from scheduler.cli_output import escape, job_exit_code, table
 from scheduler.errors import SchedulerError
+from scheduler.names import NAME_SHAPE
 from scheduler.units import format_bytes, parse_cores, parse_duration, parse_size
 
 # Only what every command needs is imported above: the agent, the web stack, accounting and
@@ -51,16 +52,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     add_global(parser, top=False)
 
 
-JOB_STATES = (
-    "queued",
-    "running",
-    "frozen",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "timed_out",
-    "lost",
-)
+JOB_STATES = states.JOB_STATES
 # Formats of `billing export` (scheduler.accounting.export.FORMATS; a test keeps them equal).
 EXPORT_FORMATS = ("csv", "json", "focus")
 
@@ -124,19 +116,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     submit = sub.add_parser("submit", help="submit a job: scheduler submit [options] -- CMD...")
     _add_common(submit)
-    submit.add_argument("--tenant", default="default", help="the tenant the job bills to")
-    submit.add_argument("--name", default="", help="a name for people (shown by jobs, show)")
+    submit.add_argument("--tenant", default=jobdefaults.TENANT, help="the tenant the job bills to")
     submit.add_argument(
-        "--cpu", type=parse_cores, default=None, help="cores, e.g. 0.5 (default: 1)"
+        "--name", default=jobdefaults.NAME, help="a name for people (shown by jobs, show)"
+    )
+    submit.add_argument(
+        "--cpu",
+        type=parse_cores,
+        default=None,
+        help=f"cores, e.g. 0.5 (default: {jobdefaults.CPU})",
     )
     submit.add_argument(
         "--memory",
         type=parse_size,
         default=None,
-        help="memory limit, e.g. 256M, 1G (default: 512M)",
+        help=f"memory limit, e.g. 256M, 1G (default: {jobdefaults.MEMORY_BYTES >> 20}M)",
     )
     submit.add_argument(
-        "--pids", type=bounded_int(1, INT4_MAX), default=None, help="max processes (default: 1024)"
+        "--pids",
+        type=bounded_int(1, INT4_MAX),
+        default=None,
+        help=f"max processes (default: {jobdefaults.PIDS_MAX})",
     )
     submit.add_argument(
         "--timeout", type=parse_duration, default=None, help="time limit, e.g. 30s, 5m, 1h30m"
@@ -146,18 +146,23 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_duration,
         default=None,
         help="time between SIGTERM and the kill at a cancel or the time limit, e.g. 30s"
-        " (default: 10s; at most 1h; the node may cap it)",
+        f" (default: {jobdefaults.KILL_GRACE_SECONDS}s; at most 1h; the node may cap it)",
     )
     submit.add_argument(
-        "--priority", type=bounded_int(-1000, 1000), default=0, help="higher runs first"
+        "--priority",
+        type=bounded_int(-1000, 1000),
+        default=jobdefaults.PRIORITY,
+        help="higher runs first",
     )
     submit.add_argument(
         "--max-attempts",
         type=bounded_int(1, 100),
-        default=1,
+        default=jobdefaults.MAX_ATTEMPTS,
         help="attempts before the job fails (a lost node retries)",
     )
-    submit.add_argument("--cwd", default="/", help="absolute working directory of the job")
+    submit.add_argument(
+        "--cwd", default=jobdefaults.CWD, help="absolute working directory of the job"
+    )
     submit.add_argument(
         "--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable"
     )
@@ -253,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
         "add", help="build an image: scheduler images add NAME PATH... (bottom layer first)"
     )
     _add_common(images_add)
-    images_add.add_argument("name", help="the image's name ([a-z0-9][a-z0-9_-]*)")
+    images_add.add_argument("name", help=f"the image's name ({NAME_SHAPE})")
     images_add.add_argument(
         "paths",
         nargs="+",

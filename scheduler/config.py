@@ -21,9 +21,6 @@ from scheduler.names import NAME
 from scheduler.runtime.sandbox import SandboxPolicy
 from scheduler.units import UnitError, parse_duration
 
-# Same rule as scheduler.tenants.name.
-TENANT_NAME = NAME
-
 
 def _default_state_dir() -> Path:
     if os.geteuid() == 0:
@@ -163,7 +160,7 @@ class Settings:
                 f"max_pids must be in [0, 4194304] (0: pid_max / 4): got {self.max_pids}"
             )
         for name in self.trusted_tenant_names:
-            if not TENANT_NAME.match(name):
+            if not NAME.match(name):
                 raise ConfigError(f"trusted_tenants: {name!r} is not a tenant name")
         if not 4096 <= self.spool_max_bytes <= 2**40:
             raise ConfigError(

@@ -9,13 +9,14 @@ from typing import Any
 
 import asyncpg
 
-from scheduler import budgets_cli, store
+from scheduler import budgets_cli, jobdefaults, store
 from scheduler.arrays_cli import steer_array_cli
 from scheduler.cli_args import INT4_MAX, UsageError, bounded_int, job_id
 from scheduler.cli_output import cell, escape, table
 from scheduler.config import Settings
 from scheduler.db.pool import connect_settings
 from scheduler.jobs import DesiredState
+from scheduler.names import NAME_SHAPE
 from scheduler.sqlaccess import CONNECTION_LIMIT, SqlAccessError, grant_sql, revoke_sql
 from scheduler.units import format_bytes, parse_cores, parse_size
 
@@ -56,7 +57,7 @@ def add_parsers(
     for action in ("add", "set"):
         parser = actions.add_parser(action, help=f"{action} a tenant ('none' clears a limit)")
         add_common(parser)
-        parser.add_argument("name", help="the tenant's name ([a-z0-9][a-z0-9_-]{0,62})")
+        parser.add_argument("name", help=f"the tenant's name ({NAME_SHAPE})")
         unset = argparse.SUPPRESS
         parser.add_argument(
             "--parent", type=_optional(str), default=unset, help="parent tenant (none: a root)"
@@ -93,7 +94,7 @@ def add_parsers(
             "--weight",
             type=bounded_int(1, 10000),
             default=unset,
-            help="fair-share weight in [1, 10000] (default: 100)",
+            help=f"fair-share weight in [1, 10000] (default: {jobdefaults.TENANT_WEIGHT})",
         )
         parser.add_argument(
             "--io-read",

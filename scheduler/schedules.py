@@ -7,13 +7,13 @@ bad one is refused at add time instead of being disabled later by an agent.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from scheduler import names
 from scheduler.db.pool import Conn
 from scheduler.db.queries import q
 from scheduler.errors import SchedulerError
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 OVERLAPS = ("skip", "queue")
 # The database's rule too (schedules_before_write): names travel in URLs and job rows.
-SCHEDULE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+SCHEDULE_NAME = names.SCHEDULE_NAME
 MAX_LIST = 1000
 
 
@@ -63,7 +63,7 @@ def check(request: ScheduleRequest, now: datetime | None = None) -> cron.CronSpe
 
     if not SCHEDULE_NAME.match(request.name):
         raise ScheduleRefused(
-            f"schedule name {request.name!r} is not valid: expected [a-z0-9][a-z0-9_.-]{{0,62}}",
+            f"schedule name {request.name!r} is not valid: expected {names.SCHEDULE_NAME_SHAPE}",
             "name",
         )
     if request.overlap not in OVERLAPS:

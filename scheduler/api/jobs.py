@@ -22,9 +22,10 @@ from scheduler.api.reading import read_body
 from scheduler.errors import ControlRefused, JobNotFound
 from scheduler.jobs import FINAL_STATES, DesiredState
 from scheduler.rundirs import run_dir_for
+from scheduler.states import JOB_STATES
 from scheduler.store import TENANT_NAME, ArraySpec, JobRequest
 
-STATES = ("queued", "running", "frozen", "succeeded", "failed", "cancelled", "timed_out", "lost")
+STATES = JOB_STATES
 MAX_LIMIT = 500
 MAX_JOB_ID = 2**63 - 1  # ids are bigint
 
