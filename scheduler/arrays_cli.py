@@ -19,7 +19,9 @@ async def submit_array_cli(
     spec = store.ArraySpec(start, end, cap)
     conn = await connect_settings(settings)
     try:
-        rows = await store.submit_array(conn, request, spec, max_size=settings.max_array_size)
+        rows = await store.submit_array(
+            conn, request, spec, max_size=settings.limits.max_array_size
+        )
     finally:
         await conn.close()
     array_id = rows[0]["array_id"]

@@ -421,7 +421,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command in LOGGING_COMMANDS:
         from scheduler import log as logging_setup
 
-        logging_setup.configure(settings.log_level, settings.log_format)
+        logging_setup.configure(settings.log.level, settings.log.format)
     handler = COMMANDS[args.command]
     # uvloop (when installed) roughly halves the agent's event loop cost per request and per
     # job; a one-shot command does not need it.
@@ -673,7 +673,7 @@ async def cmd_images(settings: Settings, args: argparse.Namespace) -> int:
 
     from scheduler.runtime.images import ImageStore
 
-    images = ImageStore(settings.images_dir)
+    images = ImageStore(settings.paths.images_dir)
     if args.images_command == "add":
         info = await anyio.to_thread.run_sync(images.add, args.name, list(args.paths))
         found = [info]
@@ -757,7 +757,7 @@ async def _billing_check(settings: Settings, args: argparse.Namespace, conn: Any
     driver = None
     if not args.no_cgroups:
         try:
-            driver = open_driver(settings.cgroup_root)
+            driver = open_driver(settings.cgroups.root)
         except SchedulerError as exc:
             raise SchedulerError(
                 f"cannot check the tenants' cgroups: {exc} (--no-cgroups skips them)"
@@ -766,18 +766,18 @@ async def _billing_check(settings: Settings, args: argparse.Namespace, conn: Any
         conn,
         start=start,
         end=end,
-        node=settings.node_name,
+        node=settings.node.name,
         driver=driver,
-        cgroup_root=settings.cgroup_root,
+        cgroup_root=settings.cgroups.root,
     )
     if not args.no_metrics:
-        url = args.metrics_url or f"http://{settings.http_addr}/metrics"
+        url = args.metrics_url or f"http://{settings.http.addr}/metrics"
         try:
             text = await anyio.to_thread.run_sync(fetch_metrics, url)
         except (OSError, ValueError) as exc:
             print(f"scheduler: note: /metrics not checked ({url}): {exc}", file=sys.stderr)
         else:
-            found.extend(await check_metrics(conn, settings.node_name, text))
+            found.extend(await check_metrics(conn, settings.node.name, text))
     verdict = f"{len(found)} discrepancies" if found else "the books add up"
     if args.json:
         print(store.dumps({"jobs_checked": checked, "discrepancies": [str(d) for d in found]}))

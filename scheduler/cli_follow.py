@@ -43,11 +43,11 @@ def output_files(settings: Settings, row: Any, attempt: int | None) -> OutputFil
     chosen = row["attempts"] if attempt is None else attempt
     if not 1 <= chosen <= row["attempts"]:
         raise SchedulerError(f"job {job} has no attempt {chosen} (it has had {row['attempts']})")
-    if chosen == row["attempts"] and row["node"] not in (None, settings.node_name):
+    if chosen == row["attempts"] and row["node"] not in (None, settings.node.name):
         raise SchedulerError(
             f"job {job} attempt {chosen} ran on node {row['node']!r}: its output is there"
         )
-    return OutputFiles(run_dir_for(settings.runs_dir, job, chosen), chosen)
+    return OutputFiles(run_dir_for(settings.paths.runs_dir, job, chosen), chosen)
 
 
 class _Tail:
@@ -80,7 +80,7 @@ async def follow(conn: Conn, settings: Settings, job_id: int, *, attempt: int | 
         latest = row["attempts"]
         wanted = latest if attempt is None else attempt
         if wanted > following and wanted <= latest:
-            if row["node"] not in (None, settings.node_name) and wanted == latest:
+            if row["node"] not in (None, settings.node.name) and wanted == latest:
                 if not noted_remote:
                     print(
                         f"scheduler: job {job_id} runs on node {row['node']!r}: its output is "
@@ -92,7 +92,7 @@ async def follow(conn: Conn, settings: Settings, job_id: int, *, attempt: int | 
                 if tails is not None:
                     for tail in tails:
                         tail.pump()  # the rest of the previous attempt
-                directory = run_dir_for(settings.runs_dir, job_id, wanted)
+                directory = run_dir_for(settings.paths.runs_dir, job_id, wanted)
                 tails = (
                     _Tail(directory / "stdout", sys.stdout.buffer),
                     _Tail(directory / "stderr", sys.stderr.buffer),

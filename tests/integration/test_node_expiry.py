@@ -129,7 +129,7 @@ async def test_an_agent_back_after_its_lease_expired_kills_its_stale_attempts(
         c = await cluster(dsn, db, state_dir, peer_cgroup_roots, cgroup_root, tg)
         await check_requeued_and_billed_once(db, c)
         ids = [*c.retried, c.lost]
-        run_dirs = [run_dir_for(c.settings_a.monitors_dir, job_id, 1) for job_id in ids]
+        run_dirs = [run_dir_for(c.settings_a.paths.monitors_dir, job_id, 1) for job_id in ids]
         # The first attempts still run on a, under their monitors, though the jobs moved on.
         assert all(live_monitor_pid(d) is not None for d in run_dirs)
         assert sorted(job_id for job_id, _ in job_cgroups(driver)) == sorted(ids)
