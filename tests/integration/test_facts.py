@@ -12,7 +12,7 @@ import re
 import asyncpg
 import pytest
 
-from scheduler import jobdefaults, names, states
+from scheduler import jobdefaults, labels, names, states
 
 # A regular-expression literal after ~ or !~ in a CHECK or a function body.
 _REGEX = re.compile(r"!?~\s*'((?:[^']|'')*)'")
@@ -68,6 +68,13 @@ async def test_name_rules_match_the_database(db: asyncpg.Connection) -> None:
     for name in ("a", "a" * 63, "a" * 64, "A", "-a", "a.b", "a/b", "0_-"):
         by_db = await db.fetchval("SELECT $1 ~ $2", name, names.NAME_PATTERN)
         assert by_db == bool(names.NAME.match(name)), name
+
+
+async def test_label_rules_match_the_database(db: asyncpg.Connection) -> None:
+    source = (await _function_sources(db))["label_set_valid"]
+    rules = _regexes(source)
+    assert rules == [f"^{labels.KEY.pattern}$", f"^{labels.VALUE.pattern}$"]
+    assert f"<= {labels.MAX_LABELS}" in source
 
 
 async def test_job_states_match_the_database(db: asyncpg.Connection) -> None:
