@@ -25,6 +25,9 @@ ALLOWED = {
     "timeconv": set[str](),
     "jobdefaults": set[str](),
     "rundirs": set[str](),
+    # Settings import nothing of runtime (issue 21 item 7): the sandbox's values are below.
+    "sandboxrules": {"errors"},
+    "config": {"errors", "labels", "names", "sandboxrules", "units"},
 }
 
 
