@@ -45,6 +45,9 @@ def test_every_field_has_one_key_and_the_documented_variables_exist() -> None:
         documented |= set(re.findall(r"SCHEDULER_[A-Z_]*[A-Z]", doc.read_text()))
     missing = documented - {env_var(key) for key in KEYS} - NOT_SETTINGS
     assert not missing, missing
+    operations = (ROOT / "docs/operations.md").read_text()
+    undocumented = [k for k in KEYS if env_var(k) not in operations and k not in operations]
+    assert not undocumented, undocumented
 
 
 def test_the_choices_are_literals() -> None:
