@@ -6,18 +6,18 @@ import random
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal, NewType
+from typing import Any, NewType
 
+from scheduler import jobdefaults, states
 from scheduler.cgroups.base import Usage
 from scheduler.runtime.spec import ExitRecord
+from scheduler.timeconv import NS_PER_SECOND
 
 JobId = NewType("JobId", int)
-JobState = Literal[
-    "queued", "running", "frozen", "succeeded", "failed", "cancelled", "timed_out", "lost"
-]
-DesiredState = Literal["running", "frozen", "cancelled"]
-FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "timed_out", "lost"})
-NS_PER_SECOND = 1_000_000_000
+# Defined in scheduler/states.py; importable from here, where most callers look.
+JobState = states.JobState
+DesiredState = states.DesiredState
+FINAL_STATES = states.FINAL_STATES
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class Job:
     array_id: int | None = None
     array_index: int | None = None
     # Seconds between SIGTERM and the kill at a cancel or the time limit (migration 0015).
-    kill_grace_seconds: Decimal = Decimal(10)
+    kill_grace_seconds: Decimal = jobdefaults.KILL_GRACE_SECONDS
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
@@ -91,7 +91,7 @@ class Job:
 
 def _grace(value: Decimal | None) -> Decimal:
     """A row's kill_grace_seconds; the column's default where a query left it out."""
-    return Decimal(10) if value is None else value
+    return jobdefaults.KILL_GRACE_SECONDS if value is None else value
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from scheduler import jobdefaults
 from scheduler.errors import SubmitRefused
 from scheduler.names import NAME
 
@@ -36,20 +37,20 @@ class JobRequest:
     """What a client asks for; every field but argv has the database's default."""
 
     argv: list[str]
-    tenant: str = "default"
-    name: str = ""
+    tenant: str = jobdefaults.TENANT
+    name: str = jobdefaults.NAME
     env: dict[str, str] = field(default_factory=dict)
-    cwd: str = "/"
-    cpu: Decimal = Decimal(1)
-    memory_bytes: int = 536870912
-    pids_max: int = 1024
+    cwd: str = jobdefaults.CWD
+    cpu: Decimal = jobdefaults.CPU
+    memory_bytes: int = jobdefaults.MEMORY_BYTES
+    pids_max: int = jobdefaults.PIDS_MAX
     timeout_seconds: Decimal | None = None
-    priority: int = 0
-    max_attempts: int = 1
+    priority: int = jobdefaults.PRIORITY
+    max_attempts: int = jobdefaults.MAX_ATTEMPTS
     labels: dict[str, Any] = field(default_factory=dict)
     run_at: datetime | None = None
     image: str | None = None
-    network: bool = False
+    network: bool = jobdefaults.NETWORK
     io_read_bps: int | None = None
     io_write_bps: int | None = None
     # Most bytes of stdout+stderr kept (None: the tenant's, else the node's; never above them).
@@ -59,7 +60,8 @@ class JobRequest:
     # Labels a node must have to run the job (migration 0016; scheduler/labels.py).
     constraints: dict[str, str] = field(default_factory=dict)
 
-    # Seconds between SIGTERM and the kill at a cancel or the time limit (None: 10).
+    # Seconds between SIGTERM and the kill at a cancel or the time limit (None: the
+    # column's default, jobdefaults.KILL_GRACE_SECONDS).
     kill_grace_seconds: Decimal | None = None
 
 

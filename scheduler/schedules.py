@@ -8,10 +8,11 @@ bad one is refused at add time instead of being disabled later by an agent.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+from scheduler import jobdefaults, names
 
 # The exceptions live in scheduler/errors.py; these names are this module's too (callers
 # catch schedules.ScheduleNotFound and the like).
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 OVERLAPS = ("skip", "queue")
 # The database's rule too (schedules_before_write): names travel in URLs and job rows.
-SCHEDULE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+SCHEDULE_NAME = names.SCHEDULE_NAME
 MAX_LIST = 1000
 
 
@@ -41,7 +42,7 @@ class ScheduleRequest:
     name: str
     cron: str
     job: dict[str, Any]
-    tenant: str = "default"
+    tenant: str = jobdefaults.TENANT
     timezone: str = "UTC"
     overlap: str = "skip"
     enabled: bool = True
@@ -53,7 +54,7 @@ def check(request: ScheduleRequest, now: datetime | None = None) -> cron.CronSpe
 
     if not SCHEDULE_NAME.match(request.name):
         raise ScheduleRefused(
-            f"schedule name {request.name!r} is not valid: expected [a-z0-9][a-z0-9_.-]{{0,62}}",
+            f"schedule name {request.name!r} is not valid: expected {names.SCHEDULE_NAME_SHAPE}",
             "name",
         )
     if request.overlap not in OVERLAPS:

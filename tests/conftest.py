@@ -20,7 +20,7 @@ import pytest
 from scheduler.agent.service import Ready, run_agent
 from scheduler.cgroups.base import CgroupPath
 from scheduler.cgroups.detect import detect_layout, open_driver
-from scheduler.config import Settings
+from scheduler.config import Settings, make_settings
 from scheduler.db.embedded import EmbeddedPostgres
 from scheduler.db.migrate import migrate
 from scheduler.db.pool import connect
@@ -258,12 +258,12 @@ def agent_settings(dsn: str, state_dir: Path, cgroup_root: str, **extra: object)
         "sample_interval": slow(10.0),
     }
     values.update(extra)
-    return Settings(**values)  # type: ignore[arg-type]
+    return make_settings(**values)
 
 
 async def start_agent(tg: anyio.abc.TaskGroup, settings: Settings) -> AgentHandle:
     """Start an agent as a task of ``tg``; return once it is ready."""
-    assert settings.database_url is not None
+    assert settings.db.url is not None
     ready: list[Ready] = []
     event = anyio.Event()
     scope = anyio.CancelScope()
@@ -274,8 +274,8 @@ async def start_agent(tg: anyio.abc.TaskGroup, settings: Settings) -> AgentHandl
 
     async def run() -> None:
         with scope:
-            assert settings.database_url is not None
-            await run_agent(settings, settings.database_url, on_ready=on_ready)
+            assert settings.db.url is not None
+            await run_agent(settings, settings.db.url, on_ready=on_ready)
 
     tg.start_soon(partial(run))
     with anyio.fail_after(slow(60)):

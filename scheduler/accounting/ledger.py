@@ -18,7 +18,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-NS = Decimal(1_000_000_000)
+from scheduler.timeconv import NS_PER_SECOND
+
+NS = Decimal(NS_PER_SECOND)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from scheduler.accounting.ledger import TenantLedger
 from scheduler.cgroups.base import Usage
 from scheduler.cgroups.counters import Sample
 from scheduler.cgroups.parse import Pressure
+from scheduler.timeconv import NS_PER_SECOND
 
 # From a warm NOTIFY start (a few ms) to a queue backed up for minutes.
 DISPATCH_BUCKETS = (
@@ -193,7 +194,7 @@ def pressure_totals(pressure: Mapping[str, Pressure]) -> dict[tuple[str, str], i
 
 def seconds(ns: int) -> float:
     """Prometheus floats from integer nanoseconds (exact values live in the billing rows)."""
-    return float(Decimal(ns) / 1_000_000_000)
+    return float(Decimal(ns) / NS_PER_SECOND)
 
 
 class SnapshotCollector(Collector):

@@ -24,12 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
-NS_PER_SECOND = 1_000_000_000
-
-
-def truncate_us(ns: int) -> int:
-    """``ns`` truncated to whole microseconds (what a timestamptz keeps)."""
-    return ns // 1000 * 1000
+from scheduler.timeconv import NS_PER_SECOND, truncate_us
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from scheduler.cgroups.asyncdriver import async_driver
 from scheduler.cgroups.base import CgroupDriver, CgroupPath
 from scheduler.jobs import cpu_seconds
 from scheduler.repos import usage as usage_repo
+from scheduler.timeconv import NS_PER_SECOND
 
 # The totals a started job carries once finished.
 TOTALS = ("cpu_seconds", "memory_peak_bytes", "io_read_bytes", "io_write_bytes")
@@ -305,7 +306,7 @@ async def _check_tenants(
     running_count: dict[str, int] = {}
     for job in running:
         running_count[job["tenant"]] = running_count.get(job["tenant"], 0) + 1
-    unit = Decimal(driver.cpu_resolution_ns) / Decimal(1_000_000_000)
+    unit = Decimal(driver.cpu_resolution_ns) / NS_PER_SECOND
     tenants = await usage_repo.tenant_parents(conn)
     chains = tenant_chains(tenants)
     chain = chains.get

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import astuple, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
 from scheduler.errors import SchedulerError
+from scheduler.timeconv import us_to_datetime
 
 HEADER = {"format": "scheduler-usage-spool", "version": 1}
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class SpoolFormatError(SchedulerError):
@@ -115,7 +115,7 @@ def decode(data: bytes) -> list[UsageRow]:
 
 def timestamp(us: int) -> datetime:
     """A timestamptz value from microseconds since the epoch."""
-    return _EPOCH + timedelta(microseconds=us)
+    return us_to_datetime(us)
 
 
 def columns(rows: list[UsageRow]) -> list[list[object]]:

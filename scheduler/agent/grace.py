@@ -16,6 +16,8 @@ import signal
 import time
 from pathlib import Path
 
+from scheduler.timeconv import ns_to_seconds
+
 TERM_FILE = "term_ns"
 
 
@@ -55,7 +57,7 @@ def terminate(procs: str | None, monitor_dir: Path | None) -> int:
 
 def remaining(term_ns: int, grace_seconds: float) -> float:
     """Seconds of the grace left (<= 0: it is over)."""
-    return term_ns / 1e9 + grace_seconds - time.time()
+    return ns_to_seconds(term_ns) + grace_seconds - time.time()
 
 
 def signal_job(procs: str | None, sig: int) -> int:

@@ -132,12 +132,12 @@ def _rootfs_left(run_dir: Path) -> str | None:
 def isolator_for(settings: Settings) -> Isolator:
     """The node's isolator, from its settings."""
     policy = SandboxPolicy(
-        default_run_as=settings.run_as,
-        allow_network=settings.allow_network,
-        keep_upper=settings.keep_upper,  # type: ignore[arg-type]  # validated by Settings
-        trusted_tenants=settings.trusted_tenant_names,
+        default_run_as=settings.sandbox.run_as,
+        allow_network=settings.sandbox.allow_network,
+        keep_upper=settings.sandbox.keep_upper,
+        trusted_tenants=settings.sandbox.trusted_tenant_names,
     )
-    isolator = Isolator(policy, ImageStore(settings.images_dir))
+    isolator = Isolator(policy, ImageStore(settings.paths.images_dir))
     try:
         isolator.check()
     except SandboxError as exc:

@@ -26,8 +26,8 @@ async def readiness(pool: asyncpg.Pool, settings: Settings, driver: CgroupDriver
     except DB_ERRORS as exc:
         reasons.append(f"database unreachable: {exc or type(exc).__name__}")
     if not await async_driver(driver).exists(CgroupPath(())):
-        reasons.append(f"cgroup root {settings.cgroup_root!r} is missing")
-    for directory in (settings.runs_dir, settings.monitors_dir):
+        reasons.append(f"cgroup root {settings.cgroups.root!r} is missing")
+    for directory in (settings.paths.runs_dir, settings.paths.monitors_dir):
         if not os.access(directory, os.W_OK):
             reasons.append(f"state directory {directory} is not writable")
     return reasons

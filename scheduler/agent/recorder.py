@@ -40,6 +40,7 @@ from scheduler.log import enabled
 from scheduler.repos import attempts as attempts_repo
 from scheduler.repos import claims
 from scheduler.runtime.launcher import remove_run_dir
+from scheduler.timeconv import ns_to_datetime
 
 log = structlog.get_logger(__name__)
 MAX_BATCH = 256
@@ -98,13 +99,6 @@ async def _release(conn: Conn, batch: list[Completion]) -> set[int]:
     return {int(r["id"]) for r in rows}
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _ts(ns: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=ns // 1000)
-
-
 def _columns(rows: Iterable[tuple[object, ...]]) -> list[list[object]]:
     """Rows of statement arguments as one list per argument (for unnest)."""
     return [list(column) for column in zip(*rows, strict=True)]
@@ -119,7 +113,7 @@ def _row_args(c: Completion) -> tuple[tuple[object, ...], tuple[object, ...]]:
         retry_at = datetime.now(UTC) + timedelta(seconds=retry_delay_seconds(c.job.attempts))
     job, usage = c.job, c.usage
     # Computed once: the job's row and a whole-attempt usage row share them.
-    started, ended = _ts(c.start_ns), _ts(c.end_ns)
+    started, ended = ns_to_datetime(c.start_ns), ns_to_datetime(c.end_ns)
     cpu = cpu_seconds(usage.cpu_ns)
     finish = (
         job.id,
@@ -144,8 +138,8 @@ def _row_args(c: Completion) -> tuple[tuple[object, ...], tuple[object, ...]]:
             job.attempts,
             job.tenant,
             c.node,
-            _ts(p.start_ns),
-            _ts(p.end_ns),
+            ns_to_datetime(p.start_ns),
+            ns_to_datetime(p.end_ns),
             p.cpu_seconds,
             p.memory_byte_seconds,
             p.memory_peak_bytes,
@@ -196,7 +190,7 @@ def _dispatch_latency(c: Completion) -> float | None:
     """Insert commit -> exec of a first attempt that reached its process, in seconds."""
     if c.job.attempts != 1 or c.cgroup is None or c.outcome.state == "lost":
         return None
-    return max(0.0, (_ts(c.start_ns) - c.job.submitted_at).total_seconds())
+    return max(0.0, (ns_to_datetime(c.start_ns) - c.job.submitted_at).total_seconds())
 
 
 class Recorder:

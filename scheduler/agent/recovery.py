@@ -17,12 +17,13 @@ import structlog
 from anyio.abc import TaskGroup
 
 from scheduler.agent.recorder import Completion
-from scheduler.agent.runner import Runner, run_dir_for
+from scheduler.agent.runner import Runner
 from scheduler.agent.tenants import TenantCgroups
 from scheduler.cgroups.asyncdriver import async_driver
 from scheduler.cgroups.base import CgroupDriver, CgroupPath, Limits, Usage
 from scheduler.errors import ProcessesSurvive
 from scheduler.jobs import Job, Outcome
+from scheduler.rundirs import run_dir_for
 from scheduler.runtime.identity import ended_or_running, live_monitor_pid, reserved_identity
 from scheduler.runtime.records import mismatch
 from scheduler.runtime.spec import ExitRecord

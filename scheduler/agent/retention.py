@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import structlog
 from scheduler.agent.attempts import Attempts
 from scheduler.db.outage import DB_ERRORS, log_failure
 from scheduler.repos import retention as retention_repo
+from scheduler.rundirs import parse_run_dir_name
 
 log = structlog.get_logger(__name__)
 
@@ -36,8 +36,6 @@ log = structlog.get_logger(__name__)
 OUTPUT_BATCH = 10_000
 JOB_BATCH = 1_000
 JOB_BATCHES = 100
-# An attempt's directory under runs/ ("<job id>-<attempt>", runner.run_dir_for).
-_ATTEMPT_DIR = re.compile(r"^([0-9]{1,19})-([0-9]{1,9})$")
 
 
 @dataclass(frozen=True)
@@ -87,10 +85,10 @@ def remove_old_output(
     for entry in entries:
         if removed >= limit:
             break
-        match = _ATTEMPT_DIR.match(entry.name)
-        if match is None or not entry.is_dir(follow_symlinks=False):
+        attempt = parse_run_dir_name(entry.name)  # "<job id>-<attempt>" (rundirs.py)
+        if attempt is None or not entry.is_dir(follow_symlinks=False):
             continue
-        if (int(match.group(1)), int(match.group(2))) in running:
+        if attempt in running:
             continue
         path = Path(entry.path)
         try:

@@ -25,6 +25,7 @@ from scheduler.cgroups.base import CgroupDriver, CgroupPath, LaunchPlan, Limits,
 from scheduler.cgroups.counters import final_read, parse_sample
 from scheduler.errors import LaunchError, ProcessesSurvive, SchedulerError
 from scheduler.jobs import Job, Outcome, decide_outcome
+from scheduler.rundirs import run_dir_for
 from scheduler.runtime.cgroupview import CgroupView
 from scheduler.runtime.forkserver import ForkServer, UnansweredLaunch
 from scheduler.runtime.identity import ended_or_running
@@ -63,12 +64,6 @@ def job_env(job: Job) -> dict[str, str]:
         env["SCHEDULER_ARRAY_ID"] = str(job.array_id)
         env["SCHEDULER_ARRAY_INDEX"] = str(job.array_index)
     return env
-
-
-def run_dir_for(runs_dir: Path, job_id: int, attempt: int) -> Path:
-    """One attempt's directory under ``runs_dir`` (its output) or under the monitors'
-    directory (its monitor's pid and exit record)."""
-    return runs_dir / f"{job_id}-{attempt}"
 
 
 def _exit_record(run_dir: Path) -> ExitRecord | None:

@@ -29,7 +29,6 @@ import contextlib
 import secrets
 import time
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import anyio
@@ -44,7 +43,7 @@ from scheduler.accounting.metrics import (
     monotonic,
     pressure_totals,
 )
-from scheduler.accounting.periods import NS_PER_SECOND, Counters, Mark, Period, advance
+from scheduler.accounting.periods import Counters, Mark, Period, advance
 from scheduler.accounting.spoolfile import UsageRow, columns
 from scheduler.agent.health import Health
 from scheduler.agent.spool import SpoolFull, UsageSpool
@@ -57,6 +56,7 @@ from scheduler.errors import CgroupError
 from scheduler.jobs import Job
 from scheduler.repos import usage as usage_repo
 from scheduler.runtime.output import OutputMeter
+from scheduler.timeconv import NS_PER_SECOND, datetime_to_ns
 
 log = structlog.get_logger(__name__)
 # A statement that timed out (TimeoutError, one of DB_ERRORS) may still have committed: it
@@ -66,19 +66,7 @@ log = structlog.get_logger(__name__)
 STATEMENT_TIMEOUT = 30.0
 # PSI files read for each tenant's cgroup at every sweep.
 PSI_RESOURCES = ("cpu", "memory", "io")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _RANDOM = secrets.SystemRandom()
-
-
-def to_datetime(ns: int) -> datetime:
-    """A timestamptz value from nanoseconds (truncated to microseconds)."""
-    return _EPOCH + timedelta(microseconds=ns // 1000)
-
-
-def to_ns(value: datetime) -> int:
-    """Nanoseconds since the epoch from a timestamptz value (exact, microsecond-based)."""
-    delta = value - _EPOCH
-    return ((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds) * 1000
 
 
 def counters_of(sample: Sample | Usage) -> Counters:
@@ -150,7 +138,7 @@ def mark_from_row(row: asyncpg.Record, launched_ns: int | None) -> Mark:
     if rows == 0 and launched_ns is not None:
         end_ns = launched_ns  # no row yet: the first period starts at the launch, as for any
     else:
-        end_ns = to_ns(end) if end is not None else (launched_ns or time.time_ns())
+        end_ns = datetime_to_ns(end) if end is not None else (launched_ns or time.time_ns())
     cpu: Decimal = row["cpu_seconds"]
     return Mark(
         seq=int(row["seq"]),

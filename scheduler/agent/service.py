@@ -86,10 +86,10 @@ class Ready:
 @contextlib.asynccontextmanager
 async def database(settings: Settings) -> AsyncIterator[tuple[str, str | None]]:
     """The database URL to use (starting the embedded Postgres when none is configured)."""
-    if settings.database_url:
-        yield settings.database_url, None
+    if settings.db.url:
+        yield settings.db.url, None
         return
-    embedded = EmbeddedPostgres(settings.postgres_dir)
+    embedded = EmbeddedPostgres(settings.paths.postgres_dir)
     await embedded.start()
     try:
         yield embedded.dsn, embedded.psql_command()
@@ -100,8 +100,8 @@ async def database(settings: Settings) -> AsyncIterator[tuple[str, str | None]]:
 
 def build_driver(settings: Settings) -> CgroupDriver:
     """The cgroup driver for this host, with the scheduler's root created."""
-    prefer = None if settings.cgroup_driver == "auto" else settings.cgroup_driver
-    driver = open_driver(settings.cgroup_root, prefer=prefer)  # type: ignore[arg-type]
+    prefer = None if settings.cgroups.driver == "auto" else settings.cgroups.driver
+    driver = open_driver(settings.cgroups.root, prefer=prefer)
     driver.ensure(CgroupPath(()), Limits())
     if isinstance(driver, V2Driver):
         check_v2_controllers(driver, explicit=prefer == "v2")
@@ -229,15 +229,17 @@ async def kernel_parts(settings: Settings) -> AsyncIterator[Kernel]:
     """The monitor binary, the cgroup driver (its root created), the lock warmer and the
     fork server, each stopped again on the way out."""
     async with contextlib.AsyncExitStack() as stack:
-        monitor = await anyio.to_thread.run_sync(monitor_binary, settings.bin_dir)
+        monitor = await anyio.to_thread.run_sync(monitor_binary, settings.paths.bin_dir)
         # mkdirs, writes: off the loop.
         driver = await anyio.to_thread.run_sync(build_driver, settings)
         warmer: LockWarmer | None = None
-        if settings.launch_warm_seconds > 0:
+        if settings.agent.launch_warm_seconds > 0:
             try:
-                binary = await anyio.to_thread.run_sync(warmer_binary, settings.bin_dir)
+                binary = await anyio.to_thread.run_sync(warmer_binary, settings.paths.bin_dir)
                 warmer = await LockWarmer.start(
-                    binary, driver.helper_dir(WARMER_NAME), window=settings.launch_warm_seconds
+                    binary,
+                    driver.helper_dir(WARMER_NAME),
+                    window=settings.agent.launch_warm_seconds,
                 )
             except LaunchError as exc:
                 # An optimisation only: launches work without it, a grace period slower each.
@@ -282,8 +284,8 @@ async def database_parts(
                 dsn,
                 min_size=2,
                 max_size=8,
-                name=f"scheduler {settings.node_name}",
-                idle_in_transaction_seconds=settings.lease_seconds,
+                name=f"scheduler {settings.node.name}",
+                idle_in_transaction_seconds=settings.node.lease_seconds,
                 agent_writer=True,
             )
         )
@@ -293,8 +295,8 @@ async def database_parts(
                 dsn,
                 min_size=1,
                 max_size=1,
-                name=f"scheduler {settings.node_name} lease",
-                idle_in_transaction_seconds=settings.lease_seconds,
+                name=f"scheduler {settings.node.name} lease",
+                idle_in_transaction_seconds=settings.node.lease_seconds,
                 # expire_nodes ends the attempts of nodes found dead: outcome columns.
                 agent_writer=True,
             )
@@ -304,22 +306,22 @@ async def database_parts(
                 budget,
                 dsn,
                 min_size=1,
-                max_size=settings.api_db_connections,
-                name=f"scheduler {settings.node_name} api",
-                idle_in_transaction_seconds=settings.lease_seconds,
+                max_size=settings.db.api_connections,
+                name=f"scheduler {settings.node.name} api",
+                idle_in_transaction_seconds=settings.node.lease_seconds,
             )
         )
         async with pool.acquire() as conn:
             await migrate(conn)
-        capacity = detect_capacity(settings.node_cpu, settings.node_memory_bytes)
+        capacity = detect_capacity(settings.node.cpu, settings.node.memory_bytes)
         registered_at = time.monotonic()
         lease = await register(
             pool,
-            settings.node_name,
-            lease_seconds=settings.lease_seconds,
+            settings.node.name,
+            lease_seconds=settings.node.lease_seconds,
             driver=driver.name,
             capacity=capacity,
-            labels=settings.node_label_set,
+            labels=settings.node.label_set,
         )
 
         async def release_lease() -> None:
@@ -359,31 +361,33 @@ async def work_parts(
         tenants = TenantCgroups(
             pool,
             driver,
-            io_devices(settings.io_devices, settings.state_dir),
-            pids_cap=node_pids_cap(settings.max_pids),
+            io_devices(settings.cgroups.io_devices, settings.paths.state),
+            pids_cap=node_pids_cap(settings.cgroups.max_pids),
         )
         stats = ServiceStats()
         health = Health(stats)
-        spool = UsageSpool(settings.spool_dir, settings.spool_max_bytes, stats=stats, health=health)
+        spool = UsageSpool(
+            settings.paths.spool_dir, settings.limits.spool_max_bytes, stats=stats, health=health
+        )
         await anyio.to_thread.run_sync(spool.load)
         # What a previous run spooled goes first: recovery reloads marks from these rows. The
         # heartbeat does not run yet: a long replay goes on in the background (spool.run),
         # and marks are not reloaded while rows wait.
         try:
-            with anyio.move_on_after(settings.lease_seconds / 3):
+            with anyio.move_on_after(settings.node.lease_seconds / 3):
                 await spool.replay(pool)
         except DB_ERRORS as exc:
             health.fail("usage", f"usage rows are spooled on disk: {describe(exc)}")
         # Before any row of this run is counted (recovery records ended attempts below).
         try:
-            await load_billed(pool, driver, settings.node_name, stats.billed)
+            await load_billed(pool, driver, settings.node.name, stats.billed)
         except DB_ERRORS as exc:  # the counters start at zero: a reset, which Prometheus takes
             log_failure(log, "billed_totals_load_failed", exc)
         sampler = Sampler(
             pool,
             driver,
-            node=settings.node_name,
-            interval=settings.sample_interval,
+            node=settings.node.name,
+            interval=settings.accounting.sample_interval,
             stats=stats,
             tenant_paths=tenants.paths,
             spool=spool,
@@ -397,9 +401,9 @@ async def work_parts(
             dispatcher.wake()
 
         state_disk = StateDisk(
-            (settings.state_dir, settings.monitors_dir),
-            min_free_bytes=settings.state_min_free_bytes,
-            interval=min(settings.poll_interval, 1.0),
+            (settings.paths.state, settings.paths.monitors_dir),
+            min_free_bytes=settings.limits.state_min_free_bytes,
+            interval=min(settings.agent.poll_interval, 1.0),
             health=health,
             on_ok=disk_usable_again,
         )
@@ -407,14 +411,14 @@ async def work_parts(
             driver=driver,
             tenants=tenants,
             monitor=kernel.monitor,
-            runs_dir=settings.runs_dir,
-            monitors_dir=settings.monitors_dir,
+            runs_dir=settings.paths.runs_dir,
+            monitors_dir=settings.paths.monitors_dir,
             fork_server=kernel.fork_server,
-            node=settings.node_name,
+            node=settings.node.name,
             completions=outbox,
             isolator=isolator_for(settings),
             attempts=Attempts(),
-            term_grace=settings.term_grace_seconds,
+            term_grace=settings.agent.term_grace_seconds,
             sampler=sampler,
             node_fault=state_disk.check,
             blocked=state_disk.blocked,
@@ -422,24 +426,24 @@ async def work_parts(
             # Written into every runtime record of this agent's attempts (runtime/records.py).
             database=await startup.database_identity(pool),
             epoch=db.lease.epoch,
-            output_limit_bytes=settings.output_limit_bytes,
-            output_reserve_bytes=settings.state_min_free_bytes,
+            output_limit_bytes=settings.limits.output_limit_bytes,
+            output_reserve_bytes=settings.limits.state_min_free_bytes,
         )
         controller = Controller(
             pool,
             driver,
             runner.attempts,
             tenants,
-            node=settings.node_name,
-            poll_interval=settings.poll_interval,
+            node=settings.node.name,
+            poll_interval=settings.agent.poll_interval,
             unkillable=unkillable,
-            grace_ceiling=settings.term_grace_seconds,
+            grace_ceiling=settings.agent.term_grace_seconds,
         )
         dispatcher = Dispatcher(
             pool,
-            node=settings.node_name,
-            max_running=settings.max_running,
-            poll_interval=settings.poll_interval,
+            node=settings.node.name,
+            max_running=settings.agent.max_running,
+            poll_interval=settings.agent.poll_interval,
             run_job=runner.run,
             capacity=db.capacity,
             epoch=db.lease.epoch,
@@ -488,14 +492,14 @@ async def http_parts(
 ) -> AsyncIterator[Http]:
     """The API's listening socket (closed on the way out, served or not) and its app."""
     with contextlib.ExitStack() as stack:
-        http_socket = stack.enter_context(contextlib.closing(bind(settings.http_addr)))
+        http_socket = stack.enter_context(contextlib.closing(bind(settings.http.addr)))
         limits = HttpLimits(
             max_connections=http_connection_cap(
-                settings.http_max_connections, raise_nofile_limit()
+                settings.http.max_connections, raise_nofile_limit()
             ),
-            header_seconds=settings.http_header_timeout_seconds,
-            body_seconds=settings.http_body_timeout_seconds,
-            keepalive_seconds=settings.http_keepalive_timeout_seconds,
+            header_seconds=settings.http.header_timeout_seconds,
+            body_seconds=settings.http.body_timeout_seconds,
+            keepalive_seconds=settings.http.keepalive_timeout_seconds,
         )
 
         async def ready_reasons() -> list[str]:
@@ -514,17 +518,17 @@ async def http_parts(
         app = build_app(
             ApiDeps(
                 pool=ApiPool(db.api_pool),
-                admin_token=settings.admin_token,
-                runs_dir=settings.runs_dir,
-                node=settings.node_name,
+                admin_token=settings.http.admin_token,
+                runs_dir=settings.paths.runs_dir,
+                node=settings.node.name,
                 readiness=ready_reasons,
                 metrics=metrics_renderer(
-                    lambda: sampler.snapshot, work.stats, job_limit=settings.metrics_jobs
+                    lambda: sampler.snapshot, work.stats, job_limit=settings.accounting.metrics_jobs
                 ),
-                metrics_token=settings.metrics_token,
-                body_seconds=settings.http_body_timeout_seconds,
+                metrics_token=settings.http.metrics_token,
+                body_seconds=settings.http.body_timeout_seconds,
                 job_done=job_done,
-                max_array_size=settings.max_array_size,
+                max_array_size=settings.limits.max_array_size,
             )
         )
         yield Http(socket=http_socket, limits=limits, job_done=job_done, app=app)
@@ -544,12 +548,12 @@ async def run_agent(
     The composition root: each builder below is entered on one exit stack, so whatever
     start-up made is undone in reverse order when the agent stops, or when a later step
     of start-up fails."""
-    structlog.contextvars.bind_contextvars(node=settings.node_name)
+    structlog.contextvars.bind_contextvars(node=settings.node.name)
     for directory in (
-        settings.state_dir,
-        settings.runs_dir,
-        settings.monitors_dir,
-        settings.bin_dir,
+        settings.paths.state,
+        settings.paths.runs_dir,
+        settings.paths.monitors_dir,
+        settings.paths.bin_dir,
     ):
         directory.mkdir(parents=True, exist_ok=True, mode=0o750)
     budget = CloseBudget(CLOSE_SECONDS)
@@ -567,7 +571,7 @@ async def run_agent(
             dsn=dsn,
             psql=psql,
             driver=kernel.driver.name,
-            node=settings.node_name,
+            node=settings.node.name,
             http=bound_address(http.socket),
         )
         with _first_scheduler_error():
@@ -613,9 +617,9 @@ async def _run(
     heartbeat = Heartbeat(
         db.lease_pool,
         db.lease,
-        lease_seconds=settings.lease_seconds,
-        interval=settings.heartbeat_seconds,
-        grace=settings.lease_grace_seconds,
+        lease_seconds=settings.node.lease_seconds,
+        interval=settings.node.heartbeat_seconds,
+        grace=settings.node.lease_grace_seconds,
         fence=fence,
         registered_at=db.registered_at,
     )
@@ -635,10 +639,10 @@ async def _run(
             ).run,
             work.completions,
         )
-        tg.start_soon(work.spool.run, pool, settings.poll_interval)
+        tg.start_soon(work.spool.run, pool, settings.agent.poll_interval)
         await work.state_disk.check()  # before the first claim
         tg.start_soon(work.state_disk.run)
-        leftovers = await startup.active_on_node(pool, settings.node_name)
+        leftovers = await startup.active_on_node(pool, settings.node.name)
         # Attempts requeued or ended elsewhere while this node's lease was expired.
         await fence_stale(driver, {job.id for job in leftovers})
         resumed = await recover(
@@ -646,8 +650,8 @@ async def _run(
             driver=driver,
             tenants=work.tenants,
             runner=runner,
-            runs_dir=settings.runs_dir,
-            node=settings.node_name,
+            runs_dir=settings.paths.runs_dir,
+            node=settings.node.name,
             task_group=tg,
             send_lost=work.outbox.send,
             on_start=work.dispatcher.adopt,
@@ -662,18 +666,18 @@ async def _run(
         tg.start_soon(
             Retention(
                 pool,
-                runs_dir=settings.runs_dir,
+                runs_dir=settings.paths.runs_dir,
                 attempts=runner.attempts,
-                output_retention=settings.output_retention_seconds,
-                job_retention=settings.job_retention_seconds,
-                interval=settings.retention_interval_seconds,
+                output_retention=settings.retention.output_seconds,
+                job_retention=settings.retention.jobs_seconds,
+                interval=settings.retention.interval_seconds,
             ).run
         )
         started.set()
         log.info(
             "agent_ready",
             driver=driver.name,
-            cgroup_root=settings.cgroup_root,
+            cgroup_root=settings.cgroups.root,
             resumed=len(resumed),
             recovered=len(leftovers),
         )

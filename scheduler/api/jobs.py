@@ -12,6 +12,7 @@ import asyncpg
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from scheduler import jobdefaults
 from scheduler.api import logs
 from scheduler.api.auth import bearer
 from scheduler.api.bodies import SUBMIT_FIELDS, parse_json, request_hash, validate
@@ -23,8 +24,10 @@ from scheduler.jobs import FINAL_STATES, DesiredState
 from scheduler.presentation import record_to_dict
 from scheduler.repos import jobs as repo
 from scheduler.requests import TENANT_NAME, ArraySpec, JobRequest
+from scheduler.rundirs import run_dir_for
+from scheduler.states import JOB_STATES
 
-STATES = ("queued", "running", "frozen", "succeeded", "failed", "cancelled", "timed_out", "lost")
+STATES = JOB_STATES
 MAX_LIMIT = 500
 MAX_JOB_ID = 2**63 - 1  # ids are bigint
 
@@ -57,7 +60,7 @@ async def create_job(request: Request) -> Response:
     async with deps(request).pool.acquire() as conn:
         who = await caller(request, conn)
         # A tenant's token submits for its own tenant unless the body names a child tenant.
-        job = JobRequest(**{"tenant": "default" if who.is_admin else who.name, **values})
+        job = JobRequest(**{"tenant": jobdefaults.TENANT if who.is_admin else who.name, **values})
         if not who.sees(job.tenant):
             raise Problem(403, f"this token may not submit jobs for tenant {job.tenant!r}")
         if array is not None:
@@ -306,7 +309,7 @@ async def job_logs(request: Request) -> Response:
         )
     if row["node"] is not None and row["node"] != app_deps.node:
         raise Problem(404, f"job {row['id']} ran on node {row['node']!r}: ask that node's API")
-    path = app_deps.runs_dir / f"{row['id']}-{row['attempts']}" / stream
+    path = run_dir_for(app_deps.runs_dir, row["id"], row["attempts"]) / stream
     return await logs.respond(
         request,
         path,
@@ -330,6 +333,6 @@ async def _follow_queued(
         await anyio.sleep(0.25)
     if row["node"] is not None and row["node"] != app_deps.node:
         return  # another node runs it: its output is there (a plain GET says so)
-    path = app_deps.runs_dir / f"{job_id}-{row['attempts']}" / stream
+    path = run_dir_for(app_deps.runs_dir, job_id, row["attempts"]) / stream
     async for chunk in logs.follow_file(path, 0, finished):
         yield chunk

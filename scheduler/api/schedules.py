@@ -13,7 +13,7 @@ import asyncpg
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from scheduler import schedules
+from scheduler import jobdefaults, schedules
 from scheduler.api.auth import Principal, bearer
 from scheduler.api.bodies import parse_json, validate
 from scheduler.api.context import caller, deps
@@ -33,7 +33,7 @@ def _location(row: asyncpg.Record) -> str:
 
 
 def _tenant_of(request: Request, who: Principal) -> str:
-    return request.query_params.get("tenant") or ("default" if who.is_admin else who.name)
+    return request.query_params.get("tenant") or (jobdefaults.TENANT if who.is_admin else who.name)
 
 
 async def _visible(request: Request, conn: Any) -> asyncpg.Record:
@@ -55,7 +55,7 @@ async def create_schedule(request: Request) -> Response:
     values = validate(parse_json(await read_body(request)), ScheduleCreate)
     async with deps(request).pool.acquire() as conn:
         who = await caller(request, conn)
-        values.setdefault("tenant", "default" if who.is_admin else who.name)
+        values.setdefault("tenant", jobdefaults.TENANT if who.is_admin else who.name)
         if not who.sees(values["tenant"]):
             raise Problem(
                 403, f"this token may not create schedules for tenant {values['tenant']!r}"

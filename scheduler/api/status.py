@@ -37,6 +37,7 @@ from scheduler.escaping import escape
 from scheduler.repos import jobs as job_repo
 from scheduler.repos import status as repo
 from scheduler.repos import tenants as tenant_repo
+from scheduler.rundirs import run_dir_for
 from scheduler.units import format_bytes
 
 COOKIE = "scheduler_token"
@@ -371,7 +372,7 @@ async def _log_tail(runs_dir: Any, node: str, row: Any) -> str:
         return f"<h3>Output</h3><p>On node {e(row['node'])}: open that node's status page.</p>"
     out = []
     for stream in ("stdout", "stderr"):
-        path = anyio.Path(runs_dir / f"{row['id']}-{row['attempts']}" / stream)
+        path = anyio.Path(run_dir_for(runs_dir, row["id"], row["attempts"]) / stream)
         text = "(nothing yet)"
         if await path.exists():
             async with await anyio.open_file(path, "rb") as f:

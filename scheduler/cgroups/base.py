@@ -19,23 +19,23 @@ from scheduler import launchplan
 from scheduler.cgroups import fs
 from scheduler.cgroups.parse import CounterParser, Pressure, Values
 from scheduler.errors import CgroupError
+from scheduler.names import NAME, NAME_SHAPE
 
 DriverName = Literal["v1", "v2"]
 # Defined in scheduler.launchplan (the C monitor's input, which runtime carries); kept
 # importable from here, where the drivers and their callers import it.
 LaunchPlan = launchplan.LaunchPlan
 
-# Same rule as scheduler.tenants.name: no dots or slashes, so a name can never leave the root.
-_SEGMENT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# The tenant name rule (scheduler/names.py): no dots or slashes, so a name can never leave
+# the root.
+_SEGMENT = NAME
 _JOB_SEGMENT = re.compile(r"^job-[0-9]+(-[0-9]+)?$")
 
 
 def check_segment(name: str) -> str:
     """Return ``name`` if it is a safe single cgroup directory name, else raise ValueError."""
     if not (_SEGMENT.match(name) or _JOB_SEGMENT.match(name)):
-        raise ValueError(
-            f"{name!r} is not a valid cgroup name: expected [a-z0-9][a-z0-9_-]{{0,62}}"
-        )
+        raise ValueError(f"{name!r} is not a valid cgroup name: expected {NAME_SHAPE}")
     return name
 
 

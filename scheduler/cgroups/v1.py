@@ -42,6 +42,7 @@ from scheduler.cgroups.parse import (
     single,
 )
 from scheduler.errors import CgroupError
+from scheduler.timeconv import NS_PER_SECOND
 
 log = structlog.get_logger(__name__)
 
@@ -407,8 +408,8 @@ class V1Driver:
             acct = self.directory("cpuacct", path)
             ticks = parse_flat_keyed(fs.read_file(acct / "cpuacct.stat"))
             hz = os.sysconf("SC_CLK_TCK")
-            values["cpu_user_ns"] = ticks.get("user", 0) * 1_000_000_000 // hz
-            values["cpu_system_ns"] = ticks.get("system", 0) * 1_000_000_000 // hz
+            values["cpu_user_ns"] = ticks.get("user", 0) * NS_PER_SECOND // hz
+            values["cpu_system_ns"] = ticks.get("system", 0) * NS_PER_SECOND // hz
         return usage_of(peak_or_current(values))
 
     def read_pressure(self, path: CgroupPath, resource: str) -> Pressure:

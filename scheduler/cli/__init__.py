@@ -64,7 +64,7 @@ def _run(args: argparse.Namespace) -> int:
     if command.logs:
         from scheduler import log as logging_setup
 
-        logging_setup.configure(settings.log_level, settings.log_format)
+        logging_setup.configure(settings.log.level, settings.log.format)
     # uvloop (when installed) roughly halves the agent's event loop cost per request and per
     # job; a one-shot command does not need it.
     options = {"use_uvloop": _has_uvloop()} if command.uvloop else {}

@@ -18,12 +18,12 @@ TOKEN_FILE = "admin-token"  # noqa: S105 (a file name, not a secret)
 
 def with_admin_token(settings: Settings) -> tuple[Settings, str | None]:
     """``settings`` with the first-run admin token when one applies, and the line to print."""
-    if settings.admin_token or settings.database_url:
+    if settings.http.admin_token or settings.db.url:
         return settings, None
-    path = settings.state_dir / TOKEN_FILE
+    path = settings.paths.state / TOKEN_FILE
     # Made before the embedded Postgres, whose server runs as another user and must traverse
     # it (as embedded.py makes the parents it creates): others may pass, not list.
-    settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+    settings.paths.state.mkdir(parents=True, exist_ok=True, mode=0o711)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
@@ -38,7 +38,9 @@ def with_admin_token(settings: Settings) -> tuple[Settings, str | None]:
         f"scheduler: admin token (for the API and the status page) in {path}:"
         f" export TOKEN=$(cat {path})"
     )
-    return dataclasses.replace(settings, admin_token=token), note
+    return dataclasses.replace(
+        settings, http=dataclasses.replace(settings.http, admin_token=token)
+    ), note
 
 
 def _read(path: os.PathLike[str]) -> str:

@@ -26,7 +26,9 @@ async def submit_array_cli(
     spec = requests.ArraySpec(start, end, cap)
     conn = await connect(settings)
     try:
-        rows = await jobs_repo.submit_array(conn, request, spec, max_size=settings.max_array_size)
+        rows = await jobs_repo.submit_array(
+            conn, request, spec, max_size=settings.limits.max_array_size
+        )
     finally:
         await conn.close()
     array_id = rows[0]["array_id"]

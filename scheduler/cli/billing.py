@@ -153,7 +153,7 @@ async def _billing_check(settings: Settings, args: argparse.Namespace, conn: Any
     driver = None
     if not args.no_cgroups:
         try:
-            driver = open_driver(settings.cgroup_root)
+            driver = open_driver(settings.cgroups.root)
         except SchedulerError as exc:
             raise SchedulerError(
                 f"cannot check the tenants' cgroups: {exc} (--no-cgroups skips them)"
@@ -162,18 +162,18 @@ async def _billing_check(settings: Settings, args: argparse.Namespace, conn: Any
         conn,
         start=start,
         end=end,
-        node=settings.node_name,
+        node=settings.node.name,
         driver=driver,
-        cgroup_root=settings.cgroup_root,
+        cgroup_root=settings.cgroups.root,
     )
     if not args.no_metrics:
-        url = args.metrics_url or f"http://{settings.http_addr}/metrics"
+        url = args.metrics_url or f"http://{settings.http.addr}/metrics"
         try:
             text = await anyio.to_thread.run_sync(fetch_metrics, url)
         except (OSError, ValueError) as exc:
             print(f"scheduler: note: /metrics not checked ({url}): {exc}", file=sys.stderr)
         else:
-            found.extend(await check_metrics(conn, settings.node_name, text))
+            found.extend(await check_metrics(conn, settings.node.name, text))
     verdict = f"{len(found)} discrepancies" if found else "the books add up"
     if args.json:
         print(dumps({"jobs_checked": checked, "discrepancies": [str(d) for d in found]}))

@@ -16,6 +16,7 @@ from scheduler.db.pool import Conn
 from scheduler.errors import SchedulerError
 from scheduler.jobs import FINAL_STATES
 from scheduler.repos import jobs as jobs_repo
+from scheduler.rundirs import run_dir_for
 
 # How often a followed job's files and row are looked at (a person is watching, not a test).
 POLL_SECONDS = 0.2
@@ -42,11 +43,11 @@ def output_files(settings: Settings, row: Any, attempt: int | None) -> OutputFil
     chosen = row["attempts"] if attempt is None else attempt
     if not 1 <= chosen <= row["attempts"]:
         raise SchedulerError(f"job {job} has no attempt {chosen} (it has had {row['attempts']})")
-    if chosen == row["attempts"] and row["node"] not in (None, settings.node_name):
+    if chosen == row["attempts"] and row["node"] not in (None, settings.node.name):
         raise SchedulerError(
             f"job {job} attempt {chosen} ran on node {row['node']!r}: its output is there"
         )
-    return OutputFiles(settings.runs_dir / f"{job}-{chosen}", chosen)
+    return OutputFiles(run_dir_for(settings.paths.runs_dir, job, chosen), chosen)
 
 
 class _Tail:
@@ -79,7 +80,7 @@ async def follow(conn: Conn, settings: Settings, job_id: int, *, attempt: int | 
         latest = row["attempts"]
         wanted = latest if attempt is None else attempt
         if wanted > following and wanted <= latest:
-            if row["node"] not in (None, settings.node_name) and wanted == latest:
+            if row["node"] not in (None, settings.node.name) and wanted == latest:
                 if not noted_remote:
                     print(
                         f"scheduler: job {job_id} runs on node {row['node']!r}: its output is "
@@ -91,7 +92,7 @@ async def follow(conn: Conn, settings: Settings, job_id: int, *, attempt: int | 
                 if tails is not None:
                     for tail in tails:
                         tail.pump()  # the rest of the previous attempt
-                directory = settings.runs_dir / f"{job_id}-{wanted}"
+                directory = run_dir_for(settings.paths.runs_dir, job_id, wanted)
                 tails = (
                     _Tail(directory / "stdout", sys.stdout.buffer),
                     _Tail(directory / "stderr", sys.stderr.buffer),

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from scheduler.cli.command import Command, Subparsers, add_common
 from scheduler.cli.output import escape, out
+from scheduler.names import NAME_SHAPE
 from scheduler.units import format_bytes
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ def add_images(sub: Subparsers) -> None:
         "add", help="build an image: scheduler images add NAME PATH... (bottom layer first)"
     )
     add_common(images_add)
-    images_add.add_argument("name", help="the image's name ([a-z0-9][a-z0-9_-]*)")
+    images_add.add_argument("name", help=f"the image's name ({NAME_SHAPE})")
     images_add.add_argument(
         "paths",
         nargs="+",
@@ -38,7 +39,7 @@ async def cmd_images(settings: Settings, args: argparse.Namespace) -> int:
 
     from scheduler.runtime.images import ImageStore
 
-    images = ImageStore(settings.images_dir)
+    images = ImageStore(settings.paths.images_dir)
     if args.images_command == "add":
         info = await anyio.to_thread.run_sync(images.add, args.name, list(args.paths))
         found = [info]

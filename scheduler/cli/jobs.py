@@ -10,6 +10,7 @@ import sys
 from functools import partial
 from typing import TYPE_CHECKING
 
+from scheduler import states
 from scheduler.cli.args import UsageError, bounded_int, job_id
 from scheduler.cli.command import Command, Subparsers, add_common
 from scheduler.cli.connect import connect
@@ -20,16 +21,7 @@ if TYPE_CHECKING:
     from scheduler.config import Settings
     from scheduler.jobs import DesiredState
 
-JOB_STATES = (
-    "queued",
-    "running",
-    "frozen",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "timed_out",
-    "lost",
-)
+JOB_STATES = states.JOB_STATES
 # The desired_state each steering verb sets.
 DESIRED: dict[str, DesiredState] = {"cancel": "cancelled", "freeze": "frozen", "thaw": "running"}
 

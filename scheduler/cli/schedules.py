@@ -7,6 +7,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
+from scheduler import jobdefaults
 from scheduler.cli.args import CliParser
 from scheduler.cli.command import Command, Subparsers, add_common
 from scheduler.cli.connect import connect
@@ -42,7 +43,7 @@ def add_schedules(sub: Subparsers) -> None:
         one = actions.add_parser(action, help=text)
         add_common(one)
         one.add_argument("name", help="the schedule's name")
-        one.add_argument("--tenant", default="default", help="the schedule's tenant")
+        one.add_argument("--tenant", default=jobdefaults.TENANT, help="the schedule's tenant")
 
 
 def _add_arguments(add: argparse.ArgumentParser) -> None:
@@ -58,7 +59,7 @@ def _add_arguments(add: argparse.ArgumentParser) -> None:
         help="skip: no new job while the last one runs (default); queue: fire anyway",
     )
     add.add_argument("--paused", action="store_true", help="add it disabled")
-    add.add_argument("--tenant", default="default", help="the tenant whose jobs it makes")
+    add.add_argument("--tenant", default=jobdefaults.TENANT, help="the tenant whose jobs it makes")
     # The job's fields, as for `scheduler submit` (absent: the database's defaults).
     add.add_argument("--job-name", help="the jobs' name (default: the schedule's)")
     add.add_argument("--cpu", type=parse_cores, help="cores, e.g. 0.5")

@@ -7,6 +7,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
+from scheduler import jobdefaults
 from scheduler.cli.args import (
     INT4_MAX,
     UsageError,
@@ -30,19 +31,27 @@ if TYPE_CHECKING:
 def add_submit(sub: Subparsers) -> None:
     submit = sub.add_parser("submit", help="submit a job: scheduler submit [options] -- CMD...")
     add_common(submit)
-    submit.add_argument("--tenant", default="default", help="the tenant the job bills to")
-    submit.add_argument("--name", default="", help="a name for people (shown by jobs, show)")
+    submit.add_argument("--tenant", default=jobdefaults.TENANT, help="the tenant the job bills to")
     submit.add_argument(
-        "--cpu", type=parse_cores, default=None, help="cores, e.g. 0.5 (default: 1)"
+        "--name", default=jobdefaults.NAME, help="a name for people (shown by jobs, show)"
+    )
+    submit.add_argument(
+        "--cpu",
+        type=parse_cores,
+        default=None,
+        help=f"cores, e.g. 0.5 (default: {jobdefaults.CPU})",
     )
     submit.add_argument(
         "--memory",
         type=parse_size,
         default=None,
-        help="memory limit, e.g. 256M, 1G (default: 512M)",
+        help=f"memory limit, e.g. 256M, 1G (default: {jobdefaults.MEMORY_BYTES >> 20}M)",
     )
     submit.add_argument(
-        "--pids", type=bounded_int(1, INT4_MAX), default=None, help="max processes (default: 1024)"
+        "--pids",
+        type=bounded_int(1, INT4_MAX),
+        default=None,
+        help=f"max processes (default: {jobdefaults.PIDS_MAX})",
     )
     submit.add_argument(
         "--timeout", type=parse_duration, default=None, help="time limit, e.g. 30s, 5m, 1h30m"
@@ -52,18 +61,23 @@ def add_submit(sub: Subparsers) -> None:
         type=parse_duration,
         default=None,
         help="time between SIGTERM and the kill at a cancel or the time limit, e.g. 30s"
-        " (default: 10s; at most 1h; the node may cap it)",
+        f" (default: {jobdefaults.KILL_GRACE_SECONDS}s; at most 1h; the node may cap it)",
     )
     submit.add_argument(
-        "--priority", type=bounded_int(-1000, 1000), default=0, help="higher runs first"
+        "--priority",
+        type=bounded_int(-1000, 1000),
+        default=jobdefaults.PRIORITY,
+        help="higher runs first",
     )
     submit.add_argument(
         "--max-attempts",
         type=bounded_int(1, 100),
-        default=1,
+        default=jobdefaults.MAX_ATTEMPTS,
         help="attempts before the job fails (a lost node retries)",
     )
-    submit.add_argument("--cwd", default="/", help="absolute working directory of the job")
+    submit.add_argument(
+        "--cwd", default=jobdefaults.CWD, help="absolute working directory of the job"
+    )
     submit.add_argument(
         "--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable"
     )

@@ -8,11 +8,13 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from scheduler import jobdefaults
 from scheduler.cli.args import INT4_MAX, bounded_int
 from scheduler.cli.budgets import add_budget, cmd_budget
 from scheduler.cli.command import Command, Subparsers, add_common
 from scheduler.cli.connect import connect
 from scheduler.cli.output import cell, dumps, escape, out, record, table
+from scheduler.names import NAME_SHAPE
 from scheduler.sqlaccess import CONNECTION_LIMIT
 from scheduler.units import format_bytes, parse_cores, parse_size
 
@@ -41,7 +43,7 @@ def add_tenants(sub: Subparsers) -> None:
     for action in ("add", "set"):
         parser = actions.add_parser(action, help=f"{action} a tenant ('none' clears a limit)")
         add_common(parser)
-        parser.add_argument("name", help="the tenant's name ([a-z0-9][a-z0-9_-]{0,62})")
+        parser.add_argument("name", help=f"the tenant's name ({NAME_SHAPE})")
         unset = argparse.SUPPRESS
         parser.add_argument(
             "--parent", type=_optional(str), default=unset, help="parent tenant (none: a root)"
@@ -78,7 +80,7 @@ def add_tenants(sub: Subparsers) -> None:
             "--weight",
             type=bounded_int(1, 10000),
             default=unset,
-            help="fair-share weight in [1, 10000] (default: 100)",
+            help=f"fair-share weight in [1, 10000] (default: {jobdefaults.TENANT_WEIGHT})",
         )
         parser.add_argument(
             "--io-read",

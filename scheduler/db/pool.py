@@ -128,9 +128,9 @@ def _redact(dsn: str) -> str:
 
 def settings_dsn(settings: Settings) -> str:
     """The database a configuration means: its URL, else the embedded server in its state dir."""
-    if settings.database_url:
-        return settings.database_url
-    return EmbeddedPostgres(settings.postgres_dir).dsn
+    if settings.db.url:
+        return settings.db.url
+    return EmbeddedPostgres(settings.paths.postgres_dir).dsn
 
 
 async def connect_settings(settings: Settings) -> asyncpg.Connection:

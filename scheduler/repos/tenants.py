@@ -11,6 +11,7 @@ from scheduler.db.pool import Conn
 from scheduler.db.queries import q
 from scheduler.db.refusals import refusal
 from scheduler.errors import ControlRefused, TenantNotFound
+from scheduler.names import NAME_SHAPE
 from scheduler.requests import TENANT_FIELDS, TENANT_NAME
 
 
@@ -45,8 +46,7 @@ async def add_tenant(conn: Conn, name: str, **fields: Any) -> asyncpg.Record:
     answers a name taken, an unknown parent and a failed check differently)."""
     if not TENANT_NAME.match(name):
         raise ControlRefused(
-            f"{name!r} is not a valid tenant name (tenant_name_format): "
-            "expected [a-z0-9][a-z0-9_-]{0,62}"
+            f"{name!r} is not a valid tenant name (tenant_name_format): expected {NAME_SHAPE}"
         )
     columns = ["name", *_tenant_columns(fields)]
     params = ", ".join(f"${i}" for i in range(1, len(columns) + 1))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import tarfile
@@ -20,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scheduler.errors import ImageError, ImageNotFound
+from scheduler.names import NAME, NAME_SHAPE
 
-# Same rule as tenant names (and the jobs.image CHECK): a single safe directory name.
-NAME_FORMAT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# The tenant name rule (scheduler/names.py; the jobs.image CHECK too): a single safe
+# directory name.
+NAME_FORMAT = NAME
 MANIFEST = "manifest.json"
 LAYERS = "layers"
 _INCOMING = ".incoming"
@@ -32,8 +33,7 @@ def check_name(name: str) -> str:
     """Validate an image name (it becomes a directory name); return it."""
     if not NAME_FORMAT.match(name):
         raise ImageError(
-            f"image name {name!r} is invalid: names match [a-z0-9][a-z0-9_-]{{0,62}} "
-            "(no dots, no slashes)"
+            f"image name {name!r} is invalid: names match {NAME_SHAPE} (no dots, no slashes)"
         )
     return name
 

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from scheduler.timeconv import NS_PER_SECOND
+
 STREAMS = ("stdout", "stderr")
 MARKER = b"\n[scheduler: output dropped from here: "
 # A marker line is "\n[scheduler: output dropped from here: WHY]\n" with WHY under 160 bytes.
@@ -64,7 +66,7 @@ class OutputMeter:
             mtime = self.directory.stat().st_mtime_ns
         except FileNotFoundError:
             return  # made with the first byte of either stream
-        if mtime == self._looked and time.time_ns() - mtime > 1_000_000_000:
+        if mtime == self._looked and time.time_ns() - mtime > NS_PER_SECOND:
             return  # (a file made within the mtime's resolution of the last look: look again)
         self._looked = mtime
         for name in STREAMS:

@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from scheduler.errors import LaunchError
 from scheduler.jobs import Job
 from scheduler.runtime.identity import live_monitor_pid, reserved_identity
 from scheduler.runtime.launcher import read_exit_record, remove_run_dir
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
+from scheduler.timeconv import datetime_to_us
 
 
 @dataclass(frozen=True)
@@ -42,7 +39,7 @@ class AttemptIdentity:
 
     @classmethod
     def of(cls, database: str, epoch: int, job: Job) -> AttemptIdentity:
-        return cls(database, epoch, job.id, job.attempts, (job.submitted_at - _EPOCH) // _US)
+        return cls(database, epoch, job.id, job.attempts, datetime_to_us(job.submitted_at))
 
     @property
     def token(self) -> str:

@@ -7,19 +7,20 @@ without it). The monitor enforces what is decided here (see monitor/init.c: drop
 from __future__ import annotations
 
 import pwd
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
+from scheduler import sandboxrules
 from scheduler.errors import SandboxError
 from scheduler.runtime.spec import Credentials
 
-DEFAULT_RUN_AS = "nobody"
-# Same rule as the tenants.run_as CHECK in migrations/0002_runtime.sql.
-RUN_AS_FORMAT = re.compile(r"^([a-z_][a-z0-9_-]{0,31}|[1-9][0-9]{0,9}(:[1-9][0-9]{0,9})?)$")
-KeepUpper = Literal["never", "always", "on_failure"]
-KEEP_UPPER_VALUES: tuple[KeepUpper, ...] = ("never", "always", "on_failure")
+# The configurable values and their rules live in scheduler/sandboxrules.py (config checks
+# settings with them without importing runtime); importable from here as before.
+DEFAULT_RUN_AS = sandboxrules.DEFAULT_RUN_AS
+RUN_AS_FORMAT = sandboxrules.RUN_AS_FORMAT
+KeepUpper = sandboxrules.KeepUpper
+KEEP_UPPER_VALUES = sandboxrules.KEEP_UPPER_VALUES
+check_run_as = sandboxrules.check_run_as
 
 UserLookup = Callable[[str], tuple[int, int]]
 
@@ -34,16 +35,6 @@ def _passwd_gid(uid: int) -> int:
         return pwd.getpwuid(uid).pw_gid
     except KeyError:
         return uid  # a uid the host does not name: its own number as the group
-
-
-def check_run_as(text: str) -> str:
-    """Validate a run_as value (a user name or uid[:gid], never root); return it."""
-    if not RUN_AS_FORMAT.match(text) or text == "root":
-        raise SandboxError(
-            f"run_as {text!r} must be a user name or uid[:gid] other than root "
-            "(names match [a-z_][a-z0-9_-]{0,31}, ids are positive)"
-        )
-    return text
 
 
 def resolve_run_as(

@@ -16,7 +16,7 @@ import anyio
 import asyncpg
 import pytest
 
-from scheduler.agent.runner import run_dir_for
+from scheduler.rundirs import run_dir_for
 from tests.agent_process import sigkill, start_serve, stop, wait_ready, wait_stopped
 from tests.attacks.outcomes import record
 from tests.conftest import slow, with_database

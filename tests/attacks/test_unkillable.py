@@ -18,7 +18,7 @@ import asyncpg
 import httpx
 import pytest
 
-from scheduler.agent.runner import run_dir_for
+from scheduler.rundirs import run_dir_for
 from tests.agent_process import sigkill, start_serve, stop, wait_ready
 from tests.attacks.outcomes import record
 from tests.conftest import agent_settings, start_agent

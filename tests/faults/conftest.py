@@ -12,6 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from scheduler.rundirs import parse_run_dir_name
 from scheduler.runtime.identity import live_monitor_pid
 from tests.agent_process import leftover_job_cgroups, start_serve, stop, wait_ready
 from tests.conftest import SCRATCH, slow
@@ -107,7 +108,7 @@ async def no_jobs_left(
             for runs in monitors_dirs
             if runs.is_dir()
             for run_dir in runs.iterdir()
-            if int(run_dir.name.split("-")[0]) in ids
+            if (parse_run_dir_name(run_dir.name) or (0, 0))[0] in ids
         ):
             await anyio.sleep(0.05)
 

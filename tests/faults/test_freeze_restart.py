@@ -11,7 +11,7 @@ import anyio
 import asyncpg
 import pytest
 
-from scheduler.agent.runner import run_dir_for
+from scheduler.rundirs import run_dir_for
 from tests.agent_process import sigkill
 from tests.conftest import slow
 from tests.faults.conftest import Agents, no_jobs_left

@@ -15,8 +15,8 @@ import asyncpg
 import pytest
 
 from scheduler.agent.fencing import job_cgroups
-from scheduler.agent.runner import run_dir_for
 from scheduler.cgroups.detect import open_driver
+from scheduler.rundirs import run_dir_for
 from scheduler.runtime.identity import live_monitor_pid
 from tests.agent_process import SHORT_LEASE, sigkill, wait_stopped
 from tests.conftest import slow

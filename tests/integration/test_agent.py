@@ -11,10 +11,10 @@ import anyio
 import asyncpg
 import pytest
 
-from scheduler.agent.runner import run_dir_for
 from scheduler.cgroups.base import CgroupPath
 from scheduler.cgroups.detect import open_driver
 from scheduler.jobs import FINAL_STATES as FINAL
+from scheduler.rundirs import run_dir_for
 from tests import cgroup_files
 from tests.conftest import AgentHandle, agent_settings, slow, start_agent
 
@@ -54,7 +54,7 @@ async def wait_state(db: asyncpg.Connection, job_id: int, state: str, timeout: f
 
 def output(agent: AgentHandle, job_id: int, attempt: int = 1, name: str = "stdout") -> str:
     """What the job wrote to ``name`` (a job that wrote nothing there has no file)."""
-    path = run_dir_for(agent.settings.runs_dir, job_id, attempt) / name
+    path = run_dir_for(agent.settings.paths.runs_dir, job_id, attempt) / name
     return path.read_text() if path.exists() else ""
 
 
@@ -273,8 +273,8 @@ async def test_logs_prints_what_the_job_wrote_and_says_why_when_there_is_nothing
     )
     env = dict(
         os.environ,
-        SCHEDULER_STATE_DIR=str(agent.settings.state_dir),
-        SCHEDULER_NODE_NAME=agent.settings.node_name,
+        SCHEDULER_STATE_DIR=str(agent.settings.paths.state),
+        SCHEDULER_NODE_NAME=agent.settings.node.name,
     )
 
     async def logs(*args: str) -> tuple[int, str, str]:

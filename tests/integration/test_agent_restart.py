@@ -12,7 +12,7 @@ import anyio
 import asyncpg
 import pytest
 
-from scheduler.agent.runner import run_dir_for
+from scheduler.rundirs import run_dir_for
 from tests.agent_process import leftover_job_cgroups, start_serve, wait_gone, wait_ready
 from tests.conftest import SLOWDOWN, slow
 from tests.integration.test_agent import wait_final

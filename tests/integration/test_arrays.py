@@ -29,7 +29,7 @@ ADMIN = {"Authorization": "Bearer test-admin-token"}
 
 async def cli(agent: AgentHandle, *argv: str) -> str:
     """Run the real ``scheduler`` command against the agent's database; its stdout."""
-    env = {**os.environ, "SCHEDULER_DATABASE_URL": str(agent.settings.database_url)}
+    env = {**os.environ, "SCHEDULER_DATABASE_URL": str(agent.settings.db.url)}
     result = await anyio.run_process([SCHEDULER, *argv], env=env, check=False)
     assert result.returncode == 0, result.stderr.decode()
     return result.stdout.decode()

@@ -24,9 +24,9 @@ def cli_env(agent: AgentHandle) -> dict[str, str]:
     s = agent.settings
     return {
         **os.environ,
-        "SCHEDULER_DATABASE_URL": str(s.database_url),
-        "SCHEDULER_STATE_DIR": str(s.state_dir),
-        "SCHEDULER_NODE_NAME": s.node_name,
+        "SCHEDULER_DATABASE_URL": str(s.db.url),
+        "SCHEDULER_STATE_DIR": str(s.paths.state),
+        "SCHEDULER_NODE_NAME": s.node.name,
     }
 
 

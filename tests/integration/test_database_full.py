@@ -58,7 +58,7 @@ async def test_database_out_of_disk_spools_usage_and_recovers(
             async with anyio.create_task_group() as tg:
                 agent = await start_agent(tg, settings)
                 ids = await submit_burners(db, [2, 3, 4])
-                await wait_spooled(settings.spool_dir, at_least=6)
+                await wait_spooled(settings.paths.spool_dir, at_least=6)
                 status, reasons = await readyz(agent)
                 assert status == 503
                 assert any("disk_full (SQLSTATE 53100)" in r for r in reasons), reasons
@@ -77,7 +77,7 @@ async def test_database_out_of_disk_spools_usage_and_recovers(
                 with anyio.fail_after(slow(30)):
                     while (await readyz(agent))[0] != 200:
                         await anyio.sleep(0.1)
-                assert list(settings.spool_dir.glob(f"*{SUFFIX}")) == []
+                assert list(settings.paths.spool_dir.glob(f"*{SUFFIX}")) == []
                 tg.cancel_scope.cancel()
         finally:
             await set_usage_tablespace(db, "pg_default")

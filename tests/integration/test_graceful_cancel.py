@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from scheduler.agent.grace import TERM_FILE
-from scheduler.agent.runner import run_dir_for
+from scheduler.rundirs import run_dir_for
 from scheduler.sqlaccess import grant_sql
 from tests.conftest import AgentHandle, agent_settings, slow, start_agent
 from tests.integration.test_agent import output, submit, wait_final, wait_state
@@ -108,7 +108,7 @@ async def test_cancel_now_skips_the_grace_cli_and_http(
     # HTTP: POST /v1/jobs/{id}/cancel?now=true, straight away.
     second = await submit(db, IGNORES_TERM, kill_grace_seconds=60)
     await wait_ready(agent, second)
-    headers = {"Authorization": f"Bearer {agent.settings.admin_token}"}
+    headers = {"Authorization": f"Bearer {agent.settings.http.admin_token}"}
     async with httpx.AsyncClient(base_url=f"http://{agent.ready.http}", timeout=30) as api:
         bad = await api.post(f"/v1/jobs/{second}/cancel?now=yes", headers=headers)
         assert bad.status_code == 400
@@ -160,7 +160,7 @@ async def test_an_agent_restarted_during_the_grace_kills_when_it_ends(
         job_id = await submit(db, IGNORES_TERM, kill_grace_seconds=6)
         await wait_ready(first, job_id)
         asked = await cancel(db, job_id)
-        term_file = run_dir_for(settings.monitors_dir, job_id, 1) / TERM_FILE
+        term_file = run_dir_for(settings.paths.monitors_dir, job_id, 1) / TERM_FILE
         with anyio.fail_after(slow(10)):
             while not term_file.exists():
                 await anyio.sleep(0.02)
@@ -186,7 +186,7 @@ async def test_an_agent_restarted_in_a_time_limit_grace_does_not_wait_a_new_limi
     async with anyio.create_task_group() as tg:
         first = await start_agent(tg, settings)
         job_id = await submit(db, IGNORES_TERM, timeout_seconds=8, kill_grace_seconds=2)
-        term_file = run_dir_for(settings.monitors_dir, job_id, 1) / TERM_FILE
+        term_file = run_dir_for(settings.paths.monitors_dir, job_id, 1) / TERM_FILE
         with anyio.fail_after(slow(30)):
             while not term_file.exists():
                 await anyio.sleep(0.02)

@@ -19,8 +19,8 @@ import asyncpg
 import pytest
 
 from scheduler.agent.isolation import ROOTFS_DIR
-from scheduler.agent.runner import run_dir_for
 from scheduler.errors import ImageError, ImageNotFound
+from scheduler.rundirs import run_dir_for
 from scheduler.runtime.images import ImageStore
 from tests.conftest import SCRATCH, AgentHandle, agent_settings, start_agent
 from tests.integration.test_agent import output, submit, wait_final
@@ -112,8 +112,8 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 async def test_two_jobs_on_one_image_share_layers_not_writes(
     db: asyncpg.Connection, agent: AgentHandle, sources: tuple[Path, Path]
 ) -> None:
-    add_image(agent.settings.state_dir, "tiny", list(sources))
-    images = ImageStore(agent.settings.images_dir)
+    add_image(agent.settings.paths.state, "tiny", list(sources))
+    images = ImageStore(agent.settings.paths.images_dir)
     before = tree_digest(images.path("tiny"))
     script = (
         "cat /etc/release /etc/base-only /data/hello; echo {me} > /data/{me}; "
@@ -134,7 +134,7 @@ async def test_two_jobs_on_one_image_share_layers_not_writes(
         assert lines[5:16] == [*devices, "urandom", "zero"]
         assert lines[16:] == ["no-host-root", str(own), ""]
         # The writable layer is removed after the attempt (keep_upper = never).
-        assert not (run_dir_for(agent.settings.runs_dir, job_id, 1) / ROOTFS_DIR).exists()
+        assert not (run_dir_for(agent.settings.paths.runs_dir, job_id, 1) / ROOTFS_DIR).exists()
     assert tree_digest(images.path("tiny")) == before
 
 
@@ -154,7 +154,7 @@ async def test_keep_upper_always_keeps_the_writable_layer(
         [row] = await wait_final(db, [job_id])
         tg.cancel_scope.cancel()
     assert row["state"] == "succeeded", row["error"]
-    upper = run_dir_for(agent.settings.runs_dir, job_id, 1) / ROOTFS_DIR / "upper"
+    upper = run_dir_for(agent.settings.paths.runs_dir, job_id, 1) / ROOTFS_DIR / "upper"
     assert (upper / "data/mine").read_text() == "kept\n"
     assert not (upper / "etc").exists()  # untouched files stay in the read-only layers
 

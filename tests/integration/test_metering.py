@@ -184,7 +184,7 @@ async def test_stdout_is_the_jobs_io_throttled_and_capped(
         )
         await wait_state(db, job, "running")
         began = time.monotonic()
-        stdout = settings.runs_dir / f"{job}-1" / "stdout"
+        stdout = settings.paths.runs_dir / f"{job}-1" / "stdout"
         reached = None
         live_write = 0.0
         with anyio.fail_after(60):
@@ -255,7 +255,7 @@ async def test_output_limit_defaults_come_from_the_tenant_and_the_node(
     assert "output limit of 3000 bytes" in zeta["error"]
     assert (small["io_write_bytes"], small["error"]) == (6, None)
     # stdout filled the limit: stderr kept nothing but the marker.
-    zeta_dir = settings.runs_dir / f"{zeta['id']}-1"
+    zeta_dir = settings.paths.runs_dir / f"{zeta['id']}-1"
     assert (zeta_dir / "stdout").read_bytes() == bytes(3000)
     assert (zeta_dir / "stderr").read_bytes().startswith(b"\n[scheduler: output dropped")
 

@@ -11,10 +11,10 @@ import asyncpg
 import pytest
 
 from scheduler.agent.fencing import job_cgroups
-from scheduler.agent.runner import run_dir_for
 from scheduler.cgroups.detect import open_driver
 from scheduler.config import Settings
 from scheduler.db.queries import q
+from scheduler.rundirs import run_dir_for
 from scheduler.runtime.identity import live_monitor_pid
 from tests.agent_process import SHORT_LEASE
 from tests.conftest import AgentHandle, agent_settings, slow, start_agent, write_as_agent
@@ -129,7 +129,7 @@ async def test_an_agent_back_after_its_lease_expired_kills_its_stale_attempts(
         c = await cluster(dsn, db, state_dir, peer_cgroup_roots, cgroup_root, tg)
         await check_requeued_and_billed_once(db, c)
         ids = [*c.retried, c.lost]
-        run_dirs = [run_dir_for(c.settings_a.monitors_dir, job_id, 1) for job_id in ids]
+        run_dirs = [run_dir_for(c.settings_a.paths.monitors_dir, job_id, 1) for job_id in ids]
         # The first attempts still run on a, under their monitors, though the jobs moved on.
         assert all(live_monitor_pid(d) is not None for d in run_dirs)
         assert sorted(job_id for job_id, _ in job_cgroups(driver)) == sorted(ids)

@@ -10,9 +10,9 @@ import anyio
 import asyncpg
 import pytest
 
-from scheduler.agent.runner import run_dir_for
 from scheduler.cgroups.base import CgroupPath
 from scheduler.cgroups.detect import open_driver
+from scheduler.rundirs import run_dir_for
 from tests.agent_process import wait_gone
 from tests.conftest import AgentHandle, agent_settings, slow, start_agent
 from tests.integration.test_agent import submit, wait_final
@@ -38,10 +38,10 @@ async def test_a_job_failing_twice_then_succeeding_is_retried_with_backoff(
         (3, True, 3),
     ]
     for attempt in (1, 2, 3):
-        run_dir = run_dir_for(agent.settings.runs_dir, job_id, attempt)
+        run_dir = run_dir_for(agent.settings.paths.runs_dir, job_id, attempt)
         assert (run_dir / "stdout").read_text() == f"attempt {attempt}\n"
-        await wait_gone(run_dir_for(agent.settings.monitors_dir, job_id, attempt))
-        assert not run_dir_for(agent.settings.monitors_dir, job_id, attempt).exists()
+        await wait_gone(run_dir_for(agent.settings.paths.monitors_dir, job_id, attempt))
+        assert not run_dir_for(agent.settings.paths.monitors_dir, job_id, attempt).exists()
     # Exponential backoff with jitter: [0.5, 1] s after the first failure, [1, 2] s after the
     # second (the bounds' lower halves are certain).
     gap1 = (usage[1]["period_start"] - usage[0]["period_end"]).total_seconds()

@@ -17,10 +17,10 @@ import pytest
 
 from scheduler.agent.attempts import Attempts
 from scheduler.agent.retention import Retention
-from scheduler.agent.runner import run_dir_for
 from scheduler.db.migrate import migrate
 from scheduler.db.pool import connect
 from scheduler.db.queries import q
+from scheduler.rundirs import run_dir_for
 from scheduler.sqlaccess import grant_sql
 from tests.conftest import AgentHandle, agent_settings, slow, start_agent, with_database
 from tests.integration.test_agent import submit, wait_final
@@ -89,7 +89,7 @@ async def test_retention_removes_only_what_is_old(
         "UPDATE scheduler.jobs SET finished_at = now() - interval '2 hours' WHERE id = $1",
         ran_old,
     )
-    runs = retaining_agent.settings.runs_dir
+    runs = retaining_agent.settings.paths.runs_dir
     old_dir, new_dir = run_dir_for(runs, ran_old, 1), run_dir_for(runs, ran_new, 1)
     assert (old_dir / "stdout").read_text() == "old\n"
     age(old_dir, 2 * HOUR)

@@ -55,7 +55,7 @@ async def start_clocked_agent(
     tg: anyio.abc.TaskGroup, settings: Settings, clock: ManualClock
 ) -> AgentHandle:
     """conftest.start_agent with the schedule loop on ``clock``."""
-    assert settings.database_url is not None
+    assert settings.db.url is not None
     ready: list[Ready] = []
     event, ended = anyio.Event(), anyio.Event()
     scope = anyio.CancelScope()
@@ -67,10 +67,8 @@ async def start_clocked_agent(
     async def run() -> None:
         try:
             with scope:
-                assert settings.database_url is not None
-                await run_agent(
-                    settings, settings.database_url, on_ready=on_ready, schedule_clock=clock
-                )
+                assert settings.db.url is not None
+                await run_agent(settings, settings.db.url, on_ready=on_ready, schedule_clock=clock)
         finally:
             ended.set()
 

@@ -11,7 +11,7 @@ import anyio
 import asyncpg
 import pytest
 
-from scheduler.agent.runner import run_dir_for
+from scheduler.rundirs import run_dir_for
 from tests.agent_process import wait_gone
 from tests.conftest import SLOWDOWN, agent_settings, slow, start_agent
 from tests.integration.test_agent import wait_final, wait_state
@@ -41,13 +41,13 @@ async def test_full_state_disk_pauses_claims_and_keeps_the_running_jobs_exit(
                     TINY_CPU,
                 )
             )
-            run_dir = run_dir_for(settings.runs_dir, running, 1)
+            run_dir = run_dir_for(settings.paths.runs_dir, running, 1)
             with anyio.fail_after(slow(20)):
                 while not (run_dir / "stdout").is_file() or not (
                     (run_dir / "stdout").read_text().startswith("started")
                 ):
                     await anyio.sleep(0.05)
-            monitor_dir = run_dir_for(settings.monitors_dir, running, 1)
+            monitor_dir = run_dir_for(settings.paths.monitors_dir, running, 1)
             assert (monitor_dir / "exit.reserve").is_file()
             filler = fill(state_dir)
             assert free_bytes(state_dir) == 0
@@ -72,7 +72,7 @@ async def test_full_state_disk_pauses_claims_and_keeps_the_running_jobs_exit(
             assert (row["state"], row["exit_code"]) == ("succeeded", 0), row["error"]
             await wait_gone(monitor_dir)
             assert not monitor_dir.exists()
-            assert free_bytes(state_dir) < settings.state_min_free_bytes
+            assert free_bytes(state_dir) < settings.limits.state_min_free_bytes
             await anyio.sleep(1.0)
             assert (
                 await db.fetchval("SELECT state FROM scheduler.jobs WHERE id = $1", waiting)
@@ -105,7 +105,7 @@ async def test_a_claim_looks_at_the_state_disk_afresh(
             assert (await readyz(agent))[0] == 200
             filler = fill(state_dir)
             os.truncate(filler, filler.stat().st_size - (256 << 10))
-            assert 0 < free_bytes(state_dir) < settings.state_min_free_bytes
+            assert 0 < free_bytes(state_dir) < settings.limits.state_min_free_bytes
             job = int(
                 await db.fetchval(
                     "INSERT INTO scheduler.jobs (argv, cpu) VALUES (ARRAY['true'], $1)"
@@ -116,7 +116,7 @@ async def test_a_claim_looks_at_the_state_disk_afresh(
             await anyio.sleep(slow(2))
             row = await db.fetchrow("SELECT state, attempts FROM scheduler.jobs WHERE id = $1", job)
             assert row is not None and (row["state"], row["attempts"]) == ("queued", 0)
-            assert not run_dir_for(settings.runs_dir, job, 1).exists()
+            assert not run_dir_for(settings.paths.runs_dir, job, 1).exists()
             filler.unlink()
             await wait_state(db, job, "succeeded", timeout=20)
             tg.cancel_scope.cancel()

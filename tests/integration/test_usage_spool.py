@@ -103,7 +103,7 @@ async def test_database_stopped_while_jobs_run_rows_spooled_then_written_once(
     server = private_postgres
     db = await connect(server.dsn)
     settings = agent_settings(server.dsn, state_dir, cgroup_root, **FAST)
-    spool = settings.spool_dir
+    spool = settings.paths.spool_dir
     async with anyio.create_task_group() as tg:
         agent = await start_agent(tg, settings)
         ids = await submit_burners(db, [3, 4, 5, 6])
@@ -160,14 +160,14 @@ async def test_spool_at_its_bound_holds_periods_and_loses_nothing(
         # About 120 bytes a row, 4 rows a sweep, 5 sweeps a second: full within a second or two
         # (later on a loaded host, whose sweeps come late). Full: no room for another sweep's
         # rows. Then 2 s more, so that each job's held period outgrows 1.5 s.
-        await wait_spooled(settings.spool_dir, at_least=20)
+        await wait_spooled(settings.paths.spool_dir, at_least=20)
         with anyio.fail_after(slow(30)):
             while parse((await scrape(agent)).text)[("scheduler_usage_spool_bytes", ())] < (
                 4096 - 4 * 160
             ):
                 await anyio.sleep(0.05)
         await anyio.sleep(2.0)
-        held = spooled_rows(settings.spool_dir)
+        held = spooled_rows(settings.paths.spool_dir)
         metrics = parse((await scrape(agent)).text)
         assert metrics[("scheduler_usage_spool_bytes", ())] <= 4096
         assert held == metrics[("scheduler_usage_spool_rows", ())] < 4 * 5 * 3
@@ -182,7 +182,7 @@ async def test_spool_at_its_bound_holds_periods_and_loses_nothing(
                 " AND period_end - period_start > interval '1.5 seconds'",
                 ids,
             ) == len(ids)
-            assert list(settings.spool_dir.glob(f"*{SUFFIX}")) == []
+            assert list(settings.paths.spool_dir.glob(f"*{SUFFIX}")) == []
         finally:
             await db.close()
         tg.cancel_scope.cancel()

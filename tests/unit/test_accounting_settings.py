@@ -5,26 +5,29 @@ from __future__ import annotations
 import pytest
 
 from scheduler.api.server import bind, split_addr
-from scheduler.config import Settings, load_settings
+from scheduler.config import Settings, load_settings, make_settings
 from scheduler.errors import ConfigError
 
 
 def test_sample_interval_is_at_least_one_second_unless_the_floor_is_lowered() -> None:
-    assert Settings().sample_interval == 10.0
+    assert Settings().accounting.sample_interval == 10.0
     with pytest.raises(ConfigError, match=r"sample_interval must be in \[1, 3600\] s: got 0.2"):
-        Settings(sample_interval=0.2)
-    assert Settings(sample_interval=0.2, sample_interval_floor=0.1).sample_interval == 0.2
+        make_settings(sample_interval=0.2)
+    assert (
+        make_settings(sample_interval=0.2, sample_interval_floor=0.1).accounting.sample_interval
+        == 0.2
+    )
     with pytest.raises(ConfigError, match="sample_interval_floor must be in"):
-        Settings(sample_interval_floor=0.01)
+        make_settings(sample_interval_floor=0.01)
     with pytest.raises(ConfigError, match="sample_interval_floor must be in"):
-        Settings(sample_interval_floor=5)
+        make_settings(sample_interval_floor=5)
 
 
 def test_metrics_jobs_from_the_environment() -> None:
     settings = load_settings(environ={"SCHEDULER_METRICS_JOBS": "0"})
-    assert settings.metrics_jobs == 0
+    assert settings.accounting.metrics_jobs == 0
     with pytest.raises(ConfigError, match="metrics_jobs must be >= 0"):
-        Settings(metrics_jobs=-1)
+        make_settings(metrics_jobs=-1)
 
 
 def test_bind_any_port_and_a_busy_port() -> None:

@@ -28,12 +28,12 @@ def test_http_settings_from_the_environment() -> None:
             "SCHEDULER_METRICS_TOKEN": "a-long-enough-token",
         }
     )
-    assert (settings.api_db_connections, settings.http_max_connections) == (3, 50)
-    assert settings.http_header_timeout_seconds == 2.5
-    assert settings.http_body_timeout_seconds == 20
-    assert settings.http_keepalive_timeout_seconds == 4
-    assert settings.metrics_token == "a-long-enough-token"
-    assert load_settings(environ={}).metrics_token is None
+    assert (settings.db.api_connections, settings.http.max_connections) == (3, 50)
+    assert settings.http.header_timeout_seconds == 2.5
+    assert settings.http.body_timeout_seconds == 20
+    assert settings.http.keepalive_timeout_seconds == 4
+    assert settings.http.metrics_token == "a-long-enough-token"
+    assert load_settings(environ={}).http.metrics_token is None
 
 
 @pytest.mark.parametrize(

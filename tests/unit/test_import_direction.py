@@ -18,7 +18,16 @@ ALLOWED = {
     "launchplan": set[str](),
     "errors": set[str](),
     "backoff": set[str](),
-    "cgroups": {"errors", "launchplan", "backoff"},
+    "cgroups": {"errors", "launchplan", "backoff", "names", "timeconv"},
+    # The facts defined once (issue 21 item 4): leaves everyone may import.
+    "names": set[str](),
+    "states": set[str](),
+    "timeconv": set[str](),
+    "jobdefaults": set[str](),
+    "rundirs": set[str](),
+    # Settings import nothing of runtime (issue 21 item 7): the sandbox's values are below.
+    "sandboxrules": {"errors"},
+    "config": {"errors", "labels", "names", "sandboxrules", "units"},
 }
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from scheduler.agent.tenants import node_pids_cap, tenant_limits
 from scheduler.cgroups.base import LaunchPlan
-from scheduler.config import Settings
+from scheduler.config import make_settings
 from scheduler.errors import ConfigError, SandboxError
 from scheduler.runtime.cgroupview import CgroupView, _host_cgroup_mounts
 from scheduler.runtime.launcher import sandbox_args
@@ -97,12 +97,12 @@ def test_pids_caps(tmp_path: Path) -> None:
 
 
 def test_isolation_settings_are_checked(tmp_path: Path) -> None:
-    settings = Settings(state_dir=tmp_path, trusted_tenants=" ci, batch ,")
-    assert settings.trusted_tenant_names == {"ci", "batch"}
+    settings = make_settings(state_dir=tmp_path, trusted_tenants=" ci, batch ,")
+    assert settings.sandbox.trusted_tenant_names == {"ci", "batch"}
     with pytest.raises(ConfigError, match="trusted_tenants"):
-        Settings(state_dir=tmp_path, trusted_tenants="ci,../x")
+        make_settings(state_dir=tmp_path, trusted_tenants="ci,../x")
     with pytest.raises(ConfigError, match="max_pids"):
-        Settings(state_dir=tmp_path, max_pids=-1)
+        make_settings(state_dir=tmp_path, max_pids=-1)
 
 
 def test_monitor_flags_for_the_view_and_the_filter(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 from scheduler.api.bodies import SUBMIT_FIELDS, validate
 from scheduler.api.problems import Problem
 from scheduler.cli.args import array_range, constraint
-from scheduler.config import Settings
+from scheduler.config import make_settings
 from scheduler.errors import ConfigError, SubmitRefused
 from scheduler.labels import LabelError, check_set, parse_list
 from scheduler.requests import ArraySpec
@@ -20,7 +20,7 @@ from scheduler.requests import ArraySpec
 def test_node_labels_parse_and_refuse_what_breaks_the_rule() -> None:
     assert parse_list("gpu=none, zone=a,,") == {"gpu": "none", "zone": "a"}
     assert parse_list("") == {}
-    assert Settings(node_labels="zone=a").node_label_set == {"zone": "a"}
+    assert make_settings(node_labels="zone=a").node.label_set == {"zone": "a"}
     for bad in (
         "zone",
         "zone=a,zone=b",
@@ -33,7 +33,7 @@ def test_node_labels_parse_and_refuse_what_breaks_the_rule() -> None:
         ",".join(f"k{i}=v" for i in range(33)),
     ):
         with pytest.raises(ConfigError, match="node_labels"):
-            Settings(node_labels=bad)
+            make_settings(node_labels=bad)
 
 
 def test_constraints_are_a_bounded_object_of_label_strings() -> None:
@@ -71,7 +71,7 @@ def test_array_size_is_bounded_by_the_operator() -> None:
     with pytest.raises(SubmitRefused, match="max_running"):
         ArraySpec(0, 1, 0).check(10)
     with pytest.raises(ConfigError, match="max_array_size"):
-        Settings(max_array_size=0)
+        make_settings(max_array_size=0)
 
 
 @pytest.mark.parametrize(

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.config import Settings, load_settings
+from scheduler.config import Settings, load_settings, make_settings
 from scheduler.errors import ConfigError
 
 
 def test_lease_defaults() -> None:
     settings = Settings()
-    assert (settings.lease_seconds, settings.heartbeat_seconds) == (15.0, 5.0)
+    assert (settings.node.lease_seconds, settings.node.heartbeat_seconds) == (15.0, 5.0)
 
 
 @pytest.mark.parametrize(
@@ -23,11 +23,11 @@ def test_lease_defaults() -> None:
 )
 def test_bad_lease_settings_are_refused(values: dict[str, float], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        Settings(**values)  # type: ignore[arg-type]
+        make_settings(**values)
 
 
 def test_lease_settings_come_from_the_environment() -> None:
     settings = load_settings(
         environ={"SCHEDULER_LEASE_SECONDS": "2", "SCHEDULER_HEARTBEAT_SECONDS": "0.5"}
     )
-    assert (settings.lease_seconds, settings.heartbeat_seconds) == (2.0, 0.5)
+    assert (settings.node.lease_seconds, settings.node.heartbeat_seconds) == (2.0, 0.5)

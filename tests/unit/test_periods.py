@@ -13,10 +13,10 @@ from scheduler.accounting.periods import (
     advance,
     close,
     trapezoid,
-    truncate_us,
 )
 from scheduler.agent.sampler import counters_of, covering
 from scheduler.cgroups.base import Usage
+from scheduler.timeconv import truncate_us
 
 S = 1_000_000_000
 

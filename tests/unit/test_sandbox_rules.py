@@ -69,10 +69,12 @@ def test_settings_validate_the_sandbox() -> None:
     settings = load_settings(
         {}, environ={"SCHEDULER_ALLOW_NETWORK": "yes", "SCHEDULER_KEEP_UPPER": "on_failure"}
     )
-    assert settings.allow_network is True
-    assert settings.keep_upper == "on_failure"
-    assert settings.run_as == "nobody"
-    assert load_settings({}, environ={"SCHEDULER_ALLOW_NETWORK": "0"}).allow_network is False
+    assert settings.sandbox.allow_network is True
+    assert settings.sandbox.keep_upper == "on_failure"
+    assert settings.sandbox.run_as == "nobody"
+    assert (
+        load_settings({}, environ={"SCHEDULER_ALLOW_NETWORK": "0"}).sandbox.allow_network is False
+    )
     with pytest.raises(ConfigError, match="boolean"):
         load_settings({}, environ={"SCHEDULER_ALLOW_NETWORK": "maybe"})
     with pytest.raises(ConfigError, match="run_as"):
@@ -82,7 +84,7 @@ def test_settings_validate_the_sandbox() -> None:
 def test_settings_file_takes_a_toml_boolean(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text("allow_network = true\n")
-    assert load_settings({}, environ={}, config_file=config).allow_network is True
+    assert load_settings({}, environ={}, config_file=config).sandbox.allow_network is True
 
 
 @pytest.mark.parametrize("bad", ["..", ".", "a/b", "/abs", "UP", "", "x" * 64, "a.b"])

@@ -23,7 +23,7 @@ from scheduler.accounting.spoolfile import (
 )
 from scheduler.agent.health import Health
 from scheduler.agent.spool import SUFFIX, SpoolFull, UsageSpool
-from scheduler.config import Settings
+from scheduler.config import Settings, make_settings
 from scheduler.db.outage import describe, outage_kind
 from scheduler.errors import ConfigError
 
@@ -132,12 +132,12 @@ def test_held_periods_coalesce_exactly() -> None:
 
 
 def test_spool_settings_are_validated() -> None:
-    assert Settings().spool_max_bytes == 64 << 20
-    assert Settings().spool_dir == Settings().state_dir / "spool"
+    assert Settings().limits.spool_max_bytes == 64 << 20
+    assert Settings().paths.spool_dir == Settings().paths.state / "spool"
     with pytest.raises(ConfigError, match="spool_max_bytes"):
-        Settings(spool_max_bytes=100)
+        make_settings(spool_max_bytes=100)
     with pytest.raises(ConfigError, match="state_min_free_bytes"):
-        Settings(state_min_free_bytes=-1)
+        make_settings(state_min_free_bytes=-1)
 
 
 @pytest.mark.anyio

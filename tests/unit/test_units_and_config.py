@@ -54,12 +54,12 @@ def test_settings_precedence_flags_env_file(tmp_path: Path) -> None:
     config.write_text('cgroup_root = "from-file"\nnode_name = "file-node"\nmax_running = 7\n')
     env = {"SCHEDULER_NODE_NAME": "env-node", "SCHEDULER_STATE_DIR": str(tmp_path)}
     s = load_settings({"cgroup_root": "from-flag"}, environ=env, config_file=config)
-    assert s.cgroup_root == "from-flag"
-    assert s.node_name == "env-node"
-    assert s.max_running == 7
-    assert s.state_dir == tmp_path
-    assert s.http_addr == "127.0.0.1:8420"
-    assert s.database_url is None
+    assert s.cgroups.root == "from-flag"
+    assert s.node.name == "env-node"
+    assert s.agent.max_running == 7
+    assert s.paths.state == tmp_path
+    assert s.http.addr == "127.0.0.1:8420"
+    assert s.db.url is None
 
 
 @pytest.mark.parametrize(
@@ -85,21 +85,21 @@ def test_unknown_key_in_file(tmp_path: Path) -> None:
 
 
 def test_output_limit_setting() -> None:
-    assert load_settings({}, environ={}).output_limit_bytes == 1 << 30
+    assert load_settings({}, environ={}).limits.output_limit_bytes == 1 << 30
     env = {"SCHEDULER_OUTPUT_LIMIT_BYTES": "4096"}
-    assert load_settings({}, environ=env).output_limit_bytes == 4096
+    assert load_settings({}, environ=env).limits.output_limit_bytes == 4096
     with pytest.raises(ConfigError, match=r"output_limit_bytes must be in \[0, 1 PiB\]"):
         load_settings({}, environ={"SCHEDULER_OUTPUT_LIMIT_BYTES": "-1"})
 
 
 def test_retention_settings() -> None:
     defaults = load_settings({}, environ={})
-    assert defaults.output_retention_seconds == 30 * 86400
-    assert defaults.job_retention_seconds is None  # rows are kept unless asked
+    assert defaults.retention.output_seconds == 30 * 86400
+    assert defaults.retention.jobs_seconds is None  # rows are kept unless asked
     env = {"SCHEDULER_OUTPUT_RETENTION": "off", "SCHEDULER_JOB_RETENTION": "90d"}
     chosen = load_settings({}, environ=env)
-    assert chosen.output_retention_seconds is None
-    assert chosen.job_retention_seconds == 90 * 86400
+    assert chosen.retention.output_seconds is None
+    assert chosen.retention.jobs_seconds == 90 * 86400
     for bad, message in (
         ({"SCHEDULER_JOB_RETENTION": "soon"}, "job_retention: 'soon' is not a duration"),
         ({"SCHEDULER_OUTPUT_RETENTION": "0s"}, "output_retention must be between 1s"),
