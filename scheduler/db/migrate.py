@@ -1,8 +1,14 @@
-"""Schema migrations: numbered plain SQL files applied in one transaction under a lock.
+"""Schema migrations: numbered plain SQL files applied in one transaction under a lock, then
+the definitions (``migrations/definitions/<name>.sql``) whose text changed.
 
 Two agents starting at once both call :func:`migrate`; a transaction-scoped lock (on the
 migrations table once it exists, which no tenant role can take; an advisory lock before)
 makes the second wait for the first and then find nothing left to do.
+
+A definition is one ``CREATE OR REPLACE`` of a function that later changes would otherwise
+copy whole into a new numbered file (the claim was copied five times): it lives in one file,
+a change to it is a diff of that file, and it is applied again, after every numbered
+migration, whenever its text differs from the text last applied.
 """
 
 from __future__ import annotations
@@ -40,6 +46,21 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class Definition:
+    """One repeatable definition file (a function the schema keeps at its latest text)."""
+
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+_DEFINITION_NAME = re.compile(r"^([a-z0-9_]+)\.sql$")
+
+
 def migrations_dir() -> Path:
     """The migrations/ directory of the source tree this package runs from."""
     return Path(__file__).resolve().parents[2] / "migrations"
@@ -67,6 +88,29 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
     return found
 
 
+def load_definitions(directory: Path | None = None) -> list[Definition]:
+    """The definition files of ``<migrations>/definitions``, by name (none: an empty list)."""
+    directory = (directory or migrations_dir()) / "definitions"
+    if not directory.is_dir():
+        return []
+    found: list[Definition] = []
+    for path in sorted(directory.iterdir()):
+        match = _DEFINITION_NAME.match(path.name)
+        if not match:
+            raise MigrationError(f"definitions/{path.name}: definition files are named name.sql")
+        found.append(Definition(match.group(1), path.read_text()))
+    return found
+
+
+async def applied_definitions(conn: Conn) -> dict[str, str]:
+    """Definitions applied, with the checksums of their texts (empty on a new database)."""
+    exists = await conn.fetchval("SELECT to_regclass('scheduler.schema_definitions') IS NOT NULL")
+    if not exists:
+        return {}
+    rows = await conn.fetch("SELECT name, checksum FROM scheduler.schema_definitions")
+    return {str(r["name"]): str(r["checksum"]) for r in rows}
+
+
 async def applied_versions(conn: Conn) -> dict[int, str]:
     """Versions already applied, with their checksums (empty on a new database)."""
     exists = await conn.fetchval("SELECT to_regclass('scheduler.schema_migrations') IS NOT NULL")
@@ -77,8 +121,10 @@ async def applied_versions(conn: Conn) -> dict[int, str]:
 
 
 async def migrate(conn: Conn, directory: Path | None = None) -> list[int]:
-    """Apply every pending migration in one transaction; return the versions applied."""
+    """Apply every pending migration, then every changed definition, in one transaction;
+    return the versions applied."""
     migrations = load_migrations(directory)
+    definitions = load_definitions(directory)
     try:
         async with conn.transaction():
             # Once the schema exists, tenant roles may exist too, and any role can hold an
@@ -122,12 +168,46 @@ async def migrate(conn: Conn, directory: Path | None = None) -> list[int]:
                 )
                 applied.append(migration.version)
                 log.info("migration_applied", version=migration.version, name=migration.name)
+            await _apply_definitions(conn, definitions)
     except asyncpg.PostgresError as exc:
         raise MigrationError(f"migration failed: {exc}") from exc
     return applied
 
 
-async def pending(conn: Conn, directory: Path | None = None) -> list[int]:
-    """Versions not yet applied (empty when the schema is current)."""
+async def _apply_definitions(conn: Conn, definitions: list[Definition]) -> None:
+    """Apply the definitions whose text is not the one last applied (after the numbered
+    migrations, which may add what they refer to; in the caller's transaction and lock)."""
+    await conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS scheduler.schema_definitions (
+            name       text PRIMARY KEY,
+            checksum   text NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now()
+        );
+        REVOKE ALL ON scheduler.schema_definitions FROM PUBLIC;
+        """
+    )
+    done = await applied_definitions(conn)
+    for definition in definitions:
+        if done.get(definition.name) == definition.checksum:
+            continue
+        await conn.execute(definition.sql)
+        await conn.execute(
+            "INSERT INTO scheduler.schema_definitions (name, checksum) VALUES ($1, $2)"
+            " ON CONFLICT (name) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = now()",
+            definition.name,
+            definition.checksum,
+        )
+        log.info("definition_applied", name=definition.name)
+
+
+async def pending(conn: Conn, directory: Path | None = None) -> list[str]:
+    """Migrations (``0007``) and definitions (``claim_jobs``) not yet applied as they are in
+    the tree (empty when the schema is current)."""
     done = await applied_versions(conn)
-    return [m.version for m in load_migrations(directory) if m.version not in done]
+    missing = [f"{m.version:04d}" for m in load_migrations(directory) if m.version not in done]
+    current = await applied_definitions(conn)
+    missing += [
+        d.name for d in load_definitions(directory) if current.get(d.name) != d.checksum
+    ]
+    return missing

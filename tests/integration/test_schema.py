@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import anyio
 import asyncpg
 import pytest
 
-from scheduler.db.migrate import migrate, pending
+from scheduler.db.migrate import migrate, migrations_dir, pending
 from scheduler.db.pool import connect
+from scheduler.errors import MigrationError
 from tests.conftest import slow, with_database
 
 pytestmark = pytest.mark.anyio
@@ -177,3 +181,40 @@ async def test_migrations_are_recorded_and_concurrent_runs_are_safe(
     finally:
         await admin.execute("DROP DATABASE IF EXISTS migrate_race WITH (FORCE)")
         await admin.close()
+
+
+async def test_a_changed_definition_is_applied_once_after_the_numbered_migrations(
+    db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """migrations/definitions: a function kept at its file's text. Applied when the text
+    changes (not on every start), after the numbered files, and listed as pending until then."""
+    tree = tmp_path / "migrations"
+    shutil.copytree(migrations_dir(), tree)
+    assert await migrate(db, tree) == []  # the test database is current
+    claim = await db.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'claim_jobs'")
+    assert "reasons_noted_at" in claim  # the definition's text, not 0017's
+    (tree / "definitions" / "probe.sql").write_text(
+        "CREATE OR REPLACE FUNCTION scheduler.definition_probe() RETURNS int"
+        " LANGUAGE sql AS $$ SELECT 1 $$;\n"
+    )
+    assert await pending(db, tree) == ["probe"]
+    await migrate(db, tree)
+    assert await db.fetchval("SELECT scheduler.definition_probe()") == 1
+    applied = await db.fetchval(
+        "SELECT applied_at FROM scheduler.schema_definitions WHERE name = 'probe'"
+    )
+    await migrate(db, tree)  # unchanged: not applied again
+    assert applied == await db.fetchval(
+        "SELECT applied_at FROM scheduler.schema_definitions WHERE name = 'probe'"
+    )
+    (tree / "definitions" / "probe.sql").write_text(
+        "CREATE OR REPLACE FUNCTION scheduler.definition_probe() RETURNS int"
+        " LANGUAGE sql AS $$ SELECT 2 $$;\n"
+    )
+    assert await pending(db, tree) == ["probe"]
+    await migrate(db, tree)
+    assert await db.fetchval("SELECT scheduler.definition_probe()") == 2
+    assert await pending(db, tree) == []
+    (tree / "definitions" / "Bad Name.sql").write_text("SELECT 1;\n")
+    with pytest.raises(MigrationError, match=r"definition files are named name\.sql"):
+        await migrate(db, tree)
