@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from decimal import Decimal
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from scheduler.cgroups.detect import open_driver
 from scheduler.jobs import FINAL_STATES as FINAL
 from scheduler.rundirs import run_dir_for
 from tests import cgroup_files
-from tests.conftest import AgentHandle, agent_settings, slow, start_agent
+from tests.conftest import SCRATCH, AgentHandle, agent_settings, slow, start_agent
 
 pytestmark = pytest.mark.anyio
 
@@ -236,16 +238,23 @@ async def test_jobs_outlive_a_stopped_agent_and_are_recorded_by_the_next(
     dsn: str, db: asyncpg.Connection, state_dir: Path, cgroup_root: str
 ) -> None:
     settings = agent_settings(dsn, state_dir, cgroup_root)
+    # The short job ends when the test says so, after the agent stopped (a stop that takes
+    # longer than a fixed sleep, under emulation, must not let the first agent record it).
+    gate = Path(tempfile.mkdtemp(prefix="outlive-", dir=SCRATCH))
+    gate.chmod(0o755)
     async with anyio.create_task_group() as tg:
         first = await start_agent(tg, settings)
-        short = await submit(db, ["sh", "-c", "sleep 0.3; echo done"])
+        short = await submit(
+            db, ["sh", "-c", f"while [ ! -e {gate}/go ]; do sleep 0.05; done; echo done"]
+        )
         long = await submit(db, ["sh", "-c", "sleep 2; exit 4"])
         await wait_state(db, short, "running")
         await wait_state(db, long, "running")
         await anyio.sleep(0.1)
         first.stop()
     # The agent is gone; the short job ends while nobody watches.
-    await anyio.sleep(0.6)
+    (gate / "go").touch()
+    await anyio.sleep(slow(0.6))
     assert await db.fetchval("SELECT state FROM scheduler.jobs WHERE id = $1", short) == "running"
     async with anyio.create_task_group() as tg:
         await start_agent(tg, settings)
@@ -257,6 +266,7 @@ async def test_jobs_outlive_a_stopped_agent_and_are_recorded_by_the_next(
         "SELECT job_id, count(*) AS n FROM scheduler.usage GROUP BY job_id ORDER BY job_id"
     )
     assert [(c["job_id"], c["n"]) for c in counts] == [(short, 1), (long, 1)]
+    shutil.rmtree(gate)
 
 
 async def test_logs_prints_what_the_job_wrote_and_says_why_when_there_is_nothing(
