@@ -86,4 +86,9 @@ def ended_or_running(run_dir: Path) -> ExitRecord | int | None:
     record = read_exit_record(run_dir)
     if record is not None:
         return record
-    return live_monitor_pid(run_dir)
+    pid = live_monitor_pid(run_dir)
+    if pid is not None:
+        return pid
+    # The monitor writes its record, then exits: one that did both between the two looks
+    # above left its record behind (seen as "lost" with 50 jobs ending around a restart).
+    return read_exit_record(run_dir)

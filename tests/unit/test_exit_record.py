@@ -9,7 +9,13 @@ import pytest
 
 from scheduler.cgroups.base import LaunchPlan
 from scheduler.errors import LaunchError
-from scheduler.runtime.launcher import monitor_argv, parse_exit_record, read_exit_record
+from scheduler.runtime import identity
+from scheduler.runtime.launcher import (
+    EXIT_FILE,
+    monitor_argv,
+    parse_exit_record,
+    read_exit_record,
+)
 from scheduler.runtime.spec import ExitRecord, FinalRead, LaunchSpec
 
 GOOD = (
@@ -256,3 +262,20 @@ def test_identity_goes_right_after_the_run_dir() -> None:
     assert argv[1:5] == ["--run-dir", "/run/x/3-1", "--identity", "db.1:2:3:1:5"]
     no_identity = monitor_argv(Path("/bin/monitor"), dataclasses.replace(spec, identity=None))
     assert "--identity" not in no_identity
+
+
+def test_a_monitor_that_records_and_exits_between_the_two_looks_is_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ended_or_running reads the record, then checks the monitor: a monitor that wrote its
+    record and exited in between must be found by its record (it was recorded lost)."""
+    real = identity.live_monitor_pid
+
+    def monitor_finishes_now(run_dir: Path) -> int | None:
+        (run_dir / EXIT_FILE).write_text(GOOD)  # what the monitor does just before exiting
+        return real(run_dir)  # and then it is gone
+
+    monkeypatch.setattr(identity, "live_monitor_pid", monitor_finishes_now)
+    found = identity.ended_or_running(tmp_path)
+    assert isinstance(found, ExitRecord)
+    assert found.exit_code == 3
