@@ -39,48 +39,8 @@ COMMENT ON CONSTRAINT job_labels_bounded ON scheduler.jobs IS
     'labels: at most 64 keys of 1-128 bytes without control characters, 8 KiB in all';
 
 -- 3. Releasing dependents (0014) ran an UPDATE and two set_config calls for every job that
--- ended; now only for a job something waits on. Otherwise the text of 0014.
-CREATE OR REPLACE FUNCTION scheduler.jobs_release_dependents() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
-DECLARE
-    writer text := current_setting('scheduler.writer', true);
-    released integer;
-BEGIN
-    -- Almost every job that ends has no dependents: one probe of jobs_depends_on_idx (which
-    -- holds only queued jobs with dependencies) and no writer switch or update.
-    IF NOT EXISTS (SELECT 1 FROM scheduler.jobs j
-                   WHERE j.state = 'queued' AND j.depends_on <> '{}'
-                     AND j.depends_on @> ARRAY[NEW.id]) THEN
-        RETURN NULL;
-    END IF;
-    PERFORM set_config('scheduler.writer', 'agent', true);
-    IF NEW.state = 'succeeded' THEN
-        UPDATE scheduler.jobs j SET deps_waiting = j.deps_waiting - 1
-        WHERE j.state = 'queued' AND j.depends_on <> '{}' AND j.depends_on @> ARRAY[NEW.id];
-        GET DIAGNOSTICS released = ROW_COUNT;
-        IF released > 0 THEN
-            PERFORM pg_notify('scheduler_jobs', 'queued');
-        END IF;
-    ELSE
-        WITH RECURSIVE doomed (id, via, via_state) AS (
-            SELECT j.id, NEW.id, NEW.state FROM scheduler.jobs j
-            WHERE j.state = 'queued' AND j.depends_on <> '{}' AND j.depends_on @> ARRAY[NEW.id]
-            UNION
-            SELECT j.id, d.id, 'cancelled'::text FROM doomed d
-            JOIN scheduler.jobs j
-              ON j.state = 'queued' AND j.depends_on <> '{}' AND j.depends_on @> ARRAY[d.id]
-        )
-        UPDATE scheduler.jobs j
-        SET state = 'cancelled', finished_at = clock_timestamp(),
-            error = format('dependency %s %s', v.via, v.via_state)
-        FROM (SELECT DISTINCT ON (d.id) d.id, d.via, d.via_state FROM doomed d
-              ORDER BY d.id, d.via) v
-        WHERE j.id = v.id AND j.state = 'queued';
-    END IF;
-    PERFORM set_config('scheduler.writer', COALESCE(writer, ''), true);
-    RETURN NULL;
-END;
-$$;
+-- ended; now only for a job something waits on. The function's text is
+-- migrations/definitions/jobs_release_dependents.sql (0014's with that guard).
 
 -- 4. The claim: pending reasons are written at most once a second (the column below),
 -- chain_totals is MATERIALIZED, and the per-row lookups of noted and candidates go through
