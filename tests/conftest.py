@@ -102,6 +102,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if wrong:
         config.hook.pytest_deselected(items=wrong)
         items[:] = [item for item in items if item not in wrong]
+    if SLOWDOWN > 1:
+        scale_timeout_markers(config, items)
+
+
+def scale_timeout_markers(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test's own ``@pytest.mark.timeout(N)`` scaled by SLOWDOWN, up to the session's
+    timeout (the v2 VM's is 120 s times the slowdown, capped), which it may raise but never
+    lower: unscaled, a test given 600 s here because it is long had less time in the
+    emulated VM than every other test there, and a timeout ends the whole session."""
+    option = getattr(config.option, "timeout", None)
+    ceiling = float(option if option is not None else config.getini("timeout") or 0)
+    for item in items:
+        marker = item.get_closest_marker("timeout")
+        if marker is None or not marker.args:
+            continue
+        own = float(marker.args[0])
+        scaled = own * SLOWDOWN
+        if ceiling:
+            scaled = min(scaled, max(ceiling, own))
+        # Prepended, so pytest-timeout's get_closest_marker finds it before the test's.
+        item.add_marker(pytest.mark.timeout(scaled), append=False)
 
 
 @pytest.fixture(scope="session")

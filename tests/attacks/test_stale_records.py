@@ -47,7 +47,7 @@ def log_events(log: Path, event: str) -> list[dict[str, object]]:
 
 
 async def wait_for(path: Path, timeout: float = 30) -> None:
-    with anyio.move_on_after(timeout):
+    with anyio.move_on_after(slow(timeout)):
         while not path.exists():
             await anyio.sleep(0.02)
     assert path.exists(), sorted(str(p) for p in path.parent.parent.rglob("*"))

@@ -60,10 +60,11 @@ async def test_frozen_jobs_survive_an_agent_restart_and_thaw(
     how: str,
 ) -> None:
     agent = await agents.start()
-    # 1.5 s of work each under a 3 s time limit (scaled under emulation, where starting the
-    # work takes seconds too): frozen time must not use the limit up.
+    # 1.5 s of work each under a 3 s time limit, both scaled under emulation (where starting
+    # the ten takes seconds too: unscaled, the first ended before the last had started, and
+    # could never be frozen): frozen time must not use the limit up.
     limit = slow(3)
-    ids = await workload.submit(db, "sleep 1.5", 10, timeout_seconds=limit)
+    ids = await workload.submit(db, f"sleep {slow(1.5):g}", 10, timeout_seconds=limit)
     with anyio.fail_after(slow(30)):
         while not set(ids) <= set(workload.executions()):
             await anyio.sleep(0.02)

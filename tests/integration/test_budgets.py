@@ -192,8 +192,8 @@ async def test_two_agents_overspend_one_budget_by_no_more_than_the_running_jobs_
         "UPDATE scheduler.tenants SET budget = $1, budget_currency = 'USD' WHERE name = 'acme'",
         budget,
     )
-    ids = [await submit(db, ONE_CPU_SECOND, tenant="acme", cpu=Decimal(1)) for _ in range(12)]
     procs = []
+    ids: list[int] = []
     try:
         for node, root in (("node-a", cgroup_root), ("node-b", peer_cgroup_roots[0])):
             log = state_dir / f"{node}.log"
@@ -210,6 +210,13 @@ async def test_two_agents_overspend_one_budget_by_no_more_than_the_running_jobs_
             )
             procs.append(proc)
             await wait_ready(proc, log, 1, node=node)
+        # Queued only once both agents are up, in one transaction: both are woken by the
+        # same commit and each claims its two. (Queued before, the first agent's jobs could
+        # spend the budget before a slow host had started the second.)
+        async with db.transaction():
+            ids = [
+                await submit(db, ONE_CPU_SECOND, tenant="acme", cpu=Decimal(1)) for _ in range(12)
+            ]
         await wait_spent(db, "acme", timeout=120)
         # Everything that started ends; what is still queued then waits for the budget.
         with anyio.fail_after(slow(60)):

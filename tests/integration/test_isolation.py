@@ -389,6 +389,10 @@ fs = os.statvfs("/tmp")
 print("size", fs.f_blocks * fs.f_frsize)
 opts = {l.split()[4]: set(l.split()[5].split(",")) for l in open("/proc/self/mountinfo")}
 print("nosuid_nodev", all({"nosuid", "nodev"} <= opts[p] for p in places))
+"""
+
+COVER_PROBE = r"""
+import os
 print("hidden", os.listdir("/sys/fs/cgroup/cpuset"))
 try:
     os.mkdir("/sys/fs/cgroup/cpuset/x")
@@ -398,35 +402,59 @@ except OSError as exc:
 """
 
 
+def probe_in_monitor(
+    monitor: Path, tmp_path: Path, leaf: Path, view: list[str], probe: str
+) -> dict[str, str]:
+    """``probe`` run by the monitor as nobody in a job's sandbox, its process in ``leaf``;
+    what it printed, as {first word: the rest}."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    argv = [str(monitor), "--run-dir", str(run_dir), "--hostname", "h", "--cwd", "/"]
+    argv += ["--tmp-size", str(8 << 20), "--procs", f"{leaf}/cgroup.procs"]
+    argv += ["--uid", "65534", "--gid", "65534", *view]
+    subprocess.run([*argv, "--", PYTHON, "-c", probe], check=True, timeout=slow(30))
+    assert "kind=exited\nexit_code=0\n" in (run_dir / "exit").read_text(), (
+        run_dir / "stderr"
+    ).read_text()
+    lines = (run_dir / "stdout").read_text().splitlines()
+    return {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in lines}
+
+
 def test_private_directories_are_one_tmpfs_whose_root_the_job_cannot_reach(
     monitor: Path, tmp_path: Path
 ) -> None:
     """/tmp, /var/tmp, /dev/shm and /run/lock are directories of one tmpfs of the job's
     (one superblock, not four: see docs/architecture.md "Launch speed"): still apart from
     each other, nosuid,nodev, tmp_size in all, and its root (where the other places'
-    directories live) out of the job's reach; a hierarchy the job is not in is covered by an
-    empty directory it cannot write."""
+    directories live) out of the job's reach. On any host: the job's cgroup is on the
+    unified hierarchy (v2's, or the hybrid host's cgroup2 mount)."""
+    leaf = cgroup_files.directory("unified", f"sched-scratch-{uuid.uuid4().hex[:8]}")
+    leaf.mkdir()
+    try:
+        results = probe_in_monitor(
+            monitor, tmp_path, leaf, ["--cgroup-view", ".", str(leaf)], SCRATCH_PROBE
+        )
+    finally:
+        leaf.rmdir()
+    assert results["devices"] == "1"
+    assert results["listings"] == "[[], [], [], []]"
+    assert results["seen_elsewhere"] == "['/dev/shm']"
+    assert int(results["size"]) == 8 << 20
+    assert results["nosuid_nodev"] == "True"
+
+
+@pytest.mark.v1_host
+def test_a_v1_hierarchy_the_job_is_not_in_is_an_empty_cover_it_cannot_write(
+    monitor: Path, tmp_path: Path
+) -> None:
+    """v1 only (v2 has one hierarchy): a hierarchy the job is not in is covered by an empty
+    directory it cannot write, not unmounted (see docs/architecture.md "Launch speed")."""
     leaf = Path(f"/sys/fs/cgroup/memory/sched-scratch-{uuid.uuid4().hex[:8]}")
     leaf.mkdir()
     try:
-        run_dir = tmp_path / "run"
-        run_dir.mkdir()
-        argv = [str(monitor), "--run-dir", str(run_dir), "--hostname", "h", "--cwd", "/"]
-        argv += ["--tmp-size", str(8 << 20), "--procs", f"{leaf}/cgroup.procs"]
-        argv += ["--uid", "65534", "--gid", "65534", "--cgroup-view", "memory", str(leaf)]
-        argv += ["--cgroup-hide", "cpuset"]
-        subprocess.run([*argv, "--", PYTHON, "-c", SCRATCH_PROBE], check=True, timeout=30)
-        assert "kind=exited\nexit_code=0\n" in (run_dir / "exit").read_text(), (
-            run_dir / "stderr"
-        ).read_text()
-        lines = (run_dir / "stdout").read_text().splitlines()
-        results = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in lines}
-        assert results["devices"] == "1"
-        assert results["listings"] == "[[], [], [], []]"
-        assert results["seen_elsewhere"] == "['/dev/shm']"
-        assert int(results["size"]) == 8 << 20
-        assert results["nosuid_nodev"] == "True"
-        assert results["hidden"] == "[]"
-        assert results["cover_writable"] == "13"  # EACCES
+        view = ["--cgroup-view", "memory", str(leaf), "--cgroup-hide", "cpuset"]
+        results = probe_in_monitor(monitor, tmp_path, leaf, view, COVER_PROBE)
     finally:
         leaf.rmdir()
+    assert results["hidden"] == "[]"
+    assert results["cover_writable"] == "13"  # EACCES

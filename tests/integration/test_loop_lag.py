@@ -22,17 +22,23 @@ from scheduler.cgroups.base import CgroupPath
 from scheduler.cgroups.detect import open_driver
 from scheduler.errors import LeaseLost
 from tests.agent_process import SHORT_LEASE
-from tests.conftest import agent_settings, slow
+from tests.conftest import SLOWDOWN, agent_settings, slow
 from tests.integration.test_agent import submit, wait_final, wait_state
 from tests.looplag import LoopLag
 
 pytestmark = pytest.mark.anyio
 
-BLOCKED_LIMIT = 0.05
-# A job of many processes: killing it takes the kernel a while (every task's exit).
-CROWD = ["sh", "-c", "for i in $(seq 250); do sleep 1000 & done; wait"]
-CROWD_PROCESSES = 251
+# Scaled under emulation, like every speed assert (tests/conftest.py).
+BLOCKED_LIMIT = slow(0.05)
+# A job of many processes: killing it takes the kernel a while (every task's exit). Fewer
+# under emulation, where 250 forks at 0.05 cpu took minutes each: still a long kill there.
+CROWD_SIZE = 250 if SLOWDOWN == 1 else 50
+CROWD = ["sh", "-c", f"for i in $(seq {CROWD_SIZE}); do sleep 1000 & done; wait"]
+CROWD_PROCESSES = CROWD_SIZE + 1
 SMALL = Decimal("0.05")
+MIB = 1024 * 1024
+SMALL_JOB: dict[str, object] = {"cpu": SMALL, "memory_bytes": 64 * MIB}
+SLEEPER = ["sleep", "1000"]
 
 
 async def wait_processes(cgroup_root: str, path: tuple[str, ...], count: int) -> None:
@@ -65,11 +71,16 @@ async def test_no_step_of_a_job_blocks_the_event_loop(
             await ready.wait()
         tg.start_soon(probe.run)
         # Jobs start: the first job of each tenant makes its cgroups.
-        crowd = [await submit(db, CROWD, tenant="t0", cpu=SMALL) for _ in range(8)]
-        victims = [await submit(db, ["sleep", "1000"], tenant="t1", cpu=SMALL) for _ in range(4)]
-        frozen = [await submit(db, ["sleep", "1000"], tenant="t2", cpu=SMALL) for _ in range(3)]
+        # Small memory limits: the default 512 MiB each would not let the 15 long jobs run at
+        # once on a small host (the v2 VM has 4 GiB), and the test would wait for a start.
+        crowd = [
+            await submit(db, CROWD, tenant="t0", cpu=SMALL, memory_bytes=128 * MIB)
+            for _ in range(8)
+        ]
+        victims = [await submit(db, SLEEPER, tenant="t1", **SMALL_JOB) for _ in range(4)]
+        frozen = [await submit(db, SLEEPER, tenant="t2", **SMALL_JOB) for _ in range(3)]
         short = [
-            await submit(db, ["sh", "-c", "echo $$"], tenant=tenants[i % 6], cpu=SMALL)
+            await submit(db, ["sh", "-c", "echo $$"], tenant=tenants[i % 6], **SMALL_JOB)
             for i in range(40)
         ]
         # ... and end.

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import AgentHandle, agent_settings, start_agent
+from tests.conftest import AgentHandle, agent_settings, slow, start_agent
 from tests.integration.test_agent import submit, wait_final, wait_state
 
 pytestmark = pytest.mark.anyio
@@ -121,7 +121,7 @@ async def test_per_job_series_can_be_switched_off(
         job = await submit(db, ["sleep", "30"], timeout_seconds=Decimal("1"))
         await wait_state(db, job, "running")
         # The tenant's gauge comes with the first sweep after the start (slow on a busy host).
-        with anyio.fail_after(15):
+        with anyio.fail_after(slow(15)):
             while 'scheduler_tenant_memory_bytes{tenant="default"}' not in (
                 text := (await scrape(agent)).text
             ):

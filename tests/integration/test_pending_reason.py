@@ -15,7 +15,7 @@ import pytest
 from scheduler.agent.claim import claim
 from scheduler.db.pool import create_pool
 from scheduler.policy.admission import Capacity
-from tests.conftest import write_as_agent
+from tests.conftest import slow, write_as_agent
 
 pytestmark = pytest.mark.anyio
 GIB = 1024**3
@@ -176,7 +176,7 @@ async def test_claims_write_reasons_at_most_once_a_second(
     # The claim above noted reasons (the first ever): this one, right after, does not.
     assert await claim(pool, "n1", 4, NODE) == []
     assert await reason(db, waiting) is None
-    with anyio.fail_after(10):
+    with anyio.fail_after(slow(10)):
         while await reason(db, waiting) is None:
             await anyio.sleep(0.2)
             assert await claim(pool, "n1", 4, NODE) == []

@@ -20,6 +20,7 @@ import anyio
 import pytest
 
 from tests.agent_process import start_serve, stop
+from tests.conftest import slow
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
@@ -45,7 +46,7 @@ def test_readme_marks_the_tour() -> None:
 
 
 async def _http_address(log: Path) -> str:
-    with anyio.fail_after(120):
+    with anyio.fail_after(slow(120)):
         while True:
             found = re.search(r"HTTP API on http://([0-9.]+:[0-9]+)/v1", log.read_text())
             if found:
@@ -58,7 +59,7 @@ async def test_the_tour_runs_as_written(state_dir: Path, cgroup_root: str) -> No
     log = state_dir.parent / f"{state_dir.name}.serve.log"
     proc = start_serve("", state_dir, cgroup_root, log, node=NODE)  # the defaults of a user
     try:
-        with anyio.fail_after(120):
+        with anyio.fail_after(slow(120)):
             while "admin token" not in log.read_text():
                 assert proc.poll() is None, log.read_text()
                 await anyio.sleep(0.1)

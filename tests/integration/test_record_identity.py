@@ -19,6 +19,7 @@ from scheduler.runtime.identity import reserved_identity
 from scheduler.runtime.launcher import read_exit_record, spawn, wait_monitor
 from scheduler.runtime.records import AttemptIdentity, clear_leftovers, mismatch
 from scheduler.runtime.spec import ExitRecord, LaunchSpec
+from tests.conftest import slow
 
 pytestmark = pytest.mark.anyio
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -49,7 +50,7 @@ def spec_for(tmp_path: Path, identity: str | None, *argv: str) -> LaunchSpec:
 
 async def run(monitor: Path, spec: LaunchSpec) -> ExitRecord:
     pid = spawn(monitor, spec)
-    with anyio.fail_after(30):
+    with anyio.fail_after(slow(30)):
         await wait_monitor(pid)
     rec = read_exit_record(spec.run_dir)
     assert rec is not None
@@ -61,11 +62,11 @@ async def test_identity_is_in_the_reservation_and_the_exit_record(
 ) -> None:
     spec = spec_for(tmp_path, MINE.token, "sh", "-c", "echo hi; sleep 0.5; exit 4")
     pid = spawn(monitor, spec)
-    with anyio.fail_after(10):
+    with anyio.fail_after(slow(10)):
         while reserved_identity(spec.run_dir) is None:
             await anyio.sleep(0.01)
     assert reserved_identity(spec.run_dir) == MINE.token
-    with anyio.fail_after(30):
+    with anyio.fail_after(slow(30)):
         await wait_monitor(pid)
     rec = read_exit_record(spec.run_dir)
     assert rec is not None
@@ -125,7 +126,7 @@ async def test_a_launch_clears_a_dead_attempts_records_and_refuses_a_live_ones(
     live = spec_for(tmp_path, other.token, "sleep", "30")
     pid = spawn(monitor, live)
     try:
-        with anyio.fail_after(10):
+        with anyio.fail_after(slow(10)):
             while reserved_identity(live.run_dir) is None:
                 await anyio.sleep(0.01)
         with pytest.raises(LaunchError, match="holds the running monitor"):
@@ -137,5 +138,5 @@ async def test_a_launch_clears_a_dead_attempts_records_and_refuses_a_live_ones(
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         for child in children:
             os.kill(int(child), signal.SIGKILL)
-        with anyio.fail_after(30):
+        with anyio.fail_after(slow(30)):
             await wait_monitor(pid)

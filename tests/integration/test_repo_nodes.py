@@ -8,6 +8,7 @@ import asyncpg
 import pytest
 
 from scheduler.repos import nodes as node_repo
+from tests.conftest import slow
 
 pytestmark = pytest.mark.anyio
 
@@ -43,7 +44,7 @@ async def test_drain_undrain_wakes_the_dispatchers_and_forget_takes_only_a_down_
         undrained = await node_repo.set_drained(db, "n1", False)
         assert undrained is not None
         assert undrained["drained"] is False
-        with anyio.fail_after(10):
+        with anyio.fail_after(slow(10)):
             while not heard:
                 await anyio.sleep(0.01)
         assert heard == [("scheduler_jobs", "queued")]

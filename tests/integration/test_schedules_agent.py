@@ -17,7 +17,7 @@ import pytest
 
 from scheduler.agent.service import Ready, run_agent
 from scheduler.config import Settings
-from tests.conftest import AgentHandle, agent_settings
+from tests.conftest import AgentHandle, agent_settings, slow
 
 pytestmark = pytest.mark.anyio
 T0 = datetime(2026, 6, 1, 12, 0, 30, tzinfo=UTC)
@@ -47,7 +47,7 @@ STOPPED: dict[int, anyio.Event] = {}
 async def stop(handle: AgentHandle) -> None:
     """Stop an agent and wait until it has ended (its loops, its lease)."""
     handle.stop()
-    with anyio.fail_after(30):
+    with anyio.fail_after(slow(30)):
         await STOPPED[id(handle)].wait()
 
 
@@ -73,7 +73,7 @@ async def start_clocked_agent(
             ended.set()
 
     tg.start_soon(partial(run))
-    with anyio.fail_after(60):
+    with anyio.fail_after(slow(60)):
         await event.wait()
     handle = AgentHandle(settings, ready[0], scope)
     STOPPED[id(handle)] = ended
@@ -99,7 +99,7 @@ async def schedule(db: asyncpg.Connection, name: str) -> asyncpg.Record:
 
 async def wait_for(db: asyncpg.Connection, query: str, *args: Any, timeout: float = 30) -> Any:
     """Until ``query`` returns a true value; returns it."""
-    with anyio.fail_after(timeout):
+    with anyio.fail_after(slow(timeout)):
         while True:
             value = await db.fetchval(query, *args)
             if value:

@@ -17,7 +17,7 @@ import pytest
 
 from scheduler.api.auth import create_token
 from tests.browser import Browser, chromium_binary
-from tests.conftest import AgentHandle
+from tests.conftest import AgentHandle, slow
 
 pytestmark = [pytest.mark.anyio, pytest.mark.root, pytest.mark.postgres]
 SHOTS = Path(__file__).resolve().parents[2] / "build" / "status-page"
@@ -36,7 +36,7 @@ def browsers() -> Iterator[list[Browser]]:
 
 
 async def _wait_state(db: asyncpg.Connection, job: int, states: tuple[str, ...]) -> None:
-    with anyio.fail_after(60):
+    with anyio.fail_after(slow(60)):
         while (
             await db.fetchval("SELECT state FROM scheduler.jobs WHERE id = $1", job) not in states
         ):
@@ -83,7 +83,7 @@ async def test_status_pages_in_a_browser(
     await _wait_state(db, running, ("running",))
     await _wait_state(db, failed, ("failed",))
     await _wait_state(db, secret, ("running",))
-    with anyio.fail_after(60):  # a usage row for the running job (sample_interval)
+    with anyio.fail_after(slow(60)):  # a usage row for the running job (sample_interval)
         while not await db.fetchval(
             "SELECT count(*) FROM scheduler.usage WHERE job_id = $1", running
         ):

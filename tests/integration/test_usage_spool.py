@@ -66,7 +66,7 @@ def spooled_rows(spool: Path) -> int:
 
 
 async def wait_spooled(spool: Path, at_least: int = 1, timeout: float = 30) -> int:
-    with anyio.fail_after(timeout):
+    with anyio.fail_after(slow(timeout)):
         while (n := spooled_rows(spool)) < at_least:
             await anyio.sleep(0.05)
     return n

@@ -1,22 +1,33 @@
 """The shipped systemd units on a pure cgroup v2 host with systemd as PID 1 (`make test-v2`).
 
-Installs deploy/systemd/scheduler.service and scheduler-jobs.service with the shipped
-environment file, runs jobs with cpu, memory, pids and io limits (read back from cpu.max,
-memory.max, pids.max and io.max), freezes one, restarts the unit twice, stops and starts it
-once and SIGKILLs the agent once, all with the jobs running, then lets them finish: each must
-end once, succeeded, with usage rows that add up and a clean `scheduler billing check` run as
-an operator would (from a shell, the settings read from the unit's environment file).
+Installs deploy/systemd in either layout it supports, with the shipped environment file:
+
+- two units (any systemd): scheduler.service runs the agent, scheduler-jobs.service holds the
+  delegated cgroup the jobs run in;
+- one unit (systemd >= 254): scheduler.service with the drop-in
+  deploy/systemd/scheduler.service.d/one-unit.conf (``Delegate=yes``,
+  ``DelegateSubgroup=supervisor``), the jobs in its own cgroup. Older systemd ignores
+  ``DelegateSubgroup=``, and there the agent must refuse the layout at start.
+
+Then runs jobs with cpu, memory, pids and io limits (read back from cpu.max, memory.max,
+pids.max and io.max), freezes one, restarts the unit twice, stops and starts it once and
+SIGKILLs the agent once, all with the jobs running, then lets them finish: each must end
+once, succeeded, with usage rows that add up and a clean `scheduler billing check` run as an
+operator would (from a shell, the settings read from the unit's environment file).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
@@ -34,8 +45,8 @@ from tests.integration.test_agent import submit, wait_final, wait_state
 pytestmark = [pytest.mark.anyio, pytest.mark.root, pytest.mark.v2_systemd_host]
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "systemd"
-UNITS = ("scheduler.service", "scheduler-jobs.service")
 UNIT_DIR = Path("/etc/systemd/system")
+DROP_IN = Path("scheduler.service.d") / "one-unit.conf"
 ENV_FILE = Path("/etc/scheduler/scheduler.env")
 MOUNT = Path("/sys/fs/cgroup")
 AGENT_CGROUP = MOUNT / "system.slice" / "scheduler.service"
@@ -45,12 +56,36 @@ NODE = "v2-systemd-node"
 MIB = 1024 * 1024
 
 
-def shipped_root() -> str:
-    """SCHEDULER_CGROUP_ROOT as deploy/systemd/scheduler.env sets it."""
-    for line in (DEPLOY / "scheduler.env").read_text().splitlines():
-        if line.startswith("SCHEDULER_CGROUP_ROOT="):
-            return line.split("=", 1)[1].strip()
-    raise AssertionError("deploy/systemd/scheduler.env sets no SCHEDULER_CGROUP_ROOT")
+@dataclass(frozen=True)
+class Layout:
+    """Where deploy/systemd puts the agent and the jobs."""
+
+    name: str
+    files: tuple[Path, ...]  # below deploy/systemd, installed below /etc/systemd/system
+    holder: Path  # the delegated cgroup that enables the controllers for the jobs
+    agent: Path  # the cgroup systemd starts the agent in
+
+    def root(self) -> str:
+        """SCHEDULER_CGROUP_ROOT for this layout: the shipped one, or the one the drop-in
+        tells the operator to set."""
+        if self.name == "one-unit":
+            return "system.slice/scheduler.service/jobs"
+        for line in (DEPLOY / "scheduler.env").read_text().splitlines():
+            if line.startswith("SCHEDULER_CGROUP_ROOT="):
+                return line.split("=", 1)[1].strip()
+        raise AssertionError("deploy/systemd/scheduler.env sets no SCHEDULER_CGROUP_ROOT")
+
+
+TWO_UNITS = Layout(
+    "two-units",
+    (Path("scheduler.service"), Path("scheduler-jobs.service")),
+    HOLDER_CGROUP,
+    AGENT_CGROUP,
+)
+ONE_UNIT = Layout(
+    "one-unit", (Path("scheduler.service"), DROP_IN), AGENT_CGROUP, AGENT_CGROUP / "supervisor"
+)
+EVERY_FILE = (Path("scheduler.service"), Path("scheduler-jobs.service"), DROP_IN)
 
 
 def run(*argv: str, check: bool = True) -> str:
@@ -58,6 +93,13 @@ def run(*argv: str, check: bool = True) -> str:
     if check and done.returncode != 0:
         raise AssertionError(f"{' '.join(argv)}: exit {done.returncode}: {done.stderr}")
     return done.stdout.strip()
+
+
+def systemd_version() -> int:
+    """PID 1's systemd version, from ``systemctl --version`` ("systemd 252 (252.33-1~deb12u1)")."""
+    match = re.match(r"systemd (\d+)", run("systemctl", "--version"))
+    assert match, run("systemctl", "--version")
+    return int(match.group(1))
 
 
 def main_pid() -> int:
@@ -84,40 +126,55 @@ def wait_agent_ready(previous: int) -> int:
     )
 
 
-@pytest.fixture
-def installed(dsn: str, state_dir: Path) -> Iterator[Path]:
-    """The shipped units and environment file, installed; everything they made removed
-    afterwards. Refuses a host where a scheduler unit is already installed (not ours)."""
-    for path in (*(UNIT_DIR / u for u in UNITS), ENV_FILE):
-        if path.exists():
-            pytest.fail(f"{path} exists: this test installs its own units (make test-v2)")
+def install(layout: Layout, dsn: str, state_dir: Path) -> None:
     binary = Path(sys.executable).parent / "scheduler"
-    for unit in UNITS:
-        text = (DEPLOY / unit).read_text().replace(SHIPPED_BINARY, str(binary))
-        (UNIT_DIR / unit).write_text(text)
+    for name in layout.files:
+        text = (DEPLOY / name).read_text().replace(SHIPPED_BINARY, str(binary))
+        (UNIT_DIR / name).parent.mkdir(exist_ok=True)
+        (UNIT_DIR / name).write_text(text)
     ENV_FILE.parent.mkdir(exist_ok=True)
+    shipped = (DEPLOY / "scheduler.env").read_text()
     ENV_FILE.write_text(
-        (DEPLOY / "scheduler.env").read_text()
-        + f"SCHEDULER_DATABASE_URL={dsn}\nSCHEDULER_STATE_DIR={state_dir}\n"
+        shipped.replace(f"SCHEDULER_CGROUP_ROOT={TWO_UNITS.root()}", "")
+        + f"SCHEDULER_CGROUP_ROOT={layout.root()}\n"
+        f"SCHEDULER_DATABASE_URL={dsn}\nSCHEDULER_STATE_DIR={state_dir}\n"
         f"SCHEDULER_NODE_NAME={NODE}\nSCHEDULER_HTTP_ADDR=127.0.0.1:0\n"
         "SCHEDULER_POLL_INTERVAL=0.5\nSCHEDULER_SAMPLE_INTERVAL=2\n"
     )
     run("systemctl", "daemon-reload")
+
+
+@pytest.fixture
+def installed(
+    request: pytest.FixtureRequest, dsn: str, state_dir: Path
+) -> Iterator[tuple[Layout, Path]]:
+    """The layout's units and the environment file, installed; its cgroup root; everything
+    they made removed afterwards. Refuses a host where scheduler units are already installed
+    (not ours)."""
+    layout: Layout = request.param
+    for path in (*(UNIT_DIR / f for f in EVERY_FILE), ENV_FILE):
+        if path.exists():
+            pytest.fail(f"{path} exists: this test installs its own units (make test-v2)")
+    install(layout, dsn, state_dir)
+    units = ("scheduler.service", "scheduler-jobs.service")
     try:
-        yield MOUNT / shipped_root()
+        yield layout, MOUNT / layout.root()
     finally:
         # Shown with a failure's report: what the agent and systemd said.
         print(run("journalctl", "-b", "-u", "scheduler*", "-n", "80", "--no-pager", check=False))
-        run("systemctl", "stop", *UNITS, check=False)
-        open_driver(shipped_root()).remove_tree(CgroupPath(()))
-        for directory in walk_deepest_first(HOLDER_CGROUP):
-            if directory != HOLDER_CGROUP:  # the placeholder's leaf, empty once it stopped
+        run("systemctl", "stop", *units, check=False)
+        if (MOUNT / layout.root()).exists():
+            open_driver(layout.root()).remove_tree(CgroupPath(()))
+        for directory in walk_deepest_first(layout.holder) if layout.holder.exists() else ():
+            if directory != layout.holder:  # the supervisor leaf, empty once it stopped
                 directory.rmdir()
-        for unit in UNITS:
-            (UNIT_DIR / unit).unlink(missing_ok=True)
+        for name in EVERY_FILE:
+            (UNIT_DIR / name).unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            (UNIT_DIR / DROP_IN).parent.rmdir()
         ENV_FILE.unlink(missing_ok=True)
         run("systemctl", "daemon-reload", check=False)
-        run("systemctl", "reset-failed", *UNITS, check=False)
+        run("systemctl", "reset-failed", *units, check=False)
 
 
 def events(leaf: Path) -> dict[str, int]:
@@ -137,10 +194,56 @@ def wait_events(leaf: Path, key: str, value: int) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.parametrize("installed", [TWO_UNITS], ids=lambda x: x.name, indirect=True)
 async def test_jobs_outlive_two_restarts_a_stop_and_a_kill_of_the_unit_and_are_billed_once(
-    db: asyncpg.Connection, installed: Path, state_dir: Path
+    db: asyncpg.Connection, installed: tuple[Layout, Path], state_dir: Path
 ) -> None:
-    root = installed
+    await outlive_restarts_and_bill_once(db, *installed, state_dir)
+
+
+@pytest.mark.parametrize("installed", [ONE_UNIT], ids=lambda x: x.name, indirect=True)
+async def test_one_unit_with_a_delegate_subgroup_restarts_with_jobs_or_is_refused_before_254(
+    db: asyncpg.Connection, installed: tuple[Layout, Path], state_dir: Path
+) -> None:
+    """systemd >= 254: the one-unit layout passes the same restarts as the two units.
+    Older systemd ignores DelegateSubgroup= and starts the agent in the unit's own cgroup:
+    the agent must refuse to start there, naming the remedy, and enable nothing."""
+    layout, root = installed
+    version = systemd_version()
+    print(f"systemd {version}, layout {layout.name}")
+    if version >= 254:
+        await outlive_restarts_and_bill_once(db, layout, root, state_dir)
+        return
+    # Only what the journal gets from here on (the boot's journal has the other tests').
+    shown = run("journalctl", "-n", "1", "--show-cursor", "-o", "cat", "--no-pager")
+    cursor = shown.rsplit("-- cursor: ", 1)[1].strip()
+    run("systemctl", "start", "scheduler.service")
+    deadline = time.monotonic() + slow(90)
+    said = ""
+    while "could not restart while a job runs" not in said:
+        assert time.monotonic() < deadline, said or "the agent said nothing"
+        said = run(
+            "journalctl",
+            f"--after-cursor={cursor}",
+            "-u",
+            "scheduler.service",
+            "-o",
+            "cat",
+            "--no-pager",
+        )
+        time.sleep(0.5)
+    assert "DelegateSubgroup=supervisor" in said
+    assert "system.slice/scheduler-jobs.service/jobs" in said
+    assert "ready (cgroup driver v2" not in said
+    run("systemctl", "stop", "scheduler.service")
+    if AGENT_CGROUP.exists():  # refused before it changed anything
+        assert (AGENT_CGROUP / "cgroup.subtree_control").read_text().strip() == ""
+    assert not root.exists()
+
+
+async def outlive_restarts_and_bill_once(
+    db: asyncpg.Connection, layout: Layout, root: Path, state_dir: Path
+) -> None:
     # Where the jobs (each tenant's own uid) look for the file that ends them: not /tmp or
     # /var/tmp, which every job gets a private tmpfs over (the test waited forever there).
     gate = Path(tempfile.mkdtemp(prefix="sched-v2-gate-", dir=SCRATCH))
@@ -148,14 +251,15 @@ async def test_jobs_outlive_two_restarts_a_stop_and_a_kill_of_the_unit_and_are_b
     try:
         run("systemctl", "start", "scheduler.service")
         pid = wait_agent_ready(0)
-        # The agent's unit enables nothing for children (systemd can start it again); the
-        # holder's placeholder moved into its leaf, and the holder enables the controllers.
-        assert (AGENT_CGROUP / "cgroup.subtree_control").read_text().strip() == ""
-        assert str(pid) in (AGENT_CGROUP / "cgroup.procs").read_text().split()
-        assert (HOLDER_CGROUP / "cgroup.procs").read_text().strip() == ""
-        assert (HOLDER_CGROUP / "supervisor" / "cgroup.procs").read_text().strip()
+        # The cgroup systemd starts the agent in enables nothing for children (systemd can
+        # start it there again); the delegated holder has no process of its own (two units:
+        # its placeholder moved into its leaf) and enables the controllers for the jobs.
+        assert (layout.agent / "cgroup.subtree_control").read_text().strip() == ""
+        assert str(pid) in (layout.agent / "cgroup.procs").read_text().split()
+        assert (layout.holder / "cgroup.procs").read_text().strip() == ""
+        assert (layout.holder / "supervisor" / "cgroup.procs").read_text().strip()
         assert {"cpu", "memory", "pids", "io"} <= set(
-            (HOLDER_CGROUP / "cgroup.subtree_control").read_text().split()
+            (layout.holder / "cgroup.subtree_control").read_text().split()
         )
 
         wait = f"while [ ! -e {gate}/go ]; do sleep 0.2; done; echo done"
