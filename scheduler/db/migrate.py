@@ -207,7 +207,5 @@ async def pending(conn: Conn, directory: Path | None = None) -> list[str]:
     done = await applied_versions(conn)
     missing = [f"{m.version:04d}" for m in load_migrations(directory) if m.version not in done]
     current = await applied_definitions(conn)
-    missing += [
-        d.name for d in load_definitions(directory) if current.get(d.name) != d.checksum
-    ]
+    missing += [d.name for d in load_definitions(directory) if current.get(d.name) != d.checksum]
     return missing
