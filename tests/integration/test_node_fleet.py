@@ -116,8 +116,9 @@ async def test_a_drained_node_finishes_its_job_claims_nothing_then_resumes(
 ) -> None:
     async with anyio.create_task_group() as tg:
         agent = await start_agent(tg, _settings(dsn, state_dir, cgroup_root, "n1"))
-        # Long enough to be still running when the drain is in place.
-        first = await submit(db, ["sh", "-c", "sleep 6; echo done"], cpu=0.1)
+        # Long enough to be still running when the drain is in place, after three CLI runs
+        # (seconds each under emulation: scaled there).
+        first = await submit(db, ["sh", "-c", f"sleep {slow(6):g}; echo done"], cpu=0.1)
         await wait_state(db, first, "running")
         await cli(agent, "nodes", "drain", "n1")
         listed = json.loads(await cli(agent, "nodes", "--json"))

@@ -82,7 +82,7 @@ async def test_the_tour_runs_as_written(state_dir: Path, cgroup_root: str) -> No
                 env=env,
                 capture_output=True,
                 text=True,
-                timeout=300,
+                timeout=slow(300),
                 check=False,
             )
         )
