@@ -140,7 +140,8 @@ def parse_sample(driver: CgroupDriver, texts: Mapping[str, str]) -> Sample:
 # so that the next read tells the peak of that period alone (see accounting/periods.py).
 # v1: a write to memory.max_usage_in_bytes resets the cgroup's mark to its current usage
 # (for every reader). v2: since Linux 6.12 a write to an open memory.peak resets the mark
-# seen through that open file only; before 6.12 the file cannot be opened for writing.
+# seen through that open file only; before 6.12 it has no write handler: the open for writing
+# or the first write fails (seen in the Linux 6.1 VM: root's open succeeds, the write fails).
 # The peak file is the one whose parser gives this field (each driver has one).
 PEAK = "memory_peak_bytes"
 # The kernel ignores what is written (any non-empty text resets).
@@ -191,7 +192,8 @@ class CounterReader:
 
     def _open_peak(self, where: str | Path, dir_fd: int | None) -> int:
         """The peak file, read-write when the kernel lets its mark be reset (else read-only:
-        cgroup v2 before 6.12 has no write handler and refuses the open with EACCES)."""
+        cgroup v2 before 6.12 has no write handler: the open for writing fails, or else the
+        first reset_peak() does, and the reader stops asking)."""
         try:
             fd = os.open(where, os.O_RDWR | os.O_CLOEXEC, dir_fd=dir_fd)
         except FileNotFoundError:

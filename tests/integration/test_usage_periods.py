@@ -26,16 +26,24 @@ FAST = {"sample_interval": 0.2, "sample_interval_floor": 0.1}
 
 def kernel_resets_the_peak() -> bool:
     """Whether this host's memory high-water mark can be reset per period: v1's always can
-    (memory.max_usage_in_bytes); v2's memory.peak opens for writing from Linux 6.12 on."""
+    (memory.max_usage_in_bytes); v2's memory.peak takes a write from Linux 6.12 on (the
+    reset is seen through the writer's open file only, so trying it here changes nothing
+    for anyone else). Before 6.12 root may still open it for writing; the write fails, as
+    the agent's CounterReader finds."""
     if not cgroup_files.pure_v2():
         return True
     # This process's own cgroup (the top one has no memory.peak).
     own = Path("/proc/self/cgroup").read_text().strip().split("::", 1)[1].lstrip("/")
     try:
         fd = os.open(cgroup_files.directory("memory", own, "memory.peak"), os.O_RDWR)
-    except OSError:  # absent, or EACCES: no write handler before 6.12
+    except OSError:  # absent, or no write handler
         return False
-    os.close(fd)
+    try:
+        os.pwrite(fd, b"0", 0)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
     return True
 
 
