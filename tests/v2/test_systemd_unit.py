@@ -64,16 +64,15 @@ class Layout:
     files: tuple[Path, ...]  # below deploy/systemd, installed below /etc/systemd/system
     holder: Path  # the delegated cgroup that enables the controllers for the jobs
     agent: Path  # the cgroup systemd starts the agent in
+    root: str  # SCHEDULER_CGROUP_ROOT: the shipped one, or the one the drop-in asks for
 
-    def root(self) -> str:
-        """SCHEDULER_CGROUP_ROOT for this layout: the shipped one, or the one the drop-in
-        tells the operator to set."""
-        if self.name == "one-unit":
-            return "system.slice/scheduler.service/jobs"
-        for line in (DEPLOY / "scheduler.env").read_text().splitlines():
-            if line.startswith("SCHEDULER_CGROUP_ROOT="):
-                return line.split("=", 1)[1].strip()
-        raise AssertionError("deploy/systemd/scheduler.env sets no SCHEDULER_CGROUP_ROOT")
+
+def shipped_root() -> str:
+    """SCHEDULER_CGROUP_ROOT as deploy/systemd/scheduler.env sets it."""
+    for line in (DEPLOY / "scheduler.env").read_text().splitlines():
+        if line.startswith("SCHEDULER_CGROUP_ROOT="):
+            return line.split("=", 1)[1].strip()
+    raise AssertionError("deploy/systemd/scheduler.env sets no SCHEDULER_CGROUP_ROOT")
 
 
 TWO_UNITS = Layout(
@@ -81,9 +80,14 @@ TWO_UNITS = Layout(
     (Path("scheduler.service"), Path("scheduler-jobs.service")),
     HOLDER_CGROUP,
     AGENT_CGROUP,
+    shipped_root(),
 )
 ONE_UNIT = Layout(
-    "one-unit", (Path("scheduler.service"), DROP_IN), AGENT_CGROUP, AGENT_CGROUP / "supervisor"
+    "one-unit",
+    (Path("scheduler.service"), DROP_IN),
+    AGENT_CGROUP,
+    AGENT_CGROUP / "supervisor",
+    "system.slice/scheduler.service/jobs",
 )
 EVERY_FILE = (Path("scheduler.service"), Path("scheduler-jobs.service"), DROP_IN)
 
@@ -133,10 +137,10 @@ def install(layout: Layout, dsn: str, state_dir: Path) -> None:
         (UNIT_DIR / name).parent.mkdir(exist_ok=True)
         (UNIT_DIR / name).write_text(text)
     ENV_FILE.parent.mkdir(exist_ok=True)
-    shipped = (DEPLOY / "scheduler.env").read_text()
+    shipped = (DEPLOY / "scheduler.env").read_text().splitlines(keepends=True)
     ENV_FILE.write_text(
-        shipped.replace(f"SCHEDULER_CGROUP_ROOT={TWO_UNITS.root()}", "")
-        + f"SCHEDULER_CGROUP_ROOT={layout.root()}\n"
+        "".join(line for line in shipped if not line.startswith("SCHEDULER_CGROUP_ROOT="))
+        + f"SCHEDULER_CGROUP_ROOT={layout.root}\n"
         f"SCHEDULER_DATABASE_URL={dsn}\nSCHEDULER_STATE_DIR={state_dir}\n"
         f"SCHEDULER_NODE_NAME={NODE}\nSCHEDULER_HTTP_ADDR=127.0.0.1:0\n"
         "SCHEDULER_POLL_INTERVAL=0.5\nSCHEDULER_SAMPLE_INTERVAL=2\n"
@@ -158,13 +162,13 @@ def installed(
     install(layout, dsn, state_dir)
     units = ("scheduler.service", "scheduler-jobs.service")
     try:
-        yield layout, MOUNT / layout.root()
+        yield layout, MOUNT / layout.root
     finally:
         # Shown with a failure's report: what the agent and systemd said.
         print(run("journalctl", "-b", "-u", "scheduler*", "-n", "80", "--no-pager", check=False))
         run("systemctl", "stop", *units, check=False)
-        if (MOUNT / layout.root()).exists():
-            open_driver(layout.root()).remove_tree(CgroupPath(()))
+        if (MOUNT / layout.root).exists():
+            open_driver(layout.root).remove_tree(CgroupPath(()))
         for directory in walk_deepest_first(layout.holder) if layout.holder.exists() else ():
             if directory != layout.holder:  # the supervisor leaf, empty once it stopped
                 directory.rmdir()
